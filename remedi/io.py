@@ -1,0 +1,53 @@
+"""Small, safe file helpers: atomic writes and JSON reads that fail with a clear message."""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+
+def atomic_write(path: Path, write: Callable[[Path], None]) -> None:
+    """Call ``write(tmp_path)`` and move the result to ``path`` in one rename.
+
+    A crash mid-write leaves either the old file or no file, never half of one.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    handle, tmp_name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    os.close(handle)
+    tmp_path = Path(tmp_name)
+    try:
+        write(tmp_path)
+        os.replace(tmp_path, path)
+    finally:
+        if tmp_path.exists():
+            tmp_path.unlink()
+
+
+def write_json(path: Path, data: Any, indent: int | None = 2) -> None:
+    """Write ``data`` as JSON to ``path`` atomically."""
+    text = json.dumps(data, indent=indent)
+    atomic_write(Path(path), lambda tmp: tmp.write_text(text + "\n", encoding="utf-8"))
+
+
+def write_text(path: Path, text: str) -> None:
+    """Write ``text`` to ``path`` atomically."""
+    atomic_write(Path(path), lambda tmp: tmp.write_text(text, encoding="utf-8"))
+
+
+def read_json(path: Path, what: str = "JSON file") -> Any:
+    """Read JSON from ``path``; a missing or malformed file raises an error naming it."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"{what} not found: {path}")
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as error:
+        raise ValueError(
+            f"{what} {path} is not valid JSON (line {error.lineno}, column {error.colno}: "
+            f"{error.msg}); re-create or re-download it"
+        ) from error

@@ -1,0 +1,260 @@
+"""Invoke tasks: install, the presubmit gate, and the experiments (`x.*`).
+
+Experiments call the thin scripts in ``scripts/`` with the paper's settings baked in;
+everything they compute lives in the ``remedi`` package. Run ``invoke --list`` to see them.
+"""
+
+from __future__ import annotations
+
+import shlex
+import sys
+from pathlib import Path
+
+from invoke.collection import Collection
+from invoke.context import Context
+from invoke.tasks import task
+
+REPO_ROOT = Path(__file__).resolve().parent
+LINTED_PATHS = "remedi scripts tests benchmarks tasks.py"
+
+# The paper's editing layer per model for CounterFact (REMEDI, Hernandez et al. 2023),
+# and the layer we chose for the toy world's 4-layer model.
+COUNTERFACT_LAYERS = {
+    "gptj": 1,
+    "EleutherAI/gpt-j-6B": 1,
+    "gpt2-xl": 0,
+    "gpt2": 0,
+    "toy": 1,
+    "toy-small": 1,
+}
+DEFAULT_MODEL = "gptj"
+
+
+def _python(c: Context, module: str, args: list[str]) -> None:
+    """Run ``python -m module args`` from the repository root, echoing the command."""
+    command = " ".join([shlex.quote(sys.executable), "-m", module, *map(shlex.quote, args)])
+    with c.cd(str(REPO_ROOT)):
+        c.run(command, echo=True, pty=False)
+
+
+def _model_slug(model: str) -> str:
+    return model.replace("/", "_")
+
+
+def _layer_for(model: str, layer: int | None) -> int:
+    if layer is not None:
+        return layer
+    if model in COUNTERFACT_LAYERS:
+        return COUNTERFACT_LAYERS[model]
+    raise SystemExit(
+        f"no default CounterFact layer is known for model {model!r}; pass --layer N "
+        f"(known defaults: {', '.join(sorted(COUNTERFACT_LAYERS))})"
+    )
+
+
+def _toy_dataset_args(model: str) -> list[str]:
+    """For a toy-world model, point the scripts at that world's CounterFact export."""
+    if not model.startswith("toy"):
+        return []
+    from remedi.toy.build import ensure_toy_world
+
+    paths = ensure_toy_world(model)
+    return ["--dataset-file", str(paths.counterfact_file)]
+
+
+# ---------------------------------------------------------------------------------------
+# Install and presubmit.
+
+
+@task
+def install(c: Context, dev: bool = True) -> None:
+    """Install the project (editable) with its dev tools into the current environment."""
+    extra = ".[dev]" if dev else "."
+    with c.cd(str(REPO_ROOT)):
+        c.run(f"{shlex.quote(sys.executable)} -m pip install -e {shlex.quote(extra)}", echo=True)
+
+
+@task(help={"fix": "Rewrite files to fix what the linter and formatter can fix."})
+def lint(c: Context, fix: bool = False) -> None:
+    """Lint and format-check with ruff."""
+    with c.cd(str(REPO_ROOT)):
+        if fix:
+            c.run(f"ruff check --fix {LINTED_PATHS}", echo=True)
+            c.run(f"ruff format {LINTED_PATHS}", echo=True)
+        else:
+            c.run(f"ruff check {LINTED_PATHS}", echo=True)
+            c.run(f"ruff format --check {LINTED_PATHS}", echo=True)
+
+
+@task
+def mypy(c: Context) -> None:
+    """Type-check the package, scripts, benchmarks and tasks (settings in setup.cfg)."""
+    with c.cd(str(REPO_ROOT)):
+        c.run("mypy", echo=True)
+
+
+@task(help={"args": "Extra arguments for pytest, e.g. '-k hooks -x'."})
+def pytest(c: Context, args: str = "") -> None:
+    """Run the test suite."""
+    with c.cd(str(REPO_ROOT)):
+        c.run(f"{shlex.quote(sys.executable)} -m pytest {args}", echo=True, pty=False)
+
+
+@task(default=True, help={"fix": "Let the linter fix what it can first."})
+def presubmit(c: Context, fix: bool = False) -> None:
+    """The one gate: lint, type check, tests."""
+    lint(c, fix=fix)
+    mypy(c)
+    pytest(c)
+
+
+# ---------------------------------------------------------------------------------------
+# Experiments.
+
+
+@task(
+    help={
+        "small": "Build the small world (a few dozen entities) used by the tests.",
+        "arch": "LM architecture: gpt2 (default), gptj, neox or llama.",
+        "seed": "Seed of the world and of LM training.",
+        "rebuild": "Rebuild even if a built world exists.",
+    }
+)
+def toy_build(
+    c: Context, small: bool = False, arch: str = "gpt2", seed: int = 0, rebuild: bool = False
+) -> None:
+    """Build the toy world: knowledge base, tokenizer, trained LM, and its datasets."""
+    args = ["--arch", arch, "--seed", str(seed)]
+    if small:
+        args.append("--small")
+    if rebuild:
+        args.append("--rebuild")
+    _python(c, "scripts.build_toy", args)
+
+
+@task(
+    help={
+        "model": f"Model name or alias (default {DEFAULT_MODEL}; 'toy' for the offline default).",
+        "device": "Device, e.g. cuda or cpu (default: cuda if available).",
+        "layer": "Edit layer (default: the paper's layer for the model).",
+        "name": "Experiment name (default: editors_counterfact_<model>).",
+        "max_epochs": "Upper bound on training epochs (early stopping usually ends sooner).",
+        "clear_results": "Retrain layers that already have a saved editor.",
+    }
+)
+def train_counterfact(
+    c: Context,
+    model: str = DEFAULT_MODEL,
+    device: str | None = None,
+    layer: int | None = None,
+    name: str | None = None,
+    max_epochs: int | None = None,
+    clear_results: bool = False,
+) -> None:
+    """Train a REMEDI editor on CounterFact at the paper's layer."""
+    args = [
+        "-n",
+        name or f"editors_counterfact_{_model_slug(model)}",
+        "-m",
+        model,
+        "-d",
+        "counterfact",
+        "-l",
+        str(_layer_for(model, layer)),
+        *_toy_dataset_args(model),
+    ]
+    if device:
+        args += ["--device", device]
+    if max_epochs is not None:
+        args += ["--max-epochs", str(max_epochs)]
+    if clear_results:
+        args.append("--clear-results")
+    _python(c, "scripts.train_editors", args)
+
+
+@task(
+    help={
+        "model": f"Model name or alias (default {DEFAULT_MODEL}; 'toy' for the offline default).",
+        "device": "Device, e.g. cuda or cpu (default: cuda if available).",
+        "layer": "Edit layer (default: the paper's layer for the model).",
+        "name": "Experiment name (default: eval_gen_counterfact_<model>).",
+        "editors": "Experiment that trained the editors (default: x.train.counterfact's).",
+        "rerun": "Recompute benchmarks whose result files are already complete.",
+    }
+)
+def eval_gen_counterfact(
+    c: Context,
+    model: str = DEFAULT_MODEL,
+    device: str | None = None,
+    layer: int | None = None,
+    name: str | None = None,
+    editors: str | None = None,
+    rerun: bool = False,
+) -> None:
+    """Evaluate the CounterFact editor and the prefix/replace/unedited baselines."""
+    from remedi.env import results_dir
+
+    editors_dir = results_dir() / (editors or f"editors_counterfact_{_model_slug(model)}")
+    if not editors_dir.is_dir():
+        raise SystemExit(
+            f"no trained editors for model {model!r} at {editors_dir}; train them first with\n"
+            f"    invoke x.train.counterfact --model {model}"
+            + (f" --device {device}" if device else "")
+        )
+    args = [
+        "-n",
+        name or f"eval_gen_counterfact_{_model_slug(model)}",
+        "-e",
+        str(editors_dir),
+        "-m",
+        model,
+        "-l",
+        str(_layer_for(model, layer)),
+        "--baselines",
+        "prefix",
+        "replace",
+        "unedited",
+        *_toy_dataset_args(model),
+    ]
+    if device:
+        args += ["--device", device]
+    if rerun:
+        args.append("--rerun")
+    _python(c, "scripts.eval_fact_gen", args)
+
+
+@task(help={"device": "Device, e.g. cpu or cuda (default: cuda if available)."})
+def quickstart(c: Context, device: str | None = None) -> None:
+    """The main job on the offline default: build the toy world, train, evaluate, summarise."""
+    toy_build(c)
+    train_counterfact(c, model="toy", device=device)
+    eval_gen_counterfact(c, model="toy", device=device)
+
+
+toy = Collection("toy")
+toy.add_task(toy_build, name="build", default=True)
+
+train = Collection("train")
+train.add_task(train_counterfact, name="counterfact")
+
+gen = Collection("gen")
+gen.add_task(eval_gen_counterfact, name="counterfact")
+evaluate = Collection("eval")
+evaluate.add_collection(gen)
+
+x = Collection("x")
+x.add_collection(toy)
+x.add_collection(train)
+x.add_collection(evaluate)
+x.add_task(quickstart)
+
+presubmit_collection = Collection("presubmit")
+presubmit_collection.add_task(presubmit, name="all", default=True)
+presubmit_collection.add_task(lint)
+presubmit_collection.add_task(mypy)
+presubmit_collection.add_task(pytest)
+
+ns = Collection()
+ns.add_task(install)
+ns.add_collection(presubmit_collection)
+ns.add_collection(x)
