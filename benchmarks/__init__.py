@@ -1,0 +1,1 @@
+"""Speed benchmarks: throughput and peak memory, printed (never asserted in tests)."""

@@ -1,0 +1,462 @@
+"""What a model is and where its layers are.
+
+REMEDI reads and edits the residual stream at the output of one decoder block. Every model
+family keeps its blocks somewhere else (``transformer.h`` in GPT-2, ``model.layers`` in Llama,
+``gpt_neox.layers`` in Pythia), so this module holds one registry, :data:`MODEL_FAMILIES`,
+keyed by ``config.model_type``. Adding a family is one :class:`ModelFamily` entry. Models of
+families not in the registry still work when :func:`find_layers_path` can recognise their
+stack of decoder blocks.
+"""
+
+from __future__ import annotations
+
+import logging
+import operator
+import os
+import re
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, SupportsIndex
+
+import torch
+import transformers
+
+logger = logging.getLogger(__name__)
+
+MODEL_ALIASES: dict[str, str] = {
+    "gpt2": "gpt2",
+    "gpt2-medium": "gpt2-medium",
+    "gpt2-large": "gpt2-large",
+    "gpt2-xl": "gpt2-xl",
+    "gptj": "EleutherAI/gpt-j-6B",
+    "neox": "EleutherAI/gpt-neox-20b",
+    **{
+        f"pythia-{size}": f"EleutherAI/pythia-{size}"
+        for size in ("70m", "160m", "410m", "1b", "1.4b", "2.8b", "6.9b", "12b")
+    },
+}
+
+# Models above this many parameters load in half precision on a GPU unless a dtype is given.
+HALF_PRECISION_MIN_PARAMETERS = 1_000_000_000
+
+TOY_NAME_PATTERN = re.compile(r"^toy(-small)?(-[a-z0-9_]+)?$")
+
+
+@dataclass(frozen=True)
+class ModelFamily:
+    """Where one model family keeps its decoder blocks, and how its config names its sizes."""
+
+    layers_path: str
+    """Dotted path from the causal LM to the ``ModuleList`` of decoder blocks."""
+    hidden_size_key: str = "hidden_size"
+    num_layers_key: str = "num_hidden_layers"
+
+
+MODEL_FAMILIES: dict[str, ModelFamily] = {
+    "gpt2": ModelFamily("transformer.h", "n_embd", "n_layer"),
+    "gptj": ModelFamily("transformer.h", "n_embd", "n_layer"),
+    "gpt_neo": ModelFamily("transformer.h", "hidden_size", "num_layers"),
+    "gpt_neox": ModelFamily("gpt_neox.layers"),
+    "codegen": ModelFamily("transformer.h", "n_embd", "n_layer"),
+    "gpt_bigcode": ModelFamily("transformer.h", "n_embd", "n_layer"),
+    "bloom": ModelFamily("transformer.h", "hidden_size", "n_layer"),
+    "falcon": ModelFamily("transformer.h"),
+    "mpt": ModelFamily("transformer.blocks", "d_model", "n_layers"),
+    "opt": ModelFamily("model.decoder.layers"),
+    "llama": ModelFamily("model.layers"),
+    "mistral": ModelFamily("model.layers"),
+    "mixtral": ModelFamily("model.layers"),
+    "qwen2": ModelFamily("model.layers"),
+    "qwen3": ModelFamily("model.layers"),
+    "gemma": ModelFamily("model.layers"),
+    "gemma2": ModelFamily("model.layers"),
+    "gemma3_text": ModelFamily("model.layers"),
+    "phi": ModelFamily("model.layers"),
+    "phi3": ModelFamily("model.layers"),
+    "olmo": ModelFamily("model.layers"),
+    "olmo2": ModelFamily("model.layers"),
+    "starcoder2": ModelFamily("model.layers"),
+}
+
+
+class ModelLoadError(OSError):
+    """A model or its tokenizer could not be loaded (offline, misspelled, or not saved)."""
+
+
+@dataclass
+class ModelAndTokenizer:
+    """A causal LM, frozen and in eval mode, with its tokenizer (which has a pad token)."""
+
+    model: transformers.PreTrainedModel
+    tokenizer: transformers.PreTrainedTokenizerBase
+    name: str
+    """The name or alias the model was asked for by (``"gptj"``, ``"toy"``, a directory)."""
+
+    @property
+    def device(self) -> torch.device:
+        return determine_device(self.model)
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return determine_dtype(self.model)
+
+    @property
+    def num_layers(self) -> int:
+        return len(determine_layers(self.model))
+
+    @property
+    def hidden_size(self) -> int:
+        return determine_hidden_size(self.model)
+
+    @property
+    def layer_paths(self) -> tuple[str, ...]:
+        return determine_layer_paths(self.model)
+
+
+def unwrap_model(model: torch.nn.Module | ModelAndTokenizer) -> torch.nn.Module:
+    """Return the bare model of a :class:`ModelAndTokenizer`, or the model itself."""
+    return model.model if isinstance(model, ModelAndTokenizer) else model
+
+
+def _config_of(model: torch.nn.Module) -> Any:
+    config = getattr(model, "config", None)
+    if config is None:
+        raise ValueError(
+            f"{type(model).__name__} has no `config`; remedi works with Hugging Face causal LMs "
+            "(transformers.PreTrainedModel), e.g. those from remedi.models.load_model"
+        )
+    return config
+
+
+def _family_of(model: torch.nn.Module) -> ModelFamily | None:
+    return MODEL_FAMILIES.get(getattr(_config_of(model), "model_type", ""))
+
+
+def _text_config(config: Any) -> Any:
+    """The config of the language model proper (multimodal configs nest it)."""
+    get_text_config = getattr(config, "get_text_config", None)
+    return get_text_config() if callable(get_text_config) else config
+
+
+def find_layers_path(model: torch.nn.Module | ModelAndTokenizer) -> str:
+    """Find the ``ModuleList`` of decoder blocks of a causal LM of any family, by its shape.
+
+    The blocks are the ``ModuleList`` of identical modules whose length is the config's layer
+    count; without a layer count, the longest such list. Ties go to the list holding the most
+    parameters (decoder blocks hold nearly all of them).
+    """
+    module = unwrap_model(model)
+    num_layers = getattr(_text_config(_config_of(module)), "num_hidden_layers", None)
+    stacks = [
+        (name, stack)
+        for name, stack in module.named_modules()
+        if isinstance(stack, torch.nn.ModuleList)
+        and len(stack) > 0
+        and len({type(block) for block in stack}) == 1
+    ]
+    if isinstance(num_layers, int):
+        stacks = [(name, stack) for name, stack in stacks if len(stack) == num_layers]
+    if not stacks:
+        raise ValueError(
+            f"cannot find the decoder blocks of {type(module).__name__} "
+            f"(model_type={getattr(module.config, 'model_type', None)!r}): no ModuleList of "
+            f"identical blocks{f' of length num_hidden_layers={num_layers}' if num_layers else ''}. "
+            "Register the family in remedi.models.MODEL_FAMILIES with the dotted path of its "
+            "decoder-block ModuleList."
+        )
+
+    def size(stack: torch.nn.ModuleList) -> tuple[int, int]:
+        return len(stack), sum(parameter.numel() for parameter in stack.parameters())
+
+    return max(stacks, key=lambda named: size(named[1]))[0]
+
+
+def _layers_path(module: torch.nn.Module) -> str:
+    family = _family_of(module)
+    if family is not None:
+        try:
+            stack = module.get_submodule(family.layers_path)
+        except AttributeError:
+            stack = None  # e.g. the base model without its LM head: search instead
+        if isinstance(stack, torch.nn.ModuleList):
+            return family.layers_path
+    return find_layers_path(module)
+
+
+def _layer_stack(module: torch.nn.Module) -> torch.nn.ModuleList:
+    stack = module.get_submodule(_layers_path(module))
+    assert isinstance(stack, torch.nn.ModuleList)
+    return stack
+
+
+def determine_layers(model: torch.nn.Module | ModelAndTokenizer) -> tuple[int, ...]:
+    """Return the indices of the model's decoder blocks: ``(0, ..., num_layers - 1)``."""
+    module = unwrap_model(model)
+    family = _family_of(module)
+    num_layers = None
+    if family is not None:
+        num_layers = getattr(module.config, family.num_layers_key, None)
+    if not isinstance(num_layers, int):
+        num_layers = len(_layer_stack(module))
+    return tuple(range(num_layers))
+
+
+def determine_layer_paths(
+    model: torch.nn.Module | ModelAndTokenizer, layers: Sequence[int] | None = None
+) -> tuple[str, ...]:
+    """Return the dotted module path of each layer's decoder block, e.g. ``transformer.h.3``.
+
+    Raises:
+        ValueError: A layer is not in ``0 .. num_layers - 1``.
+    """
+    module = unwrap_model(model)
+    all_layers = determine_layers(module)
+    if layers is None:
+        layers = all_layers
+    for layer in layers:
+        if not isinstance(layer, SupportsIndex) or not 0 <= operator.index(layer) < len(all_layers):
+            raise ValueError(
+                f"layer {layer!r} is out of range for {type(module).__name__}, which has "
+                f"{len(all_layers)} layers: valid layers are 0..{len(all_layers) - 1}"
+            )
+    layers_path = _layers_path(module)
+    return tuple(f"{layers_path}.{operator.index(layer)}" for layer in layers)
+
+
+def resolve_layer(model: torch.nn.Module | ModelAndTokenizer, layer: int) -> torch.nn.Module:
+    """Return the decoder block module of one layer (its output is the residual stream)."""
+    module = unwrap_model(model)
+    (path,) = determine_layer_paths(module, [layer])
+    return module.get_submodule(path)
+
+
+def determine_hidden_size(model: torch.nn.Module | ModelAndTokenizer) -> int:
+    """Return the width of the residual stream."""
+    module = unwrap_model(model)
+    return _hidden_size_from_config(_config_of(module))
+
+
+def _hidden_size_from_config(config: Any) -> int:
+    family = MODEL_FAMILIES.get(getattr(config, "model_type", ""))
+    key = family.hidden_size_key if family is not None else "hidden_size"
+    hidden_size = getattr(config, key, None)
+    if not isinstance(hidden_size, int):
+        hidden_size = getattr(_text_config(config), "hidden_size", None)
+    if not isinstance(hidden_size, int):
+        raise ValueError(
+            f"cannot read the hidden size from {type(config).__name__}; register the family "
+            "in remedi.models.MODEL_FAMILIES with its hidden_size_key"
+        )
+    return hidden_size
+
+
+def _num_layers_from_config(config: Any) -> int | None:
+    family = MODEL_FAMILIES.get(getattr(config, "model_type", ""))
+    key = family.num_layers_key if family is not None else "num_hidden_layers"
+    num_layers = getattr(config, key, None)
+    if not isinstance(num_layers, int):
+        num_layers = getattr(_text_config(config), "num_hidden_layers", None)
+    return num_layers if isinstance(num_layers, int) else None
+
+
+def determine_device(model: torch.nn.Module | ModelAndTokenizer) -> torch.device:
+    """Return the device that inputs should be sent to (that of the input embeddings)."""
+    module = unwrap_model(model)
+    get_input_embeddings = getattr(module, "get_input_embeddings", None)
+    embeddings = get_input_embeddings() if callable(get_input_embeddings) else None
+    if isinstance(embeddings, torch.nn.Module):
+        for parameter in embeddings.parameters():
+            return parameter.device
+    for parameter in module.parameters():
+        return parameter.device
+    return torch.device("cpu")
+
+
+def determine_dtype(model: torch.nn.Module | ModelAndTokenizer) -> torch.dtype:
+    """Return the floating-point dtype of the model's weights."""
+    module = unwrap_model(model)
+    for parameter in module.parameters():
+        if parameter.is_floating_point():
+            return parameter.dtype
+    return torch.get_default_dtype()
+
+
+def estimate_num_parameters(config: Any) -> int | None:
+    """Estimate a transformer's parameter count from its config, before loading any weights.
+
+    Uses ``12 * layers * hidden^2 + vocab * hidden`` (attention, MLP, embeddings), which is
+    within a small factor for every family here; ``None`` when the config lacks the sizes.
+    """
+    try:
+        hidden_size = _hidden_size_from_config(config)
+    except ValueError:
+        return None
+    num_layers = _num_layers_from_config(config)
+    vocab_size = getattr(_text_config(config), "vocab_size", None) or 0
+    if num_layers is None:
+        return None
+    return 12 * num_layers * hidden_size**2 + vocab_size * hidden_size
+
+
+def default_dtype(config: Any, device: torch.device, name: str = "") -> torch.dtype:
+    """Pick the dtype to load a model in: half precision for big models on a GPU, else fp32.
+
+    Half precision is bfloat16 where the GPU supports it (no overflow in long sums), float16
+    otherwise. Without a readable config, the paper's big models (by name) count as big.
+    """
+    if device.type != "cuda":
+        return torch.float32
+    num_parameters = estimate_num_parameters(config) if config is not None else None
+    if num_parameters is None:
+        big = name in ("gpt2-xl", "gptj", "neox") or any(
+            big_name in name for big_name in ("gpt-j", "gpt-neox", "pythia-6.9b", "pythia-12b")
+        )
+    else:
+        big = num_parameters >= HALF_PRECISION_MIN_PARAMETERS
+    if not big:
+        return torch.float32
+    if torch.cuda.is_available() and torch.cuda.is_bf16_supported():
+        return torch.bfloat16
+    return torch.float16
+
+
+_DTYPE_NAMES: dict[str, torch.dtype] = {
+    "float32": torch.float32,
+    "fp32": torch.float32,
+    "float": torch.float32,
+    "float16": torch.float16,
+    "fp16": torch.float16,
+    "half": torch.float16,
+    "bfloat16": torch.bfloat16,
+    "bf16": torch.bfloat16,
+}
+
+
+def parse_dtype(dtype: torch.dtype | str) -> torch.dtype:
+    """Turn ``"fp16"``, ``"bfloat16"``, ``"torch.float32"``, ... or a torch dtype into a dtype."""
+    if isinstance(dtype, torch.dtype):
+        return dtype
+    key = dtype.lower().removeprefix("torch.")
+    if key not in _DTYPE_NAMES:
+        raise ValueError(f"unknown dtype {dtype!r}; use one of {', '.join(sorted(_DTYPE_NAMES))}")
+    return _DTYPE_NAMES[key]
+
+
+def _resolve_name(name_or_path: str) -> str:
+    """Map an alias, a toy-world name, or a path to what ``from_pretrained`` should load."""
+    if TOY_NAME_PATTERN.match(name_or_path) and not Path(name_or_path).exists():
+        # Imported here: the toy world builds models with this module (no import cycle).
+        from remedi.toy.build import ensure_toy_world
+
+        return str(ensure_toy_world(name_or_path).model_dir)
+    if name_or_path in MODEL_ALIASES:
+        return MODEL_ALIASES[name_or_path]
+    path = Path(name_or_path).expanduser()
+    if path.exists():
+        return str(path)
+    # Hub names are "name" or "owner/name"; anything else can only be a directory.
+    if name_or_path.startswith((".", "/", "~")) or name_or_path.count("/") > 1:
+        raise ModelLoadError(
+            f"no model directory at {path}: pass a directory written by "
+            "`model.save_pretrained(DIR)` and `tokenizer.save_pretrained(DIR)`, "
+            "a Hugging Face hub name (e.g. EleutherAI/gpt-j-6B), or an alias "
+            f"({', '.join(MODEL_ALIASES)}, toy)"
+        )
+    return name_or_path
+
+
+def _hub_kwargs() -> dict[str, Any]:
+    """Read the Hugging Face offline and cache settings at call time.
+
+    The hub library reads them once, at import; reading them here lets a running process
+    change them, and makes offline loads fail at once instead of retrying the network.
+    """
+    kwargs: dict[str, Any] = {}
+    offline = os.environ.get("HF_HUB_OFFLINE") or os.environ.get("TRANSFORMERS_OFFLINE")
+    if offline and offline.strip().lower() in ("1", "true", "yes", "on"):
+        kwargs["local_files_only"] = True
+    if os.environ.get("HF_HUB_CACHE"):
+        kwargs["cache_dir"] = os.environ["HF_HUB_CACHE"]
+    elif os.environ.get("HF_HOME"):
+        kwargs["cache_dir"] = str(Path(os.environ["HF_HOME"]) / "hub")
+    return kwargs
+
+
+def _load_error(name_or_path: str, source: str, error: Exception) -> ModelLoadError:
+    offline = "local_files_only" in _hub_kwargs()
+    return ModelLoadError(
+        f"cannot load model {name_or_path!r} (from {source!r}): {error}\n"
+        + ("HF_HUB_OFFLINE is set, so only local copies are used. " if offline else "")
+        + "If the name is right and this machine has no network, point at a local copy: "
+        "save it elsewhere with `model.save_pretrained(DIR)` and `tokenizer.save_pretrained(DIR)` "
+        "and pass DIR as the model name, or set HF_HOME (or HF_HUB_CACHE) to a Hugging Face cache "
+        "that holds it. Set HF_HUB_OFFLINE=1 to skip network retries."
+    )
+
+
+def load_model(
+    name_or_path: str,
+    device: str | torch.device | None = None,
+    dtype: torch.dtype | str | None = None,
+    device_map: str | dict[str, Any] | None = None,
+) -> ModelAndTokenizer:
+    """Load a causal LM and its tokenizer, frozen and in eval mode.
+
+    Args:
+        name_or_path: A Hugging Face hub name, an alias (``gpt2``, ``gpt2-xl``, ``gptj``,
+            ``neox``, ``pythia-70m`` .. ``pythia-12b``), a directory saved with
+            ``save_pretrained``, or a toy-world name (``toy``, ``toy-small``, ``toy-<arch>``,
+            ``toy-small-<arch>``; built on first use).
+        device: Where to put the model (default CPU). Ignored when ``device_map`` is given.
+        dtype: Weights dtype. Default: fp32, except half precision for models of over a
+            billion parameters on a GPU.
+        device_map: Passed to ``from_pretrained`` (e.g. ``"auto"`` to spread a model that does
+            not fit one GPU over several with accelerate).
+
+    Raises:
+        ModelLoadError: The model cannot be found locally or downloaded.
+    """
+    source = _resolve_name(name_or_path)
+    hub_kwargs = _hub_kwargs()
+    try:
+        config = transformers.AutoConfig.from_pretrained(source, **hub_kwargs)
+    except OSError as error:
+        raise _load_error(name_or_path, source, error) from error
+
+    if device_map is not None:
+        target = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    else:
+        target = torch.device(device) if device is not None else torch.device("cpu")
+    torch_dtype = (
+        parse_dtype(dtype) if dtype is not None else default_dtype(config, target, name_or_path)
+    )
+    logger.info("loading %s from %s as %s on %s", name_or_path, source, torch_dtype, target)
+    try:
+        model = transformers.AutoModelForCausalLM.from_pretrained(
+            source,
+            config=config,
+            dtype=torch_dtype,
+            # A single device loads the weights straight there (no copy on the CPU first).
+            device_map=device_map if device_map is not None else target,
+            **hub_kwargs,
+        )
+        tokenizer = transformers.AutoTokenizer.from_pretrained(source, **hub_kwargs)
+    except OSError as error:
+        raise _load_error(name_or_path, source, error) from error
+    model.eval()
+    # REMEDI trains only the editor: the LM must never hold gradient buffers.
+    model.requires_grad_(False)
+
+    if tokenizer.pad_token is None:
+        if tokenizer.eos_token is None:
+            logger.warning(
+                "tokenizer of %s has neither pad nor eos token; batches need one", source
+            )
+        tokenizer.pad_token = tokenizer.eos_token
+    if model.config.pad_token_id is None:
+        model.config.pad_token_id = tokenizer.pad_token_id
+    generation_config = getattr(model, "generation_config", None)
+    if generation_config is not None and generation_config.pad_token_id is None:
+        generation_config.pad_token_id = tokenizer.pad_token_id
+    return ModelAndTokenizer(model=model, tokenizer=tokenizer, name=name_or_path)

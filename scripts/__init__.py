@@ -1,0 +1,1 @@
+"""Command-line front doors: parse flags, call the remedi library, write results."""

@@ -1,0 +1,277 @@
+"""Tests for remedi.hooks: recording and editing the residual stream."""
+
+from __future__ import annotations
+
+import contextlib
+
+import pytest
+import torch
+import transformers
+
+from remedi import hooks, models
+from tests.model_fixtures import tiny_model
+
+PROMPTS = ["Mira Talovan lives in the city of Lisbon", "Kelo Vantri works"]
+# Families whose decoder blocks return a tensor (gpt2, gpt_neox, llama) or a tuple (gptj).
+HOOK_FAMILIES = ["gpt2", "gptj", "gpt_neox", "llama"]
+
+
+@pytest.fixture(scope="module")
+def family_models(tokenizer) -> dict[str, transformers.PreTrainedModel]:
+    return {
+        model_type: tiny_model(model_type, vocab_size=len(tokenizer))
+        for model_type in HOOK_FAMILIES
+    }
+
+
+def encode(tokenizer, prompts: list[str], padding_side: str) -> transformers.BatchEncoding:
+    original_side, tokenizer.padding_side = tokenizer.padding_side, padding_side
+    try:
+        return tokenizer(prompts, return_tensors="pt", padding=True)
+    finally:
+        tokenizer.padding_side = original_side
+
+
+def position_ids(attention_mask: torch.Tensor) -> torch.Tensor:
+    """Positions that skip left padding, so a padded row matches the same row run alone."""
+    return (attention_mask.cumsum(-1) - 1).clamp(min=0)
+
+
+def logits_of(model, inputs, **kwargs) -> torch.Tensor:
+    with torch.no_grad():
+        return model(
+            input_ids=inputs["input_ids"],
+            attention_mask=inputs["attention_mask"],
+            position_ids=position_ids(inputs["attention_mask"]),
+            **kwargs,
+        ).logits
+
+
+def assert_no_hooks(model: torch.nn.Module) -> None:
+    """No remedi hook is left on any module.
+
+    transformers 5 keeps hooks of its own on decoder blocks (they collect
+    output_hidden_states), so the check is on the hooks' origin, not on emptiness.
+    """
+    for name, module in model.named_modules():
+        for hook in [*module._forward_hooks.values(), *module._forward_pre_hooks.values()]:
+            assert hook.__module__ != hooks.__name__, f"remedi hook left on {name or 'model'}"
+
+
+@pytest.mark.parametrize("padding_side", ["left", "right"])
+@pytest.mark.parametrize("model_type", HOOK_FAMILIES)
+def test_record_hiddens_equal_output_hidden_states(
+    family_models, tokenizer, model_type: str, padding_side: str
+):
+    model = family_models[model_type]
+    inputs = encode(tokenizer, PROMPTS, padding_side)
+    layers = models.determine_layers(model)
+    with hooks.record_hiddens(model, layers) as hiddens:
+        outputs = model(**inputs, output_hidden_states=True)
+    assert set(hiddens) == set(layers)
+    # The last entry of hidden_states has the final layer norm applied; the others are the
+    # raw block outputs.
+    for layer in layers[:-1]:
+        torch.testing.assert_close(hiddens[layer], outputs.hidden_states[layer + 1])
+    assert hiddens[layers[-1]].shape == outputs.hidden_states[-1].shape
+    assert_no_hooks(model)
+
+
+def test_record_hiddens_last_layer_is_pre_final_norm(gpt2_model, tokenizer):
+    inputs = encode(tokenizer, PROMPTS, "right")
+    with hooks.record_hiddens(gpt2_model, [1]) as hiddens, torch.no_grad():
+        outputs = gpt2_model(**inputs, output_hidden_states=True)
+    final_norm = gpt2_model.transformer.ln_f
+    torch.testing.assert_close(final_norm(hiddens[1]), outputs.hidden_states[-1])
+
+
+@pytest.mark.parametrize("model_type", HOOK_FAMILIES)
+def test_zero_direction_changes_nothing(family_models, tokenizer, model_type: str):
+    model = family_models[model_type]
+    inputs = encode(tokenizer, PROMPTS, "left")
+    unedited = logits_of(model, inputs)
+    directions = torch.zeros(2, models.determine_hidden_size(model))
+    ranges = torch.tensor([[0, 5], [1, 3]])
+    with hooks.add_directions(model, 1, directions, ranges, alpha=10.0):
+        edited = logits_of(model, inputs)
+    torch.testing.assert_close(edited, unedited, rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("padding_side", ["left", "right"])
+@pytest.mark.parametrize("model_type", HOOK_FAMILIES)
+def test_edit_changes_only_its_example_from_its_range_on(
+    family_models, tokenizer, model_type: str, padding_side: str
+):
+    model = family_models[model_type]
+    inputs = encode(tokenizer, PROMPTS, padding_side)
+    attention_mask = inputs["attention_mask"]
+    assert attention_mask[1].sum() < attention_mask.shape[1], "row 1 must be padded"
+    torch.manual_seed(1)
+    directions = torch.randn(2, models.determine_hidden_size(model)) * 5
+    # Row 0 gets a direction but an empty range: it must stay untouched too.
+    start, end = 1, 3
+    ranges = hooks.padded_token_ranges(torch.tensor([[2, 2], [start, end]]), attention_mask)
+
+    unedited = logits_of(model, inputs)
+    with hooks.add_directions(model, 0, directions, ranges):
+        edited = logits_of(model, inputs)
+    assert_no_hooks(model)
+
+    torch.testing.assert_close(edited[0], unedited[0], rtol=0, atol=0)
+    real_positions = attention_mask[1].nonzero().squeeze(1)
+    changed = (edited[1] - unedited[1]).abs().amax(dim=-1)[real_positions]
+    assert (changed[:start] == 0).all(), "tokens before the range must not change"
+    assert (changed[start:] > 1e-4).all(), "every token from the range on must change"
+
+    # The edit lands on the same tokens as when the example runs alone, unpadded.
+    alone = tokenizer(PROMPTS[1:], return_tensors="pt")
+    with hooks.add_directions(model, 0, directions[1:], torch.tensor([[start, end]])):
+        edited_alone = logits_of(model, alone)
+    torch.testing.assert_close(edited[1, real_positions], edited_alone[0], rtol=1e-4, atol=1e-4)
+
+
+def test_directions_keep_their_gradient(gpt2_model, tokenizer):
+    inputs = encode(tokenizer, PROMPTS, "right")
+    directions = torch.randn(2, 32, requires_grad=True)
+    ranges = torch.tensor([[1, 3], [0, 0]])
+    with hooks.add_directions(gpt2_model, 0, directions, ranges, alpha=2.0):
+        logits = gpt2_model(**inputs).logits
+    (gradient,) = torch.autograd.grad(logits.logsumexp(-1).sum(), directions)
+    assert gradient[0].abs().sum() > 0
+    assert (gradient[1] == 0).all(), "a row with an empty range gets no gradient"
+
+
+def test_one_token_prompt_is_edited(gpt2_model, tokenizer):
+    input_ids = tokenizer(" Lisbon", return_tensors="pt")["input_ids"][:, :1]
+    direction = torch.randn(1, 32) * 5
+    with torch.no_grad():
+        unedited = gpt2_model(input_ids).logits
+        with hooks.add_directions(gpt2_model, 0, direction, torch.tensor([[0, 1]])):
+            edited = gpt2_model(input_ids).logits
+    assert (edited - unedited).abs().max() > 1e-3
+
+
+def greedy_with_cache(model, input_ids, steps: int, edit_step) -> list[int]:
+    """Greedy decoding by hand; `edit_step(i)` is a context manager wrapping step i."""
+    tokens: list[int] = []
+    past, next_input = None, input_ids
+    with torch.no_grad():
+        for step in range(steps):
+            with edit_step(step):
+                outputs = model(next_input, past_key_values=past, use_cache=True)
+            past = outputs.past_key_values
+            next_token = outputs.logits[:, -1].argmax(-1)
+            tokens.append(int(next_token))
+            next_input = next_token[:, None]
+    return tokens
+
+
+def test_generation_edits_the_prompt_but_not_the_cached_steps(gpt2_model, tokenizer):
+    input_ids = tokenizer(PROMPTS[0], return_tensors="pt")["input_ids"]
+    steps = 6
+    torch.manual_seed(3)
+    direction = torch.randn(1, 32) * 20
+    # The range starts at 0: a one-token cached step, whose only position is 0 in its own
+    # call, would be edited too if the hook did not skip it. It covers the whole prompt so
+    # that the edit reaches the next-token prediction of this random model.
+    ranges = torch.tensor([[0, input_ids.shape[1]]])
+
+    def edit() -> contextlib.AbstractContextManager[None]:
+        return hooks.add_directions(gpt2_model, 0, direction, ranges)
+
+    def generate() -> list[int]:
+        with torch.no_grad():
+            output = gpt2_model.generate(
+                input_ids,
+                attention_mask=torch.ones_like(input_ids),
+                max_new_tokens=steps,
+                min_new_tokens=steps,
+                do_sample=False,
+                pad_token_id=tokenizer.pad_token_id,
+            )
+        return output[0, input_ids.shape[1] :].tolist()
+
+    with edit():
+        generated = generate()
+    assert_no_hooks(gpt2_model)
+
+    no_edit = contextlib.nullcontext
+    prompt_only = greedy_with_cache(
+        gpt2_model, input_ids, steps, lambda step: edit() if step == 0 else no_edit()
+    )
+    every_step = greedy_with_cache(gpt2_model, input_ids, steps, lambda step: edit())
+    unedited = greedy_with_cache(gpt2_model, input_ids, steps, lambda step: no_edit())
+    assert generated == prompt_only
+    assert prompt_only != every_step, "test too weak: editing cached steps changes nothing"
+    assert prompt_only != unedited, "test too weak: the edit changes nothing"
+
+
+def test_batch_repeated_by_generate_gets_each_rows_direction(gpt2_model, tokenizer):
+    inputs = encode(tokenizer, PROMPTS, "right")
+    directions = torch.randn(2, 32) * 5
+    ranges = torch.tensor([[0, 2], [1, 2]])
+    with hooks.add_directions(gpt2_model, 0, directions, ranges), torch.no_grad():
+        edited = gpt2_model(**inputs).logits
+        # generate() with num_return_sequences=2 repeats each row twice, row by row.
+        repeated = {key: value.repeat_interleave(2, dim=0) for key, value in inputs.items()}
+        edited_repeated = gpt2_model(**repeated).logits
+    torch.testing.assert_close(edited_repeated[::2], edited)
+    torch.testing.assert_close(edited_repeated[1::2], edited)
+
+
+def test_batch_mismatch_and_bad_shapes_raise(gpt2_model, tokenizer):
+    inputs = encode(tokenizer, [*PROMPTS, "Xavi"], "right")
+    directions, ranges = torch.zeros(2, 32), torch.tensor([[0, 1], [0, 1]])
+    with (
+        pytest.raises(ValueError, match="batch of 3 but 2 directions"),
+        hooks.add_directions(gpt2_model, 0, directions, ranges),
+    ):
+        gpt2_model(**inputs)
+    assert_no_hooks(gpt2_model)
+    with pytest.raises(ValueError, match=r"\(batch, hidden\)"):
+        hooks.add_directions(gpt2_model, 0, torch.zeros(32), ranges).__enter__()
+    with pytest.raises(ValueError, match=r"valid layers are 0\.\.1"):
+        hooks.add_directions(gpt2_model, 2, directions, ranges).__enter__()
+    with pytest.raises(ValueError, match=r"valid layers are 0\.\.1"):
+        hooks.record_hiddens(gpt2_model, [0, 5]).__enter__()
+    assert_no_hooks(gpt2_model)
+
+
+def test_hooks_are_removed_when_the_body_raises(gpt2_model, tokenizer):
+    inputs = encode(tokenizer, PROMPTS, "right")
+    directions, ranges = torch.ones(2, 32), torch.tensor([[0, 1], [0, 1]])
+    with pytest.raises(RuntimeError, match="boom"), hooks.record_hiddens(gpt2_model, [0, 1]):
+        gpt2_model(**inputs)
+        raise RuntimeError("boom")
+    assert_no_hooks(gpt2_model)
+    with (
+        pytest.raises(RuntimeError, match="boom"),
+        hooks.add_directions(gpt2_model, 1, directions, ranges),
+    ):
+        gpt2_model(**inputs)
+        raise RuntimeError("boom")
+    assert_no_hooks(gpt2_model)
+
+
+def test_padded_token_ranges_left_and_right():
+    ranges = torch.tensor([[0, 2], [1, 3]])
+    left = torch.tensor([[0, 0, 1, 1, 1], [1, 1, 1, 1, 1]])
+    right = torch.tensor([[1, 1, 1, 0, 0], [1, 1, 1, 1, 1]])
+    assert hooks.padded_token_ranges(ranges, left).tolist() == [[2, 4], [1, 3]]
+    assert hooks.padded_token_ranges(ranges, right).tolist() == [[0, 2], [1, 3]]
+    with pytest.raises(ValueError, match="one range per example"):
+        hooks.padded_token_ranges(ranges, left[:1])
+
+
+@pytest.mark.parametrize("padding_side", ["left", "right"])
+def test_padded_token_ranges_point_at_the_same_tokens(tokenizer, padding_side: str):
+    unpadded = [tokenizer(prompt)["input_ids"] for prompt in PROMPTS]
+    ranges = torch.tensor([[1, 3], [0, 2]])
+    inputs = encode(tokenizer, PROMPTS, padding_side)
+    padded = hooks.padded_token_ranges(ranges, inputs["attention_mask"])
+    for row, ((start, end), (padded_start, padded_end)) in enumerate(
+        zip(ranges.tolist(), padded.tolist(), strict=True)
+    ):
+        assert (
+            inputs["input_ids"][row, padded_start:padded_end].tolist() == (unpadded[row][start:end])
+        )

@@ -1,0 +1,232 @@
+"""Tests for remedi.models: model families, layer paths, and loading."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from types import SimpleNamespace
+from typing import Any
+
+import pytest
+import torch
+import transformers
+
+from remedi import models
+from tests.model_fixtures import (
+    DECODER_SIZES,
+    FAMILY_CONFIGS,
+    HIDDEN_SIZE,
+    NUM_LAYERS,
+    REQUIRED_FAMILIES,
+    VOCAB_SIZE,
+    tiny_model,
+)
+
+
+def block_outputs(model: torch.nn.Module, blocks: list[torch.nn.Module], input_ids: torch.Tensor):
+    """Run the model, returning each block's output hidden state and the model's outputs."""
+    outputs: list[torch.Tensor] = []
+
+    def record(module: torch.nn.Module, inputs: Any, output: Any) -> None:
+        outputs.append(output[0] if isinstance(output, tuple) else output)
+
+    handles = [block.register_forward_hook(record) for block in blocks]
+    try:
+        with torch.no_grad():
+            result = model(input_ids, output_hidden_states=True)
+    finally:
+        for handle in handles:
+            handle.remove()
+    return outputs, result
+
+
+def test_registry_covers_required_families():
+    assert set(models.MODEL_FAMILIES) >= REQUIRED_FAMILIES
+    assert set(FAMILY_CONFIGS) == set(models.MODEL_FAMILIES), "every family needs a tiny test"
+
+
+@pytest.mark.parametrize("model_type", sorted(FAMILY_CONFIGS))
+def test_family_layers_are_the_residual_stream(model_type: str):
+    layers_path = FAMILY_CONFIGS[model_type][1]
+    model = tiny_model(model_type)
+    assert model.config.model_type == model_type
+
+    assert models.determine_layers(model) == tuple(range(NUM_LAYERS))
+    assert models.determine_hidden_size(model) == HIDDEN_SIZE
+    paths = models.determine_layer_paths(model)
+    assert paths == tuple(f"{layers_path}.{layer}" for layer in range(NUM_LAYERS))
+    assert models.determine_layer_paths(model, [1]) == (f"{layers_path}.1",)
+    blocks = [models.resolve_layer(model, layer) for layer in range(NUM_LAYERS)]
+    assert blocks == [model.get_submodule(path) for path in paths]
+    # The generic search, used for unregistered families, agrees with the registry.
+    assert models.find_layers_path(model) == layers_path
+
+    input_ids = torch.randint(0, VOCAB_SIZE, (2, 5))
+    outputs, result = block_outputs(model, blocks, input_ids)
+    assert len(result.hidden_states) == NUM_LAYERS + 1
+    # hidden_states[i + 1] is the output of block i, except the last, which most families
+    # return after the final layer norm.
+    for layer in range(NUM_LAYERS - 1):
+        assert outputs[layer].shape == (2, 5, HIDDEN_SIZE)
+        torch.testing.assert_close(outputs[layer], result.hidden_states[layer + 1])
+    assert outputs[-1].shape == (2, 5, HIDDEN_SIZE)
+
+
+def test_model_and_tokenizer_properties(gpt2_model, tokenizer):
+    mt = models.ModelAndTokenizer(model=gpt2_model, tokenizer=tokenizer, name="tiny")
+    assert mt.num_layers == 2
+    assert mt.hidden_size == 32
+    assert mt.layer_paths == ("transformer.h.0", "transformer.h.1")
+    assert mt.device == torch.device("cpu")
+    assert mt.dtype == torch.float32
+    # determine_* accept the pair as well as the bare model.
+    assert models.determine_layer_paths(mt, [1]) == ("transformer.h.1",)
+    assert models.resolve_layer(mt, 0) is gpt2_model.transformer.h[0]
+
+
+def test_unregistered_family_uses_generic_search():
+    config = transformers.BioGptConfig(**{**DECODER_SIZES, "num_key_value_heads": None})
+    assert config.model_type not in models.MODEL_FAMILIES
+    model = transformers.AutoModelForCausalLM.from_config(config)
+    assert models.determine_layer_paths(model, [0, 2]) == ("biogpt.layers.0", "biogpt.layers.2")
+    assert models.determine_layers(model) == (0, 1, 2)
+    assert models.determine_hidden_size(model) == HIDDEN_SIZE
+
+
+def test_base_model_without_lm_head(gpt2_model):
+    assert models.determine_layer_paths(gpt2_model.transformer) == ("h.0", "h.1")
+
+
+class _NoBlocksModel(transformers.PreTrainedModel):
+    config_class = transformers.PretrainedConfig
+
+    def __init__(self, config: transformers.PretrainedConfig) -> None:
+        super().__init__(config)
+        self.proj = torch.nn.Linear(4, 4)
+
+
+def test_unknown_model_class_error_names_it():
+    model = _NoBlocksModel(transformers.PretrainedConfig(num_hidden_layers=2))
+    with pytest.raises(ValueError, match=r"_NoBlocksModel.*MODEL_FAMILIES"):
+        models.determine_layer_paths(model)
+    with pytest.raises(ValueError, match=r"Sequential.*no `config`"):
+        models.determine_layers(torch.nn.Sequential(torch.nn.Linear(2, 2)))
+
+
+@pytest.mark.parametrize("layer", [-1, 2, 10])
+def test_layer_out_of_range_names_valid_range(gpt2_model, layer: int):
+    with pytest.raises(ValueError, match=r"valid layers are 0\.\.1"):
+        models.determine_layer_paths(gpt2_model, [0, layer])
+    with pytest.raises(ValueError, match=r"valid layers are 0\.\.1"):
+        models.resolve_layer(gpt2_model, layer)
+
+
+def test_default_dtype_is_half_only_for_big_models_on_gpu():
+    gptj = transformers.GPTJConfig()  # GPT-J-6B's sizes
+    small = transformers.GPT2Config()  # GPT-2 small, 124M parameters
+    assert models.estimate_num_parameters(gptj) > 5_000_000_000
+    assert models.estimate_num_parameters(small) < 200_000_000
+    cpu, cuda = torch.device("cpu"), torch.device("cuda")
+    assert models.default_dtype(gptj, cpu) == torch.float32
+    assert models.default_dtype(small, cuda) == torch.float32
+    assert models.default_dtype(gptj, cuda) in (torch.float16, torch.bfloat16)
+    assert models.default_dtype(None, cuda, "gptj") in (torch.float16, torch.bfloat16)
+
+
+def test_parse_dtype():
+    assert models.parse_dtype("fp16") == torch.float16
+    assert models.parse_dtype("torch.bfloat16") == torch.bfloat16
+    assert models.parse_dtype(torch.float32) == torch.float32
+    with pytest.raises(ValueError, match="unknown dtype 'fp8'"):
+        models.parse_dtype("fp8")
+
+
+@pytest.fixture()
+def saved_gpt2(tmp_path: Path, gpt2_model, tokenizer) -> Path:
+    """A tiny GPT-2 saved with save_pretrained, its tokenizer saved without a pad token."""
+    directory = tmp_path / "tiny-gpt2"
+    gpt2_model.save_pretrained(directory)
+    unpadded = transformers.PreTrainedTokenizerFast(
+        tokenizer_object=tokenizer.backend_tokenizer,
+        bos_token=tokenizer.bos_token,
+        eos_token=tokenizer.eos_token,
+    )
+    assert unpadded.pad_token is None
+    unpadded.save_pretrained(directory)
+    return directory
+
+
+def test_load_model_from_directory(saved_gpt2: Path, gpt2_model):
+    mt = models.load_model(str(saved_gpt2))
+    assert mt.name == str(saved_gpt2)
+    assert isinstance(mt.model, transformers.GPT2LMHeadModel)
+    assert not mt.model.training
+    assert all(not parameter.requires_grad for parameter in mt.model.parameters())
+    assert mt.dtype == torch.float32
+    assert mt.device == torch.device("cpu")
+    assert mt.tokenizer.pad_token == mt.tokenizer.eos_token
+    assert mt.model.config.pad_token_id == mt.tokenizer.pad_token_id
+    torch.testing.assert_close(
+        mt.model.transformer.wte.weight, gpt2_model.transformer.wte.weight, rtol=0, atol=0
+    )
+
+
+def test_load_model_explicit_dtype_wins(saved_gpt2: Path):
+    assert models.load_model(str(saved_gpt2), dtype="bf16").dtype == torch.bfloat16
+    assert models.load_model(str(saved_gpt2), dtype=torch.float16).dtype == torch.float16
+
+
+def test_load_model_missing_directory_says_how_to_fix(tmp_path: Path):
+    missing = tmp_path / "no-such-model"
+    with pytest.raises(models.ModelLoadError, match=r"no model directory.*save_pretrained"):
+        models.load_model(str(missing))
+
+
+@pytest.mark.parametrize("name", ["gpt2", "gptj", "EleutherAI/no-such-model"])
+def test_load_model_offline_fails_fast_and_explains(
+    name: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "empty-cache"))
+    with pytest.raises(models.ModelLoadError) as raised:
+        models.load_model(name)
+    message = str(raised.value)
+    assert repr(name) in message
+    assert "save_pretrained" in message
+    assert "HF_HOME" in message
+
+
+def test_aliases():
+    assert models.MODEL_ALIASES["gptj"] == "EleutherAI/gpt-j-6B"
+    assert models.MODEL_ALIASES["neox"] == "EleutherAI/gpt-neox-20b"
+    assert models.MODEL_ALIASES["gpt2-xl"] == "gpt2-xl"
+    assert models.MODEL_ALIASES["pythia-70m"] == "EleutherAI/pythia-70m"
+    assert models.MODEL_ALIASES["pythia-12b"] == "EleutherAI/pythia-12b"
+
+
+@pytest.mark.parametrize("name", ["toy", "toy-small", "toy-llama", "toy-small-gptj"])
+def test_toy_names_load_the_built_toy_world(
+    name: str, saved_gpt2: Path, monkeypatch: pytest.MonkeyPatch
+):
+    # Building a toy world trains an LM (tested in test_toy*); here only the routing is
+    # checked: a toy name asks remedi.toy.build for its world and loads the model saved there.
+    asked: list[str] = []
+
+    def ensure_toy_world(toy_name: str) -> SimpleNamespace:
+        asked.append(toy_name)
+        return SimpleNamespace(model_dir=saved_gpt2)
+
+    monkeypatch.setitem(
+        sys.modules, "remedi.toy.build", SimpleNamespace(ensure_toy_world=ensure_toy_world)
+    )
+    mt = models.load_model(name)
+    assert asked == [name]
+    assert mt.name == name
+    assert isinstance(mt.model, transformers.GPT2LMHeadModel)
+
+
+def test_toy_name_pattern():
+    for name in ("toy", "toy-small", "toy-neox", "toy-small-llama"):
+        assert models.TOY_NAME_PATTERN.match(name), name
+    for name in ("toys", "gpt2", "toy-", "mytoy"):
+        assert not models.TOY_NAME_PATTERN.match(name), name
