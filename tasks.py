@@ -66,7 +66,7 @@ def _toy_dataset_args(model: str) -> list[str]:
 # Install and presubmit.
 
 
-@task
+@task()
 def install(c: Context, dev: bool = True) -> None:
     """Install the project (editable) with its dev tools into the current environment."""
     extra = ".[dev]" if dev else "."
@@ -86,7 +86,7 @@ def lint(c: Context, fix: bool = False) -> None:
             c.run(f"ruff format --check {LINTED_PATHS}", echo=True)
 
 
-@task
+@task()
 def mypy(c: Context) -> None:
     """Type-check the package, scripts, benchmarks and tasks (settings in setup.cfg)."""
     with c.cd(str(REPO_ROOT)):

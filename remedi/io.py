@@ -22,6 +22,10 @@ def atomic_write(path: Path, write: Callable[[Path], None]) -> None:
     tmp_path = Path(tmp_name)
     try:
         write(tmp_path)
+        # mkstemp creates files readable by the owner only; give results the usual mode.
+        umask = os.umask(0)
+        os.umask(umask)
+        tmp_path.chmod(0o666 & ~umask)
         os.replace(tmp_path, path)
     finally:
         if tmp_path.exists():
@@ -30,13 +34,16 @@ def atomic_write(path: Path, write: Callable[[Path], None]) -> None:
 
 def write_json(path: Path, data: Any, indent: int | None = 2) -> None:
     """Write ``data`` as JSON to ``path`` atomically."""
-    text = json.dumps(data, indent=indent)
-    atomic_write(Path(path), lambda tmp: tmp.write_text(text + "\n", encoding="utf-8"))
+    write_text(path, json.dumps(data, indent=indent) + "\n")
 
 
 def write_text(path: Path, text: str) -> None:
     """Write ``text`` to ``path`` atomically."""
-    atomic_write(Path(path), lambda tmp: tmp.write_text(text, encoding="utf-8"))
+
+    def write(tmp: Path) -> None:
+        tmp.write_text(text, encoding="utf-8")
+
+    atomic_write(Path(path), write)
 
 
 def read_json(path: Path, what: str = "JSON file") -> Any:

@@ -8,6 +8,9 @@ import transformers
 
 from remedi.toy.tokenizer import train_bpe_tokenizer
 
+# The session-wide small toy world (`small_world`) and its helpers.
+pytest_plugins = ["tests.toy_fixtures"]
+
 TOKENIZER_CORPUS = [
     "Barack Obama was born in Honolulu and served as president of the United States.",
     "Mira Talovan lives in the city of Lisbon and works as a doctor.",

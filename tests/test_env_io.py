@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import pytest
@@ -59,3 +60,11 @@ def test_read_json_names_the_malformed_file_and_position(tmp_path: Path):
     path.write_text('{"a": 1,\n "b": }')
     with pytest.raises(ValueError, match=r"bad\.json is not valid JSON \(line 2"):
         io.read_json(path)
+
+
+def test_written_files_get_the_usual_permissions(tmp_path: Path):
+    path = tmp_path / "result.json"
+    io.write_json(path, {})
+    umask = os.umask(0)
+    os.umask(umask)
+    assert path.stat().st_mode & 0o777 == 0o666 & ~umask

@@ -1,0 +1,77 @@
+"""A built small toy world shared by the tests of a session.
+
+In a test module::
+
+    from tests.toy_fixtures import BuiltToyWorld, shared_small_world
+
+    @pytest.fixture(scope="session")
+    def small_world(tmp_path_factory: pytest.TempPathFactory) -> BuiltToyWorld:
+        return shared_small_world(tmp_path_factory)
+
+(or register this module with ``pytest_plugins`` in conftest and use its ``small_world``).
+The world is built once per test session into a temporary directory, however many modules ask
+for it; the environment variables are set only while building, so use :func:`toy_dirs` to point
+``remedi.env`` at it again inside a test.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from remedi.toy.build import ToyWorldPaths, ensure_toy_world, read_build_report
+
+
+@dataclass(frozen=True)
+class BuiltToyWorld:
+    paths: ToyWorldPaths
+    models_dir: Path
+    data_dir: Path
+    report: dict[str, Any]
+    build_seconds: float
+
+
+@contextmanager
+def toy_dirs(models_dir: Path, data_dir: Path) -> Iterator[None]:
+    """Set REMEDI_MODELS_DIR and REMEDI_DATA_DIR for the duration of the block."""
+    saved = {key: os.environ.get(key) for key in ("REMEDI_MODELS_DIR", "REMEDI_DATA_DIR")}
+    os.environ["REMEDI_MODELS_DIR"] = str(models_dir)
+    os.environ["REMEDI_DATA_DIR"] = str(data_dir)
+    try:
+        yield
+    finally:
+        for key, value in saved.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
+
+
+_BUILT: dict[str, BuiltToyWorld] = {}
+
+
+def shared_small_world(tmp_path_factory: pytest.TempPathFactory) -> BuiltToyWorld:
+    """The "toy-small" world (default config, seed 0), built once per session in a temp dir."""
+    if "toy-small" not in _BUILT:
+        root = tmp_path_factory.mktemp("toy-small-world")
+        models_dir, data_dir = root / "models", root / "data"
+        with toy_dirs(models_dir, data_dir):
+            start = time.monotonic()
+            paths = ensure_toy_world("toy-small", seed=0)
+            seconds = time.monotonic() - start
+            report = read_build_report("toy-small")
+        _BUILT["toy-small"] = BuiltToyWorld(paths, models_dir, data_dir, report, seconds)
+    return _BUILT["toy-small"]
+
+
+@pytest.fixture(scope="session")
+def small_world(tmp_path_factory: pytest.TempPathFactory) -> BuiltToyWorld:
+    """The "toy-small" world, built with its default config and seed 0 in a temporary directory."""
+    return shared_small_world(tmp_path_factory)
