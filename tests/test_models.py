@@ -8,6 +8,7 @@ from types import SimpleNamespace
 from typing import Any
 
 import pytest
+import tokenizers
 import torch
 import transformers
 
@@ -146,8 +147,12 @@ def saved_gpt2(tmp_path: Path, gpt2_model, tokenizer) -> Path:
     """A tiny GPT-2 saved with save_pretrained, its tokenizer saved without a pad token."""
     directory = tmp_path / "tiny-gpt2"
     gpt2_model.save_pretrained(directory)
+    # A copy of the session tokenizer's backend: earlier tests' padding calls configure the shared
+    # backend with a pad token, which a new wrapper would pick up.
+    backend = tokenizers.Tokenizer.from_str(tokenizer.backend_tokenizer.to_str())
+    backend.no_padding()
     unpadded = transformers.PreTrainedTokenizerFast(
-        tokenizer_object=tokenizer.backend_tokenizer,
+        tokenizer_object=backend,
         bos_token=tokenizer.bos_token,
         eos_token=tokenizer.eos_token,
     )
