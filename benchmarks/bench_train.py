@@ -1,0 +1,184 @@
+"""Training throughput: samples per second and peak memory for one epoch of editor training.
+
+    python -m benchmarks.bench_train                                  # toy model, CPU
+    python -m benchmarks.bench_train --model gptj-random --device cuda  # GPT-J shape, bf16
+    python -m benchmarks.bench_train --model gptj-tiny-random --samples 32  # smoke test
+
+``toy``/``toy-small`` train on the toy world's CounterFact export (built if absent).
+``gptj-random`` is GPT-J 6B's shape (28 layers, width 4096) with random weights in bfloat16:
+no download, so it measures speed only; it uses the real GPT-2/GPT-J tokenizer from
+``$REMEDI_SHARED_DATA/gpt2_tokenizer`` when present (else a locally trained one) and synthetic
+CounterFact-style samples. Peak memory is the GPU's peak allocation on CUDA, and the process's
+peak resident set size on CPU (which includes loading the model).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import resource
+import sys
+import tempfile
+import time
+from collections.abc import Sequence
+from pathlib import Path
+
+import torch
+import transformers
+
+from remedi import data, editors, env, models, precompute, training
+
+SYNTHETIC_TEMPLATES = [
+    ("{} lives in the city of", ["Oslo", "Lisbon", "Paris", "Tokyo", "Lima"]),
+    ("{} speaks the language", ["Spanish", "French", "Norwegian", "German", "Thai"]),
+    ("{} works as a", ["doctor", "painter", "singer", "lawyer", "farmer"]),
+]
+SYLLABLES = ["ka", "lo", "van", "tri", "mi", "ra", "tal", "ov", "xa", "vi", "bor", "na", "del"]
+
+
+def synthetic_samples(count: int) -> list[dict]:
+    """CounterFact-style samples about made-up people (for models without a dataset)."""
+    samples = []
+    for index in range(count):
+        first = "".join(SYLLABLES[(index * k + k) % len(SYLLABLES)] for k in (1, 2)).title()
+        last = "".join(SYLLABLES[(index * k + 3) % len(SYLLABLES)] for k in (3, 5, 7)).title()
+        entity = f"{first} {last}{index}"
+        template, values = SYNTHETIC_TEMPLATES[index % len(SYNTHETIC_TEMPLATES)]
+        new, true = values[index % len(values)], values[(index + 1) % len(values)]
+        samples.append(
+            dict(data.counterfact_sample(index, entity, template.format(entity), new, true))
+        )
+    return samples
+
+
+def _tokenizer() -> transformers.PreTrainedTokenizerBase:
+    folder = env.shared_data_dir() / "gpt2_tokenizer"
+    tokenizer: transformers.PreTrainedTokenizerBase
+    if (folder / "vocab.json").is_file() and (folder / "merges.txt").is_file():
+        slow = transformers.GPT2Tokenizer(
+            vocab=str(folder / "vocab.json"), merges=str(folder / "merges.txt")
+        )
+        with tempfile.TemporaryDirectory() as tmp:  # AutoTokenizer gives the fast tokenizer
+            slow.save_pretrained(tmp)
+            tokenizer = transformers.AutoTokenizer.from_pretrained(tmp)
+    else:
+        from remedi.toy.tokenizer import train_bpe_tokenizer
+
+        texts = [sample["context"] for sample in synthetic_samples(500)]
+        tokenizer = train_bpe_tokenizer(texts, vocab_size=1024, min_frequency=1)
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    return tokenizer
+
+
+def random_gptj(device: str, tiny: bool) -> models.ModelAndTokenizer:
+    """GPT-J's shape with random weights (bf16 on CUDA, fp32 on CPU); ``tiny`` shrinks it."""
+    tokenizer = _tokenizer()
+    dtype = torch.bfloat16 if device.startswith("cuda") else torch.float32
+    width, num_layers, num_heads, rotary_dim, positions = (
+        (64, 2, 4, 8, 256) if tiny else (4096, 28, 16, 64, 2048)
+    )
+    config = transformers.GPTJConfig(
+        vocab_size=max(len(tokenizer), 50400),
+        n_embd=width,
+        n_layer=num_layers,
+        n_head=num_heads,
+        rotary_dim=rotary_dim,
+        n_positions=positions,
+    )
+    torch.manual_seed(0)
+    previous_dtype = torch.get_default_dtype()
+    torch.set_default_dtype(dtype)  # build in the target dtype: no fp32 copy of 6B weights
+    try:
+        with torch.device(device):
+            model = transformers.GPTJForCausalLM(config)
+    finally:
+        torch.set_default_dtype(previous_dtype)
+    model.eval().requires_grad_(False)
+    name = "gptj-tiny-random" if tiny else "gptj-random"
+    return models.ModelAndTokenizer(model=model, tokenizer=tokenizer, name=name)
+
+
+def _peak_memory_bytes(device: torch.device) -> int:
+    if device.type == "cuda":
+        return int(torch.cuda.max_memory_allocated(device))
+    peak_kib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return int(peak_kib * (1 if sys.platform == "darwin" else 1024))
+
+
+def benchmark(model: str, device: str, samples: int, batch_size: int, layer: int | None) -> dict:
+    """Precompute and train one epoch; return the timings and peak memory."""
+    if model.startswith("gptj-"):
+        mt = random_gptj(device, tiny=model == "gptj-tiny-random")
+        rows: Sequence[dict] = synthetic_samples(samples)
+    else:
+        from remedi.toy.build import ensure_toy_world
+
+        mt = models.load_model(model, device=device)
+        dataset = data.load_dataset("counterfact", file=ensure_toy_world(model).counterfact_file)
+        rows = [dataset[index] for index in range(min(samples, len(dataset)))]
+    if layer is None:
+        layer = 1 if model.startswith("gptj") else 0
+    torch_device = models.determine_device(mt.model)
+    if torch_device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(torch_device)
+
+    start = time.perf_counter()
+    inputs = precompute.editor_inputs(mt, rows, [layer])
+    precompute_seconds = time.perf_counter() - start
+
+    editor = editors.new_editor("linear", mt, layer)
+    config = training.TrainingConfig(max_epochs=1, batch_size=batch_size)
+    optimizer = torch.optim.AdamW(editor.parameters(), lr=config.lr)
+    if torch_device.type == "cuda":
+        torch.cuda.synchronize(torch_device)
+    start = time.perf_counter()
+    with training.frozen(mt.model):
+        for batch in inputs.batches(batch_size):
+            optimizer.zero_grad(set_to_none=True)
+            loss, _ = training.editing_loss(mt, editor, batch, config.weights)
+            loss.backward()
+            optimizer.step()
+    if torch_device.type == "cuda":
+        torch.cuda.synchronize(torch_device)
+    epoch_seconds = time.perf_counter() - start
+    return {
+        "model": mt.name,
+        "device": str(torch_device),
+        "dtype": str(models.determine_dtype(mt.model)).removeprefix("torch."),
+        "layer": layer,
+        "samples": len(inputs),
+        "batch_size": batch_size,
+        "precompute_seconds": round(precompute_seconds, 3),
+        "precompute_samples_per_second": round(len(inputs) / precompute_seconds, 2),
+        "epoch_seconds": round(epoch_seconds, 3),
+        "train_samples_per_second": round(len(inputs) / epoch_seconds, 2),
+        "peak_memory_mib": round(_peak_memory_bytes(torch_device) / 2**20, 1),
+        "torch_threads": torch.get_num_threads(),
+    }
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description="editor training throughput (one epoch)")
+    parser.add_argument(
+        "--model",
+        default="toy",
+        help="toy, toy-small, gptj-random (GPT-J shape, random bf16) or gptj-tiny-random",
+    )
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--samples", type=int, default=512, help="samples in the epoch")
+    parser.add_argument("--batch-size", type=int, default=training.DEFAULT_BATCH_SIZE)
+    parser.add_argument("--layer", type=int, help="edit layer (default: 0 toy, 1 GPT-J)")
+    parser.add_argument("--output", type=Path, help="also write the figures as JSON here")
+    args = parser.parse_args(argv)
+    result = benchmark(args.model, args.device, args.samples, args.batch_size, args.layer)
+    width = max(map(len, result))
+    for key, value in result.items():
+        print(f"{key:<{width}}  {value}")
+    if args.output is not None:
+        args.output.write_text(json.dumps(result, indent=2) + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,366 @@
+"""Token ranges and hidden states that editors read, computed once per dataset.
+
+An editor maps the LM's representation of an *attribute* (the mean hidden state over the
+attribute's tokens in the context, at the edit layer) and optionally of the *entity* (its last
+token's hidden state, or the mean over its tokens, with the entity encoded on its own as in the
+REMEDI reference) to a direction added at the entity's mention in a prompt. This module finds
+those token ranges and hidden states, in batches on the model's device, and packs them in
+:class:`EditorInputs`, which training reuses every epoch.
+
+Token ranges come from the tokenizer's offset mapping: a token belongs to a mention if its
+character span overlaps the mention's. This is robust to BPE merges and to byte-level offsets
+that include the leading space (GPT-2's ``' Borna'`` spans characters 4..10 of
+``"Xavi Borna..."``). When a string mentions the entity more than once, the **last** mention
+is used, everywhere: the entity in prompts, the attribute in contexts, and the entity in any
+prompt an editor is applied to (the last mention is the one nearest the prediction).
+
+Ranges are ``[start, end)`` token indices. Stored ranges are in *unpadded* coordinates (index 0
+is the first real token of the text); :func:`remedi.hooks.padded_token_ranges` moves them into
+a padded batch, whichever side it pads.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass, field, fields
+from typing import Any, TypeAlias
+
+import datasets
+import torch
+import transformers
+from tqdm.auto import tqdm
+
+from remedi import hooks, models
+
+logger = logging.getLogger(__name__)
+
+DEFAULT_PRECOMPUTE_BATCH_SIZE = 64
+
+Tokenizer = transformers.PreTrainedTokenizerBase
+Samples: TypeAlias = "datasets.Dataset | Sequence[Mapping[str, Any]]"
+
+
+def tokenize(
+    tokenizer: Tokenizer,
+    texts: Sequence[str],
+    device: torch.device | str | None = None,
+    padding_side: str | None = None,
+) -> tuple[transformers.BatchEncoding, torch.Tensor]:
+    """Tokenize a batch with padding; return the model inputs and the offset mapping.
+
+    Precompute and training pad on the right, so that models with absolute positions see each
+    text at the positions it has on its own.
+    """
+    kwargs = {} if padding_side is None else {"padding_side": padding_side}
+    inputs = tokenizer(
+        list(texts),
+        return_tensors="pt",
+        padding="longest",
+        return_offsets_mapping=True,
+        **kwargs,
+    )
+    offset_mapping = inputs.pop("offset_mapping")
+    if device is not None:
+        inputs = inputs.to(device)
+    return inputs, offset_mapping
+
+
+def find_char_spans(
+    strings: Sequence[str], substrings: Sequence[str], names: Sequence[str] | None = None
+) -> torch.Tensor:
+    """Character span ``[start, end)`` of the last occurrence of each substring, shape (n, 2).
+
+    Raises:
+        ValueError: A substring does not occur in its string; names the sample.
+    """
+    if len(strings) != len(substrings):
+        raise ValueError(f"got {len(strings)} strings but {len(substrings)} substrings")
+    starts = [
+        string.rfind(substring) for string, substring in zip(strings, substrings, strict=True)
+    ]
+    for index, start in enumerate(starts):
+        if start < 0 or not substrings[index]:
+            name = names[index] if names is not None else f"#{index}"
+            raise ValueError(
+                f"sample {name}: {substrings[index]!r} does not occur in {strings[index]!r}; "
+                "every prompt must mention its entity (and every context its attribute)"
+            )
+    spans = torch.tensor(starts, dtype=torch.long)
+    lengths = torch.tensor([len(substring) for substring in substrings], dtype=torch.long)
+    return torch.stack([spans, spans + lengths], dim=-1)
+
+
+def token_ranges_from_char_spans(
+    char_spans: torch.Tensor,
+    offset_mapping: torch.Tensor,
+    attention_mask: torch.Tensor,
+    names: Sequence[str] | None = None,
+) -> torch.Tensor:
+    """Token ranges ``[start, end)`` covering each character span, in padded coordinates.
+
+    A token belongs to the span if its characters overlap it. Special and padding tokens
+    (empty offsets) never do.
+    """
+    offset_mapping = offset_mapping.to(char_spans.device)
+    attention_mask = attention_mask.to(char_spans.device).bool()
+    token_starts, token_ends = offset_mapping[..., 0], offset_mapping[..., 1]
+    in_span = (
+        (token_starts < char_spans[:, 1:2])
+        & (token_ends > char_spans[:, 0:1])
+        & (token_ends > token_starts)
+        & attention_mask
+    )
+    found = in_span.any(dim=-1)
+    if not bool(found.all()):
+        index = int((~found).nonzero()[0])
+        name = names[index] if names is not None else f"#{index}"
+        raise ValueError(
+            f"sample {name}: no token covers characters {char_spans[index].tolist()}; the text "
+            "was probably truncated"
+        )
+    seq_len = in_span.shape[-1]
+    first = in_span.int().argmax(dim=-1)
+    last = seq_len - 1 - in_span.flip(-1).int().argmax(dim=-1)
+    return torch.stack([first, last + 1], dim=-1)
+
+
+def first_token_positions(attention_mask: torch.Tensor) -> torch.Tensor:
+    """Padded index of each row's first real token (0 with right padding)."""
+    return attention_mask.int().argmax(dim=-1)
+
+
+def last_token_positions(attention_mask: torch.Tensor) -> torch.Tensor:
+    """Padded index of each row's last real token."""
+    return attention_mask.shape[-1] - 1 - attention_mask.flip(-1).int().argmax(dim=-1)
+
+
+def unpad_token_ranges(token_ranges: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+    """Move padded-coordinate ranges to unpadded coordinates (inverse of padding)."""
+    return token_ranges - first_token_positions(attention_mask).to(token_ranges.device)[:, None]
+
+
+def find_token_ranges(
+    tokenizer: Tokenizer,
+    strings: Sequence[str],
+    substrings: Sequence[str],
+    names: Sequence[str] | None = None,
+) -> torch.Tensor:
+    """Unpadded token ranges of the last mention of each substring in its string, (n, 2)."""
+    char_spans = find_char_spans(strings, substrings, names)
+    inputs, offset_mapping = tokenize(tokenizer, strings)
+    ranges = token_ranges_from_char_spans(char_spans, offset_mapping, inputs.attention_mask, names)
+    return unpad_token_ranges(ranges, inputs.attention_mask)
+
+
+def last_token_ranges(token_ranges: torch.Tensor) -> torch.Tensor:
+    """Shrink each range to its last token."""
+    return torch.stack([token_ranges[:, 1] - 1, token_ranges[:, 1]], dim=-1)
+
+
+def range_mask(token_ranges: torch.Tensor, seq_len: int) -> torch.Tensor:
+    """Boolean (n, seq_len) mask of the positions inside each range."""
+    positions = torch.arange(seq_len, device=token_ranges.device)
+    return (positions >= token_ranges[:, :1]) & (positions < token_ranges[:, 1:])
+
+
+def average_in_ranges(hiddens: torch.Tensor, token_ranges: torch.Tensor) -> torch.Tensor:
+    """Mean hidden state over each row's range (padded coordinates), shape (n, hidden)."""
+    mask = range_mask(token_ranges.to(hiddens.device), hiddens.shape[1]).to(hiddens.dtype)
+    total = torch.einsum("bs,bsh->bh", mask, hiddens)
+    return total / mask.sum(dim=-1, keepdim=True).clamp(min=1)
+
+
+def target_token_ids(tokenizer: Tokenizer, targets: Sequence[str]) -> torch.Tensor:
+    """First token id of each target as it would follow a prompt (``" " + target``), (n,)."""
+    encoded = tokenizer([" " + target for target in targets], add_special_tokens=False)
+    return torch.tensor([ids[0] for ids in encoded["input_ids"]], dtype=torch.long)
+
+
+@torch.no_grad()
+def hiddens_at_layers(
+    mt: models.ModelAndTokenizer, inputs: transformers.BatchEncoding, layers: Sequence[int]
+) -> dict[int, torch.Tensor]:
+    """Residual stream (batch, seq, hidden) after each of ``layers`` for a tokenized batch."""
+    with hooks.record_hiddens(mt.model, layers) as recorded:
+        mt.model(**inputs)
+    return {layer: recorded[layer] for layer in layers}
+
+
+@dataclass
+class EditorInputs:
+    """Everything an editor needs for a set of samples, computed once and reused every epoch.
+
+    Hidden states are float32 on the CPU (moved per batch), keyed by layer. Token ranges are
+    unpadded ``[start, end)``: ``entity_token_ranges`` of the entity's last mention in the
+    prompt, ``attribute_token_ranges`` of the attribute in the context.
+    """
+
+    ids: list[str]
+    entities: list[str]
+    prompts: list[str]
+    contexts: list[str]
+    entity_token_ranges: torch.Tensor
+    prompt_lengths: torch.Tensor
+    attribute_token_ranges: torch.Tensor
+    entity_last_hiddens: dict[int, torch.Tensor] = field(default_factory=dict)
+    entity_average_hiddens: dict[int, torch.Tensor] = field(default_factory=dict)
+    attribute_hiddens: dict[int, torch.Tensor] = field(default_factory=dict)
+    attribute_last_hiddens: dict[int, torch.Tensor] = field(default_factory=dict)
+    target_mediated_ids: torch.Tensor | None = None
+    target_unmediated_ids: torch.Tensor | None = None
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+    @property
+    def layers(self) -> tuple[int, ...]:
+        return tuple(sorted(self.attribute_hiddens))
+
+    def entity_hiddens(self, layer: int, last_token: bool = True) -> torch.Tensor:
+        """Entity representation at ``layer``: its last token's, or the mean over its tokens."""
+        return (self.entity_last_hiddens if last_token else self.entity_average_hiddens)[layer]
+
+    def attribute(self, layer: int, last_token: bool = False) -> torch.Tensor:
+        """Attribute representation at ``layer``: the mean over its tokens (REMEDI), or its
+        last token's hidden state."""
+        return (self.attribute_last_hiddens if last_token else self.attribute_hiddens)[layer]
+
+    def select(self, indices: Sequence[int] | torch.Tensor) -> EditorInputs:
+        """The inputs of a subset of samples, in the order of ``indices``."""
+        index = torch.as_tensor(indices, dtype=torch.long)
+        rows = index.tolist()
+        values: dict = {}
+        for item in fields(self):
+            value = getattr(self, item.name)
+            if isinstance(value, list):
+                values[item.name] = [value[row] for row in rows]
+            elif isinstance(value, torch.Tensor):
+                values[item.name] = value[index]
+            elif isinstance(value, dict):
+                values[item.name] = {layer: tensor[index] for layer, tensor in value.items()}
+            else:
+                values[item.name] = value
+        return EditorInputs(**values)
+
+    def batches(
+        self, batch_size: int, generator: torch.Generator | None = None
+    ) -> Iterator[EditorInputs]:
+        """Batches in order, or shuffled with ``generator``."""
+        order = (
+            torch.randperm(len(self), generator=generator)
+            if generator is not None
+            else torch.arange(len(self))
+        )
+        for start in range(0, len(self), batch_size):
+            yield self.select(order[start : start + batch_size])
+
+
+def editor_inputs(
+    mt: models.ModelAndTokenizer,
+    samples: Samples,
+    layers: Sequence[int],
+    batch_size: int = DEFAULT_PRECOMPUTE_BATCH_SIZE,
+    with_targets: bool = True,
+    desc: str = "precompute editor inputs",
+) -> EditorInputs:
+    """Compute :class:`EditorInputs` for samples (a ``datasets.Dataset`` or list of dicts).
+
+    One forward pass per batch of contexts and one per batch of entities record every
+    requested layer at once.
+
+    Raises:
+        ValueError: A prompt does not mention its entity (the error names the sample).
+    """
+    columns = _columns(samples, ("id", "entity", "prompt", "context", "attribute"))
+    ids, entities, prompts = columns["id"], columns["entity"], columns["prompt"]
+    contexts, attributes = columns["context"], columns["attribute"]
+    layers = sorted(set(layers))
+    models.determine_layer_paths(mt.model, layers)  # fail early on a bad layer
+    device = models.determine_device(mt.model)
+
+    entity_token_ranges = find_token_ranges(mt.tokenizer, prompts, entities, ids)
+    prompt_lengths = torch.tensor(
+        [len(ids_) for ids_ in mt.tokenizer(list(prompts))["input_ids"]], dtype=torch.long
+    )
+
+    attribute_ranges: list[torch.Tensor] = []
+    hiddens: dict[str, dict[int, list[torch.Tensor]]] = {
+        key: {layer: [] for layer in layers}
+        for key in ("last", "average", "attribute", "attribute_last")
+    }
+    starts = range(0, len(ids), batch_size)
+    for start in tqdm(starts, desc=desc, disable=len(starts) < 2):
+        batch = slice(start, start + batch_size)
+        batch_names = ids[batch]
+
+        context_inputs, context_offsets = tokenize(mt.tokenizer, contexts[batch], device, "right")
+        spans = find_char_spans(contexts[batch], attributes[batch], batch_names)
+        attribute_padded = token_ranges_from_char_spans(
+            spans, context_offsets, context_inputs.attention_mask.cpu(), batch_names
+        )
+        attribute_ranges.append(
+            unpad_token_ranges(attribute_padded, context_inputs.attention_mask.cpu())
+        )
+        for layer, states in hiddens_at_layers(mt, context_inputs, layers).items():
+            states = states.float()
+            rows = torch.arange(len(states), device=states.device)
+            hiddens["attribute"][layer].append(average_in_ranges(states, attribute_padded))
+            last = attribute_padded[:, 1].to(states.device) - 1
+            hiddens["attribute_last"][layer].append(states[rows, last])
+
+        # The entity on its own, as in the reference: its representation does not depend on
+        # the prompt, so one direction can be applied to any prompt that mentions it.
+        entity_inputs, entity_offsets = tokenize(mt.tokenizer, entities[batch], device, "right")
+        spans = find_char_spans(entities[batch], entities[batch], batch_names)
+        entity_padded = token_ranges_from_char_spans(
+            spans, entity_offsets, entity_inputs.attention_mask.cpu(), batch_names
+        )
+        for layer, states in hiddens_at_layers(mt, entity_inputs, layers).items():
+            states = states.float()
+            rows = torch.arange(len(states), device=states.device)
+            last = entity_padded[:, 1].to(states.device) - 1
+            hiddens["last"][layer].append(states[rows, last])
+            hiddens["average"][layer].append(average_in_ranges(states, entity_padded))
+
+    def stacked(key: str) -> dict[int, torch.Tensor]:
+        return {layer: torch.cat(parts).cpu() for layer, parts in hiddens[key].items()}
+
+    target_mediated_ids = target_unmediated_ids = None
+    if with_targets:
+        targets = _columns(samples, ("target_mediated", "target_unmediated"), required=False)
+        if targets.get("target_mediated") and all(targets["target_mediated"]):
+            target_mediated_ids = target_token_ids(mt.tokenizer, targets["target_mediated"])
+        if targets.get("target_unmediated") and all(targets["target_unmediated"]):
+            target_unmediated_ids = target_token_ids(mt.tokenizer, targets["target_unmediated"])
+
+    return EditorInputs(
+        ids=list(ids),
+        entities=list(entities),
+        prompts=list(prompts),
+        contexts=list(contexts),
+        entity_token_ranges=entity_token_ranges,
+        prompt_lengths=prompt_lengths,
+        attribute_token_ranges=torch.cat(attribute_ranges),
+        entity_last_hiddens=stacked("last"),
+        entity_average_hiddens=stacked("average"),
+        attribute_hiddens=stacked("attribute"),
+        attribute_last_hiddens=stacked("attribute_last"),
+        target_mediated_ids=target_mediated_ids,
+        target_unmediated_ids=target_unmediated_ids,
+    )
+
+
+def _columns(samples: Samples, names: Sequence[str], required: bool = True) -> dict[str, list]:
+    """Columns of a ``datasets.Dataset`` or a list of sample dicts."""
+    if isinstance(samples, datasets.Dataset):
+        present = [name for name in names if name in samples.column_names]
+        result = {name: list(samples[name]) for name in present}
+    else:
+        rows: list[Mapping[str, Any]] = list(samples)
+        present = [name for name in names if all(name in row for row in rows)]
+        result = {name: [row[name] for row in rows] for name in present}
+    missing = [name for name in names if name not in present]
+    if required and missing:
+        raise KeyError(f"samples lack the field(s) {', '.join(missing)}; see remedi.data")
+    return result

@@ -1,0 +1,763 @@
+"""How REMEDI editors are trained, and the layout of a training run on disk.
+
+The loss (REMEDI, Hernandez et al. 2023), for a batch of B samples with the direction added at
+the entity's last token at the edit layer::
+
+    loss = - lam_m  * mean_b log p_edit(target_mediated | prompt_b)          (last prompt token)
+           - lam_u  * mean_b log(1 - p_edit(target_unmediated | prompt_b))   (last prompt token)
+           + lam_kl * (1/B) sum_b sum_{t in [last entity token, last token)} KL(p_edit,t || p_orig,t)
+           + lam_norm * mean_b |direction_b|                                   (optional)
+           + lam_ess  * mean_b KL(p_edit || p_orig) at the end of "{entity} is a"  (optional)
+
+Only the editor learns (AdamW): the LM runs frozen, its parameters get no gradient buffers,
+and gradients flow through it into the editor. Training keeps the state with the best
+validation loss and stops early when it has not improved for ``patience`` epochs.
+
+Differences from the reference release (``src/editors.py`` of evandez/REMEDI), and why:
+
+- The KL term sums over *every* example of the batch and divides by the batch size. The
+  reference reassigned the running KL inside its loop, so only the batch's last example counted.
+- KL direction: KL(edited || original) = sum_v p_edit (log p_edit - log p_orig), as the REMEDI
+  issue and the paper's text state it (the edit should not put mass where the LM had none).
+  The reference's ``kl_div(log_edit, log_orig, log_target=True)`` computes KL(original ||
+  edited). :func:`kl_divergence` takes its two arguments in order, so flipping it is one line.
+- log(1 - p) is computed as ``log(-expm1(log p))`` (exact near p = 1) instead of
+  ``log(1 - exp(log p))``, which gives -inf once p rounds to 1.
+- Batches are shuffled each epoch (seeded from the run's seed); the reference did not shuffle.
+- Epoch 0 only measures the untrained editor's validation loss (the reference also ran, without
+  updates, a full training pass for its log).
+- Hidden states are precomputed once for all requested layers (one forward pass per batch)
+  instead of once per layer.
+- Splits are by entity: the validation split (early stopping) and the test split (kept for
+  evaluation, saved in ``args.json``) share no entity with the training samples.
+- The random editor's entity deltas use the last mention of the entity (see
+  :mod:`remedi.precompute`), which in "context. prompt" is the one in the prompt.
+
+Results layout of a run (``results/NAME/``)::
+
+    args.json                                   # RunArgs, seed, split ids (train/validation/test)
+    <editor_type>/<layer>/weights.safetensors   # written atomically as soon as the editor is done
+    <editor_type>/<layer>/config.json
+    <editor_type>/<layer>/train_log.json        # per-epoch train and validation loss
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import logging
+import random
+import shutil
+import time
+from collections.abc import Iterator, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import datasets
+import numpy as np
+import torch
+import transformers
+from dataclasses_json import DataClassJsonMixin
+from tqdm.auto import tqdm
+
+from remedi import data, editors, env, hooks, io, models, precompute
+
+logger = logging.getLogger(__name__)
+
+DEFAULT_LAM_M = 1.0
+DEFAULT_LAM_U = 1.0
+DEFAULT_LAM_KL = 10.0
+DEFAULT_BATCH_SIZE = 16
+DEFAULT_MAX_EPOCHS = 20
+DEFAULT_PATIENCE = 2
+DEFAULT_LR = 1e-3
+DEFAULT_HOLD_OUT = 0.1
+DEFAULT_TEST_SIZE = 0.1
+DEFAULT_MAX_TRAIN_SAMPLES = 5000
+# Datasets without an "unmediated" target to push down (the reference turns lam_u off there).
+DATASETS_WITHOUT_LAM_U = frozenset({"biosbias", "mcrae"})
+
+ARGS_FILE = "args.json"
+TRAIN_LOG_FILE = "train_log.json"
+ESSENCE_PROMPT = "{} is a"
+
+
+# ---------------------------------------------------------------------------------------
+# The loss.
+
+
+def kl_divergence(logp: torch.Tensor, logq: torch.Tensor) -> torch.Tensor:
+    """KL(p || q) over the last dimension, from log-probabilities."""
+    return (logp.exp() * (logp - logq)).sum(dim=-1)
+
+
+def log1m_exp(logp: torch.Tensor) -> torch.Tensor:
+    """log(1 - p) from log p, accurate for p near 1 and finite at p = 1."""
+    return torch.log((-torch.expm1(logp)).clamp(min=torch.finfo(logp.dtype).tiny))
+
+
+@dataclass
+class LossWeights(DataClassJsonMixin):
+    """Weights of the loss terms; None turns a term off."""
+
+    lam_m: float | None = DEFAULT_LAM_M
+    lam_u: float | None = DEFAULT_LAM_U
+    lam_kl: float | None = DEFAULT_LAM_KL
+    lam_norm: float | None = None
+    lam_ess: float | None = None
+
+
+def _prompt_inputs(
+    mt: models.ModelAndTokenizer, prompts: Sequence[str]
+) -> transformers.BatchEncoding:
+    inputs, _ = precompute.tokenize(
+        mt.tokenizer, prompts, models.determine_device(mt.model), padding_side="right"
+    )
+    return inputs
+
+
+def _edit_ranges(editor: editors.Editor, batch: precompute.EditorInputs) -> torch.Tensor:
+    """Unpadded token ranges the direction is added to."""
+    if editor.config.edit_last_entity_token:
+        return precompute.last_token_ranges(batch.entity_token_ranges)
+    return batch.entity_token_ranges
+
+
+def editing_loss(
+    mt: models.ModelAndTokenizer,
+    editor: editors.Editor,
+    batch: precompute.EditorInputs,
+    weights: LossWeights | None = None,
+) -> tuple[torch.Tensor, dict[str, float]]:
+    """The REMEDI loss of ``editor`` on a batch, and the value of each term (for logging)."""
+    weights = weights or LossWeights()
+    model = mt.model
+    device = models.determine_device(model)
+    batch_size = len(batch)
+    inputs = _prompt_inputs(mt, batch.prompts)
+    attention_mask = inputs.attention_mask
+
+    directions = editors.directions_from_inputs(editor, batch)
+    edit_ranges = hooks.padded_token_ranges(_edit_ranges(editor, batch), attention_mask.cpu())
+    with hooks.add_directions(model, editor.layer, directions, edit_ranges.to(device)):
+        logits_edit = model(**inputs).logits
+
+    rows = torch.arange(batch_size, device=device)
+    last = precompute.last_token_positions(attention_mask)
+    logp_last = torch.log_softmax(logits_edit[rows, last].float(), dim=-1)
+
+    loss = torch.zeros((), device=device)
+    terms: dict[str, float] = {}
+    if weights.lam_m is not None:
+        if batch.target_mediated_ids is None:
+            raise ValueError("lam_m is set but the samples have no target_mediated")
+        logp_m = logp_last[rows, batch.target_mediated_ids.to(device)]
+        term = -logp_m.mean()
+        loss = loss + weights.lam_m * term
+        terms["mediated"] = term.item()
+    if weights.lam_u is not None:
+        if batch.target_unmediated_ids is None:
+            raise ValueError(
+                "lam_u is set but the samples have no target_unmediated; pass --lam-u only "
+                "for datasets with an unmediated target"
+            )
+        logp_u = logp_last[rows, batch.target_unmediated_ids.to(device)]
+        term = -log1m_exp(logp_u).mean()
+        loss = loss + weights.lam_u * term
+        terms["unmediated"] = term.item()
+    if weights.lam_kl is not None:
+        # Positions from the entity's last token to the one before the prompt's last token:
+        # there the edit should leave the LM's predictions alone.
+        kl_ranges = torch.stack(
+            [batch.entity_token_ranges[:, 1] - 1, batch.prompt_lengths - 1], dim=-1
+        )
+        kl_ranges = hooks.padded_token_ranges(kl_ranges, attention_mask.cpu()).to(device)
+        mask = hooks.token_range_mask(kl_ranges, attention_mask.shape[1])
+        with torch.no_grad():
+            logits_orig = model(**inputs).logits
+        logp_edit = torch.log_softmax(logits_edit[mask].float(), dim=-1)
+        logp_orig = torch.log_softmax(logits_orig[mask].float(), dim=-1)
+        term = kl_divergence(logp_edit, logp_orig).sum() / batch_size
+        loss = loss + weights.lam_kl * term
+        terms["kl"] = term.item()
+    if weights.lam_norm is not None:
+        term = directions.norm(dim=-1).mean()
+        loss = loss + weights.lam_norm * term
+        terms["norm"] = term.item()
+    if weights.lam_ess is not None:
+        term = _essence_kl(mt, editor, batch, directions)
+        loss = loss + weights.lam_ess * term
+        terms["essence"] = term.item()
+    terms["loss"] = loss.item()
+    return loss, terms
+
+
+def _essence_kl(
+    mt: models.ModelAndTokenizer,
+    editor: editors.Editor,
+    batch: precompute.EditorInputs,
+    directions: torch.Tensor,
+) -> torch.Tensor:
+    """Mean KL(edited || original) of the next token after "{entity} is a"."""
+    prompts = [ESSENCE_PROMPT.format(entity) for entity in batch.entities]
+    with editors.apply_editor(
+        mt, editor, directions, prompts, batch.entities, padding_side="right"
+    ) as inputs:
+        logits_edit = mt.model(**inputs).logits
+    with torch.no_grad():
+        logits_orig = mt.model(**inputs).logits
+    rows = torch.arange(len(prompts), device=logits_edit.device)
+    last = precompute.last_token_positions(inputs.attention_mask)
+    logp_edit = torch.log_softmax(logits_edit[rows, last].float(), dim=-1)
+    logp_orig = torch.log_softmax(logits_orig[rows, last].float(), dim=-1)
+    return kl_divergence(logp_edit, logp_orig).mean()
+
+
+# ---------------------------------------------------------------------------------------
+# Training one editor.
+
+
+@dataclass
+class TrainingConfig(DataClassJsonMixin):
+    """How one editor is trained."""
+
+    max_epochs: int = DEFAULT_MAX_EPOCHS
+    batch_size: int = DEFAULT_BATCH_SIZE
+    lr: float = DEFAULT_LR
+    patience: int = DEFAULT_PATIENCE
+    seed: int = 0
+    weights: LossWeights = field(default_factory=LossWeights)
+
+
+@dataclass
+class EpochLog(DataClassJsonMixin):
+    epoch: int
+    train_loss: float | None
+    """Mean training loss over the epoch's batches (None for epoch 0, before any update)."""
+    val_loss: float
+    seconds: float
+
+
+@dataclass
+class TrainingLog(DataClassJsonMixin):
+    """What happened while training one editor (saved as ``train_log.json``)."""
+
+    editor_type: str
+    layer: int
+    config: TrainingConfig
+    n_train: int
+    n_val: int
+    epochs: list[EpochLog] = field(default_factory=list)
+    best_epoch: int = 0
+    best_val_loss: float | None = None
+    stopped_early: bool = False
+    val_efficacy: float | None = None
+    """Share of validation samples with p(target_mediated) > p(target_unmediated) after the
+    edit (first target token, last prompt token)."""
+    val_efficacy_unedited: float | None = None
+
+
+@contextlib.contextmanager
+def frozen(model: torch.nn.Module) -> Iterator[None]:
+    """Freeze and set ``model`` to eval mode inside; restore its flags afterwards."""
+    requires_grad = [parameter.requires_grad for parameter in model.parameters()]
+    was_training = model.training
+    model.requires_grad_(False)
+    model.eval()
+    try:
+        yield
+    finally:
+        for parameter, flag in zip(model.parameters(), requires_grad, strict=True):
+            parameter.requires_grad_(flag)
+        model.train(was_training)
+
+
+def _mean_loss(
+    mt: models.ModelAndTokenizer,
+    editor: editors.Editor,
+    inputs: precompute.EditorInputs,
+    config: TrainingConfig,
+    desc: str,
+) -> float:
+    total, count = 0.0, 0
+    with torch.no_grad():
+        for batch in tqdm(inputs.batches(config.batch_size), desc=desc, leave=False, disable=None):
+            loss, _ = editing_loss(mt, editor, batch, config.weights)
+            total += loss.item() * len(batch)
+            count += len(batch)
+    return total / max(count, 1)
+
+
+def train_editor(
+    mt: models.ModelAndTokenizer,
+    editor: editors.Editor,
+    train: precompute.EditorInputs,
+    val: precompute.EditorInputs,
+    config: TrainingConfig | None = None,
+) -> TrainingLog:
+    """Train ``editor`` in place on ``train``, early-stopping on ``val``; keep the best state.
+
+    Baseline editors without trainable weights are only fitted (random) or left as they are
+    (identity, null); their log holds the validation loss.
+    """
+    config = config or TrainingConfig()
+    log = TrainingLog(
+        editor_type=editor.config.editor_type,
+        layer=editor.layer,
+        config=config,
+        n_train=len(train),
+        n_val=len(val),
+    )
+    editor.to(models.determine_device(mt.model))
+    with frozen(mt.model):
+        if isinstance(editor, editors.RandomEditor):
+            fit_random_editor(mt, editor, train, batch_size=config.batch_size)
+        start = time.perf_counter()
+        log.best_val_loss = _mean_loss(mt, editor, val, config, "validation (epoch 0)")
+        log.epochs.append(EpochLog(0, None, log.best_val_loss, time.perf_counter() - start))
+        if editor.trainable:
+            _fit(mt, editor, train, val, config, log)
+        log.val_efficacy, log.val_efficacy_unedited = efficacy(
+            mt, editor, val, batch_size=config.batch_size
+        )
+    logger.info(
+        "%s editor at layer %d: best validation loss %.4f (epoch %d), validation efficacy %s "
+        "(unedited %s)",
+        log.editor_type,
+        log.layer,
+        log.best_val_loss,
+        log.best_epoch,
+        log.val_efficacy,
+        log.val_efficacy_unedited,
+    )
+    return log
+
+
+def _fit(
+    mt: models.ModelAndTokenizer,
+    editor: editors.Editor,
+    train: precompute.EditorInputs,
+    val: precompute.EditorInputs,
+    config: TrainingConfig,
+    log: TrainingLog,
+) -> None:
+    optimizer = torch.optim.AdamW(editor.parameters(), lr=config.lr)
+    generator = torch.Generator().manual_seed(config.seed)
+    best_state = copy.deepcopy(editor.state_dict())
+    epochs_without_improvement = 0
+    for epoch in range(1, config.max_epochs + 1):
+        start = time.perf_counter()
+        editor.train()
+        total, count = 0.0, 0
+        progress = tqdm(
+            train.batches(config.batch_size, generator=generator),
+            total=-(-len(train) // config.batch_size),
+            desc=f"{log.editor_type} layer {log.layer} epoch {epoch}/{config.max_epochs}",
+            disable=None,
+        )
+        for batch in progress:
+            optimizer.zero_grad(set_to_none=True)
+            loss, _ = editing_loss(mt, editor, batch, config.weights)
+            loss.backward()
+            optimizer.step()
+            total += loss.item() * len(batch)
+            count += len(batch)
+            progress.set_postfix(loss=f"{total / count:.4f}")
+        editor.eval()
+        val_loss = _mean_loss(mt, editor, val, config, f"validation (epoch {epoch})")
+        log.epochs.append(
+            EpochLog(epoch, total / max(count, 1), val_loss, time.perf_counter() - start)
+        )
+        logger.info(
+            "epoch %d: train loss %.4f, validation loss %.4f", epoch, total / count, val_loss
+        )
+        if log.best_val_loss is None or val_loss < log.best_val_loss:
+            log.best_val_loss, log.best_epoch = val_loss, epoch
+            best_state = copy.deepcopy(editor.state_dict())
+            epochs_without_improvement = 0
+        else:
+            epochs_without_improvement += 1
+            if epochs_without_improvement >= config.patience:
+                log.stopped_early = True
+                break
+    editor.load_state_dict(best_state)
+    editor.eval()
+
+
+@torch.no_grad()
+def entity_deltas(
+    mt: models.ModelAndTokenizer,
+    inputs: precompute.EditorInputs,
+    layer: int,
+    batch_size: int = precompute.DEFAULT_PRECOMPUTE_BATCH_SIZE,
+) -> torch.Tensor:
+    """How the entity's last-token hidden state at ``layer`` moves when the context is
+    prepended to the prompt ("context. prompt" minus "prompt"), (n, hidden) float32."""
+    deltas = []
+    for batch in inputs.batches(batch_size):
+        with_context = [
+            f"{context.rstrip('. ')}. {prompt}"
+            for context, prompt in zip(batch.contexts, batch.prompts, strict=True)
+        ]
+        states = []
+        for prompts in (with_context, batch.prompts):
+            encoded, offsets = precompute.tokenize(
+                mt.tokenizer, prompts, models.determine_device(mt.model), padding_side="right"
+            )
+            spans = precompute.find_char_spans(prompts, batch.entities, batch.ids)
+            ranges = precompute.token_ranges_from_char_spans(
+                spans, offsets, encoded.attention_mask.cpu(), batch.ids
+            )
+            hidden = precompute.hiddens_at_layers(mt, encoded, [layer])[layer].float()
+            rows = torch.arange(len(prompts), device=hidden.device)
+            states.append(hidden[rows, ranges[:, 1].to(hidden.device) - 1])
+        deltas.append((states[0] - states[1]).cpu())
+    return torch.cat(deltas)
+
+
+def fit_random_editor(
+    mt: models.ModelAndTokenizer,
+    editor: editors.RandomEditor,
+    train: precompute.EditorInputs,
+    batch_size: int = precompute.DEFAULT_PRECOMPUTE_BATCH_SIZE,
+) -> None:
+    """Fit the random editor's Gaussian to the entity deltas of the training samples."""
+    deltas = entity_deltas(mt, train, editor.layer, batch_size)
+    editor.set_distribution(deltas.to(editor.mean.device))
+
+
+@torch.no_grad()
+def efficacy(
+    mt: models.ModelAndTokenizer,
+    editor: editors.Editor,
+    inputs: precompute.EditorInputs,
+    batch_size: int = DEFAULT_BATCH_SIZE,
+) -> tuple[float | None, float | None]:
+    """Share of samples where p(target_mediated) > p(target_unmediated) at the last prompt
+    token (first target tokens), with the edit and without it. None without targets."""
+    if len(inputs) == 0 or inputs.target_mediated_ids is None:
+        return None, None
+    if inputs.target_unmediated_ids is None:
+        return None, None
+    device = models.determine_device(mt.model)
+    edited, unedited = [], []
+    for batch in inputs.batches(batch_size):
+        assert batch.target_mediated_ids is not None and batch.target_unmediated_ids is not None
+        directions = editors.directions_from_inputs(editor, batch)
+        encoded = _prompt_inputs(mt, batch.prompts)
+        ranges = hooks.padded_token_ranges(_edit_ranges(editor, batch), encoded.attention_mask)
+        rows = torch.arange(len(batch), device=device)
+        last = precompute.last_token_positions(encoded.attention_mask)
+        new = batch.target_mediated_ids.to(device)
+        true = batch.target_unmediated_ids.to(device)
+        with hooks.add_directions(mt.model, editor.layer, directions, ranges.to(device)):
+            logits = mt.model(**encoded).logits[rows, last]
+        edited.append(logits[rows, new] > logits[rows, true])
+        logits = mt.model(**encoded).logits[rows, last]
+        unedited.append(logits[rows, new] > logits[rows, true])
+    return torch.cat(edited).float().mean().item(), torch.cat(unedited).float().mean().item()
+
+
+# ---------------------------------------------------------------------------------------
+# A training run: split, precompute, train one editor per (type, layer), save.
+
+
+@dataclass
+class RunArgs(DataClassJsonMixin):
+    """The arguments of a training run (saved in ``args.json``)."""
+
+    name: str
+    model: str
+    dataset: str = "counterfact"
+    layers: list[int] | None = None
+    """None: every layer of the model."""
+    editor_types: list[str] = field(default_factory=lambda: ["linear"])
+    dataset_file: str | None = None
+    max_epochs: int = DEFAULT_MAX_EPOCHS
+    batch_size: int = DEFAULT_BATCH_SIZE
+    lr: float = DEFAULT_LR
+    patience: int = DEFAULT_PATIENCE
+    lam_m: float | None = DEFAULT_LAM_M
+    lam_u: float | None = None
+    """None: 1 for datasets with an unmediated target (CounterFact), else off."""
+    lam_kl: float | None = DEFAULT_LAM_KL
+    lam_norm: float | None = None
+    lam_ess: float | None = None
+    hold_out: float = DEFAULT_HOLD_OUT
+    """Fraction of the training pool held out (by entity) for early stopping."""
+    test_size: float = DEFAULT_TEST_SIZE
+    """Fraction of the dataset held out (by entity) for evaluation; never trained on."""
+    max_train_samples: int | None = DEFAULT_MAX_TRAIN_SAMPLES
+    """Train (+ validation) on the first this many samples of the training pool."""
+    use_entity: bool = False
+    use_all_entity_tokens: bool = False
+    use_last_attribute_token: bool = False
+    """Read the attribute's last token instead of the mean over its tokens (not REMEDI's
+    default; see the module docstring)."""
+    rank: int | None = None
+    device: str | None = None
+    dtype: str | None = None
+    precompute_batch_size: int = precompute.DEFAULT_PRECOMPUTE_BATCH_SIZE
+    seed: int = 0
+
+    def loss_weights(self) -> LossWeights:
+        lam_u = self.lam_u
+        if lam_u is None and self.dataset not in DATASETS_WITHOUT_LAM_U:
+            lam_u = DEFAULT_LAM_U
+        return LossWeights(
+            lam_m=self.lam_m,
+            lam_u=lam_u,
+            lam_kl=self.lam_kl,
+            lam_norm=self.lam_norm,
+            lam_ess=self.lam_ess,
+        )
+
+    def training_config(self) -> TrainingConfig:
+        return TrainingConfig(
+            max_epochs=self.max_epochs,
+            batch_size=self.batch_size,
+            lr=self.lr,
+            patience=self.patience,
+            seed=self.seed,
+            weights=self.loss_weights(),
+        )
+
+    def editor_options(self, editor_type: str) -> dict[str, Any]:
+        options: dict[str, Any] = {
+            "input_last_entity_token": not self.use_all_entity_tokens,
+            "edit_last_entity_token": not self.use_all_entity_tokens,
+            "input_last_attribute_token": self.use_last_attribute_token,
+        }
+        if editor_type in ("linear", "mlp"):
+            options["use_entity"] = self.use_entity
+        if editor_type == "linear":
+            options["rank"] = self.rank
+        return options
+
+
+# Arguments that may change between runs into the same directory (what to train, and where);
+# any other change would mix editors trained differently in one run.
+_RESUMABLE_ARGS = frozenset({"layers", "editor_types", "device", "precompute_batch_size"})
+
+
+@dataclass
+class RunSplit(DataClassJsonMixin):
+    """Sample ids of a run's splits: no entity is in two of them."""
+
+    train: list[str]
+    validation: list[str]
+    test: list[str]
+
+
+@dataclass
+class RunRecord(DataClassJsonMixin):
+    """``args.json``: the exact arguments, the seed, the model's hidden size and the split."""
+
+    args: RunArgs
+    seed: int
+    model_name: str
+    hidden_size: int
+    split: RunSplit
+
+
+def run_dir(name: str) -> Path:
+    """Results directory of the run called ``name``."""
+    return env.results_dir() / name
+
+
+def editor_dir(run_directory: Path, editor_type: str, layer: int) -> Path:
+    return Path(run_directory) / editor_type / str(layer)
+
+
+def is_editor_done(directory: Path) -> bool:
+    """Whether ``directory`` holds a finished editor (its files are written last-to-first)."""
+    return all(
+        (Path(directory) / name).is_file()
+        for name in (editors.WEIGHTS_FILE, editors.CONFIG_FILE, TRAIN_LOG_FILE)
+    )
+
+
+def load_run(run_directory: Path) -> RunRecord:
+    """Read a run's ``args.json`` (arguments, seed, and split)."""
+    path = Path(run_directory) / ARGS_FILE
+    raw = io.read_json(path, "training run arguments")
+    try:
+        return RunRecord.from_dict(raw)
+    except (KeyError, TypeError, ValueError) as error:
+        raise ValueError(
+            f"{path} is not a training run record ({error}); was it written by "
+            "scripts/train_editors.py?"
+        ) from error
+
+
+def list_run_editors(run_directory: Path) -> dict[str, list[int]]:
+    """Finished editors of a run: editor type -> sorted layers."""
+    found: dict[str, list[int]] = {}
+    for editor_type in editors.EDITOR_TYPES:
+        type_dir = Path(run_directory) / editor_type
+        if not type_dir.is_dir():
+            continue
+        layers = sorted(
+            int(child.name)
+            for child in type_dir.iterdir()
+            if child.name.isdigit() and is_editor_done(child)
+        )
+        if layers:
+            found[editor_type] = layers
+    return found
+
+
+def load_run_editor(
+    run_directory: Path,
+    layer: int,
+    editor_type: str = "linear",
+    mt: models.ModelAndTokenizer | None = None,
+) -> editors.Editor:
+    """Load the editor a run trained for ``editor_type`` at ``layer``."""
+    directory = editor_dir(run_directory, editor_type, layer)
+    if not is_editor_done(directory):
+        available = list_run_editors(run_directory)
+        raise FileNotFoundError(
+            f"no finished {editor_type} editor for layer {layer} in {run_directory} "
+            f"(finished: {available or 'none'}); train it with scripts.train_editors "
+            f"-l {layer} -t {editor_type}"
+        )
+    return editors.load_editor(directory, mt)
+
+
+def load_run_samples(
+    run_directory: Path, split: str = "test", dataset_file: Path | None = None
+) -> datasets.Dataset:
+    """The samples of one split of a run ("train", "validation" or "test"), in saved order.
+
+    Reloads the run's dataset (from ``dataset_file`` if given, else the file the run used).
+    The "test" split holds only entities the editors never saw.
+    """
+    record = load_run(run_directory)
+    ids = getattr(record.split, split, None)
+    if ids is None:
+        raise ValueError(f"unknown split {split!r}; use train, validation or test")
+    file = dataset_file or record.args.dataset_file
+    samples = data.load_dataset(record.args.dataset, file=Path(file) if file else None)
+    return data.select_ids(samples, ids)
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def split_samples(
+    samples: datasets.Dataset, args: RunArgs
+) -> tuple[datasets.Dataset, datasets.Dataset, datasets.Dataset]:
+    """Train, validation and test samples, pairwise entity-disjoint, as ``args`` asks."""
+    outer = data.entity_disjoint_split(samples, test_size=args.test_size, seed=args.seed)
+    pool = outer["train"]
+    if args.max_train_samples is not None and len(pool) > args.max_train_samples:
+        pool = pool.select(range(args.max_train_samples))
+    inner = data.entity_disjoint_split(pool, test_size=args.hold_out, seed=args.seed)
+    return inner["train"], inner["test"], outer["test"]
+
+
+def _check_resumable(record: RunRecord, previous: RunRecord, directory: Path) -> None:
+    old, new = asdict(previous.args), asdict(record.args)
+    changed = sorted(
+        key for key in new if key not in _RESUMABLE_ARGS and old.get(key) != new.get(key)
+    )
+    if previous.split != record.split:
+        changed.append("split (the dataset changed)")
+    if changed:
+        raise ValueError(
+            f"{directory} holds a run with other settings ({', '.join(changed)}); adding editors "
+            "to it would mix runs. Use another name (-n) or retrain it all with --clear-results"
+        )
+
+
+def clear_run(directory: Path) -> None:
+    """Remove a run's arguments and editors (other files, e.g. evaluations, stay)."""
+    for editor_type in editors.EDITOR_TYPES:
+        shutil.rmtree(Path(directory) / editor_type, ignore_errors=True)
+    (Path(directory) / ARGS_FILE).unlink(missing_ok=True)
+
+
+def train_run(
+    args: RunArgs,
+    mt: models.ModelAndTokenizer | None = None,
+    clear_results: bool = False,
+) -> Path:
+    """Train one editor per (type, layer) and save each as soon as it is done.
+
+    Layers whose editor is already saved are skipped (``clear_results`` retrains everything).
+    Returns the run's directory.
+    """
+    for editor_type in args.editor_types:
+        if editor_type not in editors.EDITOR_TYPES:
+            raise ValueError(
+                f"unknown editor type {editor_type!r}; known: {', '.join(editors.EDITOR_TYPES)}"
+            )
+    directory = run_dir(args.name)
+    if clear_results:
+        clear_run(directory)
+    seed_everything(args.seed)
+    if mt is None:
+        mt = models.load_model(args.model, device=args.device, dtype=args.dtype)
+    layers = list(args.layers) if args.layers is not None else list(models.determine_layers(mt))
+    models.determine_layer_paths(mt.model, layers)
+
+    samples = data.load_dataset(
+        args.dataset, file=Path(args.dataset_file) if args.dataset_file else None
+    )
+    train, validation, test = split_samples(samples, args)
+    logger.info(
+        "%d samples: %d train, %d validation, %d test (entity-disjoint)",
+        len(samples),
+        len(train),
+        len(validation),
+        len(test),
+    )
+    record = RunRecord(
+        args=args,
+        seed=args.seed,
+        model_name=mt.name,
+        hidden_size=models.determine_hidden_size(mt.model),
+        split=RunSplit(train=train["id"], validation=validation["id"], test=test["id"]),
+    )
+    if (directory / ARGS_FILE).is_file():
+        _check_resumable(record, load_run(directory), directory)
+    io.write_json(directory / ARGS_FILE, record.to_dict())
+
+    todo = [
+        (editor_type, layer)
+        for editor_type in args.editor_types
+        for layer in layers
+        if not is_editor_done(editor_dir(directory, editor_type, layer))
+    ]
+    skipped = len(args.editor_types) * len(layers) - len(todo)
+    if skipped:
+        logger.info("skipping %d editors already trained in %s", skipped, directory)
+    if not todo:
+        return directory
+
+    todo_layers = sorted({layer for _, layer in todo})
+    train_inputs = precompute.editor_inputs(
+        mt, train, todo_layers, batch_size=args.precompute_batch_size, desc="precompute train"
+    )
+    val_inputs = precompute.editor_inputs(
+        mt, validation, todo_layers, batch_size=args.precompute_batch_size, desc="precompute val"
+    )
+    config = args.training_config()
+    for editor_type, layer in todo:
+        logger.info("training %s editor at layer %d", editor_type, layer)
+        seed_everything(args.seed)
+        editor = editors.new_editor(editor_type, mt, layer, **args.editor_options(editor_type))
+        log = train_editor(mt, editor, train_inputs, val_inputs, config)
+        save_trained_editor(editor, log, editor_dir(directory, editor_type, layer))
+    return directory
+
+
+def save_trained_editor(editor: editors.Editor, log: TrainingLog, directory: Path) -> None:
+    """Save an editor and its training log; the log goes last and marks the editor done."""
+    editors.save_editor(editor, directory)
+    io.write_json(Path(directory) / TRAIN_LOG_FILE, log.to_dict())

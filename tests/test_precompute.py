@@ -1,0 +1,180 @@
+"""Token ranges from offset mappings, hidden states, and target ids for editors."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from remedi import hooks, precompute
+from remedi.models import ModelAndTokenizer
+
+
+@pytest.fixture()
+def mt(gpt2_model, tokenizer) -> ModelAndTokenizer:
+    return ModelAndTokenizer(model=gpt2_model, tokenizer=tokenizer, name="tiny-gpt2")
+
+
+def _decoded(tokenizer, text: str, token_range) -> str:
+    ids = tokenizer(text)["input_ids"]
+    start, end = token_range
+    return tokenizer.decode(ids[start:end])
+
+
+def test_entity_range_covers_the_mention_with_its_leading_space(tokenizer):
+    prompts = ["Xavi Bornadel speaks", "The singer Xavi Bornadel speaks"]
+    ranges = precompute.find_token_ranges(tokenizer, prompts, ["Xavi Bornadel"] * 2)
+    # Byte-level offsets include the space before a word (' Bornadel' starts at the space),
+    # and the mention's tokens are exactly those that decode to it.
+    assert _decoded(tokenizer, prompts[0], ranges[0].tolist()) == "Xavi Bornadel"
+    assert _decoded(tokenizer, prompts[1], ranges[1].tolist()) == " Xavi Bornadel"
+    assert ranges[0].tolist() == [0, 2]
+
+
+def test_a_mention_inside_a_merged_token_takes_the_whole_token(tokenizer):
+    # "Borna" is part of the BPE token " Bornadel": that token is the mention.
+    (token_range,) = precompute.find_token_ranges(tokenizer, ["Xavi Bornadel speaks"], ["Borna"])
+    assert _decoded(tokenizer, "Xavi Bornadel speaks", token_range.tolist()) == " Bornadel"
+
+
+def test_repeated_mentions_use_the_last_one(tokenizer):
+    prompt = "Kelo Vantri met Kelo Vantri in Oslo"
+    (token_range,) = precompute.find_token_ranges(tokenizer, [prompt], ["Kelo Vantri"])
+    ids = tokenizer(prompt)["input_ids"]
+    start, end = token_range.tolist()
+    # This tokenizer splits " Kelo" into " " + "Ke" + "lo": the lone space is not the entity.
+    assert tokenizer.decode(ids[start:end]) == "Kelo Vantri"
+    assert tokenizer.decode(ids[:start]) == "Kelo Vantri met "
+    assert tokenizer.decode(ids[end:]) == " in Oslo"
+
+
+def test_ranges_are_unpadded_whatever_the_padding_side(tokenizer):
+    prompts = ["Mira Talovan lives in", "The doctor Mira Talovan lives in the city of"]
+    entities = ["Mira Talovan"] * 2
+    spans = precompute.find_char_spans(prompts, entities)
+    per_side = {}
+    for side in ("left", "right"):
+        inputs, offsets = precompute.tokenize(tokenizer, prompts, padding_side=side)
+        padded = precompute.token_ranges_from_char_spans(spans, offsets, inputs.attention_mask)
+        unpadded = precompute.unpad_token_ranges(padded, inputs.attention_mask)
+        # Moving back into the padded batch is what hooks.padded_token_ranges does.
+        assert torch.equal(hooks.padded_token_ranges(unpadded, inputs.attention_mask), padded)
+        per_side[side] = unpadded
+        rows = torch.arange(2)
+        last = precompute.last_token_positions(inputs.attention_mask)
+        assert tokenizer.decode(inputs.input_ids[rows, last]) == " in of"
+    assert torch.equal(per_side["left"], per_side["right"])
+    assert torch.equal(per_side["left"], precompute.find_token_ranges(tokenizer, prompts, entities))
+
+
+def test_an_entity_missing_from_its_prompt_names_the_sample(tokenizer):
+    with pytest.raises(ValueError, match=r"sample counterfact/7: 'Danu Revik' does not occur"):
+        precompute.find_token_ranges(
+            tokenizer,
+            ["Xavi Bornadel speaks", "Mira lives in"],
+            ["Xavi Bornadel", "Danu Revik"],
+            names=["counterfact/6", "counterfact/7"],
+        )
+
+
+def test_target_token_ids_are_the_first_token_after_a_space(tokenizer):
+    ids = precompute.target_token_ids(tokenizer, ["Spanish", "Oslo"])
+    assert ids.tolist() == [
+        tokenizer(" Spanish")["input_ids"][0],
+        tokenizer(" Oslo")["input_ids"][0],
+    ]
+
+
+SAMPLES = [
+    {
+        "id": "counterfact/1",
+        "entity": "Kelo Vantri",
+        "prompt": "Kelo Vantri lives in the city of",
+        "context": "Kelo Vantri lives in the city of Lisbon",
+        "attribute": "lives in the city of Lisbon",
+        "target_mediated": "Lisbon",
+        "target_unmediated": "Oslo",
+    },
+    {
+        "id": "counterfact/2",
+        "entity": "Xavi Bornadel",
+        "prompt": "The famous singer Xavi Bornadel speaks",
+        "context": "The famous singer Xavi Bornadel speaks Norwegian",
+        "attribute": "speaks Norwegian",
+        "target_mediated": "Norwegian",
+        "target_unmediated": "Spanish",
+    },
+    {
+        "id": "counterfact/3",
+        "entity": "Mira",
+        "prompt": "Mira works as a",
+        "context": "Mira works as a painter",
+        "attribute": "works as a painter",
+        "target_mediated": "painter",
+        "target_unmediated": "doctor",
+    },
+]
+
+
+def _block_output(mt, text: str, layer: int) -> torch.Tensor:
+    """Hidden states after block `layer` for one unpadded text (no hooks involved)."""
+    inputs = mt.tokenizer(text, return_tensors="pt")
+    with torch.no_grad():
+        outputs = mt.model(**inputs, output_hidden_states=True)
+    return outputs.hidden_states[layer + 1][0]
+
+
+def test_editor_inputs_match_unbatched_hidden_states(mt):
+    inputs = precompute.editor_inputs(mt, SAMPLES, layers=[0], batch_size=2)
+
+    assert inputs.ids == ["counterfact/1", "counterfact/2", "counterfact/3"]
+    assert inputs.layers == (0,)
+    for index, sample in enumerate(SAMPLES):
+        # Attribute: mean over the attribute's tokens in the context.
+        context_states = _block_output(mt, sample["context"], 0)
+        start, end = precompute.find_token_ranges(
+            mt.tokenizer, [sample["context"]], [sample["attribute"]]
+        )[0].tolist()
+        assert inputs.attribute_token_ranges[index].tolist() == [start, end]
+        expected = context_states[start:end].mean(dim=0)
+        torch.testing.assert_close(inputs.attribute_hiddens[0][index], expected)
+        torch.testing.assert_close(inputs.attribute(0, last_token=True)[index], context_states[-1])
+        # Entity: encoded on its own; last token, and mean over its tokens.
+        entity_states = _block_output(mt, sample["entity"], 0)
+        torch.testing.assert_close(inputs.entity_hiddens(0)[index], entity_states[-1])
+        torch.testing.assert_close(
+            inputs.entity_hiddens(0, last_token=False)[index], entity_states.mean(dim=0)
+        )
+        # Entity range in the prompt and the prompt's length, unpadded.
+        prompt_ids = mt.tokenizer(sample["prompt"])["input_ids"]
+        assert inputs.prompt_lengths[index] == len(prompt_ids)
+        start, end = inputs.entity_token_ranges[index].tolist()
+        assert mt.tokenizer.decode(prompt_ids[start:end]).strip() == sample["entity"]
+
+    assert inputs.target_mediated_ids.tolist() == [
+        mt.tokenizer(" " + sample["target_mediated"])["input_ids"][0] for sample in SAMPLES
+    ]
+    assert inputs.attribute_hiddens[0].dtype == torch.float32
+
+
+def test_editor_inputs_record_several_layers_and_select_rows(mt):
+    import datasets
+
+    dataset = datasets.Dataset.from_list(SAMPLES)
+    inputs = precompute.editor_inputs(mt, dataset, layers=[1, 0])
+    assert inputs.layers == (0, 1)
+    assert not torch.equal(inputs.attribute_hiddens[0], inputs.attribute_hiddens[1])
+
+    subset = inputs.select([2, 0])
+    assert subset.ids == ["counterfact/3", "counterfact/1"]
+    assert torch.equal(subset.attribute_hiddens[1][0], inputs.attribute_hiddens[1][2])
+    assert torch.equal(subset.entity_token_ranges[1], inputs.entity_token_ranges[0])
+
+    shuffled = list(inputs.batches(2, generator=torch.Generator().manual_seed(0)))
+    assert [len(batch) for batch in shuffled] == [2, 1]
+    assert sorted(id_ for batch in shuffled for id_ in batch.ids) == sorted(inputs.ids)
+
+
+def test_editor_inputs_refuse_a_sample_whose_prompt_lacks_its_entity(mt):
+    broken = [*SAMPLES[:2], {**SAMPLES[2], "prompt": "She works as a"}]
+    with pytest.raises(ValueError, match="sample counterfact/3"):
+        precompute.editor_inputs(mt, broken, layers=[0])
