@@ -1,0 +1,131 @@
+"""Evaluation throughput: cases per second of the efficacy and generation passes, peak memory.
+
+    python -m benchmarks.bench_eval                                   # toy model, CPU
+    python -m benchmarks.bench_eval --model gptj-random --device cuda  # GPT-J shape, bf16
+    python -m benchmarks.bench_eval --model gptj-tiny-random --cases 4 --max-length 24  # smoke
+
+Both passes run with a REMEDI editor attached (a fresh linear editor: speed does not depend on
+its weights). The efficacy pass scores target_new and target_true on each case's rewrite prompt
+(one forward pass per batch); the generation pass samples from each case's generation prompts
+(top-k 5, ``--max-length`` tokens in all, KV cache). ``toy``/``toy-small`` use the toy world's
+CounterFact export (built if absent); the random GPT-J models use the export of a generated toy
+world (no LM training needed). Peak memory is the GPU's peak allocation on CUDA, the process's
+peak resident set size on CPU (which includes loading the model).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import TypeVar
+
+import torch
+
+from benchmarks.bench_train import _peak_memory_bytes, random_gptj
+from remedi import benchmarks, data, editors, models
+from remedi.toy import export
+from remedi.toy.world import generate_world
+
+T = TypeVar("T")
+
+
+def _cases(model: str, count: int) -> list[benchmarks.EvalCase]:
+    if model.startswith("toy"):
+        from remedi.toy.build import ensure_toy_world
+
+        records = data.load_counterfact_records(ensure_toy_world(model).counterfact_file)
+        return benchmarks.counterfact_cases(records)[:count]
+    world = generate_world(seed=0, num_entities=max(8, count // 5 + 2))
+    return benchmarks.counterfact_cases(export.counterfact_records(world, seed=0))[:count]
+
+
+def _timed(device: torch.device, run: Callable[[], T]) -> tuple[T, float]:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    start = time.perf_counter()
+    value = run()
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    return value, time.perf_counter() - start
+
+
+def benchmark(
+    model: str, device: str, cases: int, batch_size: int, max_length: int, layer: int | None
+) -> dict:
+    """Time the efficacy and generation passes; return the figures."""
+    if model.startswith("gptj-"):
+        mt = random_gptj(device, tiny=model == "gptj-tiny-random")
+    else:
+        mt = models.load_model(model, device=device)
+    if layer is None:
+        layer = 1 if model.startswith("gptj") else 0
+    eval_cases = _cases(model, cases)
+    torch_device = models.determine_device(mt.model)
+    if torch_device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(torch_device)
+    resources = benchmarks.EvalResources(batch_size=batch_size, max_length=max_length)
+
+    editor = editors.new_editor("linear", mt, layer)
+    method, directions_seconds = _timed(
+        torch_device,
+        lambda: benchmarks.RemediMethod(mt, editor, eval_cases, batch_size=batch_size),
+    )
+    _, efficacy_seconds = _timed(
+        torch_device, lambda: benchmarks.efficacy(mt, method, eval_cases, resources)
+    )
+    generation, generation_seconds = _timed(
+        torch_device, lambda: benchmarks.generation(mt, method, eval_cases, resources)
+    )
+    prompts = sum(len(case.texts) for case in generation.cases)
+    return {
+        "model": mt.name,
+        "device": str(torch_device),
+        "dtype": str(models.determine_dtype(mt.model)).removeprefix("torch."),
+        "layer": layer,
+        "cases": len(eval_cases),
+        "batch_size": batch_size,
+        "directions_seconds": round(directions_seconds, 3),
+        "efficacy_seconds": round(efficacy_seconds, 3),
+        "efficacy_cases_per_second": round(len(eval_cases) / efficacy_seconds, 2),
+        "generation_prompts": prompts,
+        "generation_max_length": max_length,
+        "generation_seconds": round(generation_seconds, 3),
+        "generation_cases_per_second": round(len(generation.cases) / generation_seconds, 3),
+        "generation_prompts_per_second": round(prompts / generation_seconds, 3),
+        "peak_memory_mib": round(_peak_memory_bytes(torch_device) / 2**20, 1),
+        "torch_threads": torch.get_num_threads(),
+    }
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description="evaluation throughput (efficacy, generation)")
+    parser.add_argument(
+        "--model",
+        default="toy",
+        help="toy, toy-small, any model name, gptj-random (GPT-J shape, random bf16) or "
+        "gptj-tiny-random",
+    )
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--cases", type=int, default=64, help="cases to evaluate")
+    parser.add_argument("--batch-size", type=int, default=benchmarks.DEFAULT_BATCH_SIZE)
+    parser.add_argument("--max-length", type=int, default=benchmarks.GENERATION_MAX_LENGTH)
+    parser.add_argument("--layer", type=int, help="edit layer (default: 0, GPT-J 1)")
+    parser.add_argument("--output", type=Path, help="also write the figures as JSON here")
+    args = parser.parse_args(argv)
+    result = benchmark(
+        args.model, args.device, args.cases, args.batch_size, args.max_length, args.layer
+    )
+    width = max(map(len, result))
+    for key, value in result.items():
+        print(f"{key:<{width}}  {value}")
+    if args.output is not None:
+        args.output.write_text(json.dumps(result, indent=2) + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

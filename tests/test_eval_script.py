@@ -1,0 +1,221 @@
+"""The evaluation script end to end on toy-world data: result files, rerun, crash safety.
+
+The data are the toy world's exports (CounterFact, attribute snippets, TF-IDF tables, world.json)
+of a small generated world; the LM is a tiny random GPT-2, so this checks the pipeline and its
+files, not the scores (see test_eval_toy.py for a trained toy world).
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import transformers
+
+from remedi import benchmarks, io, report, training
+from remedi.toy import export
+from remedi.toy.world import generate_world
+from scripts import eval_fact_gen
+
+METHODS = ("remedi", "prefix", "replace", "unedited")
+
+
+@pytest.fixture(scope="module")
+def setup(tmp_path_factory, tokenizer) -> dict[str, Path]:
+    """A toy data directory, a tiny model saved to disk, and a run with a trained editor."""
+    root = tmp_path_factory.mktemp("eval_script")
+    data_dir = root / "data" / "toy-tiny"
+    world = generate_world(seed=0, num_entities=12)
+    io.write_json(data_dir / "counterfact.json", export.counterfact_records(world, seed=0))
+    io.write_json(data_dir / "world.json", world.to_json())
+    io.write_json(data_dir / "attribute_snippets.json", export.attribute_snippets(world))
+    idf, vocabulary = export.tfidf_statistics(
+        [text for texts in world.biographies.values() for text in texts]
+    )
+    io.write_json(data_dir / "tfidf_vocab.json", vocabulary)
+    np.save(data_dir / "idf.npy", idf)
+
+    torch.manual_seed(0)
+    config = transformers.GPT2Config(
+        vocab_size=len(tokenizer),
+        n_positions=128,
+        n_embd=32,
+        n_layer=2,
+        n_head=2,
+        bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+    )
+    model_dir = root / "tiny-model"
+    transformers.GPT2LMHeadModel(config).save_pretrained(model_dir)
+    tokenizer.save_pretrained(model_dir)
+
+    results_dir = root / "results"
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("REMEDI_RESULTS_DIR", str(results_dir))
+        training.train_run(
+            training.RunArgs(
+                name="editors",
+                model=str(model_dir),
+                dataset_file=str(data_dir / "counterfact.json"),
+                layers=[0],
+                max_epochs=1,
+                test_size=0.2,
+                seed=0,
+            )
+        )
+    return {"data": data_dir, "model": model_dir, "results": results_dir}
+
+
+@pytest.fixture()
+def results_dir(setup, monkeypatch) -> Path:
+    monkeypatch.setenv("REMEDI_RESULTS_DIR", str(setup["results"]))
+    return setup["results"]
+
+
+def _argv(setup: dict[str, Path], name: str, *extra: str) -> list[str]:
+    return [
+        "-n",
+        name,
+        "-e",
+        str(setup["results"] / "editors"),
+        "-m",
+        str(setup["model"]),
+        "-l",
+        "0",
+        "--baselines",
+        "prefix",
+        "replace",
+        "unedited",
+        "--device",
+        "cpu",
+        "--max-cases",
+        "3",
+        "--max-length",
+        "24",
+        "--batch-size",
+        "8",
+        *extra,
+    ]
+
+
+def _mtimes(directory: Path) -> dict[str, int]:
+    return {str(p.relative_to(directory)): p.stat().st_mtime_ns for p in directory.rglob("*.json")}
+
+
+def test_the_script_writes_one_result_per_benchmark_and_a_summary(setup, results_dir, capsys):
+    assert eval_fact_gen.main(_argv(setup, "eval_full")) == 0
+    out = capsys.readouterr().out
+    experiment = results_dir / "eval_full"
+    for method in METHODS:
+        for name, result_type in benchmarks.RESULT_TYPES.items():
+            path = experiment / method / f"{name}.json"
+            result = result_type.from_dict(json.loads(path.read_text()))
+            assert result.settings.method == method
+    # Only the training run's held-out cases are evaluated, by every method.
+    test_ids = training.load_run(setup["results"] / "editors").split.test[:3]
+    efficacy = benchmarks.read_result(experiment / "remedi" / "efficacy.json", "efficacy")
+    assert isinstance(efficacy, benchmarks.ProbabilityResults)
+    assert [f"counterfact/{i}" for i in efficacy.settings.case_ids] == test_ids
+    relation = benchmarks.read_result(
+        experiment / "unedited" / "relation_specificity.json", "relation_specificity"
+    )
+    assert isinstance(relation, benchmarks.RelationSpecificityResults) and relation.available
+    for suffix in ("md", "tex", "png", "json"):
+        assert (experiment / f"summary.{suffix}").stat().st_size > 0
+    assert (experiment / benchmarks.ESSENCE_REFERENCES_FILE).is_file()
+    # The printed table has one row per method and says where the plot is.
+    for label in ("REMEDI (layer 0)", "Prefix", "Unedited"):
+        assert re.search(rf"^\| {re.escape(label)} \| 3 \|", out, flags=re.MULTILINE)
+    # Replace covers the cases whose new value another entity of the world has.
+    assert re.search(r"^\| Replace \| [123] \|", out, flags=re.MULTILINE)
+    assert f"plot: {experiment / 'summary.png'}" in out
+    summary = report.Summary.from_dict(json.loads((experiment / "summary.json").read_text()))
+    assert [row.method for row in summary.rows] == list(METHODS)
+
+    # A rerun skips every finished benchmark; --rerun recomputes them.
+    before = _mtimes(experiment / "remedi")
+    assert eval_fact_gen.main(_argv(setup, "eval_full")) == 0
+    assert _mtimes(experiment / "remedi") == before
+    assert eval_fact_gen.main(_argv(setup, "eval_full", "--rerun", "-b", "efficacy")) == 0
+    after = _mtimes(experiment / "remedi")
+    assert after["efficacy.json"] != before["efficacy.json"]
+    assert after["paraphrase.json"] == before["paraphrase.json"]
+    # The summary still shows what earlier invocations finished.
+    summary = report.Summary.from_dict(json.loads((experiment / "summary.json").read_text()))
+    assert all(value is not None for key, value in summary.rows[0].values.items())
+
+    # Other settings under the same name are refused rather than mixed.
+    with pytest.raises(ValueError, match="--rerun"):
+        eval_fact_gen.main(_argv(setup, "eval_full", "--seed", "1", "-b", "generation"))
+
+
+def test_a_crash_mid_run_leaves_only_complete_result_files(setup, results_dir, monkeypatch):
+    def crash(*args, **kwargs):
+        raise RuntimeError("simulated crash")
+
+    monkeypatch.setitem(benchmarks.BENCHMARKS, "neighborhood", crash)
+    argv = _argv(setup, "eval_crash", "--baseline", "unedited", "-b", "efficacy", "neighborhood")
+    argv.remove("prefix")
+    argv.remove("replace")
+    with pytest.raises(RuntimeError, match="simulated crash"):
+        eval_fact_gen.main(argv)
+    experiment = results_dir / "eval_crash"
+    written = sorted(str(p.relative_to(experiment)) for p in experiment.rglob("*") if p.is_file())
+    assert written == ["remedi/efficacy.json"]
+    assert benchmarks.read_result(experiment / "remedi" / "efficacy.json", "efficacy") is not None
+
+    # A crash while a result file is being written leaves no file at all, not half of one.
+    monkeypatch.undo()
+    monkeypatch.setenv("REMEDI_RESULTS_DIR", str(results_dir))
+    original_write_text = Path.write_text
+
+    def write_half_then_crash(self: Path, text: str, *args, **kwargs) -> int:
+        if self.name.startswith(".neighborhood.json"):
+            original_write_text(self, text[: len(text) // 2], *args, **kwargs)
+            raise OSError("disk full")
+        return original_write_text(self, text, *args, **kwargs)
+
+    monkeypatch.setattr(Path, "write_text", write_half_then_crash)
+    with pytest.raises(OSError, match="disk full"):
+        eval_fact_gen.main(argv)
+    written = sorted(str(p.relative_to(experiment)) for p in experiment.rglob("*") if p.is_file())
+    assert written == ["remedi/efficacy.json"]
+
+    # The next run reuses the finished file and completes the rest.
+    monkeypatch.setattr(Path, "write_text", original_write_text)
+    before = _mtimes(experiment)
+    assert eval_fact_gen.main(argv) == 0
+    after = _mtimes(experiment)
+    assert after["remedi/efficacy.json"] == before["remedi/efficacy.json"]
+    assert "unedited/neighborhood.json" in after
+
+
+def test_baselines_run_without_editors(setup, results_dir, capsys):
+    argv = [
+        "-n",
+        "eval_baseline",
+        "-m",
+        str(setup["model"]),
+        "--baseline",
+        "prefix",
+        "--dataset-file",
+        str(setup["data"] / "counterfact.json"),
+        "--max-cases",
+        "2",
+        "-b",
+        "efficacy",
+        "relation_specificity",
+    ]
+    assert eval_fact_gen.main(argv) == 0
+    experiment = results_dir / "eval_baseline"
+    assert sorted(p.name for p in experiment.iterdir() if p.is_dir()) == ["prefix"]
+    assert "| Prefix | 2 |" in capsys.readouterr().out
+
+
+def test_the_script_says_what_to_pass(setup):
+    with pytest.raises(SystemExit):
+        eval_fact_gen.parse_args(["-n", "x", "-m", "gpt2"])
