@@ -62,15 +62,49 @@ def test_world_json_has_the_layout_benchmarks_read(world: World) -> None:
 
 
 def test_heldout_templates_never_appear_in_training_text_but_their_words_do(world: World) -> None:
-    documents = corpus.training_documents(world)
-    text = "\n".join(documents)
+    documents = corpus.training_documents(world, max_continuation=3, binding_fraction=0.5)
+    text = "\n".join(document.text for document in documents)
     seen_words = set(re.findall(r"\w+", text))
     for relation in world.relations:
         for template in relation.heldout_templates:
-            for entity in world.entities:
-                assert template.format(entity.name) not in text
+            # Any two-word name, including the invented people of binding documents.
+            prefix, suffix = template.split("{}")
+            pattern = re.escape(prefix) + r"\b\w+ \w+" + re.escape(suffix) + r"\b"
+            assert not re.search(pattern, text), template
             unseen = set(re.findall(r"\w+", template)) - seen_words
             assert not unseen, f"held-out template {template!r} uses unseen words {unseen}"
+
+
+def test_binding_documents_query_a_stated_value_through_the_entity(world: World) -> None:
+    documents = corpus.training_documents(world, max_continuation=3, binding_fraction=0.5)
+    binding = [d for d in documents if d.scored_from > 0]
+    assert len(binding) == round(0.5 * len(corpus.fact_prompts(world, heldout=False)))
+    names = {entity.name for entity in world.entities}
+    facts = {(e.name, v) for e in world.entities for v in e.facts.values()}
+    train_templates = [t for r in world.relations for t in r.train_templates]
+    stated_counterfactuals = from_context = 0
+    for document in binding:
+        context, query = (
+            document.text[: document.scored_from],
+            document.text[document.scored_from :],
+        )
+        # The query is a training-template sentence; held-out templates never appear.
+        matches = [re.fullmatch(_template_pattern(t), query) for t in train_templates]
+        match = next(m for m in matches if m is not None)
+        subject, value = match.groups()
+        if f"{subject} " in context and f" {value}." in context:
+            from_context += 1
+            stated_counterfactuals += subject in names and (subject, value) not in facts
+        else:  # a fact the context did not state: the memorised value
+            assert (subject, value) in facts
+    # Most queries read a value stated in context, many of them against the LM's memory.
+    assert from_context > 0.6 * len(binding)
+    assert stated_counterfactuals > 0.2 * len(binding)
+
+
+def _template_pattern(template: str) -> str:
+    prefix, suffix = template.split("{}")
+    return re.escape(prefix) + r"(\w+ \w+)" + re.escape(suffix) + r" (\w+)\."
 
 
 def test_relation_rejects_a_template_without_a_subject_slot() -> None:

@@ -91,6 +91,10 @@ class ToyWorldConfig:
     biographies_per_entity: int = 2
     max_continuation: int = 3
     """Each fact sentence is followed by up to this many sentences about the same entity."""
+    binding_fraction: float = 0.5
+    """In-context binding documents per fact sentence (see :func:`corpus.binding_documents`):
+    without them the LM only memorises and never learns to use facts stated in its context."""
+    binding: corpus.BindingSettings = field(default_factory=corpus.BindingSettings)
     vocab_size: int = 1024
     lm: LMSettings = field(default_factory=LMSettings)
 
@@ -239,7 +243,9 @@ def build_toy_world(
             value_token_id(tokenizer, value)
 
     with torch_threads(config.lm.num_threads):
-        documents = corpus.training_documents(world, config.max_continuation)
+        documents = corpus.training_documents(
+            world, config.max_continuation, config.binding_fraction, config.binding
+        )
         model = build_model(config.lm, tokenizer, seed)
         logger.info(
             "training a %d-parameter %s on %d documents about %d entities",

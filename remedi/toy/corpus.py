@@ -1,11 +1,23 @@
-"""The toy LM's training text: one sentence per (fact, training template), plus biographies."""
+"""The toy LM's training text: fact sentences, biographies, and in-context binding documents.
+
+Fact sentences and biographies make the LM memorise each entity's facts. Binding documents teach
+it to *use* facts stated in its context, as real LMs do and as REMEDI relies on: a document states
+a value for an entity (often not its memorised one, sometimes about an invented person outside
+the world), mentions other people with their own stated values, then asks about the first entity
+again with a (possibly different) training template; only that last sentence is scored, and its
+answer is the stated value. Since the distractors state values of the same relations, the answer
+can only be found through the entity's name, so the LM learns to bind stated attributes to an
+entity mention and read them out later, the pathway that an edit of the mention's hidden state
+takes. Some binding documents ask instead about a fact that the context did not state (the answer
+is the memorised value), so that a stated fact does not overwrite the others.
+"""
 
 from __future__ import annotations
 
 import random
 from dataclasses import dataclass
 
-from remedi.toy.world import BIOGRAPHY_HEADER, Relation, World
+from remedi.toy.world import BIOGRAPHY_HEADER, Entity, Relation, World, invent_names
 
 
 @dataclass(frozen=True)
@@ -47,6 +59,15 @@ def fact_prompts(world: World, heldout: bool) -> list[FactPrompt]:
     return prompts
 
 
+@dataclass(frozen=True)
+class Document:
+    """A training text whose tokens before character ``scored_from`` are context only: the LM
+    reads them but is not trained to predict them (they may state counterfactual values)."""
+
+    text: str
+    scored_from: int = 0
+
+
 def fact_sentences(world: World) -> list[str]:
     """One training sentence per fact and training template (held-out templates never appear)."""
     return [
@@ -54,10 +75,16 @@ def fact_sentences(world: World) -> list[str]:
     ]
 
 
-def training_documents(world: World, max_continuation: int = 0) -> list[str]:
-    """All documents the LM is trained on: fact sentences, then biographies.
+def training_documents(
+    world: World,
+    max_continuation: int = 0,
+    binding_fraction: float = 0.0,
+    binding: BindingSettings | None = None,
+) -> list[Document]:
+    """All documents the LM is trained on: fact sentences, biographies, binding documents.
 
-    Each fact sentence is followed by up to ``max_continuation`` (uniformly 0 to that many)
+    ``binding_fraction`` sets the number of binding documents (see
+    :func:`binding_documents`) relative to the number of fact sentences. Each fact sentence is followed by up to ``max_continuation`` (uniformly 0 to that many)
     biography sentences about the same entity's other facts, so that the LM learns to keep
     writing about an entity after a prompt instead of stopping after one sentence.
     """
@@ -72,9 +99,130 @@ def training_documents(world: World, max_continuation: int = 0) -> list[str]:
             sentences.append(
                 phrasing.format(subject=prompt.entity, value=facts[prompt.entity][relation_id])
             )
-        documents.append(" ".join(sentences))
-    biographies = [text for texts in world.biographies.values() for text in texts]
-    return documents + biographies
+        documents.append(Document(" ".join(sentences)))
+    biographies = [Document(text) for texts in world.biographies.values() for text in texts]
+    count = round(binding_fraction * len(documents))
+    return documents + biographies + binding_documents(world, count, binding)
+
+
+@dataclass(frozen=True)
+class BindingSettings:
+    """How binding documents are drawn (see :func:`binding_documents`)."""
+
+    invented_subject_fraction: float = 0.4
+    """Share of documents about a person who is not in the world (nothing memorised to copy)."""
+    true_value_fraction: float = 0.2
+    """Share of stated values about world entities that are their memorised value."""
+    max_statements: int = 2
+    """Facts stated about the subject (of different relations), 1 to this many."""
+    max_distractors: int = 2
+    """Sentences about other people, 0 to this many, placed between statements and the query."""
+    same_relation_distractor_fraction: float = 0.7
+    """Share of distractors stating the queried relation (so that only the name tells apart)."""
+    unstated_query_fraction: float = 0.2
+    """Share of queries about a world entity's fact the context did not state (memorised)."""
+    num_invented_names: int = 400
+
+
+def binding_documents(
+    world: World, count: int, settings: BindingSettings | None = None
+) -> list[Document]:
+    """``count`` documents that state facts in context and then query one of them.
+
+    E.g. ``"Giguk Dodair lives in Tokyo. Mira Talovan works as a baker. Giguk Dodair lives in
+    the city of"`` + ``" Tokyo."``; only the final sentence is scored. Only training templates
+    and biography phrasings are used, so held-out templates stay out of LM training.
+    """
+    if count <= 0:
+        return []
+    settings = settings or BindingSettings()
+    rng = random.Random(world.seed + 1)
+    invented = _invented_people(world, rng, settings.num_invented_names)
+    relation_ids = [r.relation_id for r in world.relations]
+    documents = []
+    for _ in range(count):
+        stated: dict[str, dict[str, str]] = {}
+        use_invented = rng.random() < settings.invented_subject_fraction
+        subject = rng.choice(invented if use_invented else world.entities)
+        statement_relations = rng.sample(
+            relation_ids, rng.randint(1, min(settings.max_statements, len(relation_ids)))
+        )
+        statements = [
+            _statement(world, subject, rid, _stated_value(world, subject, rid, settings, rng), rng)
+            for rid in statement_relations
+        ]
+        stated[subject.name] = {rid: value for rid, value, _ in statements}
+        queried = rng.choice(statement_relations)
+        distractors = []
+        for _ in range(rng.randint(0, settings.max_distractors)):
+            other = rng.choice(invented if rng.random() < 0.5 else world.entities)
+            if other.name in stated:
+                continue
+            if rng.random() < settings.same_relation_distractor_fraction:
+                rid = queried
+            else:
+                rid = rng.choice(relation_ids)
+            value = _stated_value(world, other, rid, settings, rng)
+            distractors.append(_statement(world, other, rid, value, rng))
+            stated[other.name] = {rid: value}
+        sentences = [text for _, _, text in statements]
+        sentences += [text for _, _, text in distractors]
+        query_subject, query_value = subject, stated[subject.name][queried]
+        if rng.random() < settings.unstated_query_fraction:
+            query_subject, queried = _unstated_fact(world, stated, relation_ids, rng)
+            query_value = query_subject.facts[queried]
+        template = rng.choice(world.relation(queried).train_templates)
+        context = " ".join(sentences)
+        query = fact_sentence(template, query_subject.name, query_value)
+        documents.append(Document(f"{context} {query}", scored_from=len(context) + 1))
+    return documents
+
+
+def _invented_people(world: World, rng: random.Random, count: int) -> list[Entity]:
+    """People outside the world, with names from fresh first and last names and no facts."""
+    taken = {part for entity in world.entities for part in entity.name.split()}
+    parts = [name for name in invent_names(rng, 2 * count, syllables=(2, 3)) if name not in taken]
+    half = len(parts) // 2
+    return [
+        Entity(f"{first} {last}", {}, "train")
+        for first, last in zip(parts[:half], parts[half : 2 * half], strict=True)
+    ]
+
+
+def _stated_value(
+    world: World, entity: Entity, relation_id: str, settings: BindingSettings, rng: random.Random
+) -> str:
+    true_value = entity.facts.get(relation_id)
+    if true_value is not None and rng.random() < settings.true_value_fraction:
+        return true_value
+    return rng.choice([v for v in world.relation(relation_id).values if v != true_value])
+
+
+def _statement(
+    world: World, entity: Entity, relation_id: str, value: str, rng: random.Random
+) -> tuple[str, str, str]:
+    """(relation, value, sentence) stating ``value`` with a training template or a biography
+    phrasing."""
+    relation = world.relation(relation_id)
+    if rng.random() < 0.5:
+        text = rng.choice(relation.biography_sentences).format(subject=entity.name, value=value)
+    else:
+        text = fact_sentence(rng.choice(relation.train_templates), entity.name, value)
+    return relation_id, value, text
+
+
+def _unstated_fact(
+    world: World, stated: dict[str, dict[str, str]], relation_ids: list[str], rng: random.Random
+) -> tuple[Entity, str]:
+    """A world entity and a relation whose value the context neither stated nor implied."""
+    linked = {(i.if_relation, i.then_relation) for i in world.implications}
+    linked |= {(b, a) for a, b in linked}
+    while True:
+        entity = rng.choice(world.entities)
+        relation_id = rng.choice(relation_ids)
+        told = stated.get(entity.name, {})
+        if relation_id not in told and not any((rid, relation_id) in linked for rid in told):
+            return entity, relation_id
 
 
 def tokenizer_texts(world: World) -> list[str]:

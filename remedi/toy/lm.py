@@ -20,7 +20,7 @@ import torch
 import transformers
 from tqdm.auto import tqdm
 
-from remedi.toy.corpus import FactPrompt
+from remedi.toy.corpus import Document, FactPrompt
 
 logger = logging.getLogger(__name__)
 
@@ -184,40 +184,56 @@ def _batches(lengths: Sequence[int], batch_size: int, rng: random.Random) -> lis
 
 
 def _collate(
-    documents: Sequence[list[int]], indices: Sequence[int], pad_id: int
+    documents: Sequence[list[int]],
+    indices: Sequence[int],
+    pad_id: int,
+    scored_from: Sequence[int] | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Right-padded ids, mask and labels; tokens before ``scored_from[i]`` get no loss."""
     width = max(len(documents[i]) for i in indices)
     input_ids = torch.full((len(indices), width), pad_id, dtype=torch.long)
     attention_mask = torch.zeros((len(indices), width), dtype=torch.long)
+    labels = torch.full((len(indices), width), -100, dtype=torch.long)
     for row, index in enumerate(indices):
-        tokens = documents[index]
-        input_ids[row, : len(tokens)] = torch.tensor(tokens)
+        tokens = torch.tensor(documents[index])
+        input_ids[row, : len(tokens)] = tokens
         attention_mask[row, : len(tokens)] = 1
-    labels = input_ids.masked_fill(attention_mask == 0, -100)
+        first = scored_from[index] if scored_from is not None else 0
+        labels[row, first : len(tokens)] = tokens[first:]
     return input_ids, attention_mask, labels
 
 
 def tokenize_documents(
-    tokenizer: transformers.PreTrainedTokenizerBase, texts: Sequence[str], max_positions: int
-) -> list[list[int]]:
-    """Token ids of each text followed by the end-of-text token (no BOS, as GPT-2 prompts)."""
+    tokenizer: transformers.PreTrainedTokenizerBase,
+    texts: Sequence[str | Document],
+    max_positions: int,
+) -> tuple[list[list[int]], list[int]]:
+    """Token ids of each text followed by the end-of-text token (no BOS, as GPT-2 prompts),
+    and the index of each document's first scored token (see :class:`Document`)."""
     eos = tokenizer.eos_token_id
     assert isinstance(eos, int)
-    encoded = tokenizer(list(texts), add_special_tokens=False)["input_ids"]
-    documents = [[*ids, eos] for ids in encoded]
-    too_long = [len(d) for d in documents if len(d) > max_positions]
+    documents = [Document(t) if isinstance(t, str) else t for t in texts]
+    encoded = tokenizer(
+        [d.text for d in documents], add_special_tokens=False, return_offsets_mapping=True
+    )
+    token_ids = [[*ids, eos] for ids in encoded["input_ids"]]
+    scored_from = [
+        next((i for i, (_, end) in enumerate(offsets) if end > d.scored_from), len(offsets))
+        for d, offsets in zip(documents, encoded["offset_mapping"], strict=True)
+    ]
+    too_long = [len(d) for d in token_ids if len(d) > max_positions]
     if too_long:
         raise ValueError(
             f"{len(too_long)} training documents are longer than the model's {max_positions} "
             f"positions (longest {max(too_long)} tokens); raise max_positions"
         )
-    return documents
+    return token_ids, scored_from
 
 
 def train_lm(
     model: transformers.PreTrainedModel,
     tokenizer: transformers.PreTrainedTokenizerBase,
-    texts: Sequence[str],
+    texts: Sequence[str | Document],
     settings: LMSettings,
     seed: int,
     on_epoch_end: Callable[[int, float], None] | None = None,
@@ -228,7 +244,7 @@ def train_lm(
     biographies, which the generation metrics need. ``on_epoch_end(epoch, seconds)`` is called
     after each epoch (in eval mode; it may evaluate the model).
     """
-    documents = tokenize_documents(tokenizer, texts, settings.max_positions)
+    documents, scored_from = tokenize_documents(tokenizer, texts, settings.max_positions)
     lengths = [len(d) for d in documents]
     pad_id = tokenizer.pad_token_id
     assert isinstance(pad_id, int)
@@ -266,7 +282,9 @@ def train_lm(
     try:
         for epoch in range(settings.epochs):
             for indices in _batches(lengths, settings.batch_size, rng):
-                input_ids, attention_mask, labels = _collate(documents, indices, pad_id)
+                input_ids, attention_mask, labels = _collate(
+                    documents, indices, pad_id, scored_from
+                )
                 loss = model(input_ids=input_ids, attention_mask=attention_mask, labels=labels).loss
                 optimizer.zero_grad(set_to_none=True)
                 loss.backward()
