@@ -25,7 +25,7 @@ from typing import TypeVar
 
 import torch
 
-from benchmarks.bench_train import _peak_memory_bytes, random_gptj
+from benchmarks.common import peak_memory_bytes, random_gptj
 from remedi import benchmarks, data, editors, models
 from remedi.toy import export
 from remedi.toy.world import generate_world
@@ -96,7 +96,7 @@ def benchmark(
         "generation_seconds": round(generation_seconds, 3),
         "generation_cases_per_second": round(len(generation.cases) / generation_seconds, 3),
         "generation_prompts_per_second": round(prompts / generation_seconds, 3),
-        "peak_memory_mib": round(_peak_memory_bytes(torch_device) / 2**20, 1),
+        "peak_memory_mib": round(peak_memory_bytes(torch_device) / 2**20, 1),
         "torch_threads": torch.get_num_threads(),
     }
 
