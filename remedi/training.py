@@ -33,6 +33,21 @@ Differences from the reference release (``src/editors.py`` of evandez/REMEDI), a
 - The random editor's entity deltas use the last mention of the entity (see
   :mod:`remedi.precompute`), which in "context. prompt" is the one in the prompt.
 
+Settings for the toy world (measured on "toy", 125 held-out-entity test cases, layer 0; the
+unedited LM is at 0% efficacy). The paper's defaults reach only 20%: the toy LM is tiny and
+near-deterministic. Three options, all off by default, take it to 97.6% (``--lr 1e-2 --lam-kl 1
+--use-all-entity-tokens --use-last-attribute-token``; layer 1: 95.2%):
+
+- ``--use-all-entity-tokens`` (the reference's flag): toy names share sub-word pieces, so the
+  entity's last token does not identify it. Directions optimised freely per sample reach 80%
+  when added at the last token and 100% at all entity tokens.
+- ``--use-last-attribute-token`` (new; :class:`remedi.editors.EditorConfig`): the toy LM's
+  token embeddings are tiny next to its residual stream (norm 1.5 vs 37 at layer 0), so the mean
+  over the attribute's tokens buries the new value: a linear probe recovers it for held-out
+  entities 85% of the time from the mean and 99% from the last token.
+- ``--lam-kl 1``: KL(edited || original) is steep for a near-deterministic LM; with lam_kl 10
+  the same editor reaches 86%.
+
 Results layout of a run (``results/NAME/``)::
 
     args.json                                   # RunArgs, seed, split ids (train/validation/test)
