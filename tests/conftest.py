@@ -27,9 +27,10 @@ def tokenizer() -> transformers.PreTrainedTokenizerFast:
     return train_bpe_tokenizer(TOKENIZER_CORPUS * 20, vocab_size=400, min_frequency=1)
 
 
-@pytest.fixture(scope="session")
-def gpt2_model(tokenizer: transformers.PreTrainedTokenizerFast) -> transformers.GPT2LMHeadModel:
-    """A tiny random GPT-2 (2 layers, width 32) matching the fixture tokenizer."""
+def tiny_gpt2(
+    tokenizer: transformers.PreTrainedTokenizerBase, **config_overrides: object
+) -> transformers.GPT2LMHeadModel:
+    """A tiny random GPT-2 (2 layers, width 32, seed 0) for ``tokenizer``, in eval mode."""
     torch.manual_seed(0)
     config = transformers.GPT2Config(
         vocab_size=len(tokenizer),
@@ -39,6 +40,12 @@ def gpt2_model(tokenizer: transformers.PreTrainedTokenizerFast) -> transformers.
         n_head=2,
         bos_token_id=tokenizer.bos_token_id,
         eos_token_id=tokenizer.eos_token_id,
+        **config_overrides,
     )
-    model = transformers.GPT2LMHeadModel(config).eval()
-    return model
+    return transformers.GPT2LMHeadModel(config).eval()
+
+
+@pytest.fixture(scope="session")
+def gpt2_model(tokenizer: transformers.PreTrainedTokenizerFast) -> transformers.GPT2LMHeadModel:
+    """A tiny random GPT-2 (2 layers, width 32) matching the fixture tokenizer."""
+    return tiny_gpt2(tokenizer)

@@ -10,11 +10,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-import transformers
 
 from remedi import benchmarks, data, editors, metrics
 from remedi.models import ModelAndTokenizer
 from remedi.toy.world import World
+from tests.conftest import tiny_gpt2
 
 FIXTURES = Path(__file__).parent / "fixtures"
 
@@ -86,18 +86,7 @@ WORLD = {
 def mt(tokenizer) -> ModelAndTokenizer:
     """A tiny random GPT-2 with larger initial weights than the shared fixture's, so that an
     edit at one token visibly moves later predictions (at the default 0.02 it barely does)."""
-    torch.manual_seed(0)
-    config = transformers.GPT2Config(
-        vocab_size=len(tokenizer),
-        n_positions=128,
-        n_embd=32,
-        n_layer=2,
-        n_head=2,
-        initializer_range=0.2,
-        bos_token_id=tokenizer.bos_token_id,
-        eos_token_id=tokenizer.eos_token_id,
-    )
-    model = transformers.GPT2LMHeadModel(config).eval().requires_grad_(False)
+    model = tiny_gpt2(tokenizer, initializer_range=0.2).requires_grad_(False)
     return ModelAndTokenizer(model=model, tokenizer=tokenizer, name="tiny-gpt2")
 
 

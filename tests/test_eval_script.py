@@ -13,13 +13,12 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import torch
-import transformers
 
 from remedi import benchmarks, io, report, training
 from remedi.toy import export
 from remedi.toy.world import generate_world
 from scripts import eval_fact_gen
+from tests.conftest import tiny_gpt2
 
 METHODS = ("remedi", "prefix", "replace", "unedited")
 
@@ -39,18 +38,8 @@ def setup(tmp_path_factory, tokenizer) -> dict[str, Path]:
     io.write_json(data_dir / "tfidf_vocab.json", vocabulary)
     np.save(data_dir / "idf.npy", idf)
 
-    torch.manual_seed(0)
-    config = transformers.GPT2Config(
-        vocab_size=len(tokenizer),
-        n_positions=128,
-        n_embd=32,
-        n_layer=2,
-        n_head=2,
-        bos_token_id=tokenizer.bos_token_id,
-        eos_token_id=tokenizer.eos_token_id,
-    )
     model_dir = root / "tiny-model"
-    transformers.GPT2LMHeadModel(config).save_pretrained(model_dir)
+    tiny_gpt2(tokenizer).save_pretrained(model_dir)
     tokenizer.save_pretrained(model_dir)
 
     results_dir = root / "results"
