@@ -26,21 +26,21 @@ from typing import TypeVar
 import torch
 
 from benchmarks.common import peak_memory_bytes, random_gptj
-from remedi import benchmarks, data, editors, models
+from remedi import data, editors, evaluation, models
 from remedi.toy import export
 from remedi.toy.world import generate_world
 
 T = TypeVar("T")
 
 
-def _cases(model: str, count: int) -> list[benchmarks.EvalCase]:
+def _cases(model: str, count: int) -> list[evaluation.EvalCase]:
     if model.startswith("toy"):
         from remedi.toy.build import ensure_toy_world
 
         records = data.load_counterfact_records(ensure_toy_world(model).counterfact_file)
-        return benchmarks.counterfact_cases(records)[:count]
+        return evaluation.counterfact_cases(records)[:count]
     world = generate_world(seed=0, num_entities=max(8, count // 5 + 2))
-    return benchmarks.counterfact_cases(export.counterfact_records(world, seed=0))[:count]
+    return evaluation.counterfact_cases(export.counterfact_records(world, seed=0))[:count]
 
 
 def _timed(device: torch.device, run: Callable[[], T]) -> tuple[T, float]:
@@ -67,18 +67,18 @@ def benchmark(
     torch_device = models.determine_device(mt.model)
     if torch_device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(torch_device)
-    resources = benchmarks.EvalResources(batch_size=batch_size, max_length=max_length)
+    resources = evaluation.EvalResources(batch_size=batch_size, max_length=max_length)
 
     editor = editors.new_editor("linear", mt, layer)
     method, directions_seconds = _timed(
         torch_device,
-        lambda: benchmarks.RemediMethod(mt, editor, eval_cases, batch_size=batch_size),
+        lambda: evaluation.RemediMethod(mt, editor, eval_cases, batch_size=batch_size),
     )
     _, efficacy_seconds = _timed(
-        torch_device, lambda: benchmarks.efficacy(mt, method, eval_cases, resources)
+        torch_device, lambda: evaluation.efficacy(mt, method, eval_cases, resources)
     )
     generation, generation_seconds = _timed(
-        torch_device, lambda: benchmarks.generation(mt, method, eval_cases, resources)
+        torch_device, lambda: evaluation.generation.generation(mt, method, eval_cases, resources)
     )
     prompts = sum(len(case.texts) for case in generation.cases)
     return {
@@ -111,8 +111,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--cases", type=int, default=64, help="cases to evaluate")
-    parser.add_argument("--batch-size", type=int, default=benchmarks.DEFAULT_BATCH_SIZE)
-    parser.add_argument("--max-length", type=int, default=benchmarks.GENERATION_MAX_LENGTH)
+    parser.add_argument("--batch-size", type=int, default=evaluation.DEFAULT_BATCH_SIZE)
+    parser.add_argument("--max-length", type=int, default=evaluation.GENERATION_MAX_LENGTH)
     parser.add_argument("--layer", type=int, help="edit layer (default: 0, GPT-J 1)")
     parser.add_argument("--output", type=Path, help="also write the figures as JSON here")
     args = parser.parse_args(argv)

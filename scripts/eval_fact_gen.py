@@ -19,7 +19,7 @@ from pathlib import Path
 
 import torch
 
-from remedi import benchmarks, data, env, models, report, training
+from remedi import data, env, evaluation, models, report, training
 
 
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
@@ -37,20 +37,20 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         "--baselines",
         nargs="+",
         default=[],
-        choices=sorted(benchmarks.BASELINES),
+        choices=sorted(evaluation.BASELINES),
         help="baselines to evaluate next to the editor",
     )
     parser.add_argument(
         "--baseline",
-        choices=sorted(benchmarks.BASELINES),
+        choices=sorted(evaluation.BASELINES),
         help="evaluate one baseline (without -e: only that baseline)",
     )
     parser.add_argument(
         "-b",
         "--benchmarks",
         nargs="+",
-        default=list(benchmarks.BENCHMARKS),
-        choices=list(benchmarks.BENCHMARKS),
+        default=list(evaluation.BENCHMARKS),
+        choices=list(evaluation.BENCHMARKS),
         help="benchmarks to run (default: all)",
     )
     parser.add_argument("--device", help="e.g. cuda or cpu (default: cuda if available)")
@@ -72,27 +72,29 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--rerun", action="store_true", help="recompute finished benchmarks")
     parser.add_argument("--max-cases", type=int, help="evaluate only the first N cases")
     parser.add_argument("--seed", type=int, default=0, help="seed of generation and replacements")
-    parser.add_argument("--batch-size", type=int, default=benchmarks.DEFAULT_BATCH_SIZE)
-    parser.add_argument("--max-length", type=int, default=benchmarks.GENERATION_MAX_LENGTH)
-    parser.add_argument("--top-k", type=int, default=benchmarks.GENERATION_TOP_K)
+    parser.add_argument("--batch-size", type=int, default=evaluation.DEFAULT_BATCH_SIZE)
+    parser.add_argument("--max-length", type=int, default=evaluation.GENERATION_MAX_LENGTH)
+    parser.add_argument("--top-k", type=int, default=evaluation.GENERATION_TOP_K)
+    parser.add_argument(
+        "--target-scoring",
+        choices=evaluation.TARGET_SCORINGS,
+        default=evaluation.DEFAULT_TARGET_SCORING,
+        help="how a target is scored: mean token log-prob (ROME, default), sum (whole target), "
+        "first token (REMEDI's reference)",
+    )
+    parser.add_argument(
+        "--counterfact-prompt",
+        choices=data.COUNTERFACT_PROMPT_SOURCES,
+        help="the prompt each case asks: the cleaned first paraphrase prompt (the reference's "
+        "choice) or ROME's rewrite prompt (default: what the editors were trained with, else "
+        "paraphrase)",
+    )
     args = parser.parse_args(argv)
     if args.editors_dir is None and args.baseline is None and not args.baselines:
         parser.error("nothing to evaluate: pass -e EDITORS_DIR and/or --baseline(s)")
     if args.editors_dir is None and args.layer is not None:
         parser.error("-l/--layer selects an editor: pass -e EDITORS_DIR too")
     return args
-
-
-def _editor_layer(run_dir: Path, editor_type: str, layer: int | None) -> int:
-    available = training.list_run_editors(run_dir).get(editor_type, [])
-    if layer is not None:
-        return layer
-    if len(available) == 1:
-        return available[0]
-    raise SystemExit(
-        f"{run_dir} has finished {editor_type} editors for layers {available or 'none'}; "
-        "choose one with -l LAYER"
-    )
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -102,6 +104,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     dataset_file: Path | None = args.dataset_file
     test_ids: list[str] | None = None
+    prompt_source = args.counterfact_prompt
     if args.editors_dir is not None:
         run = training.load_run(args.editors_dir)
         if run.args.dataset != "counterfact":
@@ -113,45 +116,50 @@ def main(argv: Sequence[str] | None = None) -> int:
         test_ids = list(run.split.test)
         if dataset_file is None and run.args.dataset_file:
             dataset_file = Path(run.args.dataset_file)
+        if prompt_source is None:
+            prompt_source = run.args.counterfact_prompt
+    prompt_source = prompt_source or "paraphrase"
     records = data.load_counterfact_records(dataset_file)
-    cases = benchmarks.counterfact_cases(records, test_ids)
+    cases = evaluation.counterfact_cases(records, test_ids, prompt_source=prompt_source)
     if args.max_cases is not None:
         cases = cases[: args.max_cases]
     if not cases:
         raise SystemExit("no cases to evaluate (is the training run's test split empty?)")
 
     rome_dir = args.rome_data_dir or (dataset_file.parent if dataset_file else env.data_dir())
-    resources = benchmarks.load_resources(
+    resources = evaluation.load_resources(
         rome_dir,
         world_file=args.world_file,
         batch_size=args.batch_size,
         seed=args.seed,
         max_length=args.max_length,
         top_k=args.top_k,
+        target_scoring=args.target_scoring,
+        prompt_source=prompt_source,
     )
 
     mt = models.load_model(args.model, device=device, dtype=args.dtype)
-    methods: list[benchmarks.Method] = []
+    methods: list[evaluation.Method] = []
     if args.editors_dir is not None:
-        layer = _editor_layer(args.editors_dir, args.editor_type, args.layer)
-        editor = training.load_run_editor(args.editors_dir, layer, args.editor_type, mt)
         methods.append(
-            benchmarks.RemediMethod(
+            evaluation.build_method(
+                "remedi",
                 mt,
-                editor,
                 cases,
-                source=str(Path(args.editors_dir).resolve()),
-                batch_size=args.batch_size,
+                resources,
+                editors_dir=args.editors_dir,
+                layer=args.layer,
+                editor_type=args.editor_type,
             )
         )
     baselines = list(dict.fromkeys([*args.baselines, *([args.baseline] if args.baseline else [])]))
-    methods += [benchmarks.BASELINES[name](mt, cases, resources) for name in baselines]
+    methods += [evaluation.build_method(name, mt, cases, resources) for name in baselines]
 
     experiment_dir = env.results_dir() / args.name
-    benchmarks.run_benchmarks(
+    evaluation.run_benchmarks(
         mt, methods, cases, resources, experiment_dir, args.benchmarks, rerun=args.rerun
     )
-    results = benchmarks.collect_results(mt, methods, cases, resources, experiment_dir)
+    results = evaluation.collect_results(mt, methods, cases, resources, experiment_dir)
     summary = report.summarize(results, title=f"{args.name}: {args.model}, {len(cases)} cases")
     files = report.write_summary(summary, experiment_dir)
     print(report.markdown_table(summary))

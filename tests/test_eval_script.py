@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from remedi import benchmarks, io, report, training
+from remedi import evaluation, io, report, training
 from remedi.toy import export
 from remedi.toy.world import generate_world
 from scripts import eval_fact_gen
@@ -100,22 +100,22 @@ def test_the_script_writes_one_result_per_benchmark_and_a_summary(setup, results
     out = capsys.readouterr().out
     experiment = results_dir / "eval_full"
     for method in METHODS:
-        for name, result_type in benchmarks.RESULT_TYPES.items():
+        for name, result_type in evaluation.RESULT_TYPES.items():
             path = experiment / method / f"{name}.json"
             result = result_type.from_dict(json.loads(path.read_text()))
             assert result.settings.method == method
     # Only the training run's held-out cases are evaluated, by every method.
     test_ids = training.load_run(setup["results"] / "editors").split.test[:3]
-    efficacy = benchmarks.read_result(experiment / "remedi" / "efficacy.json", "efficacy")
-    assert isinstance(efficacy, benchmarks.ProbabilityResults)
+    efficacy = evaluation.read_result(experiment / "remedi" / "efficacy.json", "efficacy")
+    assert isinstance(efficacy, evaluation.ProbabilityResults)
     assert [f"counterfact/{i}" for i in efficacy.settings.case_ids] == test_ids
-    relation = benchmarks.read_result(
+    relation = evaluation.read_result(
         experiment / "unedited" / "relation_specificity.json", "relation_specificity"
     )
-    assert isinstance(relation, benchmarks.RelationSpecificityResults) and relation.available
+    assert isinstance(relation, evaluation.RelationSpecificityResults) and relation.available
     for suffix in ("md", "tex", "png", "json"):
         assert (experiment / f"summary.{suffix}").stat().st_size > 0
-    assert (experiment / benchmarks.ESSENCE_REFERENCES_FILE).is_file()
+    assert (experiment / evaluation.runner.ESSENCE_REFERENCES_FILE).is_file()
     # The printed table has one row per method and says where the plot is.
     for label in ("REMEDI (layer 0)", "Prefix", "Unedited"):
         assert re.search(rf"^\| {re.escape(label)} \| 3 \|", out, flags=re.MULTILINE)
@@ -146,7 +146,7 @@ def test_a_crash_mid_run_leaves_only_complete_result_files(setup, results_dir, m
     def crash(*args, **kwargs):
         raise RuntimeError("simulated crash")
 
-    monkeypatch.setitem(benchmarks.BENCHMARKS, "neighborhood", crash)
+    monkeypatch.setitem(evaluation.BENCHMARKS, "neighborhood", crash)
     argv = _argv(setup, "eval_crash", "--baseline", "unedited", "-b", "efficacy", "neighborhood")
     argv.remove("prefix")
     argv.remove("replace")
@@ -155,7 +155,7 @@ def test_a_crash_mid_run_leaves_only_complete_result_files(setup, results_dir, m
     experiment = results_dir / "eval_crash"
     written = sorted(str(p.relative_to(experiment)) for p in experiment.rglob("*") if p.is_file())
     assert written == ["remedi/efficacy.json"]
-    assert benchmarks.read_result(experiment / "remedi" / "efficacy.json", "efficacy") is not None
+    assert evaluation.read_result(experiment / "remedi" / "efficacy.json", "efficacy") is not None
 
     # A crash while a result file is being written leaves no file at all, not half of one.
     monkeypatch.undo()
@@ -205,6 +205,12 @@ def test_baselines_run_without_editors(setup, results_dir, capsys):
     assert "| Prefix | 2 |" in capsys.readouterr().out
 
 
-def test_the_script_says_what_to_pass(setup):
-    with pytest.raises(SystemExit):
+def test_the_script_says_what_to_pass(capsys):
+    with pytest.raises(SystemExit) as exit_info:
         eval_fact_gen.parse_args(["-n", "x", "-m", "gpt2"])
+    assert exit_info.value.code == 2  # bad usage, as argparse reports it
+    assert "nothing to evaluate: pass -e EDITORS_DIR and/or --baseline(s)" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as exit_info:
+        eval_fact_gen.parse_args(["-n", "x", "-m", "gpt2", "--baseline", "prefix", "-l", "3"])
+    assert exit_info.value.code == 2
+    assert "-l/--layer selects an editor: pass -e EDITORS_DIR too" in capsys.readouterr().err

@@ -11,7 +11,7 @@ import json
 
 import pytest
 
-from remedi import benchmarks, report, training
+from remedi import evaluation, report, training
 from scripts import eval_fact_gen
 from tests.toy_fixtures import BuiltToyWorld, toy_dirs
 
@@ -62,7 +62,7 @@ def test_a_trained_editor_beats_unedited_on_held_out_toy_entities(
         out = capsys.readouterr().out
         experiment = tmp_path / "results" / "eval"
         before = {p: p.stat().st_mtime_ns for p in experiment.glob("*/*.json")}
-        assert len(before) == 4 * len(benchmarks.BENCHMARKS)
+        assert len(before) == 4 * len(evaluation.BENCHMARKS)
         assert eval_fact_gen.main(argv) == 0  # everything finished: nothing recomputed
         assert {p: p.stat().st_mtime_ns for p in experiment.glob("*/*.json")} == before
 
@@ -73,11 +73,11 @@ def test_a_trained_editor_beats_unedited_on_held_out_toy_entities(
     # the editor (a few epochs on a small world) moves held-out entities towards it.
     assert rows["unedited"]["efficacy"] == 0.0
     magnitude = {
-        method: benchmarks.read_result(experiment / method / "efficacy.json", "efficacy")
+        method: evaluation.read_result(experiment / method / "efficacy.json", "efficacy")
         for method in ("remedi", "unedited")
     }
-    assert isinstance(magnitude["remedi"], benchmarks.ProbabilityResults)
-    assert isinstance(magnitude["unedited"], benchmarks.ProbabilityResults)
+    assert isinstance(magnitude["remedi"], evaluation.ProbabilityResults)
+    assert isinstance(magnitude["unedited"], evaluation.ProbabilityResults)
     remedi_gain = magnitude["remedi"].metrics.magnitude.mean
     assert remedi_gain > magnitude["unedited"].metrics.magnitude.mean + 0.01
     # Neighborhood prompts never mention the edited entity: REMEDI leaves them as they were.
@@ -86,8 +86,8 @@ def test_a_trained_editor_beats_unedited_on_held_out_toy_entities(
     assert rows["remedi"]["relation_specificity"] is not None
     assert (experiment / "summary.png").stat().st_size > 10_000
     assert "REMEDI (layer 0)" in out
-    neighborhood = benchmarks.read_result(
+    neighborhood = evaluation.read_result(
         experiment / "remedi" / "neighborhood.json", "neighborhood"
     )
-    assert isinstance(neighborhood, benchmarks.ProbabilityResults)
+    assert isinstance(neighborhood, evaluation.ProbabilityResults)
     assert neighborhood.prompts_mentioning_entity == 0

@@ -1,0 +1,125 @@
+"""Evaluation: how well a method edits, what it leaves alone, and what it costs.
+
+One module per concern:
+
+- :mod:`~remedi.evaluation.cases`: what is evaluated (CounterFact cases), the resources beside
+  the model, and the settings each result records;
+- :mod:`~remedi.evaluation.methods`: the :class:`Method` interface every way of changing the
+  model implements (text, hidden states, or weights restored exactly), the baselines, the
+  registry :data:`METHODS`;
+- :mod:`~remedi.evaluation.scoring`: batched LM computations with a method attached;
+- :mod:`~remedi.evaluation.counterfact`: efficacy, paraphrase, neighborhood, relation specificity;
+- :mod:`~remedi.evaluation.generation`: fluency, consistency, essence;
+- :mod:`~remedi.evaluation.runner`: the benchmark registry, result files, resuming, collecting.
+
+Methods never know how they are judged: nothing in ``editors``, ``training`` or a method's own
+module imports a suite.
+"""
+
+from remedi.evaluation.cases import (
+    DEFAULT_BATCH_SIZE,
+    DEFAULT_TARGET_SCORING,
+    GENERATION_MAX_LENGTH,
+    GENERATION_TOP_K,
+    TARGET_SCORINGS,
+    EvalCase,
+    EvalResources,
+    ResultSettings,
+    counterfact_cases,
+    load_resources,
+    result_settings,
+)
+from remedi.evaluation.counterfact import (
+    CaseProbabilities,
+    ProbabilityResults,
+    RelationSpecificityResults,
+    efficacy,
+    neighborhood,
+    paraphrase,
+    relation_specificity,
+)
+# The module ``generation`` stays reachable as ``evaluation.generation``; its benchmark function
+# of the same name is ``evaluation.generation.generation`` (or ``BENCHMARKS["generation"]``).
+from remedi.evaluation.generation import (
+    EssenceResults,
+    GenerationResults,
+    essence,
+    essence_prompt,
+)
+from remedi.evaluation.methods import (
+    BASELINES,
+    METHODS,
+    Method,
+    PrefixMethod,
+    RemediMethod,
+    ReplaceMethod,
+    WeightEditMethod,
+    applicable_cases,
+    build_method,
+    find_replacements,
+    mention_token_ranges,
+    register_method,
+)
+from remedi.evaluation.runner import (
+    BENCHMARKS,
+    RESULT_TYPES,
+    BenchmarkResult,
+    collect_results,
+    read_result,
+    result_file,
+    run_benchmarks,
+)
+from remedi.evaluation.scoring import (
+    clean_generated_text,
+    generate_texts,
+    next_token_predictions,
+    target_log_probs,
+)
+
+__all__ = [
+    "BASELINES",
+    "BENCHMARKS",
+    "DEFAULT_BATCH_SIZE",
+    "DEFAULT_TARGET_SCORING",
+    "GENERATION_MAX_LENGTH",
+    "GENERATION_TOP_K",
+    "METHODS",
+    "RESULT_TYPES",
+    "TARGET_SCORINGS",
+    "BenchmarkResult",
+    "CaseProbabilities",
+    "EssenceResults",
+    "EvalCase",
+    "EvalResources",
+    "GenerationResults",
+    "Method",
+    "PrefixMethod",
+    "ProbabilityResults",
+    "RelationSpecificityResults",
+    "RemediMethod",
+    "ReplaceMethod",
+    "ResultSettings",
+    "WeightEditMethod",
+    "applicable_cases",
+    "build_method",
+    "clean_generated_text",
+    "collect_results",
+    "counterfact_cases",
+    "efficacy",
+    "essence",
+    "essence_prompt",
+    "find_replacements",
+    "generate_texts",
+    "load_resources",
+    "mention_token_ranges",
+    "neighborhood",
+    "next_token_predictions",
+    "paraphrase",
+    "read_result",
+    "register_method",
+    "relation_specificity",
+    "result_file",
+    "result_settings",
+    "run_benchmarks",
+    "target_log_probs",
+]

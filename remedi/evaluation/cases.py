@@ -1,0 +1,249 @@
+"""What an evaluation is about: CounterFact cases, the resources beside the model, and the
+settings every result records.
+
+A case's ``prompt`` is the prompt its context mediation sample asks (by default the record's
+first paraphrase prompt, cleaned, as REMEDI's reference does; ``prompt_source="rewrite"`` uses
+ROME's rewrite prompt); ``rewrite_prompt`` is always ROME's rewrite prompt, and ``context`` is the
+rewrite prompt followed by ``target_new``.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Protocol
+
+import datasets
+from dataclasses_json import DataClassJsonMixin
+
+from remedi import data, io, metrics, models
+from remedi.toy.world import World
+
+logger = logging.getLogger(__name__)
+
+GENERATION_MAX_LENGTH = 100
+GENERATION_TOP_K = 5
+DEFAULT_BATCH_SIZE = 16
+
+TARGET_SCORINGS = ("mean", "sum", "first")
+"""How a target continuation is scored, named in every result (``ResultSettings.target_scoring``):
+
+- ``mean``: the mean log-probability of the target's tokens (ROME's mean per-token NLL; default,
+  so that tables sit next to ROME's published ones);
+- ``sum``: the log-probability of the whole target (the product over its tokens);
+- ``first``: the log-probability of the target's first token (REMEDI's reference).
+
+The three agree when both targets are one token long (GPT-2's CounterFact targets, the toy world).
+"""
+DEFAULT_TARGET_SCORING = "mean"
+
+RESULT_FORMAT_VERSION = 2
+"""Bumped when the same settings would compute different numbers: 2 = paraphrase prompts by
+default, the reference's prefix, per-token target scoring. Older result files are recomputed."""
+
+
+@dataclass(frozen=True)
+class EvalCase(DataClassJsonMixin):
+    """One CounterFact rewrite with everything the benchmarks ask about it."""
+
+    case_id: int
+    entity: str
+    relation_id: str
+    prompt: str
+    """The sample's prompt (the cleaned first paraphrase prompt by default)."""
+    context: str
+    """The rewrite prompt followed by ``target_new``."""
+    attribute: str
+    target_new: str
+    target_new_id: str
+    target_true: str
+    target_true_id: str
+    rewrite_prompt: str = ""
+    """ROME's rewrite prompt with the entity filled in."""
+    paraphrase_prompts: list[str] = field(default_factory=list)
+    neighborhood_prompts: list[str] = field(default_factory=list)
+    attribute_prompts: list[str] = field(default_factory=list)
+    generation_prompts: list[str] = field(default_factory=list)
+
+    @property
+    def sample_id(self) -> str:
+        """The id of the case's sample in a training run's split (``counterfact/<case_id>``)."""
+        return f"counterfact/{self.case_id}"
+
+    def sample(self) -> dict[str, str]:
+        """The case as a context mediation sample (see :mod:`remedi.data`)."""
+        return {
+            "id": self.sample_id,
+            "source": "counterfact",
+            "entity": self.entity,
+            "prompt": self.prompt,
+            "context": self.context,
+            "attribute": self.attribute,
+            "target_mediated": self.target_new,
+            "target_unmediated": self.target_true,
+        }
+
+
+def counterfact_cases(
+    records: datasets.Dataset | Sequence[Mapping[str, Any]],
+    ids: Sequence[str] | None = None,
+    prompt_source: str = "paraphrase",
+) -> list[EvalCase]:
+    """Cases from validated ROME records (:func:`remedi.data.load_counterfact_records`).
+
+    Each case's sample is built by :func:`remedi.data.counterfact_record_sample`, the function
+    training uses, so an editor is evaluated on the prompts it was trained to answer.
+    With ``ids`` (sample ids ``counterfact/<case_id>``, e.g. a training run's test split), only
+    those cases, in that order; an id without a record raises.
+    """
+    by_id: dict[str, Mapping[str, Any]] = {}
+    for record in records:
+        by_id[f"counterfact/{record['case_id']}"] = record
+    if ids is None:
+        ids = list(by_id)
+    missing = [sample_id for sample_id in ids if sample_id not in by_id]
+    if missing:
+        raise KeyError(
+            f"{len(missing)} sample ids have no CounterFact record (first: {missing[0]!r}); "
+            "evaluate with the dataset file the editors were trained on (--dataset-file)"
+        )
+    cases = []
+    for sample_id in ids:
+        record = by_id[sample_id]
+        rewrite = record["requested_rewrite"]
+        sample = data.counterfact_record_sample(record, prompt_source=prompt_source)
+        cases.append(
+            EvalCase(
+                case_id=int(record["case_id"]),
+                entity=sample["entity"],
+                relation_id=str(rewrite["relation_id"]),
+                prompt=sample["prompt"],
+                context=sample["context"],
+                attribute=sample["attribute"],
+                target_new=rewrite["target_new"]["str"],
+                target_new_id=str(rewrite["target_new"]["id"]),
+                target_true=rewrite["target_true"]["str"],
+                target_true_id=str(rewrite["target_true"]["id"]),
+                rewrite_prompt=data.counterfact_prompt(dict(record)),
+                paraphrase_prompts=list(record["paraphrase_prompts"]),
+                neighborhood_prompts=list(record["neighborhood_prompts"]),
+                attribute_prompts=list(record["attribute_prompts"]),
+                generation_prompts=list(record["generation_prompts"]),
+            )
+        )
+    return cases
+
+
+@dataclass
+class EvalResources:
+    """What the benchmarks read besides the model: optional files and evaluation settings."""
+
+    world: World | None = None
+    """The toy world (``world.json``): relation specificity and replacements need it."""
+    snippets: metrics.AttributeSnippets | None = None
+    vectorizer: metrics.TfidfVectorizer | None = None
+    missing: str | None = None
+    """Why ``snippets``/``vectorizer`` are absent (shown instead of consistency and essence)."""
+    batch_size: int = DEFAULT_BATCH_SIZE
+    seed: int = 0
+    max_length: int = GENERATION_MAX_LENGTH
+    top_k: int = GENERATION_TOP_K
+    target_scoring: str = DEFAULT_TARGET_SCORING
+    """One of :data:`TARGET_SCORINGS`."""
+    prompt_source: str = "paraphrase"
+    """Which prompt the cases ask (recorded in results; the cases are built with it)."""
+    essence_references: dict[int, str] | None = None
+    """Unedited essence texts by case id; sampled on first use when None."""
+
+    def __post_init__(self) -> None:
+        if self.target_scoring not in TARGET_SCORINGS:
+            raise ValueError(
+                f"unknown target scoring {self.target_scoring!r}; choose one of "
+                f"{', '.join(TARGET_SCORINGS)}"
+            )
+
+
+def load_resources(
+    directory: Path | None,
+    world_file: Path | None = None,
+    **settings: Any,
+) -> EvalResources:
+    """Resources from a directory holding ROME's consistency files and maybe ``world.json``.
+
+    Looks for ``attribute_snippets.json``, ``tfidf_vocab.json`` and ``idf.npy`` in ``directory``
+    (the toy world writes them next to its ``counterfact.json``). When they are missing, the
+    reason is kept in ``missing`` and logged: consistency and essence similarity are then not
+    available, the other benchmarks are.
+    """
+    resources = EvalResources(**settings)
+    if world_file is None and directory is not None and (Path(directory) / "world.json").is_file():
+        world_file = Path(directory) / "world.json"
+    if world_file is not None:
+        resources.world = World.from_json(io.read_json(Path(world_file), "toy world file"))
+    if directory is None:
+        resources.missing = "no directory with attribute_snippets.json, idf.npy, tfidf_vocab.json"
+        return resources
+    directory = Path(directory)
+    try:
+        resources.snippets = metrics.AttributeSnippets.from_file(
+            directory / "attribute_snippets.json"
+        )
+        resources.vectorizer = metrics.TfidfVectorizer.from_files(
+            directory / "tfidf_vocab.json", directory / "idf.npy"
+        )
+    except FileNotFoundError as error:
+        resources.snippets = resources.vectorizer = None
+        resources.missing = str(error)
+        logger.warning("consistency and essence similarity are not available: %s", error)
+    return resources
+
+
+@dataclass
+class ResultSettings(DataClassJsonMixin):
+    """What a result was computed from; a rerun reuses a result only if these match.
+
+    The defaults of the later fields are what files written before them were computed with, so
+    that such a file never passes for a result of today's settings.
+    """
+
+    method: str
+    method_details: dict[str, str]
+    model: str
+    case_ids: list[int]
+    seed: int
+    max_length: int = GENERATION_MAX_LENGTH
+    top_k: int = GENERATION_TOP_K
+    target_scoring: str = "sum"
+    prompt_source: str = "rewrite"
+    format_version: int = 1
+
+
+class DescribedMethod(Protocol):
+    """What a result records of its method (see :class:`remedi.evaluation.methods.Method`)."""
+
+    name: str
+
+    def details(self) -> dict[str, str]: ...
+
+
+def result_settings(
+    mt: models.ModelAndTokenizer,
+    method: DescribedMethod,
+    cases: Sequence[EvalCase],
+    resources: EvalResources,
+) -> ResultSettings:
+    """The settings a result of this method on these cases records."""
+    return ResultSettings(
+        method=method.name,
+        method_details=method.details(),
+        model=mt.name,
+        case_ids=[case.case_id for case in cases],
+        seed=resources.seed,
+        max_length=resources.max_length,
+        top_k=resources.top_k,
+        target_scoring=resources.target_scoring,
+        prompt_source=resources.prompt_source,
+        format_version=RESULT_FORMAT_VERSION,
+    )

@@ -1,0 +1,287 @@
+"""Batched LM computations with a method attached: target scores, top-1 predictions, samples.
+
+Each function takes queries about cases, lets the method rewrite each prompt, and runs the model
+in batches with the method's hidden-state edit attached. For a method that edits weights, the
+queries are grouped by case and each group runs under that case's weight edit (restored after).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import unicodedata
+from collections.abc import Callable, Iterator, Sequence
+from typing import Any, TypeVar
+
+import numpy as np
+import torch
+import transformers
+from tqdm.auto import tqdm
+
+from remedi import models, precompute
+from remedi.evaluation.cases import (
+    DEFAULT_BATCH_SIZE,
+    DEFAULT_TARGET_SCORING,
+    GENERATION_MAX_LENGTH,
+    GENERATION_TOP_K,
+    TARGET_SCORINGS,
+    EvalCase,
+)
+from remedi.evaluation.methods import Method
+
+logger = logging.getLogger(__name__)
+
+T = TypeVar("T")
+Query = TypeVar("Query", bound=tuple)
+
+
+def batches(items: Sequence[T], batch_size: int, desc: str) -> Iterator[Sequence[T]]:
+    """Consecutive slices of ``items``, with a progress bar when there is more than one."""
+    starts = range(0, len(items), batch_size)
+    for start in tqdm(starts, desc=desc, disable=len(starts) < 2, leave=False):
+        yield items[start : start + batch_size]
+
+
+def _per_case_groups(
+    mt: models.ModelAndTokenizer, method: Method, queries: Sequence[tuple]
+) -> Iterator[tuple[contextlib.AbstractContextManager[Any], list[int]]]:
+    """Indices of queries that may share a forward pass, with the weight edit they run under.
+
+    A method that edits weights gets one group per case (in order of first appearance); any other
+    method gets one group of all queries.
+    """
+    if not method.edits_weights:
+        yield contextlib.nullcontext(), list(range(len(queries)))
+        return
+    groups: dict[int, list[int]] = {}
+    cases: dict[int, EvalCase] = {}
+    for index, query in enumerate(queries):
+        case = query[0]
+        groups.setdefault(case.case_id, []).append(index)
+        cases[case.case_id] = case
+    for case_id, indices in groups.items():
+        yield method.applied(mt, cases[case_id]), indices
+
+
+def _run_grouped(
+    mt: models.ModelAndTokenizer,
+    method: Method,
+    queries: Sequence[Query],
+    run: Callable[[Sequence[Query]], list[T]],
+) -> list[T]:
+    """``run`` over the queries group by group (see :func:`_per_case_groups`), in query order."""
+    results: dict[int, T] = {}
+    for edit, indices in _per_case_groups(mt, method, queries):
+        with edit:
+            outputs = run([queries[index] for index in indices])
+        results.update(zip(indices, outputs, strict=True))
+    return [results[index] for index in range(len(queries))]
+
+
+def target_log_probs(
+    mt: models.ModelAndTokenizer,
+    method: Method,
+    queries: Sequence[tuple[EvalCase, str, str]],
+    batch_size: int = DEFAULT_BATCH_SIZE,
+    scoring: str = DEFAULT_TARGET_SCORING,
+    desc: str = "score targets",
+) -> np.ndarray:
+    """Score of ``target`` after ``prompt``, for ``(case, prompt, target)`` queries (float64).
+
+    Each prompt is rewritten by the method and followed by ``" " + target``; the target's tokens
+    are scored under teacher forcing in one forward pass per batch, with the method's edit
+    attached. ``scoring`` (:data:`~remedi.evaluation.cases.TARGET_SCORINGS`) picks the mean of
+    the target tokens' log-probabilities (ROME), their sum (the whole target), or the first one
+    (REMEDI's reference).
+    """
+    if scoring not in TARGET_SCORINGS:
+        raise ValueError(f"unknown scoring {scoring!r}; choose one of {', '.join(TARGET_SCORINGS)}")
+
+    def run(group: Sequence[tuple[EvalCase, str, str]]) -> list[float]:
+        scores: list[float] = []
+        for batch in batches(group, batch_size, desc):
+            scores += _score_batch(mt, method, batch, scoring).tolist()
+        return scores
+
+    return np.asarray(_run_grouped(mt, method, queries, run), dtype=np.float64)
+
+
+@torch.no_grad()
+def _score_batch(
+    mt: models.ModelAndTokenizer,
+    method: Method,
+    batch: Sequence[tuple[EvalCase, str, str]],
+    scoring: str,
+) -> torch.Tensor:
+    device = models.determine_device(mt.model)
+    cases = [case for case, _, _ in batch]
+    prompts = [method.rewrite(case, prompt) for case, prompt, _ in batch]
+    texts = [f"{prompt} {target}" for prompt, (_, _, target) in zip(prompts, batch, strict=True)]
+    inputs, offsets = precompute.tokenize(mt.tokenizer, texts, device, padding_side="right")
+    prompt_chars = torch.tensor([len(prompt) for prompt in prompts])
+    is_target = (
+        (offsets[..., 0] >= prompt_chars[:, None])
+        & (offsets[..., 1] > offsets[..., 0])
+        & inputs.attention_mask.cpu().bool()
+    )
+    if not bool(is_target.any(dim=-1).all()):
+        bad = int((~is_target.any(dim=-1)).nonzero()[0])
+        raise ValueError(f"target of query {texts[bad]!r} has no token after its prompt")
+    with method.edit(mt, cases, prompts, offsets, inputs.attention_mask):
+        logits = mt.model(**inputs).logits
+    log_probs = torch.log_softmax(logits[:, :-1].float(), dim=-1)
+    token_log_probs = log_probs.gather(-1, inputs.input_ids[:, 1:, None]).squeeze(-1).double()
+    # Position t predicts token t + 1: the mask of predicted target tokens starts at 1.
+    mask = is_target[:, 1:].to(device=device, dtype=token_log_probs.dtype)
+    if scoring == "first":
+        first = mask.cumsum(dim=-1).eq(1) & mask.bool()
+        mask = first.to(mask.dtype)
+    total = (token_log_probs * mask).sum(dim=-1)
+    if scoring == "mean":
+        total = total / mask.sum(dim=-1)
+    return total.cpu()
+
+
+def next_token_predictions(
+    mt: models.ModelAndTokenizer,
+    method: Method,
+    queries: Sequence[tuple[EvalCase, str]],
+    batch_size: int = DEFAULT_BATCH_SIZE,
+    desc: str = "predict next tokens",
+) -> np.ndarray:
+    """Top-1 next token id after each ``(case, prompt)``, with the method attached."""
+
+    @torch.no_grad()
+    def run(group: Sequence[tuple[EvalCase, str]]) -> list[int]:
+        device = models.determine_device(mt.model)
+        predictions: list[int] = []
+        for batch in batches(group, batch_size, desc):
+            cases = [case for case, _ in batch]
+            prompts = [method.rewrite(case, prompt) for case, prompt in batch]
+            inputs, offsets = precompute.tokenize(
+                mt.tokenizer, prompts, device, padding_side="right"
+            )
+            with method.edit(mt, cases, prompts, offsets, inputs.attention_mask):
+                logits = mt.model(**inputs).logits
+            rows = torch.arange(len(prompts), device=device)
+            last = precompute.last_token_positions(inputs.attention_mask)
+            predictions += logits[rows, last].argmax(dim=-1).tolist()
+        return predictions
+
+    return np.asarray(_run_grouped(mt, method, queries, run), dtype=np.int64)
+
+
+def max_positions(model: transformers.PreTrainedModel) -> int | None:
+    """The model's maximum sequence length, if its config says."""
+    config = model.config
+    for name in ("n_positions", "max_position_embeddings", "n_ctx"):
+        value = getattr(config, name, None)
+        if isinstance(value, int):
+            return value
+    return None
+
+
+def _batch_seed(seed: int, stream: int, batch_index: int) -> int:
+    return int(np.random.SeedSequence([seed, stream, batch_index]).generate_state(1)[0])
+
+
+def clean_generated_text(text: str) -> str:
+    """ROME's post-processing of generated text: NFKD, paragraph breaks to spaces."""
+    return unicodedata.normalize("NFKD", text).replace("\n\n", " ")
+
+
+def generate_texts(
+    mt: models.ModelAndTokenizer,
+    method: Method,
+    queries: Sequence[tuple[EvalCase, str]],
+    max_length: int = GENERATION_MAX_LENGTH,
+    top_k: int = GENERATION_TOP_K,
+    seed: int = 0,
+    batch_size: int = DEFAULT_BATCH_SIZE,
+    stream: int = 0,
+    desc: str = "generate",
+) -> list[str]:
+    """Sample a continuation of each ``(case, prompt)`` with the method attached.
+
+    Each text is the prompt as :meth:`Method.visible` shows it followed by the sampled tokens,
+    ``max_length`` tokens in all (the visible prompt's tokens included, as in ROME). Top-k
+    sampling, batched with left padding, seeded per batch from ``(seed, stream, batch index)``
+    without touching the global random state; ``top_k=1`` is greedy. Queries are batched in
+    order of prompt length (less padding) and returned in the order given.
+    """
+    batch_counter = iter(range(len(queries)))
+
+    def run(group: Sequence[tuple[EvalCase, str]]) -> list[str]:
+        rewritten = [method.rewrite(case, prompt) for case, prompt in group]
+        lengths = [len(ids) for ids in mt.tokenizer(rewritten)["input_ids"]]
+        order = sorted(range(len(group)), key=lambda index: lengths[index])
+        texts: list[str] = [""] * len(group)
+        sorted_queries = [group[index] for index in order]
+        position = 0
+        for batch in batches(sorted_queries, batch_size, desc):
+            batch_texts = _generate_batch(
+                mt, method, batch, max_length, top_k, _batch_seed(seed, stream, next(batch_counter))
+            )
+            for text in batch_texts:
+                texts[order[position]] = text
+                position += 1
+        return texts
+
+    return _run_grouped(mt, method, queries, run)
+
+
+@torch.no_grad()
+def _generate_batch(
+    mt: models.ModelAndTokenizer,
+    method: Method,
+    batch: Sequence[tuple[EvalCase, str]],
+    max_length: int,
+    top_k: int,
+    batch_seed: int,
+) -> list[str]:
+    device = models.determine_device(mt.model)
+    tokenizer = mt.tokenizer
+    limit = max_positions(mt.model)
+    cases = [case for case, _ in batch]
+    prompts = [method.rewrite(case, prompt) for case, prompt in batch]
+    visible = [method.visible(case, prompt) for case, prompt in batch]
+    inputs, offsets = precompute.tokenize(tokenizer, prompts, device, padding_side="left")
+    visible_lengths = [len(ids) for ids in tokenizer(visible)["input_ids"]]
+    new_tokens = [max(1, max_length - length) for length in visible_lengths]
+    width = inputs.input_ids.shape[1]
+    max_new_tokens = max(new_tokens)
+    if limit is not None and width + max_new_tokens > limit:
+        # Every row's positions must stay below the model's limit.
+        max_new_tokens = max(1, limit - width)
+        cut = sum(wanted > max_new_tokens for wanted in new_tokens)
+        if cut:
+            logger.warning(
+                "%d of %d texts cut to %d new tokens: the model has only %d positions",
+                cut,
+                len(new_tokens),
+                max_new_tokens,
+                limit,
+            )
+    with contextlib.ExitStack() as stack:
+        stack.enter_context(torch.random.fork_rng(devices=[device] if device.type == "cuda" else []))
+        torch.manual_seed(batch_seed)
+        stack.enter_context(method.edit(mt, cases, prompts, offsets, inputs.attention_mask))
+        generate: Any = mt.model.generate
+        outputs = generate(
+            **inputs,
+            do_sample=top_k > 1,
+            top_k=top_k if top_k > 1 else None,
+            top_p=1.0,
+            temperature=1.0,
+            num_beams=1,
+            use_cache=True,
+            max_new_tokens=max_new_tokens,
+            eos_token_id=None,  # ROME samples through end-of-text; it is removed below
+            pad_token_id=tokenizer.pad_token_id,
+        )
+    texts = []
+    for row, (shown, wanted) in enumerate(zip(visible, new_tokens, strict=True)):
+        sampled = outputs[row, width : width + wanted]
+        continuation = str(tokenizer.decode(sampled, skip_special_tokens=True))
+        texts.append(clean_generated_text(shown + continuation))
+    return texts

@@ -1,0 +1,551 @@
+"""The evaluation package on a tiny random GPT-2: probabilities, edits, generation, and result schemas."""
+
+from __future__ import annotations
+
+import json
+import math
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from remedi import data, editors, evaluation, metrics
+from remedi.models import ModelAndTokenizer
+from remedi.toy.world import World
+from tests.conftest import tiny_gpt2
+
+FIXTURES = Path(__file__).parent / "fixtures"
+
+WORLD = {
+    "seed": 0,
+    "relations": [
+        {
+            "relation_id": "P551",
+            "name": "residence",
+            "train_templates": ["{} lives in the city of", "{} resides in"],
+            "heldout_templates": ["The home of {} is in"],
+            "values": ["Oslo", "Lisbon", "Paris"],
+        },
+        {
+            "relation_id": "P27",
+            "name": "country of citizenship",
+            "train_templates": ["{} is a citizen of"],
+            "heldout_templates": ["{} holds a passport from"],
+            "values": ["France", "Spain"],
+        },
+        {
+            "relation_id": "P1412",
+            "name": "language",
+            "train_templates": ["{} speaks", "{} writes in"],
+            "heldout_templates": [],
+            "values": ["French", "Spanish"],
+        },
+        {
+            "relation_id": "P106",
+            "name": "occupation",
+            "train_templates": ["{} works as a"],
+            "heldout_templates": ["The profession of {} is"],
+            "values": ["doctor", "painter"],
+        },
+    ],
+    "entities": [
+        {
+            "name": "Kelo Vantri",
+            "facts": {"P551": "Oslo", "P27": "Spain", "P1412": "Spanish", "P106": "doctor"},
+            "split": "test",
+        },
+        {
+            "name": "Xavi Bornadel",
+            "facts": {"P551": "Lisbon", "P27": "Spain", "P1412": "Spanish", "P106": "painter"},
+            "split": "test",
+        },
+        {
+            "name": "Mira Talovan",
+            "facts": {"P551": "Lisbon", "P27": "France", "P1412": "French", "P106": "doctor"},
+            "split": "train",
+        },
+        {
+            "name": "Danu Revik",
+            "facts": {"P551": "Paris", "P27": "France", "P1412": "French", "P106": "painter"},
+            "split": "train",
+        },
+    ],
+    "implications": [
+        {
+            "if_relation": "P27",
+            "then_relation": "P1412",
+            "mapping": {"France": "French", "Spain": "Spanish"},
+        }
+    ],
+}
+
+
+@pytest.fixture(scope="module")
+def mt(tokenizer) -> ModelAndTokenizer:
+    """A tiny random GPT-2 with larger initial weights than the shared fixture's, so that an
+    edit at one token visibly moves later predictions (at the default 0.02 it barely does)."""
+    model = tiny_gpt2(tokenizer, initializer_range=0.2).requires_grad_(False)
+    return ModelAndTokenizer(model=model, tokenizer=tokenizer, name="tiny-gpt2")
+
+
+@pytest.fixture(scope="module")
+def cases() -> list[evaluation.EvalCase]:
+    records = data.load_counterfact_records(FIXTURES / "eval_counterfact.json")
+    return evaluation.counterfact_cases(records)
+
+
+@pytest.fixture()
+def remedi(mt, cases) -> evaluation.RemediMethod:
+    # The identity editor, scaled up, moves the entity's hidden state a long way: a visible edit.
+    editor = editors.new_editor("identity", mt, layer=0)
+    return evaluation.RemediMethod(mt, editor, cases, alpha=20.0)
+
+
+@pytest.fixture()
+def resources(tmp_path) -> evaluation.EvalResources:
+    for name in ("attribute_snippets.json", "tfidf_vocab.json"):
+        shutil.copy(FIXTURES / f"rome_{name}", tmp_path / name)
+    shutil.copy(FIXTURES / "rome_idf.npy", tmp_path / "idf.npy")
+    (tmp_path / "world.json").write_text(json.dumps(WORLD))
+    return evaluation.load_resources(tmp_path, batch_size=2, max_length=40, seed=3)
+
+
+def _single_log_prob(mt, prompt: str, target: str) -> float:
+    """log p(target | prompt) for one prompt, token by token, without batching."""
+    prompt_ids = mt.tokenizer(prompt)["input_ids"]
+    target_ids = mt.tokenizer(" " + target, add_special_tokens=False)["input_ids"]
+    ids = torch.tensor([prompt_ids + target_ids])
+    with torch.no_grad():
+        log_probs = torch.log_softmax(mt.model(input_ids=ids).logits[0].float(), dim=-1)
+    return sum(
+        log_probs[len(prompt_ids) + i - 1, token].item() for i, token in enumerate(target_ids)
+    )
+
+
+# --- cases -------------------------------------------------------------------------------------
+
+
+def test_cases_join_records_with_samples_in_requested_order(cases):
+    assert [case.case_id for case in cases] == [10, 11, 12]
+    kelo = cases[0]
+    assert kelo.prompt == "Kelo Vantri lives in the city of"
+    assert kelo.context == "Kelo Vantri lives in the city of Lisbon"
+    assert kelo.attribute == "lives in the city of Lisbon"
+    assert kelo.target_new_id == "Q597"
+    records = data.load_counterfact_records(FIXTURES / "eval_counterfact.json")
+    subset = evaluation.counterfact_cases(records, ["counterfact/12", "counterfact/10"])
+    assert [case.case_id for case in subset] == [12, 10]
+    with pytest.raises(KeyError, match="--dataset-file"):
+        evaluation.counterfact_cases(records, ["counterfact/99"])
+
+
+# --- probabilities -----------------------------------------------------------------------------
+
+
+def test_target_log_probs_is_the_whole_target_under_teacher_forcing(mt, cases):
+    method = evaluation.Method()
+    queries = [
+        (cases[2], cases[2].prompt, "Eiffel painter"),  # a multi-token target
+        (cases[0], cases[0].prompt, "Oslo"),
+        (cases[1], "Xavi Bornadel, a famous singer from far away, is a citizen of", "Spain"),
+    ]
+    assert len(mt.tokenizer(" Eiffel painter", add_special_tokens=False)["input_ids"]) > 1
+    batched = evaluation.target_log_probs(mt, method, queries, batch_size=3)
+    expected = [_single_log_prob(mt, prompt, target) for _, prompt, target in queries]
+    np.testing.assert_allclose(batched, expected, rtol=1e-4, atol=1e-5)
+    one_by_one = evaluation.target_log_probs(mt, method, queries, batch_size=1)
+    np.testing.assert_allclose(batched, one_by_one, rtol=1e-4, atol=1e-5)
+
+
+def test_mention_token_ranges_find_the_last_mention_or_nothing(tokenizer):
+    prompts = ["Kelo Vantri met Kelo Vantri in", "Mira Talovan lives in"]
+    inputs = tokenizer(prompts, padding=True, padding_side="left", return_offsets_mapping=True)
+    offsets = torch.tensor(inputs["offset_mapping"])
+    mask = torch.tensor(inputs["attention_mask"])
+    ranges = evaluation.mention_token_ranges(prompts, ["Kelo Vantri"] * 2, offsets, mask)
+    assert ranges[1].tolist() == [0, 0]
+    start, end = ranges[0].tolist()
+    assert end == start + 1
+    # The last token of the second mention, in padded coordinates.
+    last_mention_end = len("Kelo Vantri met Kelo Vantri")
+    assert offsets[0, start, 1].item() == last_mention_end
+    full = evaluation.mention_token_ranges(prompts, ["Kelo Vantri"] * 2, offsets, mask, False)
+    assert full[0, 1].item() == end and full[0, 0].item() < start
+
+
+def test_remedi_changes_prompts_that_mention_the_entity_and_no_others(mt, cases, remedi):
+    kelo = cases[0]
+    queries = [
+        (kelo, kelo.prompt, "Lisbon"),
+        (kelo, "Mira Talovan lives in the city of", "Lisbon"),
+    ]
+    edited = evaluation.target_log_probs(mt, remedi, queries, batch_size=2)
+    unedited = evaluation.target_log_probs(mt, evaluation.Method(), queries, batch_size=2)
+    assert abs(edited[0] - unedited[0]) > 1e-3
+    assert edited[1] == unedited[1]
+
+
+def test_probability_benchmarks_score_and_round_trip(mt, cases, remedi, resources):
+    result = evaluation.efficacy(mt, remedi, cases, resources)
+    assert result.benchmark == "efficacy"
+    assert [case.case_id for case in result.cases] == [10, 11, 12]
+    manual = np.mean([c.p_new[0] > c.p_true[0] for c in result.cases])
+    assert result.metrics.score.mean == pytest.approx(manual)
+    assert result.settings.method_details["layer"] == "0"
+    assert evaluation.ProbabilityResults.from_dict(json.loads(json.dumps(result.to_dict()))) == (
+        result
+    )
+
+    para = evaluation.paraphrase(mt, remedi, cases, resources)
+    assert [len(c.p_new) for c in para.cases] == [2, 1, 2]
+
+
+def test_neighborhood_is_measured_with_the_edit_attached(mt, cases, remedi, resources):
+    edited = evaluation.neighborhood(mt, remedi, cases, resources)
+    plain = evaluation.neighborhood(mt, evaluation.Method(), cases, resources)
+    # No neighborhood prompt mentions its case's entity, so REMEDI matches unedited exactly.
+    assert edited.prompts_mentioning_entity == 0
+    assert [c.p_true for c in edited.cases] == [c.p_true for c in plain.cases]
+    assert edited.metrics.score == plain.metrics.score
+    # The prefix is prepended to the neighbors' prompts: it can leak, and it is measured.
+    prefixed = evaluation.neighborhood(mt, evaluation.PrefixMethod(), cases, resources)
+    assert prefixed.cases[0].prompts[0] == (
+        "Kelo Vantri lives in the city of Lisbon. Mira Talovan lives in the city of"
+    )
+    assert [c.p_true for c in prefixed.cases] != [c.p_true for c in plain.cases]
+
+
+# --- baselines ---------------------------------------------------------------------------------
+
+
+def test_replacements_come_from_the_world_then_snippets_then_attribute_prompts(cases, resources):
+    world = resources.world
+    from_world = evaluation.find_replacements(cases, world=world)
+    # Xavi and Mira live in Lisbon; Mira and Danu are French.
+    assert from_world[10] in {"Xavi Bornadel", "Mira Talovan"}
+    assert from_world[11] in {"Mira Talovan", "Danu Revik"}
+    # Nobody in the world is an "Eiffel painter": the attribute prompts are read instead.
+    assert from_world[12] == "Barack Obama"
+
+    from_prompts = evaluation.find_replacements(cases)
+    # "Xavi Bornadel lives in the city of" matches the case's template; "Nobody knows where" not.
+    assert from_prompts[10] == "Xavi Bornadel"
+    assert from_prompts[11] == "Danu Revik"
+    assert from_prompts[12] == "Barack Obama"
+
+    snippets = metrics.AttributeSnippets(
+        [{"relation_id": "P27", "target_id": "Q142", "samples": [{"name": "Jean", "text": "x"}]}]
+    )
+    assert evaluation.find_replacements(cases[1:2], snippets=snippets)[11] == "Jean"
+
+
+def test_replace_and_prefix_rewrite_prompts(cases):
+    replace = evaluation.ReplaceMethod({10: "Xavi Bornadel"})
+    assert replace.rewrite(cases[0], "Kelo Vantri resides in") == "Xavi Bornadel resides in"
+    assert evaluation.applicable_cases(replace, cases) == cases[:1]
+    prefix = evaluation.PrefixMethod()
+    assert prefix.rewrite(cases[1], "Hi") == "Xavi Bornadel is a citizen of France. Hi"
+    assert prefix.visible(cases[1], "Hi") == "Hi"
+
+
+# --- relation specificity ----------------------------------------------------------------------
+
+
+def test_relation_specificity_reports_unchanged_and_implied_relations(mt, cases, resources):
+    result = evaluation.relation_specificity(mt, evaluation.Method(), cases, resources)
+    assert result.available
+    assert result.unchanged is not None and result.unchanged.mean == 1.0
+    by_case = {c.case_id: c for c in result.cases}
+    # Xavi Bornadel's edit Spain -> France implies French: the language prompts are apart.
+    xavi = by_case[11]
+    assert xavi.implied_value == "French"
+    assert xavi.implied_prompts == ["Xavi Bornadel speaks", "Xavi Bornadel writes in"]
+    assert set(xavi.relations) == {"P551", "P106"}
+    assert "P1412" in by_case[10].relations  # a residence edit implies nothing
+    assert result.implied_changed is not None and len(result.implied_changed.values) == 1
+
+
+def test_relation_specificity_is_not_available_without_a_world(mt, cases):
+    result = evaluation.relation_specificity(
+        mt, evaluation.Method(), cases, evaluation.EvalResources()
+    )
+    assert not result.available and "world.json" in (result.reason or "")
+    round_trip = evaluation.RelationSpecificityResults.from_dict(result.to_dict())
+    assert round_trip == result
+
+
+# --- generation --------------------------------------------------------------------------------
+
+
+def test_generation_is_seeded_batched_and_leaves_global_rng_alone(mt, cases):
+    method = evaluation.Method()
+    queries = [(case, prompt) for case in cases for prompt in case.generation_prompts]
+    state = torch.random.get_rng_state()
+    first = evaluation.generate_texts(mt, method, queries, max_length=20, seed=1, batch_size=2)
+    assert torch.equal(torch.random.get_rng_state(), state)
+    again = evaluation.generate_texts(mt, method, queries, max_length=20, seed=1, batch_size=2)
+    other = evaluation.generate_texts(mt, method, queries, max_length=20, seed=2, batch_size=2)
+    assert first == again
+    assert first != other
+    for (_, prompt), text in zip(queries, first, strict=True):
+        assert text.startswith(prompt) and len(text) > len(prompt)
+
+
+def test_greedy_generation_does_not_depend_on_batching(mt, cases):
+    method = evaluation.Method()
+    queries = [(case, prompt) for case in cases for prompt in case.generation_prompts]
+    batched = evaluation.generate_texts(mt, method, queries, max_length=20, top_k=1, batch_size=5)
+    single = evaluation.generate_texts(mt, method, queries, max_length=20, top_k=1, batch_size=1)
+    assert batched == single
+
+
+def test_generation_with_remedi_edits_only_prompts_mentioning_the_entity(mt, cases, remedi):
+    kelo = cases[0]
+    queries = [(kelo, "Kelo Vantri is known for"), (kelo, "Mira Talovan is known for")]
+    edited = evaluation.generate_texts(mt, remedi, queries, max_length=20, top_k=1)
+    plain = evaluation.generate_texts(mt, evaluation.Method(), queries, max_length=20, top_k=1)
+    assert edited[0] != plain[0]
+    assert edited[1] == plain[1]
+
+
+def test_prefix_generation_text_hides_the_prefix(mt, cases):
+    prompt = "Kelo Vantri is known for"
+    shown = evaluation.generate_texts(
+        mt, evaluation.PrefixMethod(), [(cases[0], prompt)], max_length=16, top_k=1
+    )[0]
+    # The same greedy continuation, generated from the whole prefixed text by the plain model:
+    # the prefix conditions the continuation but is not part of the text that is scored.
+    prefixed = evaluation.PrefixMethod.prefix(cases[0]) + prompt
+    extra = len(mt.tokenizer(prefixed)["input_ids"]) - len(mt.tokenizer(prompt)["input_ids"])
+    full = evaluation.generate_texts(
+        mt, evaluation.Method(), [(cases[0], prefixed)], max_length=16 + extra, top_k=1
+    )[0]
+    assert full.startswith(prefixed)
+    assert shown == prompt + full[len(prefixed) :]
+    assert len(shown) > len(prompt)
+
+
+def test_generation_benchmark_scores_fluency_and_consistency(mt, cases, resources):
+    result = evaluation.generation.generation(mt, evaluation.Method(), cases, resources)
+    assert [len(c.texts) for c in result.cases] == [2, 1, 2]
+    for case in result.cases:
+        assert case.fluency == pytest.approx(metrics.fluency([case.texts]).mean)
+    # Snippets exist only for France (Q142) in the fixture: the other cases are left out.
+    assert [c.consistency is not None for c in result.cases] == [False, True, False]
+    assert result.consistency is not None and len(result.consistency.values) == 1
+    assert "2 of 3 cases have no attribute snippets" in (result.consistency_missing or "")
+    assert evaluation.GenerationResults.from_dict(result.to_dict()) == result
+
+
+def test_essence_compares_with_unedited_text_about_the_entity(mt, cases, resources):
+    result = evaluation.essence(mt, evaluation.Method(), cases, resources)
+    assert resources.essence_references is not None
+    for case, essence_case in zip(cases, result.cases, strict=True):
+        assert essence_case.text.startswith(f"{case.entity} is")
+        assert essence_case.reference == resources.essence_references[case.case_id]
+        # References are sampled apart from the method's texts.
+        assert essence_case.text != essence_case.reference
+        assert essence_case.similarity is not None and 0.0 <= essence_case.similarity <= 1.0 + 1e-9
+    assert result.cases[0].prompt.startswith(evaluation.generation.ESSENCE_PREFIX)
+    assert evaluation.EssenceResults.from_dict(result.to_dict()) == result
+
+
+def test_resources_without_rome_files_say_what_is_missing(tmp_path, mt, cases):
+    resources = evaluation.load_resources(tmp_path, max_length=12)
+    assert resources.snippets is None and resources.world is None
+    assert "attribute_snippets.json not found" in (resources.missing or "")
+    result = evaluation.essence(mt, evaluation.Method(), cases[:1], resources)
+    assert result.similarity is None and result.similarity_missing == resources.missing
+    assert not math.isnan(result.fluency.mean)
+
+
+def test_worlds_load_from_their_json(resources):
+    assert isinstance(resources.world, World)
+    assert resources.world.relation("P27").train_templates == ("{} is a citizen of",)
+
+
+def test_results_know_which_editor_weights_made_them(mt, cases):
+    editor = editors.new_editor("linear", mt, layer=0)
+    first = evaluation.RemediMethod(mt, editor, cases[:1]).details()["weights_sha256"]
+    assert evaluation.methods.editor_fingerprint(editor) == first
+    with torch.no_grad():
+        editor.w.bias.add_(1.0)  # retrained in place: the results must not be reused
+    assert evaluation.methods.editor_fingerprint(editor) != first
+
+
+# --- relation specificity under an edit that changes predictions ---------------------------------
+
+
+def _top1(mt, method, case, prompt: str) -> int:
+    """The top-1 next token after one prompt, the method's edit attached, without batching."""
+    inputs = mt.tokenizer([prompt], return_tensors="pt", return_offsets_mapping=True)
+    offsets = inputs.pop("offset_mapping")
+    with torch.no_grad(), method.edit(mt, [case], [prompt], offsets, inputs["attention_mask"]):
+        logits = mt.model(**inputs).logits
+    return int(logits[0, -1].argmax())
+
+
+def test_relation_specificity_counts_the_predictions_an_edit_changes(mt, cases, remedi, resources):
+    result = evaluation.relation_specificity(mt, remedi, cases, resources)
+    expected_unchanged, expected_implied = [], []
+    for case_result, case in zip(result.cases, cases, strict=True):
+        flags = [
+            _top1(mt, remedi, case, prompt) == _top1(mt, evaluation.Method(), case, prompt)
+            for prompt in case_result.prompts
+        ]
+        assert case_result.unchanged == flags
+        expected_unchanged.append(float(np.mean(flags)))
+        if case_result.implied_prompts:
+            implied_id = mt.tokenizer(" " + (case_result.implied_value or ""))["input_ids"][0]
+            hits = [
+                _top1(mt, remedi, case, prompt) == implied_id
+                for prompt in case_result.implied_prompts
+            ]
+            assert case_result.implied_hits == hits
+            expected_implied.append(float(np.mean(hits)))
+    assert result.unchanged is not None and result.implied_changed is not None
+    assert result.unchanged.values == pytest.approx(expected_unchanged)
+    assert result.implied_changed.values == pytest.approx(expected_implied)
+    # The scaled identity edit moves the tiny model's predictions: the benchmark must see it.
+    assert result.unchanged.mean < 1.0
+
+
+# --- target scoring ----------------------------------------------------------------------------
+
+
+def _token_log_probs(mt, prompt: str, target: str) -> list[float]:
+    """log p of each target token after ``prompt``, one sequence at a time, in float64."""
+    prompt_ids = mt.tokenizer(prompt)["input_ids"]
+    target_ids = mt.tokenizer(" " + target, add_special_tokens=False)["input_ids"]
+    ids = torch.tensor([prompt_ids + target_ids])
+    with torch.no_grad():
+        log_probs = torch.log_softmax(mt.model(input_ids=ids).logits[0].double(), dim=-1)
+    return [log_probs[len(prompt_ids) + i - 1, t].item() for i, t in enumerate(target_ids)]
+
+
+@pytest.mark.parametrize("scoring", evaluation.TARGET_SCORINGS)
+def test_each_target_scoring_matches_its_definition(mt, cases, scoring):
+    queries = [(cases[2], cases[2].prompt, "Eiffel painter"), (cases[0], cases[0].prompt, "Oslo")]
+    scores = evaluation.target_log_probs(mt, evaluation.Method(), queries, 2, scoring)
+    tokens = [_token_log_probs(mt, prompt, target) for _, prompt, target in queries]
+    assert len(tokens[0]) > 1  # the multi-token target tells the three definitions apart
+    expected = {
+        "mean": [float(np.mean(t)) for t in tokens],
+        "sum": [float(np.sum(t)) for t in tokens],
+        "first": [t[0] for t in tokens],
+    }[scoring]
+    # Batched float32 logits vs. unbatched: agreement to float32 rounding of ~1e-6 per logit.
+    np.testing.assert_allclose(scores, expected, rtol=1e-5, atol=1e-5)
+
+
+def test_results_name_their_target_scoring_and_prompt(mt, cases, resources):
+    resources.target_scoring = "first"
+    result = evaluation.efficacy(mt, evaluation.Method(), cases, resources)
+    assert result.settings.target_scoring == "first"
+    assert result.settings.prompt_source == resources.prompt_source
+    assert result.settings.format_version == evaluation.cases.RESULT_FORMAT_VERSION
+    with pytest.raises(ValueError, match="mean, sum, first"):
+        evaluation.EvalResources(target_scoring="median")
+
+
+def test_a_result_file_from_before_these_settings_is_not_reused(mt, cases, resources, tmp_path):
+    result = evaluation.efficacy(mt, evaluation.Method(), cases, resources)
+    old = result.to_dict()
+    for key in ("target_scoring", "prompt_source", "format_version"):
+        del old["settings"][key]
+    path = evaluation.result_file(tmp_path, "unedited", "efficacy")
+    path.parent.mkdir(parents=True)
+    path.write_text(json.dumps(old))
+    with pytest.raises(ValueError, match="format_version"):
+        evaluation.run_benchmarks(
+            mt, [evaluation.Method()], cases, resources, tmp_path, ["efficacy"]
+        )
+
+
+# --- the Method interface: registry and weight edits ----------------------------------------------
+
+
+def test_every_registered_method_is_built_by_name(mt, cases, resources):
+    built = {
+        name: evaluation.build_method(name, mt, cases, resources) for name in evaluation.BASELINES
+    }
+    assert isinstance(built["prefix"], evaluation.PrefixMethod)
+    assert isinstance(built["replace"], evaluation.ReplaceMethod)
+    assert type(built["unedited"]) is evaluation.Method
+    editor = editors.new_editor("identity", mt, layer=0)
+    remedi = evaluation.build_method("remedi", mt, cases, resources, editor=editor)
+    assert isinstance(remedi, evaluation.RemediMethod)
+    with pytest.raises(ValueError, match="editors_dir"):
+        evaluation.build_method("remedi", mt, cases, resources)
+    with pytest.raises(ValueError, match=r"registered methods: .*prefix"):
+        evaluation.build_method("rome-typo", mt, cases, resources)
+
+
+class ShiftLayerNorm(evaluation.WeightEditMethod):
+    """A weight edit for tests: shift the first layer's input norm bias, by case id."""
+
+    name = "shift"
+
+    def __init__(self, alias: bool = False):
+        self.alias = alias
+        self.calls: list[int] = []
+
+    def new_weights(self, mt, case):
+        self.calls.append(case.case_id)
+        bias = dict(mt.model.named_parameters())["transformer.h.0.ln_1.bias"]
+        return {"transformer.h.0.ln_1.bias": bias if self.alias else bias + 0.5 * case.case_id}
+
+
+def test_a_weight_edit_runs_per_case_and_restores_every_weight_exactly(mt, cases):
+    before = {name: p.detach().clone() for name, p in mt.model.named_parameters()}
+    method = ShiftLayerNorm()
+    queries = [
+        (cases[0], cases[0].prompt, "Lisbon"),
+        (cases[1], cases[1].prompt, "France"),
+        (cases[0], "Kelo Vantri resides in", "Lisbon"),
+    ]
+    edited = evaluation.target_log_probs(mt, method, queries, batch_size=3)
+    assert method.calls == [10, 11]  # one edit per case, queries grouped under it
+    for name, parameter in mt.model.named_parameters():
+        assert torch.equal(parameter, before[name]), name
+    # Each query was scored under its own case's edit: compare with the edit applied by hand.
+    for (case, prompt, target), score in zip(queries, edited, strict=True):
+        with method.applied(mt, case):
+            expected = evaluation.target_log_probs(
+                mt, evaluation.Method(), [(case, prompt, target)]
+            )
+        assert score == pytest.approx(expected[0], rel=1e-5, abs=1e-5)  # float32, other batching
+    plain = evaluation.target_log_probs(mt, evaluation.Method(), queries, batch_size=3)
+    assert np.all(np.abs(edited - plain) > 1e-4)
+
+
+def test_a_weight_edit_is_restored_on_error_and_never_an_alias(mt, cases):
+    before = {name: p.detach().clone() for name, p in mt.model.named_parameters()}
+    with pytest.raises(RuntimeError, match="boom"), ShiftLayerNorm().applied(mt, cases[1]):
+        assert not torch.equal(
+            mt.model.transformer.h[0].ln_1.bias, before["transformer.h.0.ln_1.bias"]
+        )
+        raise RuntimeError("boom")
+    for name, parameter in mt.model.named_parameters():
+        assert torch.equal(parameter, before[name]), name
+    with (
+        pytest.raises(ValueError, match="unedited tensor"),
+        ShiftLayerNorm(alias=True).applied(mt, cases[0]),
+    ):
+        pass
+
+
+def test_generation_and_relations_run_weight_edits_per_case(mt, cases, resources):
+    method = ShiftLayerNorm()
+    queries = [(case, prompt) for case in cases for prompt in case.generation_prompts]
+    texts = evaluation.generate_texts(mt, method, queries, max_length=16, top_k=1)
+    for (case, prompt), text in zip(queries, texts, strict=True):
+        with method.applied(mt, case):
+            alone = evaluation.generate_texts(
+                mt, evaluation.Method(), [(case, prompt)], max_length=16, top_k=1
+            )
+        assert text == alone[0]
+    result = evaluation.relation_specificity(mt, method, cases, resources)
+    assert result.available and len(result.cases) == 3
