@@ -6,8 +6,11 @@ everything they compute lives in the ``remedi`` package. Run ``invoke --list`` t
 
 from __future__ import annotations
 
+import contextlib
+import os
 import shlex
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 
 from invoke.collection import Collection
@@ -151,6 +154,8 @@ def toy_build(
         "name": "Experiment name (default: editors_counterfact_<model>).",
         "max_epochs": "Upper bound on training epochs (early stopping usually ends sooner).",
         "clear_results": "Retrain layers that already have a saved editor.",
+        "prompt": "CounterFact prompt: paraphrase (default, the reference's) or rewrite (ROME's).",
+        "seed": "Seed of the split and of training (default 0).",
     }
 )
 def train_counterfact(
@@ -161,6 +166,8 @@ def train_counterfact(
     name: str | None = None,
     max_epochs: int | None = None,
     clear_results: bool = False,
+    prompt: str = "paraphrase",
+    seed: int = 0,
 ) -> None:
     """Train a REMEDI editor on CounterFact at the paper's layer."""
     args = [
@@ -174,6 +181,10 @@ def train_counterfact(
         str(_layer_for(model, layer)),
         *_toy_dataset_args(model),
         *(TOY_TRAINING_FLAGS if model.startswith("toy") else []),
+        "--counterfact-prompt",
+        prompt,
+        "--seed",
+        str(seed),
     ]
     if device:
         args += ["--device", device]
@@ -235,12 +246,85 @@ def eval_gen_counterfact(
     _python(c, "scripts.eval_fact_gen", args)
 
 
-@task(help={"device": "Device, e.g. cpu or cuda (default: cuda if available)."})
-def quickstart(c: Context, device: str | None = None) -> None:
+@contextlib.contextmanager
+def _toy_world_of_seed(seed: int) -> Iterator[None]:
+    """Point the toy world's directories at the world of ``seed`` while inside.
+
+    Seed 0 is the default world (``models/toy``, ``data/toy``); seed N lives in
+    ``models/seed-N`` and ``data/seed-N``, so that worlds of several seeds exist side by side.
+    Scripts run inside inherit the variables.
+    """
+    from remedi import env
+
+    if seed == 0:
+        yield
+        return
+    saved = {key: os.environ.get(key) for key in ("REMEDI_MODELS_DIR", "REMEDI_DATA_DIR")}
+    os.environ["REMEDI_MODELS_DIR"] = str(env.models_dir() / f"seed-{seed}")
+    os.environ["REMEDI_DATA_DIR"] = str(env.data_dir() / f"seed-{seed}")
+    try:
+        yield
+    finally:
+        for key, value in saved.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
+
+
+def _parse_seeds(seeds: str) -> list[int]:
+    try:
+        parsed = [int(seed) for seed in seeds.replace(" ", ",").split(",") if seed]
+    except ValueError:
+        raise SystemExit(
+            f"--seeds takes integers separated by commas, e.g. 0,1,2; got {seeds!r}"
+        ) from None
+    if not parsed or len(set(parsed)) != len(parsed):
+        raise SystemExit(f"--seeds needs distinct seeds, e.g. 0,1,2; got {seeds!r}")
+    return parsed
+
+
+@task(
+    help={
+        "device": "Device, e.g. cpu or cuda (default: cuda if available).",
+        "seeds": "Toy-world seeds, e.g. 0,1,2: a world, an editor and an evaluation per seed, then "
+        "the table as mean ± standard deviation (default: seed 0 alone).",
+        "prompt": "CounterFact prompt the cases ask: paraphrase (default, the reference's) or "
+        "rewrite (ROME's).",
+    }
+)
+def quickstart(
+    c: Context, device: str | None = None, seeds: str = "", prompt: str = "paraphrase"
+) -> None:
     """The main job on the offline default: build the toy world, train, evaluate, summarise."""
-    toy_build(c)
-    train_counterfact(c, model="toy", device=device)
-    eval_gen_counterfact(c, model="toy", device=device)
+    suffix = "" if prompt == "paraphrase" else f"_{prompt}"
+    if not seeds:
+        toy_build(c)
+        train_counterfact(
+            c, model="toy", device=device, name=f"editors_counterfact_toy{suffix}", prompt=prompt
+        )
+        eval_gen_counterfact(
+            c,
+            model="toy",
+            device=device,
+            name=f"eval_gen_counterfact_toy{suffix}",
+            editors=f"editors_counterfact_toy{suffix}",
+        )
+        return
+    from remedi.env import results_dir
+
+    evaluations = []
+    for seed in _parse_seeds(seeds):
+        with _toy_world_of_seed(seed):
+            toy_build(c, seed=seed)
+            editors = f"editors_counterfact_toy_seed{seed}{suffix}"
+            evaluation = f"eval_gen_counterfact_toy_seed{seed}{suffix}"
+            train_counterfact(c, model="toy", device=device, name=editors, prompt=prompt, seed=seed)
+            eval_gen_counterfact(c, model="toy", device=device, name=evaluation, editors=editors)
+        evaluations.append(str(results_dir() / evaluation))
+    name = f"quickstart_toy_seeds{suffix}"
+    title = f"toy world, {prompt} prompts, seeds {seeds}"
+    _python(c, "scripts.summarize_runs", ["-n", name, "--title", title, *evaluations])
 
 
 toy = Collection("toy")
