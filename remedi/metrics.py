@@ -3,7 +3,8 @@
 The definitions follow ROME's CounterFact evaluation (Meng et al. 2022), which REMEDI reuses:
 
 - **efficacy** score and magnitude: ``mean[p_new > p_true]`` and ``mean[p_new - p_true]``, where
-  ``p`` is the probability of the *whole* target continuation (the product over its tokens);
+  ``p`` is the probability the evaluation scored a target with (by default ROME's: ``exp`` of the
+  mean log-probability of the target's tokens; see ``remedi.evaluation.cases.TARGET_SCORINGS``);
 - **neighborhood** score: ``mean[p_true > p_new]`` on prompts about *other* entities;
 - **fluency**: ROME's weighted n-gram entropy of generated text;
 - **consistency** and **essence**: TF-IDF cosine similarity between texts, with ROME's
@@ -11,9 +12,10 @@ The definitions follow ROME's CounterFact evaluation (Meng et al. 2022), which R
 
 Where this module differs from ROME's code, and why:
 
-- ROME scores a target by its *mean per-token* negative log-likelihood; we compare the probability
-  of the whole target (the product over its tokens), as REMEDI's paper describes. The two agree
-  whenever both targets have one token (the toy world; most of CounterFact's GPT-2 targets).
+- How a target is scored is the caller's choice, named in every result: ROME's mean per-token
+  log-likelihood (the default), the whole target's, or the first token's (REMEDI's reference).
+  The three agree whenever both targets have one token (the toy world; most of CounterFact's
+  GPT-2 targets).
 - ROME tokenises words for the n-gram entropy with ``nltk.word_tokenize``, which needs the
   ``punkt`` model download. We work offline, so :func:`word_tokenize` splits sentences with a
   small rule (end punctuation followed by a capitalised word, except after a few common

@@ -65,6 +65,11 @@ def test_a_trained_editor_beats_unedited_on_held_out_toy_entities(
         assert len(before) == 4 * len(evaluation.BENCHMARKS)
         assert eval_fact_gen.main(argv) == 0  # everything finished: nothing recomputed
         assert {p: p.stat().st_mtime_ns for p in experiment.glob("*/*.json")} == before
+        # Same seed, same machine: a fresh evaluation writes byte-identical results.
+        assert eval_fact_gen.main(["-n", "again", *argv[2:]]) == 0
+        again = tmp_path / "results" / "again"
+        for path in before:
+            assert (again / path.relative_to(experiment)).read_bytes() == path.read_bytes()
 
     summary = report.Summary.from_dict(json.loads((experiment / "summary.json").read_text()))
     rows = {row.method: row.values for row in summary.rows}
