@@ -151,6 +151,7 @@ def toy_build(
         "name": "Experiment name (default: editors_counterfact_<model>).",
         "max_epochs": "Upper bound on training epochs (early stopping usually ends sooner).",
         "clear_results": "Retrain layers that already have a saved editor.",
+        "prompt": "Samples' prompt: paraphrase (the paper's, default) or rewrite.",
     }
 )
 def train_counterfact(
@@ -161,6 +162,7 @@ def train_counterfact(
     name: str | None = None,
     max_epochs: int | None = None,
     clear_results: bool = False,
+    prompt: str = "paraphrase",
 ) -> None:
     """Train a REMEDI editor on CounterFact at the paper's layer."""
     args = [
@@ -174,6 +176,8 @@ def train_counterfact(
         str(_layer_for(model, layer)),
         *_toy_dataset_args(model),
         *(TOY_TRAINING_FLAGS if model.startswith("toy") else []),
+        "--counterfact-prompt",
+        prompt,
     ]
     if device:
         args += ["--device", device]

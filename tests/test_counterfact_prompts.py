@@ -11,11 +11,13 @@ from __future__ import annotations
 
 import json
 import logging
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
 
-from remedi import data, env
+from remedi import data, env, models, training
 
 FIXTURES = Path(__file__).parent / "fixtures"
 PARAPHRASES_FIXTURE = FIXTURES / "counterfact_paraphrases.json"
@@ -243,3 +245,69 @@ def test_real_easyedit_prompts_keep_their_entity():
         assert "\n" not in sample["prompt"]
         changed += sample["prompt"] != record["rephrase_prompt"]
     assert changed > 0
+
+
+# ---------------------------------------------------------------------------------------
+# The choice is part of a training run's arguments.
+
+
+def test_run_args_keep_the_prompt_choice_and_refuse_to_resume_with_another(
+    gpt2_model, tokenizer, tmp_path, monkeypatch
+):
+    monkeypatch.setenv("REMEDI_RESULTS_DIR", str(tmp_path / "results"))
+    mt = models.ModelAndTokenizer(model=gpt2_model, tokenizer=tokenizer, name="tiny-gpt2")
+    args = training.RunArgs(
+        name="prompt_choice",
+        model="tiny-gpt2",
+        dataset_file=str(ROME_FIXTURE),
+        layers=[0],
+        max_epochs=1,
+        test_size=0.25,
+        hold_out=0.34,
+    )
+    assert args.counterfact_prompt == "paraphrase"
+    run = training.train_run(args, mt=mt)
+    assert training.load_run(run).args.counterfact_prompt == "paraphrase"
+    prompts = {
+        sample["id"]: sample["prompt"]
+        for split in ("train", "validation", "test")
+        for sample in training.load_run_samples(run, split)
+    }
+    assert prompts["counterfact/0"] == "Danielle Darrieux, a native"
+
+    rewrite = training.RunArgs.from_dict({**args.to_dict(), "counterfact_prompt": "rewrite"})
+    with pytest.raises(ValueError, match="counterfact_prompt"):
+        training.train_run(rewrite, mt=mt)
+
+    # A run saved before the option existed used the rewrite prompt.
+    saved = json.loads((run / training.ARGS_FILE).read_text())
+    del saved["args"]["counterfact_prompt"]
+    (run / training.ARGS_FILE).write_text(json.dumps(saved))
+    assert training.load_run(run).args.counterfact_prompt == "rewrite"
+
+
+def test_the_script_and_the_task_pass_the_prompt_choice():
+    from scripts import train_editors
+
+    base = ["-n", "run", "-m", "gpt2", "--device", "cpu"]
+    assert train_editors.run_args(train_editors.parse_args(base)).counterfact_prompt == (
+        "paraphrase"
+    )
+    chosen = train_editors.parse_args([*base, "--counterfact-prompt", "rewrite"])
+    assert train_editors.run_args(chosen).counterfact_prompt == "rewrite"
+    with pytest.raises(SystemExit):
+        train_editors.parse_args([*base, "--counterfact-prompt", "generation"])
+
+    # The task passes its --prompt to the script (--dry echoes the command, runs nothing).
+    command = [sys.executable, "-m", "invoke", "--dry", "x.train.counterfact", "--model", "gpt2"]
+    for prompt_args, expected in (([], "paraphrase"), (["--prompt", "rewrite"], "rewrite")):
+        task = subprocess.run(
+            [*command, *prompt_args],
+            cwd=Path(__file__).resolve().parent.parent,
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+        assert task.returncode == 0, task.stderr
+        assert "scripts.train_editors" in task.stdout
+        assert f"--counterfact-prompt {expected}" in task.stdout
