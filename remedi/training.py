@@ -489,6 +489,9 @@ class RunArgs(DataClassJsonMixin):
     """None: every layer of the model."""
     editor_types: list[str] = field(default_factory=lambda: ["linear"])
     dataset_file: str | None = None
+    counterfact_prompt: str = "paraphrase"
+    """CounterFact samples' prompt: "paraphrase" (the cleaned first paraphrase prompt, as in
+    the REMEDI reference) or "rewrite" (see ``remedi.data.counterfact_record_sample``)."""
     max_epochs: int = DEFAULT_MAX_EPOCHS
     batch_size: int = DEFAULT_BATCH_SIZE
     lr: float = DEFAULT_LR
@@ -515,6 +518,12 @@ class RunArgs(DataClassJsonMixin):
     dtype: str | None = None
     precompute_batch_size: int = precompute.DEFAULT_PRECOMPUTE_BATCH_SIZE
     seed: int = 0
+
+    def dataset_options(self) -> dict[str, Any]:
+        """Keyword arguments for ``data.load_dataset`` of this run's dataset."""
+        if self.dataset in data.COUNTERFACT_DATASETS:
+            return {"prompt_source": self.counterfact_prompt}
+        return {}
 
     def loss_weights(self) -> LossWeights:
         lam_u = self.lam_u
@@ -597,6 +606,9 @@ def load_run(run_directory: Path) -> RunRecord:
     """Read a run's ``args.json`` (arguments, seed, and split)."""
     path = Path(run_directory) / ARGS_FILE
     raw = io.read_json(path, "training run arguments")
+    if isinstance(raw, dict) and isinstance(raw.get("args"), dict):
+        # Runs saved before the option existed used CounterFact's rewrite prompt.
+        raw["args"].setdefault("counterfact_prompt", "rewrite")
     try:
         return RunRecord.from_dict(raw)
     except (KeyError, TypeError, ValueError) as error:
@@ -654,7 +666,9 @@ def load_run_samples(
     if ids is None:
         raise ValueError(f"unknown split {split!r}; use train, validation or test")
     file = dataset_file or record.args.dataset_file
-    samples = data.load_dataset(record.args.dataset, file=Path(file) if file else None)
+    samples = data.load_dataset(
+        record.args.dataset, file=Path(file) if file else None, **record.args.dataset_options()
+    )
     return data.select_ids(samples, ids)
 
 
@@ -722,7 +736,9 @@ def train_run(
     models.determine_layer_paths(mt.model, layers)
 
     samples = data.load_dataset(
-        args.dataset, file=Path(args.dataset_file) if args.dataset_file else None
+        args.dataset,
+        file=Path(args.dataset_file) if args.dataset_file else None,
+        **args.dataset_options(),
     )
     train, validation, test = split_samples(samples, args)
     logger.info(

@@ -91,6 +91,13 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     precision.add_argument("--fp16", action="store_true", help="same as --dtype float16")
     parser.add_argument("--dataset-file", help="local dataset file (e.g. counterfact.json)")
     parser.add_argument(
+        "--counterfact-prompt",
+        default="paraphrase",
+        choices=data.COUNTERFACT_PROMPT_SOURCES,
+        help="CounterFact samples' prompt: the cleaned first paraphrase prompt, as in the "
+        "REMEDI reference (default), or the rewrite prompt",
+    )
+    parser.add_argument(
         "--precompute-batch-size", type=int, default=64, help="batch size for hidden states"
     )
     parser.add_argument("--seed", type=int, default=0)
@@ -109,6 +116,7 @@ def run_args(args: argparse.Namespace) -> training.RunArgs:
         layers=args.layers,
         editor_types=list(dict.fromkeys(args.editor_types)),
         dataset_file=args.dataset_file,
+        counterfact_prompt=args.counterfact_prompt,
         max_epochs=args.max_epochs,
         batch_size=args.batch_size,
         lr=args.lr,

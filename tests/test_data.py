@@ -30,7 +30,9 @@ def test_counterfact_samples_follow_the_reference_construction(caplog):
         "id": "counterfact/0",
         "source": "counterfact",
         "entity": "Danielle Darrieux",
-        "prompt": "The mother tongue of Danielle Darrieux is",
+        # The first paraphrase prompt, cleaned as in the reference (see
+        # tests/test_counterfact_prompts.py); the context states the rewrite.
+        "prompt": "Danielle Darrieux, a native",
         "context": "The mother tongue of Danielle Darrieux is English",
         "attribute": "is English",
         "target_mediated": "English",
@@ -97,6 +99,7 @@ def test_an_easyedit_file_given_as_rome_format_says_which_loader_to_use(tmp_path
         data.load_dataset("counterfact_easyedit", file=COUNTERFACT_FIXTURE)
 
 
+@pytest.mark.shared_data
 def test_easyedit_format_on_a_real_file():
     file = env.shared_data_dir() / "counterfact_easyedit" / "counterfact-edit-1k.json"
     if not file.is_file():
@@ -105,7 +108,7 @@ def test_easyedit_format_on_a_real_file():
             "counterfact_easyedit/ (see ../shared/data/README.md)"
         )
     raw = json.loads(file.read_text())
-    samples = data.load_dataset("counterfact_easyedit", file=file)
+    samples = data.load_dataset("counterfact_easyedit", file=file, prompt_source="rewrite")
 
     assert len(samples) == len(raw) == 1000
     assert samples[0]["id"] == f"counterfact/{raw[0]['case_id']}"
