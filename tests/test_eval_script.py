@@ -209,7 +209,9 @@ def test_the_script_says_what_to_pass(capsys):
     with pytest.raises(SystemExit) as exit_info:
         eval_fact_gen.parse_args(["-n", "x", "-m", "gpt2"])
     assert exit_info.value.code == 2  # bad usage, as argparse reports it
-    assert "nothing to evaluate: pass -e EDITORS_DIR and/or --baseline(s)" in capsys.readouterr().err
+    assert (
+        "nothing to evaluate: pass -e EDITORS_DIR and/or --baseline(s)" in capsys.readouterr().err
+    )
     with pytest.raises(SystemExit) as exit_info:
         eval_fact_gen.parse_args(["-n", "x", "-m", "gpt2", "--baseline", "prefix", "-l", "3"])
     assert exit_info.value.code == 2

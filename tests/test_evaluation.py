@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import json
 import math
 import shutil
@@ -91,6 +92,14 @@ def mt(tokenizer) -> ModelAndTokenizer:
 
 
 @pytest.fixture(scope="module")
+def mt64(mt) -> ModelAndTokenizer:
+    """The same tiny model in float64: greedy decoding batched vs. alone then agrees on any CPU
+    (in float32 a near-tie between two tokens can break differently with the batch's padding)."""
+    model = copy.deepcopy(mt.model).double()
+    return ModelAndTokenizer(model=model, tokenizer=mt.tokenizer, name="tiny-gpt2-float64")
+
+
+@pytest.fixture(scope="module")
 def cases() -> list[evaluation.EvalCase]:
     records = data.load_counterfact_records(FIXTURES / "eval_counterfact.json")
     return evaluation.counterfact_cases(records)
@@ -130,7 +139,10 @@ def _single_log_prob(mt, prompt: str, target: str) -> float:
 def test_cases_join_records_with_samples_in_requested_order(cases):
     assert [case.case_id for case in cases] == [10, 11, 12]
     kelo = cases[0]
-    assert kelo.prompt == "Kelo Vantri lives in the city of"
+    # The sample's prompt is the first paraphrase (the reference's choice); the context is the
+    # rewrite prompt with the new value.
+    assert kelo.prompt == "Kelo Vantri resides in"
+    assert kelo.rewrite_prompt == "Kelo Vantri lives in the city of"
     assert kelo.context == "Kelo Vantri lives in the city of Lisbon"
     assert kelo.attribute == "lives in the city of Lisbon"
     assert kelo.target_new_id == "Q597"
@@ -139,6 +151,9 @@ def test_cases_join_records_with_samples_in_requested_order(cases):
     assert [case.case_id for case in subset] == [12, 10]
     with pytest.raises(KeyError, match="--dataset-file"):
         evaluation.counterfact_cases(records, ["counterfact/99"])
+    rewrite = evaluation.counterfact_cases(records, prompt_source="rewrite")
+    assert rewrite[0].prompt == rewrite[0].rewrite_prompt == "Kelo Vantri lives in the city of"
+    assert rewrite[0].context == kelo.context
 
 
 # --- probabilities -----------------------------------------------------------------------------
@@ -152,11 +167,12 @@ def test_target_log_probs_is_the_whole_target_under_teacher_forcing(mt, cases):
         (cases[1], "Xavi Bornadel, a famous singer from far away, is a citizen of", "Spain"),
     ]
     assert len(mt.tokenizer(" Eiffel painter", add_special_tokens=False)["input_ids"]) > 1
-    batched = evaluation.target_log_probs(mt, method, queries, batch_size=3)
+    batched = evaluation.target_log_probs(mt, method, queries, batch_size=3, scoring="sum")
     expected = [_single_log_prob(mt, prompt, target) for _, prompt, target in queries]
+    # float32 logits, batched and padded vs. one sequence: a few ulps per token, summed.
     np.testing.assert_allclose(batched, expected, rtol=1e-4, atol=1e-5)
-    one_by_one = evaluation.target_log_probs(mt, method, queries, batch_size=1)
-    np.testing.assert_allclose(batched, one_by_one, rtol=1e-4, atol=1e-5)
+    one_by_one = evaluation.target_log_probs(mt, method, queries, batch_size=1, scoring="sum")
+    np.testing.assert_allclose(batched, one_by_one, rtol=1e-4, atol=1e-5)  # as above
 
 
 def test_mention_token_ranges_find_the_last_mention_or_nothing(tokenizer):
@@ -184,6 +200,7 @@ def test_remedi_changes_prompts_that_mention_the_entity_and_no_others(mt, cases,
     edited = evaluation.target_log_probs(mt, remedi, queries, batch_size=2)
     unedited = evaluation.target_log_probs(mt, evaluation.Method(), queries, batch_size=2)
     assert abs(edited[0] - unedited[0]) > 1e-3
+    # Exact: the same batch, and the hook adds nothing outside the mention.
     assert edited[1] == unedited[1]
 
 
@@ -293,11 +310,11 @@ def test_generation_is_seeded_batched_and_leaves_global_rng_alone(mt, cases):
         assert text.startswith(prompt) and len(text) > len(prompt)
 
 
-def test_greedy_generation_does_not_depend_on_batching(mt, cases):
+def test_greedy_generation_does_not_depend_on_batching(mt64, cases):
     method = evaluation.Method()
     queries = [(case, prompt) for case in cases for prompt in case.generation_prompts]
-    batched = evaluation.generate_texts(mt, method, queries, max_length=20, top_k=1, batch_size=5)
-    single = evaluation.generate_texts(mt, method, queries, max_length=20, top_k=1, batch_size=1)
+    batched = evaluation.generate_texts(mt64, method, queries, 20, top_k=1, batch_size=5)
+    single = evaluation.generate_texts(mt64, method, queries, 20, top_k=1, batch_size=1)
     assert batched == single
 
 
@@ -537,14 +554,14 @@ def test_a_weight_edit_is_restored_on_error_and_never_an_alias(mt, cases):
         pass
 
 
-def test_generation_and_relations_run_weight_edits_per_case(mt, cases, resources):
+def test_generation_and_relations_run_weight_edits_per_case(mt, mt64, cases, resources):
     method = ShiftLayerNorm()
     queries = [(case, prompt) for case in cases for prompt in case.generation_prompts]
-    texts = evaluation.generate_texts(mt, method, queries, max_length=16, top_k=1)
+    texts = evaluation.generate_texts(mt64, method, queries, max_length=16, top_k=1)
     for (case, prompt), text in zip(queries, texts, strict=True):
-        with method.applied(mt, case):
+        with method.applied(mt64, case):
             alone = evaluation.generate_texts(
-                mt, evaluation.Method(), [(case, prompt)], max_length=16, top_k=1
+                mt64, evaluation.Method(), [(case, prompt)], max_length=16, top_k=1
             )
         assert text == alone[0]
     result = evaluation.relation_specificity(mt, method, cases, resources)
