@@ -34,8 +34,12 @@ def test_a_trained_editor_beats_unedited_on_held_out_toy_entities(
                 dataset_file=str(small_world.paths.counterfact_file),
                 layers=[layer],
                 max_epochs=6,
-                lr=1e-2,
                 seed=0,
+                # The main job's toy recipe (tasks.TOY_TRAINING_FLAGS).
+                use_all_entity_tokens=True,
+                use_last_attribute_token=True,
+                lr=1e-2,
+                lam_kl=1.0,
             )
         )
         argv = [
@@ -74,9 +78,10 @@ def test_a_trained_editor_beats_unedited_on_held_out_toy_entities(
     summary = report.Summary.from_dict(json.loads((experiment / "summary.json").read_text()))
     rows = {row.method: row.values for row in summary.rows}
     assert list(rows) == ["remedi", "prefix", "replace", "unedited"]
-    # The toy export keeps only facts the LM knows, so unedited never prefers the new value;
-    # the editor (a few epochs on a small world) moves held-out entities towards it.
-    assert rows["unedited"]["efficacy"] == 0.0
+    # The cases ask the default paraphrase prompts: on the toy, templates held out from LM
+    # training, which the small LM answers right for ~64% of facts, and wrongly with the new value
+    # rarely (1 of these 8 cases); the editor moves held-out entities towards the new value.
+    assert rows["unedited"]["efficacy"] is not None and rows["unedited"]["efficacy"] <= 25.0
     magnitude = {
         method: evaluation.read_result(experiment / method / "efficacy.json", "efficacy")
         for method in ("remedi", "unedited")
