@@ -151,7 +151,8 @@ def toy_build(
         "name": "Experiment name (default: editors_counterfact_<model>).",
         "max_epochs": "Upper bound on training epochs (early stopping usually ends sooner).",
         "clear_results": "Retrain layers that already have a saved editor.",
-        "prompt": "Samples' prompt: paraphrase (the paper's, default) or rewrite.",
+        "prompt": "Samples' prompt: paraphrase (the paper's; default) or rewrite (default for "
+        "toy models, whose paraphrases are templates held out from the toy LM's training).",
     }
 )
 def train_counterfact(
@@ -162,7 +163,7 @@ def train_counterfact(
     name: str | None = None,
     max_epochs: int | None = None,
     clear_results: bool = False,
-    prompt: str = "paraphrase",
+    prompt: str | None = None,
 ) -> None:
     """Train a REMEDI editor on CounterFact at the paper's layer."""
     args = [
@@ -177,7 +178,7 @@ def train_counterfact(
         *_toy_dataset_args(model),
         *(TOY_TRAINING_FLAGS if model.startswith("toy") else []),
         "--counterfact-prompt",
-        prompt,
+        prompt or ("rewrite" if model.startswith("toy") else "paraphrase"),
     ]
     if device:
         args += ["--device", device]

@@ -8,8 +8,15 @@ from remedi import models, precompute, training
 from tests.toy_fixtures import BuiltToyWorld, small_world, toy_dirs  # noqa: F401
 
 # The toy LM's settings (see remedi.training): edit all entity tokens, read the attribute's
-# last token, a weak KL term, a faster learning rate.
-TOY_OPTIONS = dict(use_all_entity_tokens=True, use_last_attribute_token=True, lam_kl=1.0, lr=3e-2)
+# last token, a weak KL term, a faster learning rate; prompts are rewrite prompts (the toy's
+# paraphrases are templates held out from LM training, see tasks.py).
+TOY_OPTIONS = dict(
+    use_all_entity_tokens=True,
+    use_last_attribute_token=True,
+    lam_kl=1.0,
+    lr=3e-2,
+    counterfact_prompt="rewrite",
+)
 
 
 @pytest.mark.slow
