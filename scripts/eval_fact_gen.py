@@ -19,11 +19,12 @@ from pathlib import Path
 
 import torch
 
-from remedi import benchmarks, data, env, models, report, training
+from remedi import benchmarks, cli, data, env, models, report, training
 
 
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description="evaluate REMEDI editors and baselines")
+    cli.add_arguments(parser)
     parser.add_argument("-n", "--name", required=True, help="experiment name (results/NAME)")
     parser.add_argument("-e", "--editors-dir", type=Path, help="training run of the editors")
     parser.add_argument("-m", "--model", required=True, help="model name, alias, or directory")
@@ -162,4 +163,4 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(cli.run(main))
