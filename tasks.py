@@ -15,6 +15,7 @@ from pathlib import Path
 
 from invoke.collection import Collection
 from invoke.context import Context
+from invoke.exceptions import Exit
 from invoke.tasks import task
 
 REPO_ROOT = Path(__file__).resolve().parent
@@ -42,13 +43,20 @@ TOY_TRAINING_FLAGS = [
     "1",
 ]
 DEFAULT_MODEL = "gptj"
+# Exit code for a bad task argument, as the scripts (and argparse) use for bad input.
+EXIT_BAD_INPUT = 2
 
 
 def _python(c: Context, module: str, args: list[str]) -> None:
-    """Run ``python -m module args`` from the repository root, echoing the command."""
+    """Run ``python -m module args`` from the repository root, echoing the command.
+
+    A failed script has printed its own error: exit with its exit code and nothing more.
+    """
     command = " ".join([shlex.quote(sys.executable), "-m", module, *map(shlex.quote, args)])
     with c.cd(str(REPO_ROOT)):
-        c.run(command, echo=True, pty=False)
+        result = c.run(command, echo=True, pty=False, warn=True)
+    if result is not None and result.failed:
+        raise Exit(code=result.exited)
 
 
 def _model_slug(model: str) -> str:
@@ -60,9 +68,10 @@ def _layer_for(model: str, layer: int | None) -> int:
         return layer
     if model in COUNTERFACT_LAYERS:
         return COUNTERFACT_LAYERS[model]
-    raise SystemExit(
+    raise Exit(
         f"no default CounterFact layer is known for model {model!r}; pass --layer N "
-        f"(known defaults: {', '.join(sorted(COUNTERFACT_LAYERS))})"
+        f"(known defaults: {', '.join(sorted(COUNTERFACT_LAYERS))})",
+        code=EXIT_BAD_INPUT,
     )
 
 
@@ -70,9 +79,13 @@ def _toy_dataset_args(model: str) -> list[str]:
     """For a toy-world model, point the scripts at that world's CounterFact export."""
     if not model.startswith("toy"):
         return []
+    from remedi.errors import RemediError
     from remedi.toy.build import ensure_toy_world
 
-    paths = ensure_toy_world(model)
+    try:
+        paths = ensure_toy_world(model)
+    except RemediError as error:  # e.g. an unknown toy world: its message says the names
+        raise Exit(str(error), code=EXIT_BAD_INPUT) from error
     return ["--dataset-file", str(paths.counterfact_file)]
 
 
@@ -219,10 +232,11 @@ def eval_gen_counterfact(
 
     editors_dir = results_dir() / (editors or f"editors_counterfact_{_model_slug(model)}")
     if not editors_dir.is_dir():
-        raise SystemExit(
+        raise Exit(
             f"no trained editors for model {model!r} at {editors_dir}; train them first with\n"
             f"    invoke x.train.counterfact --model {model}"
-            + (f" --device {device}" if device else "")
+            + (f" --device {device}" if device else ""),
+            code=EXIT_BAD_INPUT,
         )
     args = [
         "-n",

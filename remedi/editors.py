@@ -45,7 +45,7 @@ import transformers
 from dataclasses_json import DataClassJsonMixin
 from torch import nn
 
-from remedi import hooks, io, models, precompute
+from remedi import errors, hooks, io, models, precompute
 
 logger = logging.getLogger(__name__)
 
@@ -122,7 +122,7 @@ class Editor(nn.Module):
     def _input_size(self) -> int:
         count = int(self.config.use_entity) + int(self.config.use_attribute)
         if count == 0:
-            raise ValueError("an editor must read the entity, the attribute, or both")
+            raise errors.UsageError("an editor must read the entity, the attribute, or both")
         return count * self.config.hidden_size
 
 
@@ -267,11 +267,11 @@ EDITOR_TYPES: dict[str, type[Editor]] = {
 def build_editor(config: EditorConfig) -> Editor:
     """Instantiate the editor a config describes (float32, on the CPU)."""
     if config.editor_type not in EDITOR_TYPES:
-        raise ValueError(
+        raise errors.UsageError(
             f"unknown editor type {config.editor_type!r}; known: {', '.join(EDITOR_TYPES)}"
         )
     if config.format_version > EDITOR_FORMAT_VERSION:
-        raise ValueError(
+        raise errors.FileFormatError(
             f"editor format version {config.format_version} is newer than this remedi reads "
             f"({EDITOR_FORMAT_VERSION}); upgrade remedi"
         )
@@ -322,7 +322,7 @@ def read_editor_config(directory: Path) -> EditorConfig:
     try:
         return EditorConfig.from_dict(raw)
     except (KeyError, TypeError, ValueError) as error:
-        raise ValueError(
+        raise errors.FileFormatError(
             f"{Path(directory) / CONFIG_FILE} is not an editor config ({error}); was it written "
             "by remedi.editors.save_editor?"
         ) from error
@@ -341,7 +341,7 @@ def load_editor(
     """Rebuild the editor saved in ``directory`` (on ``mt``'s device when given).
 
     Raises:
-        ValueError: The editor was saved for another model or hidden size than ``mt``
+        errors.MismatchError: The editor was saved for another model or hidden size than ``mt``
             (pass ``check_model=False`` to use it anyway, e.g. on a renamed copy of the model).
     """
     directory = Path(directory)
@@ -349,13 +349,13 @@ def load_editor(
     if mt is not None:
         hidden_size = models.determine_hidden_size(mt.model)
         if config.hidden_size != hidden_size:
-            raise ValueError(
+            raise errors.MismatchError(
                 f"editor in {directory} was saved for hidden size {config.hidden_size} "
                 f"(model {config.model_name!r}) but {mt.name!r} has hidden size {hidden_size}; "
                 "load it with the model it was trained for"
             )
         if check_model and not _same_model(config.model_name, mt.name):
-            raise ValueError(
+            raise errors.MismatchError(
                 f"editor in {directory} was trained for model {config.model_name!r}, not "
                 f"{mt.name!r}; load it with that model, or pass check_model=False if "
                 f"{mt.name!r} is the same model under another name"
@@ -364,12 +364,15 @@ def load_editor(
     editor = build_editor(config)
     weights_file = directory / WEIGHTS_FILE
     if not weights_file.is_file():
-        raise FileNotFoundError(f"editor weights not found: {weights_file}")
+        raise errors.MissingFileError(
+            f"editor weights not found: {weights_file}; the editor in {directory} is incomplete, "
+            "save or train it again"
+        )
     state = safetensors.torch.load_file(str(weights_file))
     try:
         editor.load_state_dict(state, strict=True)
     except RuntimeError as error:
-        raise ValueError(
+        raise errors.FileFormatError(
             f"weights in {weights_file} do not fit a {config.editor_type} editor with config "
             f"{config.to_dict()}: {error}"
         ) from error

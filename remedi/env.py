@@ -6,6 +6,7 @@ and users can redirect it with an environment variable:
 - ``REMEDI_HOME``: the project root (default: the repository this package lives in, else
   the current directory).
 - ``REMEDI_RESULTS_DIR``: experiment outputs (default ``$REMEDI_HOME/results``).
+- ``REMEDI_LOGS_DIR``: one log file per script run (default ``$REMEDI_RESULTS_DIR/logs``).
 - ``REMEDI_MODELS_DIR``: built toy models and local model copies (default ``$REMEDI_HOME/models``).
 - ``REMEDI_DATA_DIR``: datasets, downloaded or generated (default ``$REMEDI_HOME/data``).
 - ``REMEDI_SHARED_DATA``: real public data files used by tests and benchmarks
@@ -36,6 +37,11 @@ def _dir_from_env(variable: str, default: Path) -> Path:
 def results_dir() -> Path:
     """Return the directory under which each experiment writes ``<name>/``."""
     return _dir_from_env("REMEDI_RESULTS_DIR", home_dir() / "results")
+
+
+def logs_dir() -> Path:
+    """Return the directory of the scripts' log files (one per run, see remedi.cli)."""
+    return _dir_from_env("REMEDI_LOGS_DIR", results_dir() / "logs")
 
 
 def models_dir() -> Path:

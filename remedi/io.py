@@ -9,6 +9,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from remedi import errors
+
 
 def atomic_write(path: Path, write: Callable[[Path], None]) -> None:
     """Call ``write(tmp_path)`` and move the result to ``path`` in one rename.
@@ -50,11 +52,11 @@ def read_json(path: Path, what: str = "JSON file") -> Any:
     """Read JSON from ``path``; a missing or malformed file raises an error naming it."""
     path = Path(path)
     if not path.is_file():
-        raise FileNotFoundError(f"{what} not found: {path}")
+        raise errors.MissingFileError(f"{what} not found: {path}")
     try:
         return json.loads(path.read_text(encoding="utf-8"))
     except json.JSONDecodeError as error:
-        raise ValueError(
+        raise errors.FileFormatError(
             f"{what} {path} is not valid JSON (line {error.lineno}, column {error.colno}: "
             f"{error.msg}); re-create or re-download it"
         ) from error

@@ -41,6 +41,8 @@ import numpy as np
 from dataclasses_json import DataClassJsonMixin
 from nltk.tokenize import NLTKWordTokenizer
 
+from remedi import errors
+
 # ROME's default n-gram entropy settings: bigrams and trigrams, weighted 2/3 and 4/3.
 FLUENCY_NS = (2, 3)
 FLUENCY_WEIGHTS = (2 / 3, 4 / 3)
@@ -259,7 +261,7 @@ class TfidfVectorizer:
     def __init__(self, vocabulary: Mapping[str, int], idf: np.ndarray | Sequence[float]):
         idf_array = np.asarray(idf, dtype=np.float64).reshape(-1)
         if vocabulary and max(vocabulary.values()) >= idf_array.size:
-            raise ValueError(
+            raise errors.FileFormatError(
                 f"the TF-IDF vocabulary has column {max(vocabulary.values())} but the IDF table "
                 f"has only {idf_array.size} entries; the vocabulary and idf files do not match"
             )
@@ -271,10 +273,10 @@ class TfidfVectorizer:
         """Load ROME's ``tfidf_vocab.json`` and ``idf.npy``; a missing file says where to get it."""
         for path in (Path(vocab_file), Path(idf_file)):
             if not path.is_file():
-                raise FileNotFoundError(_missing_rome_file_message(path))
+                raise errors.MissingFileError(_missing_rome_file_message(path))
         vocabulary = json.loads(Path(vocab_file).read_text(encoding="utf-8"))
         if not isinstance(vocabulary, dict):
-            raise ValueError(
+            raise errors.FileFormatError(
                 f"{vocab_file} should be a JSON object {{word: column}}, got {type(vocabulary).__name__}"
             )
         return cls(vocabulary, np.load(idf_file, allow_pickle=False))
@@ -360,7 +362,7 @@ class AttributeSnippets:
                     raise TypeError("samples is not a list")
                 snippets = [Snippet(name=str(s["name"]), text=str(s["text"])) for s in samples]
             except (KeyError, TypeError) as error:
-                raise ValueError(
+                raise errors.FileFormatError(
                     f"{source}: record {index} is not in ROME's attribute snippets format "
                     '{"relation_id", "target_id", "samples": [{"name", "text"}]}: '
                     f"{str(record)[:200]}"
@@ -372,13 +374,17 @@ class AttributeSnippets:
         """Load the snippets file; a missing or malformed file raises an error naming it."""
         path = Path(path)
         if not path.is_file():
-            raise FileNotFoundError(_missing_rome_file_message(path))
+            raise errors.MissingFileError(_missing_rome_file_message(path))
         try:
             records = json.loads(path.read_text(encoding="utf-8"))
         except json.JSONDecodeError as error:
-            raise ValueError(f"{path} is not valid JSON ({error}); re-download it") from error
+            raise errors.FileFormatError(
+                f"{path} is not valid JSON ({error}); re-download it"
+            ) from error
         if not isinstance(records, list):
-            raise ValueError(f"{path} should hold a JSON list of snippet records")
+            raise errors.FileFormatError(
+                f"{path} should hold a JSON list of snippet records; re-download it"
+            )
         return cls(records, source=str(path))
 
     def __getitem__(self, relation_id: str) -> Mapping[str, list[Snippet]]:

@@ -22,6 +22,8 @@ from typing import Any, SupportsIndex
 import torch
 import transformers
 
+from remedi import errors
+
 logger = logging.getLogger(__name__)
 
 MODEL_ALIASES: dict[str, str] = {
@@ -80,8 +82,12 @@ MODEL_FAMILIES: dict[str, ModelFamily] = {
 }
 
 
-class ModelLoadError(OSError):
+class ModelLoadError(errors.RemediError, OSError):
     """A model or its tokenizer could not be loaded (offline, misspelled, or not saved)."""
+
+
+class UnsupportedModelError(errors.UsageError):
+    """A model whose decoder blocks or sizes remedi cannot find (register its family)."""
 
 
 @dataclass
@@ -122,7 +128,7 @@ def unwrap_model(model: torch.nn.Module | ModelAndTokenizer) -> torch.nn.Module:
 def _config_of(model: torch.nn.Module) -> Any:
     config = getattr(model, "config", None)
     if config is None:
-        raise ValueError(
+        raise UnsupportedModelError(
             f"{type(model).__name__} has no `config`; remedi works with Hugging Face causal LMs "
             "(transformers.PreTrainedModel), e.g. those from remedi.models.load_model"
         )
@@ -158,7 +164,7 @@ def find_layers_path(model: torch.nn.Module | ModelAndTokenizer) -> str:
     if isinstance(num_layers, int):
         stacks = [(name, stack) for name, stack in stacks if len(stack) == num_layers]
     if not stacks:
-        raise ValueError(
+        raise UnsupportedModelError(
             f"cannot find the decoder blocks of {type(module).__name__} "
             f"(model_type={getattr(module.config, 'model_type', None)!r}): no ModuleList of "
             f"identical blocks{f' of length num_hidden_layers={num_layers}' if num_layers else ''}. "
@@ -208,7 +214,7 @@ def determine_layer_paths(
     """Return the dotted module path of each layer's decoder block, e.g. ``transformer.h.3``.
 
     Raises:
-        ValueError: A layer is not in ``0 .. num_layers - 1``.
+        errors.UsageError: A layer is not in ``0 .. num_layers - 1``.
     """
     module = unwrap_model(model)
     all_layers = determine_layers(module)
@@ -216,7 +222,7 @@ def determine_layer_paths(
         layers = all_layers
     for layer in layers:
         if not isinstance(layer, SupportsIndex) or not 0 <= operator.index(layer) < len(all_layers):
-            raise ValueError(
+            raise errors.UsageError(
                 f"layer {layer!r} is out of range for {type(module).__name__}, which has "
                 f"{len(all_layers)} layers: valid layers are 0..{len(all_layers) - 1}"
             )
@@ -244,7 +250,7 @@ def _hidden_size_from_config(config: Any) -> int:
     if not isinstance(hidden_size, int):
         hidden_size = getattr(_text_config(config), "hidden_size", None)
     if not isinstance(hidden_size, int):
-        raise ValueError(
+        raise UnsupportedModelError(
             f"cannot read the hidden size from {type(config).__name__}; register the family "
             "in remedi.models.MODEL_FAMILIES with its hidden_size_key"
         )
@@ -339,7 +345,9 @@ def parse_dtype(dtype: torch.dtype | str) -> torch.dtype:
         return dtype
     key = dtype.lower().removeprefix("torch.")
     if key not in _DTYPE_NAMES:
-        raise ValueError(f"unknown dtype {dtype!r}; use one of {', '.join(sorted(_DTYPE_NAMES))}")
+        raise errors.UsageError(
+            f"unknown dtype {dtype!r}; use one of {', '.join(sorted(_DTYPE_NAMES))}"
+        )
     return _DTYPE_NAMES[key]
 
 
@@ -391,7 +399,7 @@ def _load_error(name_or_path: str, source: str, error: Exception) -> ModelLoadEr
         + "If the name is right and this machine has no network, point at a local copy: "
         "save it elsewhere with `model.save_pretrained(DIR)` and `tokenizer.save_pretrained(DIR)` "
         "and pass DIR as the model name, or set HF_HOME (or HF_HUB_CACHE) to a Hugging Face cache "
-        "that holds it. Set HF_HUB_OFFLINE=1 to skip network retries."
+        "that holds it." + ("" if offline else " Set HF_HUB_OFFLINE=1 to skip network retries.")
     )
 
 

@@ -31,7 +31,7 @@ import torch
 import transformers
 from tqdm.auto import tqdm
 
-from remedi import hooks, models
+from remedi import errors, hooks, models
 
 logger = logging.getLogger(__name__)
 
@@ -82,7 +82,7 @@ def find_char_spans(
     for index, start in enumerate(starts):
         if start < 0 or not substrings[index]:
             name = names[index] if names is not None else f"#{index}"
-            raise ValueError(
+            raise errors.SampleError(
                 f"sample {name}: {substrings[index]!r} does not occur in {strings[index]!r}; "
                 "every prompt must mention its entity (and every context its attribute)"
             )
@@ -115,7 +115,7 @@ def token_ranges_from_char_spans(
     if not bool(found.all()):
         index = int((~found).nonzero()[0])
         name = names[index] if names is not None else f"#{index}"
-        raise ValueError(
+        raise errors.SampleError(
             f"sample {name}: no token covers characters {char_spans[index].tolist()}; the text "
             "was probably truncated"
         )

@@ -205,14 +205,10 @@ def aggregate_summaries(summaries: Sequence[Summary], title: str = "") -> Summar
             values[column.key] = statistics.fmean(cells) if cells else None
             spreads[column.key] = statistics.stdev(cells) if len(cells) > 1 else None
         cases = round(statistics.fmean(row.cases for row in found))
-        rows.append(
-            SummaryRow(method, found[0].label, cases=cases, values=values, spreads=spreads)
-        )
+        rows.append(SummaryRow(method, found[0].label, cases=cases, values=values, spreads=spreads))
     for summary in summaries:
         notes += summary.notes
-    return Summary(
-        title=title, rows=rows, notes=list(dict.fromkeys(notes)), seeds=len(summaries)
-    )
+    return Summary(title=title, rows=rows, notes=list(dict.fromkeys(notes)), seeds=len(summaries))
 
 
 def _missing_notes(method: str, results: Results) -> list[str]:

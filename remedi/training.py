@@ -76,7 +76,7 @@ import transformers
 from dataclasses_json import DataClassJsonMixin
 from tqdm.auto import tqdm
 
-from remedi import data, editors, env, hooks, io, models, precompute
+from remedi import data, editors, env, errors, hooks, io, models, precompute
 
 logger = logging.getLogger(__name__)
 
@@ -166,14 +166,17 @@ def editing_loss(
     terms: dict[str, float] = {}
     if weights.lam_m is not None:
         if batch.target_mediated_ids is None:
-            raise ValueError("lam_m is set but the samples have no target_mediated")
+            raise errors.UsageError(
+                "lam_m is set but the samples have no target_mediated; pass --lam-m only for "
+                "datasets with a mediated target"
+            )
         logp_m = logp_last[rows, batch.target_mediated_ids.to(device)]
         term = -logp_m.mean()
         loss = loss + weights.lam_m * term
         terms["mediated"] = term.item()
     if weights.lam_u is not None:
         if batch.target_unmediated_ids is None:
-            raise ValueError(
+            raise errors.UsageError(
                 "lam_u is set but the samples have no target_unmediated; pass --lam-u only "
                 "for datasets with an unmediated target"
             )
@@ -605,6 +608,11 @@ def is_editor_done(directory: Path) -> bool:
 def load_run(run_directory: Path) -> RunRecord:
     """Read a run's ``args.json`` (arguments, seed, and split)."""
     path = Path(run_directory) / ARGS_FILE
+    if not path.is_file():
+        raise errors.MissingFileError(
+            f"no training run at {run_directory} (no {ARGS_FILE} there): pass the directory "
+            "that scripts.train_editors wrote (results/NAME), or train the editors first"
+        )
     raw = io.read_json(path, "training run arguments")
     if isinstance(raw, dict) and isinstance(raw.get("args"), dict):
         # Runs saved before the option existed used CounterFact's rewrite prompt.
@@ -612,7 +620,7 @@ def load_run(run_directory: Path) -> RunRecord:
     try:
         return RunRecord.from_dict(raw)
     except (KeyError, TypeError, ValueError) as error:
-        raise ValueError(
+        raise errors.FileFormatError(
             f"{path} is not a training run record ({error}); was it written by "
             "scripts/train_editors.py?"
         ) from error
@@ -645,7 +653,7 @@ def load_run_editor(
     directory = editor_dir(run_directory, editor_type, layer)
     if not is_editor_done(directory):
         available = list_run_editors(run_directory)
-        raise FileNotFoundError(
+        raise errors.MissingFileError(
             f"no finished {editor_type} editor for layer {layer} in {run_directory} "
             f"(finished: {available or 'none'}); train it with scripts.train_editors "
             f"-l {layer} -t {editor_type}"
@@ -664,7 +672,7 @@ def load_run_samples(
     record = load_run(run_directory)
     ids = getattr(record.split, split, None)
     if ids is None:
-        raise ValueError(f"unknown split {split!r}; use train, validation or test")
+        raise errors.UsageError(f"unknown split {split!r}; use train, validation or test")
     file = dataset_file or record.args.dataset_file
     samples = data.load_dataset(
         record.args.dataset, file=Path(file) if file else None, **record.args.dataset_options()
@@ -698,7 +706,7 @@ def _check_resumable(record: RunRecord, previous: RunRecord, directory: Path) ->
     if previous.split != record.split:
         changed.append("split (the dataset changed)")
     if changed:
-        raise ValueError(
+        raise errors.MismatchError(
             f"{directory} holds a run with other settings ({', '.join(changed)}); adding editors "
             "to it would mix runs. Use another name (-n) or retrain it all with --clear-results"
         )
@@ -723,7 +731,7 @@ def train_run(
     """
     for editor_type in args.editor_types:
         if editor_type not in editors.EDITOR_TYPES:
-            raise ValueError(
+            raise errors.UsageError(
                 f"unknown editor type {editor_type!r}; known: {', '.join(editors.EDITOR_TYPES)}"
             )
     directory = run_dir(args.name)

@@ -11,7 +11,9 @@ from __future__ import annotations
 
 import argparse
 import logging
+import sys
 
+from remedi import cli
 from remedi.toy.build import dump_report, ensure_toy_world, read_build_report, toy_world_name
 from remedi.toy.lm import ARCHITECTURES
 
@@ -20,6 +22,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawTextHelpFormatter
     )
+    cli.add_arguments(parser)
     parser.add_argument("--small", action="store_true", help="build the small test world")
     parser.add_argument(
         "--arch", choices=sorted(ARCHITECTURES), default="gpt2", help="LM architecture"
@@ -52,4 +55,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(cli.run(main))

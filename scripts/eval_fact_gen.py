@@ -12,18 +12,18 @@ are evaluated, by REMEDI and by every baseline; without it, all cases (baselines
 from __future__ import annotations
 
 import argparse
-import logging
 import sys
 from collections.abc import Sequence
 from pathlib import Path
 
 import torch
 
-from remedi import data, env, evaluation, models, report, training
+from remedi import cli, data, env, errors, evaluation, models, report, training
 
 
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description="evaluate REMEDI editors and baselines")
+    cli.add_arguments(parser)
     parser.add_argument("-n", "--name", required=True, help="experiment name (results/NAME)")
     parser.add_argument("-e", "--editors-dir", type=Path, help="training run of the editors")
     parser.add_argument("-m", "--model", required=True, help="model name, alias, or directory")
@@ -99,7 +99,6 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
 
     dataset_file: Path | None = args.dataset_file
@@ -108,7 +107,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.editors_dir is not None:
         run = training.load_run(args.editors_dir)
         if run.args.dataset != "counterfact":
-            raise SystemExit(
+            raise errors.MismatchError(
                 f"the editors in {args.editors_dir} were trained on {run.args.dataset!r}; this "
                 "evaluation needs CounterFact in ROME's format (paraphrase, neighborhood and "
                 "generation prompts)"
@@ -124,7 +123,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.max_cases is not None:
         cases = cases[: args.max_cases]
     if not cases:
-        raise SystemExit("no cases to evaluate (is the training run's test split empty?)")
+        raise errors.UsageError(
+            "no cases to evaluate: the training run's test split is empty, or --max-cases is 0"
+        )
 
     rome_dir = args.rome_data_dir or (dataset_file.parent if dataset_file else env.data_dir())
     resources = evaluation.load_resources(
@@ -170,4 +171,4 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(cli.run(main))

@@ -16,11 +16,12 @@ from collections.abc import Sequence
 
 import torch
 
-from remedi import data, editors, training
+from remedi import cli, data, editors, training
 
 
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description="train one REMEDI editor per type and layer")
+    cli.add_arguments(parser)
     parser.add_argument("-n", "--name", required=True, help="experiment name (results/NAME)")
     parser.add_argument("-m", "--model", required=True, help="model name, alias, or directory")
     parser.add_argument(
@@ -151,4 +152,4 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(cli.run(main))

@@ -23,6 +23,8 @@ from typing import Any
 import datasets
 import numpy as np
 
+from remedi import errors
+
 from remedi.data.counterfact import (
     COUNTERFACT_FEATURES,
     COUNTERFACT_FILE_NAME,
@@ -32,6 +34,7 @@ from remedi.data.counterfact import (
     COUNTERFACT_SIZE,
     COUNTERFACT_URL,
     EASYEDIT_REQUIRED_FIELDS,
+    DownloadError,
     clean_counterfact_paraphrase,
     counterfact_cache_file,
     counterfact_prompt,
@@ -57,6 +60,7 @@ from remedi.data.samples import (
 from remedi.data.text import rejoin_sentences_on_entity, split_sentences
 
 __all__ = [
+    "DownloadError",
     "COUNTERFACT_DATASETS",
     "COUNTERFACT_FEATURES",
     "COUNTERFACT_FILE_NAME",
@@ -108,7 +112,7 @@ def load_dataset(name: str, file: Path | None = None, **kwargs: Any) -> datasets
     ``kwargs`` go to the dataset's loader, e.g. ``prompt_source="rewrite"`` for CounterFact.
     """
     if name not in DATASET_LOADERS:
-        raise ValueError(
+        raise errors.UsageError(
             f"unknown dataset {name!r}; known datasets: {', '.join(sorted(DATASET_LOADERS))}"
         )
     return DATASET_LOADERS[name](file=file, **kwargs)
@@ -124,12 +128,13 @@ def entity_disjoint_split(
     two or more). Row order within each side follows the input.
     """
     if not 0.0 < test_size < 1.0:
-        raise ValueError(f"test_size must be a fraction in (0, 1), got {test_size}")
+        raise errors.UsageError(f"test_size must be a fraction in (0, 1), got {test_size}")
     entities = np.asarray(dataset[entity_column], dtype=object)
     unique, inverse, counts = np.unique(entities, return_inverse=True, return_counts=True)
     if len(unique) < 2:
-        raise ValueError(
-            f"cannot split {len(dataset)} samples by entity: they mention fewer than 2 entities"
+        raise errors.UsageError(
+            f"cannot split {len(dataset)} samples by entity: they mention fewer than 2 entities; "
+            "use a dataset (or --max-samples) with samples about more entities"
         )
     order = np.random.default_rng(seed).permutation(len(unique))
     covered = np.cumsum(counts[order])
@@ -155,7 +160,7 @@ def select_ids(dataset: datasets.Dataset, ids: Sequence[str]) -> datasets.Datase
     position = {sample_id: index for index, sample_id in enumerate(dataset["id"])}
     missing = [sample_id for sample_id in ids if sample_id not in position]
     if missing:
-        raise KeyError(
+        raise errors.UnknownIdError(
             f"{len(missing)} sample ids are not in the dataset (first: {missing[0]!r}); was the "
             f"run trained on a different dataset file?"
         )

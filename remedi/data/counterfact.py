@@ -36,7 +36,7 @@ from typing import Any
 
 import datasets
 
-from remedi import env, io
+from remedi import env, errors, io
 from remedi.data.samples import (
     ContextMediationSample,
     attribute_from_context,
@@ -162,7 +162,7 @@ def clean_counterfact_paraphrase(entity: str, paraphrase: str) -> str | None:
 
 def _check_prompt_source(prompt_source: str) -> None:
     if prompt_source not in COUNTERFACT_PROMPT_SOURCES:
-        raise ValueError(
+        raise errors.UsageError(
             f"unknown CounterFact prompt source {prompt_source!r}; use one of "
             f"{', '.join(COUNTERFACT_PROMPT_SOURCES)}"
         )
@@ -289,6 +289,10 @@ def _file_sha256(file: Path) -> str:
     return digest.hexdigest()
 
 
+class DownloadError(errors.RemediError, OSError):
+    """A download finished but is not the expected file (size or checksum)."""
+
+
 def download_file(
     url: str, file: Path, expected_size: int | None = None, expected_sha256: str | None = None
 ) -> Path:
@@ -308,12 +312,12 @@ def download_file(
                 digest.update(chunk)
                 size += len(chunk)
         if expected_size is not None and size != expected_size:
-            raise OSError(
+            raise DownloadError(
                 f"download of {url} is {size:,} bytes, expected {expected_size:,}; the copy is "
                 f"incomplete or not the expected file, so it was not saved to {file}"
             )
         if expected_sha256 is not None and digest.hexdigest() != expected_sha256:
-            raise OSError(
+            raise DownloadError(
                 f"download of {url} has SHA-256 {digest.hexdigest()}, expected "
                 f"{expected_sha256}; it was not saved to {file}. If you trust your copy, "
                 f"pass it explicitly (--dataset-file PATH)"
@@ -342,7 +346,10 @@ def ensure_counterfact_file(
     if file is not None:
         file = Path(file)
         if not file.is_file():
-            raise FileNotFoundError(f"CounterFact file not found: {file}")
+            raise errors.MissingFileError(
+                f"CounterFact file not found: {file}; pass ROME's counterfact.json with "
+                "--dataset-file, or omit it to use the cache (downloaded when online)"
+            )
         return file
     cached = counterfact_cache_file()
     if cached.is_file():
@@ -350,7 +357,7 @@ def ensure_counterfact_file(
     try:
         return download_file(url, cached, expected_size, expected_sha256)
     except (urllib.error.URLError, TimeoutError, ConnectionError) as error:
-        raise FileNotFoundError(
+        raise errors.MissingFileError(
             f"CounterFact is not cached at {cached} and could not be downloaded from {url} "
             f"({error}). On a machine with network, download {COUNTERFACT_URL} "
             f"({COUNTERFACT_SIZE:,} bytes) and put it at {cached} (or set REMEDI_DATA_DIR), "
@@ -502,7 +509,7 @@ def load_counterfact_easyedit(
     _check_prompt_source(prompt_source)
     if file is None:
         folder = env.shared_data_dir() / "counterfact_easyedit"
-        raise FileNotFoundError(
+        raise errors.MissingFileError(
             "the counterfact_easyedit dataset needs its file: pass --dataset-file PATH, e.g. "
             f"{folder / 'counterfact-train.json'}"
         )

@@ -17,7 +17,7 @@ from typing import Any, NoReturn, TypedDict
 
 import datasets
 
-from remedi import io
+from remedi import errors, io
 
 logger = logging.getLogger(__name__)
 
@@ -52,7 +52,7 @@ SAMPLE_FEATURES = datasets.Features(
 )
 
 
-class DatasetFormatError(ValueError):
+class DatasetFormatError(errors.FileFormatError):
     """A data file is not in the format its loader reads."""
 
 

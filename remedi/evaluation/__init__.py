@@ -38,6 +38,7 @@ from remedi.evaluation.counterfact import (
     paraphrase,
     relation_specificity,
 )
+
 # The module ``generation`` stays reachable as ``evaluation.generation``; its benchmark function
 # of the same name is ``evaluation.generation.generation`` (or ``BENCHMARKS["generation"]``).
 from remedi.evaluation.generation import (

@@ -18,7 +18,7 @@ from typing import Any, Protocol
 import datasets
 from dataclasses_json import DataClassJsonMixin
 
-from remedi import data, io, metrics, models
+from remedi import data, errors, io, metrics, models
 from remedi.toy.world import World
 
 logger = logging.getLogger(__name__)
@@ -105,7 +105,7 @@ def counterfact_cases(
         ids = list(by_id)
     missing = [sample_id for sample_id in ids if sample_id not in by_id]
     if missing:
-        raise KeyError(
+        raise errors.UnknownIdError(
             f"{len(missing)} sample ids have no CounterFact record (first: {missing[0]!r}); "
             "evaluate with the dataset file the editors were trained on (--dataset-file)"
         )
@@ -159,7 +159,7 @@ class EvalResources:
 
     def __post_init__(self) -> None:
         if self.target_scoring not in TARGET_SCORINGS:
-            raise ValueError(
+            raise errors.UsageError(
                 f"unknown target scoring {self.target_scoring!r}; choose one of "
                 f"{', '.join(TARGET_SCORINGS)}"
             )

@@ -234,7 +234,9 @@ def relation_specificity(
         start += count
         hits: list[bool] = []
         if plan.implied_prompts:
-            implied_id = int(precompute.target_token_ids(mt.tokenizer, [plan.implied_value or ""])[0])
+            implied_id = int(
+                precompute.target_token_ids(mt.tokenizer, [plan.implied_value or ""])[0]
+            )
             hits = (edited[start : start + len(plan.implied_prompts)] == implied_id).tolist()
             start += len(plan.implied_prompts)
         results.append(

@@ -29,7 +29,7 @@ from typing import Any
 
 import torch
 
-from remedi import editors, hooks, metrics, models, precompute, training
+from remedi import editors, errors, hooks, metrics, models, precompute, training
 from remedi.evaluation.cases import DEFAULT_BATCH_SIZE, EvalCase, EvalResources
 from remedi.toy.world import World
 
@@ -368,7 +368,9 @@ def build_method(
 ) -> Method:
     """Build registered method ``name`` for ``cases`` (options are the factory's keywords)."""
     if name not in METHODS:
-        raise ValueError(f"unknown method {name!r}; registered methods: {', '.join(METHODS)}")
+        raise errors.UsageError(
+            f"unknown method {name!r}; registered methods: {', '.join(METHODS)}"
+        )
     return METHODS[name](mt, cases, resources, **options)
 
 
@@ -412,7 +414,7 @@ def remedi(
     """A trained REMEDI editor: from a training run (``editors_dir``, ``layer``) or given."""
     if editor is None:
         if editors_dir is None:
-            raise ValueError(
+            raise errors.UsageError(
                 "the remedi method needs trained editors: pass editors_dir (a training run, "
                 "e.g. results/editors_counterfact_toy) or an editor"
             )
@@ -430,7 +432,7 @@ def run_editor_layer(run_directory: Path, editor_type: str = "linear") -> int:
     available = training.list_run_editors(run_directory).get(editor_type, [])
     if len(available) == 1:
         return available[0]
-    raise ValueError(
+    raise errors.UsageError(
         f"{run_directory} has finished {editor_type} editors for layers {available or 'none'}; "
         "choose one with -l LAYER"
     )

@@ -15,7 +15,7 @@ from typing import cast
 
 from dataclasses_json import DataClassJsonMixin
 
-from remedi import io, models
+from remedi import errors, io, models
 from remedi.evaluation import counterfact, generation
 from remedi.evaluation.cases import EvalCase, EvalResources, ResultSettings, result_settings
 from remedi.evaluation.methods import Method
@@ -140,7 +140,7 @@ def run_benchmarks(
     names = list(names or BENCHMARKS)
     unknown = [name for name in names if name not in BENCHMARKS]
     if unknown:
-        raise ValueError(f"unknown benchmarks {unknown}; known: {', '.join(BENCHMARKS)}")
+        raise errors.UsageError(f"unknown benchmarks {unknown}; known: {', '.join(BENCHMARKS)}")
     experiment_dir = Path(experiment_dir)
     if "essence" in names and resources.essence_references is None:
         resources.essence_references = _load_essence_references(experiment_dir, mt, resources)
@@ -156,7 +156,7 @@ def run_benchmarks(
                 results[method.name][name] = existing
                 continue
             if existing is not None:
-                raise ValueError(
+                raise errors.MismatchError(
                     f"{path} holds a {name} result computed with other settings "
                     f"({_settings_difference(existing.settings, expected)}); pass --rerun to "
                     "replace it, or evaluate under another experiment name (-n)"

@@ -18,7 +18,7 @@ import torch
 import transformers
 from tqdm.auto import tqdm
 
-from remedi import models, precompute
+from remedi import errors, models, precompute
 from remedi.evaluation.cases import (
     DEFAULT_BATCH_SIZE,
     DEFAULT_TARGET_SCORING,
@@ -95,7 +95,9 @@ def target_log_probs(
     (REMEDI's reference).
     """
     if scoring not in TARGET_SCORINGS:
-        raise ValueError(f"unknown scoring {scoring!r}; choose one of {', '.join(TARGET_SCORINGS)}")
+        raise errors.UsageError(
+            f"unknown scoring {scoring!r}; choose one of {', '.join(TARGET_SCORINGS)}"
+        )
 
     def run(group: Sequence[tuple[EvalCase, str, str]]) -> list[float]:
         scores: list[float] = []
@@ -126,7 +128,10 @@ def _score_batch(
     )
     if not bool(is_target.any(dim=-1).all()):
         bad = int((~is_target.any(dim=-1)).nonzero()[0])
-        raise ValueError(f"target of query {texts[bad]!r} has no token after its prompt")
+        raise errors.SampleError(
+            f"target of query {texts[bad]!r} has no token after its prompt; give the case a "
+            "non-empty target"
+        )
     with method.edit(mt, cases, prompts, offsets, inputs.attention_mask):
         logits = mt.model(**inputs).logits
     log_probs = torch.log_softmax(logits[:, :-1].float(), dim=-1)
@@ -263,7 +268,9 @@ def _generate_batch(
                 limit,
             )
     with contextlib.ExitStack() as stack:
-        stack.enter_context(torch.random.fork_rng(devices=[device] if device.type == "cuda" else []))
+        stack.enter_context(
+            torch.random.fork_rng(devices=[device] if device.type == "cuda" else [])
+        )
         torch.manual_seed(batch_seed)
         stack.enter_context(method.edit(mt, cases, prompts, offsets, inputs.attention_mask))
         generate: Any = mt.model.generate

@@ -27,7 +27,7 @@ import numpy as np
 import torch
 import transformers
 
-from remedi import env, io
+from remedi import env, errors, io
 from remedi.toy import corpus, export
 from remedi.toy.lm import (
     ARCHITECTURES,
@@ -119,7 +119,7 @@ def parse_toy_name(name: str) -> tuple[str, str]:
         if name.startswith(prefix) and name[len(prefix) :] in ARCHITECTURES:
             return size, name[len(prefix) :]
     valid = ", ".join(f"{size}[-{'|'.join(ARCHITECTURES)}]" for size in SIZES)
-    raise ValueError(f"unknown toy world {name!r}; valid names: {valid}")
+    raise errors.UsageError(f"unknown toy world {name!r}; valid names: {valid}")
 
 
 def toy_world_name(small: bool = False, arch: str = "gpt2") -> str:

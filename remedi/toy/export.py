@@ -18,6 +18,7 @@ from typing import Any
 
 import numpy as np
 
+from remedi import errors
 from remedi.toy.world import BIOGRAPHY_HEADER, Relation, World
 
 COUNTERFACT_KEYS = frozenset(
@@ -126,14 +127,14 @@ def validate_counterfact_records(records: Any, source: str = "CounterFact record
     ``generation_prompts``.
     """
     if not isinstance(records, list):
-        raise ValueError(
+        raise errors.FileFormatError(
             f"{source} must be a JSON list of CounterFact records, got {type(records).__name__}"
         )
     for index, record in enumerate(records):
         problem = _counterfact_record_problem(record)
         if problem:
             case = record.get("case_id", "?") if isinstance(record, dict) else "?"
-            raise ValueError(
+            raise errors.FileFormatError(
                 f"{source}: record {index} (case_id {case}) is not in ROME's CounterFact "
                 f"format: {problem}"
             )

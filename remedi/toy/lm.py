@@ -20,6 +20,7 @@ import torch
 import transformers
 from tqdm.auto import tqdm
 
+from remedi import errors
 from remedi.toy.corpus import Document, FactPrompt
 
 logger = logging.getLogger(__name__)
@@ -132,7 +133,7 @@ def build_model(
 ) -> transformers.PreTrainedModel:
     """A randomly initialised causal LM of ``settings.arch`` for ``tokenizer``'s vocabulary."""
     if settings.arch not in ARCHITECTURES:
-        raise ValueError(
+        raise errors.UsageError(
             f"unknown toy architecture {settings.arch!r}; choose one of {sorted(ARCHITECTURES)}"
         )
     special_id = tokenizer.eos_token_id
@@ -223,7 +224,7 @@ def tokenize_documents(
     ]
     too_long = [len(d) for d in token_ids if len(d) > max_positions]
     if too_long:
-        raise ValueError(
+        raise errors.UsageError(
             f"{len(too_long)} training documents are longer than the model's {max_positions} "
             f"positions (longest {max(too_long)} tokens); raise max_positions"
         )
@@ -351,7 +352,7 @@ def value_token_id(tokenizer: transformers.PreTrainedTokenizerBase, value: str) 
     """The single token of ``" " + value``; a value that is several tokens is an error."""
     ids = tokenizer(" " + value, add_special_tokens=False)["input_ids"]
     if len(ids) != 1:
-        raise ValueError(
+        raise errors.UsageError(
             f"value {value!r} is {len(ids)} tokens {ids} for this tokenizer, but the toy world "
             "needs each value to be one token; raise the tokenizer's vocab_size"
         )

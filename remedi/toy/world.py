@@ -15,6 +15,8 @@ from collections.abc import Iterable, Mapping
 from dataclasses import asdict, dataclass, field
 from typing import Any, Literal
 
+from remedi import errors
+
 Split = Literal["train", "test"]
 
 
@@ -37,13 +39,13 @@ class Relation:
     def __post_init__(self) -> None:
         for template in (*self.train_templates, *self.heldout_templates):
             if template.count("{}") != 1:
-                raise ValueError(
+                raise errors.UsageError(
                     f"relation {self.relation_id}: template {template!r} must contain exactly "
                     "one '{}' for the subject"
                 )
         for value in self.values:
             if not value or any(ch.isspace() for ch in value):
-                raise ValueError(
+                raise errors.UsageError(
                     f"relation {self.relation_id}: value {value!r} must be one word without spaces"
                 )
 
@@ -82,7 +84,9 @@ IMPLICATIONS: list[Implication] = []
 def register_relation(relation: Relation) -> Relation:
     """Add ``relation`` to :data:`RELATIONS` (an id may be registered once)."""
     if relation.relation_id in RELATIONS:
-        raise ValueError(f"relation {relation.relation_id} is already registered")
+        raise errors.UsageError(
+            f"relation {relation.relation_id} is already registered; give the new one another id"
+        )
     RELATIONS[relation.relation_id] = relation
     return relation
 
@@ -94,7 +98,7 @@ def register_implication(implication: Implication) -> Implication:
     missing = set(source.values) - set(implication.mapping)
     unknown = set(implication.mapping.values()) - set(target.values)
     if missing or unknown:
-        raise ValueError(
+        raise errors.UsageError(
             f"implication {source.relation_id} -> {target.relation_id} must map every value of "
             f"{source.relation_id} to a value of {target.relation_id}; missing keys {sorted(missing)}, "
             f"unknown values {sorted(unknown)}"
@@ -349,7 +353,9 @@ def generate_world(
     having been trained on them (the LM itself learns every entity's facts).
     """
     if num_entities < 4:
-        raise ValueError(f"num_entities must be at least 4 to split entities, got {num_entities}")
+        raise errors.UsageError(
+            f"num_entities must be at least 4 to split entities, got {num_entities}"
+        )
     rng = random.Random(seed)
     relations = [RELATIONS[r] for r in (relation_ids or RELATIONS)]
     included = {r.relation_id for r in relations}
