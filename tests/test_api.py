@@ -222,7 +222,9 @@ def test_probe_reports_both_similarities_and_ranks_by_the_one_asked(bench):
 # Errors that teach.
 
 
-def test_entity_not_in_prompt_names_both_and_what_to_do(bench):
+def test_usage_errors_name_the_problem_and_the_fix(bench):
+    with pytest.raises(ValueError, match=r"layer 2 is out of range .* \(0..1\)"):
+        bench.probe("Alice Smith", ["works as a pilot"], entity_layer=2)
     with pytest.raises(ValueError) as raised:
         bench.edit("Alice Smith", "works as a pilot", prompt="Alice is employed as a")
     message = str(raised.value)
@@ -249,10 +251,18 @@ def test_load_errors_say_what_to_do(trained, tmp_path, monkeypatch, tokenizer):
     with pytest.raises(models.ModelLoadError, match="no model directory"):
         remedi.load(editor=RUN_NAME, model=str(tmp_path / "no_model"))
 
+    mt = models.load_model("toy-small")
     with pytest.raises(ValueError, match=r"layer 5 is out of range .* 2 layers \(0..1\)"):
+        remedi.load(editor=RUN_NAME, model=mt, layer=5)
+    # Without a loaded model, a missing editor is reported before any model loads.
+    with pytest.raises(FileNotFoundError, match=r"no finished linear editor for layer 5 .*"):
         remedi.load(editor=RUN_NAME, layer=5)
-    with pytest.raises(FileNotFoundError, match=r"no finished linear editor for layer 1 .*"):
+    with pytest.raises(FileNotFoundError, match=r"finished: \{'linear': \[0\]\}"):
         remedi.load(editor=RUN_NAME, layer=1)
+    with pytest.raises(FileNotFoundError, match="no finished mlp editor for any layer"):
+        remedi.load(editor=RUN_NAME, editor_type="mlp")
+    with pytest.raises(ValueError, match="layer -1 is negative"):
+        remedi.load(editor=RUN_NAME, layer=-1)
     editor_dir = trained.run_dir / "linear" / "0"
     with pytest.raises(ValueError, match="edits layer 0, not layer 1"):
         remedi.load(editor=editor_dir, layer=1)
