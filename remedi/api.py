@@ -49,7 +49,7 @@ from typing import Any, Literal
 import torch
 from dataclasses_json import DataClassJsonMixin
 
-from remedi import data, editors, env, hooks, models, precompute, training
+from remedi import data, editors, env, errors, hooks, models, precompute, training
 
 logger = logging.getLogger(__name__)
 
@@ -179,9 +179,11 @@ def context_sample(entity: str, attribute: str, prompt: str) -> data.ContextMedi
             entity, or the prompt does not mention the entity.
     """
     if not entity.strip():
-        raise ValueError("the entity is empty; pass the name the prompt uses, e.g. 'Alice Smith'")
+        raise errors.UsageError(
+            "the entity is empty; pass the name the prompt uses, e.g. 'Alice Smith'"
+        )
     if not attribute.strip():
-        raise ValueError(
+        raise errors.UsageError(
             f"the attribute for {entity!r} is empty; pass what to make true of it, e.g. "
             "'works as a pilot', or a context sentence that mentions it"
         )
@@ -189,7 +191,7 @@ def context_sample(entity: str, attribute: str, prompt: str) -> data.ContextMedi
     context = attribute if entity in attribute else f"{entity} {attribute.strip()}"
     attribute_text = data.attribute_from_context(context, entity)
     if not attribute_text:
-        raise ValueError(
+        raise errors.UsageError(
             f"the context {context!r} says nothing about {entity!r} after its last mention; "
             "pass what to make true of the entity, e.g. 'works as a pilot'"
         )
@@ -208,7 +210,7 @@ def context_sample(entity: str, attribute: str, prompt: str) -> data.ContextMedi
 def check_mentions(entity: str, text: str, what: str = "prompt") -> None:
     """Raise a ValueError that says what to do if ``text`` does not mention ``entity``."""
     if entity not in text:
-        raise ValueError(
+        raise errors.SampleError(
             f"the {what} {text!r} does not mention the entity {entity!r}. REMEDI adds its edit "
             f"at the entity's mention, so the {what} must contain {entity!r} exactly (same "
             f"spelling and case), e.g. {DEFAULT_PROMPT_TEMPLATE.format(entity)!r}"
@@ -277,7 +279,7 @@ class Workbench:
         targets = [targets] if isinstance(targets, str) else list(targets)
         for target in targets:
             if not target.strip():
-                raise ValueError(f"targets must be non-empty strings, got {list(targets)!r}")
+                raise errors.UsageError(f"targets must be non-empty strings, got {list(targets)!r}")
         direction = editors.editor_directions(self.mt, self.editor, [sample])
 
         # Row 0 is the prompt alone (the next-token distribution); each further row is the
@@ -429,9 +431,9 @@ class Workbench:
                 editor reads).
         """
         if not attributes:
-            raise ValueError("pass at least one attribute to score")
+            raise errors.UsageError("pass at least one attribute to score")
         if similarity not in ("cosine", "dot"):
-            raise ValueError(f"similarity must be 'cosine' or 'dot', got {similarity!r}")
+            raise errors.UsageError(f"similarity must be 'cosine' or 'dot', got {similarity!r}")
         text = entity if prompt is None else prompt
         check_mentions(entity, text)
         entity_layer = self.layer if entity_layer is None else entity_layer
@@ -439,7 +441,9 @@ class Workbench:
         if entity_token is None:
             entity_token = "last" if self.editor.config.input_last_entity_token else "average"
         if entity_token not in ("last", "average"):
-            raise ValueError(f"entity_token must be 'last' or 'average', got {entity_token!r}")
+            raise errors.UsageError(
+                f"entity_token must be 'last' or 'average', got {entity_token!r}"
+            )
 
         device = models.determine_device(self.mt.model)
         samples = [context_sample(entity, attribute, entity) for attribute in attributes]
@@ -515,12 +519,12 @@ def find_editor(editor: str | Path, layer: int | None = None, editor_type: str =
         ValueError: The editor directory is for another layer, or the run has several.
     """
     if layer is not None and layer < 0:
-        raise ValueError(f"layer {layer} is negative; layers count from 0")
+        raise errors.UsageError(f"layer {layer} is negative; layers count from 0")
     path = Path(editor).expanduser()
     if not path.exists() and not path.is_absolute() and (env.results_dir() / path).exists():
         path = env.results_dir() / path
     if not path.is_dir():
-        raise FileNotFoundError(
+        raise errors.MissingFileError(
             f"no editor at {editor!s} (nor at {env.results_dir() / str(editor)}): pass a "
             "training run directory (results/NAME, written by scripts.train_editors or "
             "`invoke x.train.counterfact`), a run name under REMEDI_RESULTS_DIR, or an editor "
@@ -529,28 +533,28 @@ def find_editor(editor: str | Path, layer: int | None = None, editor_type: str =
     if (path / editors.CONFIG_FILE).is_file():
         config = editors.read_editor_config(path)
         if layer is not None and layer != config.layer:
-            raise ValueError(
+            raise errors.UsageError(
                 f"the editor in {path} edits layer {config.layer}, not layer {layer}; pass "
                 f"layer=None (or {config.layer}), or an editor trained for layer {layer}"
             )
         return path
     finished = training.list_run_editors(path)
     if not finished and not (path / training.ARGS_FILE).is_file():
-        raise FileNotFoundError(
+        raise errors.MissingFileError(
             f"{path} holds neither a training run (args.json and <editor_type>/<layer>/ "
             "folders) nor an editor (config.json and weights.safetensors); pass the folder "
             "scripts.train_editors wrote (results/NAME) or one of its <editor_type>/<layer>/"
         )
     layers = finished.get(editor_type, [])
     if layer is None and len(layers) > 1:
-        raise ValueError(
+        raise errors.UsageError(
             f"the run in {path} has {editor_type} editors for layers {layers}; pick one with layer="
         )
     if layer is None and layers:
         layer = layers[0]
     if layer not in layers:
         wanted = f"layer {layer}" if layer is not None else "any layer"
-        raise FileNotFoundError(
+        raise errors.MissingFileError(
             f"no finished {editor_type} editor for {wanted} in {path} (finished: "
             f"{finished or 'none'}); pass one of those, or train it with scripts.train_editors "
             f"-l LAYER -t {editor_type}"
@@ -605,7 +609,7 @@ def load(
 def check_layer(mt: models.ModelAndTokenizer, layer: int) -> None:
     """Raise a ValueError that says what to do if ``layer`` is not a layer of ``mt``."""
     if not 0 <= layer < mt.num_layers:
-        raise ValueError(
+        raise errors.UsageError(
             f"layer {layer} is out of range for {mt.name!r}, which has {mt.num_layers} layers "
             f"(0..{mt.num_layers - 1}); pass a layer the editor was trained for"
         )
