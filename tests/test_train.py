@@ -11,9 +11,10 @@ from pathlib import Path
 import pytest
 import torch
 
-from remedi import editors, models, precompute, training
+from remedi import editors, hooks, models, precompute, training
 from remedi.models import ModelAndTokenizer
 from tests.conftest import tiny_gpt2
+from tests.model_fixtures import tiny_llama
 
 FIXTURES = Path(__file__).parent / "fixtures"
 
@@ -511,3 +512,56 @@ def test_the_script_trains_from_the_command_line(gpt2_model, tokenizer, results,
     assert record.args.kl_direction == "edited||original"
     train_log = json.loads((directory / "linear" / "1" / "train_log.json").read_text())
     assert train_log["config"]["weights"]["kl_direction"] == "edited||original"
+
+
+# ---------------------------------------------------------------------------------------
+# A SentencePiece/Llama-style tokenizer that adds BOS.
+
+
+def test_the_loss_reads_the_right_tokens_when_the_tokenizer_adds_bos(llama_tokenizer):
+    # float64, weights at 0.2 (an edit at the entity moves later predictions): the padded batch
+    # and the single prompts below then differ by rounding only (measured < 1e-14).
+    model = tiny_llama(llama_tokenizer, initializer_range=0.2).double()
+    mt = ModelAndTokenizer(model=model, tokenizer=llama_tokenizer, name="tiny-llama")
+    inputs = _float64(precompute.editor_inputs(mt, SAMPLES, layers=[1]))
+    bos = llama_tokenizer.bos_token_id
+    assert bos not in inputs.target_mediated_ids.tolist()
+    editor = _random_linear(mt, layer=1)
+    weights = training.LossWeights(lam_m=1.0, lam_u=1.0, lam_kl=1.0)
+    with torch.no_grad():
+        loss, terms = training.editing_loss(mt, editor, inputs, weights)
+        directions = editors.directions_from_inputs(editor, inputs)
+        mediated, unmediated, kls = [], [], []
+        for index, (prompt, entity) in enumerate(zip(inputs.prompts, inputs.entities, strict=True)):
+            ids = llama_tokenizer(prompt)["input_ids"]
+            assert ids[0] == bos
+            # The entity's last token, found here from the ids: Metaspace pieces ("▁Xavi")
+            # are the same mid-sentence as at the start, so the entity's own ids (after its BOS)
+            # occur in the prompt's.
+            entity_ids = llama_tokenizer(entity)["input_ids"][1:]
+            last_entity = max(
+                start + len(entity_ids) - 1
+                for start in range(1, len(ids) - len(entity_ids) + 1)
+                if ids[start : start + len(entity_ids)] == entity_ids
+            )
+            encoded = torch.tensor([ids])
+            with hooks.add_directions(
+                mt.model,
+                1,
+                directions[index : index + 1],
+                torch.tensor([[last_entity, last_entity + 1]]),
+            ):
+                logp_edit = torch.log_softmax(mt.model(encoded).logits[0], dim=-1)
+            logp_orig = torch.log_softmax(mt.model(encoded).logits[0], dim=-1)
+            mediated.append(-logp_edit[-1, inputs.target_mediated_ids[index]])
+            unmediated.append(
+                -torch.log1p(-logp_edit[-1, inputs.target_unmediated_ids[index]].exp())
+            )
+            # Default direction: KL(original || edited), from the entity's last token to the one
+            # before the last.
+            kls.append(_kl(logp_orig, logp_edit)[last_entity : len(ids) - 1].sum())
+    assert terms["mediated"] == pytest.approx(torch.stack(mediated).mean().item(), rel=1e-10)
+    assert terms["unmediated"] == pytest.approx(torch.stack(unmediated).mean().item(), rel=1e-10)
+    assert terms["kl"] > 1e-4
+    assert terms["kl"] == pytest.approx(torch.stack(kls).mean().item(), rel=1e-10)
+    assert loss.item() == pytest.approx(terms["mediated"] + terms["unmediated"] + terms["kl"])
