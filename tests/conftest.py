@@ -19,9 +19,9 @@ import transformers
 from remedi import env
 from remedi.toy.tokenizer import train_bpe_tokenizer
 
-# The session-wide small toy world (`small_world`), and the Llama-style tokenizer
-# (`llama_tokenizer`) with the tiny models of every family.
-pytest_plugins = ["tests.toy_fixtures", "tests.model_fixtures"]
+# The session-wide small toy world (`small_world`), the Llama-style tokenizer
+# (`llama_tokenizer`) with the tiny models of every family, and pytest's own `pytester`.
+pytest_plugins = ["tests.toy_fixtures", "tests.model_fixtures", "pytester"]
 
 TOKENIZER_CORPUS = [
     "Barack Obama was born in Honolulu and served as president of the United States.",

@@ -97,6 +97,7 @@ def test_an_easyedit_file_given_as_rome_format_says_which_loader_to_use(tmp_path
         data.load_dataset("counterfact_easyedit", file=COUNTERFACT_FIXTURE)
 
 
+@pytest.mark.shared_data
 def test_easyedit_format_on_a_real_file():
     file = env.shared_data_dir() / "counterfact_easyedit" / "counterfact-edit-1k.json"
     if not file.is_file():
