@@ -55,7 +55,8 @@ near-deterministic. Three options, all off by default, take it to 97.6% (``--lr 
   entities 85% of the time from the mean and 99% from the last token.
 - ``--lam-kl 1``: KL(edited || original) is steep for a near-deterministic LM; with lam_kl 10
   the same editor reaches 86%. (These numbers were measured with ``--kl-direction
-  edited||original``, the default at the time.)
+  edited||original``, the default at the time. On "toy-small", 50 test cases, seeds 0/1/2, the
+  same flags reach 60/66/50% with the new default and 58/62/40% with the old direction.)
 
 Results layout of a run (``results/NAME/``)::
 
