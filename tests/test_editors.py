@@ -221,16 +221,28 @@ def test_apply_editor_on_all_entity_tokens(mt):
 
 
 def test_apply_editor_generates_with_the_kv_cache(mt):
-    editor = _trained_like(editors.new_editor("linear", mt, layer=1))
+    # Layer 0: in this 2-layer model an edit after the last block could not reach later tokens.
+    editor = _trained_like(editors.new_editor("linear", mt, layer=0))
     directions = editors.editor_directions(mt, editor, SAMPLES)
     prompts = ["Kelo Vantri lives in", "Xavi Bornadel speaks"]
+    options = dict(
+        max_new_tokens=4,
+        do_sample=False,
+        pad_token_id=mt.tokenizer.pad_token_id,
+        return_dict_in_generate=True,
+        output_logits=True,
+    )
     with editors.apply_editor(
         mt, editor, directions, prompts, ["Kelo Vantri", "Xavi Bornadel"], padding_side="left"
     ) as inputs:
-        generated = mt.model.generate(
-            **inputs,
-            max_new_tokens=4,
-            do_sample=False,
-            pad_token_id=mt.tokenizer.pad_token_id,
-        )
-    assert generated.shape == (2, inputs.input_ids.shape[1] + 4)
+        edited = mt.model.generate(**inputs, **options)
+    unedited = mt.model.generate(**inputs, **options)
+    prompt_length = inputs.input_ids.shape[1]
+    assert edited.sequences.shape == (2, prompt_length + 4)
+    assert torch.equal(edited.sequences[:, :prompt_length], inputs.input_ids)
+    # Every new token's prediction differs: the first from the edited prompt pass, the later
+    # ones through the edited prompt's keys and values in the cache (measured 0.008-0.025,
+    # far above float32 rounding).
+    assert len(edited.logits) == 4
+    for step_edited, step_unedited in zip(edited.logits, unedited.logits, strict=True):
+        assert ((step_edited - step_unedited).abs().amax(dim=-1) > 1e-3).all()
