@@ -106,6 +106,7 @@ def test_zero_direction_changes_nothing(family_models, tokenizer, model_type: st
     ranges = torch.tensor([[0, 5], [1, 3]])
     with hooks.add_directions(model, 1, directions, ranges, alpha=10.0):
         edited = logits_of(model, inputs)
+    # Exact: the hook adds exact zeros, and the same batch runs through the same kernels.
     torch.testing.assert_close(edited, unedited, rtol=0, atol=0)
 
 
@@ -130,6 +131,8 @@ def test_edit_changes_only_its_example_from_its_range_on(
         edited = logits_of(model, inputs)
     assert_no_hooks(model)
 
+    # Exact: an empty range adds exact zeros to row 0, and causal masking gives the edited
+    # tokens exactly zero weight before the range.
     torch.testing.assert_close(edited[0], unedited[0], rtol=0, atol=0)
     real_positions = attention_mask[1].nonzero().squeeze(1)
     changed = (edited[1] - unedited[1]).abs().amax(dim=-1)[real_positions]

@@ -254,6 +254,7 @@ def test_the_essence_term_adds_lam_ess_times_the_essence_kl(mt64, inputs64, dire
 
 def test_log1m_exp_is_finite_at_certainty():
     assert torch.isfinite(training.log1m_exp(torch.tensor([0.0, -1e-9]))).all()
+    # Two float32 formulas for the same number: the default float32 tolerance (a few ulps).
     torch.testing.assert_close(
         training.log1m_exp(torch.log(torch.tensor([0.25]))), torch.log(torch.tensor([0.75]))
     )
