@@ -31,6 +31,7 @@ TOKENIZER_CORPUS = [
     "Kelo Vantri works for Nordavia and lives in Oslo.",
     "The following is an excerpt from a Wikipedia article: Danu Revik is a painter.",
 ]
+
 SHARED_DATA_MARKER = "shared_data"
 REQUIRE_SHARED_DATA = "REMEDI_REQUIRE_SHARED_DATA"
 
