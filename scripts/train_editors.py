@@ -55,6 +55,12 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--lam-norm", type=float, help="direction norm weight (default: off)")
     parser.add_argument("--lam-ess", type=float, help="essence penalty weight (default: off)")
     parser.add_argument(
+        "--kl-direction",
+        default=training.DEFAULT_KL_DIRECTION,
+        choices=training.KL_DIRECTIONS,
+        help="direction of the KL terms (default: %(default)s, the reference's)",
+    )
+    parser.add_argument(
         "--hold-out",
         type=float,
         default=training.DEFAULT_HOLD_OUT,
@@ -127,6 +133,7 @@ def run_args(args: argparse.Namespace) -> training.RunArgs:
         lam_kl=args.lam_kl,
         lam_norm=args.lam_norm,
         lam_ess=args.lam_ess,
+        kl_direction=args.kl_direction,
         hold_out=args.hold_out,
         test_size=args.test_size,
         max_train_samples=args.max_train_samples,

@@ -1,15 +1,27 @@
-"""Shared fixtures: a tokenizer trained locally and tiny random models (no download)."""
+"""Shared fixtures: a tokenizer trained locally and tiny random models (no download).
+
+Tests marked ``shared_data`` read the real public data files under ``REMEDI_SHARED_DATA``
+(default ``../shared/data``). Where that folder is absent they are skipped, with a message naming
+the variable, unless ``REMEDI_REQUIRE_SHARED_DATA=1`` (set by ``.ci/run``) makes them mandatory:
+then they fail.
+"""
 
 from __future__ import annotations
+
+import copy
+import os
+from pathlib import Path
 
 import pytest
 import torch
 import transformers
 
+from remedi import env
 from remedi.toy.tokenizer import train_bpe_tokenizer
 
-# The session-wide small toy world (`small_world`) and its helpers.
-pytest_plugins = ["tests.toy_fixtures"]
+# The session-wide small toy world (`small_world`), the Llama-style tokenizer
+# (`llama_tokenizer`) with the tiny models of every family, and pytest's own `pytester`.
+pytest_plugins = ["tests.toy_fixtures", "tests.model_fixtures", "pytester"]
 
 TOKENIZER_CORPUS = [
     "Barack Obama was born in Honolulu and served as president of the United States.",
@@ -19,6 +31,49 @@ TOKENIZER_CORPUS = [
     "Kelo Vantri works for Nordavia and lives in Oslo.",
     "The following is an excerpt from a Wikipedia article: Danu Revik is a painter.",
 ]
+
+SHARED_DATA_MARKER = "shared_data"
+REQUIRE_SHARED_DATA = "REMEDI_REQUIRE_SHARED_DATA"
+
+
+def shared_data_verdict(directory: Path, required: bool) -> tuple[str, str] | None:
+    """What to do with a ``shared_data`` test: None to run it, else ("skip" or "fail", why).
+
+    Only a missing folder is judged here; a file missing inside a present folder is the test's
+    own failure.
+    """
+    if directory.is_dir():
+        return None
+    if required:
+        return (
+            "fail",
+            f"shared data folder {directory} is missing and {REQUIRE_SHARED_DATA}=1 makes the "
+            "shared_data tests mandatory; set REMEDI_SHARED_DATA to the folder holding the real "
+            "data files (see ../shared/data/README.md)",
+        )
+    return (
+        "skip",
+        f"shared data folder {directory} is missing; set REMEDI_SHARED_DATA to the folder "
+        "holding the real data files to run this test",
+    )
+
+
+def _requires_shared_data() -> bool:
+    return os.environ.get(REQUIRE_SHARED_DATA, "").strip().lower() in ("1", "true", "yes")
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_runtest_setup(item: pytest.Item) -> None:
+    """Skip or fail ``shared_data`` tests before their fixtures run (see the module docstring)."""
+    if item.get_closest_marker(SHARED_DATA_MARKER) is None:
+        return
+    verdict = shared_data_verdict(env.shared_data_dir(), _requires_shared_data())
+    if verdict is None:
+        return
+    action, reason = verdict
+    if action == "fail":
+        pytest.fail(reason, pytrace=False)
+    pytest.skip(reason)
 
 
 @pytest.fixture(scope="session")
@@ -49,3 +104,11 @@ def tiny_gpt2(
 def gpt2_model(tokenizer: transformers.PreTrainedTokenizerFast) -> transformers.GPT2LMHeadModel:
     """A tiny random GPT-2 (2 layers, width 32) matching the fixture tokenizer."""
     return tiny_gpt2(tokenizer)
+
+
+@pytest.fixture()
+def gpt2_model_float64(gpt2_model: transformers.GPT2LMHeadModel) -> transformers.GPT2LMHeadModel:
+    """A float64 copy of ``gpt2_model``: for tests comparing two computations that agree only
+    in exact arithmetic (batched vs single, padded vs unpadded), where float32 rounding would
+    differ between CPUs and thread counts."""
+    return copy.deepcopy(gpt2_model).double()

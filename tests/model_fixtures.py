@@ -1,11 +1,17 @@
-"""Tiny random causal LMs of every registered model family, built from configs (no download)."""
+"""Tiny random causal LMs of every registered model family, built from configs (no download),
+and a SentencePiece/Llama-style tokenizer trained locally (fixture ``llama_tokenizer``)."""
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 
+import pytest
+import tokenizers
 import torch
 import transformers
+from tokenizers import decoders, pre_tokenizers, processors, trainers
+
+from tests.conftest import TOKENIZER_CORPUS
 
 HIDDEN_SIZE = 32
 NUM_LAYERS = 3
@@ -140,3 +146,68 @@ def tiny_model(model_type: str, seed: int = 0, **overrides: object) -> transform
         setattr(config, key, value)
     torch.manual_seed(seed)
     return transformers.AutoModelForCausalLM.from_config(config).eval()
+
+
+# ---------------------------------------------------------------------------------------
+# Tokenizers.
+
+LLAMA_BOS, LLAMA_EOS, LLAMA_UNK = "<s>", "</s>", "<unk>"
+METASPACE = "\u2581"  # "▁", SentencePiece's word-boundary mark
+
+
+def build_llama_tokenizer(
+    texts: Iterable[str] = TOKENIZER_CORPUS * 20, vocab_size: int = 400
+) -> transformers.PreTrainedTokenizerFast:
+    """A SentencePiece/Llama-style tokenizer trained on ``texts``.
+
+    BPE over Metaspace pieces (a space becomes "▁" and starts the next piece, "▁Lisbon"), and,
+    like Llama's, it prepends ``<s>`` (BOS) to every text it encodes with special tokens. EOS is
+    ``</s>``, which also pads (what :func:`remedi.models.load_model` sets for Llama). Offsets
+    are character offsets into the text; BOS has the empty offset (0, 0).
+    """
+    backend = tokenizers.Tokenizer(tokenizers.models.BPE(unk_token=LLAMA_UNK))
+    backend.pre_tokenizer = pre_tokenizers.Metaspace(replacement=METASPACE, prepend_scheme="first")
+    backend.decoder = decoders.Metaspace(replacement=METASPACE, prepend_scheme="first")
+    trainer = trainers.BpeTrainer(
+        vocab_size=vocab_size,
+        min_frequency=1,
+        special_tokens=[LLAMA_UNK, LLAMA_BOS, LLAMA_EOS],
+        show_progress=False,
+    )
+    backend.train_from_iterator(texts, trainer)
+    bos_id = backend.token_to_id(LLAMA_BOS)
+    backend.post_processor = processors.TemplateProcessing(
+        single=f"{LLAMA_BOS} $A",
+        pair=f"{LLAMA_BOS} $A {LLAMA_BOS} $B",
+        special_tokens=[(LLAMA_BOS, bos_id)],
+    )
+    return transformers.PreTrainedTokenizerFast(
+        tokenizer_object=backend,
+        bos_token=LLAMA_BOS,
+        eos_token=LLAMA_EOS,
+        unk_token=LLAMA_UNK,
+        pad_token=LLAMA_EOS,
+    )
+
+
+@pytest.fixture(scope="session")
+def llama_tokenizer() -> transformers.PreTrainedTokenizerFast:
+    """A Llama-style tokenizer that adds BOS (see :func:`build_llama_tokenizer`)."""
+    return build_llama_tokenizer()
+
+
+def tiny_llama(
+    tokenizer: transformers.PreTrainedTokenizerBase, seed: int = 0, **overrides: object
+) -> transformers.LlamaForCausalLM:
+    """A tiny random Llama (3 layers, width 32) for ``tokenizer``, in eval mode."""
+    model = tiny_model(
+        "llama",
+        seed=seed,
+        vocab_size=len(tokenizer),
+        bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id,
+        **overrides,
+    )
+    assert isinstance(model, transformers.LlamaForCausalLM)
+    return model

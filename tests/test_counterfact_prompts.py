@@ -279,11 +279,16 @@ def test_run_args_keep_the_prompt_choice_and_refuse_to_resume_with_another(
     with pytest.raises(ValueError, match="counterfact_prompt"):
         training.train_run(rewrite, mt=mt)
 
-    # A run saved before the option existed used the rewrite prompt.
+    # A run saved before the options existed used the rewrite prompt and KL(edited || original):
+    # it reads as it was trained, so resuming it with today's defaults is refused, not mixed.
     saved = json.loads((run / training.ARGS_FILE).read_text())
     del saved["args"]["counterfact_prompt"]
+    del saved["args"]["kl_direction"]
     (run / training.ARGS_FILE).write_text(json.dumps(saved))
-    assert training.load_run(run).args.counterfact_prompt == "rewrite"
+    old = training.load_run(run).args
+    assert (old.counterfact_prompt, old.kl_direction) == ("rewrite", "edited||original")
+    with pytest.raises(ValueError, match="counterfact_prompt, kl_direction"):
+        training.train_run(args, mt=mt)
 
 
 def test_the_script_and_the_task_pass_the_prompt_choice():

@@ -155,7 +155,9 @@ def test_load_refuses_files_that_are_not_an_editor(mt, tmp_path):
 def test_editor_directions_from_samples_match_precomputed(mt, inputs):
     editor = _trained_like(editors.new_editor("linear", mt, layer=1))
     from_samples = editors.editor_directions(mt, editor, SAMPLES)
-    torch.testing.assert_close(from_samples, editors.directions_from_inputs(editor, inputs))
+    # Exact: the same batch of texts through the same computation (recording another layer
+    # too does not change it).
+    assert torch.equal(from_samples, editors.directions_from_inputs(editor, inputs))
 
 
 def _block_outputs(mt, inputs, layer):
@@ -188,11 +190,14 @@ def test_apply_editor_adds_the_direction_at_the_last_entity_token_only(mt, paddi
         last_entity = offset + int(entity_range[1]) - 1
         assert mt.tokenizer.decode(ids[: last_entity - offset + 1]).endswith(entity[-3:])
         difference = edited[row] - original[row]
+        # (h + d) - h is d up to the float32 rounding of h + d: the default float32 tolerance
+        # (rtol 1.3e-6, ten ulps) covers it while |h| is not far above |d|.
         torch.testing.assert_close(difference[last_entity], directions[row])
         untouched = torch.ones(len(difference), dtype=torch.bool)
         untouched[last_entity] = False
         assert not difference[untouched].any()
-        # Tokens before the entity do not see the edit; the prediction at the end does.
+        # Tokens before the entity do not see the edit; the prediction at the end does. Exact
+        # even in float32: causal masking gives the edited token exactly zero weight there.
         assert torch.equal(edited_logits[row, :last_entity], original_logits[row, :last_entity])
         assert not torch.equal(edited_logits[row, -1], original_logits[row, -1])
     # The hook is gone after the block.
@@ -216,16 +221,28 @@ def test_apply_editor_on_all_entity_tokens(mt):
 
 
 def test_apply_editor_generates_with_the_kv_cache(mt):
-    editor = _trained_like(editors.new_editor("linear", mt, layer=1))
+    # Layer 0: in this 2-layer model an edit after the last block could not reach later tokens.
+    editor = _trained_like(editors.new_editor("linear", mt, layer=0))
     directions = editors.editor_directions(mt, editor, SAMPLES)
     prompts = ["Kelo Vantri lives in", "Xavi Bornadel speaks"]
+    options = dict(
+        max_new_tokens=4,
+        do_sample=False,
+        pad_token_id=mt.tokenizer.pad_token_id,
+        return_dict_in_generate=True,
+        output_logits=True,
+    )
     with editors.apply_editor(
         mt, editor, directions, prompts, ["Kelo Vantri", "Xavi Bornadel"], padding_side="left"
     ) as inputs:
-        generated = mt.model.generate(
-            **inputs,
-            max_new_tokens=4,
-            do_sample=False,
-            pad_token_id=mt.tokenizer.pad_token_id,
-        )
-    assert generated.shape == (2, inputs.input_ids.shape[1] + 4)
+        edited = mt.model.generate(**inputs, **options)
+    unedited = mt.model.generate(**inputs, **options)
+    prompt_length = inputs.input_ids.shape[1]
+    assert edited.sequences.shape == (2, prompt_length + 4)
+    assert torch.equal(edited.sequences[:, :prompt_length], inputs.input_ids)
+    # Every new token's prediction differs: the first from the edited prompt pass, the later
+    # ones through the edited prompt's keys and values in the cache (measured 0.008-0.025,
+    # far above float32 rounding).
+    assert len(edited.logits) == 4
+    for step_edited, step_unedited in zip(edited.logits, unedited.logits, strict=True):
+        assert ((step_edited - step_unedited).abs().amax(dim=-1) > 1e-3).all()

@@ -113,8 +113,11 @@ def test_the_script_writes_one_result_per_benchmark_and_a_summary(setup, results
         experiment / "unedited" / "relation_specificity.json", "relation_specificity"
     )
     assert isinstance(relation, evaluation.RelationSpecificityResults) and relation.available
-    for suffix in ("md", "tex", "png", "json"):
-        assert (experiment / f"summary.{suffix}").stat().st_size > 0
+    markdown = (experiment / "summary.md").read_text()
+    latex = (experiment / "summary.tex").read_text()
+    for label in ("REMEDI (layer 0)", "Prefix", "Replace", "Unedited"):
+        assert f"| {label} |" in markdown and f"{label} &" in latex
+    assert (experiment / "summary.png").read_bytes().startswith(b"\x89PNG")
     assert (experiment / evaluation.runner.ESSENCE_REFERENCES_FILE).is_file()
     # The printed table has one row per method and says where the plot is.
     for label in ("REMEDI (layer 0)", "Prefix", "Unedited"):

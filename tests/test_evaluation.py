@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import copy
 import json
-import math
 import shutil
 from pathlib import Path
 
@@ -364,7 +363,10 @@ def test_essence_compares_with_unedited_text_about_the_entity(mt, cases, resourc
         assert essence_case.reference == resources.essence_references[case.case_id]
         # References are sampled apart from the method's texts.
         assert essence_case.text != essence_case.reference
-        assert essence_case.similarity is not None and 0.0 <= essence_case.similarity <= 1.0 + 1e-9
+        assert resources.vectorizer is not None
+        expected = resources.vectorizer.similarity(essence_case.text, essence_case.reference)
+        assert essence_case.similarity == expected
+        assert essence_case.fluency == metrics.weighted_n_gram_entropy(essence_case.text)
     assert result.cases[0].prompt.startswith(evaluation.generation.ESSENCE_PREFIX)
     assert evaluation.EssenceResults.from_dict(result.to_dict()) == result
 
@@ -375,7 +377,11 @@ def test_resources_without_rome_files_say_what_is_missing(tmp_path, mt, cases):
     assert "attribute_snippets.json not found" in (resources.missing or "")
     result = evaluation.essence(mt, evaluation.Method(), cases[:1], resources)
     assert result.similarity is None and result.similarity_missing == resources.missing
-    assert not math.isnan(result.fluency.mean)
+    texts = [case.text for case in result.cases]
+    assert result.fluency.mean == pytest.approx(
+        np.mean([metrics.weighted_n_gram_entropy(text) for text in texts])
+    )
+    assert all(text.startswith(f"{cases[0].entity} is") for text in texts)
 
 
 def test_worlds_load_from_their_json(resources):

@@ -7,6 +7,7 @@ import torch
 
 from remedi import hooks, precompute
 from remedi.models import ModelAndTokenizer
+from tests.model_fixtures import tiny_llama
 
 
 @pytest.fixture()
@@ -123,7 +124,18 @@ def _block_output(mt, text: str, layer: int) -> torch.Tensor:
     return outputs.hidden_states[layer + 1][0]
 
 
-def test_editor_inputs_match_unbatched_hidden_states(mt):
+def assert_close_to_float32(stored: torch.Tensor, exact: torch.Tensor) -> None:
+    """``stored`` (float32) is ``exact`` (float64) up to float32 rounding: the cast, and a mean
+    over at most 16 tokens taken in float32, is off by at most 16 ulps of the largest value."""
+    assert stored.dtype == torch.float32
+    ulp = torch.finfo(torch.float32).eps * exact.abs().max().item()
+    torch.testing.assert_close(stored.double(), exact, rtol=0, atol=16 * ulp)
+
+
+def test_editor_inputs_match_unbatched_hidden_states(gpt2_model_float64, tokenizer):
+    # float64: the padded batch and the single texts then differ by rounding (~1e-16) only;
+    # what is left is the float32 storage of the inputs (see assert_close_to_float32).
+    mt = ModelAndTokenizer(model=gpt2_model_float64, tokenizer=tokenizer, name="tiny-gpt2")
     inputs = precompute.editor_inputs(mt, SAMPLES, layers=[0], batch_size=2)
 
     assert inputs.ids == ["counterfact/1", "counterfact/2", "counterfact/3"]
@@ -136,12 +148,12 @@ def test_editor_inputs_match_unbatched_hidden_states(mt):
         )[0].tolist()
         assert inputs.attribute_token_ranges[index].tolist() == [start, end]
         expected = context_states[start:end].mean(dim=0)
-        torch.testing.assert_close(inputs.attribute_hiddens[0][index], expected)
-        torch.testing.assert_close(inputs.attribute(0, last_token=True)[index], context_states[-1])
+        assert_close_to_float32(inputs.attribute_hiddens[0][index], expected)
+        assert_close_to_float32(inputs.attribute(0, last_token=True)[index], context_states[-1])
         # Entity: encoded on its own; last token, and mean over its tokens.
         entity_states = _block_output(mt, sample["entity"], 0)
-        torch.testing.assert_close(inputs.entity_hiddens(0)[index], entity_states[-1])
-        torch.testing.assert_close(
+        assert_close_to_float32(inputs.entity_hiddens(0)[index], entity_states[-1])
+        assert_close_to_float32(
             inputs.entity_hiddens(0, last_token=False)[index], entity_states.mean(dim=0)
         )
         # Entity range in the prompt and the prompt's length, unpadded.
@@ -178,3 +190,73 @@ def test_editor_inputs_refuse_a_sample_whose_prompt_lacks_its_entity(mt):
     broken = [*SAMPLES[:2], {**SAMPLES[2], "prompt": "She works as a"}]
     with pytest.raises(ValueError, match="sample counterfact/3"):
         precompute.editor_inputs(mt, broken, layers=[0])
+
+
+# ---------------------------------------------------------------------------------------
+# A SentencePiece/Llama-style tokenizer that adds BOS.
+
+
+def test_a_tokenizer_that_adds_bos_keeps_it_out_of_ranges_and_targets(llama_tokenizer):
+    bos = llama_tokenizer.bos_token_id
+    prompts = [sample["prompt"] for sample in SAMPLES]
+    entities = [sample["entity"] for sample in SAMPLES]
+    ranges = precompute.find_token_ranges(llama_tokenizer, prompts, entities)
+    for prompt, entity, (start, end) in zip(prompts, entities, ranges.tolist(), strict=True):
+        ids = llama_tokenizer(prompt)["input_ids"]
+        assert ids[0] == bos and bos not in ids[1:]
+        # The mention's tokens, and only they, decode to the entity; BOS is not one of them.
+        assert start >= 1
+        assert llama_tokenizer.decode(ids[start:end]) == entity
+        assert llama_tokenizer.decode(ids[start + 1 : end]) != entity
+
+    targets = [sample["target_mediated"] for sample in SAMPLES]
+    target_ids = precompute.target_token_ids(llama_tokenizer, targets)
+    for prompt, target, target_id in zip(prompts, targets, target_ids.tolist(), strict=True):
+        assert target_id != bos
+        # The target's first token is the one that follows the prompt in "prompt target".
+        prompt_ids = llama_tokenizer(prompt)["input_ids"]
+        continued = llama_tokenizer(f"{prompt} {target}")["input_ids"]
+        assert continued[: len(prompt_ids)] == prompt_ids
+        assert target_id == continued[len(prompt_ids)]
+
+
+def test_editor_inputs_with_bos_match_unbatched_hidden_states(llama_tokenizer):
+    # float64: the padded batch and the single texts differ by rounding only; what is left is
+    # the float32 storage of the inputs (see assert_close_to_float32).
+    model = tiny_llama(llama_tokenizer).double()
+    mt = ModelAndTokenizer(model=model, tokenizer=llama_tokenizer, name="tiny-llama")
+    inputs = precompute.editor_inputs(mt, SAMPLES, layers=[1], batch_size=2)
+    bos = llama_tokenizer.bos_token_id
+
+    for index, sample in enumerate(SAMPLES):
+        prompt_ids = llama_tokenizer(sample["prompt"])["input_ids"]
+        assert inputs.prompt_lengths[index] == len(prompt_ids)  # BOS counts: it is an input
+        start, end = inputs.entity_token_ranges[index].tolist()
+        assert start >= 1 and llama_tokenizer.decode(prompt_ids[start:end]) == sample["entity"]
+
+        context_ids = llama_tokenizer(sample["context"])["input_ids"]
+        start, end = inputs.attribute_token_ranges[index].tolist()
+        assert start >= 1
+        assert llama_tokenizer.decode(context_ids[start:end]) == sample["attribute"]
+        context_states = _block_output(mt, sample["context"], 1)
+        assert_close_to_float32(
+            inputs.attribute_hiddens[1][index], context_states[start:end].mean(0)
+        )
+
+        # The entity alone is "<s> entity": its mean leaves BOS out, its last token is the
+        # entity's.
+        entity_ids = llama_tokenizer(sample["entity"])["input_ids"]
+        assert entity_ids[0] == bos
+        entity_states = _block_output(mt, sample["entity"], 1)
+        assert_close_to_float32(inputs.entity_hiddens(1)[index], entity_states[-1])
+        assert_close_to_float32(
+            inputs.entity_hiddens(1, last_token=False)[index], entity_states[1:].mean(dim=0)
+        )
+
+    assert bos not in inputs.target_mediated_ids.tolist()
+    assert inputs.target_mediated_ids.tolist() == [
+        llama_tokenizer(f"{sample['prompt']} {sample['target_mediated']}")["input_ids"][
+            len(llama_tokenizer(sample["prompt"])["input_ids"])
+        ]
+        for sample in SAMPLES
+    ]

@@ -2,22 +2,33 @@
 
 from __future__ import annotations
 
+import dataclasses
+import json
 import os
 import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
+import tasks
+from remedi import editors, training
+from scripts import train_editors
+from tests.toy_fixtures import BuiltToyWorld
+
 REPO_ROOT = Path(__file__).resolve().parent.parent
 
 
-def run_invoke(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+def run_invoke(
+    *args: str, env: dict[str, str] | None = None, timeout: float = 120
+) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         [sys.executable, "-m", "invoke", *args],
         cwd=REPO_ROOT,
         env={**os.environ, **(env or {})},
         capture_output=True,
         text=True,
-        timeout=120,
+        timeout=timeout,
     )
 
 
@@ -55,3 +66,55 @@ def test_train_with_unknown_model_and_no_layer_asks_for_one(tmp_path: Path):
     )
     assert result.returncode != 0
     assert "pass --layer N" in result.stderr
+
+
+@pytest.mark.slow
+def test_training_a_toy_model_applies_the_toy_flags(small_world: BuiltToyWorld, tmp_path: Path):
+    results = tmp_path / "results"
+    result = run_invoke(
+        "x.train.counterfact",
+        "--model",
+        "toy-small",
+        "--max-epochs",
+        "1",
+        "--device",
+        "cpu",
+        env={
+            "REMEDI_MODELS_DIR": str(small_world.models_dir),
+            "REMEDI_DATA_DIR": str(small_world.data_dir),
+            "REMEDI_RESULTS_DIR": str(results),
+        },
+        timeout=600,
+    )
+    assert result.returncode == 0, result.stderr
+    assert "training toy" not in result.stderr, "the built world should have been reused"
+
+    # What the toy flags mean, as the script reads them; they must change something.
+    parse = train_editors.parse_args
+    expected = train_editors.run_args(
+        parse(["-n", "x", "-m", "toy-small", *tasks.TOY_TRAINING_FLAGS])
+    )
+    defaults = train_editors.run_args(parse(["-n", "x", "-m", "toy-small"]))
+    toy_fields = [
+        field.name
+        for field in dataclasses.fields(training.RunArgs)
+        if getattr(expected, field.name) != getattr(defaults, field.name)
+    ]
+    assert {"use_all_entity_tokens", "use_last_attribute_token", "lr", "lam_kl"} <= set(toy_fields)
+
+    run = results / "editors_counterfact_toy-small"
+    args = training.load_run(run).args
+    for name in toy_fields:
+        assert getattr(args, name) == getattr(expected, name), name
+    layer = tasks.COUNTERFACT_LAYERS["toy-small"]
+    assert args.layers == [layer]
+    assert args.max_epochs == 1
+    assert args.dataset_file == str(small_world.paths.counterfact_file)
+
+    # The flags reach the saved editor and its training log.
+    editor_config = editors.read_editor_config(run / "linear" / str(layer))
+    for option, value in expected.editor_options("linear").items():
+        assert getattr(editor_config, option) == value, option
+    train_log = json.loads((run / "linear" / str(layer) / "train_log.json").read_text())
+    expected_config = dataclasses.replace(expected.training_config(), max_epochs=1)
+    assert training.TrainingConfig.from_dict(train_log["config"]) == expected_config

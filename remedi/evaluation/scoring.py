@@ -134,7 +134,9 @@ def _score_batch(
         )
     with method.edit(mt, cases, prompts, offsets, inputs.attention_mask):
         logits = mt.model(**inputs).logits
-    log_probs = torch.log_softmax(logits[:, :-1].float(), dim=-1)
+    # float32 at least (half-precision logits lose the small probabilities), wider if the model is.
+    dtype = torch.promote_types(logits.dtype, torch.float32)
+    log_probs = torch.log_softmax(logits[:, :-1].to(dtype), dim=-1)
     token_log_probs = log_probs.gather(-1, inputs.input_ids[:, 1:, None]).squeeze(-1).double()
     # Position t predicts token t + 1: the mask of predicted target tokens starts at 1.
     mask = is_target[:, 1:].to(device=device, dtype=token_log_probs.dtype)
