@@ -120,18 +120,6 @@ def resources(tmp_path) -> evaluation.EvalResources:
     return evaluation.load_resources(tmp_path, batch_size=2, max_length=40, seed=3)
 
 
-def _single_log_prob(mt, prompt: str, target: str) -> float:
-    """log p(target | prompt) for one prompt, token by token, without batching."""
-    prompt_ids = mt.tokenizer(prompt)["input_ids"]
-    target_ids = mt.tokenizer(" " + target, add_special_tokens=False)["input_ids"]
-    ids = torch.tensor([prompt_ids + target_ids])
-    with torch.no_grad():
-        log_probs = torch.log_softmax(mt.model(input_ids=ids).logits[0].float(), dim=-1)
-    return sum(
-        log_probs[len(prompt_ids) + i - 1, token].item() for i, token in enumerate(target_ids)
-    )
-
-
 # --- cases -------------------------------------------------------------------------------------
 
 
@@ -158,20 +146,20 @@ def test_cases_join_records_with_samples_in_requested_order(cases):
 # --- probabilities -----------------------------------------------------------------------------
 
 
-def test_target_log_probs_is_the_whole_target_under_teacher_forcing(mt, cases):
+def test_target_log_probs_is_the_whole_target_under_teacher_forcing(mt64, cases):
     method = evaluation.Method()
     queries = [
         (cases[2], cases[2].prompt, "Eiffel painter"),  # a multi-token target
         (cases[0], cases[0].prompt, "Oslo"),
         (cases[1], "Xavi Bornadel, a famous singer from far away, is a citizen of", "Spain"),
     ]
-    assert len(mt.tokenizer(" Eiffel painter", add_special_tokens=False)["input_ids"]) > 1
-    batched = evaluation.target_log_probs(mt, method, queries, batch_size=3, scoring="sum")
-    expected = [_single_log_prob(mt, prompt, target) for _, prompt, target in queries]
-    # float32 logits, batched and padded vs. one sequence: a few ulps per token, summed.
-    np.testing.assert_allclose(batched, expected, rtol=1e-4, atol=1e-5)
-    one_by_one = evaluation.target_log_probs(mt, method, queries, batch_size=1, scoring="sum")
-    np.testing.assert_allclose(batched, one_by_one, rtol=1e-4, atol=1e-5)  # as above
+    assert len(mt64.tokenizer(" Eiffel painter", add_special_tokens=False)["input_ids"]) > 1
+    batched = evaluation.target_log_probs(mt64, method, queries, batch_size=3, scoring="sum")
+    expected = [sum(_token_log_probs(mt64, prompt, target)) for _, prompt, target in queries]
+    # float64 throughout: batched and padded vs. one sequence agree to rounding.
+    np.testing.assert_allclose(batched, expected, rtol=1e-10, atol=1e-10)
+    one_by_one = evaluation.target_log_probs(mt64, method, queries, batch_size=1, scoring="sum")
+    np.testing.assert_allclose(batched, one_by_one, rtol=1e-10, atol=1e-10)
 
 
 def test_mention_token_ranges_find_the_last_mention_or_nothing(tokenizer):
