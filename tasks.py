@@ -169,6 +169,7 @@ def toy_build(
         "clear_results": "Retrain layers that already have a saved editor.",
         "prompt": "CounterFact prompt: paraphrase (default, the reference's) or rewrite (ROME's).",
         "seed": "Seed of the split and of training (default 0).",
+        "random": "Train on the randomly initialised model (the paper's control model).",
     }
 )
 def train_counterfact(
@@ -181,11 +182,13 @@ def train_counterfact(
     clear_results: bool = False,
     prompt: str = "paraphrase",
     seed: int = 0,
+    random: bool = False,
 ) -> None:
     """Train a REMEDI editor on CounterFact at the paper's layer."""
+    random_suffix = "_random" if random else ""
     args = [
         "-n",
-        name or f"editors_counterfact_{_model_slug(model)}",
+        name or f"editors_counterfact_{_model_slug(model)}{random_suffix}",
         "-m",
         model,
         "-d",
@@ -205,6 +208,8 @@ def train_counterfact(
         args += ["--max-epochs", str(max_epochs)]
     if clear_results:
         args.append("--clear-results")
+    if random:
+        args.append("--random")
     _python(c, "scripts.train_editors", args)
 
 
@@ -216,6 +221,8 @@ def train_counterfact(
         "name": "Experiment name (default: eval_gen_counterfact_<model>).",
         "editors": "Experiment that trained the editors (default: x.train.counterfact's).",
         "rerun": "Recompute benchmarks whose result files are already complete.",
+        "random": "Evaluate on the randomly initialised model (editors from x.train.counterfact "
+        "--random).",
     }
 )
 def eval_gen_counterfact(
@@ -226,21 +233,25 @@ def eval_gen_counterfact(
     name: str | None = None,
     editors: str | None = None,
     rerun: bool = False,
+    random: bool = False,
 ) -> None:
     """Evaluate the CounterFact editor and the prefix/replace/unedited baselines."""
     from remedi.env import results_dir
 
-    editors_dir = results_dir() / (editors or f"editors_counterfact_{_model_slug(model)}")
+    random_suffix = "_random" if random else ""
+    default_editors = f"editors_counterfact_{_model_slug(model)}{random_suffix}"
+    editors_dir = results_dir() / (editors or default_editors)
     if not editors_dir.is_dir():
         raise Exit(
             f"no trained editors for model {model!r} at {editors_dir}; train them first with\n"
             f"    invoke x.train.counterfact --model {model}"
+            + (" --random" if random else "")
             + (f" --device {device}" if device else ""),
             code=EXIT_BAD_INPUT,
         )
     args = [
         "-n",
-        name or f"eval_gen_counterfact_{_model_slug(model)}",
+        name or f"eval_gen_counterfact_{_model_slug(model)}{random_suffix}",
         "-e",
         str(editors_dir),
         "-m",
@@ -257,6 +268,8 @@ def eval_gen_counterfact(
         args += ["--device", device]
     if rerun:
         args.append("--rerun")
+    if random:
+        args.append("--random")
     _python(c, "scripts.eval_fact_gen", args)
 
 

@@ -403,11 +403,22 @@ def _load_error(name_or_path: str, source: str, error: Exception) -> ModelLoadEr
     )
 
 
+RANDOM_INIT_SEED = 123456
+"""The reference's seed for the randomly initialised control model (``random_init_model.py``)."""
+
+
+def random_model_name(name_or_path: str, seed: int = RANDOM_INIT_SEED) -> str:
+    """The name a randomly initialised copy of ``name_or_path`` goes by (in results, editors)."""
+    return f"{name_or_path}+random{seed}"
+
+
 def load_model(
     name_or_path: str,
     device: str | torch.device | None = None,
     dtype: torch.dtype | str | None = None,
     device_map: str | dict[str, Any] | None = None,
+    random_init: bool = False,
+    random_seed: int = RANDOM_INIT_SEED,
 ) -> ModelAndTokenizer:
     """Load a causal LM and its tokenizer, frozen and in eval mode.
 
@@ -421,6 +432,10 @@ def load_model(
             billion parameters on a GPU.
         device_map: Passed to ``from_pretrained`` (e.g. ``"auto"`` to spread a model that does
             not fit one GPU over several with accelerate).
+        random_init: The paper's control model: the same architecture and tokenizer with
+            weights drawn by the model's own initialisation (seeded with ``random_seed``), as
+            the reference's ``model.init_weights()``. The trained weights are never read. Its
+            name is :func:`random_model_name`.
 
     Raises:
         ModelLoadError: The model cannot be found locally or downloaded.
@@ -441,14 +456,17 @@ def load_model(
     )
     logger.info("loading %s from %s as %s on %s", name_or_path, source, torch_dtype, target)
     try:
-        model = transformers.AutoModelForCausalLM.from_pretrained(
-            source,
-            config=config,
-            dtype=torch_dtype,
-            # A single device loads the weights straight there (no copy on the CPU first).
-            device_map=device_map if device_map is not None else target,
-            **hub_kwargs,
-        )
+        if random_init:
+            model = _random_model(config, torch_dtype, target, random_seed)
+        else:
+            model = transformers.AutoModelForCausalLM.from_pretrained(
+                source,
+                config=config,
+                dtype=torch_dtype,
+                # A single device loads the weights straight there (no copy on the CPU first).
+                device_map=device_map if device_map is not None else target,
+                **hub_kwargs,
+            )
         tokenizer = transformers.AutoTokenizer.from_pretrained(source, **hub_kwargs)
     except OSError as error:
         raise _load_error(name_or_path, source, error) from error
@@ -467,4 +485,16 @@ def load_model(
     generation_config = getattr(model, "generation_config", None)
     if generation_config is not None and generation_config.pad_token_id is None:
         generation_config.pad_token_id = tokenizer.pad_token_id
-    return ModelAndTokenizer(model=model, tokenizer=tokenizer, name=name_or_path)
+    name = random_model_name(name_or_path, random_seed) if random_init else name_or_path
+    return ModelAndTokenizer(model=model, tokenizer=tokenizer, name=name)
+
+
+def _random_model(
+    config: Any, dtype: torch.dtype, device: torch.device, seed: int
+) -> transformers.PreTrainedModel:
+    """A model of ``config`` with freshly initialised weights, seeded, global RNG untouched."""
+    logger.info("initialising a random model (seed %d) instead of loading weights", seed)
+    with torch.random.fork_rng(devices=[]), torch.device(device):
+        torch.manual_seed(seed)
+        model = transformers.AutoModelForCausalLM.from_config(config, dtype=dtype)
+    return model

@@ -540,6 +540,8 @@ class RunArgs(DataClassJsonMixin):
     """None: every layer of the model."""
     editor_types: list[str] = field(default_factory=lambda: ["linear"])
     dataset_file: str | None = None
+    random_init: bool = False
+    """Train on the randomly initialised control model (``models.load_model(random_init=True)``)."""
     counterfact_prompt: str = "paraphrase"
     """CounterFact samples' prompt: "paraphrase" (the cleaned first paraphrase prompt, as in
     the REMEDI reference) or "rewrite" (see ``remedi.data.counterfact_record_sample``)."""
@@ -797,7 +799,9 @@ def train_run(
         clear_run(directory)
     seed_everything(args.seed)
     if mt is None:
-        mt = models.load_model(args.model, device=args.device, dtype=args.dtype)
+        mt = models.load_model(
+            args.model, device=args.device, dtype=args.dtype, random_init=args.random_init
+        )
     layers = list(args.layers) if args.layers is not None else list(models.determine_layers(mt))
     models.determine_layer_paths(mt.model, layers)
 

@@ -70,6 +70,12 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         "--world-file", type=Path, help="toy world.json (default: next to the dataset file)"
     )
     parser.add_argument("--rerun", action="store_true", help="recompute finished benchmarks")
+    parser.add_argument(
+        "--random",
+        action="store_true",
+        help="evaluate on the randomly initialised model (default: what the editors were "
+        "trained on)",
+    )
     parser.add_argument("--max-cases", type=int, help="evaluate only the first N cases")
     parser.add_argument("--seed", type=int, default=0, help="seed of generation and replacements")
     parser.add_argument("--batch-size", type=int, default=evaluation.DEFAULT_BATCH_SIZE)
@@ -117,6 +123,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             dataset_file = Path(run.args.dataset_file)
         if prompt_source is None:
             prompt_source = run.args.counterfact_prompt
+        args.random = args.random or run.args.random_init
     prompt_source = prompt_source or "paraphrase"
     records = data.load_counterfact_records(dataset_file)
     cases = evaluation.counterfact_cases(records, test_ids, prompt_source=prompt_source)
@@ -139,7 +146,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         prompt_source=prompt_source,
     )
 
-    mt = models.load_model(args.model, device=device, dtype=args.dtype)
+    mt = models.load_model(args.model, device=device, dtype=args.dtype, random_init=args.random)
     methods: list[evaluation.Method] = []
     if args.editors_dir is not None:
         methods.append(

@@ -16,7 +16,7 @@ from collections.abc import Sequence
 
 import torch
 
-from remedi import cli, data, editors, training
+from remedi import cli, data, editors, models, training
 
 
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
@@ -109,6 +109,12 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     )
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument(
+        "--random",
+        action="store_true",
+        help="train on the randomly initialised model (same architecture and tokenizer, seed "
+        f"{models.RANDOM_INIT_SEED}), the paper's control model",
+    )
+    parser.add_argument(
         "--clear-results", action="store_true", help="retrain editors that are already saved"
     )
     return parser.parse_args(argv)
@@ -123,6 +129,7 @@ def run_args(args: argparse.Namespace) -> training.RunArgs:
         layers=args.layers,
         editor_types=list(dict.fromkeys(args.editor_types)),
         dataset_file=args.dataset_file,
+        random_init=args.random,
         counterfact_prompt=args.counterfact_prompt,
         max_epochs=args.max_epochs,
         batch_size=args.batch_size,

@@ -176,6 +176,31 @@ def test_load_model_from_directory(saved_gpt2: Path, gpt2_model):
     )
 
 
+def test_random_init_is_the_same_architecture_with_fresh_seeded_weights(
+    saved_gpt2: Path, gpt2_model
+):
+    state = torch.random.get_rng_state()
+    first = models.load_model(str(saved_gpt2), random_init=True)
+    assert torch.equal(torch.random.get_rng_state(), state)  # the global RNG is left alone
+    assert first.name == models.random_model_name(str(saved_gpt2)) == f"{saved_gpt2}+random123456"
+    assert first.model.config.to_dict() == models.load_model(str(saved_gpt2)).model.config.to_dict()
+    assert first.tokenizer.get_vocab() == models.load_model(str(saved_gpt2)).tokenizer.get_vocab()
+    assert all(not parameter.requires_grad for parameter in first.model.parameters())
+    trained = dict(gpt2_model.named_parameters())
+    # Every weight matrix is redrawn; none is the trained one.
+    for name, parameter in first.model.named_parameters():
+        if parameter.dim() > 1:
+            assert not torch.equal(parameter, trained[name]), name
+    again = models.load_model(str(saved_gpt2), random_init=True)
+    other = models.load_model(str(saved_gpt2), random_init=True, random_seed=1)
+    weight = first.model.transformer.h[0].attn.c_attn.weight
+    assert torch.equal(again.model.transformer.h[0].attn.c_attn.weight, weight)
+    assert not torch.equal(other.model.transformer.h[0].attn.c_attn.weight, weight)
+    # The model's own initialisation: GPT-2 draws weights with std initializer_range.
+    std = first.model.config.initializer_range
+    assert weight.std().item() == pytest.approx(std, rel=0.1)
+
+
 def test_load_model_explicit_dtype_wins(saved_gpt2: Path):
     assert models.load_model(str(saved_gpt2), dtype="bf16").dtype == torch.bfloat16
     assert models.load_model(str(saved_gpt2), dtype=torch.float16).dtype == torch.float16

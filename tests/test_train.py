@@ -566,3 +566,29 @@ def test_the_loss_reads_the_right_tokens_when_the_tokenizer_adds_bos(llama_token
     assert terms["kl"] > 1e-4
     assert terms["kl"] == pytest.approx(torch.stack(kls).mean().item(), rel=1e-10)
     assert loss.item() == pytest.approx(terms["mediated"] + terms["unmediated"] + terms["kl"])
+
+
+def test_random_control_editors_belong_to_the_random_model(
+    gpt2_model, tokenizer, results, tmp_path
+):
+    from scripts import train_editors
+
+    model_dir = tmp_path / "tiny-model"
+    gpt2_model.save_pretrained(model_dir)
+    tokenizer.save_pretrained(model_dir)
+    argv = ["-n", "random_run", "-m", str(model_dir), "-l", "0", "--random", "--device", "cpu"]
+    argv += ["--max-epochs", "1", "--batch-size", "2", "--test-size", "0.25", "--hold-out", "0.34"]
+    argv += ["--dataset-file", str(FIXTURES / "counterfact_sample.json")]
+    args = train_editors.run_args(train_editors.parse_args(argv))
+    assert args.random_init
+    directory = training.train_run(args)
+    assert training.load_run(directory).args.random_init
+    random_name = models.random_model_name(str(model_dir))
+    assert editors.read_editor_config(directory / "linear" / "0").model_name == random_name
+    # The editor edits the random model's representations: it refuses the trained model.
+    with pytest.raises(ValueError, match="random"):
+        training.load_run_editor(directory, 0, mt=models.load_model(str(model_dir)))
+    editor = training.load_run_editor(
+        directory, 0, mt=models.load_model(str(model_dir), random_init=True)
+    )
+    assert editor.layer == 0
