@@ -115,8 +115,28 @@ def test_the_script_writes_one_result_per_benchmark_and_a_summary(setup, results
     assert isinstance(relation, evaluation.RelationSpecificityResults) and relation.available
     markdown = (experiment / "summary.md").read_text()
     latex = (experiment / "summary.tex").read_text()
-    for label in ("REMEDI (layer 0)", "Prefix", "Replace", "Unedited"):
-        assert f"| {label} |" in markdown and f"{label} &" in latex
+    headers = ["Method", "N", *(column.header for column in report.COLUMNS)]
+    for method, label in zip(
+        METHODS, ("REMEDI (layer 0)", "Prefix", "Replace", "Unedited"), strict=True
+    ):
+        line = next(line for line in markdown.splitlines() if line.startswith(f"| {label} |"))
+        cells = dict(zip(headers, [c.strip() for c in line.strip("|").split("|")], strict=True))
+        latex_line = next(line for line in latex.splitlines() if line.startswith(f"{label} &"))
+        latex_cells = [c.strip() for c in latex_line.removesuffix(r" \\").split("&")]
+        # The tables show the numbers of the result files, on ROME's scale.
+        scores = {}
+        for name in ("efficacy", "paraphrase", "neighborhood"):
+            result = evaluation.read_result(experiment / method / f"{name}.json", name)
+            assert isinstance(result, evaluation.ProbabilityResults)
+            scores[name] = 100 * result.metrics.score.mean
+            header = name.capitalize()
+            assert cells[header] == f"{scores[name]:.1f}"
+            latex_cell = latex_cells[headers.index(header)]
+            assert latex_cell.removeprefix(r"\textbf{").removesuffix("}") == cells[header]
+        generation = evaluation.read_result(experiment / method / "generation.json", "generation")
+        assert isinstance(generation, evaluation.GenerationResults)
+        assert cells["Fluency"] == f"{100 * generation.fluency.mean:.1f}"
+        assert cells["Score"] == f"{report.harmonic_mean(list(scores.values())):.1f}"
     assert (experiment / "summary.png").read_bytes().startswith(b"\x89PNG")
     assert (experiment / evaluation.runner.ESSENCE_REFERENCES_FILE).is_file()
     # The printed table has one row per method and says where the plot is.

@@ -560,3 +560,63 @@ def test_generation_and_relations_run_weight_edits_per_case(mt, mt64, cases, res
         assert text == alone[0]
     result = evaluation.relation_specificity(mt, method, cases, resources)
     assert result.available and len(result.cases) == 3
+
+
+# --- a SentencePiece/Llama-style tokenizer that adds BOS ----------------------------------------
+
+
+@pytest.fixture(scope="module")
+def llama64(llama_tokenizer) -> ModelAndTokenizer:
+    from tests.model_fixtures import tiny_llama
+
+    model = tiny_llama(llama_tokenizer, initializer_range=0.2).double().requires_grad_(False)
+    return ModelAndTokenizer(model=model, tokenizer=llama_tokenizer, name="tiny-llama")
+
+
+def test_scoring_with_a_bos_tokenizer_reads_the_target_tokens_only(llama64, cases):
+    tokenizer = llama64.tokenizer
+    queries = [
+        (cases[2], cases[2].prompt, "Eiffel painter"),
+        (cases[0], "Kelo Vantri, who was born far away, lives in the city of", "Lisbon"),
+    ]
+    for scoring in evaluation.TARGET_SCORINGS:
+        scores = evaluation.target_log_probs(llama64, evaluation.Method(), queries, 2, scoring)
+        for (_, prompt, target), score in zip(queries, scores, strict=True):
+            full = tokenizer(f"{prompt} {target}")["input_ids"]
+            prompt_ids = tokenizer(prompt)["input_ids"]
+            assert full[0] == tokenizer.bos_token_id and full[: len(prompt_ids)] == prompt_ids
+            with torch.no_grad():
+                logits = llama64.model(input_ids=torch.tensor([full])).logits[0]
+            log_probs = torch.log_softmax(logits, dim=-1)
+            target_log_probs = [
+                log_probs[position - 1, full[position]].item()
+                for position in range(len(prompt_ids), len(full))
+            ]
+            expected = {
+                "mean": float(np.mean(target_log_probs)),
+                "sum": float(np.sum(target_log_probs)),
+                "first": target_log_probs[0],
+            }[scoring]
+            # float64 model: batched and right-padded vs. alone agree to rounding.
+            assert score == pytest.approx(expected, rel=1e-9, abs=1e-9), (scoring, prompt)
+
+
+def test_remedi_edits_the_mention_after_a_bos_token(llama64, cases):
+    editor = editors.new_editor("identity", llama64, layer=0)
+    method = evaluation.RemediMethod(llama64, editor, cases[:1], alpha=20.0)
+    prompts = ["Kelo Vantri lives in", "In the city, Kelo Vantri lives in"]
+    inputs = llama64.tokenizer(
+        prompts, return_tensors="pt", padding=True, return_offsets_mapping=True
+    )
+    offsets = inputs.pop("offset_mapping")
+    ranges = evaluation.mention_token_ranges(
+        prompts, ["Kelo Vantri"] * 2, offsets, inputs["attention_mask"]
+    )
+    for row, prompt in enumerate(prompts):
+        start, end = ranges[row].tolist()
+        assert end == start + 1 and start > 0  # never BOS
+        assert offsets[row, start, 1].item() == prompt.index("Kelo Vantri") + len("Kelo Vantri")
+    queries = [(cases[0], prompt, "Lisbon") for prompt in prompts]
+    edited = evaluation.target_log_probs(llama64, method, queries, batch_size=2)
+    plain = evaluation.target_log_probs(llama64, evaluation.Method(), queries, batch_size=2)
+    assert np.all(np.abs(edited - plain) > 1e-6)
