@@ -7,7 +7,6 @@ everything they compute lives in the ``remedi`` package. Run ``invoke --list`` t
 from __future__ import annotations
 
 import contextlib
-import os
 import shlex
 import sys
 from collections.abc import Iterator
@@ -286,17 +285,11 @@ def _toy_world_of_seed(seed: int) -> Iterator[None]:
     if seed == 0:
         yield
         return
-    saved = {key: os.environ.get(key) for key in ("REMEDI_MODELS_DIR", "REMEDI_DATA_DIR")}
-    os.environ["REMEDI_MODELS_DIR"] = str(env.models_dir() / f"seed-{seed}")
-    os.environ["REMEDI_DATA_DIR"] = str(env.data_dir() / f"seed-{seed}")
-    try:
+    with env.overridden(
+        REMEDI_MODELS_DIR=env.models_dir() / f"seed-{seed}",
+        REMEDI_DATA_DIR=env.data_dir() / f"seed-{seed}",
+    ):
         yield
-    finally:
-        for key, value in saved.items():
-            if value is None:
-                os.environ.pop(key, None)
-            else:
-                os.environ[key] = value
 
 
 def _parse_seeds(seeds: str) -> list[int]:

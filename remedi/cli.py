@@ -74,8 +74,8 @@ class _RunState:
 _ACTIVE_RUN: ContextVar[_RunState | None] = ContextVar("remedi_cli_run", default=None)
 
 
-class _DebugAction(argparse.Action):
-    """``--debug``: store True, and have the running :func:`run` print tracebacks."""
+class _FlagAction(argparse.Action):
+    """A flag that stores True and then acts at once (while the script parses)."""
 
     def __init__(self, option_strings: Sequence[str], dest: str, **kwargs: Any) -> None:
         super().__init__(option_strings, dest, nargs=0, default=False, **kwargs)
@@ -88,25 +88,25 @@ class _DebugAction(argparse.Action):
         option_string: str | None = None,
     ) -> None:
         setattr(namespace, self.dest, True)
+        self.on_set()
+
+    def on_set(self) -> None:
+        """What the flag does beyond storing True."""
+
+
+class _DebugAction(_FlagAction):
+    """``--debug``: store True, and have the running :func:`run` print tracebacks."""
+
+    def on_set(self) -> None:
         state = _ACTIVE_RUN.get()
         if state is not None:
             state.debug = True
 
 
-class _VerboseAction(argparse.Action):
+class _VerboseAction(_FlagAction):
     """``-v``: store True, and log remedi's debug messages."""
 
-    def __init__(self, option_strings: Sequence[str], dest: str, **kwargs: Any) -> None:
-        super().__init__(option_strings, dest, nargs=0, default=False, **kwargs)
-
-    def __call__(
-        self,
-        parser: argparse.ArgumentParser,
-        namespace: argparse.Namespace,
-        values: Any,
-        option_string: str | None = None,
-    ) -> None:
-        setattr(namespace, self.dest, True)
+    def on_set(self) -> None:
         logging.getLogger("remedi").setLevel(logging.DEBUG)
 
 

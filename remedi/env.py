@@ -15,7 +15,9 @@ and users can redirect it with an environment variable:
 
 from __future__ import annotations
 
+import contextlib
 import os
+from collections.abc import Iterator
 from pathlib import Path
 
 
@@ -57,3 +59,22 @@ def data_dir() -> Path:
 def shared_data_dir() -> Path:
     """Return the directory of real public data files for tests and benchmarks."""
     return _dir_from_env("REMEDI_SHARED_DATA", home_dir().parent / "shared" / "data")
+
+
+@contextlib.contextmanager
+def overridden(**variables: str | Path) -> Iterator[None]:
+    """Set environment variables (e.g. ``REMEDI_MODELS_DIR=...``) while inside; restore after.
+
+    Functions here read the environment at call time, and subprocesses started inside inherit
+    it, so this redirects everything the block runs.
+    """
+    saved = {key: os.environ.get(key) for key in variables}
+    os.environ.update({key: str(value) for key, value in variables.items()})
+    try:
+        yield
+    finally:
+        for key, value in saved.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value

@@ -68,3 +68,16 @@ def test_written_files_get_the_usual_permissions(tmp_path: Path):
     umask = os.umask(0)
     os.umask(umask)
     assert path.stat().st_mode & 0o777 == 0o666 & ~umask
+
+
+def test_overridden_sets_and_restores_variables(tmp_path, monkeypatch):
+    monkeypatch.setenv("REMEDI_MODELS_DIR", "/somewhere")
+    monkeypatch.delenv("REMEDI_DATA_DIR", raising=False)
+    with env.overridden(REMEDI_MODELS_DIR=tmp_path / "m", REMEDI_DATA_DIR=tmp_path / "d"):
+        assert env.models_dir() == (tmp_path / "m").resolve()
+        assert env.data_dir() == (tmp_path / "d").resolve()
+    assert os.environ["REMEDI_MODELS_DIR"] == "/somewhere"
+    assert "REMEDI_DATA_DIR" not in os.environ
+    with pytest.raises(RuntimeError), env.overridden(REMEDI_DATA_DIR=tmp_path):
+        raise RuntimeError("restored even on error")
+    assert "REMEDI_DATA_DIR" not in os.environ

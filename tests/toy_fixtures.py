@@ -16,16 +16,15 @@ for it; the environment variables are set only while building, so use :func:`toy
 
 from __future__ import annotations
 
-import os
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import pytest
 
+from remedi import env
 from remedi.toy.build import ToyWorldPaths, ensure_toy_world, read_build_report
 
 
@@ -38,20 +37,9 @@ class BuiltToyWorld:
     build_seconds: float
 
 
-@contextmanager
-def toy_dirs(models_dir: Path, data_dir: Path) -> Iterator[None]:
+def toy_dirs(models_dir: Path, data_dir: Path) -> AbstractContextManager[None]:
     """Set REMEDI_MODELS_DIR and REMEDI_DATA_DIR for the duration of the block."""
-    saved = {key: os.environ.get(key) for key in ("REMEDI_MODELS_DIR", "REMEDI_DATA_DIR")}
-    os.environ["REMEDI_MODELS_DIR"] = str(models_dir)
-    os.environ["REMEDI_DATA_DIR"] = str(data_dir)
-    try:
-        yield
-    finally:
-        for key, value in saved.items():
-            if value is None:
-                os.environ.pop(key, None)
-            else:
-                os.environ[key] = value
+    return env.overridden(REMEDI_MODELS_DIR=models_dir, REMEDI_DATA_DIR=data_dir)
 
 
 _BUILT: dict[str, BuiltToyWorld] = {}
