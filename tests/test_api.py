@@ -1,8 +1,8 @@
 """The one-call API on the small toy world: edit, generate, probe, errors, and the README snippet.
 
-One editor is trained per module exactly as ``invoke x.train.counterfact --model toy-small``
-trains it (the task's flags, seed 0, ~15 s), under the task's run name, so the README snippet
-runs here unchanged.
+One editor is trained per module exactly as
+``invoke x.train.counterfact --model toy-small --prompt rewrite`` trains it (the task's flags, seed 0,
+~15 s), under the task's run name, so the README snippet runs here unchanged.
 """
 
 from __future__ import annotations
@@ -48,6 +48,9 @@ def trained(
         *("-n", RUN_NAME, "-m", "toy-small", "-d", "counterfact", "-l", "0"),
         *("--dataset-file", str(small_world.paths.counterfact_file)),
         *tasks.TOY_TRAINING_FLAGS,
+        # As the README says: rewrite prompts, which the toy LM knows (its paraphrase prompts
+        # are templates held out from its training), so the unedited LM never prefers the new value.
+        *("--counterfact-prompt", "rewrite"),
     ]
     args = train_editors.run_args(train_editors.parse_args(argv))
     args.device = "cpu"
