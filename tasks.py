@@ -354,6 +354,157 @@ def quickstart(
     _python(c, "scripts.summarize_runs", ["-n", name, "--title", title, *evaluations])
 
 
+# ---------------------------------------------------------------------------------------
+# Probing: classification with REMEDI directions, and fact mediation.
+
+# The layer the paper reads the entity at for classification (REMEDI's "entity layer"), per
+# model and dataset; the toy model's was measured (last token, layers 0-3 on the toy world's
+# held-out split: Fact-Med F1 0.25/0.29/0.30/0.32, MCC 0.02/0.09/0.09/0.14).
+ENTITY_LAYERS = {
+    "counterfact": {
+        "gptj": 26,
+        "EleutherAI/gpt-j-6B": 26,
+        "gpt2-xl": 34,
+        "gpt2": 10,
+        "toy": 3,
+        "toy-small": 3,
+    },
+    "biosbias": {"gptj": 15, "EleutherAI/gpt-j-6B": 15, "gpt2-xl": 37, "gpt2": 11},
+}
+
+
+def _entity_layer_for(model: str, dataset: str, entity_layer: int | None) -> int:
+    if entity_layer is not None:
+        return entity_layer
+    known = ENTITY_LAYERS[dataset]
+    if model in known:
+        return known[model]
+    raise Exit(
+        f"no default {dataset} entity layer is known for model {model!r}; pass --entity-layer N "
+        f"(known defaults: {', '.join(sorted(known))})",
+        code=EXIT_BAD_INPUT,
+    )
+
+
+def _editors_dir_or_exit(model: str, editors: str | None, random: bool, device: str | None) -> Path:
+    from remedi.env import results_dir
+
+    random_suffix = "_random" if random else ""
+    directory = results_dir() / (
+        editors or f"editors_counterfact_{_model_slug(model)}{random_suffix}"
+    )
+    if not directory.is_dir():
+        raise Exit(
+            f"no trained editors for model {model!r} at {directory}; train them first with\n"
+            f"    invoke x.train.counterfact --model {model}"
+            + (" --random" if random else "")
+            + (f" --device {device}" if device else ""),
+            code=EXIT_BAD_INPUT,
+        )
+    return directory
+
+
+@task(
+    help={
+        "model": f"Model name or alias (default {DEFAULT_MODEL}; 'toy' for the offline default).",
+        "device": "Device, e.g. cuda or cpu (default: cuda if available).",
+        "layer": "Editor layer (default: the paper's layer for the model).",
+        "entity_layer": "Layer the entity is read at (default: the paper's for the model).",
+        "name": "Experiment name (default: eval_cls_counterfact_<model>).",
+        "editors": "Experiment that trained the editors (default: x.train.counterfact's).",
+        "control_editors": "Experiment that trained the Control Model's editors (default: "
+        "x.train.counterfact --random's; the row is left out if it does not exist).",
+        "rerun": "Recompute finished results.",
+        "random": "Probe the randomly initialised model itself (its editors as REMEDI).",
+    }
+)
+def eval_cls_counterfact(
+    c: Context,
+    model: str = DEFAULT_MODEL,
+    device: str | None = None,
+    layer: int | None = None,
+    entity_layer: int | None = None,
+    name: str | None = None,
+    editors: str | None = None,
+    control_editors: str | None = None,
+    rerun: bool = False,
+    random: bool = False,
+) -> None:
+    """Fact classification with REMEDI directions: F1/MCC of Fact-Med and Fact-Prior, with the
+    identity editor, the control task and the control model."""
+    from remedi.env import results_dir
+
+    editors_dir = _editors_dir_or_exit(model, editors, False, device)
+    control_dir = results_dir() / (
+        control_editors or f"editors_counterfact_{_model_slug(model)}_random"
+    )
+    args = [
+        "-n",
+        name or f"eval_cls_counterfact_{_model_slug(model)}",
+        "-e",
+        str(editors_dir),
+        "-m",
+        model,
+        "-l",
+        str(_layer_for(model, layer)),
+        "--entity-layers",
+        str(_entity_layer_for(model, "counterfact", entity_layer)),
+    ]
+    if random:
+        # The random model's own editors stand in for REMEDI (no trained-model rows).
+        args[3] = str(_editors_dir_or_exit(model, control_editors, True, device))
+        args[1] = name or f"eval_cls_counterfact_{_model_slug(model)}_random"
+        args.append("--random")
+    elif control_dir.is_dir():
+        args += ["--control-editors-dir", str(control_dir)]
+    else:
+        print(
+            f"no control-model editors at {control_dir}: the Control Model row is left out "
+            f"(train them with: invoke x.train.counterfact --model {model} --random)"
+        )
+    if device:
+        args += ["--device", device]
+    if rerun:
+        args.append("--rerun")
+    _python(c, "scripts.eval_fact_cls", args)
+
+
+@task(
+    help={
+        "model": f"Model name or alias (default {DEFAULT_MODEL}; 'toy' for the offline default).",
+        "device": "Device, e.g. cuda or cpu (default: cuda if available).",
+        "name": "Experiment name (default: eval_med_counterfact_<model>).",
+        "rerun": "Recompute a finished result.",
+        "random": "Evaluate the randomly initialised model.",
+    }
+)
+def eval_med_counterfact(
+    c: Context,
+    model: str = DEFAULT_MODEL,
+    device: str | None = None,
+    name: str | None = None,
+    rerun: bool = False,
+    random: bool = False,
+) -> None:
+    """Fact mediation: how often the unedited LM follows CounterFact's fact in context and keeps
+    its prior out of context."""
+    random_suffix = "_random" if random else ""
+    args = [
+        "-n",
+        name or f"eval_med_counterfact_{_model_slug(model)}{random_suffix}",
+        "-m",
+        model,
+        *_toy_dataset_args(model),
+    ]
+    if device:
+        args += ["--device", device]
+    if rerun:
+        args.append("--rerun")
+    if random:
+        args.append("--random")
+    _python(c, "scripts.eval_fact_mediation", args)
+
+
 toy = Collection("toy")
 toy.add_task(toy_build, name="build", default=True)
 
@@ -364,6 +515,12 @@ gen = Collection("gen")
 gen.add_task(eval_gen_counterfact, name="counterfact")
 evaluate = Collection("eval")
 evaluate.add_collection(gen)
+cls_collection = Collection("cls")
+cls_collection.add_task(eval_cls_counterfact, name="counterfact")
+evaluate.add_collection(cls_collection)
+med = Collection("med")
+med.add_task(eval_med_counterfact, name="counterfact")
+evaluate.add_collection(med)
 
 x = Collection("x")
 x.add_collection(toy)
