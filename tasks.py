@@ -505,11 +505,116 @@ def eval_med_counterfact(
     _python(c, "scripts.eval_fact_mediation", args)
 
 
+# ---------------------------------------------------------------------------------------
+# McRae entailment. McRae is real-world knowledge: on the toy LM the numbers mean nothing; the
+# tasks run on any Hugging Face model (the paper: GPT-J, GPT-2 XL).
+
+
+@task(
+    help={
+        "model": f"Model name or alias (default {DEFAULT_MODEL}).",
+        "device": "Device, e.g. cuda or cpu (default: cuda if available).",
+        "layer": "Edit layer (default: the paper's CounterFact layer for the model).",
+        "name": "Experiment name (default: editors_mcrae_<model>).",
+        "file": "McRae norms file (default: <shared data>/mcrae/CONCS_FEATS_concstats_brm.txt).",
+        "max_epochs": "Upper bound on training epochs.",
+        "random": "Train on the randomly initialised model.",
+    }
+)
+def train_mcrae(
+    c: Context,
+    model: str = DEFAULT_MODEL,
+    device: str | None = None,
+    layer: int | None = None,
+    name: str | None = None,
+    file: str | None = None,
+    max_epochs: int | None = None,
+    random: bool = False,
+) -> None:
+    """Train a REMEDI editor on McRae feature-norm samples."""
+    random_suffix = "_random" if random else ""
+    args = [
+        "-n",
+        name or f"editors_mcrae_{_model_slug(model)}{random_suffix}",
+        "-m",
+        model,
+        "-d",
+        "mcrae",
+        "-l",
+        str(_layer_for(model, layer)),
+    ]
+    if file:
+        args += ["--dataset-file", file]
+    if device:
+        args += ["--device", device]
+    if max_epochs is not None:
+        args += ["--max-epochs", str(max_epochs)]
+    if random:
+        args.append("--random")
+    _python(c, "scripts.train_editors", args)
+
+
+@task(
+    help={
+        "model": f"Model name or alias (default {DEFAULT_MODEL}).",
+        "device": "Device, e.g. cuda or cpu (default: cuda if available).",
+        "name": "Experiment name (default: eval_ent_mcrae_<model>).",
+        "editors": "Experiment that trained the editors (default: x.train.mcrae's).",
+        "max_samples": "Evaluate only the first N held-out samples.",
+        "rerun": "Recompute finished results.",
+        "random": "Evaluate on the randomly initialised model (editors from x.train.mcrae "
+        "--random).",
+    }
+)
+def eval_ent_mcrae(
+    c: Context,
+    model: str = DEFAULT_MODEL,
+    device: str | None = None,
+    name: str | None = None,
+    editors: str | None = None,
+    max_samples: int | None = None,
+    rerun: bool = False,
+    random: bool = False,
+) -> None:
+    """McRae entailment: Δp and correlation of co-occurring, original and unrelated features
+    under No Edit, Prefix and REMEDI."""
+    from remedi.env import results_dir
+
+    random_suffix = "_random" if random else ""
+    editors_dir = results_dir() / (editors or f"editors_mcrae_{_model_slug(model)}{random_suffix}")
+    if not editors_dir.is_dir():
+        raise Exit(
+            f"no trained McRae editors for model {model!r} at {editors_dir}; train them first "
+            f"with\n    invoke x.train.mcrae --model {model}"
+            + (" --random" if random else "")
+            + (f" --device {device}" if device else ""),
+            code=EXIT_BAD_INPUT,
+        )
+    args = [
+        "-n",
+        name or f"eval_ent_mcrae_{_model_slug(model)}{random_suffix}",
+        "-e",
+        str(editors_dir),
+        "-m",
+        model,
+    ]
+    if device:
+        args += ["--device", device]
+    if max_samples is not None:
+        args += ["--max-samples", str(max_samples)]
+    if rerun:
+        args.append("--rerun")
+    if random:
+        args.append("--random")
+    _python(c, "scripts.eval_entailment", args)
+
+
 toy = Collection("toy")
 toy.add_task(toy_build, name="build", default=True)
 
 train = Collection("train")
 train.add_task(train_counterfact, name="counterfact")
+train.add_task(train_mcrae, name="mcrae")
 
 gen = Collection("gen")
 gen.add_task(eval_gen_counterfact, name="counterfact")
@@ -521,6 +626,9 @@ evaluate.add_collection(cls_collection)
 med = Collection("med")
 med.add_task(eval_med_counterfact, name="counterfact")
 evaluate.add_collection(med)
+ent = Collection("ent")
+ent.add_task(eval_ent_mcrae, name="mcrae")
+evaluate.add_collection(ent)
 
 x = Collection("x")
 x.add_collection(toy)

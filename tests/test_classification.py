@@ -280,7 +280,12 @@ def test_probing_tasks_are_listed_and_say_what_to_train_first(tmp_path):
 
     listing = run_invoke("--list")
     assert listing.returncode == 0, listing.stderr
-    for name in ("x.eval.cls.counterfact", "x.eval.med.counterfact"):
+    for name in (
+        "x.eval.cls.counterfact",
+        "x.eval.med.counterfact",
+        "x.train.mcrae",
+        "x.eval.ent.mcrae",
+    ):
         assert name in listing.stdout
     result = run_invoke(
         "x.eval.cls.counterfact", "--model", "gpt2", env={"REMEDI_RESULTS_DIR": str(tmp_path)}
