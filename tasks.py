@@ -609,6 +609,132 @@ def eval_ent_mcrae(
     _python(c, "scripts.eval_entailment", args)
 
 
+# ---------------------------------------------------------------------------------------
+# Layer sweeps (the reference's experiments/sweep.py): one evaluation per layer on a small
+# split, then every metric against the layer and the best layer (see remedi.sweep). Each step
+# skips what is finished, so a sweep resumes and never recomputes a finished layer.
+
+NUM_LAYERS = {
+    "gptj": 28,
+    "EleutherAI/gpt-j-6B": 28,
+    "gpt2-xl": 48,
+    "gpt2": 12,
+    "toy": 4,
+    "toy-small": 2,
+}
+SWEEP_SMALL_SAMPLES = 100
+"""Samples (cases) per layer in the gen and ent sweeps (the reference's --small split)."""
+
+
+def _sweep_layers(model: str, layers: str) -> list[int]:
+    if layers:
+        try:
+            return [int(layer) for layer in layers.replace(" ", ",").split(",") if layer]
+        except ValueError:
+            raise Exit(
+                f"--layers takes integers separated by commas, e.g. 0,1,2; got {layers!r}",
+                code=EXIT_BAD_INPUT,
+            ) from None
+    if model in NUM_LAYERS:
+        return list(range(NUM_LAYERS[model]))
+    raise Exit(
+        f"the number of layers of {model!r} is not known here; pass --layers 0,1,2,...",
+        code=EXIT_BAD_INPUT,
+    )
+
+
+def _collect_sweep(c: Context, kind: str, name: str, layers: list[int], title: str) -> None:
+    args = ["--kind", kind, "-n", name, "--layers", *map(str, layers), "--title", title]
+    _python(c, "scripts.sweep_layers", args)
+
+
+SWEEP_HELP = {
+    "model": f"Model name or alias (default {DEFAULT_MODEL}; 'toy' for the offline default).",
+    "device": "Device, e.g. cuda or cpu (default: cuda if available).",
+    "layers": "Layers to sweep, e.g. 0,1,2 (default: every layer of the model).",
+}
+
+
+@task(help=SWEEP_HELP)
+def sweep_gen_counterfact(
+    c: Context, model: str = DEFAULT_MODEL, device: str | None = None, layers: str = ""
+) -> None:
+    """Sweep the editing layer on CounterFact: train one editor per layer, evaluate efficacy,
+    paraphrase and neighborhood on a small split, pick the layer with the best score."""
+    swept = _sweep_layers(model, layers)
+    editors = f"editors_counterfact_{_model_slug(model)}_sweep"
+    name = f"sweep_gen_counterfact_{_model_slug(model)}"
+    train_args = ["-n", editors, "-m", model, "-d", "counterfact", "-l", *map(str, swept)]
+    train_args += [
+        *_toy_dataset_args(model),
+        *(TOY_TRAINING_FLAGS if model.startswith("toy") else []),
+    ]
+    if device:
+        train_args += ["--device", device]
+    _python(c, "scripts.train_editors", train_args)
+    from remedi.env import results_dir
+
+    for layer in swept:
+        args = ["-n", f"{name}/layer_{layer}", "-e", str(results_dir() / editors), "-m", model]
+        args += ["-l", str(layer), "-b", "efficacy", "paraphrase", "neighborhood"]
+        args += ["--max-cases", str(SWEEP_SMALL_SAMPLES), *_toy_dataset_args(model)]
+        if device:
+            args += ["--device", device]
+        _python(c, "scripts.eval_fact_gen", args)
+    _collect_sweep(c, "gen", name, swept, f"CounterFact editing layer sweep, {model}")
+
+
+@task(help={**SWEEP_HELP, "layer": "Editor layer (default: the paper's layer for the model)."})
+def sweep_cls_counterfact(
+    c: Context,
+    model: str = DEFAULT_MODEL,
+    device: str | None = None,
+    layers: str = "",
+    layer: int | None = None,
+) -> None:
+    """Sweep the entity layer of fact classification: the editor at its layer, the entity read
+    at each layer, pick the layer with the best Fact-Med F1."""
+    swept = _sweep_layers(model, layers)
+    editors_dir = _editors_dir_or_exit(model, None, False, device)
+    name = f"sweep_cls_counterfact_{_model_slug(model)}"
+    args = ["-n", name, "-e", str(editors_dir), "-m", model, "-l", str(_layer_for(model, layer))]
+    args += ["--entity-layers", *map(str, swept)]
+    if device:
+        args += ["--device", device]
+    _python(c, "scripts.eval_fact_cls", args)
+    _collect_sweep(c, "cls", name, swept, f"CounterFact entity layer sweep, {model}")
+
+
+@task(help={**SWEEP_HELP, "file": "McRae norms file (default: the shared data's)."})
+def sweep_ent_mcrae(
+    c: Context,
+    model: str = DEFAULT_MODEL,
+    device: str | None = None,
+    layers: str = "",
+    file: str | None = None,
+) -> None:
+    """Sweep the editing layer on McRae: train one editor per layer, evaluate entailment on a
+    small split, pick the layer whose co-occurring features correlate best with the norms."""
+    swept = _sweep_layers(model, layers)
+    editors = f"editors_mcrae_{_model_slug(model)}_sweep"
+    name = f"sweep_ent_mcrae_{_model_slug(model)}"
+    train_args = ["-n", editors, "-m", model, "-d", "mcrae", "-l", *map(str, swept)]
+    if file:
+        train_args += ["--dataset-file", file]
+    if device:
+        train_args += ["--device", device]
+    _python(c, "scripts.train_editors", train_args)
+    from remedi.env import results_dir
+
+    for layer in swept:
+        args = ["-n", f"{name}/layer_{layer}", "-e", str(results_dir() / editors), "-m", model]
+        args += ["-l", str(layer), "--max-samples", str(SWEEP_SMALL_SAMPLES)]
+        if device:
+            args += ["--device", device]
+        _python(c, "scripts.eval_entailment", args)
+    _collect_sweep(c, "ent", name, swept, f"McRae editing layer sweep, {model}")
+
+
 toy = Collection("toy")
 toy.add_task(toy_build, name="build", default=True)
 
@@ -630,10 +756,22 @@ ent = Collection("ent")
 ent.add_task(eval_ent_mcrae, name="mcrae")
 evaluate.add_collection(ent)
 
+sweep = Collection("sweep")
+sweep_gen = Collection("gen")
+sweep_gen.add_task(sweep_gen_counterfact, name="counterfact")
+sweep.add_collection(sweep_gen)
+sweep_cls = Collection("cls")
+sweep_cls.add_task(sweep_cls_counterfact, name="counterfact")
+sweep.add_collection(sweep_cls)
+sweep_ent = Collection("ent")
+sweep_ent.add_task(sweep_ent_mcrae, name="mcrae")
+sweep.add_collection(sweep_ent)
+
 x = Collection("x")
 x.add_collection(toy)
 x.add_collection(train)
 x.add_collection(evaluate)
+x.add_collection(sweep)
 x.add_task(quickstart)
 
 presubmit_collection = Collection("presubmit")

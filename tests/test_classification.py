@@ -285,6 +285,9 @@ def test_probing_tasks_are_listed_and_say_what_to_train_first(tmp_path):
         "x.eval.med.counterfact",
         "x.train.mcrae",
         "x.eval.ent.mcrae",
+        "x.sweep.gen.counterfact",
+        "x.sweep.cls.counterfact",
+        "x.sweep.ent.mcrae",
     ):
         assert name in listing.stdout
     result = run_invoke(
@@ -292,3 +295,37 @@ def test_probing_tasks_are_listed_and_say_what_to_train_first(tmp_path):
     )
     assert result.returncode != 0
     assert "invoke x.train.counterfact --model gpt2" in result.stderr
+
+
+def test_cls_sweep_plots_every_metric_and_picks_the_best_fact_med_f1(setup, monkeypatch):
+    from remedi import sweep
+
+    monkeypatch.setenv("REMEDI_RESULTS_DIR", str(setup["results"]))
+    argv = ["-n", "sweep_cls", "-e", str(setup["results"] / "editors"), "-m", str(setup["model"])]
+    assert eval_fact_cls.main([*argv, "--entity-layers", "0", "1", "--device", "cpu"]) == 0
+    experiment = setup["results"] / "sweep_cls"
+    result, files = sweep.write_sweep("cls", experiment, [0, 1])
+    f1 = {
+        layer: cls.read_result(cls.result_file(experiment, "remedi", layer)).metrics.contextual.f1
+        for layer in (0, 1)
+    }
+    assert result.best_layer == max(f1, key=lambda layer: (f1[layer], -layer))
+    assert [point.layer for point in result.points] == [0, 1]
+    assert (experiment / "sweep_layers.png").read_bytes()[:4] == b"\x89PNG"
+    assert files.markdown.is_file()
+    with pytest.raises(errors.MissingFileError, match="no results for any of layers"):
+        sweep.write_sweep("cls", experiment, [5])
+
+
+def test_best_layer_ignores_missing_and_nan_values():
+    from remedi import sweep
+
+    points = [
+        sweep.SweepPoint(0, {"m": 0.2}),
+        sweep.SweepPoint(1, {"m": float("nan")}),
+        sweep.SweepPoint(2, {"m": 0.5}),
+        sweep.SweepPoint(3, {}),
+        sweep.SweepPoint(4, {"m": 0.5}),
+    ]
+    assert sweep.best_layer(points, "m") == 2  # ties go to the lower layer
+    assert sweep.best_layer(points, "other") is None

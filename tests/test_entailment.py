@@ -126,3 +126,21 @@ def test_script_writes_the_three_rows_and_reuses_results(setup, monkeypatch, cap
     assert eval_entailment.main(argv) == 0
     assert [path.stat().st_mtime_ns for path in files] == mtimes
     assert (experiment / "summary.tex").is_file() and (experiment / "summary.png").is_file()
+
+
+def test_ent_sweep_reads_each_layers_remedi_result(setup, monkeypatch):
+    from remedi import sweep
+
+    monkeypatch.setenv("REMEDI_RESULTS_DIR", str(setup["results"]))
+    argv = ["-e", str(setup["results"] / "editors_mcrae"), "-m", str(setup["model"])]
+    argv += ["-l", "0", "--device", "cpu", "--max-samples", "3"]
+    assert eval_entailment.main(["-n", "sweep_ent/layer_0", *argv]) == 0
+    result, _ = sweep.write_sweep("ent", setup["results"] / "sweep_ent", [0, 1])
+    assert [point.layer for point in result.points] == [0]  # layer 1 was never evaluated
+    assert set(result.points[0].metrics) == {
+        "co.delta_p",
+        "orig.delta_p",
+        "unrel.delta_p",
+        "co.r",
+        "orig.r",
+    }
