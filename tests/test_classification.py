@@ -329,3 +329,14 @@ def test_best_layer_ignores_missing_and_nan_values():
     ]
     assert sweep.best_layer(points, "m") == 2  # ties go to the lower layer
     assert sweep.best_layer(points, "other") is None
+
+
+def test_cls_script_random_probes_the_control_model_with_its_own_editors(setup, monkeypatch):
+    monkeypatch.setenv("REMEDI_RESULTS_DIR", str(setup["results"]))
+    argv = ["-n", "cls_random", "-e", str(setup["results"] / "editors_random")]
+    argv += ["-m", str(setup["model"]), "--device", "cpu", "--random"]
+    assert eval_fact_cls.main(argv) == 0
+    result = cls.read_result(cls.result_file(setup["results"] / "cls_random", "remedi", 0))
+    assert result is not None and result.settings.random_init
+    with pytest.raises(errors.UsageError, match="needs editors trained on the random model"):
+        eval_fact_cls.main(["-n", "y", "-e", str(setup["results"] / "editors"), *argv[4:]])
