@@ -65,7 +65,9 @@ def gen_points(experiment_dir: Path, layers: Sequence[int]) -> list[SweepPoint]:
         summary = report.Summary.from_dict(io.read_json(path, "evaluation summary"))
         rows = [row for row in summary.rows if row.method == "remedi"]
         if rows:  # benchmarks the sweep did not run have no value
-            values = {key: value for key, value in rows[0].values.items() if value is not None}
+            values: dict[str, float | None] = {
+                key: value for key, value in rows[0].values.items() if value is not None
+            }
             points.append(SweepPoint(layer, values))
     return points
 
