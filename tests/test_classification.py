@@ -340,3 +340,26 @@ def test_cls_script_random_probes_the_control_model_with_its_own_editors(setup, 
     assert result is not None and result.settings.random_init
     with pytest.raises(errors.UsageError, match="needs editors trained on the random model"):
         eval_fact_cls.main(["-n", "y", "-e", str(setup["results"] / "editors"), *argv[4:]])
+
+
+def test_gen_sweep_reads_remedis_row_of_each_layers_summary(tmp_path):
+    from remedi import report, sweep
+
+    for layer, efficacy in ((0, 90.0), (1, 95.0)):
+        summary = report.Summary(
+            title="t",
+            rows=[
+                report.SummaryRow("prefix", "Prefix", 3, {"score": 99.0, "efficacy": 99.0}),
+                report.SummaryRow(
+                    "remedi",
+                    "REMEDI",
+                    3,
+                    {"score": efficacy, "efficacy": efficacy, "fluency": None},
+                ),
+            ],
+        )
+        io.write_json(sweep.layer_dir(tmp_path, layer) / "summary.json", summary.to_dict())
+    result, _ = sweep.write_sweep("gen", tmp_path, [0, 1, 2])
+    assert [point.layer for point in result.points] == [0, 1]
+    assert result.points[0].metrics == {"score": 90.0, "efficacy": 90.0}
+    assert result.best_layer == 1
