@@ -347,21 +347,424 @@ def quickstart(
     _python(c, "scripts.summarize_runs", ["-n", name, "--title", title, *evaluations])
 
 
+# ---------------------------------------------------------------------------------------
+# Probing: classification with REMEDI directions, and fact mediation.
+
+# The layer the paper reads the entity at for classification (REMEDI's "entity layer"), per
+# model and dataset; the toy model's was measured (last token, layers 0-3 on the toy world's
+# held-out split: Fact-Med F1 0.25/0.29/0.30/0.32, MCC 0.02/0.09/0.09/0.14).
+ENTITY_LAYERS = {
+    "counterfact": {
+        "gptj": 26,
+        "EleutherAI/gpt-j-6B": 26,
+        "gpt2-xl": 34,
+        "gpt2": 10,
+        "toy": 3,
+        "toy-small": 3,
+    },
+    "biosbias": {"gptj": 15, "EleutherAI/gpt-j-6B": 15, "gpt2-xl": 37, "gpt2": 11},
+}
+
+
+def _entity_layer_for(model: str, dataset: str, entity_layer: int | None) -> int:
+    if entity_layer is not None:
+        return entity_layer
+    known = ENTITY_LAYERS[dataset]
+    if model in known:
+        return known[model]
+    raise Exit(
+        f"no default {dataset} entity layer is known for model {model!r}; pass --entity-layer N "
+        f"(known defaults: {', '.join(sorted(known))})",
+        code=EXIT_BAD_INPUT,
+    )
+
+
+def _editors_dir_or_exit(model: str, editors: str | None, random: bool, device: str | None) -> Path:
+    from remedi.env import results_dir
+
+    random_suffix = "_random" if random else ""
+    directory = results_dir() / (
+        editors or f"editors_counterfact_{_model_slug(model)}{random_suffix}"
+    )
+    if not directory.is_dir():
+        raise Exit(
+            f"no trained editors for model {model!r} at {directory}; train them first with\n"
+            f"    invoke x.train.counterfact --model {model}"
+            + (" --random" if random else "")
+            + (f" --device {device}" if device else ""),
+            code=EXIT_BAD_INPUT,
+        )
+    return directory
+
+
+@task(
+    help={
+        "model": f"Model name or alias (default {DEFAULT_MODEL}; 'toy' for the offline default).",
+        "device": "Device, e.g. cuda or cpu (default: cuda if available).",
+        "layer": "Editor layer (default: the paper's layer for the model).",
+        "entity_layer": "Layer the entity is read at (default: the paper's for the model).",
+        "name": "Experiment name (default: eval_cls_counterfact_<model>).",
+        "editors": "Experiment that trained the editors (default: x.train.counterfact's).",
+        "control_editors": "Experiment that trained the Control Model's editors (default: "
+        "x.train.counterfact --random's; the row is left out if it does not exist).",
+        "rerun": "Recompute finished results.",
+        "random": "Probe the randomly initialised model itself (its editors as REMEDI).",
+    }
+)
+def eval_cls_counterfact(
+    c: Context,
+    model: str = DEFAULT_MODEL,
+    device: str | None = None,
+    layer: int | None = None,
+    entity_layer: int | None = None,
+    name: str | None = None,
+    editors: str | None = None,
+    control_editors: str | None = None,
+    rerun: bool = False,
+    random: bool = False,
+) -> None:
+    """Fact classification with REMEDI directions: F1/MCC of Fact-Med and Fact-Prior, with the
+    identity editor, the control task and the control model."""
+    from remedi.env import results_dir
+
+    editors_dir = _editors_dir_or_exit(model, editors, False, device)
+    control_dir = results_dir() / (
+        control_editors or f"editors_counterfact_{_model_slug(model)}_random"
+    )
+    args = [
+        "-n",
+        name or f"eval_cls_counterfact_{_model_slug(model)}",
+        "-e",
+        str(editors_dir),
+        "-m",
+        model,
+        "-l",
+        str(_layer_for(model, layer)),
+        "--entity-layers",
+        str(_entity_layer_for(model, "counterfact", entity_layer)),
+    ]
+    if random:
+        # The random model's own editors stand in for REMEDI (no trained-model rows).
+        args[3] = str(_editors_dir_or_exit(model, control_editors, True, device))
+        args[1] = name or f"eval_cls_counterfact_{_model_slug(model)}_random"
+        args.append("--random")
+    elif control_dir.is_dir():
+        args += ["--control-editors-dir", str(control_dir)]
+    else:
+        print(
+            f"no control-model editors at {control_dir}: the Control Model row is left out "
+            f"(train them with: invoke x.train.counterfact --model {model} --random)"
+        )
+    if device:
+        args += ["--device", device]
+    if rerun:
+        args.append("--rerun")
+    _python(c, "scripts.eval_fact_cls", args)
+
+
+@task(
+    help={
+        "model": f"Model name or alias (default {DEFAULT_MODEL}; 'toy' for the offline default).",
+        "device": "Device, e.g. cuda or cpu (default: cuda if available).",
+        "name": "Experiment name (default: eval_med_counterfact_<model>).",
+        "rerun": "Recompute a finished result.",
+        "random": "Evaluate the randomly initialised model.",
+    }
+)
+def eval_med_counterfact(
+    c: Context,
+    model: str = DEFAULT_MODEL,
+    device: str | None = None,
+    name: str | None = None,
+    rerun: bool = False,
+    random: bool = False,
+) -> None:
+    """Fact mediation: how often the unedited LM follows CounterFact's fact in context and keeps
+    its prior out of context."""
+    random_suffix = "_random" if random else ""
+    args = [
+        "-n",
+        name or f"eval_med_counterfact_{_model_slug(model)}{random_suffix}",
+        "-m",
+        model,
+        *_toy_dataset_args(model),
+    ]
+    if device:
+        args += ["--device", device]
+    if rerun:
+        args.append("--rerun")
+    if random:
+        args.append("--random")
+    _python(c, "scripts.eval_fact_mediation", args)
+
+
+# ---------------------------------------------------------------------------------------
+# McRae entailment. McRae is real-world knowledge: on the toy LM the numbers mean nothing; the
+# tasks run on any Hugging Face model (the paper: GPT-J, GPT-2 XL).
+
+
+@task(
+    help={
+        "model": f"Model name or alias (default {DEFAULT_MODEL}).",
+        "device": "Device, e.g. cuda or cpu (default: cuda if available).",
+        "layer": "Edit layer (default: the paper's CounterFact layer for the model).",
+        "name": "Experiment name (default: editors_mcrae_<model>).",
+        "file": "McRae norms file (default: <shared data>/mcrae/CONCS_FEATS_concstats_brm.txt).",
+        "max_epochs": "Upper bound on training epochs.",
+        "random": "Train on the randomly initialised model.",
+    }
+)
+def train_mcrae(
+    c: Context,
+    model: str = DEFAULT_MODEL,
+    device: str | None = None,
+    layer: int | None = None,
+    name: str | None = None,
+    file: str | None = None,
+    max_epochs: int | None = None,
+    random: bool = False,
+) -> None:
+    """Train a REMEDI editor on McRae feature-norm samples."""
+    random_suffix = "_random" if random else ""
+    args = [
+        "-n",
+        name or f"editors_mcrae_{_model_slug(model)}{random_suffix}",
+        "-m",
+        model,
+        "-d",
+        "mcrae",
+        "-l",
+        str(_layer_for(model, layer)),
+    ]
+    if file:
+        args += ["--dataset-file", file]
+    if device:
+        args += ["--device", device]
+    if max_epochs is not None:
+        args += ["--max-epochs", str(max_epochs)]
+    if random:
+        args.append("--random")
+    _python(c, "scripts.train_editors", args)
+
+
+@task(
+    help={
+        "model": f"Model name or alias (default {DEFAULT_MODEL}).",
+        "device": "Device, e.g. cuda or cpu (default: cuda if available).",
+        "name": "Experiment name (default: eval_ent_mcrae_<model>).",
+        "editors": "Experiment that trained the editors (default: x.train.mcrae's).",
+        "max_samples": "Evaluate only the first N held-out samples.",
+        "rerun": "Recompute finished results.",
+        "random": "Evaluate on the randomly initialised model (editors from x.train.mcrae "
+        "--random).",
+    }
+)
+def eval_ent_mcrae(
+    c: Context,
+    model: str = DEFAULT_MODEL,
+    device: str | None = None,
+    name: str | None = None,
+    editors: str | None = None,
+    max_samples: int | None = None,
+    rerun: bool = False,
+    random: bool = False,
+) -> None:
+    """McRae entailment: Δp and correlation of co-occurring, original and unrelated features
+    under No Edit, Prefix and REMEDI."""
+    from remedi.env import results_dir
+
+    random_suffix = "_random" if random else ""
+    editors_dir = results_dir() / (editors or f"editors_mcrae_{_model_slug(model)}{random_suffix}")
+    if not editors_dir.is_dir():
+        raise Exit(
+            f"no trained McRae editors for model {model!r} at {editors_dir}; train them first "
+            f"with\n    invoke x.train.mcrae --model {model}"
+            + (" --random" if random else "")
+            + (f" --device {device}" if device else ""),
+            code=EXIT_BAD_INPUT,
+        )
+    args = [
+        "-n",
+        name or f"eval_ent_mcrae_{_model_slug(model)}{random_suffix}",
+        "-e",
+        str(editors_dir),
+        "-m",
+        model,
+    ]
+    if device:
+        args += ["--device", device]
+    if max_samples is not None:
+        args += ["--max-samples", str(max_samples)]
+    if rerun:
+        args.append("--rerun")
+    if random:
+        args.append("--random")
+    _python(c, "scripts.eval_entailment", args)
+
+
+# ---------------------------------------------------------------------------------------
+# Layer sweeps (the reference's experiments/sweep.py): one evaluation per layer on a small
+# split, then every metric against the layer and the best layer (see remedi.sweep). Each step
+# skips what is finished, so a sweep resumes and never recomputes a finished layer.
+
+NUM_LAYERS = {
+    "gptj": 28,
+    "EleutherAI/gpt-j-6B": 28,
+    "gpt2-xl": 48,
+    "gpt2": 12,
+    "toy": 4,
+    "toy-small": 2,
+}
+SWEEP_SMALL_SAMPLES = 100
+"""Samples (cases) per layer in the gen and ent sweeps (the reference's --small split)."""
+
+
+def _sweep_layers(model: str, layers: str) -> list[int]:
+    if layers:
+        try:
+            return [int(layer) for layer in layers.replace(" ", ",").split(",") if layer]
+        except ValueError:
+            raise Exit(
+                f"--layers takes integers separated by commas, e.g. 0,1,2; got {layers!r}",
+                code=EXIT_BAD_INPUT,
+            ) from None
+    if model in NUM_LAYERS:
+        return list(range(NUM_LAYERS[model]))
+    raise Exit(
+        f"the number of layers of {model!r} is not known here; pass --layers 0,1,2,...",
+        code=EXIT_BAD_INPUT,
+    )
+
+
+def _collect_sweep(c: Context, kind: str, name: str, layers: list[int], title: str) -> None:
+    args = ["--kind", kind, "-n", name, "--layers", *map(str, layers), "--title", title]
+    _python(c, "scripts.sweep_layers", args)
+
+
+SWEEP_HELP = {
+    "model": f"Model name or alias (default {DEFAULT_MODEL}; 'toy' for the offline default).",
+    "device": "Device, e.g. cuda or cpu (default: cuda if available).",
+    "layers": "Layers to sweep, e.g. 0,1,2 (default: every layer of the model).",
+}
+
+
+@task(help=SWEEP_HELP)
+def sweep_gen_counterfact(
+    c: Context, model: str = DEFAULT_MODEL, device: str | None = None, layers: str = ""
+) -> None:
+    """Sweep the editing layer on CounterFact: train one editor per layer, evaluate efficacy,
+    paraphrase and neighborhood on a small split, pick the layer with the best score."""
+    swept = _sweep_layers(model, layers)
+    editors = f"editors_counterfact_{_model_slug(model)}_sweep"
+    name = f"sweep_gen_counterfact_{_model_slug(model)}"
+    train_args = ["-n", editors, "-m", model, "-d", "counterfact", "-l", *map(str, swept)]
+    train_args += [
+        *_toy_dataset_args(model),
+        *(TOY_TRAINING_FLAGS if model.startswith("toy") else []),
+    ]
+    if device:
+        train_args += ["--device", device]
+    _python(c, "scripts.train_editors", train_args)
+    from remedi.env import results_dir
+
+    for layer in swept:
+        args = ["-n", f"{name}/layer_{layer}", "-e", str(results_dir() / editors), "-m", model]
+        args += ["-l", str(layer), "-b", "efficacy", "paraphrase", "neighborhood"]
+        args += ["--max-cases", str(SWEEP_SMALL_SAMPLES), *_toy_dataset_args(model)]
+        if device:
+            args += ["--device", device]
+        _python(c, "scripts.eval_fact_gen", args)
+    _collect_sweep(c, "gen", name, swept, f"CounterFact editing layer sweep, {model}")
+
+
+@task(help={**SWEEP_HELP, "layer": "Editor layer (default: the paper's layer for the model)."})
+def sweep_cls_counterfact(
+    c: Context,
+    model: str = DEFAULT_MODEL,
+    device: str | None = None,
+    layers: str = "",
+    layer: int | None = None,
+) -> None:
+    """Sweep the entity layer of fact classification: the editor at its layer, the entity read
+    at each layer, pick the layer with the best Fact-Med F1."""
+    swept = _sweep_layers(model, layers)
+    editors_dir = _editors_dir_or_exit(model, None, False, device)
+    name = f"sweep_cls_counterfact_{_model_slug(model)}"
+    args = ["-n", name, "-e", str(editors_dir), "-m", model, "-l", str(_layer_for(model, layer))]
+    args += ["--entity-layers", *map(str, swept)]
+    if device:
+        args += ["--device", device]
+    _python(c, "scripts.eval_fact_cls", args)
+    _collect_sweep(c, "cls", name, swept, f"CounterFact entity layer sweep, {model}")
+
+
+@task(help={**SWEEP_HELP, "file": "McRae norms file (default: the shared data's)."})
+def sweep_ent_mcrae(
+    c: Context,
+    model: str = DEFAULT_MODEL,
+    device: str | None = None,
+    layers: str = "",
+    file: str | None = None,
+) -> None:
+    """Sweep the editing layer on McRae: train one editor per layer, evaluate entailment on a
+    small split, pick the layer whose co-occurring features correlate best with the norms."""
+    swept = _sweep_layers(model, layers)
+    editors = f"editors_mcrae_{_model_slug(model)}_sweep"
+    name = f"sweep_ent_mcrae_{_model_slug(model)}"
+    train_args = ["-n", editors, "-m", model, "-d", "mcrae", "-l", *map(str, swept)]
+    if file:
+        train_args += ["--dataset-file", file]
+    if device:
+        train_args += ["--device", device]
+    _python(c, "scripts.train_editors", train_args)
+    from remedi.env import results_dir
+
+    for layer in swept:
+        args = ["-n", f"{name}/layer_{layer}", "-e", str(results_dir() / editors), "-m", model]
+        args += ["-l", str(layer), "--max-samples", str(SWEEP_SMALL_SAMPLES)]
+        if device:
+            args += ["--device", device]
+        _python(c, "scripts.eval_entailment", args)
+    _collect_sweep(c, "ent", name, swept, f"McRae editing layer sweep, {model}")
+
+
 toy = Collection("toy")
 toy.add_task(toy_build, name="build", default=True)
 
 train = Collection("train")
 train.add_task(train_counterfact, name="counterfact")
+train.add_task(train_mcrae, name="mcrae")
 
 gen = Collection("gen")
 gen.add_task(eval_gen_counterfact, name="counterfact")
 evaluate = Collection("eval")
 evaluate.add_collection(gen)
+cls_collection = Collection("cls")
+cls_collection.add_task(eval_cls_counterfact, name="counterfact")
+evaluate.add_collection(cls_collection)
+med = Collection("med")
+med.add_task(eval_med_counterfact, name="counterfact")
+evaluate.add_collection(med)
+ent = Collection("ent")
+ent.add_task(eval_ent_mcrae, name="mcrae")
+evaluate.add_collection(ent)
+
+sweep = Collection("sweep")
+sweep_gen = Collection("gen")
+sweep_gen.add_task(sweep_gen_counterfact, name="counterfact")
+sweep.add_collection(sweep_gen)
+sweep_cls = Collection("cls")
+sweep_cls.add_task(sweep_cls_counterfact, name="counterfact")
+sweep.add_collection(sweep_cls)
+sweep_ent = Collection("ent")
+sweep_ent.add_task(sweep_ent_mcrae, name="mcrae")
+sweep.add_collection(sweep_ent)
 
 x = Collection("x")
 x.add_collection(toy)
 x.add_collection(train)
 x.add_collection(evaluate)
+x.add_collection(sweep)
 x.add_task(quickstart)
 
 presubmit_collection = Collection("presubmit")

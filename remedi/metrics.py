@@ -409,3 +409,42 @@ def _missing_rome_file_message(path: Path) -> str:
         f"{ROME_DATA_URL}/{path.name} into {path.parent}, or use the toy world's copies "
         "(remedi.toy.build.ensure_toy_world(...).attribute_snippets_file and friends)."
     )
+
+
+# ---------------------------------------------------------------------------------------------
+# Binary classification (REMEDI's probing benchmarks report F1 and MCC, as scikit-learn does).
+
+
+def _confusion(y_true: Sequence[bool] | np.ndarray, y_pred: Sequence[bool] | np.ndarray) -> tuple:
+    truth = np.asarray(y_true, dtype=bool).reshape(-1)
+    predicted = np.asarray(y_pred, dtype=bool).reshape(-1)
+    if truth.shape != predicted.shape:
+        raise ValueError(f"got {truth.size} labels but {predicted.size} predictions")
+    tp = int(np.sum(truth & predicted))
+    tn = int(np.sum(~truth & ~predicted))
+    fp = int(np.sum(~truth & predicted))
+    fn = int(np.sum(truth & ~predicted))
+    return tp, tn, fp, fn
+
+
+def f1_score(y_true: Sequence[bool] | np.ndarray, y_pred: Sequence[bool] | np.ndarray) -> float:
+    """F1 of the positive class; 0 when there are no true or predicted positives (as sklearn)."""
+    tp, _, fp, fn = _confusion(y_true, y_pred)
+    denominator = 2 * tp + fp + fn
+    return 2 * tp / denominator if denominator else 0.0
+
+
+def matthews_corrcoef(
+    y_true: Sequence[bool] | np.ndarray, y_pred: Sequence[bool] | np.ndarray
+) -> float:
+    """Matthews correlation coefficient; 0 when a margin is empty (as sklearn)."""
+    tp, tn, fp, fn = _confusion(y_true, y_pred)
+    denominator = math.sqrt(float(tp + fp) * (tp + fn) * (tn + fp) * (tn + fn))
+    return (tp * tn - fp * fn) / denominator if denominator else 0.0
+
+
+def accuracy(y_true: Sequence[bool] | np.ndarray, y_pred: Sequence[bool] | np.ndarray) -> float:
+    """Fraction of predictions equal to the labels (NaN for an empty input)."""
+    tp, tn, fp, fn = _confusion(y_true, y_pred)
+    total = tp + tn + fp + fn
+    return (tp + tn) / total if total else math.nan

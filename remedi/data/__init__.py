@@ -102,6 +102,13 @@ DATASET_LOADERS: dict[str, Callable[..., datasets.Dataset]] = {
     "counterfact_easyedit": load_counterfact_easyedit,
 }
 
+# The probing datasets (REMEDI's entailment test and WinoVenti), one module each.
+from remedi.data.mcrae import load_mcrae  # noqa: E402
+from remedi.data.winoventi import load_winoventi  # noqa: E402
+
+DATASET_LOADERS["mcrae"] = load_mcrae
+DATASET_LOADERS["winoventi"] = load_winoventi
+
 COUNTERFACT_DATASETS = ("counterfact", "counterfact_easyedit")
 """The datasets whose loaders take ``prompt_source`` (see ``COUNTERFACT_PROMPT_SOURCES``)."""
 

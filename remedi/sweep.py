@@ -1,0 +1,192 @@
+"""Layer sweeps: one evaluation per layer, every metric against the layer, and the best layer.
+
+As in the REMEDI reference (``experiments/sweep.py``), three sweeps pick the layers the paper
+uses, each on a small split:
+
+- ``gen``: editors trained at each layer, evaluated on CounterFact's efficacy, paraphrase and
+  neighborhood (``scripts.eval_fact_gen``, one experiment per layer, ``layer_<L>/``); the best
+  layer has the highest ROME score S (harmonic mean of the three);
+- ``cls``: one editor, the entity read at each layer (``scripts.eval_fact_cls --entity-layers``);
+  the best layer has the highest Fact-Med F1 (the paper's headline probing number);
+- ``ent``: McRae editors trained at each layer (``scripts.eval_entailment``, ``layer_<L>/``);
+  the best layer has the highest correlation of co-occurring features with the norms.
+
+Each evaluation writes its own result files and skips finished ones, so a sweep resumes where it
+stopped and a finished layer is never recomputed; :func:`write_sweep` only reads them.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from dataclasses_json import DataClassJsonMixin
+
+from remedi import errors, io, report
+from remedi.evaluation import classification, entailment, tables
+
+logger = logging.getLogger(__name__)
+
+CRITERIA = {"gen": "score", "cls": "contextual.f1", "ent": "co.r"}
+"""The metric each sweep maximises to pick its layer."""
+
+
+@dataclass
+class SweepPoint(DataClassJsonMixin):
+    layer: int
+    metrics: dict[str, float | None]
+
+
+@dataclass
+class Sweep(DataClassJsonMixin):
+    kind: str
+    criterion: str
+    points: list[SweepPoint]
+    best_layer: int | None
+    notes: list[str] = field(default_factory=list)
+
+
+def layer_dir(experiment_dir: Path, layer: int) -> Path:
+    """``<experiment_dir>/layer_<L>``: one layer's evaluation in the gen and ent sweeps."""
+    return Path(experiment_dir) / f"layer_{layer}"
+
+
+def gen_points(experiment_dir: Path, layers: Sequence[int]) -> list[SweepPoint]:
+    """REMEDI's summary numbers of each layer's CounterFact evaluation (missing ones skipped)."""
+    points = []
+    for layer in layers:
+        path = layer_dir(experiment_dir, layer) / "summary.json"
+        if not path.is_file():
+            logger.warning("no summary for layer %d at %s; skipped", layer, path)
+            continue
+        summary = report.Summary.from_dict(io.read_json(path, "evaluation summary"))
+        rows = [row for row in summary.rows if row.method == "remedi"]
+        if rows:  # benchmarks the sweep did not run have no value
+            values: dict[str, float | None] = {
+                key: value for key, value in rows[0].values.items() if value is not None
+            }
+            points.append(SweepPoint(layer, values))
+    return points
+
+
+def cls_points(experiment_dir: Path, layers: Sequence[int]) -> list[SweepPoint]:
+    """REMEDI's classification metrics with the entity read at each layer."""
+    points = []
+    for layer in layers:
+        result = classification.read_result(
+            classification.result_file(experiment_dir, "remedi", layer)
+        )
+        if result is None:
+            logger.warning("no classification result for entity layer %d; skipped", layer)
+            continue
+        values: dict[str, float | None] = {}
+        for task in classification.TASKS:
+            task_metrics = getattr(result.metrics, task)
+            for name in ("f1", "mcc", "accuracy"):
+                values[f"{task}.{name}"] = getattr(task_metrics, name)
+        points.append(SweepPoint(layer, values))
+    return points
+
+
+def ent_points(experiment_dir: Path, layers: Sequence[int]) -> list[SweepPoint]:
+    """REMEDI's entailment metrics of each layer's McRae evaluation."""
+    points = []
+    for layer in layers:
+        path = layer_dir(experiment_dir, layer) / "remedi" / "entailment.json"
+        if not path.is_file():
+            logger.warning("no entailment result for layer %d at %s; skipped", layer, path)
+            continue
+        result = entailment.EntailmentResults.from_dict(io.read_json(path, "entailment"))
+        values: dict[str, float | None] = {
+            f"{kind}.delta_p": value for kind, value in result.metrics.delta_p.items()
+        }
+        values.update({f"{kind}.r": value for kind, value in result.metrics.correlation.items()})
+        points.append(SweepPoint(layer, values))
+    return points
+
+
+COLLECTORS = {"gen": gen_points, "cls": cls_points, "ent": ent_points}
+
+
+def best_layer(points: Sequence[SweepPoint], criterion: str) -> int | None:
+    """The layer with the highest ``criterion`` (NaN and missing values never win)."""
+    scored = [
+        (value, point.layer)
+        for point in points
+        if (value := point.metrics.get(criterion)) is not None and not math.isnan(value)
+    ]
+    return max(scored, key=lambda item: (item[0], -item[1]))[1] if scored else None
+
+
+def plot_sweep(sweep: Sweep, path: Path, title: str = "") -> Path:
+    """Every metric against the layer (one panel each), the best layer marked; PNG."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    from matplotlib.ticker import MaxNLocator
+
+    keys = sorted({key for point in sweep.points for key in point.metrics})
+    columns = min(3, max(1, len(keys)))
+    rows = max(1, math.ceil(len(keys) / columns))
+    figure, axes = plt.subplots(rows, columns, figsize=(4 * columns, 3 * rows), squeeze=False)
+    for index, key in enumerate(keys):
+        axis = axes[index // columns][index % columns]
+        pairs = [
+            (point.layer, value)
+            for point in sweep.points
+            if (value := point.metrics.get(key)) is not None
+        ]
+        axis.plot([p[0] for p in pairs], [p[1] for p in pairs], marker="o")
+        if sweep.best_layer is not None:
+            axis.axvline(sweep.best_layer, color="grey", linestyle="--", linewidth=0.8)
+        axis.set_title(key + (" (criterion)" if key == sweep.criterion else ""), fontsize=9)
+        axis.set_xlabel("layer")
+        axis.xaxis.set_major_locator(MaxNLocator(integer=True))
+    for index in range(len(keys), rows * columns):
+        axes[index // columns][index % columns].axis("off")
+    if title:
+        figure.suptitle(title, fontsize=10)
+    figure.tight_layout()
+
+    def save(tmp: Path) -> None:
+        figure.savefig(tmp, format="png", dpi=120)
+
+    try:
+        io.atomic_write(Path(path), save)
+    finally:
+        plt.close(figure)
+    return Path(path)
+
+
+def write_sweep(
+    kind: str, experiment_dir: Path, layers: Sequence[int], title: str = ""
+) -> tuple[Sweep, tables.TableFiles]:
+    """Collect a sweep's results, pick the best layer, write ``sweep.{json,md,tex}`` and
+    ``sweep_layers.png`` (every metric against the layer)."""
+    if kind not in COLLECTORS:
+        raise errors.UsageError(f"unknown sweep {kind!r}; use one of {', '.join(COLLECTORS)}")
+    points = COLLECTORS[kind](experiment_dir, layers)
+    if not points:
+        raise errors.MissingFileError(
+            f"no results for any of layers {list(layers)} under {experiment_dir}; run the "
+            "sweep's evaluations first"
+        )
+    criterion = CRITERIA[kind]
+    best = best_layer(points, criterion)
+    sweep = Sweep(kind, criterion, points, best, [f"best layer by {criterion}: {best}"])
+    keys = sorted({key for point in points for key in point.metrics})
+    table = tables.Table(
+        title=title or f"{kind} sweep",
+        columns={key: key for key in keys},
+        rows=[tables.TableRow(f"layer {point.layer}", dict(point.metrics)) for point in points],
+        notes=sweep.notes,
+        digits=3,
+    )
+    files = tables.write_table(table, experiment_dir, "sweep")
+    io.write_json(Path(experiment_dir) / "sweep_result.json", sweep.to_dict())
+    plot_sweep(sweep, Path(experiment_dir) / "sweep_layers.png", title)
+    return sweep, files

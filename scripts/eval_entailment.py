@@ -1,0 +1,105 @@
+"""Evaluate entailment on the McRae norms: No Edit, Prefix and REMEDI.
+
+    python -m scripts.eval_entailment -n my_ent -e results/editors_mcrae_gptj -m gptj
+
+writes ``results/NAME/<method>/entailment.json`` (a rerun skips finished methods unless
+``--rerun``) and ``results/NAME/summary.{md,tex,json,png}``. Samples: the held-out (test)
+split of the editors' training run (or, without ``-e``, the first ``--max-samples`` samples
+and no REMEDI row). See :mod:`remedi.evaluation.entailment`. McRae is real-world knowledge:
+on the toy LM the numbers mean nothing; use a pretrained model.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+import torch
+
+from remedi import cli, data, env, errors, io, models, training
+from remedi.evaluation import entailment, tables
+
+
+def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description="evaluate entailment on the McRae norms")
+    cli.add_arguments(parser)
+    parser.add_argument("-n", "--name", required=True, help="experiment name (results/NAME)")
+    parser.add_argument("-e", "--editors-dir", type=Path, help="training run of the editors")
+    parser.add_argument("-m", "--model", required=True, help="model name, alias, or directory")
+    parser.add_argument(
+        "-l", "--layer", type=int, help="editor layer (default: the run's only one)"
+    )
+    parser.add_argument(
+        "-t", "--editor-type", default="linear", help="editor type (default linear)"
+    )
+    parser.add_argument("--dataset-file", type=Path, help="McRae norms file (default: the run's)")
+    parser.add_argument("--max-samples", type=int, help="evaluate only the first N samples")
+    parser.add_argument("--device", help="e.g. cuda or cpu (default: cuda if available)")
+    parser.add_argument("--dtype", help="model dtype, e.g. float32, bfloat16, float16")
+    parser.add_argument("--batch-size", type=int, default=64)
+    parser.add_argument("--rerun", action="store_true", help="recompute finished results")
+    parser.add_argument("--random", action="store_true", help="the randomly initialised model")
+    return parser.parse_args(argv)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = parse_args(argv)
+    device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    methods = ["none", "prefix"]
+    if args.editors_dir is not None:
+        record = training.load_run(args.editors_dir)
+        if record.args.dataset != "mcrae":
+            raise errors.MismatchError(
+                f"the editors in {args.editors_dir} were trained on {record.args.dataset!r}; "
+                "train McRae editors with: invoke x.train.mcrae"
+            )
+        args.random = args.random or record.args.random_init
+        samples = training.load_run_samples(args.editors_dir, "test", args.dataset_file)
+        methods.append("remedi")
+    else:
+        samples = data.load_dataset("mcrae", file=args.dataset_file)
+    if args.max_samples is not None:
+        samples = samples.select(range(min(args.max_samples, len(samples))))
+    rows = [dict(row) for row in samples]
+    experiment_dir = env.results_dir() / args.name
+
+    results: dict[str, entailment.EntailmentResults] = {}
+    mt = None
+    for method in methods:
+        path = experiment_dir / method / "entailment.json"
+        if path.is_file() and not args.rerun:
+            results[method] = entailment.EntailmentResults.from_dict(
+                io.read_json(path, "entailment result")
+            )
+            continue
+        if mt is None:
+            mt = models.load_model(
+                args.model, device=device, dtype=args.dtype, random_init=args.random
+            )
+        editor = None
+        if method == "remedi":
+            layer = args.layer
+            if layer is None:
+                layers = training.list_run_editors(args.editors_dir).get(args.editor_type, [])
+                if len(layers) != 1:
+                    raise errors.UsageError(
+                        f"{args.editors_dir} has editors at layers {layers or 'none'}; pass -l"
+                    )
+                layer = layers[0]
+            editor = training.load_run_editor(args.editors_dir, layer, args.editor_type, mt)
+        result = entailment.entailment(mt, rows, method, editor, args.batch_size)
+        io.write_json(path, result.to_dict(), indent=None)
+        results[method] = result
+
+    table = entailment.entailment_table(results, f"{args.name}: McRae entailment, {args.model}")
+    files = tables.write_table(table, experiment_dir, "summary")
+    print(tables.markdown(table))
+    print(f"results: {experiment_dir}")
+    print(f"table: {files.markdown} (LaTeX: {files.latex}, plot: {files.plot})")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(cli.run(main))

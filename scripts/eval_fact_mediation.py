@@ -1,0 +1,94 @@
+"""Evaluate how often the unedited LM mediates CounterFact's facts in and out of context.
+
+    python -m scripts.eval_fact_mediation -n my_med -m gptj --device cuda
+
+writes ``results/NAME/mediation.json`` (skipped if it exists, unless ``--rerun``) and
+``results/NAME/summary.{md,tex,json,png}``: the share of samples where the LM prefers the
+context's value after the context (contextual) and its own value without it (decontextual).
+See :mod:`remedi.evaluation.mediation`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+import torch
+
+from remedi import cli, data, env, io, models
+from remedi.evaluation import mediation, tables
+
+
+def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description="evaluate fact mediation in and out of context")
+    cli.add_arguments(parser)
+    parser.add_argument("-n", "--name", required=True, help="experiment name (results/NAME)")
+    parser.add_argument("-m", "--model", required=True, help="model name, alias, or directory")
+    parser.add_argument(
+        "--dataset-file", type=Path, help="ROME-format counterfact.json (default: the cache)"
+    )
+    parser.add_argument(
+        "--counterfact-prompt",
+        choices=data.COUNTERFACT_PROMPT_SOURCES,
+        default="paraphrase",
+        help="the prompt each sample asks (default: paraphrase, the reference's)",
+    )
+    parser.add_argument("--max-samples", type=int, help="evaluate only the first N samples")
+    parser.add_argument("--device", help="e.g. cuda or cpu (default: cuda if available)")
+    parser.add_argument("--dtype", help="model dtype, e.g. float32, bfloat16, float16")
+    parser.add_argument("--batch-size", type=int, default=64)
+    parser.add_argument("--rerun", action="store_true", help="recompute a finished result")
+    parser.add_argument("--random", action="store_true", help="the randomly initialised model")
+    return parser.parse_args(argv)
+
+
+def mediation_table(results: mediation.MediationResults, title: str) -> tables.Table:
+    label = results.model + (" (random init)" if results.random_init else "")
+    row = tables.TableRow(
+        label,
+        {
+            "contextual": results.contextual.accuracy,
+            "decontextual": results.decontextual.accuracy,
+        },
+    )
+    return tables.Table(
+        title=title,
+        columns={"contextual": "Contextual", "decontextual": "Decontextual"},
+        rows=[row],
+        notes=[
+            f"{len(results.contextual.samples)} samples. Contextual: share where the LM prefers "
+            "the context's value (first token) after the context; decontextual: share where it "
+            "prefers its own value without the context."
+        ],
+    )
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = parse_args(argv)
+    device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    experiment_dir = env.results_dir() / args.name
+    results_file = experiment_dir / "mediation.json"
+    results = None
+    if results_file.is_file() and not args.rerun:
+        results = mediation.MediationResults.from_dict(io.read_json(results_file, "mediation"))
+    if results is None:
+        samples = data.load_dataset(
+            "counterfact", file=args.dataset_file, prompt_source=args.counterfact_prompt
+        )
+        if args.max_samples is not None:
+            samples = samples.select(range(min(args.max_samples, len(samples))))
+        mt = models.load_model(args.model, device=device, dtype=args.dtype, random_init=args.random)
+        results = mediation.mediation(mt, samples, args.batch_size, random_init=args.random)
+        io.write_json(results_file, results.to_dict(), indent=None)
+    table = mediation_table(results, f"{args.name}: fact mediation")
+    files = tables.write_table(table, experiment_dir, "summary")
+    print(tables.markdown(table))
+    print(f"results: {results_file}")
+    print(f"table: {files.markdown} (LaTeX: {files.latex}, plot: {files.plot})")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(cli.run(main))

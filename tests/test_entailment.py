@@ -1,0 +1,146 @@
+"""McRae entailment on a tiny random GPT-2: whole-target scores, the three rows, the script.
+
+The norms are a small file in McRae's exact tab-separated format; the LM is random, so these
+check definitions and the pipeline, not scores (McRae needs a pretrained LM).
+"""
+
+from __future__ import annotations
+
+import csv
+import math
+from pathlib import Path
+
+import pytest
+import torch
+
+from remedi import data, errors, models, training
+from remedi.evaluation import entailment
+from scripts import eval_entailment
+from tests.conftest import tiny_gpt2
+
+NORMS = {
+    "banjo": {"has_strings": 24, "a_musical_instrument": 30, "made_of_wood": 12},
+    "guitar": {"has_strings": 30, "a_musical_instrument": 27, "made_of_wood": 15},
+    "violin": {"has_strings": 28, "a_musical_instrument": 29, "used_by_orchestras": 10},
+    "apple": {"is_red": 20, "beh_-_grows_on_trees": 12, "a_fruit": 25},
+    "cherry": {"is_red": 22, "beh_-_grows_on_trees": 14, "a_fruit": 26},
+    "hammer": {"made_of_metal": 20, "a_tool": 28, "has_a_handle": 18},
+    "axe": {"made_of_metal": 18, "a_tool": 25, "has_a_handle": 20},
+    "truck": {"made_of_metal": 16, "has_wheels": 28, "a_vehicle": 27},
+}
+
+
+@pytest.fixture(scope="module")
+def setup(tmp_path_factory, tokenizer) -> dict[str, Path]:
+    root = tmp_path_factory.mktemp("entailment")
+    norms = root / "CONCS_FEATS_concstats_brm.txt"
+    with norms.open("w", newline="") as handle:
+        writer = csv.writer(handle, delimiter="\t")
+        writer.writerow(["Concept", "Feature", "WB_Label", "Prod_Freq"])
+        for concept, features in NORMS.items():
+            for feature, frequency in features.items():
+                writer.writerow([concept, feature, "x", frequency])
+    model_dir = root / "tiny-model"
+    tiny_gpt2(tokenizer).save_pretrained(model_dir)
+    tokenizer.save_pretrained(model_dir)
+    results = root / "results"
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("REMEDI_RESULTS_DIR", str(results))
+        training.train_run(
+            training.RunArgs(
+                name="editors_mcrae",
+                model=str(model_dir),
+                dataset="mcrae",
+                dataset_file=str(norms),
+                layers=[0],
+                max_epochs=1,
+                test_size=0.3,
+                seed=0,
+            )
+        )
+    return {"norms": norms, "model": model_dir, "results": results}
+
+
+def test_target_log_probs_sum_the_targets_tokens(setup):
+    mt = models.load_model(str(setup["model"]), device="cpu")
+    mt.model.double()
+    texts = ["A banjo is a musical instrument", "An apple is red"]
+    targets = ["musical instrument", "red"]
+    scores = entailment.target_log_probs(mt, texts, targets)
+    for text, target, score in zip(texts, targets, scores.tolist(), strict=True):
+        encoded = mt.tokenizer(text, return_offsets_mapping=True)
+        start = text.rfind(target)
+        positions = [
+            i for i, (s, e) in enumerate(encoded["offset_mapping"]) if s < len(text) and e > start
+        ]
+        ids = torch.tensor([encoded["input_ids"]])
+        with torch.no_grad():
+            logps = torch.log_softmax(mt.model(ids).logits[0].double(), dim=-1)
+        expected = sum(float(logps[i - 1, encoded["input_ids"][i]]) for i in positions)
+        # The benchmark takes log-softmax in float32: agreement to float32 rounding.
+        assert score == pytest.approx(expected, rel=1e-5, abs=1e-4)
+
+
+def test_rows_no_edit_prefix_and_remedi(setup):
+    mt = models.load_model(str(setup["model"]), device="cpu")
+    samples = [dict(row) for row in data.load_dataset("mcrae", file=setup["norms"])][:6]
+    editor = training.load_run_editor(setup["results"] / "editors_mcrae", 0, mt=mt)
+    none = entailment.entailment(mt, samples, "none", batch_size=7)
+    prefix = entailment.entailment(mt, samples, "prefix", batch_size=7)
+    remedi = entailment.entailment(mt, samples, "remedi", editor, batch_size=7)
+    assert none.metrics.delta_p == {"co": 0.0, "orig": 0.0, "unrel": 0.0}
+    for result in (prefix, remedi):
+        for sample, unedited in zip(result.samples, none.samples, strict=True):
+            for kind in entailment.KINDS:
+                before = [f.logp_pre for f in sample.features[kind]]
+                assert before == pytest.approx([f.logp_pre for f in unedited.features[kind]])
+        after = [f.logp_post for s in result.samples for f in s.features["co"]]
+        assert after != pytest.approx(
+            [f.logp_pre for s in result.samples for f in s.features["co"]]
+        )
+    co = [f for s in remedi.samples for f in s.features["co"]]
+    assert co and all(f.logp_ref is not None and f.logp_ref <= 0 for f in co)
+    assert all(f.logp_ref is None for s in remedi.samples for f in s.features["unrel"])
+    with pytest.raises(errors.UsageError, match="needs a trained editor"):
+        entailment.entailment(mt, samples, "remedi")
+
+
+def test_pearson_is_nan_when_undefined():
+    assert math.isnan(entailment.pearson([1.0], [2.0]))
+    assert math.isnan(entailment.pearson([1.0, 1.0], [2.0, 3.0]))
+    assert entailment.pearson([1.0, 2.0, 3.0], [2.0, 4.0, 7.0]) == pytest.approx(0.9933, abs=1e-4)
+
+
+def test_script_writes_the_three_rows_and_reuses_results(setup, monkeypatch, capsys):
+    monkeypatch.setenv("REMEDI_RESULTS_DIR", str(setup["results"]))
+    argv = ["-n", "ent", "-e", str(setup["results"] / "editors_mcrae"), "-m", str(setup["model"])]
+    argv += ["--device", "cpu"]
+    assert eval_entailment.main(argv) == 0
+    out = capsys.readouterr().out
+    for label in ("No Edit", "Prefix", "REMEDI"):
+        assert f"| {label} |" in out
+    experiment = setup["results"] / "ent"
+    files = sorted(experiment.glob("*/entailment.json"))
+    assert len(files) == 3
+    mtimes = [path.stat().st_mtime_ns for path in files]
+    assert eval_entailment.main(argv) == 0
+    assert [path.stat().st_mtime_ns for path in files] == mtimes
+    assert (experiment / "summary.tex").is_file() and (experiment / "summary.png").is_file()
+
+
+def test_ent_sweep_reads_each_layers_remedi_result(setup, monkeypatch):
+    from remedi import sweep
+
+    monkeypatch.setenv("REMEDI_RESULTS_DIR", str(setup["results"]))
+    argv = ["-e", str(setup["results"] / "editors_mcrae"), "-m", str(setup["model"])]
+    argv += ["-l", "0", "--device", "cpu", "--max-samples", "3"]
+    assert eval_entailment.main(["-n", "sweep_ent/layer_0", *argv]) == 0
+    result, _ = sweep.write_sweep("ent", setup["results"] / "sweep_ent", [0, 1])
+    assert [point.layer for point in result.points] == [0]  # layer 1 was never evaluated
+    assert set(result.points[0].metrics) == {
+        "co.delta_p",
+        "orig.delta_p",
+        "unrel.delta_p",
+        "co.r",
+        "orig.r",
+    }
