@@ -315,3 +315,63 @@ def test_eval_on_the_small_toy_world_end_to_end(small_world: BuiltToyWorld, tmp_
     for name in ("summary.md", "summary.tex", "summary.png"):
         assert (experiment / name).stat().st_size > 0
     assert "| Baseline |" in (experiment / "summary.md").read_text()
+
+
+SAMPLES = [
+    {
+        "id": f"person_{index}",
+        "entity": name,
+        "prompt": f"{name} has the occupation of",
+        "context": f"{name} is a {title} who lives in a small town by the sea.",
+        "attribute": f"is a {title} who lives in a small town by the sea",
+        "target_mediated": title,
+    }
+    for index, (name, title) in enumerate(
+        [("Ana", "doctor"), ("Bo", "lawyer"), ("Cy", "painter"), ("Di", "doctor")]
+    )
+]
+
+
+def test_accuracy_reads_the_labels_first_tokens_at_the_prompts_end(tokenizer, gpt2_model_float64):
+    import numpy as np
+    import torch
+
+    from remedi import metrics, models, precompute
+    from remedi.evaluation import EvalResources, Method
+    from remedi.evaluation import biosbias as suite
+    from remedi.evaluation.scoring import clean_generated_text, generate_texts
+
+    mt = models.ModelAndTokenizer(model=gpt2_model_float64, tokenizer=tokenizer, name="tiny")
+    cases = suite.biosbias_cases(SAMPLES)
+    labels = ["doctor", "lawyer", "painter"]
+    label_ids = precompute.target_token_ids(tokenizer, labels)
+    bios = {sample["id"]: sample["context"] for sample in SAMPLES}
+    vectorizer = suite.fit_vectorizer(list(bios.values()))
+    references = suite.label_references(cases, bios, vectorizer)
+    resources = EvalResources(batch_size=3, max_length=30, top_k=5)
+    for setting in suite.SETTINGS:
+        queries = [(case, suite.setting_prompt(case, setting)) for case in cases]
+        if setting == "contextual":
+            assert queries[0][1] == SAMPLES[0]["context"] + "\n\n" + SAMPLES[0]["prompt"]
+        # Batched with padding vs each prompt alone: equal in exact arithmetic (float64 model).
+        batched = suite.label_log_probs(mt, Method(), queries, label_ids, batch_size=3)
+        for row, (_, prompt) in zip(batched, queries, strict=True):
+            ids = tokenizer(prompt, return_tensors="pt").input_ids
+            with torch.no_grad():
+                alone = torch.log_softmax(gpt2_model_float64(ids).logits[0, -1], -1)[label_ids]
+            np.testing.assert_allclose(row, alone.numpy(), rtol=0, atol=1e-9)
+        result = suite.error_correction(
+            mt, Method(), cases, resources, setting, vectorizer, references
+        )
+        assert result.labels == labels and result.k == 3
+        # The generation is the sampled continuation alone: the same seeded texts minus the prompt.
+        texts = generate_texts(mt, Method(), queries, max_length=30, top_k=5, seed=0, batch_size=3)
+        for text, case, (_, prompt) in zip(texts, result.cases, queries, strict=True):
+            assert text == clean_generated_text(prompt) + case.generation
+        for case, row in zip(result.cases, batched, strict=True):
+            assert case.predictions[0] == labels[int(np.argmax(row))]
+            assert case.logp_target == pytest.approx(row[labels.index(case.target)], abs=1e-9)
+            assert case.fluency == metrics.weighted_n_gram_entropy(case.generation)
+        hits = [case.predictions[0] == case.target for case in result.cases]
+        assert result.top1_accuracy == sum(hits) / len(hits)
+        assert result.topk_accuracy == 1.0  # three labels, k = 3
