@@ -7,6 +7,10 @@ evaluates the training run's held-out samples (people the editor never saw) in t
 setting under ``results/NAME/<method>/<setting>.json`` (a rerun reuses finished ones unless
 ``--rerun``), then ``results/NAME/summary.{md,tex,png,json}``, and prints the table. Without
 ``-e``, only the baseline, on every sample of ``--dataset-file``.
+
+The samples evaluated differ on purpose from the reference's (rows 5000-10000 of the reformatted
+file): here they are the training run's test split, people (by first name) held out from editor
+training, so that no evaluated person was trained on.
 """
 
 from __future__ import annotations

@@ -405,7 +405,10 @@ def load_biosbias_cached(file: Path | None = None) -> dict[str, Any]:
         "samples": [dict(sample) for sample in samples],
         "bios": bios,
     }
-    io.write_json(cache, stored, indent=None)
+    try:
+        io.write_json(cache, stored, indent=None)
+    except OSError as error:  # e.g. a read-only data directory: the samples are still good
+        logger.warning("could not cache the Bias in Bios samples at %s (%s)", cache, error)
     return stored
 
 

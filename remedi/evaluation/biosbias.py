@@ -77,7 +77,8 @@ METHOD_LABELS = {"unedited": "Baseline"}
 def biosbias_cases(samples: Sequence[Mapping[str, Any]]) -> list[EvalCase]:
     """Cases from Bias in Bios samples (:func:`remedi.data.load_biosbias` rows), numbered in order.
 
-    A case's ``target_new`` is the occupation; there is no unmediated target (``""``).
+    A case's ``target_new`` is the occupation and its ``target_new_id`` the sample's id (results
+    and the consistency references are keyed by it); there is no unmediated target (``""``).
     """
     return [
         EvalCase(
