@@ -728,15 +728,180 @@ def sweep_ent_mcrae(
     _collect_sweep(c, "ent", name, swept, f"McRae editing layer sweep, {model}")
 
 
+# ---------------------------------------------------------------------------------------
+# Bias in Bios (context mediation and error correction).
+
+# The paper's editing layer per model for Bias in Bios (REMEDI, Hernandez et al. 2023). The toy
+# world's 4-layer LM: layer 1, measured best (decontextual top-1 accuracy on 104 held-out samples
+# of editors trained at layers 0/1/2/3: 56.7/71.2/57.7/32.7%, the unedited LM 32.7%). The
+# 2-layer toy-small world's layer 0 was not measured.
+BIOSBIAS_LAYERS = {
+    "gptj": 12,
+    "EleutherAI/gpt-j-6B": 12,
+    "gpt2-xl": 4,
+    "gpt2": 10,
+    "toy": 1,
+    "toy-small": 0,
+}
+# The toy LM's Bias in Bios editors: TOY_TRAINING_FLAGS without --use-last-attribute-token. A bio's
+# attribute ends with other facts ("is a doctor who lives in Rome and works for Amazon"), not with
+# the occupation, so its last token misses it: with it, the layer-1 editor reached 36.5%
+# decontextual top-1 accuracy; with the mean over the attribute's tokens (REMEDI's default), 71.2%.
+TOY_BIOSBIAS_TRAINING_FLAGS = [
+    flag for flag in TOY_TRAINING_FLAGS if flag != "--use-last-attribute-token"
+]
+# Share of samples held out (by first name) for the evaluation on the toy world: its export has
+# only 500 samples, so the default 10% would leave ~50.
+TOY_BIOSBIAS_TEST_SIZE = "0.2"
+
+
+def _biosbias_layer(model: str, layer: int | None) -> int:
+    if layer is not None:
+        return layer
+    if model in BIOSBIAS_LAYERS:
+        return BIOSBIAS_LAYERS[model]
+    raise Exit(
+        f"no default Bias in Bios layer is known for model {model!r}; pass --layer N "
+        f"(known defaults: {', '.join(sorted(BIOSBIAS_LAYERS))})",
+        code=EXIT_BAD_INPUT,
+    )
+
+
+def _biosbias_dataset_args(model: str) -> list[str]:
+    """For a toy-world model, its Bias in Bios export (written from world.json if absent)."""
+    if not model.startswith("toy"):
+        return []
+    from remedi.errors import RemediError
+    from remedi.toy.build import ensure_toy_biosbias, ensure_toy_world
+
+    try:
+        ensure_toy_world(model)
+        return ["--dataset-file", str(ensure_toy_biosbias(model))]
+    except RemediError as error:
+        raise Exit(str(error), code=EXIT_BAD_INPUT) from error
+
+
+@task(
+    help={
+        "model": f"Model name or alias (default {DEFAULT_MODEL}; 'toy' for the offline default).",
+        "device": "Device, e.g. cuda or cpu (default: cuda if available).",
+        "layer": "Edit layer (default: the paper's layer for the model).",
+        "name": "Experiment name (default: editors_biosbias_<model>).",
+        "dataset_file": "BIOS.pkl or a JSON/JSONL export (default: data/BIOS.pkl; the toy "
+        "world's export for toy models).",
+        "max_epochs": "Upper bound on training epochs (early stopping usually ends sooner).",
+        "clear_results": "Retrain layers that already have a saved editor.",
+        "seed": "Seed of the split and of training (default 0).",
+        "random": "Train on the randomly initialised model (the paper's control model).",
+    }
+)
+def train_biosbias(
+    c: Context,
+    model: str = DEFAULT_MODEL,
+    device: str | None = None,
+    layer: int | None = None,
+    name: str | None = None,
+    dataset_file: str | None = None,
+    max_epochs: int | None = None,
+    clear_results: bool = False,
+    seed: int = 0,
+    random: bool = False,
+) -> None:
+    """Train a REMEDI editor on Bias in Bios at the paper's layer."""
+    random_suffix = "_random" if random else ""
+    toy = model.startswith("toy")
+    args = [
+        "-n",
+        name or f"editors_biosbias_{_model_slug(model)}{random_suffix}",
+        "-m",
+        model,
+        "-d",
+        "biosbias",
+        "-l",
+        str(_biosbias_layer(model, layer)),
+        *(["--dataset-file", dataset_file] if dataset_file else _biosbias_dataset_args(model)),
+        *(TOY_BIOSBIAS_TRAINING_FLAGS if toy else []),
+        *(["--test-size", TOY_BIOSBIAS_TEST_SIZE] if toy else []),
+        "--seed",
+        str(seed),
+    ]
+    if device:
+        args += ["--device", device]
+    if max_epochs is not None:
+        args += ["--max-epochs", str(max_epochs)]
+    if clear_results:
+        args.append("--clear-results")
+    if random:
+        args.append("--random")
+    _python(c, "scripts.train_editors", args)
+
+
+@task(
+    help={
+        "model": f"Model name or alias (default {DEFAULT_MODEL}; 'toy' for the offline default).",
+        "device": "Device, e.g. cuda or cpu (default: cuda if available).",
+        "layer": "Edit layer (default: the paper's layer for the model).",
+        "name": "Experiment name (default: eval_gen_biosbias_<model>).",
+        "editors": "Experiment that trained the editors (default: x.train.biosbias's).",
+        "rerun": "Recompute results whose files are already complete.",
+        "random": "Evaluate on the randomly initialised model (editors from x.train.biosbias "
+        "--random).",
+    }
+)
+def eval_gen_biosbias(
+    c: Context,
+    model: str = DEFAULT_MODEL,
+    device: str | None = None,
+    layer: int | None = None,
+    name: str | None = None,
+    editors: str | None = None,
+    rerun: bool = False,
+    random: bool = False,
+) -> None:
+    """Evaluate Bias in Bios error correction: baseline and REMEDI, contextual and decontextual."""
+    from remedi.env import results_dir
+
+    random_suffix = "_random" if random else ""
+    default_editors = f"editors_biosbias_{_model_slug(model)}{random_suffix}"
+    editors_dir = results_dir() / (editors or default_editors)
+    if not editors_dir.is_dir():
+        raise Exit(
+            f"no trained editors for model {model!r} at {editors_dir}; train them first with\n"
+            f"    invoke x.train.biosbias --model {model}"
+            + (" --random" if random else "")
+            + (f" --device {device}" if device else ""),
+            code=EXIT_BAD_INPUT,
+        )
+    args = [
+        "-n",
+        name or f"eval_gen_biosbias_{_model_slug(model)}{random_suffix}",
+        "-e",
+        str(editors_dir),
+        "-m",
+        model,
+        "-l",
+        str(_biosbias_layer(model, layer)),
+    ]
+    if device:
+        args += ["--device", device]
+    if rerun:
+        args.append("--rerun")
+    if random:
+        args.append("--random")
+    _python(c, "scripts.eval_bias_gen", args)
+
+
 toy = Collection("toy")
 toy.add_task(toy_build, name="build", default=True)
 
 train = Collection("train")
 train.add_task(train_counterfact, name="counterfact")
+train.add_task(train_biosbias, name="biosbias")
 train.add_task(train_mcrae, name="mcrae")
 
 gen = Collection("gen")
 gen.add_task(eval_gen_counterfact, name="counterfact")
+gen.add_task(eval_gen_biosbias, name="biosbias")
 evaluate = Collection("eval")
 evaluate.add_collection(gen)
 cls_collection = Collection("cls")

@@ -25,6 +25,14 @@ import numpy as np
 
 from remedi import errors
 
+from remedi.data.biosbias import (
+    BIOSBIAS_PROMPT_TEMPLATE,
+    RestrictedUnpickler,
+    UnsafePickleError,
+    load_biosbias,
+    load_biosbias_bios,
+    read_biosbias_records,
+)
 from remedi.data.counterfact import (
     COUNTERFACT_FEATURES,
     COUNTERFACT_FILE_NAME,
@@ -60,6 +68,12 @@ from remedi.data.samples import (
 from remedi.data.text import rejoin_sentences_on_entity, split_sentences
 
 __all__ = [
+    "BIOSBIAS_PROMPT_TEMPLATE",
+    "RestrictedUnpickler",
+    "UnsafePickleError",
+    "load_biosbias",
+    "load_biosbias_bios",
+    "read_biosbias_records",
     "DownloadError",
     "COUNTERFACT_DATASETS",
     "COUNTERFACT_FEATURES",
@@ -100,6 +114,7 @@ __all__ = [
 DATASET_LOADERS: dict[str, Callable[..., datasets.Dataset]] = {
     "counterfact": load_counterfact,
     "counterfact_easyedit": load_counterfact_easyedit,
+    "biosbias": load_biosbias,
 }
 
 # The probing datasets (REMEDI's entailment test and WinoVenti), one module each.

@@ -67,6 +67,12 @@ class ToyWorldPaths:
         """``build_report.json``, written last: its presence marks a complete build."""
         return self.model_dir / REPORT_FILE
 
+    @property
+    def biosbias_file(self) -> Path:
+        """The toy Bias in Bios export (``biosbias.json``). Not one of :meth:`data_files`:
+        worlds built before it existed are complete without it (see :func:`ensure_toy_biosbias`)."""
+        return self.data_dir / "biosbias.json"
+
     def data_files(self) -> tuple[Path, ...]:
         return (
             self.counterfact_file,
@@ -274,6 +280,7 @@ def build_toy_world(
     )
 
     io.write_json(paths.world_file, world.to_json())
+    io.write_json(paths.biosbias_file, export.biosbias_records(world))
     io.write_json(paths.counterfact_file, kept)
     io.write_json(paths.attribute_snippets_file, snippets)
     io.write_json(paths.tfidf_vocab_file, vocabulary, indent=None)
@@ -400,6 +407,20 @@ def filter_known_records(
         new_id = value_token_id(tokenizer, rewrite["target_new"]["str"])
         (kept if row[true_id] > row[new_id] else dropped).append(record)
     return kept, dropped
+
+
+def ensure_toy_biosbias(name: str = "toy") -> Path:
+    """The toy Bias in Bios export of built world ``name``, written from ``world.json`` if absent.
+
+    The records depend only on the world (and its seed), so a world built before the export
+    existed gets the same file a fresh build writes; the LM is not touched.
+    """
+    paths = toy_world_paths(name)
+    if not paths.biosbias_file.is_file():
+        world = load_world(name)
+        logger.info("writing the toy Bias in Bios export %s from %s", paths.biosbias_file, name)
+        io.write_json(paths.biosbias_file, export.biosbias_records(world))
+    return paths.biosbias_file
 
 
 def load_world(name: str = "toy") -> World:

@@ -233,3 +233,67 @@ def tfidf_statistics(documents: Sequence[str]) -> tuple[np.ndarray, dict[str, in
 def snippet_texts(snippets: Sequence[Mapping[str, Any]]) -> list[str]:
     """Every sample text of an ``attribute_snippets`` list, in order."""
     return [sample["text"] for entry in snippets for sample in entry["samples"]]
+
+
+# ---------------------------------------------------------------------------------------------
+# Bias in Bios: biographies whose occupation is stated in one sentence.
+
+BIOSBIAS_PER_ENTITY = 2
+"""Biographies per entity in the toy Bias in Bios export."""
+
+BIOSBIAS_PROMPT_TEMPLATE = "{} works as a"
+"""The toy export's prompt: one of the occupation relation's training templates. The reference's
+"{} has the occupation of" is a phrasing the toy LM never saw (it reads a stated occupation back
+through it for only ~10-20% of held-out people, against ~90% through this one)."""
+
+# The occupation sentence (the second of each biography, the one a sample keeps): {name} is a
+# variant of the person's name, {value} the occupation; the other slots are the person's facts.
+# Each has at least 10 words once the name is the first name, as the reference requires.
+_OCCUPATION_SENTENCES = (
+    "{name} is a {value} who lives in {P551} and works for {P108}.",
+    "{name} works as a {value} and speaks {P1412} at home in {P551}.",
+    "{name} has a job as a {value} and is a citizen of {P27}.",
+)
+# Sentences that do not name the person (the sample then starts "About {first}: ").
+_UNNAMED_OCCUPATION_SENTENCES = ("Works as a {value} in {P551} and speaks {P1412} with friends.",)
+_FIRST_SENTENCES = ("{full} lives in {P551}.", "{full} is employed by {P108}.")
+_LAST_SENTENCES = ("{full} speaks {P1412}.", "{full} comes from {P27}.")
+# How the occupation sentence names the person: the reference maps all of these to the first name.
+_NAME_FORMS = ("{first} {last}", "{last}", "Dr. {last}", "Prof. {first} {last}", "")
+
+
+def biosbias_records(world: World) -> list[dict[str, Any]]:
+    """Toy biographies in the official Bias in Bios pickle's record format (pickle-free).
+
+    :data:`BIOSBIAS_PER_ENTITY` per entity, seeded by the world's seed (the same world gives
+    the same records). Each has three sentences: a fact about the person, then the one that
+    states their occupation (the world's P106 value; the sentence a sample keeps), then another
+    fact. The records carry ``prompt_template`` (:data:`BIOSBIAS_PROMPT_TEMPLATE`), an extension
+    of the format read by :mod:`remedi.data.biosbias`. Toy people have no gender (``""``).
+    """
+    rng = random.Random(world.seed + 106)
+    records: list[dict[str, Any]] = []
+    for entity in world.entities:
+        first, last = entity.name.split(" ", 1)
+        facts = dict(entity.facts)
+        for _ in range(BIOSBIAS_PER_ENTITY):
+            form = rng.choice(_NAME_FORMS).format(first=first, last=last)
+            pool = _OCCUPATION_SENTENCES if form else _UNNAMED_OCCUPATION_SENTENCES
+            occupation = rng.choice(pool).format(name=form, value=facts["P106"], **facts)
+            opening = rng.choice(_FIRST_SENTENCES).format(full=entity.name, **facts)
+            closing = rng.choice(_LAST_SENTENCES).format(full=entity.name, **facts)
+            bio = f"{occupation} {closing}"
+            records.append(
+                {
+                    "path": f"toy/{len(records)}",
+                    "URI": f"toy://{entity.name.replace(' ', '_')}",
+                    "name": [first, "", last],
+                    "title": facts["P106"],
+                    "gender": "",
+                    "start_pos": len(opening) + 1,
+                    "raw": f"{opening} {bio}",
+                    "bio": bio,
+                    "prompt_template": BIOSBIAS_PROMPT_TEMPLATE,
+                }
+            )
+    return records

@@ -1,0 +1,165 @@
+"""Bias in Bios throughput: editor training (samples/s) and error correction (cases/s), peak memory.
+
+    python -m benchmarks.bench_biosbias                                   # toy model, CPU
+    python -m benchmarks.bench_biosbias --model gptj-random --device cuda  # GPT-J shape, bf16
+    python -m benchmarks.bench_biosbias --model gptj-tiny-random --samples 32 --max-length 24
+
+The training pass precomputes the editor inputs and trains a linear editor for one epoch with
+Bias in Bios' loss (no unmediated target: ``lam_u`` off). The evaluation passes run the
+error-correction benchmark with that editor attached, once per setting: contextual (bio, then
+prompt) and decontextual (prompt alone), each the label scoring pass plus the sampled
+generation (top-k 5, ``--max-length`` tokens in all). ``toy``/``toy-small`` use the toy world's
+Bias in Bios export (written from ``world.json`` if absent; the world is built if absent); the
+random GPT-J models use the export of a generated toy world (no LM training needed). Peak
+memory is the GPU's peak allocation on CUDA, the process's peak resident set size on CPU.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import tempfile
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any, TypeVar
+
+import torch
+
+from benchmarks.common import peak_memory_bytes, random_gptj
+from remedi import editors, evaluation, models, precompute, training
+from remedi.data import biosbias as biosbias_data
+from remedi.evaluation import biosbias
+from remedi.toy import export
+from remedi.toy.world import generate_world
+
+T = TypeVar("T")
+
+
+def _records(model: str, count: int) -> list[Any]:
+    if model.startswith("toy"):
+        from remedi.toy.build import ensure_toy_biosbias, ensure_toy_world
+
+        ensure_toy_world(model)
+        return biosbias_data.read_biosbias_records(ensure_toy_biosbias(model))
+    world = generate_world(seed=0, num_entities=max(8, count // export.BIOSBIAS_PER_ENTITY + 2))
+    return export.biosbias_records(world)
+
+
+def _samples(model: str, count: int) -> tuple[list[dict], dict[str, str]]:
+    records = _records(model, count)
+    with tempfile.TemporaryDirectory() as tmp:
+        samples, bios, _ = biosbias_data.biosbias_samples_and_bios(records, Path(tmp) / "bench")
+    return [dict(sample) for sample in samples[:count]], bios
+
+
+def _timed(device: torch.device, run: Callable[[], T]) -> tuple[T, float]:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    start = time.perf_counter()
+    value = run()
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    return value, time.perf_counter() - start
+
+
+def benchmark(
+    model: str, device: str, samples: int, batch_size: int, max_length: int, layer: int | None
+) -> dict:
+    """Time precomputation, one training epoch and both evaluation passes; return the figures."""
+    if model.startswith("gptj-"):
+        mt = random_gptj(device, tiny=model == "gptj-tiny-random")
+    else:
+        mt = models.load_model(model, device=device)
+    if layer is None:
+        layer = 12 if model == "gptj-random" else 1 if model == "toy" else 0
+    rows, bios = _samples(model, samples)
+    torch_device = models.determine_device(mt.model)
+    if torch_device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(torch_device)
+
+    inputs, precompute_seconds = _timed(
+        torch_device, lambda: precompute.editor_inputs(mt, rows, [layer])
+    )
+    editor = editors.new_editor("linear", mt, layer)
+    args = training.RunArgs(name="bench", model=mt.name, dataset="biosbias", batch_size=batch_size)
+    config = args.training_config()
+    optimizer = torch.optim.AdamW(editor.parameters(), lr=config.lr)
+
+    def epoch() -> None:
+        with training.frozen(mt.model):
+            for batch in inputs.batches(batch_size):
+                optimizer.zero_grad(set_to_none=True)
+                loss, _ = training.editing_loss(mt, editor, batch, config.weights)
+                loss.backward()
+                optimizer.step()
+
+    _, epoch_seconds = _timed(torch_device, epoch)
+
+    cases = biosbias.biosbias_cases(rows)
+    resources = evaluation.EvalResources(
+        batch_size=batch_size, max_length=max_length, top_k=biosbias.TOP_K_SAMPLING
+    )
+    method, directions_seconds = _timed(
+        torch_device, lambda: evaluation.RemediMethod(mt, editor, cases, batch_size=batch_size)
+    )
+    vectorizer = biosbias.fit_vectorizer(list(bios.values()))
+    references = biosbias.label_references(cases, bios, vectorizer)
+    figures: dict[str, Any] = {
+        "model": mt.name,
+        "device": str(torch_device),
+        "dtype": str(models.determine_dtype(mt.model)).removeprefix("torch."),
+        "layer": layer,
+        "samples": len(inputs),
+        "batch_size": batch_size,
+        "precompute_seconds": round(precompute_seconds, 3),
+        "precompute_samples_per_second": round(len(inputs) / precompute_seconds, 2),
+        "epoch_seconds": round(epoch_seconds, 3),
+        "train_samples_per_second": round(len(inputs) / epoch_seconds, 2),
+        "directions_seconds": round(directions_seconds, 3),
+        "generation_max_length": max_length,
+    }
+    for setting in biosbias.SETTINGS:
+
+        def run(setting: str = setting) -> biosbias.BiosbiasResults:
+            return biosbias.error_correction(
+                mt, method, cases, resources, setting, vectorizer, references
+            )
+
+        _, seconds = _timed(torch_device, run)
+        figures[f"{setting}_seconds"] = round(seconds, 3)
+        figures[f"{setting}_cases_per_second"] = round(len(cases) / seconds, 3)
+    figures["peak_memory_mib"] = round(peak_memory_bytes(torch_device) / 2**20, 1)
+    figures["torch_threads"] = torch.get_num_threads()
+    return figures
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description="Bias in Bios training and evaluation throughput")
+    parser.add_argument(
+        "--model",
+        default="toy",
+        help="toy, toy-small, any model name, gptj-random (GPT-J shape, random bf16) or "
+        "gptj-tiny-random",
+    )
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--samples", type=int, default=128, help="samples to train and evaluate")
+    parser.add_argument("--batch-size", type=int, default=evaluation.DEFAULT_BATCH_SIZE)
+    parser.add_argument("--max-length", type=int, default=biosbias.MAX_LENGTH)
+    parser.add_argument("--layer", type=int, help="edit layer (default: toy 1, GPT-J 12, else 0)")
+    parser.add_argument("--output", type=Path, help="also write the figures as JSON here")
+    args = parser.parse_args(argv)
+    result = benchmark(
+        args.model, args.device, args.samples, args.batch_size, args.max_length, args.layer
+    )
+    width = max(map(len, result))
+    for key, value in result.items():
+        print(f"{key:<{width}}  {value}")
+    if args.output is not None:
+        args.output.write_text(json.dumps(result, indent=2) + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,137 @@
+"""Evaluate Bias in Bios error correction: the unedited LM (baseline) and a REMEDI editor.
+
+    python -m scripts.eval_bias_gen -n my_eval -e results/editors_biosbias_gptj -m gptj --device cuda
+
+evaluates the training run's held-out samples (people the editor never saw) in the contextual
+(bio, then prompt) and decontextual (prompt alone) settings; writes one JSON per method and
+setting under ``results/NAME/<method>/<setting>.json`` (a rerun reuses finished ones unless
+``--rerun``), then ``results/NAME/summary.{md,tex,png,json}``, and prints the table. Without
+``-e``, only the baseline, on every sample of ``--dataset-file``.
+
+The samples evaluated differ on purpose from the reference's (rows 5000-10000 of the reformatted
+file): here they are the training run's test split, people (by first name) held out from editor
+training, so that no evaluated person was trained on.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+import torch
+
+from remedi import cli, data, env, errors, evaluation, models, training
+from remedi.evaluation import biosbias
+
+
+def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description="evaluate Bias in Bios error correction")
+    cli.add_arguments(parser)
+    parser.add_argument("-n", "--name", required=True, help="experiment name (results/NAME)")
+    parser.add_argument("-e", "--editors-dir", type=Path, help="training run of the editors")
+    parser.add_argument("-m", "--model", required=True, help="model name, alias, or directory")
+    parser.add_argument(
+        "-l", "--layer", type=int, help="editor layer (default: the run's only one)"
+    )
+    parser.add_argument(
+        "-t", "--editor-type", default="linear", help="editor type (default linear)"
+    )
+    parser.add_argument(
+        "--settings",
+        nargs="+",
+        default=list(biosbias.SETTINGS),
+        choices=biosbias.SETTINGS,
+        help="contextual (bio in the prompt) and/or decontextual (default: both)",
+    )
+    parser.add_argument("--device", help="e.g. cuda or cpu (default: cuda if available)")
+    parser.add_argument("--dtype", help="model dtype, e.g. float32, bfloat16, float16")
+    parser.add_argument(
+        "--dataset-file",
+        type=Path,
+        help="BIOS.pkl or a JSON/JSONL export (default: the training run's)",
+    )
+    parser.add_argument(
+        "--random",
+        action="store_true",
+        help="evaluate on the randomly initialised model (default: what the editors were "
+        "trained on)",
+    )
+    parser.add_argument("--rerun", action="store_true", help="recompute finished results")
+    parser.add_argument("--max-samples", type=int, help="evaluate only the first N samples")
+    parser.add_argument("--seed", type=int, default=0, help="seed of the sampled generations")
+    parser.add_argument("--batch-size", type=int, default=evaluation.DEFAULT_BATCH_SIZE)
+    parser.add_argument("--max-length", type=int, default=biosbias.MAX_LENGTH)
+    parser.add_argument("--top-k", type=int, default=biosbias.TOP_K_SAMPLING)
+    args = parser.parse_args(argv)
+    if args.editors_dir is None and args.layer is not None:
+        parser.error("-l/--layer selects an editor: pass -e EDITORS_DIR too")
+    return args
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = parse_args(argv)
+    device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    dataset_file: Path | None = args.dataset_file
+    test_ids: list[str] | None = None
+    if args.editors_dir is not None:
+        run = training.load_run(args.editors_dir)
+        if run.args.dataset != "biosbias":
+            raise errors.MismatchError(
+                f"the editors in {args.editors_dir} were trained on {run.args.dataset!r}; train "
+                "them on Bias in Bios (invoke x.train.biosbias, or scripts.train_editors -d "
+                "biosbias)"
+            )
+        test_ids = list(run.split.test)
+        if dataset_file is None and run.args.dataset_file:
+            dataset_file = Path(run.args.dataset_file)
+        args.random = args.random or run.args.random_init
+    samples = data.load_biosbias(dataset_file)
+    if test_ids is not None:
+        samples = data.select_ids(samples, test_ids)
+    if args.max_samples is not None:
+        samples = samples.select(range(min(args.max_samples, len(samples))))
+    cases = biosbias.biosbias_cases(list(samples))
+    if not cases:
+        raise errors.UsageError(
+            "no samples to evaluate: the training run's test split is empty, or --max-samples is 0"
+        )
+    bios = data.load_biosbias_bios(dataset_file)
+    resources = evaluation.EvalResources(
+        batch_size=args.batch_size,
+        seed=args.seed,
+        max_length=args.max_length,
+        top_k=args.top_k,
+    )
+
+    mt = models.load_model(args.model, device=device, dtype=args.dtype, random_init=args.random)
+    methods = [evaluation.build_method("unedited", mt, cases, resources)]
+    if args.editors_dir is not None:
+        methods.append(
+            evaluation.build_method(
+                "remedi",
+                mt,
+                cases,
+                resources,
+                editors_dir=args.editors_dir,
+                layer=args.layer,
+                editor_type=args.editor_type,
+            )
+        )
+    experiment_dir = env.results_dir() / args.name
+    results = biosbias.run_biosbias(
+        mt, methods, cases, bios, resources, experiment_dir, args.settings, rerun=args.rerun
+    )
+    labels = {m.name: biosbias.method_row_label(m.name, m.label) for m in methods}
+    title = f"{args.name}: {args.model}, Bias in Bios, {len(cases)} held-out samples"
+    table, files = biosbias.write_summary(results, labels, experiment_dir, title)
+    print(table)
+    print(f"results: {experiment_dir}")
+    print(f"table: {files.markdown} (LaTeX: {files.latex})")
+    print(f"plot: {files.plot}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(cli.run(main))

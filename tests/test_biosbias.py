@@ -1,0 +1,377 @@
+"""Bias in Bios: the restricted pickle reader, the reference's sample building, the cache, the
+toy export, and the error-correction evaluation end to end on the small toy world."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import pickle
+import sys
+from pathlib import Path
+
+import pytest
+
+from remedi import data, errors
+from remedi.data import biosbias
+from remedi.toy import export
+from remedi.toy.build import ensure_toy_biosbias, toy_world_paths
+from remedi.toy.world import generate_world
+from tests.toy_fixtures import BuiltToyWorld, small_world, toy_dirs  # noqa: F401
+
+
+def _record(name: tuple[str, str, str], raw: str, title: str, **extra: object) -> dict:
+    """One record in the official pickle's structure (name is a tuple of parts)."""
+    return {
+        "path": "crawl/0",
+        "URI": "http://example.org/bio",
+        "name": name,
+        "raw": raw,
+        "bio": raw.split(". ", 1)[-1],
+        "title": title,
+        "gender": "F",
+        "start_pos": 0,
+        **extra,
+    }
+
+
+RECORDS = [
+    # Second sentence kept; "Dr. Jane Ann Smith" -> "Jane"; title with "_".
+    _record(
+        ("Jane", "Ann", "Smith"),
+        "Welcome to my page about me. Dr. Jane Ann Smith is a software engineer at a large "
+        "company in Seattle. She likes hiking.",
+        "software_engineer",
+    ),
+    # The kept sentence does not name her: "About Maria: " goes first.
+    _record(
+        ("Maria", "", "Lopez"),
+        "Maria Lopez grew up in Madrid. She has worked as a nurse in three hospitals for twenty "
+        "years now.",
+        "nurse",
+    ),
+    # One sentence only: it is kept; "Prof. Chen" -> "Li".
+    _record(
+        ("Li", "", "Chen"),
+        "Prof. Chen teaches physics and chemistry to large classes at the state university.",
+        "professor",
+    ),
+    # The name twice in the kept sentence: dropped.
+    _record(
+        ("Omar", "", "Haddad"),
+        "Hello there friends. Omar Haddad is a dentist and Omar Haddad loves teeth very much.",
+        "dentist",
+    ),
+    # Too short once abridged: dropped.
+    _record(("Kim", "", "Park"), "Kim Park is a poet.", "poet"),
+    # A blacklisted first name: dropped.
+    _record(
+        ("Non-Residential", "", "Thing"),
+        "Non-Residential Thing is a listing of many things that are not homes at all.",
+        "architect",
+    ),
+    # An empty title: dropped and counted.
+    _record(
+        ("Sara", "", "Berg"),
+        "Sara Berg is somebody whose page says a lot of things about her and her job.",
+        "",
+    ),
+    # The same person again: a unique id.
+    _record(
+        ("Jane", "Ann", "Smith"),
+        "Another page. Jane Smith works on compilers and databases at a large company.",
+        "software_engineer",
+    ),
+]
+
+
+def _write_pickle(path: Path, records: object) -> Path:
+    path.write_bytes(pickle.dumps(records))
+    return path
+
+
+@pytest.fixture()
+def data_dir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    directory = tmp_path / "data"
+    monkeypatch.setenv("REMEDI_DATA_DIR", str(directory))
+    return directory
+
+
+def _files_under(directory: Path) -> list[Path]:
+    return (
+        sorted(path for path in directory.rglob("*") if path.is_file())
+        if directory.exists()
+        else []
+    )
+
+
+def test_samples_are_built_as_the_reference(tmp_path, data_dir, caplog):
+    source = _write_pickle(tmp_path / "BIOS.pkl", RECORDS)
+    with caplog.at_level(logging.WARNING, logger="remedi.data.samples"):
+        samples = {row["id"]: row for row in data.load_dataset("biosbias", file=source)}
+
+    assert list(samples) == ["Jane_Ann_Smith", "Maria_Lopez", "Li_Chen", "Jane_Ann_Smith_2"]
+    jane = samples["Jane_Ann_Smith"]
+    assert jane["entity"] == "Jane"
+    assert jane["context"] == "Jane is a software engineer at a large company in Seattle."
+    assert jane["attribute"] == "is a software engineer at a large company in Seattle"
+    assert jane["prompt"] == "Jane has the occupation of"
+    assert jane["target_mediated"] == "software engineer"
+    assert jane["target_unmediated"] is None
+    assert samples["Maria_Lopez"]["context"] == (
+        "About Maria: She has worked as a nurse in three hospitals for twenty years now."
+    )
+    assert samples["Li_Chen"]["context"] == (
+        "Li teaches physics and chemistry to large classes at the state university."
+    )
+    assert samples["Jane_Ann_Smith_2"]["context"] == (
+        "Jane works on compilers and databases at a large company."
+    )
+    dropped = " ".join(record.getMessage() for record in caplog.records)
+    for reason in (
+        "1 blacklisted name",
+        "1 empty title",
+        "1 name more than once",
+        "1 context under 10 words",
+    ):
+        assert reason in dropped
+    assert data.load_biosbias_bios(source)["Li_Chen"] == RECORDS[2]["bio"]
+
+
+def test_json_and_jsonl_exports_give_the_pickles_samples(tmp_path, data_dir):
+    from_pickle = data.load_biosbias(_write_pickle(tmp_path / "BIOS.pkl", RECORDS)).to_list()
+    as_json = tmp_path / "bios.json"
+    as_json.write_text(json.dumps(RECORDS))
+    as_jsonl = tmp_path / "bios.jsonl"
+    as_jsonl.write_text("\n".join(json.dumps(record) for record in RECORDS) + "\n")
+    assert data.load_biosbias(as_json).to_list() == from_pickle
+    assert data.load_biosbias(as_jsonl).to_list() == from_pickle
+
+
+def test_the_cache_is_keyed_by_the_source_files_hash(tmp_path, data_dir):
+    source = _write_pickle(tmp_path / "BIOS.pkl", RECORDS)
+    first = data.load_biosbias(source)
+    [cache] = _files_under(data_dir)
+    assert cache.name == f"samples-{biosbias.file_sha256(source)}.json"
+    # The cache is what is read back while the source is unchanged...
+    stored = json.loads(cache.read_text())
+    stored["samples"][0]["context"] = "read from the cache"
+    cache.write_text(json.dumps(stored))
+    assert data.load_biosbias(source)[0]["context"] == "read from the cache"
+    # ... and a changed source file is read again.
+    _write_pickle(source, RECORDS[:1])
+    again = data.load_biosbias(source)
+    assert len(again) == 1 and again[0]["context"] == first[0]["context"]
+    assert len(_files_under(data_dir)) == 2
+
+
+class _RunsACommand:
+    """Unpickled normally, this would run a shell command."""
+
+    def __init__(self, marker: Path):
+        self.marker = marker
+
+    def __reduce__(self):
+        return (os.system, (f"touch {self.marker}",))
+
+
+def test_a_pickle_naming_a_callable_is_refused_and_nothing_runs(tmp_path, data_dir):
+    marker = tmp_path / "PWNED"
+    source = _write_pickle(
+        tmp_path / "BIOS.pkl", [_record(("A", "", "B"), "x", "y"), _RunsACommand(marker)]
+    )
+    with pytest.raises(data.UnsafePickleError) as raised:
+        data.load_biosbias(source)
+    message = str(raised.value)
+    assert str(source) in message
+    assert f"{os.system.__module__}.system" in message
+    assert not marker.exists()
+    assert _files_under(data_dir) == []
+    # The same bytes, unpickled the ordinary way, do run it: the test would catch a leak.
+    if sys.platform != "win32":
+        pickle.loads(source.read_bytes())
+        assert marker.exists()
+
+
+def test_a_pickle_with_any_class_is_refused(tmp_path, data_dir):
+    source = _write_pickle(tmp_path / "BIOS.pkl", [{**RECORDS[0], "where": Path("/x")}])
+    with pytest.raises(data.UnsafePickleError, match="pathlib"):
+        data.load_biosbias(source)
+    assert _files_under(data_dir) == []
+
+
+@pytest.mark.parametrize(
+    ("records", "match"),
+    [
+        ({"name": ("A", "", "B")}, "list of Bias in Bios records"),
+        ([["A", "B"]], "record 0 is not a dict"),
+        ([{"name": ("A", "", "B"), "raw": "text"}], "has no field title"),
+        ([RECORDS[0], {**RECORDS[1], "name": "Maria Lopez"}], "record 1 has a name that is not"),
+        ([{**RECORDS[0], "raw": None}], "has a raw that is not a string"),
+    ],
+)
+def test_wrong_structure_raises_and_writes_nothing(tmp_path, data_dir, records, match):
+    source = _write_pickle(tmp_path / "BIOS.pkl", records)
+    with pytest.raises(errors.FileFormatError, match=match):
+        data.load_biosbias(source)
+    assert _files_under(data_dir) == []
+
+
+def test_a_file_that_is_not_a_pickle_or_missing_says_so(tmp_path, data_dir):
+    broken = tmp_path / "BIOS.pkl"
+    broken.write_bytes(pickle.dumps(RECORDS)[:40])
+    with pytest.raises(errors.FileFormatError, match="not a readable pickle"):
+        data.load_biosbias(broken)
+    with pytest.raises(errors.MissingFileError, match="--dataset-file"):
+        data.load_biosbias(tmp_path / "absent.pkl")
+    assert _files_under(data_dir) == []
+
+
+def test_toy_export_states_each_occupation_in_the_kept_sentence(tmp_path, data_dir):
+    world = generate_world(seed=3, num_entities=12)
+    records = export.biosbias_records(world)
+    assert records == export.biosbias_records(world)  # seeded by the world
+    assert len(records) == export.BIOSBIAS_PER_ENTITY * len(world.entities)
+    source = tmp_path / "biosbias.json"
+    source.write_text(json.dumps(records))
+    samples = data.load_biosbias(source)
+    assert len(samples) == len(records)  # nothing dropped
+    occupation: dict[str, set[str]] = {entity.name.split()[0]: set() for entity in world.entities}
+    for entity in world.entities:
+        occupation[entity.name.split()[0]].add(entity.facts["P106"])
+    for sample in samples:
+        assert sample["prompt"] == f"{sample['entity']} works as a"
+        assert sample["target_mediated"] in occupation[sample["entity"]]
+        assert f" {sample['target_mediated']} " in sample["context"]
+        assert sample["context"].count(sample["entity"]) == 1
+
+
+def test_a_built_world_without_the_export_gets_it_from_world_json(tmp_path):
+    world = generate_world(seed=1, num_entities=8)
+    with toy_dirs(tmp_path / "models", tmp_path / "data"):
+        paths = toy_world_paths("toy-small")
+        paths.data_dir.mkdir(parents=True)
+        paths.world_file.write_text(json.dumps(world.to_json()))
+        file = ensure_toy_biosbias("toy-small")
+        assert file == paths.biosbias_file
+        assert json.loads(file.read_text()) == export.biosbias_records(world)
+
+
+@pytest.mark.slow
+def test_eval_on_the_small_toy_world_end_to_end(small_world: BuiltToyWorld, tmp_path, monkeypatch):  # noqa: F811
+    from scripts import eval_bias_gen, train_editors
+
+    monkeypatch.setenv("REMEDI_RESULTS_DIR", str(tmp_path / "results"))
+    data_dir = tmp_path / "data"
+    with toy_dirs(small_world.models_dir, data_dir):
+        # The built world's data, copied so that the export is generated on demand here.
+        paths = toy_world_paths("toy-small")
+        paths.data_dir.mkdir(parents=True)
+        paths.world_file.write_bytes(small_world.paths.world_file.read_bytes())
+        file = ensure_toy_biosbias("toy-small")
+        common = ["-m", "toy-small", "--device", "cpu"]
+        train_editors.main(
+            [
+                "-n",
+                "bios",
+                "-d",
+                "biosbias",
+                "-l",
+                "0",
+                "--dataset-file",
+                str(file),
+                "--max-epochs",
+                "2",
+                "--test-size",
+                "0.25",
+                "--use-all-entity-tokens",
+                *common,
+            ]
+        )
+        argv = [
+            "-n",
+            "bios_eval",
+            "-e",
+            str(tmp_path / "results" / "bios"),
+            "--max-length",
+            "40",
+            *common,
+        ]
+        assert eval_bias_gen.main(argv) == 0
+        experiment = tmp_path / "results" / "bios_eval"
+        stamps = {path: path.stat().st_mtime_ns for path in experiment.glob("*/*.json")}
+        assert len(stamps) == 4  # {unedited, remedi} x {contextual, decontextual}
+        assert eval_bias_gen.main(argv) == 0  # resumes: nothing recomputed
+        assert stamps == {path: path.stat().st_mtime_ns for path in experiment.glob("*/*.json")}
+
+    summary = json.loads((experiment / "summary.json").read_text())
+    rows = {row["label"]: row for row in summary["rows"]}
+    assert set(rows) == {"Baseline", "REMEDI (L0)"}
+    for row in rows.values():
+        assert row["n"] >= 5
+        for setting in ("contextual", "decontextual"):
+            assert 0 <= row[setting]["top1_accuracy"] <= row[setting]["topk_accuracy"] <= 100
+            assert row[setting]["fluency"] > 0
+    for name in ("summary.md", "summary.tex", "summary.png"):
+        assert (experiment / name).stat().st_size > 0
+    assert "| Baseline |" in (experiment / "summary.md").read_text()
+
+
+SAMPLES = [
+    {
+        "id": f"person_{index}",
+        "entity": name,
+        "prompt": f"{name} has the occupation of",
+        "context": f"{name} is a {title} who lives in a small town by the sea.",
+        "attribute": f"is a {title} who lives in a small town by the sea",
+        "target_mediated": title,
+    }
+    for index, (name, title) in enumerate(
+        [("Ana", "doctor"), ("Bo", "lawyer"), ("Cy", "painter"), ("Di", "doctor")]
+    )
+]
+
+
+def test_accuracy_reads_the_labels_first_tokens_at_the_prompts_end(tokenizer, gpt2_model_float64):
+    import numpy as np
+    import torch
+
+    from remedi import metrics, models, precompute
+    from remedi.evaluation import EvalResources, Method
+    from remedi.evaluation import biosbias as suite
+    from remedi.evaluation.scoring import clean_generated_text, generate_texts
+
+    mt = models.ModelAndTokenizer(model=gpt2_model_float64, tokenizer=tokenizer, name="tiny")
+    cases = suite.biosbias_cases(SAMPLES)
+    labels = ["doctor", "lawyer", "painter"]
+    label_ids = precompute.target_token_ids(tokenizer, labels)
+    bios = {sample["id"]: sample["context"] for sample in SAMPLES}
+    vectorizer = suite.fit_vectorizer(list(bios.values()))
+    references = suite.label_references(cases, bios, vectorizer)
+    resources = EvalResources(batch_size=3, max_length=30, top_k=5)
+    for setting in suite.SETTINGS:
+        queries = [(case, suite.setting_prompt(case, setting)) for case in cases]
+        if setting == "contextual":
+            assert queries[0][1] == SAMPLES[0]["context"] + "\n\n" + SAMPLES[0]["prompt"]
+        # Batched with padding vs each prompt alone: equal in exact arithmetic (float64 model).
+        batched = suite.label_log_probs(mt, Method(), queries, label_ids, batch_size=3)
+        for row, (_, prompt) in zip(batched, queries, strict=True):
+            ids = tokenizer(prompt, return_tensors="pt").input_ids
+            with torch.no_grad():
+                alone = torch.log_softmax(gpt2_model_float64(ids).logits[0, -1], -1)[label_ids]
+            np.testing.assert_allclose(row, alone.numpy(), rtol=0, atol=1e-9)
+        result = suite.error_correction(
+            mt, Method(), cases, resources, setting, vectorizer, references
+        )
+        assert result.labels == labels and result.k == 3
+        # The generation is the sampled continuation alone: the same seeded texts minus the prompt.
+        texts = generate_texts(mt, Method(), queries, max_length=30, top_k=5, seed=0, batch_size=3)
+        for text, case, (_, prompt) in zip(texts, result.cases, queries, strict=True):
+            assert text == clean_generated_text(prompt) + case.generation
+        for case, row in zip(result.cases, batched, strict=True):
+            assert case.predictions[0] == labels[int(np.argmax(row))]
+            assert case.logp_target == pytest.approx(row[labels.index(case.target)], abs=1e-9)
+            assert case.fluency == metrics.weighted_n_gram_entropy(case.generation)
+        hits = [case.predictions[0] == case.target for case in result.cases]
+        assert result.top1_accuracy == sum(hits) / len(hits)
+        assert result.topk_accuracy == 1.0  # three labels, k = 3
