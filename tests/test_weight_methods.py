@@ -332,3 +332,14 @@ def test_weight_methods_are_registered_and_built_with_cached_statistics(mt, tmp_
     plain = evaluation.target_log_probs(mt, evaluation.Method(), queries)
     assert (edited > plain).all()
     assert_unchanged(mt, before)
+
+
+def test_packaged_hparams_are_found_by_alias_or_hub_name():
+    from remedi.methods import hparams_file
+
+    assert hparams_file("rome", "gptj") == hparams_file("rome", "EleutherAI/gpt-j-6B")
+    assert rome.RomeHparams.from_file(hparams_file("rome", "gpt2-xl")).layer == 17
+    assert rome.RomeHparams.from_file(hparams_file("rome", "toy+random123456")).layer == 0
+    assert ft.FtHparams.from_file(hparams_file("ft5", "gpt2-xl")).layers == [0, 1, 2, 3, 4]
+    with pytest.raises(errors.UsageError, match="no ft hyperparameters for model 'llama-7b'"):
+        hparams_file("ft", "llama-7b")

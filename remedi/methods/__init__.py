@@ -16,7 +16,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from remedi import errors
+from remedi import errors, models
 from remedi.methods.common import EditRequest
 
 HPARAMS_DIR = Path(__file__).parent / "hparams"
@@ -28,7 +28,9 @@ def hparams_file(method: str, model: str) -> Path:
     Raises:
         errors.UsageError: No file for that model; the message lists those there are.
     """
-    slug = model.split("+", 1)[0].rstrip("/").split("/")[-1]
+    name = model.split("+", 1)[0].rstrip("/")
+    aliases = {source: alias for alias, source in models.MODEL_ALIASES.items()}
+    slug = aliases.get(name, name).split("/")[-1]
     if slug.startswith("toy"):
         slug = "toy"
     path = HPARAMS_DIR / method / f"{slug}.json"
