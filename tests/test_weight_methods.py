@@ -343,3 +343,17 @@ def test_packaged_hparams_are_found_by_alias_or_hub_name():
     assert ft.FtHparams.from_file(hparams_file("ft5", "gpt2-xl")).layers == [0, 1, 2, 3, 4]
     with pytest.raises(errors.UsageError, match="no ft hyperparameters for model 'llama-7b'"):
         hparams_file("ft", "llama-7b")
+
+
+def test_ft_reapplies_its_cached_weights_per_case(mt):
+    records = data.load_counterfact_records(FIXTURES / "eval_counterfact.json")
+    cases = evaluation.counterfact_cases(records)[:1]
+    method = evaluation.weight_methods.FtMethod("ft", ft.FtHparams(layers=[0], lr=1e-2))
+    first = method.new_weights(mt, cases[0])
+    again = method.new_weights(mt, cases[0])
+    assert list(method.cached) == [cases[0].case_id]
+    for name, value in first.items():
+        assert torch.equal(again[name], value)
+    uncached = evaluation.weight_methods.FtMethod("ft", method.hparams, max_cached_bytes=0)
+    uncached.new_weights(mt, cases[0])
+    assert not uncached.cached

@@ -81,11 +81,18 @@ class RomeMethod(WeightEditMethod):
 
 
 class FtMethod(WeightEditMethod):
-    """Constrained fine-tuning of MLP output projections at one or more layers, per case."""
+    """Constrained fine-tuning of MLP output projections at one or more layers, per case.
 
-    def __init__(self, name: str, hparams: ft.FtHparams):
+    Each case's trained weights are kept on the CPU (up to ``max_cached_bytes`` in all), so that
+    the benchmarks after the first reapply them instead of training again.
+    """
+
+    def __init__(self, name: str, hparams: ft.FtHparams, max_cached_bytes: int = 2**30):
         self.name = name
         self.hparams = hparams
+        self.max_cached_bytes = max_cached_bytes
+        self.cached: dict[int, dict[str, torch.Tensor]] = {}
+        self.cached_bytes = 0
         layers = hparams.layers
         where = f"L{layers[0]}" if len(layers) == 1 else f"L{layers[0]}-{layers[-1]}"
         constraint = "" if hparams.norm_constraint is None else "-L"
@@ -95,7 +102,15 @@ class FtMethod(WeightEditMethod):
         return {"hparams": self.hparams.to_json(sort_keys=True)}
 
     def new_weights(self, mt: models.ModelAndTokenizer, case: EvalCase) -> dict[str, torch.Tensor]:
-        return ft.edit(mt, edit_request(case), self.hparams)
+        cached = self.cached.get(case.case_id)
+        if cached is not None:
+            return {name: value.to(mt.device) for name, value in cached.items()}
+        new = ft.edit(mt, edit_request(case), self.hparams)
+        size = sum(value.numel() * value.element_size() for value in new.values())
+        if self.cached_bytes + size <= self.max_cached_bytes:
+            self.cached[case.case_id] = {name: value.cpu() for name, value in new.items()}
+            self.cached_bytes += size
+        return new
 
 
 @register_method("rome")
