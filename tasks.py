@@ -222,6 +222,9 @@ def train_counterfact(
         "rerun": "Recompute benchmarks whose result files are already complete.",
         "random": "Evaluate on the randomly initialised model (editors from x.train.counterfact "
         "--random).",
+        "methods": "Comma-separated registered methods besides the editor and baselines "
+        "(e.g. remedi,ft,rome).",
+        "stats_dataset": "Corpus of ROME's key statistics (default: the method's hparams).",
     }
 )
 def eval_gen_counterfact(
@@ -233,6 +236,8 @@ def eval_gen_counterfact(
     editors: str | None = None,
     rerun: bool = False,
     random: bool = False,
+    methods: str | None = None,
+    stats_dataset: str | None = None,
 ) -> None:
     """Evaluate the CounterFact editor and the prefix/replace/unedited baselines."""
     from remedi.env import results_dir
@@ -269,6 +274,10 @@ def eval_gen_counterfact(
         args.append("--rerun")
     if random:
         args.append("--random")
+    if methods:
+        args += ["--methods", methods]
+    if stats_dataset:
+        args += ["--stats-dataset", stats_dataset]
     _python(c, "scripts.eval_fact_gen", args)
 
 

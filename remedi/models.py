@@ -21,6 +21,7 @@ from typing import Any, SupportsIndex
 
 import torch
 import transformers
+from transformers.pytorch_utils import Conv1D
 
 from remedi import errors
 
@@ -53,31 +54,34 @@ class ModelFamily:
     """Dotted path from the causal LM to the ``ModuleList`` of decoder blocks."""
     hidden_size_key: str = "hidden_size"
     num_layers_key: str = "num_hidden_layers"
+    mlp_out_path: str | None = None
+    """Dotted path, relative to one decoder block, of the MLP's output projection (the matrix
+    weight-editing methods such as ROME rewrite), e.g. ``mlp.c_proj``; None if not known."""
 
 
 MODEL_FAMILIES: dict[str, ModelFamily] = {
-    "gpt2": ModelFamily("transformer.h", "n_embd", "n_layer"),
-    "gptj": ModelFamily("transformer.h", "n_embd", "n_layer"),
-    "gpt_neo": ModelFamily("transformer.h", "hidden_size", "num_layers"),
-    "gpt_neox": ModelFamily("gpt_neox.layers"),
+    "gpt2": ModelFamily("transformer.h", "n_embd", "n_layer", "mlp.c_proj"),
+    "gptj": ModelFamily("transformer.h", "n_embd", "n_layer", "mlp.fc_out"),
+    "gpt_neo": ModelFamily("transformer.h", "hidden_size", "num_layers", "mlp.c_proj"),
+    "gpt_neox": ModelFamily("gpt_neox.layers", mlp_out_path="mlp.dense_4h_to_h"),
     "codegen": ModelFamily("transformer.h", "n_embd", "n_layer"),
     "gpt_bigcode": ModelFamily("transformer.h", "n_embd", "n_layer"),
     "bloom": ModelFamily("transformer.h", "hidden_size", "n_layer"),
     "falcon": ModelFamily("transformer.h"),
     "mpt": ModelFamily("transformer.blocks", "d_model", "n_layers"),
     "opt": ModelFamily("model.decoder.layers"),
-    "llama": ModelFamily("model.layers"),
-    "mistral": ModelFamily("model.layers"),
+    "llama": ModelFamily("model.layers", mlp_out_path="mlp.down_proj"),
+    "mistral": ModelFamily("model.layers", mlp_out_path="mlp.down_proj"),
     "mixtral": ModelFamily("model.layers"),
-    "qwen2": ModelFamily("model.layers"),
-    "qwen3": ModelFamily("model.layers"),
-    "gemma": ModelFamily("model.layers"),
-    "gemma2": ModelFamily("model.layers"),
-    "gemma3_text": ModelFamily("model.layers"),
+    "qwen2": ModelFamily("model.layers", mlp_out_path="mlp.down_proj"),
+    "qwen3": ModelFamily("model.layers", mlp_out_path="mlp.down_proj"),
+    "gemma": ModelFamily("model.layers", mlp_out_path="mlp.down_proj"),
+    "gemma2": ModelFamily("model.layers", mlp_out_path="mlp.down_proj"),
+    "gemma3_text": ModelFamily("model.layers", mlp_out_path="mlp.down_proj"),
     "phi": ModelFamily("model.layers"),
-    "phi3": ModelFamily("model.layers"),
-    "olmo": ModelFamily("model.layers"),
-    "olmo2": ModelFamily("model.layers"),
+    "phi3": ModelFamily("model.layers", mlp_out_path="mlp.down_proj"),
+    "olmo": ModelFamily("model.layers", mlp_out_path="mlp.down_proj"),
+    "olmo2": ModelFamily("model.layers", mlp_out_path="mlp.down_proj"),
     "starcoder2": ModelFamily("model.layers"),
 }
 
@@ -235,6 +239,46 @@ def resolve_layer(model: torch.nn.Module | ModelAndTokenizer, layer: int) -> tor
     module = unwrap_model(model)
     (path,) = determine_layer_paths(module, [layer])
     return module.get_submodule(path)
+
+
+@dataclass(frozen=True)
+class MlpOutput:
+    """Where one layer's MLP output projection is, and how its weight is laid out."""
+
+    module_path: str
+    """Dotted path of the projection module, e.g. ``transformer.h.3.mlp.c_proj``."""
+    weight_name: str
+    """Name of its weight in ``model.named_parameters()``."""
+    transposed: bool
+    """True for GPT-2's ``Conv1D``, whose weight is (in, out); False for ``Linear`` (out, in)."""
+    in_features: int
+    out_features: int
+
+
+def determine_mlp_output(model: torch.nn.Module | ModelAndTokenizer, layer: int) -> MlpOutput:
+    """Return the MLP output projection of ``layer`` (the matrix ROME and FT rewrite).
+
+    Raises:
+        errors.UsageError: The layer is out of range.
+        UnsupportedModelError: The family has no registered ``mlp_out_path``.
+    """
+    module = unwrap_model(model)
+    (layer_path,) = determine_layer_paths(module, [layer])
+    family = _family_of(module)
+    if family is None or family.mlp_out_path is None:
+        raise UnsupportedModelError(
+            f"do not know where the MLP output projection of {type(module).__name__} "
+            f"(model_type={getattr(_config_of(module), 'model_type', None)!r}) is; register "
+            "the family in remedi.models.MODEL_FAMILIES with its mlp_out_path (e.g. mlp.down_proj)"
+        )
+    path = f"{layer_path}.{family.mlp_out_path}"
+    projection = module.get_submodule(path)
+    weight = getattr(projection, "weight", None)
+    if not isinstance(weight, torch.Tensor) or weight.dim() != 2:
+        raise UnsupportedModelError(f"{path} has no 2-d weight; check mlp_out_path of its family")
+    transposed = isinstance(projection, Conv1D)
+    in_features, out_features = weight.shape if transposed else weight.shape[::-1]
+    return MlpOutput(path, f"{path}.weight", transposed, int(in_features), int(out_features))
 
 
 def determine_hidden_size(model: torch.nn.Module | ModelAndTokenizer) -> int:

@@ -46,6 +46,26 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         help="evaluate one baseline (without -e: only that baseline)",
     )
     parser.add_argument(
+        "--methods",
+        type=_method_names,
+        default=[],
+        help="comma-separated registered methods to evaluate (e.g. remedi,ft,rome; "
+        f"registered: {', '.join(evaluation.METHODS)}); remedi needs -e",
+    )
+    parser.add_argument(
+        "--stats-dataset",
+        help="corpus of the key statistics of rome: toy (the toy world's text) or a Hugging "
+        "Face text dataset NAME[:CONFIG] (default: the method's hyperparameters)",
+    )
+    parser.add_argument(
+        "--stats-dir",
+        type=Path,
+        help="where key statistics are cached (default: RESULTS/stats)",
+    )
+    parser.add_argument(
+        "--stats-num-texts", type=int, help="texts of the statistics corpus (default: hparams)"
+    )
+    parser.add_argument(
         "-b",
         "--benchmarks",
         nargs="+",
@@ -96,11 +116,28 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         "paraphrase)",
     )
     args = parser.parse_args(argv)
-    if args.editors_dir is None and args.baseline is None and not args.baselines:
-        parser.error("nothing to evaluate: pass -e EDITORS_DIR and/or --baseline(s)")
+    if (
+        args.editors_dir is None
+        and args.baseline is None
+        and not args.baselines
+        and not args.methods
+    ):
+        parser.error("nothing to evaluate: pass -e EDITORS_DIR, --methods and/or --baseline(s)")
+    if "remedi" in args.methods and args.editors_dir is None:
+        parser.error("--methods remedi needs the trained editors: pass -e EDITORS_DIR")
     if args.editors_dir is None and args.layer is not None:
         parser.error("-l/--layer selects an editor: pass -e EDITORS_DIR too")
     return args
+
+
+def _method_names(value: str) -> list[str]:
+    names = [name.strip() for name in value.split(",") if name.strip()]
+    unknown = [name for name in names if name not in evaluation.METHODS]
+    if unknown:
+        raise argparse.ArgumentTypeError(
+            f"unknown method(s) {', '.join(unknown)}; registered: {', '.join(evaluation.METHODS)}"
+        )
+    return names
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -160,8 +197,17 @@ def main(argv: Sequence[str] | None = None) -> int:
                 editor_type=args.editor_type,
             )
         )
-    baselines = list(dict.fromkeys([*args.baselines, *([args.baseline] if args.baseline else [])]))
-    methods += [evaluation.build_method(name, mt, cases, resources) for name in baselines]
+    others = [*args.baselines, *([args.baseline] if args.baseline else []), *args.methods]
+    weight_options = {
+        "stats_dataset": args.stats_dataset,
+        "stats_dir": args.stats_dir,
+        "stats_num_texts": args.stats_num_texts,
+    }
+    for name in dict.fromkeys(others):
+        if name == "remedi":
+            continue  # built from -e above
+        options = weight_options if name in evaluation.WEIGHT_METHODS else {}
+        methods.append(evaluation.build_method(name, mt, cases, resources, **options))
 
     experiment_dir = env.results_dir() / args.name
     evaluation.run_benchmarks(

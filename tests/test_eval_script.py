@@ -233,9 +233,45 @@ def test_the_script_says_what_to_pass(capsys):
         eval_fact_gen.parse_args(["-n", "x", "-m", "gpt2"])
     assert exit_info.value.code == 2  # bad usage, as argparse reports it
     assert (
-        "nothing to evaluate: pass -e EDITORS_DIR and/or --baseline(s)" in capsys.readouterr().err
+        "nothing to evaluate: pass -e EDITORS_DIR, --methods and/or --baseline(s)"
+        in capsys.readouterr().err
     )
     with pytest.raises(SystemExit) as exit_info:
         eval_fact_gen.parse_args(["-n", "x", "-m", "gpt2", "--baseline", "prefix", "-l", "3"])
     assert exit_info.value.code == 2
     assert "-l/--layer selects an editor: pass -e EDITORS_DIR too" in capsys.readouterr().err
+
+
+def test_methods_are_named_by_registry_name(capsys):
+    args = eval_fact_gen.parse_args(["-n", "x", "-m", "gpt2", "--methods", "rome, ft,ft5"])
+    assert args.methods == ["rome", "ft", "ft5"]
+    with pytest.raises(SystemExit):
+        eval_fact_gen.parse_args(["-n", "x", "-m", "gpt2", "--methods", "rome,romeo"])
+    assert "unknown method(s) romeo; registered: " in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        eval_fact_gen.parse_args(["-n", "x", "-m", "gpt2", "--methods", "remedi,rome"])
+    assert "--methods remedi needs the trained editors" in capsys.readouterr().err
+
+
+def test_methods_and_baselines_share_one_table(setup, results_dir, capsys):
+    argv = [
+        "-n",
+        "eval_methods",
+        "-m",
+        str(setup["model"]),
+        "--methods",
+        "unedited,prefix",
+        "--baseline",
+        "prefix",
+        "--dataset-file",
+        str(setup["data"] / "counterfact.json"),
+        "--max-cases",
+        "2",
+        "-b",
+        "efficacy",
+    ]
+    assert eval_fact_gen.main(argv) == 0
+    experiment = results_dir / "eval_methods"
+    assert sorted(p.name for p in experiment.iterdir() if p.is_dir()) == ["prefix", "unedited"]
+    out = capsys.readouterr().out
+    assert "| Prefix | 2 |" in out and "| Unedited | 2 |" in out

@@ -124,3 +124,9 @@ __all__ = [
     "run_benchmarks",
     "target_log_probs",
 ]
+
+# Registers the weight-editing methods (rome, ft, ft5) in METHODS.
+from remedi.evaluation import weight_methods
+from remedi.evaluation.weight_methods import WEIGHT_METHODS
+
+__all__ += ["WEIGHT_METHODS", "weight_methods"]

@@ -1,0 +1,239 @@
+"""What every weight-editing method shares: the edit request, its tokens, and MLP hooks.
+
+A request is text: a prompt that mentions the subject, and the new target. Token ids are built
+once from the text and never re-joined into strings: the target's ids are those the tokenizer
+gives ``prompt + " " + target`` after the prompt's characters (no BOS, no changed first token), and
+every training sequence is ``tokens(prefix + prompt) + target_ids[:-1]`` as ids.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import random
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+import transformers
+
+from remedi import errors, models, precompute
+
+Tokenizer = transformers.PreTrainedTokenizerBase
+
+CONTEXT_TEMPLATE_STARTS = ("The", "Therefore", "Because", "I", "You")
+"""The words ROME's random prefixes start with (each sampled on by the model itself)."""
+
+
+@dataclass(frozen=True)
+class EditRequest:
+    """One fact to write: after ``prompt`` (which mentions ``subject``) the LM should say
+    ``target_new``. The subject's last mention in the prompt is the one edited."""
+
+    prompt: str
+    subject: str
+    target_new: str
+    target_true: str = ""
+
+    def __post_init__(self) -> None:
+        if not self.subject or self.subject not in self.prompt:
+            raise errors.SampleError(
+                f"subject {self.subject!r} does not occur in prompt {self.prompt!r}; the edit "
+                "needs the subject's tokens in the prompt (ROME reads its key there)"
+            )
+        if not self.target_new.strip():
+            raise errors.SampleError(f"request {self.prompt!r} has an empty target_new")
+
+
+def target_token_ids(tokenizer: Tokenizer, prompt: str, target: str) -> list[int]:
+    """Token ids of ``target`` as it follows ``prompt`` (``prompt + " " + target``).
+
+    Read from one tokenization of the whole text by character offsets, so the first target token
+    is the one the model sees after the prompt (with its leading space) and BOS is never included.
+    """
+    text = f"{prompt} {target.strip()}"
+    encoded = tokenizer(text, return_offsets_mapping=True, add_special_tokens=False)
+    ids = [
+        token_id
+        for token_id, (start, end) in zip(
+            encoded["input_ids"], encoded["offset_mapping"], strict=True
+        )
+        if start >= len(prompt) and end > start
+    ]
+    straddles = [
+        (start, end) for start, end in encoded["offset_mapping"] if start < len(prompt) < end
+    ]
+    if not ids or straddles:
+        raise errors.SampleError(
+            f"cannot split {text!r} into prompt tokens and target tokens with this tokenizer "
+            "(a token crosses the boundary, or the target has none)"
+        )
+    return ids
+
+
+@dataclass
+class EditBatch:
+    """Token ids of several ``prefix + prompt (+ target tokens)`` sequences, right-padded.
+
+    ``subject_positions`` is the index of the subject's last token in each row; ``target_mask``
+    marks the positions whose *next* token is a target token (``labels`` holds that token).
+    """
+
+    input_ids: torch.Tensor
+    attention_mask: torch.Tensor
+    subject_positions: torch.Tensor
+    labels: torch.Tensor
+    target_mask: torch.Tensor
+
+    def to(self, device: torch.device) -> EditBatch:
+        return EditBatch(
+            self.input_ids.to(device),
+            self.attention_mask.to(device),
+            self.subject_positions.to(device),
+            self.labels.to(device),
+            self.target_mask.to(device),
+        )
+
+
+def edit_batch(
+    tokenizer: Tokenizer,
+    texts: Sequence[str],
+    subject: str,
+    targets: Sequence[Sequence[int]] | None = None,
+) -> EditBatch:
+    """Tokenize ``texts`` (each mentioning ``subject``) and append ``targets[i][:-1]`` to text
+    ``i`` as ids, so that one forward pass scores every target token (no target: none)."""
+    rows: list[list[int]] = []
+    subject_positions: list[int] = []
+    label_rows: list[list[int]] = []
+    for row_index, text in enumerate(texts):
+        target_ids = targets[row_index] if targets is not None else ()
+        encoded = tokenizer(text, return_offsets_mapping=True)
+        ids = list(encoded["input_ids"])
+        span = precompute.find_char_spans([text], [subject])
+        offsets = torch.tensor(encoded["offset_mapping"]).unsqueeze(0)
+        ranges = precompute.token_ranges_from_char_spans(
+            span, offsets, torch.ones(1, len(ids), dtype=torch.long), [text]
+        )
+        subject_positions.append(int(ranges[0, 1]) - 1)
+        labels = [-100] * len(ids)
+        if target_ids:
+            labels[-1] = target_ids[0]
+            for index, token_id in enumerate(target_ids[:-1]):
+                ids.append(token_id)
+                labels.append(target_ids[index + 1])
+        rows.append(ids)
+        label_rows.append(labels)
+    length = max(len(row) for row in rows)
+    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+    input_ids = torch.full((len(rows), length), pad_id, dtype=torch.long)
+    attention_mask = torch.zeros((len(rows), length), dtype=torch.long)
+    labels_tensor = torch.full((len(rows), length), -100, dtype=torch.long)
+    for index, (row, labels) in enumerate(zip(rows, label_rows, strict=True)):
+        input_ids[index, : len(row)] = torch.tensor(row)
+        attention_mask[index, : len(row)] = 1
+        labels_tensor[index, : len(labels)] = torch.tensor(labels)
+    return EditBatch(
+        input_ids,
+        attention_mask,
+        torch.tensor(subject_positions),
+        labels_tensor,
+        labels_tensor.ne(-100),
+    )
+
+
+def target_log_probs(logits: torch.Tensor, batch: EditBatch) -> torch.Tensor:
+    """Mean log-probability of the target tokens in each row, float32, shape (rows,)."""
+    log_probs = torch.log_softmax(logits.float(), dim=-1)
+    labels = batch.labels.clamp(min=0)
+    token_log_probs = log_probs.gather(-1, labels.unsqueeze(-1)).squeeze(-1)
+    mask = batch.target_mask.float()
+    return (token_log_probs * mask).sum(-1) / mask.sum(-1).clamp(min=1)
+
+
+def context_templates(
+    mt: models.ModelAndTokenizer, lengths: Sequence[Sequence[int]], seed: int = 0
+) -> list[str]:
+    """ROME's random prefixes: ``"{}"`` and, for each ``(length, count)``, ``count`` texts of
+    about ``length`` tokens sampled (top-k 5) from the model after one of
+    :data:`CONTEXT_TEMPLATE_STARTS`, each followed by ``". {}"``."""
+    templates = ["{}"]
+    tokenizer = mt.tokenizer
+    device = models.determine_device(mt.model)
+    rng = random.Random(seed)
+    with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
+        torch.manual_seed(seed)
+        for length, count in lengths:
+            starts = [
+                CONTEXT_TEMPLATE_STARTS[i % len(CONTEXT_TEMPLATE_STARTS)] for i in range(count)
+            ]
+            rng.shuffle(starts)
+            inputs = tokenizer(starts, return_tensors="pt", padding=True, padding_side="left")
+            inputs = inputs.to(device)
+            generate: Any = mt.model.generate
+            with torch.no_grad():
+                generated = generate(
+                    **inputs,
+                    do_sample=True,
+                    top_k=5,
+                    max_new_tokens=max(1, int(length) - inputs.input_ids.shape[1]),
+                    pad_token_id=tokenizer.pad_token_id,
+                )
+            for text in tokenizer.batch_decode(generated, skip_special_tokens=True):
+                templates.append(text.replace("{", " ").replace("}", " ").strip() + ". {}")
+    return templates
+
+
+@contextlib.contextmanager
+def record_mlp_keys(
+    model: torch.nn.Module, projection: models.MlpOutput
+) -> Iterator[dict[str, torch.Tensor]]:
+    """Record the input of the MLP output projection (ROME's keys) on each forward pass."""
+    recorded: dict[str, torch.Tensor] = {}
+    module = model.get_submodule(projection.module_path)
+
+    def record(module: torch.nn.Module, inputs: Any) -> None:
+        recorded["keys"] = inputs[0]
+
+    handle = module.register_forward_pre_hook(record)
+    try:
+        yield recorded
+    finally:
+        handle.remove()
+
+
+@contextlib.contextmanager
+def add_to_mlp_output(
+    model: torch.nn.Module,
+    projection: models.MlpOutput,
+    positions: torch.Tensor,
+    delta: torch.Tensor,
+    recorded: dict[str, torch.Tensor] | None = None,
+) -> Iterator[None]:
+    """Add ``delta`` to the MLP output at ``positions[row]`` of each row; record the clean output
+    there first (``recorded["outputs"]``, detached) when ``recorded`` is given."""
+    module = model.get_submodule(projection.module_path)
+
+    def edit(module: torch.nn.Module, inputs: Any, output: torch.Tensor) -> torch.Tensor:
+        rows = torch.arange(output.shape[0], device=output.device)
+        if recorded is not None:
+            recorded["outputs"] = output[rows, positions].detach().clone()
+        edited = output.clone()
+        edited[rows, positions] = edited[rows, positions] + delta.to(output.dtype)
+        return edited
+
+    handle = module.register_forward_hook(edit)
+    try:
+        yield
+    finally:
+        handle.remove()
+
+
+def weight_as_out_in(weight: torch.Tensor, projection: models.MlpOutput) -> torch.Tensor:
+    """The projection's weight as (out, in), whatever its layout."""
+    return weight.T if projection.transposed else weight
+
+
+def check_layers(mt: models.ModelAndTokenizer, layers: Sequence[int]) -> None:
+    """Raise a clear :class:`errors.UsageError` if a layer is out of range."""
+    models.determine_layer_paths(mt.model, list(layers))

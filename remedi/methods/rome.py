@@ -1,0 +1,239 @@
+"""ROME (Meng et al. 2022): a rank-one update of one layer's MLP output projection.
+
+For a request (prompt mentioning a subject, new target):
+
+1. the key ``k`` is the projection's input at the subject's last token, averaged over the prompt
+   behind random prefixes (:func:`~remedi.methods.common.context_templates`);
+2. the value ``v*`` is the MLP output at the subject's last token plus a vector ``delta``
+   optimised with Adam so that the model says the target after every prefixed prompt, under a KL
+   term that keeps "{subject} is a" predictions and a weight decay on ``delta``, ``delta`` clamped
+   to ``clamp_norm_factor`` times the clean output's norm (ROME's ``compute_v``);
+3. with ``C = E[k k^T]`` (:mod:`remedi.methods.stats`), the update of the (out, in) weight is
+   ``(v* - W k - b) (C^-1 k)^T / (k^T C^-1 k)``, so that the edited layer maps ``k`` to ``v*``.
+
+The same averaged ``k`` is used in 1 and 3. ROME's reference used the un-averaged key in the
+denominator and residual (kmeng01/rome PR #44), which can blow up the update's norm; MEMIT and
+r-ROME fixed it the same way. The optimisation of ``delta`` and the closed form run in float32
+(float64 for the solve) whatever the model's dtype: in half precision the reference's loss and
+solve can overflow to NaN.
+
+Functions here return new weights and never write into the model.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+from dataclasses_json import DataClassJsonMixin
+
+from remedi import errors, io, models
+from remedi.methods import common
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass
+class RomeHparams(DataClassJsonMixin):
+    """ROME's hyperparameters (names as in kmeng01/rome's ``hparams/ROME/*.json``)."""
+
+    layer: int
+    v_num_grad_steps: int = 20
+    v_lr: float = 0.5
+    v_weight_decay: float = 0.5
+    clamp_norm_factor: float = 4.0
+    kl_factor: float = 0.0625
+    mom2_adjustment: bool = True
+    context_template_lengths: list[list[int]] = field(default_factory=lambda: [[10, 5]])
+    """``[length, count]`` pairs of random prefixes (ROME: five prefixes of 10 tokens)."""
+    kl_prompts: list[str] = field(default_factory=lambda: ["{} is a"])
+    stats_dataset: str = "wikipedia:20200501.en"
+    stats_num_texts: int = 100000
+    seed: int = 0
+
+    @classmethod
+    def from_file(cls, path: Path) -> RomeHparams:
+        return cls.from_dict(io.read_json(path, "ROME hyperparameters"))
+
+
+@dataclass
+class RankOneUpdate:
+    """A ROME edit: ``delta = outer(right, left)`` added to the (out, in) weight."""
+
+    weight_name: str
+    key: torch.Tensor
+    """The averaged key ``k`` (in,)."""
+    value: torch.Tensor
+    """The target MLP output ``v*`` (out,)."""
+    left: torch.Tensor
+    """``C^-1 k / (k^T C^-1 k)`` (in,)."""
+    right: torch.Tensor
+    """``v* - W k - b`` (out,)."""
+    transposed: bool
+
+    def delta(self) -> torch.Tensor:
+        """The update in the weight's own layout (transposed for GPT-2's Conv1D), float32."""
+        out_in = torch.outer(self.right, self.left)
+        return out_in.T if self.transposed else out_in
+
+    def new_weight(self, weight: torch.Tensor) -> torch.Tensor:
+        """``weight + delta`` in the weight's dtype and device (a new tensor)."""
+        delta = self.delta().to(weight.device)
+        return (weight.detach().float() + delta).to(weight.dtype)
+
+
+def subject_keys(
+    mt: models.ModelAndTokenizer, layer: int, texts: list[str], subject: str
+) -> torch.Tensor:
+    """The projection's input at the subject's last token of each text, float32 (n, in)."""
+    projection = models.determine_mlp_output(mt.model, layer)
+    batch = common.edit_batch(mt.tokenizer, texts, subject).to(mt.device)
+    with torch.no_grad(), common.record_mlp_keys(mt.model, projection) as recorded:
+        mt.model(input_ids=batch.input_ids, attention_mask=batch.attention_mask)
+    rows = torch.arange(len(texts), device=batch.input_ids.device)
+    return recorded["keys"][rows, batch.subject_positions].float()
+
+
+def compute_value(
+    mt: models.ModelAndTokenizer,
+    request: common.EditRequest,
+    hparams: RomeHparams,
+    texts: list[str],
+) -> torch.Tensor:
+    """ROME's ``v*``: the MLP output at the subject that makes the model say the target (out,)."""
+    projection = models.determine_mlp_output(mt.model, hparams.layer)
+    target_ids = common.target_token_ids(mt.tokenizer, request.prompt, request.target_new)
+    kl_texts = [prompt.replace("{}", request.subject) for prompt in hparams.kl_prompts]
+    rewrite = common.edit_batch(
+        mt.tokenizer,
+        texts + kl_texts,
+        request.subject,
+        [target_ids] * len(texts) + [[]] * len(kl_texts),
+    )
+    batch = rewrite.to(mt.device)
+    num_rewrite = len(texts)
+    kl_rows = torch.arange(num_rewrite, num_rewrite + len(kl_texts), device=mt.device)
+
+    delta = torch.zeros(projection.out_features, device=mt.device, requires_grad=True)
+    optimizer = torch.optim.Adam([delta], lr=hparams.v_lr)
+    target_init: torch.Tensor | None = None
+    kl_init: torch.Tensor | None = None
+    for step in range(hparams.v_num_grad_steps):
+        optimizer.zero_grad()
+        recorded: dict[str, torch.Tensor] = {}
+        with common.add_to_mlp_output(
+            mt.model, projection, batch.subject_positions, delta, recorded
+        ):
+            logits = mt.model(input_ids=batch.input_ids, attention_mask=batch.attention_mask).logits
+        if target_init is None:
+            # The clean MLP output at the subject in the unprefixed prompt (delta is still 0).
+            target_init = recorded["outputs"][0].float()
+        kl_log_probs = torch.log_softmax(
+            logits[kl_rows, batch.subject_positions[kl_rows]].float(), dim=-1
+        )
+        if kl_init is None:
+            kl_init = kl_log_probs.detach().clone()
+        log_probs = torch.log_softmax(logits[:num_rewrite].float(), dim=-1)
+        labels = batch.labels[:num_rewrite]
+        mask = batch.target_mask[:num_rewrite].float()
+        token_log_probs = log_probs.gather(-1, labels.clamp(min=0).unsqueeze(-1)).squeeze(-1)
+        nll = -(token_log_probs * mask).sum() / mask.sum()
+        kl = hparams.kl_factor * torch.nn.functional.kl_div(
+            kl_init, kl_log_probs, log_target=True, reduction="batchmean"
+        )
+        decay = hparams.v_weight_decay * delta.norm() / target_init.norm() ** 2
+        loss = nll + kl + decay
+        logger.debug(
+            "v* step %d: loss %.3f = nll %.3f + kl %.3f + decay %.3f",
+            step,
+            loss.item(),
+            nll.item(),
+            kl.item(),
+            decay.item(),
+        )
+        if not torch.isfinite(loss):
+            raise errors.RemediError(
+                f"ROME's v* loss became {loss.item()} at step {step}; lower v_lr"
+            )
+        if loss.item() < 5e-2 or step == hparams.v_num_grad_steps - 1:
+            break
+        loss.backward()
+        optimizer.step()
+        max_norm = hparams.clamp_norm_factor * target_init.norm()
+        with torch.no_grad():
+            if delta.norm() > max_norm:
+                delta.mul_(max_norm / delta.norm())
+    assert target_init is not None
+    return (target_init + delta).detach()
+
+
+def compute_update(
+    mt: models.ModelAndTokenizer,
+    request: common.EditRequest,
+    hparams: RomeHparams,
+    second_moment: torch.Tensor | None,
+    templates: list[str] | None = None,
+) -> RankOneUpdate:
+    """The rank-one update that writes ``request`` at ``hparams.layer``.
+
+    Args:
+        second_moment: ``C = E[k k^T]`` of the layer's keys; required when
+            ``hparams.mom2_adjustment`` (else the update uses ``C = I``).
+        templates: Random prefixes (``"{}"`` marks the prompt); default: sampled with
+            :func:`~remedi.methods.common.context_templates` from ``hparams``.
+
+    Raises:
+        errors.UsageError: The layer is out of range, or ``C`` is missing or of the wrong size.
+    """
+    common.check_layers(mt, [hparams.layer])
+    projection = models.determine_mlp_output(mt.model, hparams.layer)
+    if hparams.mom2_adjustment:
+        if second_moment is None:
+            raise errors.UsageError("ROME with mom2_adjustment needs the key statistics C")
+        if tuple(second_moment.shape) != (projection.in_features,) * 2:
+            raise errors.MismatchError(
+                f"key statistics of shape {tuple(second_moment.shape)} do not fit "
+                f"{projection.module_path} ({projection.in_features} inputs)"
+            )
+    if templates is None:
+        templates = common.context_templates(mt, hparams.context_template_lengths, hparams.seed)
+    texts = [template.replace("{}", request.prompt) for template in templates]
+
+    key = subject_keys(mt, hparams.layer, texts, request.subject).mean(dim=0)
+    value = compute_value(mt, request, hparams, texts)
+
+    module = mt.model.get_submodule(projection.module_path)
+    with torch.no_grad():
+        current = module(key.to(dtype=mt.dtype).unsqueeze(0)).squeeze(0).float()
+    if hparams.mom2_adjustment:
+        assert second_moment is not None
+        inverse_key = torch.linalg.solve(
+            second_moment.to(key.device, torch.float64), key.double()
+        ).float()
+    else:
+        inverse_key = key.clone()
+    left = inverse_key / torch.dot(inverse_key, key)
+    right = value - current
+    update = RankOneUpdate(projection.weight_name, key, value, left, right, projection.transposed)
+    logger.info(
+        "ROME at layer %d: |v* - Wk| %.3f, |delta W| %.3f",
+        hparams.layer,
+        right.norm().item(),
+        right.norm().item() * left.norm().item(),
+    )
+    return update
+
+
+def edit(
+    mt: models.ModelAndTokenizer,
+    request: common.EditRequest,
+    hparams: RomeHparams,
+    second_moment: torch.Tensor | None,
+    templates: list[str] | None = None,
+) -> dict[str, torch.Tensor]:
+    """New values of the edited parameters (one weight) for ``request``: ``{name: W + delta}``."""
+    update = compute_update(mt, request, hparams, second_moment, templates)
+    weight = mt.model.get_parameter(update.weight_name)
+    return {update.weight_name: update.new_weight(weight)}

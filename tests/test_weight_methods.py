@@ -1,0 +1,359 @@
+"""Weight editing (ROME, FT) on tiny GPT-2 and Llama models: the closed form, the tokens, the
+statistics cache, bad input, and the registered evaluation methods."""
+
+from __future__ import annotations
+
+import copy
+import random
+from pathlib import Path
+
+import datasets
+import pytest
+import torch
+
+from remedi import data, errors, evaluation, models
+from remedi.methods import common, ft, rome, stats
+from tests.conftest import TOKENIZER_CORPUS, tiny_gpt2
+from tests.model_fixtures import tiny_llama, tiny_model
+
+FIXTURES = Path(__file__).parent / "fixtures"
+
+
+def shuffled_corpus(count: int = 150, seed: int = 0) -> list[str]:
+    """Texts of the tokenizer's words in random order: many distinct contexts, so that the key
+    statistics of a tiny model are well conditioned (the fixed sentences alone give few)."""
+    words = " ".join(TOKENIZER_CORPUS).split()
+    rng = random.Random(seed)
+    return [" ".join(rng.sample(words, 12)) for _ in range(count)]
+
+
+CORPUS = shuffled_corpus()
+REQUEST = common.EditRequest(
+    prompt="Mira Talovan lives in the city of", subject="Mira Talovan", target_new="Oslo"
+)
+# One prefix besides the bare prompt: the averaged key then differs from the bare prompt's.
+TEMPLATES = ["{}", "Kelo Vantri works for Nordavia. {}"]
+
+
+@pytest.fixture(scope="module")
+def mt(tokenizer) -> models.ModelAndTokenizer:
+    # Larger initial weights than the default 0.02, so that one MLP output moves the prediction.
+    model = tiny_gpt2(tokenizer, initializer_range=0.2).requires_grad_(False)
+    return models.ModelAndTokenizer(model=model, tokenizer=tokenizer, name="tiny-gpt2")
+
+
+@pytest.fixture(scope="module")
+def mt64(mt) -> models.ModelAndTokenizer:
+    """float64: the closed-form checks compare quantities equal only in exact arithmetic."""
+    return models.ModelAndTokenizer(copy.deepcopy(mt.model).double(), mt.tokenizer, "tiny-gpt2-64")
+
+
+@pytest.fixture(scope="module")
+def llama(llama_tokenizer) -> models.ModelAndTokenizer:
+    model = tiny_llama(llama_tokenizer, initializer_range=0.2).requires_grad_(False)
+    return models.ModelAndTokenizer(model=model, tokenizer=llama_tokenizer, name="tiny-llama")
+
+
+def moment_of(mt: models.ModelAndTokenizer, layer: int) -> torch.Tensor:
+    return stats.second_moment(mt, layer, "corpus", len(CORPUS), texts=CORPUS).moment
+
+
+def log_prob(mt: models.ModelAndTokenizer, prompt: str, target: str) -> float:
+    ids = common.target_token_ids(mt.tokenizer, prompt, target)
+    batch = common.edit_batch(mt.tokenizer, [prompt], REQUEST.subject, [ids])
+    with torch.no_grad():
+        logits = mt.model(input_ids=batch.input_ids, attention_mask=batch.attention_mask).logits
+    return float(common.target_log_probs(logits, batch)[0])
+
+
+def weights_of(mt: models.ModelAndTokenizer) -> dict[str, torch.Tensor]:
+    return {name: p.detach().clone() for name, p in mt.model.named_parameters()}
+
+
+def assert_unchanged(mt: models.ModelAndTokenizer, before: dict[str, torch.Tensor]) -> None:
+    for name, parameter in mt.model.named_parameters():
+        assert torch.equal(parameter, before[name]), name
+    for module in mt.model.modules():
+        assert not module._forward_hooks and not module._forward_pre_hooks, module
+
+
+@pytest.mark.parametrize(
+    ("family", "path", "transposed", "in_features"),
+    [
+        ("gpt2", "transformer.h.1.mlp.c_proj", True, 128),
+        ("gptj", "transformer.h.1.mlp.fc_out", False, 128),
+        ("gpt_neox", "gpt_neox.layers.1.mlp.dense_4h_to_h", False, 64),
+        ("llama", "model.layers.1.mlp.down_proj", False, 64),
+    ],
+)
+def test_the_mlp_output_projection_of_each_family(family, path, transposed, in_features):
+    model = tiny_model(family)
+    projection = models.determine_mlp_output(model, 1)
+    assert (projection.module_path, projection.transposed) == (path, transposed)
+    assert (projection.in_features, projection.out_features) == (in_features, 32)
+    weight = model.get_parameter(projection.weight_name)
+    keys = torch.randn(2, in_features)
+    out = keys @ weight if transposed else keys @ weight.T
+    assert out.shape == (2, 32)
+    with pytest.raises(errors.UsageError, match="out of range"):
+        models.determine_mlp_output(model, 3)
+
+
+@pytest.mark.parametrize("model_name", ["mt64", "llama"])
+def test_rome_update_is_rank_one_and_the_closed_form(model_name, request):
+    mt = request.getfixturevalue(model_name)
+    layer = 0
+    hparams = rome.RomeHparams(layer=layer, v_num_grad_steps=5)
+    moment = moment_of(mt, layer)
+    update = rome.compute_update(mt, REQUEST, hparams, moment, TEMPLATES)
+    projection = models.determine_mlp_output(mt.model, layer)
+    weight = mt.model.get_parameter(projection.weight_name)
+    delta = update.delta().double()
+    singular_values = torch.linalg.svdvals(delta)
+    # Rank one up to the float32 rounding of each entry of the outer product (relative 1e-7).
+    assert singular_values[0] > 0 and singular_values[1] / singular_values[0] < 1e-5
+
+    # The closed form, recomputed here in float64 from the key, value and C.
+    texts = [t.replace("{}", REQUEST.prompt) for t in TEMPLATES]
+    key = rome.subject_keys(mt, layer, texts, REQUEST.subject).double().mean(0)
+    module = mt.model.get_submodule(projection.module_path)
+    with torch.no_grad():
+        current = module(key.to(weight.dtype)[None])[0].double()
+    inverse_key = torch.linalg.solve(moment.double(), key)
+    expected = torch.outer(update.value.double() - current, inverse_key) / (inverse_key @ key)
+    out_in = delta.T if projection.transposed else delta
+    # float32 key, value and factors (the update is built in float32): relative 1e-4.
+    torch.testing.assert_close(out_in, expected, rtol=1e-4, atol=1e-4 * expected.abs().max())
+
+    # The edited layer maps the averaged key to v*, and the update's norm is bounded by
+    # |v* - W k| cond(C) / |k| (the averaged key in both places; PR #44's mismatch is not).
+    new_weight = update.new_weight(weight)
+    with torch.no_grad():
+        original = weight.detach().clone()
+        weight.copy_(new_weight)
+        try:
+            edited_out = module(key.to(weight.dtype)[None])[0].double()
+        finally:
+            weight.copy_(original)
+    torch.testing.assert_close(edited_out, update.value.double(), rtol=1e-3, atol=1e-3)
+    eigenvalues = torch.linalg.eigvalsh(moment.double())
+    bound = (update.value.double() - current).norm() * eigenvalues[-1] / eigenvalues[0] / key.norm()
+    assert delta.norm() <= bound * (1 + 1e-4)
+    assert torch.equal(original, mt.model.get_parameter(projection.weight_name))
+
+
+def test_rome_raises_the_target_probability_and_restores_every_weight(mt, tokenizer):
+    layer = 0  # of 2: the last layer's MLP at the subject cannot reach the prompt's end
+    sampled = common.context_templates(mt, [[6, 2], [4, 1]], seed=0)
+    assert len(sampled) == 4 and sampled[0] == "{}"
+    assert all(t.endswith(". {}") and t.count("{}") == 1 for t in sampled[1:])
+    assert common.context_templates(mt, [[6, 2], [4, 1]], seed=0) == sampled
+    # Without prefixes the averaged key is the prompt's own: the edit must then hit the prompt.
+    hparams = rome.RomeHparams(layer=layer, context_template_lengths=[])
+    moment = stats.SecondMoment(moment_of(mt, layer), {"dataset": "corpus"})
+    method = evaluation.weight_methods.RomeMethod(mt, hparams, moment)
+    assert method.templates == ["{}"]
+    case = evaluation.EvalCase(
+        case_id=1,
+        entity=REQUEST.subject,
+        relation_id="P551",
+        prompt=REQUEST.prompt,
+        context="",
+        attribute="",
+        target_new="Oslo",
+        target_new_id="Q1",
+        target_true="Lisbon",
+        target_true_id="Q2",
+        rewrite_prompt=REQUEST.prompt,
+    )
+    before_weights = weights_of(mt)
+    before = log_prob(mt, REQUEST.prompt, "Oslo")
+    with method.applied(mt, case):
+        after = log_prob(mt, REQUEST.prompt, "Oslo")
+        changed = [
+            n for n, p in mt.model.named_parameters() if not torch.equal(p, before_weights[n])
+        ]
+    assert changed == ["transformer.h.0.mlp.c_proj.weight"]
+    assert after > before + 0.5
+    assert_unchanged(mt, before_weights)
+
+
+def test_targets_are_token_ids_after_the_prompt_without_bos(llama):
+    tokenizer = llama.tokenizer
+    prompt, target = "Mira Talovan lives in the city of", "Lisbon Honolulu"
+    ids = common.target_token_ids(tokenizer, prompt, target)
+    whole = tokenizer(f"{prompt} {target}", add_special_tokens=False).input_ids
+    assert len(ids) > 1 and ids == whole[len(whole) - len(ids) :]
+    assert tokenizer.bos_token_id not in ids
+    # The first target token carries the word boundary: what follows the prompt, not a new text.
+    assert tokenizer.convert_ids_to_tokens(ids[0]).startswith("\u2581")
+    batch = common.edit_batch(tokenizer, [prompt], "Mira Talovan", [ids])
+    row = batch.input_ids[0][batch.attention_mask[0].bool()].tolist()
+    assert row[0] == tokenizer.bos_token_id
+    assert row[-(len(ids) - 1) :] == ids[:-1]
+    assert tokenizer.decode(row[: batch.subject_positions[0] + 1], skip_special_tokens=True) == (
+        "Mira Talovan"
+    )
+    labels = batch.labels[0][batch.target_mask[0]].tolist()
+    assert labels == ids
+
+
+def test_rome_writes_a_multi_token_target_into_llama(llama):
+    target = "Lisbon Honolulu"
+    request = common.EditRequest(REQUEST.prompt, REQUEST.subject, target)
+    hparams = rome.RomeHparams(layer=1, v_num_grad_steps=25)
+    new = rome.edit(llama, request, hparams, moment_of(llama, 1), TEMPLATES)
+    (name,) = new
+    assert name == "model.layers.1.mlp.down_proj.weight"
+    weight = llama.model.get_parameter(name)
+    before = log_prob(llama, request.prompt, target)
+    original = weight.detach().clone()
+    with torch.no_grad():
+        weight.copy_(new[name])
+    try:
+        after = log_prob(llama, request.prompt, target)
+    finally:
+        with torch.no_grad():
+            weight.copy_(original)
+    assert after > before + 0.5
+
+
+def test_bad_input_raises_clearly_and_leaves_the_weights(mt):
+    before = weights_of(mt)
+    with pytest.raises(errors.SampleError, match="does not occur in prompt"):
+        common.EditRequest("Someone lives in", "Mira Talovan", "Oslo")
+    with pytest.raises(errors.UsageError, match="out of range"):
+        rome.compute_update(mt, REQUEST, rome.RomeHparams(layer=2), None, TEMPLATES)
+    with pytest.raises(errors.UsageError, match="out of range"):
+        ft.edit(mt, REQUEST, ft.FtHparams(layers=[1, 2]))
+    # A failure in the middle of the optimisation leaves no hook and no changed weight.
+    broken = rome.RomeHparams(
+        layer=0, v_lr=1e30, clamp_norm_factor=float("inf"), mom2_adjustment=False
+    )
+    with pytest.raises(errors.RemediError, match="lower v_lr"):
+        rome.compute_update(mt, REQUEST, broken, None, TEMPLATES)
+    assert_unchanged(mt, before)
+
+
+def test_an_unloadable_statistics_corpus_names_the_flag(mt, monkeypatch):
+    monkeypatch.setattr(datasets.config, "HF_HUB_OFFLINE", True)
+    monkeypatch.setenv("HF_DATASETS_OFFLINE", "1")
+    with pytest.raises(errors.UsageError, match="--stats-dataset"):
+        stats.second_moment(mt, 0, "no-such-user/no-such-dataset-xyz", 10)
+    with pytest.raises(errors.UsageError, match="--stats-dataset"):
+        stats.second_moment(mt, 0, "toy", 10)  # the toy corpus needs a toy world
+
+
+def test_statistics_are_cached_with_metadata_and_refused_for_another_model(mt, tmp_path):
+    first = stats.second_moment(mt, 1, "corpus", len(CORPUS), tmp_path, texts=CORPUS)
+    meta = first.metadata
+    assert (meta["model"], meta["layer"], meta["dataset"]) == ("tiny-gpt2", "1", "corpus")
+    assert int(meta["tokens"]) > 128 and meta["dtype"] == "float32"
+    assert len(list(tmp_path.rglob("*.safetensors"))) == 1
+    # Read back without computing (no texts given, and "corpus" is no loadable dataset).
+    again = stats.second_moment(mt, 1, "corpus", len(CORPUS), tmp_path)
+    assert torch.equal(again.moment, first.moment)
+    other = models.ModelAndTokenizer(tiny_gpt2(mt.tokenizer), mt.tokenizer, "tiny-gpt2")
+    with pytest.raises(errors.MismatchError, match="another model"):
+        stats.second_moment(other, 1, "corpus", len(CORPUS), tmp_path)
+
+
+def test_statistics_resume_after_an_interruption(mt, tmp_path, monkeypatch):
+    whole = stats.second_moment(mt, 0, "corpus", len(CORPUS), texts=CORPUS, chunk_texts=2)
+    monkeypatch.setattr(stats, "SAVE_EVERY_CHUNKS", 1)
+    calls = {"count": 0}
+    keys_sum = stats._keys_sum
+
+    def interrupted(*args, **kwargs):
+        calls["count"] += 1
+        if calls["count"] == 4:
+            raise KeyboardInterrupt
+        return keys_sum(*args, **kwargs)
+
+    monkeypatch.setattr(stats, "_keys_sum", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        stats.second_moment(mt, 0, "corpus", len(CORPUS), tmp_path, texts=CORPUS, chunk_texts=2)
+    assert len(list(tmp_path.rglob("*.partial.safetensors"))) == 1
+    monkeypatch.setattr(stats, "_keys_sum", keys_sum)
+    resumed = stats.second_moment(
+        mt, 0, "corpus", len(CORPUS), tmp_path, texts=CORPUS, chunk_texts=2
+    )
+    # Same chunks summed in the same order in float64: equal to the uninterrupted run.
+    assert torch.equal(resumed.moment, whole.moment)
+    assert resumed.metadata["tokens"] == whole.metadata["tokens"]
+    assert not list(tmp_path.rglob("*.partial.safetensors"))
+
+
+def test_ft_trains_only_its_layers_within_the_norm_constraint(mt):
+    before = weights_of(mt)
+    hparams = ft.FtHparams(layers=[0, 1], lr=1e-2, norm_constraint=2e-2, kl_factor=0.1)
+    new = ft.edit(mt, REQUEST, hparams)
+    assert sorted(new) == ["transformer.h.0.mlp.c_proj.weight", "transformer.h.1.mlp.c_proj.weight"]
+    for name, value in new.items():
+        change = (value - before[name]).abs().max().item()
+        assert 0 < change <= 2e-2 + 1e-6
+    assert_unchanged(mt, before)
+    original = log_prob(mt, REQUEST.prompt, "Oslo")
+    saved = {name: mt.model.get_parameter(name).detach().clone() for name in new}
+    with torch.no_grad():
+        for name, value in new.items():
+            mt.model.get_parameter(name).copy_(value)
+    try:
+        edited = log_prob(mt, REQUEST.prompt, "Oslo")
+    finally:
+        with torch.no_grad():
+            for name, value in saved.items():
+                mt.model.get_parameter(name).copy_(value)
+    assert edited > original + 0.5
+    assert_unchanged(mt, before)
+
+
+def test_weight_methods_are_registered_and_built_with_cached_statistics(mt, tmp_path):
+    records = data.load_counterfact_records(FIXTURES / "eval_counterfact.json")
+    cases = evaluation.counterfact_cases(records)
+    resources = evaluation.EvalResources()
+    hparams = rome.RomeHparams(layer=0, context_template_lengths=[], stats_dataset="corpus")
+    stats.second_moment(mt, 0, "corpus", hparams.stats_num_texts, tmp_path, texts=CORPUS)
+    method = evaluation.build_method(
+        "rome", mt, cases, resources, hparams=hparams, stats_dir=tmp_path
+    )
+    assert isinstance(method, evaluation.weight_methods.RomeMethod)
+    assert method.details()["stats_dataset"] == "corpus"
+    for name, layers in (("ft", [0]), ("ft5", [0, 1])):
+        built = evaluation.build_method(
+            name, mt, cases, resources, hparams=ft.FtHparams(layers=layers)
+        )
+        assert built.name == name and built.edits_weights
+    with pytest.raises(errors.UsageError, match="no rome hyperparameters"):
+        evaluation.build_method("rome", mt, cases, resources)
+    before = weights_of(mt)
+    queries = [(case, case.rewrite_prompt, case.target_new) for case in cases]
+    edited = evaluation.target_log_probs(mt, method, queries)
+    plain = evaluation.target_log_probs(mt, evaluation.Method(), queries)
+    assert (edited > plain).all()
+    assert_unchanged(mt, before)
+
+
+def test_packaged_hparams_are_found_by_alias_or_hub_name():
+    from remedi.methods import hparams_file
+
+    assert hparams_file("rome", "gptj") == hparams_file("rome", "EleutherAI/gpt-j-6B")
+    assert rome.RomeHparams.from_file(hparams_file("rome", "gpt2-xl")).layer == 17
+    assert rome.RomeHparams.from_file(hparams_file("rome", "toy+random123456")).layer == 0
+    assert ft.FtHparams.from_file(hparams_file("ft5", "gpt2-xl")).layers == [0, 1, 2, 3, 4]
+    with pytest.raises(errors.UsageError, match="no ft hyperparameters for model 'llama-7b'"):
+        hparams_file("ft", "llama-7b")
+
+
+def test_ft_reapplies_its_cached_weights_per_case(mt):
+    records = data.load_counterfact_records(FIXTURES / "eval_counterfact.json")
+    cases = evaluation.counterfact_cases(records)[:1]
+    method = evaluation.weight_methods.FtMethod("ft", ft.FtHparams(layers=[0], lr=1e-2))
+    first = method.new_weights(mt, cases[0])
+    again = method.new_weights(mt, cases[0])
+    assert list(method.cached) == [cases[0].case_id]
+    for name, value in first.items():
+        assert torch.equal(again[name], value)
+    uncached = evaluation.weight_methods.FtMethod("ft", method.hparams, max_cached_bytes=0)
+    uncached.new_weights(mt, cases[0])
+    assert not uncached.cached
