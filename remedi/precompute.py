@@ -181,10 +181,86 @@ def target_token_ids(tokenizer: Tokenizer, targets: Sequence[str]) -> torch.Tens
 def hiddens_at_layers(
     mt: models.ModelAndTokenizer, inputs: transformers.BatchEncoding, layers: Sequence[int]
 ) -> dict[int, torch.Tensor]:
-    """Residual stream (batch, seq, hidden) after each of ``layers`` for a tokenized batch."""
+    """Residual stream (batch, seq, hidden) after each of ``layers`` for a tokenized batch.
+
+    The model runs only up to the deepest of ``layers`` (no LM head, no KV cache).
+    """
     with hooks.record_hiddens(mt.model, layers) as recorded:
-        mt.model(**inputs)
+        hooks.run_until_layer(mt.model, max(layers), inputs)
     return {layer: recorded[layer] for layer in layers}
+
+
+def length_sorted_batches(lengths: Sequence[int], batch_size: int) -> list[list[int]]:
+    """Indices ``0..n-1`` in batches of similar lengths (shortest first): less padding.
+
+    Only for computations whose result for a row does not depend on the other rows.
+    """
+    order = sorted(range(len(lengths)), key=lengths.__getitem__)
+    return [order[start : start + batch_size] for start in range(0, len(order), batch_size)]
+
+
+@dataclass
+class MentionHiddens:
+    """Hidden states of one mention per text (see :func:`mention_hiddens`)."""
+
+    token_ranges: torch.Tensor
+    """Unpadded ``[start, end)`` of the mention, (n, 2)."""
+    average: dict[int, torch.Tensor]
+    """Mean over the mention's tokens, (n, hidden) float32 on the CPU, by layer."""
+    last: dict[int, torch.Tensor]
+    """The mention's last token's hidden state, (n, hidden) float32 on the CPU, by layer."""
+
+
+def mention_hiddens(
+    mt: models.ModelAndTokenizer,
+    texts: Sequence[str],
+    mentions: Sequence[str],
+    layers: Sequence[int],
+    names: Sequence[str],
+    batch_size: int = DEFAULT_PRECOMPUTE_BATCH_SIZE,
+    desc: str = "hidden states",
+) -> MentionHiddens:
+    """Hidden states at ``layers`` of the last mention of ``mentions[i]`` in ``texts[i]``.
+
+    Texts run in batches of similar token length, right-padded, and only as far as the deepest
+    layer; the results come back in the order given.
+
+    Raises:
+        errors.SampleError: A text does not mention its mention (names the sample).
+    """
+    device = models.determine_device(mt.model)
+    lengths = [len(ids) for ids in mt.tokenizer(list(texts))["input_ids"]]
+    order: list[int] = []
+    ranges: list[torch.Tensor] = []
+    average: dict[int, list[torch.Tensor]] = {layer: [] for layer in layers}
+    last: dict[int, list[torch.Tensor]] = {layer: [] for layer in layers}
+    batches = length_sorted_batches(lengths, batch_size)
+    for indices in tqdm(batches, desc=desc, disable=len(batches) < 2):
+        batch_texts = [texts[index] for index in indices]
+        batch_names = [names[index] for index in indices]
+        inputs, offsets = tokenize(mt.tokenizer, batch_texts, device, "right")
+        mask = inputs.attention_mask.cpu()
+        spans = find_char_spans(batch_texts, [mentions[index] for index in indices], batch_names)
+        padded = token_ranges_from_char_spans(spans, offsets, mask, batch_names)
+        order += indices
+        ranges.append(unpad_token_ranges(padded, mask))
+        for layer, states in hiddens_at_layers(mt, inputs, layers).items():
+            states = states.float()
+            rows = torch.arange(len(states), device=states.device)
+            average[layer].append(average_in_ranges(states, padded).cpu())
+            last[layer].append(states[rows, padded[:, 1].to(states.device) - 1].cpu())
+
+    inverse = torch.empty(len(order), dtype=torch.long)
+    inverse[torch.tensor(order, dtype=torch.long)] = torch.arange(len(order))
+
+    def in_given_order(parts: list[torch.Tensor]) -> torch.Tensor:
+        return torch.cat(parts)[inverse]
+
+    return MentionHiddens(
+        token_ranges=in_given_order(ranges),
+        average={layer: in_given_order(parts) for layer, parts in average.items()},
+        last={layer: in_given_order(parts) for layer, parts in last.items()},
+    )
 
 
 @dataclass
@@ -267,7 +343,7 @@ def editor_inputs(
     """Compute :class:`EditorInputs` for samples (a ``datasets.Dataset`` or list of dicts).
 
     One forward pass per batch of contexts and one per batch of entities record every
-    requested layer at once.
+    requested layer at once; each runs only up to the deepest requested layer.
 
     Raises:
         ValueError: A prompt does not mention its entity (the error names the sample).
@@ -277,54 +353,19 @@ def editor_inputs(
     contexts, attributes = columns["context"], columns["attribute"]
     layers = sorted(set(layers))
     models.determine_layer_paths(mt.model, layers)  # fail early on a bad layer
-    device = models.determine_device(mt.model)
 
     entity_token_ranges = find_token_ranges(mt.tokenizer, prompts, entities, ids)
     prompt_lengths = torch.tensor(
         [len(ids_) for ids_ in mt.tokenizer(list(prompts))["input_ids"]], dtype=torch.long
     )
-
-    attribute_ranges: list[torch.Tensor] = []
-    hiddens: dict[str, dict[int, list[torch.Tensor]]] = {
-        key: {layer: [] for layer in layers}
-        for key in ("last", "average", "attribute", "attribute_last")
-    }
-    starts = range(0, len(ids), batch_size)
-    for start in tqdm(starts, desc=desc, disable=len(starts) < 2):
-        batch = slice(start, start + batch_size)
-        batch_names = ids[batch]
-
-        context_inputs, context_offsets = tokenize(mt.tokenizer, contexts[batch], device, "right")
-        spans = find_char_spans(contexts[batch], attributes[batch], batch_names)
-        attribute_padded = token_ranges_from_char_spans(
-            spans, context_offsets, context_inputs.attention_mask.cpu(), batch_names
-        )
-        attribute_ranges.append(
-            unpad_token_ranges(attribute_padded, context_inputs.attention_mask.cpu())
-        )
-        for layer, states in hiddens_at_layers(mt, context_inputs, layers).items():
-            states = states.float()
-            rows = torch.arange(len(states), device=states.device)
-            hiddens["attribute"][layer].append(average_in_ranges(states, attribute_padded))
-            last = attribute_padded[:, 1].to(states.device) - 1
-            hiddens["attribute_last"][layer].append(states[rows, last])
-
-        # The entity on its own, as in the reference: its representation does not depend on
-        # the prompt, so one direction can be applied to any prompt that mentions it.
-        entity_inputs, entity_offsets = tokenize(mt.tokenizer, entities[batch], device, "right")
-        spans = find_char_spans(entities[batch], entities[batch], batch_names)
-        entity_padded = token_ranges_from_char_spans(
-            spans, entity_offsets, entity_inputs.attention_mask.cpu(), batch_names
-        )
-        for layer, states in hiddens_at_layers(mt, entity_inputs, layers).items():
-            states = states.float()
-            rows = torch.arange(len(states), device=states.device)
-            last = entity_padded[:, 1].to(states.device) - 1
-            hiddens["last"][layer].append(states[rows, last])
-            hiddens["average"][layer].append(average_in_ranges(states, entity_padded))
-
-    def stacked(key: str) -> dict[int, torch.Tensor]:
-        return {layer: torch.cat(parts).cpu() for layer, parts in hiddens[key].items()}
+    attribute = mention_hiddens(
+        mt, contexts, attributes, layers, ids, batch_size, desc=f"{desc} (contexts)"
+    )
+    # The entity on its own, as in the reference: its representation does not depend on
+    # the prompt, so one direction can be applied to any prompt that mentions it.
+    entity = mention_hiddens(
+        mt, entities, entities, layers, ids, batch_size, desc=f"{desc} (entities)"
+    )
 
     target_mediated_ids = target_unmediated_ids = None
     if with_targets:
@@ -341,11 +382,11 @@ def editor_inputs(
         contexts=list(contexts),
         entity_token_ranges=entity_token_ranges,
         prompt_lengths=prompt_lengths,
-        attribute_token_ranges=torch.cat(attribute_ranges),
-        entity_last_hiddens=stacked("last"),
-        entity_average_hiddens=stacked("average"),
-        attribute_hiddens=stacked("attribute"),
-        attribute_last_hiddens=stacked("attribute_last"),
+        attribute_token_ranges=attribute.token_ranges,
+        entity_last_hiddens=entity.last,
+        entity_average_hiddens=entity.average,
+        attribute_hiddens=attribute.average,
+        attribute_last_hiddens=attribute.last,
         target_mediated_ids=target_mediated_ids,
         target_unmediated_ids=target_unmediated_ids,
     )

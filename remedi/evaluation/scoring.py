@@ -100,12 +100,27 @@ def target_log_probs(
         )
 
     def run(group: Sequence[tuple[EvalCase, str, str]]) -> list[float]:
-        scores: list[float] = []
-        for batch in batches(group, batch_size, desc):
-            scores += _score_batch(mt, method, batch, scoring).tolist()
+        texts = [f"{method.rewrite(case, prompt)} {target}" for case, prompt, target in group]
+        scores: list[float] = [0.0] * len(group)
+        for indices in _similar_length_batches(mt, texts, batch_size, desc):
+            batch_scores = _score_batch(mt, method, [group[index] for index in indices], scoring)
+            for index, score in zip(indices, batch_scores.tolist(), strict=True):
+                scores[index] = score
         return scores
 
     return np.asarray(_run_grouped(mt, method, queries, run), dtype=np.float64)
+
+
+def _similar_length_batches(
+    mt: models.ModelAndTokenizer, texts: Sequence[str], batch_size: int, desc: str
+) -> Iterator[list[int]]:
+    """Indices of ``texts`` in batches of similar token length (less padding), with progress.
+
+    Each text's result does not depend on the others in its batch (right padding).
+    """
+    lengths = [len(ids) for ids in mt.tokenizer(list(texts))["input_ids"]]
+    index_batches = precompute.length_sorted_batches(lengths, batch_size)
+    yield from tqdm(index_batches, desc=desc, disable=len(index_batches) < 2, leave=False)
 
 
 @torch.no_grad()
@@ -132,20 +147,23 @@ def _score_batch(
             f"target of query {texts[bad]!r} has no token after its prompt; give the case a "
             "non-empty target"
         )
-    with method.edit(mt, cases, prompts, offsets, inputs.attention_mask):
-        logits = mt.model(**inputs).logits
-    # float32 at least (half-precision logits lose the small probabilities), wider if the model is.
-    dtype = torch.promote_types(logits.dtype, torch.float32)
-    log_probs = torch.log_softmax(logits[:, :-1].to(dtype), dim=-1)
-    token_log_probs = log_probs.gather(-1, inputs.input_ids[:, 1:, None]).squeeze(-1).double()
-    # Position t predicts token t + 1: the mask of predicted target tokens starts at 1.
-    mask = is_target[:, 1:].to(device=device, dtype=token_log_probs.dtype)
     if scoring == "first":
-        first = mask.cumsum(dim=-1).eq(1) & mask.bool()
-        mask = first.to(mask.dtype)
-    total = (token_log_probs * mask).sum(dim=-1)
+        is_target &= is_target.int().cumsum(dim=-1).eq(1)
+    # Position t predicts token t + 1: the LM head runs only where a target token comes next.
+    predicts_target = torch.zeros_like(is_target)
+    predicts_target[:, :-1] = is_target[:, 1:]
+    predicts_target = predicts_target.to(device)
+    with method.edit(mt, cases, prompts, offsets, inputs.attention_mask):
+        logits = models.logits_at(mt.model, inputs, predicts_target)
+    # float32 at least (half-precision logits lose the small probabilities), wider if the model is.
+    log_probs = torch.log_softmax(logits.to(torch.promote_types(logits.dtype, torch.float32)), -1)
+    targets = inputs.input_ids[is_target.to(device)]
+    token_log_probs = log_probs.gather(-1, targets[:, None]).squeeze(-1).double()
+    rows = predicts_target.nonzero()[:, 0]
+    total = torch.zeros(len(batch), dtype=torch.float64, device=device)
+    total.index_add_(0, rows, token_log_probs)
     if scoring == "mean":
-        total = total / mask.sum(dim=-1)
+        total = total / predicts_target.sum(dim=-1)
     return total.cpu()
 
 
@@ -161,18 +179,20 @@ def next_token_predictions(
     @torch.no_grad()
     def run(group: Sequence[tuple[EvalCase, str]]) -> list[int]:
         device = models.determine_device(mt.model)
-        predictions: list[int] = []
-        for batch in batches(group, batch_size, desc):
-            cases = [case for case, _ in batch]
-            prompts = [method.rewrite(case, prompt) for case, prompt in batch]
+        rewritten = [method.rewrite(case, prompt) for case, prompt in group]
+        predictions: list[int] = [0] * len(group)
+        for indices in _similar_length_batches(mt, rewritten, batch_size, desc):
+            cases = [group[index][0] for index in indices]
+            prompts = [rewritten[index] for index in indices]
             inputs, offsets = precompute.tokenize(
                 mt.tokenizer, prompts, device, padding_side="right"
             )
-            with method.edit(mt, cases, prompts, offsets, inputs.attention_mask):
-                logits = mt.model(**inputs).logits
-            rows = torch.arange(len(prompts), device=device)
             last = precompute.last_token_positions(inputs.attention_mask)
-            predictions += logits[rows, last].argmax(dim=-1).tolist()
+            positions = torch.arange(inputs.input_ids.shape[1], device=device) == last[:, None]
+            with method.edit(mt, cases, prompts, offsets, inputs.attention_mask):
+                logits = models.logits_at(mt.model, inputs, positions)
+            for index, prediction in zip(indices, logits.argmax(dim=-1).tolist(), strict=True):
+                predictions[index] = prediction
         return predictions
 
     return np.asarray(_run_grouped(mt, method, queries, run), dtype=np.int64)
