@@ -305,6 +305,38 @@ def test_greedy_generation_does_not_depend_on_batching(mt64, cases):
     assert batched == single
 
 
+def test_sampled_texts_do_not_depend_on_batching(mt64, cases):
+    # Each text has its own seed. float64: a near-tie between two of the top k tokens cannot
+    # break differently with the batch's padding.
+    method = evaluation.Method()
+    queries = [(case, prompt) for case in cases for prompt in case.generation_prompts]
+    batched = evaluation.generate_texts(mt64, method, queries, 20, top_k=5, seed=4, batch_size=5)
+    single = evaluation.generate_texts(mt64, method, queries, 20, top_k=5, seed=4, batch_size=1)
+    greedy = evaluation.generate_texts(mt64, method, queries, 20, top_k=1, batch_size=5)
+    assert batched == single
+    assert batched != greedy
+
+
+def test_the_top_k_sampler_draws_the_k_best_tokens_with_their_softmax_probabilities():
+    logits = torch.tensor([2.0, -1.0, 0.5, 3.0, 1.0, -4.0, 0.0])
+    top_k, draws = 3, 6000
+    sampler = evaluation.TopKSampler(top_k, seeds=range(draws))
+    scores = sampler(torch.zeros(draws, 1, dtype=torch.long), logits.repeat(draws, 1))
+    # Exactly one possible token per row: greedy decoding picks the sampled one.
+    assert torch.equal(torch.isfinite(scores).sum(dim=-1), torch.ones(draws, dtype=torch.long))
+    counts = torch.bincount(scores.argmax(dim=-1), minlength=len(logits)).double()
+    expected = torch.zeros(len(logits), dtype=torch.float64)
+    best = logits.topk(top_k).indices
+    expected[best] = torch.softmax(logits[best].double(), dim=-1)
+    assert counts[expected == 0].sum() == 0
+    # Binomial counts: within 4 standard deviations of draws * p (seeded, so deterministic).
+    spread = 4 * (draws * expected * (1 - expected)).sqrt()
+    assert ((counts - draws * expected).abs() <= spread).all()
+    # The same seeds draw the same tokens, on any batch.
+    again = evaluation.TopKSampler(top_k, seeds=range(draws))
+    assert torch.equal(again(None, logits.repeat(draws, 1)), scores)
+
+
 def test_generation_with_remedi_edits_only_prompts_mentioning_the_entity(mt, cases, remedi):
     kelo = cases[0]
     queries = [(kelo, "Kelo Vantri is known for"), (kelo, "Mira Talovan is known for")]

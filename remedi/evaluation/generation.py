@@ -108,7 +108,7 @@ def generation(
         max_length=resources.max_length,
         top_k=resources.top_k,
         seed=resources.seed,
-        batch_size=resources.batch_size,
+        batch_size=resources.texts_per_batch,
         desc=f"{method.name} generation",
     )
     per_case, start = [], 0
@@ -168,7 +168,7 @@ def essence_references(
         max_length=resources.max_length,
         top_k=resources.top_k,
         seed=resources.seed,
-        batch_size=resources.batch_size,
+        batch_size=resources.texts_per_batch,
         stream=REFERENCE_STREAM,
         desc="essence references",
     )
@@ -201,7 +201,7 @@ def essence(
         max_length=resources.max_length,
         top_k=resources.top_k,
         seed=resources.seed,
-        batch_size=resources.batch_size,
+        batch_size=resources.texts_per_batch,
         desc=f"{method.name} essence",
     )
     per_case = []

@@ -35,13 +35,6 @@ T = TypeVar("T")
 Query = TypeVar("Query", bound=tuple)
 
 
-def batches(items: Sequence[T], batch_size: int, desc: str) -> Iterator[Sequence[T]]:
-    """Consecutive slices of ``items``, with a progress bar when there is more than one."""
-    starts = range(0, len(items), batch_size)
-    for start in tqdm(starts, desc=desc, disable=len(starts) < 2, leave=False):
-        yield items[start : start + batch_size]
-
-
 def _per_case_groups(
     mt: models.ModelAndTokenizer, method: Method, queries: Sequence[tuple]
 ) -> Iterator[tuple[contextlib.AbstractContextManager[Any], list[int]]]:
@@ -208,8 +201,42 @@ def max_positions(model: transformers.PreTrainedModel) -> int | None:
     return None
 
 
-def _batch_seed(seed: int, stream: int, batch_index: int) -> int:
-    return int(np.random.SeedSequence([seed, stream, batch_index]).generate_state(1)[0])
+def _text_seed(seed: int, stream: int, index: int) -> int:
+    return int(np.random.SeedSequence([seed, stream, index]).generate_state(1)[0])
+
+
+class TopKSampler(transformers.LogitsProcessor):
+    """Top-k sampling (temperature 1) as a logits processor for greedy ``generate``.
+
+    Row ``i``'s next token is drawn from the softmax over its ``top_k`` largest scores with a
+    uniform number from its own generator, seeded with ``seeds[i]``; the returned scores leave
+    only that token possible, so greedy decoding picks it. The distribution is ``generate``'s
+    top-k sampling, but a step draws one number per row instead of one per vocabulary entry
+    (most of a step's time for a small model on a CPU), a text does not depend on the others in
+    its batch, and the global random state is left alone. (Ties at the k-th largest score keep
+    exactly k tokens, where ``generate`` keeps every tied one.)
+    """
+
+    def __init__(self, top_k: int, seeds: Sequence[int]):
+        self.top_k = top_k
+        # On the CPU whatever the model's device: the same seed draws the same numbers anywhere.
+        self.generators = [torch.Generator().manual_seed(seed) for seed in seeds]
+
+    def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor) -> torch.FloatTensor:
+        if scores.shape[0] != len(self.generators):
+            raise ValueError(f"{len(self.generators)} seeds for a batch of {scores.shape[0]} rows")
+        values, indices = scores.topk(min(self.top_k, scores.shape[-1]), dim=-1)
+        cumulative = torch.softmax(values.double(), dim=-1).cumsum(dim=-1)
+        uniform = torch.stack(
+            [
+                torch.rand((), dtype=torch.float64, generator=generator)
+                for generator in self.generators
+            ]
+        ).to(scores.device)
+        choice = (cumulative < uniform[:, None]).sum(dim=-1, keepdim=True)
+        choice = choice.clamp(max=values.shape[-1] - 1)  # a cumulative sum that rounds below 1
+        only_choice = torch.full_like(scores, float("-inf"))
+        return only_choice.scatter_(-1, indices.gather(-1, choice), 0.0)  # type: ignore[return-value]
 
 
 def clean_generated_text(text: str) -> str:
@@ -232,46 +259,43 @@ def generate_texts(
 
     Each text is the prompt as :meth:`Method.visible` shows it followed by the sampled tokens,
     ``max_length`` tokens in all (the visible prompt's tokens included, as in ROME). Top-k
-    sampling, batched with left padding, seeded per batch from ``(seed, stream, batch index)``
-    without touching the global random state; ``top_k=1`` is greedy. Queries are batched in
-    order of prompt length (less padding) and returned in the order given.
+    sampling (:class:`TopKSampler`; ``top_k=1`` is greedy), each text seeded from ``(seed,
+    stream, its index in queries)``, so that it does not depend on ``batch_size`` or on the
+    other queries, and the global random state is left alone. Queries are batched with left
+    padding in order of prompt length (less padding) and returned in the order given.
     """
-    batch_counter = iter(range(len(queries)))
+    seeded = [
+        (case, prompt, _text_seed(seed, stream, index))
+        for index, (case, prompt) in enumerate(queries)
+    ]
 
-    def run(group: Sequence[tuple[EvalCase, str]]) -> list[str]:
-        rewritten = [method.rewrite(case, prompt) for case, prompt in group]
-        lengths = [len(ids) for ids in mt.tokenizer(rewritten)["input_ids"]]
-        order = sorted(range(len(group)), key=lambda index: lengths[index])
+    def run(group: Sequence[tuple[EvalCase, str, int]]) -> list[str]:
+        rewritten = [method.rewrite(case, prompt) for case, prompt, _ in group]
         texts: list[str] = [""] * len(group)
-        sorted_queries = [group[index] for index in order]
-        position = 0
-        for batch in batches(sorted_queries, batch_size, desc):
-            batch_texts = _generate_batch(
-                mt, method, batch, max_length, top_k, _batch_seed(seed, stream, next(batch_counter))
-            )
-            for text in batch_texts:
-                texts[order[position]] = text
-                position += 1
+        for indices in _similar_length_batches(mt, rewritten, batch_size, desc):
+            batch = [group[index] for index in indices]
+            batch_texts = _generate_batch(mt, method, batch, max_length, top_k)
+            for index, text in zip(indices, batch_texts, strict=True):
+                texts[index] = text
         return texts
 
-    return _run_grouped(mt, method, queries, run)
+    return _run_grouped(mt, method, seeded, run)
 
 
 @torch.no_grad()
 def _generate_batch(
     mt: models.ModelAndTokenizer,
     method: Method,
-    batch: Sequence[tuple[EvalCase, str]],
+    batch: Sequence[tuple[EvalCase, str, int]],
     max_length: int,
     top_k: int,
-    batch_seed: int,
 ) -> list[str]:
     device = models.determine_device(mt.model)
     tokenizer = mt.tokenizer
     limit = max_positions(mt.model)
-    cases = [case for case, _ in batch]
-    prompts = [method.rewrite(case, prompt) for case, prompt in batch]
-    visible = [method.visible(case, prompt) for case, prompt in batch]
+    cases = [case for case, _, _ in batch]
+    prompts = [method.rewrite(case, prompt) for case, prompt, _ in batch]
+    visible = [method.visible(case, prompt) for case, prompt, _ in batch]
     inputs, offsets = precompute.tokenize(tokenizer, prompts, device, padding_side="left")
     visible_lengths = [len(ids) for ids in tokenizer(visible)["input_ids"]]
     new_tokens = [max(1, max_length - length) for length in visible_lengths]
@@ -289,19 +313,14 @@ def _generate_batch(
                 max_new_tokens,
                 limit,
             )
-    with contextlib.ExitStack() as stack:
-        stack.enter_context(
-            torch.random.fork_rng(devices=[device] if device.type == "cuda" else [])
-        )
-        torch.manual_seed(batch_seed)
-        stack.enter_context(method.edit(mt, cases, prompts, offsets, inputs.attention_mask))
+    # Greedy decoding over scores where only the sampled token is possible: top-k sampling.
+    sampler = TopKSampler(top_k, [text_seed for _, _, text_seed in batch])
+    with method.edit(mt, cases, prompts, offsets, inputs.attention_mask):
         generate: Any = mt.model.generate
         outputs = generate(
             **inputs,
-            do_sample=top_k > 1,
-            top_k=top_k if top_k > 1 else None,
-            top_p=1.0,
-            temperature=1.0,
+            do_sample=False,
+            logits_processor=transformers.LogitsProcessorList([sampler] if top_k > 1 else []),
             num_beams=1,
             use_cache=True,
             max_new_tokens=max_new_tokens,
