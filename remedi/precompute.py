@@ -147,10 +147,20 @@ def find_token_ranges(
     names: Sequence[str] | None = None,
 ) -> torch.Tensor:
     """Unpadded token ranges of the last mention of each substring in its string, (n, 2)."""
+    return _token_ranges_and_lengths(tokenizer, strings, substrings, names)[0]
+
+
+def _token_ranges_and_lengths(
+    tokenizer: Tokenizer,
+    strings: Sequence[str],
+    substrings: Sequence[str],
+    names: Sequence[str] | None = None,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """:func:`find_token_ranges`, and the token count of each string, from one tokenization."""
     char_spans = find_char_spans(strings, substrings, names)
     inputs, offset_mapping = tokenize(tokenizer, strings)
     ranges = token_ranges_from_char_spans(char_spans, offset_mapping, inputs.attention_mask, names)
-    return unpad_token_ranges(ranges, inputs.attention_mask)
+    return unpad_token_ranges(ranges, inputs.attention_mask), inputs.attention_mask.sum(dim=-1)
 
 
 def last_token_ranges(token_ranges: torch.Tensor) -> torch.Tensor:
@@ -222,19 +232,19 @@ def mention_hiddens(
 ) -> MentionHiddens:
     """Hidden states at ``layers`` of the last mention of ``mentions[i]`` in ``texts[i]``.
 
-    Texts run in batches of similar token length, right-padded, and only as far as the deepest
-    layer; the results come back in the order given.
+    Texts run in batches of similar length, right-padded, and only as far as the deepest layer;
+    the results come back in the order given.
 
     Raises:
         errors.SampleError: A text does not mention its mention (names the sample).
     """
     device = models.determine_device(mt.model)
-    lengths = [len(ids) for ids in mt.tokenizer(list(texts))["input_ids"]]
     order: list[int] = []
     ranges: list[torch.Tensor] = []
     average: dict[int, list[torch.Tensor]] = {layer: [] for layer in layers}
     last: dict[int, list[torch.Tensor]] = {layer: [] for layer in layers}
-    batches = length_sorted_batches(lengths, batch_size)
+    # Characters stand in for tokens: sorting needs no extra pass of the tokenizer.
+    batches = length_sorted_batches([len(text) for text in texts], batch_size)
     for indices in tqdm(batches, desc=desc, disable=len(batches) < 2):
         batch_texts = [texts[index] for index in indices]
         batch_names = [names[index] for index in indices]
@@ -339,11 +349,14 @@ def editor_inputs(
     batch_size: int = DEFAULT_PRECOMPUTE_BATCH_SIZE,
     with_targets: bool = True,
     desc: str = "precompute editor inputs",
+    with_entities: bool = True,
 ) -> EditorInputs:
     """Compute :class:`EditorInputs` for samples (a ``datasets.Dataset`` or list of dicts).
 
     One forward pass per batch of contexts and one per batch of entities record every
-    requested layer at once; each runs only up to the deepest requested layer.
+    requested layer at once; each runs only up to the deepest requested layer. Without
+    ``with_entities``, the entities' hidden states are left out (for editors that do not read
+    them).
 
     Raises:
         ValueError: A prompt does not mention its entity (the error names the sample).
@@ -354,17 +367,19 @@ def editor_inputs(
     layers = sorted(set(layers))
     models.determine_layer_paths(mt.model, layers)  # fail early on a bad layer
 
-    entity_token_ranges = find_token_ranges(mt.tokenizer, prompts, entities, ids)
-    prompt_lengths = torch.tensor(
-        [len(ids_) for ids_ in mt.tokenizer(list(prompts))["input_ids"]], dtype=torch.long
+    entity_token_ranges, prompt_lengths = _token_ranges_and_lengths(
+        mt.tokenizer, prompts, entities, ids
     )
     attribute = mention_hiddens(
         mt, contexts, attributes, layers, ids, batch_size, desc=f"{desc} (contexts)"
     )
     # The entity on its own, as in the reference: its representation does not depend on
     # the prompt, so one direction can be applied to any prompt that mentions it.
-    entity = mention_hiddens(
-        mt, entities, entities, layers, ids, batch_size, desc=f"{desc} (entities)"
+    no_entity = MentionHiddens(torch.zeros(0, 2, dtype=torch.long), {}, {})
+    entity = (
+        mention_hiddens(mt, entities, entities, layers, ids, batch_size, f"{desc} (entities)")
+        if with_entities
+        else no_entity
     )
 
     target_mediated_ids = target_unmediated_ids = None

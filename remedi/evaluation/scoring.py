@@ -95,7 +95,7 @@ def target_log_probs(
     def run(group: Sequence[tuple[EvalCase, str, str]]) -> list[float]:
         texts = [f"{method.rewrite(case, prompt)} {target}" for case, prompt, target in group]
         scores: list[float] = [0.0] * len(group)
-        for indices in _similar_length_batches(mt, texts, batch_size, desc):
+        for indices in _similar_length_batches(texts, batch_size, desc):
             batch_scores = _score_batch(mt, method, [group[index] for index in indices], scoring)
             for index, score in zip(indices, batch_scores.tolist(), strict=True):
                 scores[index] = score
@@ -105,14 +105,14 @@ def target_log_probs(
 
 
 def _similar_length_batches(
-    mt: models.ModelAndTokenizer, texts: Sequence[str], batch_size: int, desc: str
+    texts: Sequence[str], batch_size: int, desc: str
 ) -> Iterator[list[int]]:
-    """Indices of ``texts`` in batches of similar token length (less padding), with progress.
+    """Indices of ``texts`` in batches of similar length (less padding), with progress.
 
-    Each text's result does not depend on the others in its batch (right padding).
+    For computations where a text's result does not depend on the others in its batch.
+    Characters stand in for tokens: sorting needs no extra pass of the tokenizer.
     """
-    lengths = [len(ids) for ids in mt.tokenizer(list(texts))["input_ids"]]
-    index_batches = precompute.length_sorted_batches(lengths, batch_size)
+    index_batches = precompute.length_sorted_batches([len(text) for text in texts], batch_size)
     yield from tqdm(index_batches, desc=desc, disable=len(index_batches) < 2, leave=False)
 
 
@@ -174,7 +174,7 @@ def next_token_predictions(
         device = models.determine_device(mt.model)
         rewritten = [method.rewrite(case, prompt) for case, prompt in group]
         predictions: list[int] = [0] * len(group)
-        for indices in _similar_length_batches(mt, rewritten, batch_size, desc):
+        for indices in _similar_length_batches(rewritten, batch_size, desc):
             cases = [group[index][0] for index in indices]
             prompts = [rewritten[index] for index in indices]
             inputs, offsets = precompute.tokenize(
@@ -272,7 +272,7 @@ def generate_texts(
     def run(group: Sequence[tuple[EvalCase, str, int]]) -> list[str]:
         rewritten = [method.rewrite(case, prompt) for case, prompt, _ in group]
         texts: list[str] = [""] * len(group)
-        for indices in _similar_length_batches(mt, rewritten, batch_size, desc):
+        for indices in _similar_length_batches(rewritten, batch_size, desc):
             batch = [group[index] for index in indices]
             batch_texts = _generate_batch(mt, method, batch, max_length, top_k)
             for index, text in zip(indices, batch_texts, strict=True):
