@@ -190,6 +190,65 @@ def _positions_mask(positions: torch.Tensor, seq_len: int) -> torch.Tensor:
     return torch.arange(seq_len, device=positions.device) == positions[:, None]
 
 
+def length_groups(lengths: torch.Tensor, min_saving: float = 0.25) -> list[torch.Tensor]:
+    """Row indices in one group, or two of similar lengths where that saves padding.
+
+    Two groups (the shortest rows, the rest) are split where the fewest tokens are computed,
+    and only when they compute at most ``1 - min_saving`` of one group's tokens: each group is a
+    forward pass of its own.
+    """
+    order = lengths.argsort(stable=True)
+    if len(order) < 2:
+        return [order]
+    sorted_lengths = lengths[order].tolist()
+    count, longest = len(sorted_lengths), sorted_lengths[-1]
+
+    def tokens(split: int) -> int:  # the first `split` rows form the first group
+        return sorted_lengths[split - 1] * split + longest * (count - split)
+
+    split = min(range(1, count + 1), key=tokens)
+    if tokens(split) > (1 - min_saving) * longest * count:
+        return [order]
+    return [order[:split], order[split:]]
+
+
+def _group_loss_logits(
+    mt: models.ModelAndTokenizer,
+    editor: editors.Editor,
+    group: precompute.EditorInputs,
+    directions: torch.Tensor,
+    with_kl: bool,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+    """For one forward pass: the edited logits at the last prompt token, and the edited and
+    original logits at the KL positions (from the entity's last token to the one before the
+    prompt's last token, where the edit should leave the LM's predictions alone)."""
+    model = mt.model
+    device = models.determine_device(model)
+    inputs = _prompt_inputs(mt, group.prompts)
+    attention_mask = inputs.attention_mask
+    seq_len = attention_mask.shape[1]
+    last = _positions_mask(precompute.last_token_positions(attention_mask), seq_len)
+    kl_positions = torch.zeros_like(last)
+    if with_kl:
+        kl_ranges = torch.stack(
+            [group.entity_token_ranges[:, 1] - 1, group.prompt_lengths - 1], dim=-1
+        )
+        kl_ranges = hooks.padded_token_ranges(kl_ranges, attention_mask.cpu()).to(device)
+        kl_positions = hooks.token_range_mask(kl_ranges, seq_len)
+    # The LM head runs only where the loss reads; its logits come row by row.
+    read = last | kl_positions
+    logits_row = read.flatten().cumsum(0).view_as(read) - 1
+
+    edit_ranges = hooks.padded_token_ranges(_edit_ranges(editor, group), attention_mask.cpu())
+    with hooks.add_directions(model, editor.layer, directions, edit_ranges.to(device)):
+        logits_edit = models.logits_at(model, inputs, read)
+    original = None
+    if with_kl:
+        with torch.no_grad():
+            original = models.logits_at(model, inputs, kl_positions)
+    return logits_edit[logits_row[last]], logits_edit[logits_row[kl_positions]], original
+
+
 def editing_loss(
     mt: models.ModelAndTokenizer,
     editor: editors.Editor,
@@ -199,37 +258,23 @@ def editing_loss(
     """The REMEDI loss of ``editor`` on a batch, and the value of each term (for logging).
 
     The LM head runs only where the loss reads the next-token distribution: at the last prompt
-    token (the target terms) and at the KL positions.
+    token (the target terms) and at the KL positions. Prompts of very different lengths run in
+    two forward passes (:func:`length_groups`): less padding, the same loss.
     """
     weights = weights or LossWeights()
-    model = mt.model
-    device = models.determine_device(model)
+    device = models.determine_device(mt.model)
     batch_size = len(batch)
-    inputs = _prompt_inputs(mt, batch.prompts)
-    attention_mask = inputs.attention_mask
-    seq_len = attention_mask.shape[1]
-
-    last = _positions_mask(precompute.last_token_positions(attention_mask), seq_len)
-    kl_positions = torch.zeros_like(last)
-    if weights.lam_kl is not None:
-        # From the entity's last token to the one before the prompt's last token: there the
-        # edit should leave the LM's predictions alone.
-        kl_ranges = torch.stack(
-            [batch.entity_token_ranges[:, 1] - 1, batch.prompt_lengths - 1], dim=-1
-        )
-        kl_ranges = hooks.padded_token_ranges(kl_ranges, attention_mask.cpu()).to(device)
-        kl_positions = hooks.token_range_mask(kl_ranges, seq_len)
-    read = last | kl_positions
-    # Row of the edited logits that holds each read position (they come row by row).
-    logits_row = read.flatten().cumsum(0).view_as(read) - 1
-
+    with_kl = weights.lam_kl is not None
     directions = editors.directions_from_inputs(editor, batch)
-    edit_ranges = hooks.padded_token_ranges(_edit_ranges(editor, batch), attention_mask.cpu())
-    with hooks.add_directions(model, editor.layer, directions, edit_ranges.to(device)):
-        logits_edit = models.logits_at(model, inputs, read)
 
+    groups = length_groups(batch.prompt_lengths)
+    parts = [
+        _group_loss_logits(mt, editor, batch.select(rows), directions[rows.to(device)], with_kl)
+        for rows in groups
+    ]
+    batch_order = torch.argsort(torch.cat(groups)).to(device)
+    logp_last = _log_probs(torch.cat([last for last, _, _ in parts])[batch_order])
     rows = torch.arange(batch_size, device=device)
-    logp_last = _log_probs(logits_edit[logits_row[last]])
 
     loss = torch.zeros((), device=device, dtype=logp_last.dtype)
     terms: dict[str, float] = {}
@@ -254,10 +299,10 @@ def editing_loss(
         loss = loss + weights.lam_u * term
         terms["unmediated"] = term.item()
     if weights.lam_kl is not None:
-        with torch.no_grad():
-            logits_orig = models.logits_at(model, inputs, kl_positions)
-        logp_edit = _log_probs(logits_edit[logits_row[kl_positions]])
-        logp_orig = _log_probs(logits_orig)
+        logp_edit = _log_probs(torch.cat([edited for _, edited, _ in parts]))
+        logp_orig = _log_probs(
+            torch.cat([original for _, _, original in parts if original is not None])
+        )
         term = edit_kl(logp_edit, logp_orig, weights.kl_direction).sum() / batch_size
         loss = loss + weights.lam_kl * term
         terms["kl"] = term.item()
