@@ -190,7 +190,7 @@ def _positions_mask(positions: torch.Tensor, seq_len: int) -> torch.Tensor:
     return torch.arange(seq_len, device=positions.device) == positions[:, None]
 
 
-def length_groups(lengths: torch.Tensor, min_saving: float = 0.25) -> list[torch.Tensor]:
+def length_groups(lengths: torch.Tensor, min_saving: float = 0.1) -> list[torch.Tensor]:
     """Row indices in one group, or two of similar lengths where that saves padding.
 
     Two groups (the shortest rows, the rest) are split where the fewest tokens are computed,

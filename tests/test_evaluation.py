@@ -15,6 +15,7 @@ from remedi import data, editors, evaluation, metrics
 from remedi.models import ModelAndTokenizer
 from remedi.toy.world import World
 from tests.conftest import tiny_gpt2
+from tests.model_fixtures import tiny_llama
 
 FIXTURES = Path(__file__).parent / "fixtures"
 
@@ -592,3 +593,50 @@ def test_generation_and_relations_run_weight_edits_per_case(mt, mt64, cases, res
         assert text == alone[0]
     result = evaluation.relation_specificity(mt, method, cases, resources)
     assert result.available and len(result.cases) == 3
+
+
+# --- scores from the logits of the target positions only ---------------------------------------
+
+
+def _plain_scores(mt, prompt: str, target: str) -> list[float]:
+    """log p of each token of ``target`` in "prompt target", alone, from every position's
+    logits; the target's tokens are those whose characters start after the prompt."""
+    text = f"{prompt} {target}"
+    encoded = mt.tokenizer(text, return_offsets_mapping=True)
+    ids, offsets = encoded["input_ids"], encoded["offset_mapping"]
+    with torch.no_grad():
+        log_probs = torch.log_softmax(mt.model(torch.tensor([ids])).logits[0], dim=-1)
+    return [
+        log_probs[position - 1, ids[position]].item()
+        for position, (start, end) in enumerate(offsets)
+        if start >= len(prompt) and end > start
+    ]
+
+
+@pytest.mark.parametrize("scoring", evaluation.TARGET_SCORINGS)
+def test_scores_with_a_bos_tokenizer_are_those_of_every_positions_logits(llama_tokenizer, scoring):
+    # float64: the batched, padded scores read at the target positions and the plain ones differ
+    # by rounding only.
+    model = tiny_llama(llama_tokenizer, initializer_range=0.2).double()
+    mt = ModelAndTokenizer(model=model, tokenizer=llama_tokenizer, name="tiny-llama")
+    queries = [
+        (None, "Mira Talovan works as a", "famous singer"),
+        (None, "The Eiffel Tower is located in", "Paris"),
+        (None, "Kelo Vantri works for Nordavia and lives in", "the city of Oslo"),
+    ]
+    scores = evaluation.target_log_probs(mt, evaluation.Method(), queries, 2, scoring)
+    tokens = [_plain_scores(mt, prompt, target) for _, prompt, target in queries]
+    assert len(tokens[0]) > 1 and len(tokens[2]) > 2
+    expected = {
+        "mean": [float(np.mean(t)) for t in tokens],
+        "sum": [float(np.sum(t)) for t in tokens],
+        "first": [t[0] for t in tokens],
+    }[scoring]
+    np.testing.assert_allclose(scores, expected, rtol=1e-10, atol=1e-10)
+
+    prompts = [(None, prompt) for _, prompt, _ in queries]
+    predictions = evaluation.next_token_predictions(mt, evaluation.Method(), prompts, 2)
+    for (_, prompt), prediction in zip(prompts, predictions, strict=True):
+        ids = torch.tensor([llama_tokenizer(prompt)["input_ids"]])
+        with torch.no_grad():
+            assert prediction == int(mt.model(ids).logits[0, -1].argmax())
