@@ -50,17 +50,36 @@ def tokenize(
     """Tokenize a batch with padding; return the model inputs and the offset mapping.
 
     Precompute and training pad on the right, so that models with absolute positions see each
-    text at the positions it has on its own.
+    text at the positions it has on its own. The padding is done here, in one step per field,
+    which gives what the tokenizer's own ``padding="longest"`` gives in a fraction of its time.
     """
-    kwargs = {} if padding_side is None else {"padding_side": padding_side}
-    inputs = tokenizer(
-        list(texts),
-        return_tensors="pt",
-        padding="longest",
-        return_offsets_mapping=True,
-        **kwargs,
-    )
-    offset_mapping = inputs.pop("offset_mapping")
+    side = padding_side or tokenizer.padding_side
+    encoded = tokenizer(list(texts), return_offsets_mapping=True)
+    width = max((len(ids) for ids in encoded["input_ids"]), default=0)
+    if tokenizer.pad_token_id is None and any(len(ids) < width for ids in encoded["input_ids"]):
+        raise errors.UsageError(
+            "the tokenizer has no pad token, which batches of texts of different lengths need; "
+            "set tokenizer.pad_token (remedi.models.load_model uses the end-of-text token)"
+        )
+    pad_values: dict[str, Any] = {
+        "input_ids": tokenizer.pad_token_id,
+        "token_type_ids": tokenizer.pad_token_type_id,
+        "offset_mapping": (0, 0),
+    }
+
+    def padded(rows: list[list[Any]], value: Any) -> torch.Tensor:
+        fills = [[value] * (width - len(row)) for row in rows]
+        return torch.tensor(
+            [
+                row + fill if side == "right" else fill + row
+                for row, fill in zip(rows, fills, strict=True)
+            ],
+            dtype=torch.long,
+        )
+
+    tensors = {key: padded(rows, pad_values.get(key, 0)) for key, rows in encoded.items()}
+    offset_mapping = tensors.pop("offset_mapping")
+    inputs = transformers.BatchEncoding(tensors)
     if device is not None:
         inputs = inputs.to(device)
     return inputs, offset_mapping

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import copy
+
 import pytest
 import torch
 
@@ -307,3 +309,29 @@ def test_editor_inputs_with_bos_match_unbatched_hidden_states(llama_tokenizer):
         ]
         for sample in SAMPLES
     ]
+
+
+@pytest.mark.parametrize("padding_side", ["left", "right"])
+@pytest.mark.parametrize("which", ["byte-level BPE", "Llama-style"])
+def test_tokenize_pads_as_the_tokenizer_does(tokenizer, llama_tokenizer, which, padding_side):
+    chosen = tokenizer if which == "byte-level BPE" else llama_tokenizer
+    texts = [sample["context"] for sample in VARIED_SAMPLES]
+    expected = chosen(
+        texts,
+        return_offsets_mapping=True,
+        padding="longest",
+        return_tensors="pt",
+        padding_side=padding_side,
+    )
+    inputs, offsets = precompute.tokenize(chosen, texts, padding_side=padding_side)
+    assert set(inputs) == set(expected) - {"offset_mapping"}
+    for key in inputs:
+        assert torch.equal(inputs[key], expected[key]), key
+    assert torch.equal(offsets, expected["offset_mapping"])
+
+
+def test_tokenize_without_a_pad_token_says_how_to_set_one(tokenizer):
+    unpadded = copy.deepcopy(tokenizer)
+    unpadded.pad_token = None
+    with pytest.raises(ValueError, match=r"tokenizer\.pad_token"):
+        precompute.tokenize(unpadded, ["Mira works", "Kelo Vantri lives in Oslo"])
