@@ -212,16 +212,17 @@ def length_groups(lengths: torch.Tensor, min_saving: float = 0.1) -> list[torch.
     return [order[:split], order[split:]]
 
 
-def _group_loss_logits(
+def _group_log_probs(
     mt: models.ModelAndTokenizer,
     editor: editors.Editor,
     group: precompute.EditorInputs,
     directions: torch.Tensor,
-    with_kl: bool,
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
-    """For one forward pass: the edited logits at the last prompt token, and the edited and
-    original logits at the KL positions (from the entity's last token to the one before the
-    prompt's last token, where the edit should leave the LM's predictions alone)."""
+    kl_direction: str | None,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """One forward pass: the edited next-token log-probabilities at the last prompt token
+    (rows of ``group``), and the sum of the KL terms of ``group`` (zero without
+    ``kl_direction``), from the entity's last token to the one before the prompt's last token,
+    where the edit should leave the LM's predictions alone."""
     model = mt.model
     device = models.determine_device(model)
     inputs = _prompt_inputs(mt, group.prompts)
@@ -229,24 +230,25 @@ def _group_loss_logits(
     seq_len = attention_mask.shape[1]
     last = _positions_mask(precompute.last_token_positions(attention_mask), seq_len)
     kl_positions = torch.zeros_like(last)
-    if with_kl:
+    if kl_direction is not None:
         kl_ranges = torch.stack(
             [group.entity_token_ranges[:, 1] - 1, group.prompt_lengths - 1], dim=-1
         )
         kl_ranges = hooks.padded_token_ranges(kl_ranges, attention_mask.cpu()).to(device)
         kl_positions = hooks.token_range_mask(kl_ranges, seq_len)
-    # The LM head runs only where the loss reads; its logits come row by row.
+    # The LM head runs only where the loss reads; its rows come position by position.
     read = last | kl_positions
-    logits_row = read.flatten().cumsum(0).view_as(read) - 1
+    read_row = read.flatten().cumsum(0).view_as(read) - 1
 
     edit_ranges = hooks.padded_token_ranges(_edit_ranges(editor, group), attention_mask.cpu())
     with hooks.add_directions(model, editor.layer, directions, edit_ranges.to(device)):
-        logits_edit = models.logits_at(model, inputs, read)
-    original = None
-    if with_kl:
+        logp_edit = _log_probs(models.logits_at(model, inputs, read))
+    kl = torch.zeros((), device=device, dtype=logp_edit.dtype)
+    if kl_direction is not None:
         with torch.no_grad():
-            original = models.logits_at(model, inputs, kl_positions)
-    return logits_edit[logits_row[last]], logits_edit[logits_row[kl_positions]], original
+            logp_orig = _log_probs(models.logits_at(model, inputs, kl_positions))
+        kl = edit_kl(logp_edit[read_row[kl_positions]], logp_orig, kl_direction).sum()
+    return logp_edit[read_row[last]], kl
 
 
 def editing_loss(
@@ -264,16 +266,16 @@ def editing_loss(
     weights = weights or LossWeights()
     device = models.determine_device(mt.model)
     batch_size = len(batch)
-    with_kl = weights.lam_kl is not None
+    kl_direction = weights.kl_direction if weights.lam_kl is not None else None
     directions = editors.directions_from_inputs(editor, batch)
 
     groups = length_groups(batch.prompt_lengths)
     parts = [
-        _group_loss_logits(mt, editor, batch.select(rows), directions[rows.to(device)], with_kl)
+        _group_log_probs(mt, editor, batch.select(rows), directions[rows.to(device)], kl_direction)
         for rows in groups
     ]
     batch_order = torch.argsort(torch.cat(groups)).to(device)
-    logp_last = _log_probs(torch.cat([last for last, _, _ in parts])[batch_order])
+    logp_last = torch.cat([last for last, _ in parts])[batch_order]
     rows = torch.arange(batch_size, device=device)
 
     loss = torch.zeros((), device=device, dtype=logp_last.dtype)
@@ -299,11 +301,7 @@ def editing_loss(
         loss = loss + weights.lam_u * term
         terms["unmediated"] = term.item()
     if weights.lam_kl is not None:
-        logp_edit = _log_probs(torch.cat([edited for _, edited, _ in parts]))
-        logp_orig = _log_probs(
-            torch.cat([original for _, _, original in parts if original is not None])
-        )
-        term = edit_kl(logp_edit, logp_orig, weights.kl_direction).sum() / batch_size
+        term = torch.stack([kl for _, kl in parts]).sum() / batch_size
         loss = loss + weights.lam_kl * term
         terms["kl"] = term.item()
     if weights.lam_norm is not None:
