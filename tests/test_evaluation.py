@@ -640,3 +640,24 @@ def test_scores_with_a_bos_tokenizer_are_those_of_every_positions_logits(llama_t
         ids = torch.tensor([llama_tokenizer(prompt)["input_ids"]])
         with torch.no_grad():
             assert prediction == int(mt.model(ids).logits[0, -1].argmax())
+
+
+def test_queries_sharing_a_prompt_score_as_they_would_alone(mt64, cases):
+    # One-token targets of the same case and prompt share a forward pass; another case's query
+    # on the same text does not (the method may edit it differently). float64: shared, batched
+    # and single runs differ by rounding only.
+    editor = editors.new_editor("identity", mt64, layer=0)
+    remedi = evaluation.RemediMethod(mt64, editor, cases, alpha=20.0)
+    kelo, xavi = cases[0], cases[1]
+    prompt = "Kelo Vantri lives in the city of"
+    queries = [
+        (kelo, prompt, "Oslo"),
+        (kelo, prompt, "Lisbon"),
+        (xavi, prompt, "Oslo"),
+        (kelo, prompt, "Eiffel painter"),
+    ]
+    for scoring in evaluation.TARGET_SCORINGS:
+        together = evaluation.target_log_probs(mt64, remedi, queries, 4, scoring)
+        alone = [evaluation.target_log_probs(mt64, remedi, [q], 1, scoring)[0] for q in queries]
+        np.testing.assert_allclose(together, alone, rtol=1e-10, atol=1e-10)
+    assert abs(together[0] - together[2]) > 1e-3  # the edit reaches Kelo's case only

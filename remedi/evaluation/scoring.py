@@ -11,6 +11,7 @@ import contextlib
 import logging
 import unicodedata
 from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
 import numpy as np
@@ -93,71 +94,114 @@ def target_log_probs(
         )
 
     def run(group: Sequence[tuple[EvalCase, str, str]]) -> list[float]:
-        texts = [f"{method.rewrite(case, prompt)} {target}" for case, prompt, target in group]
-        scores: list[float] = [0.0] * len(group)
-        for indices in _similar_length_batches(texts, batch_size, desc):
-            batch_scores = _score_batch(mt, method, [group[index] for index in indices], scoring)
-            for index, score in zip(indices, batch_scores.tolist(), strict=True):
-                scores[index] = score
-        return scores
+        rows, counts = _scoring_rows(mt.tokenizer, method, group, scoring)
+        totals = torch.zeros(len(group), dtype=torch.float64)
+        for indices in _similar_length_batches([len(row.ids) for row in rows], batch_size, desc):
+            totals += _score_rows(mt, method, [rows[index] for index in indices], len(group))
+        return (totals / counts if scoring == "mean" else totals).tolist()
 
     return np.asarray(_run_grouped(mt, method, queries, run), dtype=np.float64)
 
 
 def _similar_length_batches(
-    texts: Sequence[str], batch_size: int, desc: str
+    lengths: Sequence[int], batch_size: int, desc: str
 ) -> Iterator[list[int]]:
-    """Indices of ``texts`` in batches of similar length (less padding), with progress.
+    """Indices of items in batches of similar ``lengths`` (less padding), with progress.
 
-    For computations where a text's result does not depend on the others in its batch.
-    Characters stand in for tokens: sorting needs no extra pass of the tokenizer.
+    For computations where an item's result does not depend on the others in its batch.
     """
-    index_batches = precompute.length_sorted_batches([len(text) for text in texts], batch_size)
+    index_batches = precompute.length_sorted_batches(lengths, batch_size)
     yield from tqdm(index_batches, desc=desc, disable=len(index_batches) < 2, leave=False)
 
 
+@dataclass
+class _ScoringRow:
+    """One sequence to run: a rewritten prompt about a case, maybe followed by target tokens,
+    and the ``(query, position, token)`` log-probabilities queries read from it."""
+
+    case: EvalCase
+    prompt: str
+    ids: list[int]
+    offsets: list[tuple[int, int]]
+    reads: list[tuple[int, int, int]] = field(default_factory=list)
+
+
+def _scoring_rows(
+    tokenizer: precompute.Tokenizer,
+    method: Method,
+    queries: Sequence[tuple[EvalCase, str, str]],
+    scoring: str,
+) -> tuple[list[_ScoringRow], torch.Tensor]:
+    """The sequences that score ``(case, prompt, target)`` queries, and each query's number of
+    scored target tokens.
+
+    A query reads, at each position before one of its target tokens (the tokens of
+    "prompt target" that start after the prompt), that token's log-probability. Its sequence
+    is "prompt target" without the last target token, which no position reads as an input;
+    queries with the same case, prompt and sequence share it: a prompt whose targets are one
+    token long runs once for all of them.
+    """
+    prompts = [method.rewrite(case, prompt) for case, prompt, _ in queries]
+    texts = [f"{prompt} {target}" for prompt, (_, _, target) in zip(prompts, queries, strict=True)]
+    encoded = tokenizer(texts, return_offsets_mapping=True)
+    rows: dict[tuple[int, str, tuple[int, ...]], _ScoringRow] = {}
+    counts = []
+    for index, ((case, _, _), prompt) in enumerate(zip(queries, prompts, strict=True)):
+        ids, offsets = encoded["input_ids"][index], encoded["offset_mapping"][index]
+        targets = [
+            position
+            for position, (start, end) in enumerate(offsets)
+            if position > 0 and start >= len(prompt) and end > start
+        ]
+        if not targets:
+            raise errors.SampleError(
+                f"target of query {texts[index]!r} has no token after its prompt; give the case "
+                "a non-empty target"
+            )
+        if scoring == "first":
+            targets = targets[:1]
+        key = (id(case), prompt, tuple(ids[: targets[-1]]))
+        if key not in rows:
+            rows[key] = _ScoringRow(case, prompt, ids[: targets[-1]], offsets[: targets[-1]])
+        rows[key].reads += [(index, position - 1, ids[position]) for position in targets]
+        counts.append(len(targets))
+    return list(rows.values()), torch.tensor(counts, dtype=torch.float64)
+
+
 @torch.no_grad()
-def _score_batch(
+def _score_rows(
     mt: models.ModelAndTokenizer,
     method: Method,
-    batch: Sequence[tuple[EvalCase, str, str]],
-    scoring: str,
+    rows: Sequence[_ScoringRow],
+    num_queries: int,
 ) -> torch.Tensor:
+    """One forward pass over ``rows``, with the method's edit: the sum of the log-probabilities
+    each query reads there, (num_queries,) float64 on the CPU."""
     device = models.determine_device(mt.model)
-    cases = [case for case, _, _ in batch]
-    prompts = [method.rewrite(case, prompt) for case, prompt, _ in batch]
-    texts = [f"{prompt} {target}" for prompt, (_, _, target) in zip(prompts, batch, strict=True)]
-    inputs, offsets = precompute.tokenize(mt.tokenizer, texts, device, padding_side="right")
-    prompt_chars = torch.tensor([len(prompt) for prompt in prompts])
-    is_target = (
-        (offsets[..., 0] >= prompt_chars[:, None])
-        & (offsets[..., 1] > offsets[..., 0])
-        & inputs.attention_mask.cpu().bool()
+    inputs, offsets = precompute.pad_token_rows(
+        mt.tokenizer,
+        {
+            "input_ids": [row.ids for row in rows],
+            "attention_mask": [[1] * len(row.ids) for row in rows],
+            "offset_mapping": [row.offsets for row in rows],
+        },
+        device,
+        padding_side="right",
     )
-    if not bool(is_target.any(dim=-1).all()):
-        bad = int((~is_target.any(dim=-1)).nonzero()[0])
-        raise errors.SampleError(
-            f"target of query {texts[bad]!r} has no token after its prompt; give the case a "
-            "non-empty target"
-        )
-    if scoring == "first":
-        is_target &= is_target.int().cumsum(dim=-1).eq(1)
-    # Position t predicts token t + 1: the LM head runs only where a target token comes next.
-    predicts_target = torch.zeros_like(is_target)
-    predicts_target[:, :-1] = is_target[:, 1:]
-    predicts_target = predicts_target.to(device)
+    reads = [(index, *read) for index, row in enumerate(rows) for read in row.reads]
+    row_index, queries, positions, tokens = torch.tensor(reads, dtype=torch.long).unbind(dim=1)
+    read = torch.zeros(inputs.input_ids.shape, dtype=torch.bool)
+    read[row_index, positions] = True
+    # The LM head runs only where a target token comes next; its rows come position by position.
+    logits_row = read.flatten().cumsum(0).view_as(read) - 1
+    cases, prompts = [row.case for row in rows], [row.prompt for row in rows]
     with method.edit(mt, cases, prompts, offsets, inputs.attention_mask):
-        logits = models.logits_at(mt.model, inputs, predicts_target)
+        logits = models.logits_at(mt.model, inputs, read.to(device))
     # float32 at least (half-precision logits lose the small probabilities), wider if the model is.
     log_probs = torch.log_softmax(logits.to(torch.promote_types(logits.dtype, torch.float32)), -1)
-    targets = inputs.input_ids[is_target.to(device)]
-    token_log_probs = log_probs.gather(-1, targets[:, None]).squeeze(-1).double()
-    rows = predicts_target.nonzero()[:, 0]
-    total = torch.zeros(len(batch), dtype=torch.float64, device=device)
-    total.index_add_(0, rows, token_log_probs)
-    if scoring == "mean":
-        total = total / predicts_target.sum(dim=-1)
-    return total.cpu()
+    values = log_probs[logits_row[row_index, positions].to(device), tokens.to(device)]
+    totals = torch.zeros(num_queries, dtype=torch.float64)
+    return totals.index_add_(0, queries, values.double().cpu())
 
 
 def next_token_predictions(
@@ -174,7 +218,8 @@ def next_token_predictions(
         device = models.determine_device(mt.model)
         rewritten = [method.rewrite(case, prompt) for case, prompt in group]
         predictions: list[int] = [0] * len(group)
-        for indices in _similar_length_batches(rewritten, batch_size, desc):
+        lengths = [len(text) for text in rewritten]  # characters: no extra tokenizer pass
+        for indices in _similar_length_batches(lengths, batch_size, desc):
             cases = [group[index][0] for index in indices]
             prompts = [rewritten[index] for index in indices]
             inputs, offsets = precompute.tokenize(
@@ -272,7 +317,8 @@ def generate_texts(
     def run(group: Sequence[tuple[EvalCase, str, int]]) -> list[str]:
         rewritten = [method.rewrite(case, prompt) for case, prompt, _ in group]
         texts: list[str] = [""] * len(group)
-        for indices in _similar_length_batches(rewritten, batch_size, desc):
+        lengths = [len(text) for text in rewritten]  # characters: no extra tokenizer pass
+        for indices in _similar_length_batches(lengths, batch_size, desc):
             batch = [group[index] for index in indices]
             batch_texts = _generate_batch(mt, method, batch, max_length, top_k)
             for index, text in zip(indices, batch_texts, strict=True):
