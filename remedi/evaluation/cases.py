@@ -42,9 +42,11 @@ The three agree when both targets are one token long (GPT-2's CounterFact target
 """
 DEFAULT_TARGET_SCORING = "mean"
 
-RESULT_FORMAT_VERSION = 2
+RESULT_FORMAT_VERSION = 3
 """Bumped when the same settings would compute different numbers: 2 = paraphrase prompts by
-default, the reference's prefix, per-token target scoring. Older result files are recomputed."""
+default, the reference's prefix, per-token target scoring; 3 = each generated text sampled with
+its own seed among the top k (same distribution, other draws). Older result files are
+recomputed."""
 
 
 @dataclass(frozen=True)
