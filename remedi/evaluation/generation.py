@@ -6,8 +6,8 @@
   fluency of that text (REMEDI's essence benchmark).
 
 Generation follows ROME: top-k sampling with k = 5, 100 tokens in all (prompt included), no stop
-at the end-of-text token (it is removed from the text), seeded per batch. The edit is applied on
-the prompt pass only; the KV cache carries it to the sampled tokens.
+at the end-of-text token (it is removed from the text), each text with its own seed. The edit is
+applied on the prompt pass only; the KV cache carries it to the sampled tokens.
 """
 
 from __future__ import annotations

@@ -83,8 +83,9 @@ def target_log_probs(
     """Score of ``target`` after ``prompt``, for ``(case, prompt, target)`` queries (float64).
 
     Each prompt is rewritten by the method and followed by ``" " + target``; the target's tokens
-    are scored under teacher forcing in one forward pass per batch, with the method's edit
-    attached. ``scoring`` (:data:`~remedi.evaluation.cases.TARGET_SCORINGS`) picks the mean of
+    are scored under teacher forcing, in batches of ``batch_size`` sequences, with the method's
+    edit attached; the LM head runs only where a target token comes next, and the targets of a
+    prompt that are one token long are read from one sequence (see :func:`_scoring_rows`). ``scoring`` (:data:`~remedi.evaluation.cases.TARGET_SCORINGS`) picks the mean of
     the target tokens' log-probabilities (ROME), their sum (the whole target), or the first one
     (REMEDI's reference).
     """
