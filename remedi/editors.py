@@ -411,7 +411,12 @@ def editor_directions(
     inputs = samples
     if not isinstance(inputs, precompute.EditorInputs):
         inputs = precompute.editor_inputs(
-            mt, inputs, [editor.layer], batch_size=batch_size, with_targets=False
+            mt,
+            inputs,
+            [editor.layer],
+            batch_size=batch_size,
+            with_targets=False,
+            with_entities=editor.uses_entity,
         )
     was_training = editor.training
     editor.eval()

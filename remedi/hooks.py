@@ -2,19 +2,21 @@
 
 Both context managers hook the output of decoder blocks (see :mod:`remedi.models`) and
 remove their hooks on exit, also when the body raises, so a model never keeps a stray edit.
+:func:`run_until_layer` runs a model only as far as one block, for callers that read hidden
+states and need nothing above them.
 Decoder blocks return either a tensor or a tuple whose first element is the hidden state,
 depending on the family and the transformers version; both are handled here.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from typing import Any
 
 import torch
 
-from remedi.models import ModelAndTokenizer, resolve_layer
+from remedi.models import ModelAndTokenizer, resolve_layer, unwrap_model
 
 
 def _hidden_state_of(output: Any) -> torch.Tensor:
@@ -54,6 +56,33 @@ def record_hiddens(
     finally:
         for handle in handles:
             handle.remove()
+
+
+class StopForward(Exception):
+    """Raised by :func:`run_until_layer`'s hook to end a forward pass after the needed block."""
+
+
+def run_until_layer(
+    model: torch.nn.Module | ModelAndTokenizer, layer: int, inputs: Mapping[str, Any]
+) -> None:
+    """Run the model on ``inputs`` only up to the output of decoder block ``layer``.
+
+    A hook on that block ends the forward pass, so the blocks above it, the final norm and the
+    LM head (logits over the whole vocabulary at every position) never run. Hooks registered
+    earlier, e.g. by :func:`record_hiddens`, still see every block up to ``layer``. No KV cache
+    is built. The hook is removed on exit, also when the model raises.
+    """
+
+    def stop(module: torch.nn.Module, args: Any, output: Any) -> None:
+        raise StopForward
+
+    handle = resolve_layer(model, layer).register_forward_hook(stop)
+    try:
+        unwrap_model(model)(**inputs, use_cache=False)
+    except StopForward:
+        pass
+    finally:
+        handle.remove()
 
 
 def token_range_mask(token_ranges: torch.Tensor, seq_len: int) -> torch.Tensor:

@@ -10,11 +10,12 @@ stack of decoder blocks.
 
 from __future__ import annotations
 
+import inspect
 import logging
 import operator
 import os
 import re
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, SupportsIndex
@@ -330,6 +331,48 @@ def determine_dtype(model: torch.nn.Module | ModelAndTokenizer) -> torch.dtype:
         if parameter.is_floating_point():
             return parameter.dtype
     return torch.get_default_dtype()
+
+
+def _keeps_logits_by_mask(model: torch.nn.Module) -> bool:
+    """Whether ``model(..., logits_to_keep=mask)`` runs the LM head only at a boolean mask's
+    positions (transformers 5's causal LMs; older versions and custom models may not)."""
+    try:
+        parameters = inspect.signature(model.forward).parameters
+    except (TypeError, ValueError):
+        return False
+    return "logits_to_keep" in parameters and hasattr(
+        transformers.modeling_utils, "slice_logits_to_keep"
+    )
+
+
+def logits_at(
+    model: torch.nn.Module | ModelAndTokenizer,
+    inputs: Mapping[str, Any],
+    positions: torch.Tensor,
+) -> torch.Tensor:
+    """The LM's logits at the ``True`` entries of ``positions``, (count, vocab), row by row.
+
+    ``positions`` is a boolean ``(batch, seq)`` mask over the tokenized batch. The LM head (a
+    product with the whole vocabulary) runs only at those positions, through the model's own
+    ``logits_to_keep``, so any final scaling or soft-capping it applies is kept. A model without
+    that option computes every position's logits, which are then selected.
+    """
+    module = unwrap_model(model)
+    positions = positions.to(device=determine_device(module), dtype=torch.bool)
+    count = int(positions.sum())
+    if _keeps_logits_by_mask(module):
+        logits = module(**inputs, logits_to_keep=positions, use_cache=False).logits
+        if logits.dim() == 2 and logits.shape[0] == count:
+            return logits
+        logger.warning(
+            "%s returned logits of shape %s for %d kept positions; computing every position's "
+            "logits instead",
+            type(module).__name__,
+            tuple(logits.shape),
+            count,
+        )
+    logits = module(**inputs, use_cache=False).logits
+    return logits[positions.to(logits.device)]
 
 
 def estimate_num_parameters(config: Any) -> int | None:

@@ -52,15 +52,48 @@ def tokenize(
     Precompute and training pad on the right, so that models with absolute positions see each
     text at the positions it has on its own.
     """
-    kwargs = {} if padding_side is None else {"padding_side": padding_side}
-    inputs = tokenizer(
-        list(texts),
-        return_tensors="pt",
-        padding="longest",
-        return_offsets_mapping=True,
-        **kwargs,
-    )
-    offset_mapping = inputs.pop("offset_mapping")
+    encoded = tokenizer(list(texts), return_offsets_mapping=True)
+    return pad_token_rows(tokenizer, encoded, device, padding_side)
+
+
+def pad_token_rows(
+    tokenizer: Tokenizer,
+    rows: Mapping[str, Sequence[Sequence[Any]]],
+    device: torch.device | str | None = None,
+    padding_side: str | None = None,
+) -> tuple[transformers.BatchEncoding, torch.Tensor]:
+    """Pad unpadded tokenizer output (``input_ids``, ``attention_mask``, ``offset_mapping``,
+    ...: one list per text) to the longest row; return the model inputs and the offset mapping.
+
+    The same tensors as the tokenizer's ``padding="longest"``, in one step per field, which
+    takes a fraction of its time.
+    """
+    side = padding_side or tokenizer.padding_side
+    width = max((len(ids) for ids in rows["input_ids"]), default=0)
+    if tokenizer.pad_token_id is None and any(len(ids) < width for ids in rows["input_ids"]):
+        raise errors.UsageError(
+            "the tokenizer has no pad token, which batches of texts of different lengths need; "
+            "set tokenizer.pad_token (remedi.models.load_model uses the end-of-text token)"
+        )
+    pad_values: dict[str, Any] = {
+        "input_ids": tokenizer.pad_token_id,
+        "token_type_ids": tokenizer.pad_token_type_id,
+        "offset_mapping": (0, 0),
+    }
+
+    def padded(field: Sequence[Sequence[Any]], value: Any) -> torch.Tensor:
+        fills = [[value] * (width - len(row)) for row in field]
+        return torch.tensor(
+            [
+                [*row, *fill] if side == "right" else [*fill, *row]
+                for row, fill in zip(field, fills, strict=True)
+            ],
+            dtype=torch.long,
+        )
+
+    tensors = {key: padded(field, pad_values.get(key, 0)) for key, field in rows.items()}
+    offset_mapping = tensors.pop("offset_mapping")
+    inputs = transformers.BatchEncoding(tensors)
     if device is not None:
         inputs = inputs.to(device)
     return inputs, offset_mapping
@@ -147,10 +180,20 @@ def find_token_ranges(
     names: Sequence[str] | None = None,
 ) -> torch.Tensor:
     """Unpadded token ranges of the last mention of each substring in its string, (n, 2)."""
+    return _token_ranges_and_lengths(tokenizer, strings, substrings, names)[0]
+
+
+def _token_ranges_and_lengths(
+    tokenizer: Tokenizer,
+    strings: Sequence[str],
+    substrings: Sequence[str],
+    names: Sequence[str] | None = None,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """:func:`find_token_ranges`, and the token count of each string, from one tokenization."""
     char_spans = find_char_spans(strings, substrings, names)
     inputs, offset_mapping = tokenize(tokenizer, strings)
     ranges = token_ranges_from_char_spans(char_spans, offset_mapping, inputs.attention_mask, names)
-    return unpad_token_ranges(ranges, inputs.attention_mask)
+    return unpad_token_ranges(ranges, inputs.attention_mask), inputs.attention_mask.sum(dim=-1)
 
 
 def last_token_ranges(token_ranges: torch.Tensor) -> torch.Tensor:
@@ -181,10 +224,86 @@ def target_token_ids(tokenizer: Tokenizer, targets: Sequence[str]) -> torch.Tens
 def hiddens_at_layers(
     mt: models.ModelAndTokenizer, inputs: transformers.BatchEncoding, layers: Sequence[int]
 ) -> dict[int, torch.Tensor]:
-    """Residual stream (batch, seq, hidden) after each of ``layers`` for a tokenized batch."""
+    """Residual stream (batch, seq, hidden) after each of ``layers`` for a tokenized batch.
+
+    The model runs only up to the deepest of ``layers`` (no LM head, no KV cache).
+    """
     with hooks.record_hiddens(mt.model, layers) as recorded:
-        mt.model(**inputs)
+        hooks.run_until_layer(mt.model, max(layers), inputs)
     return {layer: recorded[layer] for layer in layers}
+
+
+def length_sorted_batches(lengths: Sequence[int], batch_size: int) -> list[list[int]]:
+    """Indices ``0..n-1`` in batches of similar lengths (shortest first): less padding.
+
+    Only for computations whose result for a row does not depend on the other rows.
+    """
+    order = sorted(range(len(lengths)), key=lengths.__getitem__)
+    return [order[start : start + batch_size] for start in range(0, len(order), batch_size)]
+
+
+@dataclass
+class MentionHiddens:
+    """Hidden states of one mention per text (see :func:`mention_hiddens`)."""
+
+    token_ranges: torch.Tensor
+    """Unpadded ``[start, end)`` of the mention, (n, 2)."""
+    average: dict[int, torch.Tensor]
+    """Mean over the mention's tokens, (n, hidden) float32 on the CPU, by layer."""
+    last: dict[int, torch.Tensor]
+    """The mention's last token's hidden state, (n, hidden) float32 on the CPU, by layer."""
+
+
+def mention_hiddens(
+    mt: models.ModelAndTokenizer,
+    texts: Sequence[str],
+    mentions: Sequence[str],
+    layers: Sequence[int],
+    names: Sequence[str],
+    batch_size: int = DEFAULT_PRECOMPUTE_BATCH_SIZE,
+    desc: str = "hidden states",
+) -> MentionHiddens:
+    """Hidden states at ``layers`` of the last mention of ``mentions[i]`` in ``texts[i]``.
+
+    Texts run in batches of similar length, right-padded, and only as far as the deepest layer;
+    the results come back in the order given.
+
+    Raises:
+        errors.SampleError: A text does not mention its mention (names the sample).
+    """
+    device = models.determine_device(mt.model)
+    order: list[int] = []
+    ranges: list[torch.Tensor] = []
+    average: dict[int, list[torch.Tensor]] = {layer: [] for layer in layers}
+    last: dict[int, list[torch.Tensor]] = {layer: [] for layer in layers}
+    # Characters stand in for tokens: sorting needs no extra pass of the tokenizer.
+    batches = length_sorted_batches([len(text) for text in texts], batch_size)
+    for indices in tqdm(batches, desc=desc, disable=len(batches) < 2):
+        batch_texts = [texts[index] for index in indices]
+        batch_names = [names[index] for index in indices]
+        inputs, offsets = tokenize(mt.tokenizer, batch_texts, device, "right")
+        mask = inputs.attention_mask.cpu()
+        spans = find_char_spans(batch_texts, [mentions[index] for index in indices], batch_names)
+        padded = token_ranges_from_char_spans(spans, offsets, mask, batch_names)
+        order += indices
+        ranges.append(unpad_token_ranges(padded, mask))
+        for layer, states in hiddens_at_layers(mt, inputs, layers).items():
+            states = states.float()
+            rows = torch.arange(len(states), device=states.device)
+            average[layer].append(average_in_ranges(states, padded).cpu())
+            last[layer].append(states[rows, padded[:, 1].to(states.device) - 1].cpu())
+
+    inverse = torch.empty(len(order), dtype=torch.long)
+    inverse[torch.tensor(order, dtype=torch.long)] = torch.arange(len(order))
+
+    def in_given_order(parts: list[torch.Tensor]) -> torch.Tensor:
+        return torch.cat(parts)[inverse]
+
+    return MentionHiddens(
+        token_ranges=in_given_order(ranges),
+        average={layer: in_given_order(parts) for layer, parts in average.items()},
+        last={layer: in_given_order(parts) for layer, parts in last.items()},
+    )
 
 
 @dataclass
@@ -263,11 +382,14 @@ def editor_inputs(
     batch_size: int = DEFAULT_PRECOMPUTE_BATCH_SIZE,
     with_targets: bool = True,
     desc: str = "precompute editor inputs",
+    with_entities: bool = True,
 ) -> EditorInputs:
     """Compute :class:`EditorInputs` for samples (a ``datasets.Dataset`` or list of dicts).
 
     One forward pass per batch of contexts and one per batch of entities record every
-    requested layer at once.
+    requested layer at once; each runs only up to the deepest requested layer. Without
+    ``with_entities``, the entities' hidden states are left out (for editors that do not read
+    them).
 
     Raises:
         ValueError: A prompt does not mention its entity (the error names the sample).
@@ -277,54 +399,21 @@ def editor_inputs(
     contexts, attributes = columns["context"], columns["attribute"]
     layers = sorted(set(layers))
     models.determine_layer_paths(mt.model, layers)  # fail early on a bad layer
-    device = models.determine_device(mt.model)
 
-    entity_token_ranges = find_token_ranges(mt.tokenizer, prompts, entities, ids)
-    prompt_lengths = torch.tensor(
-        [len(ids_) for ids_ in mt.tokenizer(list(prompts))["input_ids"]], dtype=torch.long
+    entity_token_ranges, prompt_lengths = _token_ranges_and_lengths(
+        mt.tokenizer, prompts, entities, ids
     )
-
-    attribute_ranges: list[torch.Tensor] = []
-    hiddens: dict[str, dict[int, list[torch.Tensor]]] = {
-        key: {layer: [] for layer in layers}
-        for key in ("last", "average", "attribute", "attribute_last")
-    }
-    starts = range(0, len(ids), batch_size)
-    for start in tqdm(starts, desc=desc, disable=len(starts) < 2):
-        batch = slice(start, start + batch_size)
-        batch_names = ids[batch]
-
-        context_inputs, context_offsets = tokenize(mt.tokenizer, contexts[batch], device, "right")
-        spans = find_char_spans(contexts[batch], attributes[batch], batch_names)
-        attribute_padded = token_ranges_from_char_spans(
-            spans, context_offsets, context_inputs.attention_mask.cpu(), batch_names
-        )
-        attribute_ranges.append(
-            unpad_token_ranges(attribute_padded, context_inputs.attention_mask.cpu())
-        )
-        for layer, states in hiddens_at_layers(mt, context_inputs, layers).items():
-            states = states.float()
-            rows = torch.arange(len(states), device=states.device)
-            hiddens["attribute"][layer].append(average_in_ranges(states, attribute_padded))
-            last = attribute_padded[:, 1].to(states.device) - 1
-            hiddens["attribute_last"][layer].append(states[rows, last])
-
-        # The entity on its own, as in the reference: its representation does not depend on
-        # the prompt, so one direction can be applied to any prompt that mentions it.
-        entity_inputs, entity_offsets = tokenize(mt.tokenizer, entities[batch], device, "right")
-        spans = find_char_spans(entities[batch], entities[batch], batch_names)
-        entity_padded = token_ranges_from_char_spans(
-            spans, entity_offsets, entity_inputs.attention_mask.cpu(), batch_names
-        )
-        for layer, states in hiddens_at_layers(mt, entity_inputs, layers).items():
-            states = states.float()
-            rows = torch.arange(len(states), device=states.device)
-            last = entity_padded[:, 1].to(states.device) - 1
-            hiddens["last"][layer].append(states[rows, last])
-            hiddens["average"][layer].append(average_in_ranges(states, entity_padded))
-
-    def stacked(key: str) -> dict[int, torch.Tensor]:
-        return {layer: torch.cat(parts).cpu() for layer, parts in hiddens[key].items()}
+    attribute = mention_hiddens(
+        mt, contexts, attributes, layers, ids, batch_size, desc=f"{desc} (contexts)"
+    )
+    # The entity on its own, as in the reference: its representation does not depend on
+    # the prompt, so one direction can be applied to any prompt that mentions it.
+    no_entity = MentionHiddens(torch.zeros(0, 2, dtype=torch.long), {}, {})
+    entity = (
+        mention_hiddens(mt, entities, entities, layers, ids, batch_size, f"{desc} (entities)")
+        if with_entities
+        else no_entity
+    )
 
     target_mediated_ids = target_unmediated_ids = None
     if with_targets:
@@ -341,11 +430,11 @@ def editor_inputs(
         contexts=list(contexts),
         entity_token_ranges=entity_token_ranges,
         prompt_lengths=prompt_lengths,
-        attribute_token_ranges=torch.cat(attribute_ranges),
-        entity_last_hiddens=stacked("last"),
-        entity_average_hiddens=stacked("average"),
-        attribute_hiddens=stacked("attribute"),
-        attribute_last_hiddens=stacked("attribute_last"),
+        attribute_token_ranges=attribute.token_ranges,
+        entity_last_hiddens=entity.last,
+        entity_average_hiddens=entity.average,
+        attribute_hiddens=attribute.average,
+        attribute_last_hiddens=attribute.last,
         target_mediated_ids=target_mediated_ids,
         target_unmediated_ids=target_unmediated_ids,
     )

@@ -185,28 +185,98 @@ def _edit_ranges(editor: editors.Editor, batch: precompute.EditorInputs) -> torc
     return batch.entity_token_ranges
 
 
+def _positions_mask(positions: torch.Tensor, seq_len: int) -> torch.Tensor:
+    """Boolean (batch, seq_len) mask with one ``True`` per row, at ``positions[row]``."""
+    return torch.arange(seq_len, device=positions.device) == positions[:, None]
+
+
+def length_groups(lengths: torch.Tensor, min_saving: float = 0.1) -> list[torch.Tensor]:
+    """Row indices in one group, or two of similar lengths where that saves padding.
+
+    Two groups (the shortest rows, the rest) are split where the fewest tokens are computed,
+    and only when they compute at most ``1 - min_saving`` of one group's tokens: each group is a
+    forward pass of its own.
+    """
+    order = lengths.argsort(stable=True)
+    if len(order) < 2:
+        return [order]
+    sorted_lengths = lengths[order].tolist()
+    count, longest = len(sorted_lengths), sorted_lengths[-1]
+
+    def tokens(split: int) -> int:  # the first `split` rows form the first group
+        return sorted_lengths[split - 1] * split + longest * (count - split)
+
+    split = min(range(1, count + 1), key=tokens)
+    if tokens(split) > (1 - min_saving) * longest * count:
+        return [order]
+    return [order[:split], order[split:]]
+
+
+def _group_log_probs(
+    mt: models.ModelAndTokenizer,
+    editor: editors.Editor,
+    group: precompute.EditorInputs,
+    directions: torch.Tensor,
+    kl_direction: str | None,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """One forward pass: the edited next-token log-probabilities at the last prompt token
+    (rows of ``group``), and the sum of the KL terms of ``group`` (zero without
+    ``kl_direction``), from the entity's last token to the one before the prompt's last token,
+    where the edit should leave the LM's predictions alone."""
+    model = mt.model
+    device = models.determine_device(model)
+    inputs = _prompt_inputs(mt, group.prompts)
+    attention_mask = inputs.attention_mask
+    seq_len = attention_mask.shape[1]
+    last = _positions_mask(precompute.last_token_positions(attention_mask), seq_len)
+    kl_positions = torch.zeros_like(last)
+    if kl_direction is not None:
+        kl_ranges = torch.stack(
+            [group.entity_token_ranges[:, 1] - 1, group.prompt_lengths - 1], dim=-1
+        )
+        kl_ranges = hooks.padded_token_ranges(kl_ranges, attention_mask.cpu()).to(device)
+        kl_positions = hooks.token_range_mask(kl_ranges, seq_len)
+    # The LM head runs only where the loss reads; its rows come position by position.
+    read = last | kl_positions
+    read_row = read.flatten().cumsum(0).view_as(read) - 1
+
+    edit_ranges = hooks.padded_token_ranges(_edit_ranges(editor, group), attention_mask.cpu())
+    with hooks.add_directions(model, editor.layer, directions, edit_ranges.to(device)):
+        logp_edit = _log_probs(models.logits_at(model, inputs, read))
+    kl = torch.zeros((), device=device, dtype=logp_edit.dtype)
+    if kl_direction is not None:
+        with torch.no_grad():
+            logp_orig = _log_probs(models.logits_at(model, inputs, kl_positions))
+        kl = edit_kl(logp_edit[read_row[kl_positions]], logp_orig, kl_direction).sum()
+    return logp_edit[read_row[last]], kl
+
+
 def editing_loss(
     mt: models.ModelAndTokenizer,
     editor: editors.Editor,
     batch: precompute.EditorInputs,
     weights: LossWeights | None = None,
 ) -> tuple[torch.Tensor, dict[str, float]]:
-    """The REMEDI loss of ``editor`` on a batch, and the value of each term (for logging)."""
+    """The REMEDI loss of ``editor`` on a batch, and the value of each term (for logging).
+
+    The LM head runs only where the loss reads the next-token distribution: at the last prompt
+    token (the target terms) and at the KL positions. Prompts of very different lengths run in
+    two forward passes (:func:`length_groups`): less padding, the same loss.
+    """
     weights = weights or LossWeights()
-    model = mt.model
-    device = models.determine_device(model)
+    device = models.determine_device(mt.model)
     batch_size = len(batch)
-    inputs = _prompt_inputs(mt, batch.prompts)
-    attention_mask = inputs.attention_mask
-
+    kl_direction = weights.kl_direction if weights.lam_kl is not None else None
     directions = editors.directions_from_inputs(editor, batch)
-    edit_ranges = hooks.padded_token_ranges(_edit_ranges(editor, batch), attention_mask.cpu())
-    with hooks.add_directions(model, editor.layer, directions, edit_ranges.to(device)):
-        logits_edit = model(**inputs).logits
 
+    groups = length_groups(batch.prompt_lengths)
+    parts = [
+        _group_log_probs(mt, editor, batch.select(rows), directions[rows.to(device)], kl_direction)
+        for rows in groups
+    ]
+    batch_order = torch.argsort(torch.cat(groups)).to(device)
+    logp_last = torch.cat([last for last, _ in parts])[batch_order]
     rows = torch.arange(batch_size, device=device)
-    last = precompute.last_token_positions(attention_mask)
-    logp_last = _log_probs(logits_edit[rows, last])
 
     loss = torch.zeros((), device=device, dtype=logp_last.dtype)
     terms: dict[str, float] = {}
@@ -231,18 +301,7 @@ def editing_loss(
         loss = loss + weights.lam_u * term
         terms["unmediated"] = term.item()
     if weights.lam_kl is not None:
-        # Positions from the entity's last token to the one before the prompt's last token:
-        # there the edit should leave the LM's predictions alone.
-        kl_ranges = torch.stack(
-            [batch.entity_token_ranges[:, 1] - 1, batch.prompt_lengths - 1], dim=-1
-        )
-        kl_ranges = hooks.padded_token_ranges(kl_ranges, attention_mask.cpu()).to(device)
-        mask = hooks.token_range_mask(kl_ranges, attention_mask.shape[1])
-        with torch.no_grad():
-            logits_orig = model(**inputs).logits
-        logp_edit = _log_probs(logits_edit[mask])
-        logp_orig = _log_probs(logits_orig[mask])
-        term = edit_kl(logp_edit, logp_orig, weights.kl_direction).sum() / batch_size
+        term = torch.stack([kl for _, kl in parts]).sum() / batch_size
         loss = loss + weights.lam_kl * term
         terms["kl"] = term.item()
     if weights.lam_norm is not None:
@@ -270,14 +329,13 @@ def _essence_kl(
     with editors.apply_editor(
         mt, editor, directions, prompts, batch.entities, padding_side="right"
     ) as inputs:
-        logits_edit = mt.model(**inputs).logits
+        last = _positions_mask(
+            precompute.last_token_positions(inputs.attention_mask), inputs.input_ids.shape[1]
+        )
+        logits_edit = models.logits_at(mt.model, inputs, last)
     with torch.no_grad():
-        logits_orig = mt.model(**inputs).logits
-    rows = torch.arange(len(prompts), device=logits_edit.device)
-    last = precompute.last_token_positions(inputs.attention_mask)
-    logp_edit = _log_probs(logits_edit[rows, last])
-    logp_orig = _log_probs(logits_orig[rows, last])
-    return edit_kl(logp_edit, logp_orig, kl_direction).mean()
+        logits_orig = models.logits_at(mt.model, inputs, last)
+    return edit_kl(_log_probs(logits_edit), _log_probs(logits_orig), kl_direction).mean()
 
 
 # ---------------------------------------------------------------------------------------
@@ -514,13 +572,15 @@ def efficacy(
         encoded = _prompt_inputs(mt, batch.prompts)
         ranges = hooks.padded_token_ranges(_edit_ranges(editor, batch), encoded.attention_mask)
         rows = torch.arange(len(batch), device=device)
-        last = precompute.last_token_positions(encoded.attention_mask)
+        last = _positions_mask(
+            precompute.last_token_positions(encoded.attention_mask), encoded.input_ids.shape[1]
+        )
         new = batch.target_mediated_ids.to(device)
         true = batch.target_unmediated_ids.to(device)
         with hooks.add_directions(mt.model, editor.layer, directions, ranges.to(device)):
-            logits = mt.model(**encoded).logits[rows, last]
+            logits = models.logits_at(mt.model, encoded, last)
         edited.append(logits[rows, new] > logits[rows, true])
-        logits = mt.model(**encoded).logits[rows, last]
+        logits = models.logits_at(mt.model, encoded, last)
         unedited.append(logits[rows, new] > logits[rows, true])
     return torch.cat(edited).float().mean().item(), torch.cat(unedited).float().mean().item()
 

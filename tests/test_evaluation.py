@@ -15,6 +15,7 @@ from remedi import data, editors, evaluation, metrics
 from remedi.models import ModelAndTokenizer
 from remedi.toy.world import World
 from tests.conftest import tiny_gpt2
+from tests.model_fixtures import tiny_llama
 
 FIXTURES = Path(__file__).parent / "fixtures"
 
@@ -303,6 +304,38 @@ def test_greedy_generation_does_not_depend_on_batching(mt64, cases):
     batched = evaluation.generate_texts(mt64, method, queries, 20, top_k=1, batch_size=5)
     single = evaluation.generate_texts(mt64, method, queries, 20, top_k=1, batch_size=1)
     assert batched == single
+
+
+def test_sampled_texts_do_not_depend_on_batching(mt64, cases):
+    # Each text has its own seed. float64: a near-tie between two of the top k tokens cannot
+    # break differently with the batch's padding.
+    method = evaluation.Method()
+    queries = [(case, prompt) for case in cases for prompt in case.generation_prompts]
+    batched = evaluation.generate_texts(mt64, method, queries, 20, top_k=5, seed=4, batch_size=5)
+    single = evaluation.generate_texts(mt64, method, queries, 20, top_k=5, seed=4, batch_size=1)
+    greedy = evaluation.generate_texts(mt64, method, queries, 20, top_k=1, batch_size=5)
+    assert batched == single
+    assert batched != greedy
+
+
+def test_the_top_k_sampler_draws_the_k_best_tokens_with_their_softmax_probabilities():
+    logits = torch.tensor([2.0, -1.0, 0.5, 3.0, 1.0, -4.0, 0.0])
+    top_k, draws = 3, 6000
+    sampler = evaluation.TopKSampler(top_k, seeds=range(draws))
+    scores = sampler(torch.zeros(draws, 1, dtype=torch.long), logits.repeat(draws, 1))
+    # Exactly one possible token per row: greedy decoding picks the sampled one.
+    assert torch.equal(torch.isfinite(scores).sum(dim=-1), torch.ones(draws, dtype=torch.long))
+    counts = torch.bincount(scores.argmax(dim=-1), minlength=len(logits)).double()
+    expected = torch.zeros(len(logits), dtype=torch.float64)
+    best = logits.topk(top_k).indices
+    expected[best] = torch.softmax(logits[best].double(), dim=-1)
+    assert counts[expected == 0].sum() == 0
+    # Binomial counts: within 4 standard deviations of draws * p (seeded, so deterministic).
+    spread = 4 * (draws * expected * (1 - expected)).sqrt()
+    assert ((counts - draws * expected).abs() <= spread).all()
+    # The same seeds draw the same tokens, on any batch.
+    again = evaluation.TopKSampler(top_k, seeds=range(draws))
+    assert torch.equal(again(None, logits.repeat(draws, 1)), scores)
 
 
 def test_generation_with_remedi_edits_only_prompts_mentioning_the_entity(mt, cases, remedi):
@@ -620,3 +653,71 @@ def test_remedi_edits_the_mention_after_a_bos_token(llama64, cases):
     edited = evaluation.target_log_probs(llama64, method, queries, batch_size=2)
     plain = evaluation.target_log_probs(llama64, evaluation.Method(), queries, batch_size=2)
     assert np.all(np.abs(edited - plain) > 1e-6)
+
+
+# --- scores from the logits of the target positions only ---------------------------------------
+
+
+def _plain_scores(mt, prompt: str, target: str) -> list[float]:
+    """log p of each token of ``target`` in "prompt target", alone, from every position's
+    logits; the target's tokens are those whose characters start after the prompt."""
+    text = f"{prompt} {target}"
+    encoded = mt.tokenizer(text, return_offsets_mapping=True)
+    ids, offsets = encoded["input_ids"], encoded["offset_mapping"]
+    with torch.no_grad():
+        log_probs = torch.log_softmax(mt.model(torch.tensor([ids])).logits[0], dim=-1)
+    return [
+        log_probs[position - 1, ids[position]].item()
+        for position, (start, end) in enumerate(offsets)
+        if start >= len(prompt) and end > start
+    ]
+
+
+@pytest.mark.parametrize("scoring", evaluation.TARGET_SCORINGS)
+def test_scores_with_a_bos_tokenizer_are_those_of_every_positions_logits(llama_tokenizer, scoring):
+    # float64: the batched, padded scores read at the target positions and the plain ones differ
+    # by rounding only.
+    model = tiny_llama(llama_tokenizer, initializer_range=0.2).double()
+    mt = ModelAndTokenizer(model=model, tokenizer=llama_tokenizer, name="tiny-llama")
+    queries = [
+        (None, "Mira Talovan works as a", "famous singer"),
+        (None, "The Eiffel Tower is located in", "Paris"),
+        (None, "Kelo Vantri works for Nordavia and lives in", "the city of Oslo"),
+    ]
+    scores = evaluation.target_log_probs(mt, evaluation.Method(), queries, 2, scoring)
+    tokens = [_plain_scores(mt, prompt, target) for _, prompt, target in queries]
+    assert len(tokens[0]) > 1 and len(tokens[2]) > 2
+    expected = {
+        "mean": [float(np.mean(t)) for t in tokens],
+        "sum": [float(np.sum(t)) for t in tokens],
+        "first": [t[0] for t in tokens],
+    }[scoring]
+    np.testing.assert_allclose(scores, expected, rtol=1e-10, atol=1e-10)
+
+    prompts = [(None, prompt) for _, prompt, _ in queries]
+    predictions = evaluation.next_token_predictions(mt, evaluation.Method(), prompts, 2)
+    for (_, prompt), prediction in zip(prompts, predictions, strict=True):
+        ids = torch.tensor([llama_tokenizer(prompt)["input_ids"]])
+        with torch.no_grad():
+            assert prediction == int(mt.model(ids).logits[0, -1].argmax())
+
+
+def test_queries_sharing_a_prompt_score_as_they_would_alone(mt64, cases):
+    # One-token targets of the same case and prompt share a forward pass; another case's query
+    # on the same text does not (the method may edit it differently). float64: shared, batched
+    # and single runs differ by rounding only.
+    editor = editors.new_editor("identity", mt64, layer=0)
+    remedi = evaluation.RemediMethod(mt64, editor, cases, alpha=20.0)
+    kelo, xavi = cases[0], cases[1]
+    prompt = "Kelo Vantri lives in the city of"
+    queries = [
+        (kelo, prompt, "Oslo"),
+        (kelo, prompt, "Lisbon"),
+        (xavi, prompt, "Oslo"),
+        (kelo, prompt, "Eiffel painter"),
+    ]
+    for scoring in evaluation.TARGET_SCORINGS:
+        together = evaluation.target_log_probs(mt64, remedi, queries, 4, scoring)
+        alone = [evaluation.target_log_probs(mt64, remedi, [q], 1, scoring)[0] for q in queries]
+        np.testing.assert_allclose(together, alone, rtol=1e-10, atol=1e-10)
+    assert abs(together[0] - together[2]) > 1e-3  # the edit reaches Kelo's case only

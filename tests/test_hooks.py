@@ -295,3 +295,41 @@ def test_padded_token_ranges_point_at_the_same_tokens(tokenizer, padding_side: s
         assert (
             inputs["input_ids"][row, padded_start:padded_end].tolist() == (unpadded[row][start:end])
         )
+
+
+@pytest.mark.parametrize("model_type", HOOK_FAMILIES)
+def test_run_until_layer_runs_nothing_above_the_layer(
+    family_models_float64, tokenizer, model_type: str
+):
+    model = family_models_float64[model_type]
+    inputs = encode(tokenizer, PROMPTS, "right")
+    ran: list[str] = []
+    watched = {"block 2": models.resolve_layer(model, 2), "head": model.get_output_embeddings()}
+    handles = [
+        module.register_forward_hook(lambda *_, name=name: ran.append(name))
+        for name, module in watched.items()
+    ]
+    try:
+        with torch.no_grad(), hooks.record_hiddens(model, [0, 1]) as hiddens:
+            hooks.run_until_layer(model, 1, inputs)
+        assert ran == []
+        with torch.no_grad():
+            outputs = model(**inputs, output_hidden_states=True)
+        assert ran == ["block 2", "head"]
+    finally:
+        for handle in handles:
+            handle.remove()
+    # float64: the same computation, cut short; no rounding difference is expected.
+    for layer in (0, 1):
+        torch.testing.assert_close(
+            hiddens[layer], outputs.hidden_states[layer + 1], rtol=1e-12, atol=1e-12
+        )
+    assert_no_hooks(model)
+
+
+def test_run_until_layer_removes_its_hook_when_the_model_raises(gpt2_model, tokenizer):
+    inputs = encode(tokenizer, PROMPTS, "right")
+    inputs["input_ids"][0, 0] = gpt2_model.config.vocab_size  # not a token of the model
+    with pytest.raises(IndexError):
+        hooks.run_until_layer(gpt2_model, 0, inputs)
+    assert_no_hooks(gpt2_model)

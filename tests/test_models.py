@@ -260,3 +260,57 @@ def test_toy_name_pattern():
         assert models.TOY_NAME_PATTERN.match(name), name
     for name in ("toys", "gpt2", "toy-", "mytoy"):
         assert not models.TOY_NAME_PATTERN.match(name), name
+
+
+# ---------------------------------------------------------------------------------------
+# Logits at chosen positions only.
+
+
+def _right_padded_batch(seed: int = 0) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
+    """Two rows of random tokens, the second right-padded, and a mask of positions to read."""
+    generator = torch.Generator().manual_seed(seed)
+    input_ids = torch.randint(3, VOCAB_SIZE, (2, 7), generator=generator)
+    attention_mask = torch.ones_like(input_ids)
+    attention_mask[1, 4:] = 0
+    positions = torch.zeros_like(input_ids, dtype=torch.bool)
+    positions[0, [1, 2, 6]] = True
+    positions[1, [0, 3]] = True
+    return {"input_ids": input_ids, "attention_mask": attention_mask}, positions
+
+
+@pytest.mark.parametrize("model_type", sorted(FAMILY_CONFIGS))
+def test_logits_at_equal_the_full_logits_at_those_positions(model_type: str):
+    # float64: the LM head on 5 rows vs. on all 14 differs by summation order only. Mixtral's
+    # expert kernel has no float64: float32 and its default tolerance (a few ulps).
+    model = tiny_model(model_type)
+    tolerance = {} if model_type == "mixtral" else {"rtol": 1e-12, "atol": 1e-12}
+    if tolerance:
+        model = model.double()
+    inputs, positions = _right_padded_batch()
+    assert models._keeps_logits_by_mask(model)
+    with torch.no_grad():
+        expected = model(**inputs).logits[positions]
+        kept = models.logits_at(model, inputs, positions)
+    assert kept.shape == (5, model.config.vocab_size)
+    torch.testing.assert_close(kept, expected, **tolerance)
+
+
+class GPT2WithoutLogitsToKeep(transformers.GPT2LMHeadModel):
+    """A causal LM whose forward has no ``logits_to_keep`` (as before transformers 4.50)."""
+
+    def forward(self, input_ids=None, attention_mask=None, use_cache=None, **kwargs):  # type: ignore[override]
+        return super().forward(
+            input_ids=input_ids, attention_mask=attention_mask, use_cache=use_cache
+        )
+
+
+def test_logits_at_fall_back_to_every_positions_logits():
+    config = FAMILY_CONFIGS["gpt2"][0]()
+    torch.manual_seed(0)
+    model = GPT2WithoutLogitsToKeep(config).eval().double()
+    inputs, positions = _right_padded_batch()
+    assert not models._keeps_logits_by_mask(model)
+    with torch.no_grad():
+        expected = transformers.GPT2LMHeadModel.forward(model, **inputs).logits[positions]
+        kept = models.logits_at(model, inputs, positions)
+    torch.testing.assert_close(kept, expected, rtol=0, atol=0)

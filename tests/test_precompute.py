@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import copy
+
 import pytest
 import torch
 
 from remedi import hooks, precompute
 from remedi.models import ModelAndTokenizer
-from tests.model_fixtures import tiny_llama
+from tests.model_fixtures import tiny_llama, tiny_model
 
 
 @pytest.fixture()
@@ -168,6 +170,53 @@ def test_editor_inputs_match_unbatched_hidden_states(gpt2_model_float64, tokeniz
     assert inputs.attribute_hiddens[0].dtype == torch.float32
 
 
+# Texts of different lengths, given out of length order: the batches (of 2) are sorted.
+VARIED_SAMPLES = [
+    {
+        "id": f"varied/{index}",
+        "entity": entity,
+        "prompt": f"{entity} {verb}",
+        "context": context,
+        "attribute": context.split(entity)[-1].strip(),
+    }
+    for index, (entity, verb, context) in enumerate(
+        [
+            ("Mira", "works as a", "Mira works as a painter and lives in the city of Lisbon"),
+            ("Kelo Vantri", "lives in", "Kelo Vantri lives in Oslo"),
+            ("Xavi Bornadel", "speaks", "The famous singer Xavi Bornadel speaks Spanish"),
+            ("Danu Revik", "is a", "Danu Revik is a doctor"),
+            ("Eiffel", "is in", "The Eiffel Tower is located in Paris, the capital of France"),
+        ]
+    )
+]
+
+
+@pytest.mark.parametrize("model_type", ["gpt2", "gptj", "gpt_neox", "llama"])
+def test_editor_inputs_equal_each_texts_full_forward(tokenizer, model_type: str):
+    # float64: batches of similar length cut short at the layer vs. each text's full forward
+    # differ by rounding (~1e-16) only; what is left is the float32 storage of the inputs.
+    model = tiny_model(model_type, vocab_size=len(tokenizer)).double()
+    mt = ModelAndTokenizer(model=model, tokenizer=tokenizer, name=f"tiny-{model_type}")
+    inputs = precompute.editor_inputs(mt, VARIED_SAMPLES, layers=[1, 0], batch_size=2)
+    without_entities = precompute.editor_inputs(
+        mt, VARIED_SAMPLES, layers=[1], batch_size=2, with_entities=False
+    )
+    assert inputs.ids == [sample["id"] for sample in VARIED_SAMPLES]
+    assert without_entities.entity_last_hiddens == {}
+    for index, sample in enumerate(VARIED_SAMPLES):
+        start, end = inputs.attribute_token_ranges[index].tolist()
+        for layer in (0, 1):
+            context_states = _block_output(mt, sample["context"], layer)
+            expected = context_states[start:end]
+            assert_close_to_float32(inputs.attribute_hiddens[layer][index], expected.mean(dim=0))
+            assert_close_to_float32(inputs.attribute(layer, last_token=True)[index], expected[-1])
+            entity_states = _block_output(mt, sample["entity"], layer)
+            assert_close_to_float32(inputs.entity_hiddens(layer)[index], entity_states[-1])
+        assert torch.equal(
+            without_entities.attribute_hiddens[1][index], inputs.attribute_hiddens[1][index]
+        )
+
+
 def test_editor_inputs_record_several_layers_and_select_rows(mt):
     import datasets
 
@@ -260,3 +309,29 @@ def test_editor_inputs_with_bos_match_unbatched_hidden_states(llama_tokenizer):
         ]
         for sample in SAMPLES
     ]
+
+
+@pytest.mark.parametrize("padding_side", ["left", "right"])
+@pytest.mark.parametrize("which", ["byte-level BPE", "Llama-style"])
+def test_tokenize_pads_as_the_tokenizer_does(tokenizer, llama_tokenizer, which, padding_side):
+    chosen = tokenizer if which == "byte-level BPE" else llama_tokenizer
+    texts = [sample["context"] for sample in VARIED_SAMPLES]
+    expected = chosen(
+        texts,
+        return_offsets_mapping=True,
+        padding="longest",
+        return_tensors="pt",
+        padding_side=padding_side,
+    )
+    inputs, offsets = precompute.tokenize(chosen, texts, padding_side=padding_side)
+    assert set(inputs) == set(expected) - {"offset_mapping"}
+    for key in inputs:
+        assert torch.equal(inputs[key], expected[key]), key
+    assert torch.equal(offsets, expected["offset_mapping"])
+
+
+def test_tokenize_without_a_pad_token_says_how_to_set_one(tokenizer):
+    unpadded = copy.deepcopy(tokenizer)
+    unpadded.pad_token = None
+    with pytest.raises(ValueError, match=r"tokenizer\.pad_token"):
+        precompute.tokenize(unpadded, ["Mira works", "Kelo Vantri lives in Oslo"])

@@ -13,7 +13,7 @@ import torch
 from remedi import editors, hooks, models, precompute, training
 from remedi.models import ModelAndTokenizer
 from tests.conftest import tiny_gpt2
-from tests.model_fixtures import tiny_llama
+from tests.model_fixtures import tiny_llama, tiny_model
 
 FIXTURES = Path(__file__).parent / "fixtures"
 
@@ -510,6 +510,87 @@ def test_the_script_trains_from_the_command_line(gpt2_model, tokenizer, results,
     assert record.args.kl_direction == "edited||original"
     train_log = json.loads((directory / "linear" / "1" / "train_log.json").read_text())
     assert train_log["config"]["weights"]["kl_direction"] == "edited||original"
+
+
+# ---------------------------------------------------------------------------------------
+# The fast loss (logits only where read, prompts of similar length together) is the definition.
+
+LONG_SAMPLE = {
+    **SAMPLES[0],
+    "id": "counterfact/long",
+    "prompt": "Everyone who has met him in the last ten years knows that Kelo Vantri lives in",
+}
+
+
+def _block_edit_hook(position: int, direction: torch.Tensor):
+    """A forward hook, written here, that adds ``direction`` at ``position`` of a single row."""
+
+    def add(module, args, output):
+        hidden = output[0] if isinstance(output, tuple) else output
+        edit = torch.zeros_like(hidden)
+        edit[0, position] = direction
+        return (hidden + edit, *output[1:]) if isinstance(output, tuple) else hidden + edit
+
+    return add
+
+
+def _plain_loss(mt, editor, inputs, weights) -> torch.Tensor:
+    """The REMEDI loss by its definition: each prompt alone (no padding), every position's
+    logits, the direction added by a hook written here."""
+    directions = editors.directions_from_inputs(editor, inputs)
+    block = models.resolve_layer(mt.model, editor.layer)
+    mediated, unmediated, kls = [], [], []
+    for index, prompt in enumerate(inputs.prompts):
+        ids = torch.tensor([mt.tokenizer(prompt)["input_ids"]])
+        last_entity = int(inputs.entity_token_ranges[index, 1]) - 1
+        handle = block.register_forward_hook(_block_edit_hook(last_entity, directions[index]))
+        try:
+            logp_edit = torch.log_softmax(mt.model(ids).logits[0], dim=-1)
+        finally:
+            handle.remove()
+        with torch.no_grad():
+            logp_orig = torch.log_softmax(mt.model(ids).logits[0], dim=-1)
+        mediated.append(-logp_edit[-1, inputs.target_mediated_ids[index]])
+        unmediated.append(-torch.log1p(-logp_edit[-1, inputs.target_unmediated_ids[index]].exp()))
+        kls.append(_kl(logp_orig, logp_edit)[last_entity : ids.shape[1] - 1].sum())
+    return (
+        weights.lam_m * torch.stack(mediated).mean()
+        + weights.lam_u * torch.stack(unmediated).mean()
+        + weights.lam_kl * torch.stack(kls).sum() / len(inputs)
+    )
+
+
+@pytest.mark.parametrize("model_type", ["gpt2", "gptj", "gpt_neox", "llama"])
+def test_the_loss_and_its_gradient_are_the_definitions(tokenizer, model_type: str):
+    # float64, weights at 0.2 (an edit moves later predictions): the fast loss and the plain one
+    # below differ by rounding only (measured < 1e-13).
+    model = tiny_model(model_type, vocab_size=len(tokenizer), initializer_range=0.2)
+    mt = ModelAndTokenizer(model.double().requires_grad_(False), tokenizer, f"tiny-{model_type}")
+    inputs = _float64(precompute.editor_inputs(mt, [*SAMPLES, LONG_SAMPLE], layers=[1]))
+    assert len(training.length_groups(inputs.prompt_lengths)) == 2  # two forward passes
+    editor = _random_linear(mt, layer=1)
+    weights = training.LossWeights(lam_m=1.0, lam_u=1.0, lam_kl=10.0)
+
+    loss, terms = training.editing_loss(mt, editor, inputs, weights)
+    gradients = torch.autograd.grad(loss, list(editor.parameters()))
+    expected = _plain_loss(mt, editor, inputs, weights)
+    expected_gradients = torch.autograd.grad(expected, list(editor.parameters()))
+
+    assert terms["kl"] > 1e-4
+    assert loss.item() == pytest.approx(expected.item(), rel=1e-10)
+    for gradient, expected_gradient in zip(gradients, expected_gradients, strict=True):
+        assert expected_gradient.abs().max() > 1e-6
+        torch.testing.assert_close(gradient, expected_gradient, rtol=1e-8, atol=1e-12)
+
+
+def test_length_groups_split_only_where_padding_is_saved():
+    groups = training.length_groups(torch.tensor([9, 3, 3, 10, 4, 3]))
+    assert [group.tolist() for group in groups] == [[1, 2, 5, 4], [0, 3]]
+    # 22 tokens in two passes instead of 24 in one: not worth a second pass.
+    assert [g.tolist() for g in training.length_groups(torch.tensor([5, 6, 6, 5]))] == [
+        [0, 3, 1, 2]
+    ]
+    assert [g.tolist() for g in training.length_groups(torch.tensor([7]))] == [[0]]
 
 
 # ---------------------------------------------------------------------------------------

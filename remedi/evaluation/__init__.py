@@ -19,6 +19,7 @@ module imports a suite.
 from remedi.evaluation.cases import (
     DEFAULT_BATCH_SIZE,
     DEFAULT_TARGET_SCORING,
+    GENERATION_BATCH_FACTOR,
     GENERATION_MAX_LENGTH,
     GENERATION_TOP_K,
     TARGET_SCORINGS,
@@ -71,6 +72,7 @@ from remedi.evaluation.runner import (
     run_benchmarks,
 )
 from remedi.evaluation.scoring import (
+    TopKSampler,
     clean_generated_text,
     generate_texts,
     next_token_predictions,
@@ -82,6 +84,7 @@ __all__ = [
     "BENCHMARKS",
     "DEFAULT_BATCH_SIZE",
     "DEFAULT_TARGET_SCORING",
+    "GENERATION_BATCH_FACTOR",
     "GENERATION_MAX_LENGTH",
     "GENERATION_TOP_K",
     "METHODS",
@@ -100,6 +103,7 @@ __all__ = [
     "RemediMethod",
     "ReplaceMethod",
     "ResultSettings",
+    "TopKSampler",
     "WeightEditMethod",
     "applicable_cases",
     "build_method",

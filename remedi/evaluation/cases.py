@@ -26,6 +26,9 @@ logger = logging.getLogger(__name__)
 GENERATION_MAX_LENGTH = 100
 GENERATION_TOP_K = 5
 DEFAULT_BATCH_SIZE = 16
+GENERATION_BATCH_FACTOR = 4
+"""Generation samples this many times ``batch_size`` texts together by default: a step reads
+the LM head's weights once for the whole batch, and its KV cache is small next to them."""
 
 TARGET_SCORINGS = ("mean", "sum", "first")
 """How a target continuation is scored, named in every result (``ResultSettings.target_scoring``):
@@ -39,9 +42,11 @@ The three agree when both targets are one token long (GPT-2's CounterFact target
 """
 DEFAULT_TARGET_SCORING = "mean"
 
-RESULT_FORMAT_VERSION = 2
+RESULT_FORMAT_VERSION = 3
 """Bumped when the same settings would compute different numbers: 2 = paraphrase prompts by
-default, the reference's prefix, per-token target scoring. Older result files are recomputed."""
+default, the reference's prefix, per-token target scoring; 3 = each generated text sampled with
+its own seed among the top k (same distribution, other draws). Older result files are
+recomputed."""
 
 
 @dataclass(frozen=True)
@@ -147,6 +152,10 @@ class EvalResources:
     missing: str | None = None
     """Why ``snippets``/``vectorizer`` are absent (shown instead of consistency and essence)."""
     batch_size: int = DEFAULT_BATCH_SIZE
+    """Queries per forward pass (scoring, predictions, the editor's directions)."""
+    generation_batch_size: int | None = None
+    """Texts sampled together; None: ``GENERATION_BATCH_FACTOR * batch_size``. A text does not
+    depend on it (each has its own seed), so it only trades memory (the KV cache) for speed."""
     seed: int = 0
     max_length: int = GENERATION_MAX_LENGTH
     top_k: int = GENERATION_TOP_K
@@ -156,6 +165,13 @@ class EvalResources:
     """Which prompt the cases ask (recorded in results; the cases are built with it)."""
     essence_references: dict[int, str] | None = None
     """Unedited essence texts by case id; sampled on first use when None."""
+
+    @property
+    def texts_per_batch(self) -> int:
+        """How many texts generation samples together (see ``generation_batch_size``)."""
+        if self.generation_batch_size is not None:
+            return self.generation_batch_size
+        return GENERATION_BATCH_FACTOR * self.batch_size
 
     def __post_init__(self) -> None:
         if self.target_scoring not in TARGET_SCORINGS:

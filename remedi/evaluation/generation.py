@@ -6,8 +6,8 @@
   fluency of that text (REMEDI's essence benchmark).
 
 Generation follows ROME: top-k sampling with k = 5, 100 tokens in all (prompt included), no stop
-at the end-of-text token (it is removed from the text), seeded per batch. The edit is applied on
-the prompt pass only; the KV cache carries it to the sampled tokens.
+at the end-of-text token (it is removed from the text), each text with its own seed. The edit is
+applied on the prompt pass only; the KV cache carries it to the sampled tokens.
 """
 
 from __future__ import annotations
@@ -108,7 +108,7 @@ def generation(
         max_length=resources.max_length,
         top_k=resources.top_k,
         seed=resources.seed,
-        batch_size=resources.batch_size,
+        batch_size=resources.texts_per_batch,
         desc=f"{method.name} generation",
     )
     per_case, start = [], 0
@@ -168,7 +168,7 @@ def essence_references(
         max_length=resources.max_length,
         top_k=resources.top_k,
         seed=resources.seed,
-        batch_size=resources.batch_size,
+        batch_size=resources.texts_per_batch,
         stream=REFERENCE_STREAM,
         desc="essence references",
     )
@@ -201,7 +201,7 @@ def essence(
         max_length=resources.max_length,
         top_k=resources.top_k,
         seed=resources.seed,
-        batch_size=resources.batch_size,
+        batch_size=resources.texts_per_batch,
         desc=f"{method.name} essence",
     )
     per_case = []

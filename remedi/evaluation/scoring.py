@@ -11,6 +11,7 @@ import contextlib
 import logging
 import unicodedata
 from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
 import numpy as np
@@ -33,13 +34,6 @@ logger = logging.getLogger(__name__)
 
 T = TypeVar("T")
 Query = TypeVar("Query", bound=tuple)
-
-
-def batches(items: Sequence[T], batch_size: int, desc: str) -> Iterator[Sequence[T]]:
-    """Consecutive slices of ``items``, with a progress bar when there is more than one."""
-    starts = range(0, len(items), batch_size)
-    for start in tqdm(starts, desc=desc, disable=len(starts) < 2, leave=False):
-        yield items[start : start + batch_size]
 
 
 def _per_case_groups(
@@ -89,8 +83,9 @@ def target_log_probs(
     """Score of ``target`` after ``prompt``, for ``(case, prompt, target)`` queries (float64).
 
     Each prompt is rewritten by the method and followed by ``" " + target``; the target's tokens
-    are scored under teacher forcing in one forward pass per batch, with the method's edit
-    attached. ``scoring`` (:data:`~remedi.evaluation.cases.TARGET_SCORINGS`) picks the mean of
+    are scored under teacher forcing, in batches of ``batch_size`` sequences, with the method's
+    edit attached; the LM head runs only where a target token comes next, and the targets of a
+    prompt that are one token long are read from one sequence (see :func:`_scoring_rows`). ``scoring`` (:data:`~remedi.evaluation.cases.TARGET_SCORINGS`) picks the mean of
     the target tokens' log-probabilities (ROME), their sum (the whole target), or the first one
     (REMEDI's reference).
     """
@@ -100,53 +95,114 @@ def target_log_probs(
         )
 
     def run(group: Sequence[tuple[EvalCase, str, str]]) -> list[float]:
-        scores: list[float] = []
-        for batch in batches(group, batch_size, desc):
-            scores += _score_batch(mt, method, batch, scoring).tolist()
-        return scores
+        rows, counts = _scoring_rows(mt.tokenizer, method, group, scoring)
+        totals = torch.zeros(len(group), dtype=torch.float64)
+        for indices in _similar_length_batches([len(row.ids) for row in rows], batch_size, desc):
+            totals += _score_rows(mt, method, [rows[index] for index in indices], len(group))
+        return (totals / counts if scoring == "mean" else totals).tolist()
 
     return np.asarray(_run_grouped(mt, method, queries, run), dtype=np.float64)
 
 
+def _similar_length_batches(
+    lengths: Sequence[int], batch_size: int, desc: str
+) -> Iterator[list[int]]:
+    """Indices of items in batches of similar ``lengths`` (less padding), with progress.
+
+    For computations where an item's result does not depend on the others in its batch.
+    """
+    index_batches = precompute.length_sorted_batches(lengths, batch_size)
+    yield from tqdm(index_batches, desc=desc, disable=len(index_batches) < 2, leave=False)
+
+
+@dataclass
+class _ScoringRow:
+    """One sequence to run: a rewritten prompt about a case, maybe followed by target tokens,
+    and the ``(query, position, token)`` log-probabilities queries read from it."""
+
+    case: EvalCase
+    prompt: str
+    ids: list[int]
+    offsets: list[tuple[int, int]]
+    reads: list[tuple[int, int, int]] = field(default_factory=list)
+
+
+def _scoring_rows(
+    tokenizer: precompute.Tokenizer,
+    method: Method,
+    queries: Sequence[tuple[EvalCase, str, str]],
+    scoring: str,
+) -> tuple[list[_ScoringRow], torch.Tensor]:
+    """The sequences that score ``(case, prompt, target)`` queries, and each query's number of
+    scored target tokens.
+
+    A query reads, at each position before one of its target tokens (the tokens of
+    "prompt target" that start after the prompt), that token's log-probability. Its sequence
+    is "prompt target" without the last target token, which no position reads as an input;
+    queries with the same case, prompt and sequence share it: a prompt whose targets are one
+    token long runs once for all of them.
+    """
+    prompts = [method.rewrite(case, prompt) for case, prompt, _ in queries]
+    texts = [f"{prompt} {target}" for prompt, (_, _, target) in zip(prompts, queries, strict=True)]
+    encoded = tokenizer(texts, return_offsets_mapping=True)
+    rows: dict[tuple[int, str, tuple[int, ...]], _ScoringRow] = {}
+    counts = []
+    for index, ((case, _, _), prompt) in enumerate(zip(queries, prompts, strict=True)):
+        ids, offsets = encoded["input_ids"][index], encoded["offset_mapping"][index]
+        targets = [
+            position
+            for position, (start, end) in enumerate(offsets)
+            if position > 0 and start >= len(prompt) and end > start
+        ]
+        if not targets:
+            raise errors.SampleError(
+                f"target of query {texts[index]!r} has no token after its prompt; give the case "
+                "a non-empty target"
+            )
+        if scoring == "first":
+            targets = targets[:1]
+        key = (id(case), prompt, tuple(ids[: targets[-1]]))
+        if key not in rows:
+            rows[key] = _ScoringRow(case, prompt, ids[: targets[-1]], offsets[: targets[-1]])
+        rows[key].reads += [(index, position - 1, ids[position]) for position in targets]
+        counts.append(len(targets))
+    return list(rows.values()), torch.tensor(counts, dtype=torch.float64)
+
+
 @torch.no_grad()
-def _score_batch(
+def _score_rows(
     mt: models.ModelAndTokenizer,
     method: Method,
-    batch: Sequence[tuple[EvalCase, str, str]],
-    scoring: str,
+    rows: Sequence[_ScoringRow],
+    num_queries: int,
 ) -> torch.Tensor:
+    """One forward pass over ``rows``, with the method's edit: the sum of the log-probabilities
+    each query reads there, (num_queries,) float64 on the CPU."""
     device = models.determine_device(mt.model)
-    cases = [case for case, _, _ in batch]
-    prompts = [method.rewrite(case, prompt) for case, prompt, _ in batch]
-    texts = [f"{prompt} {target}" for prompt, (_, _, target) in zip(prompts, batch, strict=True)]
-    inputs, offsets = precompute.tokenize(mt.tokenizer, texts, device, padding_side="right")
-    prompt_chars = torch.tensor([len(prompt) for prompt in prompts])
-    is_target = (
-        (offsets[..., 0] >= prompt_chars[:, None])
-        & (offsets[..., 1] > offsets[..., 0])
-        & inputs.attention_mask.cpu().bool()
+    inputs, offsets = precompute.pad_token_rows(
+        mt.tokenizer,
+        {
+            "input_ids": [row.ids for row in rows],
+            "attention_mask": [[1] * len(row.ids) for row in rows],
+            "offset_mapping": [row.offsets for row in rows],
+        },
+        device,
+        padding_side="right",
     )
-    if not bool(is_target.any(dim=-1).all()):
-        bad = int((~is_target.any(dim=-1)).nonzero()[0])
-        raise errors.SampleError(
-            f"target of query {texts[bad]!r} has no token after its prompt; give the case a "
-            "non-empty target"
-        )
+    reads = [(index, *read) for index, row in enumerate(rows) for read in row.reads]
+    row_index, queries, positions, tokens = torch.tensor(reads, dtype=torch.long).unbind(dim=1)
+    read = torch.zeros(inputs.input_ids.shape, dtype=torch.bool)
+    read[row_index, positions] = True
+    # The LM head runs only where a target token comes next; its rows come position by position.
+    logits_row = read.flatten().cumsum(0).view_as(read) - 1
+    cases, prompts = [row.case for row in rows], [row.prompt for row in rows]
     with method.edit(mt, cases, prompts, offsets, inputs.attention_mask):
-        logits = mt.model(**inputs).logits
+        logits = models.logits_at(mt.model, inputs, read.to(device))
     # float32 at least (half-precision logits lose the small probabilities), wider if the model is.
-    dtype = torch.promote_types(logits.dtype, torch.float32)
-    log_probs = torch.log_softmax(logits[:, :-1].to(dtype), dim=-1)
-    token_log_probs = log_probs.gather(-1, inputs.input_ids[:, 1:, None]).squeeze(-1).double()
-    # Position t predicts token t + 1: the mask of predicted target tokens starts at 1.
-    mask = is_target[:, 1:].to(device=device, dtype=token_log_probs.dtype)
-    if scoring == "first":
-        first = mask.cumsum(dim=-1).eq(1) & mask.bool()
-        mask = first.to(mask.dtype)
-    total = (token_log_probs * mask).sum(dim=-1)
-    if scoring == "mean":
-        total = total / mask.sum(dim=-1)
-    return total.cpu()
+    log_probs = torch.log_softmax(logits.to(torch.promote_types(logits.dtype, torch.float32)), -1)
+    values = log_probs[logits_row[row_index, positions].to(device), tokens.to(device)]
+    totals = torch.zeros(num_queries, dtype=torch.float64)
+    return totals.index_add_(0, queries, values.double().cpu())
 
 
 def next_token_predictions(
@@ -161,18 +217,21 @@ def next_token_predictions(
     @torch.no_grad()
     def run(group: Sequence[tuple[EvalCase, str]]) -> list[int]:
         device = models.determine_device(mt.model)
-        predictions: list[int] = []
-        for batch in batches(group, batch_size, desc):
-            cases = [case for case, _ in batch]
-            prompts = [method.rewrite(case, prompt) for case, prompt in batch]
+        rewritten = [method.rewrite(case, prompt) for case, prompt in group]
+        predictions: list[int] = [0] * len(group)
+        lengths = [len(text) for text in rewritten]  # characters: no extra tokenizer pass
+        for indices in _similar_length_batches(lengths, batch_size, desc):
+            cases = [group[index][0] for index in indices]
+            prompts = [rewritten[index] for index in indices]
             inputs, offsets = precompute.tokenize(
                 mt.tokenizer, prompts, device, padding_side="right"
             )
-            with method.edit(mt, cases, prompts, offsets, inputs.attention_mask):
-                logits = mt.model(**inputs).logits
-            rows = torch.arange(len(prompts), device=device)
             last = precompute.last_token_positions(inputs.attention_mask)
-            predictions += logits[rows, last].argmax(dim=-1).tolist()
+            positions = torch.arange(inputs.input_ids.shape[1], device=device) == last[:, None]
+            with method.edit(mt, cases, prompts, offsets, inputs.attention_mask):
+                logits = models.logits_at(mt.model, inputs, positions)
+            for index, prediction in zip(indices, logits.argmax(dim=-1).tolist(), strict=True):
+                predictions[index] = prediction
         return predictions
 
     return np.asarray(_run_grouped(mt, method, queries, run), dtype=np.int64)
@@ -188,8 +247,42 @@ def max_positions(model: transformers.PreTrainedModel) -> int | None:
     return None
 
 
-def _batch_seed(seed: int, stream: int, batch_index: int) -> int:
-    return int(np.random.SeedSequence([seed, stream, batch_index]).generate_state(1)[0])
+def _text_seed(seed: int, stream: int, index: int) -> int:
+    return int(np.random.SeedSequence([seed, stream, index]).generate_state(1)[0])
+
+
+class TopKSampler(transformers.LogitsProcessor):
+    """Top-k sampling (temperature 1) as a logits processor for greedy ``generate``.
+
+    Row ``i``'s next token is drawn from the softmax over its ``top_k`` largest scores with a
+    uniform number from its own generator, seeded with ``seeds[i]``; the returned scores leave
+    only that token possible, so greedy decoding picks it. The distribution is ``generate``'s
+    top-k sampling, but a step draws one number per row instead of one per vocabulary entry
+    (most of a step's time for a small model on a CPU), a text does not depend on the others in
+    its batch, and the global random state is left alone. (Ties at the k-th largest score keep
+    exactly k tokens, where ``generate`` keeps every tied one.)
+    """
+
+    def __init__(self, top_k: int, seeds: Sequence[int]):
+        self.top_k = top_k
+        # On the CPU whatever the model's device: the same seed draws the same numbers anywhere.
+        self.generators = [torch.Generator().manual_seed(seed) for seed in seeds]
+
+    def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor) -> torch.FloatTensor:
+        if scores.shape[0] != len(self.generators):
+            raise ValueError(f"{len(self.generators)} seeds for a batch of {scores.shape[0]} rows")
+        values, indices = scores.topk(min(self.top_k, scores.shape[-1]), dim=-1)
+        cumulative = torch.softmax(values.double(), dim=-1).cumsum(dim=-1)
+        uniform = torch.stack(
+            [
+                torch.rand((), dtype=torch.float64, generator=generator)
+                for generator in self.generators
+            ]
+        ).to(scores.device)
+        choice = (cumulative < uniform[:, None]).sum(dim=-1, keepdim=True)
+        choice = choice.clamp(max=values.shape[-1] - 1)  # a cumulative sum that rounds below 1
+        only_choice = torch.full_like(scores, float("-inf"))
+        return only_choice.scatter_(-1, indices.gather(-1, choice), 0.0)  # type: ignore[return-value]
 
 
 def clean_generated_text(text: str) -> str:
@@ -212,46 +305,44 @@ def generate_texts(
 
     Each text is the prompt as :meth:`Method.visible` shows it followed by the sampled tokens,
     ``max_length`` tokens in all (the visible prompt's tokens included, as in ROME). Top-k
-    sampling, batched with left padding, seeded per batch from ``(seed, stream, batch index)``
-    without touching the global random state; ``top_k=1`` is greedy. Queries are batched in
-    order of prompt length (less padding) and returned in the order given.
+    sampling (:class:`TopKSampler`; ``top_k=1`` is greedy), each text seeded from ``(seed,
+    stream, its index in queries)``, so that it does not depend on ``batch_size`` or on the
+    other queries, and the global random state is left alone. Queries are batched with left
+    padding in order of prompt length (less padding) and returned in the order given.
     """
-    batch_counter = iter(range(len(queries)))
+    seeded = [
+        (case, prompt, _text_seed(seed, stream, index))
+        for index, (case, prompt) in enumerate(queries)
+    ]
 
-    def run(group: Sequence[tuple[EvalCase, str]]) -> list[str]:
-        rewritten = [method.rewrite(case, prompt) for case, prompt in group]
-        lengths = [len(ids) for ids in mt.tokenizer(rewritten)["input_ids"]]
-        order = sorted(range(len(group)), key=lambda index: lengths[index])
+    def run(group: Sequence[tuple[EvalCase, str, int]]) -> list[str]:
+        rewritten = [method.rewrite(case, prompt) for case, prompt, _ in group]
         texts: list[str] = [""] * len(group)
-        sorted_queries = [group[index] for index in order]
-        position = 0
-        for batch in batches(sorted_queries, batch_size, desc):
-            batch_texts = _generate_batch(
-                mt, method, batch, max_length, top_k, _batch_seed(seed, stream, next(batch_counter))
-            )
-            for text in batch_texts:
-                texts[order[position]] = text
-                position += 1
+        lengths = [len(text) for text in rewritten]  # characters: no extra tokenizer pass
+        for indices in _similar_length_batches(lengths, batch_size, desc):
+            batch = [group[index] for index in indices]
+            batch_texts = _generate_batch(mt, method, batch, max_length, top_k)
+            for index, text in zip(indices, batch_texts, strict=True):
+                texts[index] = text
         return texts
 
-    return _run_grouped(mt, method, queries, run)
+    return _run_grouped(mt, method, seeded, run)
 
 
 @torch.no_grad()
 def _generate_batch(
     mt: models.ModelAndTokenizer,
     method: Method,
-    batch: Sequence[tuple[EvalCase, str]],
+    batch: Sequence[tuple[EvalCase, str, int]],
     max_length: int,
     top_k: int,
-    batch_seed: int,
 ) -> list[str]:
     device = models.determine_device(mt.model)
     tokenizer = mt.tokenizer
     limit = max_positions(mt.model)
-    cases = [case for case, _ in batch]
-    prompts = [method.rewrite(case, prompt) for case, prompt in batch]
-    visible = [method.visible(case, prompt) for case, prompt in batch]
+    cases = [case for case, _, _ in batch]
+    prompts = [method.rewrite(case, prompt) for case, prompt, _ in batch]
+    visible = [method.visible(case, prompt) for case, prompt, _ in batch]
     inputs, offsets = precompute.tokenize(tokenizer, prompts, device, padding_side="left")
     visible_lengths = [len(ids) for ids in tokenizer(visible)["input_ids"]]
     new_tokens = [max(1, max_length - length) for length in visible_lengths]
@@ -269,19 +360,14 @@ def _generate_batch(
                 max_new_tokens,
                 limit,
             )
-    with contextlib.ExitStack() as stack:
-        stack.enter_context(
-            torch.random.fork_rng(devices=[device] if device.type == "cuda" else [])
-        )
-        torch.manual_seed(batch_seed)
-        stack.enter_context(method.edit(mt, cases, prompts, offsets, inputs.attention_mask))
+    # Greedy decoding over scores where only the sampled token is possible: top-k sampling.
+    sampler = TopKSampler(top_k, [text_seed for _, _, text_seed in batch])
+    with method.edit(mt, cases, prompts, offsets, inputs.attention_mask):
         generate: Any = mt.model.generate
         outputs = generate(
             **inputs,
-            do_sample=top_k > 1,
-            top_k=top_k if top_k > 1 else None,
-            top_p=1.0,
-            temperature=1.0,
+            do_sample=False,
+            logits_processor=transformers.LogitsProcessorList([sampler] if top_k > 1 else []),
             num_beams=1,
             use_cache=True,
             max_new_tokens=max_new_tokens,
