@@ -36,6 +36,13 @@ T = TypeVar("T")
 Query = TypeVar("Query", bound=tuple)
 
 
+def batches(items: Sequence[T], batch_size: int, desc: str) -> Iterator[Sequence[T]]:
+    """Consecutive slices of ``items``, with a progress bar when there is more than one."""
+    starts = range(0, len(items), batch_size)
+    for start in tqdm(starts, desc=desc, disable=len(starts) < 2, leave=False):
+        yield items[start : start + batch_size]
+
+
 def _per_case_groups(
     mt: models.ModelAndTokenizer, method: Method, queries: Sequence[tuple]
 ) -> Iterator[tuple[contextlib.AbstractContextManager[Any], list[int]]]:
