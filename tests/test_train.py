@@ -279,7 +279,7 @@ def test_training_moves_only_the_editor_and_lowers_its_loss(responsive_mt):
     editor_before = {name: tensor.clone() for name, tensor in editor.state_dict().items()}
     config = training.TrainingConfig(max_epochs=3, batch_size=2, lr=1e-2, patience=3)
     with training.frozen(model):
-        untrained_loss = training._mean_loss(mt, editor, train, config, "before")
+        untrained_loss = training.fit._mean_loss(mt, editor, train, config, "before")
 
     log = training.train_editor(mt, editor, train, val, config)
 
@@ -296,7 +296,7 @@ def test_training_moves_only_the_editor_and_lowers_its_loss(responsive_mt):
     train_losses = [epoch.train_loss for epoch in log.epochs[1:]]
     assert all(later < earlier for earlier, later in itertools.pairwise(train_losses))
     with training.frozen(model):
-        trained_loss = training._mean_loss(mt, editor, train, config, "after")
+        trained_loss = training.fit._mean_loss(mt, editor, train, config, "after")
     assert trained_loss < 0.98 * untrained_loss
 
 
@@ -313,7 +313,7 @@ def test_training_keeps_the_best_state_and_stops_early(mt, inputs):
     assert log.best_val_loss == min(epoch.val_loss for epoch in log.epochs)
     assert log.epochs[-1].val_loss > log.best_val_loss
     with training.frozen(mt.model):
-        kept = training._mean_loss(mt, editor, val, config, "check")
+        kept = training.fit._mean_loss(mt, editor, val, config, "check")
     # Exact: the restored state, on the same batches, repeats the same float computation.
     assert kept == log.best_val_loss
 
@@ -452,7 +452,7 @@ def test_an_interrupted_run_keeps_the_editors_it_finished(mt, results, monkeypat
             raise KeyboardInterrupt
         return original(*args, **kwargs)
 
-    monkeypatch.setattr(training, "train_editor", interrupt_second)
+    monkeypatch.setattr(training.runs, "train_editor", interrupt_second)
     with pytest.raises(KeyboardInterrupt):
         training.train_run(_run_args(layers=[0, 1]), mt=mt)
     directory = results / "tiny_run"
