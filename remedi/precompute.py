@@ -244,7 +244,7 @@ def length_sorted_batches(lengths: Sequence[int], batch_size: int) -> list[list[
 
 @dataclass
 class MentionHiddens:
-    """Hidden states of one mention per text (see :func:`mention_hiddens`)."""
+    """Hidden states of one mention per text (see :func:`span_hiddens`)."""
 
     token_ranges: torch.Tensor
     """Unpadded ``[start, end)`` of the mention, (n, 2)."""
@@ -252,6 +252,81 @@ class MentionHiddens:
     """Mean over the mention's tokens, (n, hidden) float32 on the CPU, by layer."""
     last: dict[int, torch.Tensor]
     """The mention's last token's hidden state, (n, hidden) float32 on the CPU, by layer."""
+
+    def with_rows(self, rows: Sequence[int], other: MentionHiddens) -> MentionHiddens:
+        """These hidden states with ``rows`` replaced by ``other``'s (one row each, in order)."""
+        index = torch.tensor(rows, dtype=torch.long)
+
+        def replaced(mine: torch.Tensor, theirs: torch.Tensor) -> torch.Tensor:
+            mine = mine.clone()
+            mine[index] = theirs
+            return mine
+
+        return MentionHiddens(
+            token_ranges=replaced(self.token_ranges, other.token_ranges),
+            average={layer: replaced(t, other.average[layer]) for layer, t in self.average.items()},
+            last={layer: replaced(t, other.last[layer]) for layer, t in self.last.items()},
+        )
+
+
+def span_hiddens(
+    mt: models.ModelAndTokenizer,
+    texts: Sequence[str],
+    char_spans: Sequence[torch.Tensor],
+    layers: Sequence[int],
+    names: Sequence[str],
+    batch_size: int = DEFAULT_PRECOMPUTE_BATCH_SIZE,
+    desc: str = "hidden states",
+) -> list[MentionHiddens]:
+    """Hidden states at ``layers`` over character spans of ``texts``: one
+    :class:`MentionHiddens` per tensor of ``char_spans`` (each (n, 2), a span per text).
+
+    Texts run once, in batches of similar length, right-padded, and only as far as the deepest
+    layer; the results come back in the order given.
+
+    Raises:
+        errors.SampleError: No token covers a span (names the sample).
+    """
+    device = models.determine_device(mt.model)
+    order: list[int] = []
+    ranges: list[list[torch.Tensor]] = [[] for _ in char_spans]
+    average: list[dict[int, list[torch.Tensor]]] = [{k: [] for k in layers} for _ in char_spans]
+    last: list[dict[int, list[torch.Tensor]]] = [{k: [] for k in layers} for _ in char_spans]
+    # Characters stand in for tokens: sorting needs no extra pass of the tokenizer.
+    batches = length_sorted_batches([len(text) for text in texts], batch_size)
+    for indices in tqdm(batches, desc=desc, disable=len(batches) < 2):
+        batch_names = [names[index] for index in indices]
+        inputs, offsets = tokenize(mt.tokenizer, [texts[i] for i in indices], device, "right")
+        mask = inputs.attention_mask.cpu()
+        padded = [
+            token_ranges_from_char_spans(spans[indices], offsets, mask, batch_names)
+            for spans in char_spans
+        ]
+        order += indices
+        for slot, slot_ranges in enumerate(padded):
+            ranges[slot].append(unpad_token_ranges(slot_ranges, mask))
+        for layer, states in hiddens_at_layers(mt, inputs, layers).items():
+            states = states.float()
+            rows = torch.arange(len(states), device=states.device)
+            for slot, slot_ranges in enumerate(padded):
+                average[slot][layer].append(average_in_ranges(states, slot_ranges).cpu())
+                ends = slot_ranges[:, 1].to(states.device)
+                last[slot][layer].append(states[rows, ends - 1].cpu())
+
+    inverse = torch.empty(len(order), dtype=torch.long)
+    inverse[torch.tensor(order, dtype=torch.long)] = torch.arange(len(order))
+
+    def in_given_order(parts: list[torch.Tensor]) -> torch.Tensor:
+        return torch.cat(parts)[inverse]
+
+    return [
+        MentionHiddens(
+            token_ranges=in_given_order(ranges[slot]),
+            average={layer: in_given_order(parts) for layer, parts in average[slot].items()},
+            last={layer: in_given_order(parts) for layer, parts in last[slot].items()},
+        )
+        for slot in range(len(char_spans))
+    ]
 
 
 def mention_hiddens(
@@ -263,47 +338,33 @@ def mention_hiddens(
     batch_size: int = DEFAULT_PRECOMPUTE_BATCH_SIZE,
     desc: str = "hidden states",
 ) -> MentionHiddens:
-    """Hidden states at ``layers`` of the last mention of ``mentions[i]`` in ``texts[i]``.
-
-    Texts run in batches of similar length, right-padded, and only as far as the deepest layer;
-    the results come back in the order given.
+    """Hidden states at ``layers`` of the last mention of ``mentions[i]`` in ``texts[i]``
+    (see :func:`span_hiddens`).
 
     Raises:
         errors.SampleError: A text does not mention its mention (names the sample).
     """
-    device = models.determine_device(mt.model)
-    order: list[int] = []
-    ranges: list[torch.Tensor] = []
-    average: dict[int, list[torch.Tensor]] = {layer: [] for layer in layers}
-    last: dict[int, list[torch.Tensor]] = {layer: [] for layer in layers}
-    # Characters stand in for tokens: sorting needs no extra pass of the tokenizer.
-    batches = length_sorted_batches([len(text) for text in texts], batch_size)
-    for indices in tqdm(batches, desc=desc, disable=len(batches) < 2):
-        batch_texts = [texts[index] for index in indices]
-        batch_names = [names[index] for index in indices]
-        inputs, offsets = tokenize(mt.tokenizer, batch_texts, device, "right")
-        mask = inputs.attention_mask.cpu()
-        spans = find_char_spans(batch_texts, [mentions[index] for index in indices], batch_names)
-        padded = token_ranges_from_char_spans(spans, offsets, mask, batch_names)
-        order += indices
-        ranges.append(unpad_token_ranges(padded, mask))
-        for layer, states in hiddens_at_layers(mt, inputs, layers).items():
-            states = states.float()
-            rows = torch.arange(len(states), device=states.device)
-            average[layer].append(average_in_ranges(states, padded).cpu())
-            last[layer].append(states[rows, padded[:, 1].to(states.device) - 1].cpu())
+    spans = find_char_spans(texts, mentions, names)
+    return span_hiddens(mt, texts, [spans], layers, names, batch_size, desc)[0]
 
-    inverse = torch.empty(len(order), dtype=torch.long)
-    inverse[torch.tensor(order, dtype=torch.long)] = torch.arange(len(order))
 
-    def in_given_order(parts: list[torch.Tensor]) -> torch.Tensor:
-        return torch.cat(parts)[inverse]
-
-    return MentionHiddens(
-        token_ranges=in_given_order(ranges),
-        average={layer: in_given_order(parts) for layer, parts in average.items()},
-        last={layer: in_given_order(parts) for layer, parts in last.items()},
-    )
+def token_prefixes(
+    tokenizer: Tokenizer, texts: Sequence[str], prefixes: Sequence[str]
+) -> list[bool]:
+    """Whether each text starts with its prefix, tokens included: the prefix's tokens on its own
+    are the first tokens of the text (so a causal LM computes the same hidden states there)."""
+    candidates = [
+        i
+        for i, (text, prefix) in enumerate(zip(texts, prefixes, strict=True))
+        if prefix and text.startswith(prefix)
+    ]
+    result = [False] * len(texts)
+    if candidates:
+        text_ids = tokenizer([texts[i] for i in candidates])["input_ids"]
+        prefix_ids = tokenizer([prefixes[i] for i in candidates])["input_ids"]
+        for index, ids, own in zip(candidates, text_ids, prefix_ids, strict=True):
+            result[index] = list(ids[: len(own)]) == list(own)
+    return result
 
 
 @dataclass
@@ -386,10 +447,10 @@ def editor_inputs(
 ) -> EditorInputs:
     """Compute :class:`EditorInputs` for samples (a ``datasets.Dataset`` or list of dicts).
 
-    One forward pass per batch of contexts and one per batch of entities record every
-    requested layer at once; each runs only up to the deepest requested layer. Without
-    ``with_entities``, the entities' hidden states are left out (for editors that do not read
-    them).
+    One forward pass per batch of contexts (and one per batch of the entities that their
+    contexts do not begin with) records every requested layer at once, and runs only up to the
+    deepest of them. Without ``with_entities``, the entities' hidden states are left out (for
+    editors that do not read them).
 
     Raises:
         ValueError: A prompt does not mention its entity (the error names the sample).
@@ -403,17 +464,32 @@ def editor_inputs(
     entity_token_ranges, prompt_lengths = _token_ranges_and_lengths(
         mt.tokenizer, prompts, entities, ids
     )
-    attribute = mention_hiddens(
-        mt, contexts, attributes, layers, ids, batch_size, desc=f"{desc} (contexts)"
+    # The entity is encoded on its own, as in the reference: its representation does not
+    # depend on the prompt, so one direction can be applied to any prompt that mentions it. A
+    # context that begins with the entity (most CounterFact rewrites) has the entity's own
+    # tokens first, hence the same hidden states: they are read there, and only the other
+    # entities run on their own.
+    attribute_spans = find_char_spans(contexts, attributes, ids)
+    in_context = (
+        token_prefixes(mt.tokenizer, contexts, entities) if with_entities else [False] * len(ids)
     )
-    # The entity on its own, as in the reference: its representation does not depend on
-    # the prompt, so one direction can be applied to any prompt that mentions it.
-    no_entity = MentionHiddens(torch.zeros(0, 2, dtype=torch.long), {}, {})
-    entity = (
-        mention_hiddens(mt, entities, entities, layers, ids, batch_size, f"{desc} (entities)")
-        if with_entities
-        else no_entity
+    entity_spans = torch.tensor(
+        [
+            [0, len(entity)] if found else span  # the attribute: a placeholder, not read
+            for entity, found, span in zip(
+                entities, in_context, attribute_spans.tolist(), strict=True
+            )
+        ]
     )
+    attribute, entity = span_hiddens(
+        mt, contexts, [attribute_spans, entity_spans], layers, ids, batch_size, desc
+    )
+    alone = [index for index, found in enumerate(in_context) if not found]
+    if with_entities and alone:
+        own = [entities[index] for index in alone]
+        names = [ids[index] for index in alone]
+        alone_hiddens = mention_hiddens(mt, own, own, layers, names, batch_size, desc)
+        entity = entity.with_rows(alone, alone_hiddens)
 
     target_mediated_ids = target_unmediated_ids = None
     if with_targets:
@@ -431,8 +507,8 @@ def editor_inputs(
         entity_token_ranges=entity_token_ranges,
         prompt_lengths=prompt_lengths,
         attribute_token_ranges=attribute.token_ranges,
-        entity_last_hiddens=entity.last,
-        entity_average_hiddens=entity.average,
+        entity_last_hiddens=entity.last if with_entities else {},
+        entity_average_hiddens=entity.average if with_entities else {},
         attribute_hiddens=attribute.average,
         attribute_last_hiddens=attribute.last,
         target_mediated_ids=target_mediated_ids,

@@ -203,6 +203,16 @@ def test_editor_inputs_equal_each_texts_full_forward(tokenizer, model_type: str)
     )
     assert inputs.ids == [sample["id"] for sample in VARIED_SAMPLES]
     assert without_entities.entity_last_hiddens == {}
+    # Entities read at the start of their context, and entities run on their own.
+    contexts = [sample["context"] for sample in VARIED_SAMPLES]
+    entities = [sample["entity"] for sample in VARIED_SAMPLES]
+    assert precompute.token_prefixes(tokenizer, contexts, entities) == [
+        True,
+        True,
+        False,
+        True,
+        False,
+    ]
     for index, sample in enumerate(VARIED_SAMPLES):
         start, end = inputs.attribute_token_ranges[index].tolist()
         for layer in (0, 1):
@@ -212,9 +222,21 @@ def test_editor_inputs_equal_each_texts_full_forward(tokenizer, model_type: str)
             assert_close_to_float32(inputs.attribute(layer, last_token=True)[index], expected[-1])
             entity_states = _block_output(mt, sample["entity"], layer)
             assert_close_to_float32(inputs.entity_hiddens(layer)[index], entity_states[-1])
+            assert_close_to_float32(
+                inputs.entity_hiddens(layer, last_token=False)[index], entity_states.mean(dim=0)
+            )
         assert torch.equal(
             without_entities.attribute_hiddens[1][index], inputs.attribute_hiddens[1][index]
         )
+
+
+def test_token_prefixes_compare_tokens_not_only_characters(tokenizer, llama_tokenizer):
+    texts = ["Mira works as a painter", "Miranda works", "The Mira", "Mira"]
+    prefixes = ["Mira", "Mira", "Mira", "Mira"]
+    # "Miranda" starts with the characters of "Mira" but not with its token.
+    assert precompute.token_prefixes(tokenizer, texts, prefixes) == [True, False, False, True]
+    # With BOS: "<s> Mira" starts "<s> Mira works as a painter".
+    assert precompute.token_prefixes(llama_tokenizer, texts[:1], prefixes[:1]) == [True]
 
 
 def test_editor_inputs_record_several_layers_and_select_rows(mt):

@@ -153,9 +153,6 @@ class EvalResources:
     """Why ``snippets``/``vectorizer`` are absent (shown instead of consistency and essence)."""
     batch_size: int = DEFAULT_BATCH_SIZE
     """Queries per forward pass (scoring, predictions, the editor's directions)."""
-    generation_batch_size: int | None = None
-    """Texts sampled together; None: ``GENERATION_BATCH_FACTOR * batch_size``. A text does not
-    depend on it (each has its own seed), so it only trades memory (the KV cache) for speed."""
     seed: int = 0
     max_length: int = GENERATION_MAX_LENGTH
     top_k: int = GENERATION_TOP_K
@@ -165,6 +162,9 @@ class EvalResources:
     """Which prompt the cases ask (recorded in results; the cases are built with it)."""
     essence_references: dict[int, str] | None = None
     """Unedited essence texts by case id; sampled on first use when None."""
+    generation_batch_size: int | None = None
+    """Texts sampled together; None: ``GENERATION_BATCH_FACTOR * batch_size``. A text does not
+    depend on it (each has its own seed), so it only trades memory (the KV cache) for speed."""
 
     @property
     def texts_per_batch(self) -> int:
