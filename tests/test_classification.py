@@ -288,6 +288,13 @@ def test_probing_tasks_are_listed_and_say_what_to_train_first(tmp_path):
         "x.sweep.gen.counterfact",
         "x.sweep.cls.counterfact",
         "x.sweep.ent.mcrae",
+        "x.eval.cls.biosbias",
+        "x.sweep.gen.biosbias",
+        "x.sweep.cls.biosbias",
+        "x.train.counterfact",
+        "x.train.biosbias",
+        "x.eval.gen.counterfact",
+        "x.eval.gen.biosbias",
     ):
         assert name in listing.stdout
     result = run_invoke(
