@@ -511,17 +511,49 @@ def eval_med_counterfact(
 
 
 # ---------------------------------------------------------------------------------------
-# McRae entailment. McRae is real-world knowledge: on the toy LM the numbers mean nothing; the
-# tasks run on any Hugging Face model (the paper: GPT-J, GPT-2 XL).
+# McRae entailment on the toy world: the toy norms (remedi.toy.mcrae) in McRae's format, read by
+# the same loader as the real file; the toy's editors train with TOY_TRAINING_FLAGS and hold out
+# a larger share (its norms make ~200 samples).
+
+TOY_MCRAE_TEST_SIZE = "0.2"
+
+
+def _mcrae_dataset_args(model: str, file: str | None) -> list[str]:
+    """``--dataset-file``: ``file`` if given, else for a toy-world model its McRae-format norms
+    (written from world.json if absent), else nothing (the loader's default, the real file)."""
+    if file:
+        return ["--dataset-file", file]
+    if not model.startswith("toy"):
+        return []
+    from remedi.errors import RemediError
+    from remedi.toy.build import ensure_toy_mcrae, ensure_toy_world
+
+    try:
+        ensure_toy_world(model)
+        return ["--dataset-file", str(ensure_toy_mcrae(model))]
+    except RemediError as error:
+        raise Exit(str(error), code=EXIT_BAD_INPUT) from error
+
+
+def _mcrae_training_args(model: str) -> list[str]:
+    if not model.startswith("toy"):
+        return []
+    return [*TOY_TRAINING_FLAGS, "--test-size", TOY_MCRAE_TEST_SIZE]
+
+
+# ---------------------------------------------------------------------------------------
+# McRae entailment. The real norms are real-world knowledge (the paper: GPT-J, GPT-2 XL); on a toy
+# model the tasks read the toy world's norms in McRae's format instead (see above).
 
 
 @task(
     help={
-        "model": f"Model name or alias (default {DEFAULT_MODEL}).",
+        "model": f"Model name or alias (default {DEFAULT_MODEL}; 'toy' for the toy norms).",
         "device": "Device, e.g. cuda or cpu (default: cuda if available).",
         "layer": "Edit layer (default: the paper's CounterFact layer for the model).",
         "name": "Experiment name (default: editors_mcrae_<model>).",
-        "file": "McRae norms file (default: <shared data>/mcrae/CONCS_FEATS_concstats_brm.txt).",
+        "file": "McRae norms file (default: <shared data>/mcrae/CONCS_FEATS_concstats_brm.txt; "
+        "for a toy model, its world's norms in McRae's format).",
         "max_epochs": "Upper bound on training epochs.",
         "random": "Train on the randomly initialised model.",
     }
@@ -547,9 +579,9 @@ def train_mcrae(
         "mcrae",
         "-l",
         str(_layer_for(model, layer)),
+        *_mcrae_dataset_args(model, file),
+        *_mcrae_training_args(model),
     ]
-    if file:
-        args += ["--dataset-file", file]
     if device:
         args += ["--device", device]
     if max_epochs is not None:
@@ -561,7 +593,7 @@ def train_mcrae(
 
 @task(
     help={
-        "model": f"Model name or alias (default {DEFAULT_MODEL}).",
+        "model": f"Model name or alias (default {DEFAULT_MODEL}; 'toy' for the toy norms).",
         "device": "Device, e.g. cuda or cpu (default: cuda if available).",
         "name": "Experiment name (default: eval_ent_mcrae_<model>).",
         "editors": "Experiment that trained the editors (default: x.train.mcrae's).",
@@ -724,8 +756,7 @@ def sweep_ent_mcrae(
     editors = f"editors_mcrae_{_model_slug(model)}_sweep"
     name = f"sweep_ent_mcrae_{_model_slug(model)}"
     train_args = ["-n", editors, "-m", model, "-d", "mcrae", "-l", *map(str, swept)]
-    if file:
-        train_args += ["--dataset-file", file]
+    train_args += [*_mcrae_dataset_args(model, file), *_mcrae_training_args(model)]
     if device:
         train_args += ["--device", device]
     _python(c, "scripts.train_editors", train_args)
