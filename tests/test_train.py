@@ -520,6 +520,11 @@ LONG_SAMPLE = {
     "id": "counterfact/long",
     "prompt": "Everyone who has met him in the last ten years knows that Kelo Vantri lives in",
 }
+LONG_SUFFIX_SAMPLE = {
+    **SAMPLES[2],
+    "id": "counterfact/long-suffix",
+    "prompt": "Mira Talovan, whom everyone in the old town has known for ten years, works as a",
+}
 
 
 def _block_edit_hook(position: int, direction: torch.Tensor):
@@ -560,14 +565,20 @@ def _plain_loss(mt, editor, inputs, weights) -> torch.Tensor:
     )
 
 
-@pytest.mark.parametrize("model_type", ["gpt2", "gptj", "gpt_neox", "llama"])
+@pytest.mark.parametrize(
+    "model_type", [*sorted(training.loss.PREFIX_CACHE_FAMILIES), "bloom", "gemma2"]
+)
 def test_the_loss_and_its_gradient_are_the_definitions(tokenizer, model_type: str):
     # float64, weights at 0.2 (an edit moves later predictions): the fast loss and the plain one
     # below differ by rounding only (measured < 1e-13).
     model = tiny_model(model_type, vocab_size=len(tokenizer), initializer_range=0.2)
     mt = ModelAndTokenizer(model.double().requires_grad_(False), tokenizer, f"tiny-{model_type}")
-    inputs = _float64(precompute.editor_inputs(mt, [*SAMPLES, LONG_SAMPLE], layers=[1]))
-    assert len(training.length_groups(inputs.prompt_lengths)) == 2  # two forward passes
+    samples = [*SAMPLES, LONG_SAMPLE, LONG_SUFFIX_SAMPLE]
+    inputs = _float64(precompute.editor_inputs(mt, samples, layers=[1]))
+    # Prompts aligned on entities at different positions, in two forward passes.
+    first_edited = inputs.entity_token_ranges[:, 1] - 1
+    assert len(set(first_edited.tolist())) > 2
+    assert len(training.length_groups(inputs.prompt_lengths - first_edited)) == 2
     editor = _random_linear(mt, layer=1)
     weights = training.LossWeights(lam_m=1.0, lam_u=1.0, lam_kl=10.0)
 
