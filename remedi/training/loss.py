@@ -187,12 +187,13 @@ def _group_log_probs(
     editor: editors.Editor,
     group: precompute.EditorInputs,
     directions: torch.Tensor,
+    target_ids: torch.Tensor,
     kl_direction: str | None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """The edited next-token log-probabilities at the last prompt token (rows of ``group``),
-    and the sum of the KL terms of ``group`` (zero without ``kl_direction``), from the entity's
-    last token to the one before the prompt's last token, where the edit should leave the LM's
-    predictions alone.
+    """The edited log-probabilities of ``target_ids[b, k]`` at the last prompt token of row
+    ``b`` of ``group``, and the sum of the KL terms of ``group`` (zero without
+    ``kl_direction``), from the entity's last token to the one before the prompt's last token,
+    where the edit should leave the LM's predictions alone.
 
     Tokens before the first edited one are the same with and without the edit, so the prompts
     are aligned on that token: the unedited pass (no gradient) keeps the keys and values of the
@@ -244,7 +245,8 @@ def _group_log_probs(
     if kl_direction is not None and logits_orig is not None and len(logits_orig) > 0:
         kl_rows = read_row[kl_positions[:, prefix:]]
         kl = edit_kl(logp_edit[kl_rows], _log_probs(logits_orig), kl_direction).sum()
-    return logp_edit[read_row[last[:, prefix:]]], kl
+    last_rows = read_row[last[:, prefix:]]
+    return logp_edit[last_rows[:, None], target_ids.to(device)], kl
 
 
 def editing_loss(
@@ -267,36 +269,51 @@ def editing_loss(
     kl_direction = weights.kl_direction if weights.lam_kl is not None else None
     directions = editors.directions_from_inputs(editor, batch)
 
-    # The edited pass runs from the first edited token on: group rows by that suffix's length.
-    groups = length_groups(batch.prompt_lengths - _first_edited(mt, editor, batch))
-    parts = [
-        _group_log_probs(mt, editor, batch.select(rows), directions[rows.to(device)], kl_direction)
-        for rows in groups
-    ]
-    batch_order = torch.argsort(torch.cat(groups)).to(device)
-    logp_last = torch.cat([last for last, _ in parts])[batch_order]
-    rows = torch.arange(batch_size, device=device)
-
-    loss = torch.zeros((), device=device, dtype=logp_last.dtype)
-    terms: dict[str, float] = {}
+    # The token ids each target term reads at the last prompt token, a column each.
+    targets: dict[str, torch.Tensor] = {}
     if weights.lam_m is not None:
         if batch.target_mediated_ids is None:
             raise errors.UsageError(
                 "lam_m is set but the samples have no target_mediated; pass --lam-m only for "
                 "datasets with a mediated target"
             )
-        logp_m = logp_last[rows, batch.target_mediated_ids.to(device)]
-        term = -logp_m.mean()
-        loss = loss + weights.lam_m * term
-        terms["mediated"] = term.item()
+        targets["mediated"] = batch.target_mediated_ids
     if weights.lam_u is not None:
         if batch.target_unmediated_ids is None:
             raise errors.UsageError(
                 "lam_u is set but the samples have no target_unmediated; pass --lam-u only "
                 "for datasets with an unmediated target"
             )
-        logp_u = logp_last[rows, batch.target_unmediated_ids.to(device)]
-        term = -log1m_exp(logp_u).mean()
+        targets["unmediated"] = batch.target_unmediated_ids
+    target_ids = torch.zeros((batch_size, 0), dtype=torch.long)
+    if targets:
+        target_ids = torch.stack(list(targets.values()), dim=-1)
+
+    # The edited pass runs from the first edited token on: group rows by that suffix's length.
+    groups = length_groups(batch.prompt_lengths - _first_edited(mt, editor, batch))
+    parts = [
+        _group_log_probs(
+            mt,
+            editor,
+            batch.select(rows),
+            directions[rows.to(device)],
+            target_ids[rows],
+            kl_direction,
+        )
+        for rows in groups
+    ]
+    batch_order = torch.argsort(torch.cat(groups)).to(device)
+    logp_targets = torch.cat([logp for logp, _ in parts])[batch_order]
+    target_logps = dict(zip(targets, logp_targets.unbind(dim=-1), strict=True))
+
+    loss = torch.zeros((), device=device, dtype=logp_targets.dtype)
+    terms: dict[str, float] = {}
+    if weights.lam_m is not None:
+        term = -target_logps["mediated"].mean()
+        loss = loss + weights.lam_m * term
+        terms["mediated"] = term.item()
+    if weights.lam_u is not None:
+        term = -log1m_exp(target_logps["unmediated"]).mean()
         loss = loss + weights.lam_u * term
         terms["unmediated"] = term.item()
     if weights.lam_kl is not None:
