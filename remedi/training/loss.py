@@ -104,12 +104,13 @@ def _positions_mask(positions: torch.Tensor, seq_len: int) -> torch.Tensor:
     return torch.arange(seq_len, device=positions.device) == positions[:, None]
 
 
-def length_groups(lengths: torch.Tensor, min_saving: float = 0.1) -> list[torch.Tensor]:
+def length_groups(lengths: torch.Tensor, min_saving: float = 0.3) -> list[torch.Tensor]:
     """Row indices in one group, or two of similar lengths where that saves padding.
 
     Two groups (the shortest rows, the rest) are split where the fewest tokens are computed,
     and only when they compute at most ``1 - min_saving`` of one group's tokens: each group is a
-    forward pass of its own.
+    forward pass of its own, which reads the LM's weights and its LM head once more. (At batch
+    16 on a CPU, one group measured about as fast as two split at a 10% saving.)
     """
     order = lengths.argsort(stable=True)
     if len(order) < 2:
