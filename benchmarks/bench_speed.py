@@ -3,6 +3,8 @@
     python -m benchmarks.bench_speed                       # every row, medians of 3, 2 threads
     python -m benchmarks.bench_speed --rows train precompute-4x256 --repeats 1
     python -m benchmarks.bench_speed --json speed.json
+    python -m benchmarks.bench_speed --shape gptj --device cuda --repeats 1
+    python -m benchmarks.bench_speed --shape 4x256 12x768 --profile 64
 
 The setup is the issue's, exactly: randomly initialised GPT-2 models (seeded) of two shapes,
 4 layers x 256 (4 heads) and 12 layers x 768 (12 heads, GPT-2 small's shape), with the real
@@ -24,6 +26,12 @@ torch threads (2). Rows:
   first): the resident set size on CPU, the peak allocation on CUDA (since the model loaded).
 
 Each model shape runs in its own fresh process, so the memory rows do not mix the two.
+
+Beyond the issue's table, ``--shape gptj --device cuda`` runs the training rows on GPT-J 6B's
+shape (28 layers x 4096, random weights in bfloat16, the same 160 cases): samples per second
+and the peak GPU allocation, weights included (GPT-J editor training must fit in 24 GB);
+``--shape gptj-tiny`` is its CPU smoke test. ``--profile N`` prints where one training epoch on
+the first N cases of each shape spends its time (torch.profiler, top operators).
 The script uses only APIs that exist both at commit d6b4fda and after the speed work, so the
 same file measures a checkout from before and after, side by side.
 """
@@ -49,6 +57,7 @@ from typing import Any, TypeVar
 import torch
 import transformers
 
+from benchmarks.common import random_gptj
 from remedi import data, editors, env, evaluation, models, precompute, training
 
 T = TypeVar("T")
@@ -63,6 +72,7 @@ SHAPES: dict[str, tuple[int, int, int]] = {
     "4x256": (4, 256, 4),  # layers, width, heads
     "12x768": (12, 768, 12),
 }
+GPTJ_SHAPES = ("gptj", "gptj-tiny")  # GPT-J 6B's shape (bf16 on CUDA), and a tiny one for CPU
 
 
 @dataclass(frozen=True)
@@ -90,6 +100,11 @@ ROWS = [
     Row("generation-4x256", "4x256", 96, "generation 2x100 tok", "cases/s", 2.46, 2.18, ">= 3.7"),
     Row("rss-4x256", "4x256", 480, "peak memory, training", "GB", 1.07, 0.83, "<= today"),
     Row("rss-12x768", "12x768", 160, "peak memory, training", "GB", 2.65, 1.50, "<= today"),
+    Row("train-gptj", "gptj", 160, "training, one epoch", "samples/s", None, None, "-"),
+    Row("precompute-gptj", "gptj", 160, "precompute", "s", None, None, "-"),
+    Row("rss-gptj", "gptj", 160, "peak memory, training", "GB", None, None, "<= 24 (CUDA)"),
+    Row("train-gptj-tiny", "gptj-tiny", 32, "training, one epoch", "samples/s", None, None, "-"),
+    Row("rss-gptj-tiny", "gptj-tiny", 32, "peak memory, training", "GB", None, None, "-"),
 ]
 ROWS_BY_NAME = {row.name: row for row in ROWS}
 
@@ -133,6 +148,13 @@ def random_gpt2(shape: str, device: str) -> models.ModelAndTokenizer:
         model = transformers.GPT2LMHeadModel(config)
     model.eval().requires_grad_(False)
     return models.ModelAndTokenizer(model=model, tokenizer=tokenizer, name=f"gpt2-random-{shape}")
+
+
+def build_model(shape: str, device: str) -> models.ModelAndTokenizer:
+    """The random model of ``shape``: a GPT-2 of the issue's table, or GPT-J's shape."""
+    if shape in GPTJ_SHAPES:
+        return random_gptj(device, tiny=shape == "gptj-tiny")
+    return random_gpt2(shape, device)
 
 
 def load_samples(count: int) -> list[dict]:
@@ -267,7 +289,7 @@ def measure_shape(
         devnull = os.open(os.devnull, os.O_WRONLY)
         os.dup2(devnull, sys.stderr.fileno())
     torch.set_num_threads(threads)
-    mt = random_gpt2(shape, device)
+    mt = build_model(shape, device)
     if mt.model.device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(mt.model.device)
     wanted = set(names)
@@ -284,7 +306,7 @@ def measure(
     """Every requested row, each model shape in a fresh process; medians and single runs."""
     runs: dict[str, list[float]] = {}
     spawn = multiprocessing.get_context("spawn")
-    for shape in SHAPES:
+    for shape in dict.fromkeys(ROWS_BY_NAME[name].shape for name in names):
         shape_names = [name for name in names if ROWS_BY_NAME[name].shape == shape]
         if not shape_names:
             continue
@@ -299,6 +321,30 @@ def measure(
         }
         for name in names
     }
+
+
+def profile_training(shape: str, count: int, threads: int, device: str, top: int = 15) -> str:
+    """The top operators (self time) of one training epoch on the first ``count`` cases,
+    after a warm-up epoch."""
+    from torch.profiler import ProfilerActivity, profile
+
+    torch.set_num_threads(threads)
+    mt = build_model(shape, device)
+    inputs = precompute.editor_inputs(mt, load_samples(count), [LAYER])
+    config = training.TrainingConfig(max_epochs=1, batch_size=BATCH_SIZE, lr=LEARNING_RATE)
+
+    def epoch() -> None:
+        training.train_editor(mt, new_editor(mt), inputs, inputs.select([]), config)
+
+    epoch()
+    activities = [ProfilerActivity.CPU]
+    if mt.model.device.type == "cuda":
+        activities.append(ProfilerActivity.CUDA)
+    with profile(activities=activities) as profiler:
+        epoch()
+        _synchronize(mt.model.device)
+    sort_by = "self_cuda_time_total" if mt.model.device.type == "cuda" else "self_cpu_time_total"
+    return str(profiler.key_averages().table(sort_by=sort_by, row_limit=top))
 
 
 # ---------------------------------------------------------------------------------------
@@ -329,13 +375,15 @@ def format_table(results: dict[str, Any], repeats: int) -> str:
     return "\n".join(lines)
 
 
-def select_rows(patterns: Sequence[str] | None) -> list[str]:
-    """Row names matching ``patterns`` (a row name, or a prefix such as ``train``)."""
+def select_rows(patterns: Sequence[str] | None, shapes: Sequence[str] = tuple(SHAPES)) -> list[str]:
+    """Row names of ``shapes`` matching ``patterns`` (a row name, or a prefix such as
+    ``train``; every row of those shapes without patterns)."""
+    rows = [row for row in ROWS if row.shape in shapes]
     if not patterns:
-        return [row.name for row in ROWS]
+        return [row.name for row in rows]
     chosen = []
     for pattern in patterns:
-        matches = [row.name for row in ROWS if row.name == pattern or row.name.startswith(pattern)]
+        matches = [row.name for row in rows if row.name == pattern or row.name.startswith(pattern)]
         if not matches:
             raise SystemExit(f"no row {pattern!r}; rows: {', '.join(ROWS_BY_NAME)}")
         chosen += [name for name in matches if name not in chosen]
@@ -349,13 +397,31 @@ def main(argv: Sequence[str] | None = None) -> int:
         nargs="+",
         help=f"rows or row prefixes (default all): {', '.join(ROWS_BY_NAME)}",
     )
+    parser.add_argument(
+        "--shape",
+        nargs="+",
+        default=list(SHAPES),
+        choices=[*SHAPES, *GPTJ_SHAPES],
+        help="model shapes (default the issue's two; gptj is GPT-J 6B's, for --device cuda)",
+    )
+    parser.add_argument(
+        "--profile",
+        type=int,
+        metavar="N",
+        help="instead of the table: profile one training epoch on the first N cases per shape",
+    )
     parser.add_argument("--repeats", type=int, default=3, help="runs per row (median shown)")
     parser.add_argument("--threads", type=int, default=2, help="torch threads")
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--json", type=Path, help="also write the figures as JSON here")
     parser.add_argument("--verbose", action="store_true", help="show progress bars and warnings")
     args = parser.parse_args(argv)
-    names = select_rows(args.rows)
+    if args.profile is not None:
+        for shape in args.shape:
+            print(f"## {shape}, one training epoch on {args.profile} cases\n")
+            print(profile_training(shape, args.profile, args.threads, args.device) + "\n")
+        return 0
+    names = select_rows(args.rows, args.shape)
     load_before = os.getloadavg()
     start = time.perf_counter()
     results = measure(names, args.repeats, args.threads, args.device, quiet=not args.verbose)

@@ -349,19 +349,22 @@ def logits_at(
     model: torch.nn.Module | ModelAndTokenizer,
     inputs: Mapping[str, Any],
     positions: torch.Tensor,
+    **forward_kwargs: Any,
 ) -> torch.Tensor:
     """The LM's logits at the ``True`` entries of ``positions``, (count, vocab), row by row.
 
     ``positions`` is a boolean ``(batch, seq)`` mask over the tokenized batch. The LM head (a
     product with the whole vocabulary) runs only at those positions, through the model's own
     ``logits_to_keep``, so any final scaling or soft-capping it applies is kept. A model without
-    that option computes every position's logits, which are then selected.
+    that option computes every position's logits, which are then selected. ``forward_kwargs``
+    go to the model (``use_cache`` is False unless given, e.g. with ``past_key_values``).
     """
     module = unwrap_model(model)
     positions = positions.to(device=determine_device(module), dtype=torch.bool)
     count = int(positions.sum())
+    forward_kwargs.setdefault("use_cache", False)
     if _keeps_logits_by_mask(module):
-        logits = module(**inputs, logits_to_keep=positions, use_cache=False).logits
+        logits = module(**inputs, logits_to_keep=positions, **forward_kwargs).logits
         if logits.dim() == 2 and logits.shape[0] == count:
             return logits
         logger.warning(
@@ -371,7 +374,7 @@ def logits_at(
             tuple(logits.shape),
             count,
         )
-    logits = module(**inputs, use_cache=False).logits
+    logits = module(**inputs, **forward_kwargs).logits
     return logits[positions.to(logits.device)]
 
 

@@ -520,15 +520,21 @@ LONG_SAMPLE = {
     "id": "counterfact/long",
     "prompt": "Everyone who has met him in the last ten years knows that Kelo Vantri lives in",
 }
+LONG_SUFFIX_SAMPLE = {
+    **SAMPLES[2],
+    "id": "counterfact/long-suffix",
+    "prompt": "Mira Talovan, whom everyone in the old town has known for ten years, works as a",
+}
 
 
-def _block_edit_hook(position: int, direction: torch.Tensor):
-    """A forward hook, written here, that adds ``direction`` at ``position`` of a single row."""
+def _block_edit_hook(start: int, end: int, direction: torch.Tensor):
+    """A forward hook, written here, that adds ``direction`` at positions ``[start, end)`` of a
+    single row."""
 
     def add(module, args, output):
         hidden = output[0] if isinstance(output, tuple) else output
         edit = torch.zeros_like(hidden)
-        edit[0, position] = direction
+        edit[0, start:end] = direction
         return (hidden + edit, *output[1:]) if isinstance(output, tuple) else hidden + edit
 
     return add
@@ -542,8 +548,10 @@ def _plain_loss(mt, editor, inputs, weights) -> torch.Tensor:
     mediated, unmediated, kls = [], [], []
     for index, prompt in enumerate(inputs.prompts):
         ids = torch.tensor([mt.tokenizer(prompt)["input_ids"]])
-        last_entity = int(inputs.entity_token_ranges[index, 1]) - 1
-        handle = block.register_forward_hook(_block_edit_hook(last_entity, directions[index]))
+        first_entity, end_entity = inputs.entity_token_ranges[index].tolist()
+        last_entity = end_entity - 1
+        start = last_entity if editor.config.edit_last_entity_token else first_entity
+        handle = block.register_forward_hook(_block_edit_hook(start, end_entity, directions[index]))
         try:
             logp_edit = torch.log_softmax(mt.model(ids).logits[0], dim=-1)
         finally:
@@ -560,14 +568,20 @@ def _plain_loss(mt, editor, inputs, weights) -> torch.Tensor:
     )
 
 
-@pytest.mark.parametrize("model_type", ["gpt2", "gptj", "gpt_neox", "llama"])
+@pytest.mark.parametrize(
+    "model_type", [*sorted(training.loss.PREFIX_CACHE_FAMILIES), "bloom", "gemma2"]
+)
 def test_the_loss_and_its_gradient_are_the_definitions(tokenizer, model_type: str):
     # float64, weights at 0.2 (an edit moves later predictions): the fast loss and the plain one
     # below differ by rounding only (measured < 1e-13).
     model = tiny_model(model_type, vocab_size=len(tokenizer), initializer_range=0.2)
     mt = ModelAndTokenizer(model.double().requires_grad_(False), tokenizer, f"tiny-{model_type}")
-    inputs = _float64(precompute.editor_inputs(mt, [*SAMPLES, LONG_SAMPLE], layers=[1]))
-    assert len(training.length_groups(inputs.prompt_lengths)) == 2  # two forward passes
+    samples = [*SAMPLES, LONG_SAMPLE, LONG_SUFFIX_SAMPLE]
+    inputs = _float64(precompute.editor_inputs(mt, samples, layers=[1]))
+    # Prompts aligned on entities at different positions, in two forward passes.
+    first_edited = inputs.entity_token_ranges[:, 1] - 1
+    assert len(set(first_edited.tolist())) > 2
+    assert len(training.length_groups(inputs.prompt_lengths - first_edited)) == 2
     editor = _random_linear(mt, layer=1)
     weights = training.LossWeights(lam_m=1.0, lam_u=1.0, lam_kl=10.0)
 
@@ -580,6 +594,30 @@ def test_the_loss_and_its_gradient_are_the_definitions(tokenizer, model_type: st
     assert loss.item() == pytest.approx(expected.item(), rel=1e-10)
     for gradient, expected_gradient in zip(gradients, expected_gradients, strict=True):
         assert expected_gradient.abs().max() > 1e-6
+        torch.testing.assert_close(gradient, expected_gradient, rtol=1e-8, atol=1e-12)
+
+
+@pytest.mark.parametrize("model_type", ["gpt2", "llama"])
+def test_the_loss_is_the_definition_when_every_entity_token_is_edited(tokenizer, model_type):
+    # The edited pass then starts at the entity's first token. float64, as above.
+    model = tiny_model(model_type, vocab_size=len(tokenizer), initializer_range=0.2)
+    mt = ModelAndTokenizer(model.double().requires_grad_(False), tokenizer, f"tiny-{model_type}")
+    inputs = _float64(precompute.editor_inputs(mt, [*SAMPLES, LONG_SAMPLE], layers=[1]))
+    assert (inputs.entity_token_ranges[:, 1] - inputs.entity_token_ranges[:, 0] > 1).any()
+    torch.manual_seed(0)
+    editor = editors.new_editor("linear", mt, layer=1, edit_last_entity_token=False).double()
+    with torch.no_grad():
+        editor.w.weight.normal_(std=0.5)
+    weights = training.LossWeights(lam_m=1.0, lam_u=1.0, lam_kl=10.0)
+
+    loss, terms = training.editing_loss(mt, editor, inputs, weights)
+    gradients = torch.autograd.grad(loss, list(editor.parameters()))
+    expected = _plain_loss(mt, editor, inputs, weights)
+    expected_gradients = torch.autograd.grad(expected, list(editor.parameters()))
+
+    assert terms["kl"] > 1e-4
+    assert loss.item() == pytest.approx(expected.item(), rel=1e-10)
+    for gradient, expected_gradient in zip(gradients, expected_gradients, strict=True):
         torch.testing.assert_close(gradient, expected_gradient, rtol=1e-8, atol=1e-12)
 
 
