@@ -16,9 +16,11 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import random
 import sys
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import torch
 
@@ -77,6 +79,9 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         help="REMEDI training run (required for remedi; its test split is the edit source "
         "for every method when given)",
     )
+    parser.add_argument(
+        "--seed", type=int, default=0, help="seed of the edit order (edits are shuffled)"
+    )
     parser.add_argument("--lm-eval-tasks", help="comma-separated lm-evaluation-harness tasks")
     parser.add_argument("-n", "--name", help="experiment name (default from the settings)")
     parser.add_argument("--device", help="e.g. cuda or cpu (default: cuda if available)")
@@ -88,7 +93,9 @@ def _checkpoints(text: str) -> list[int]:
     try:
         numbers = [int(part) for part in text.split(",") if part.strip()]
     except ValueError as error:
-        raise errors.UsageError(f"--edits must be comma-separated integers, got {text!r}") from error
+        raise errors.UsageError(
+            f"--edits must be comma-separated integers, got {text!r}"
+        ) from error
     if not numbers or min(numbers) < 0:
         raise errors.UsageError(f"--edits needs non-negative checkpoints, got {text!r}")
     return numbers
@@ -109,7 +116,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
     if args.mode not in harm.MODES:
         raise errors.UsageError(f"unknown edit mode {args.mode!r}; known: {', '.join(harm.MODES)}")
-    if args.method not in harm.BATCH_METHODS + ("remedi",) and args.mode == "batch-single":
+    if args.method not in (*harm.BATCH_METHODS, "remedi") and args.mode == "batch-single":
         raise errors.UsageError(
             f"method {args.method!r} edits one fact at a time and cannot batch; use "
             "--mode instance-sequential or batch-sequential, or memit or remedi"
@@ -135,6 +142,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             )
         records = data.load_counterfact_records(dataset_file)
         edits = harm.counterfact_edits(evaluation.counterfact_cases(records, test_ids))
+    # Shuffled so that consecutive edits are about different entities (CounterFact lists an
+    # entity's facts together); the same seed gives every method the same sequence.
+    random.Random(args.seed).shuffle(edits)
     edits = edits[: max(checkpoints)]
 
     world = None
@@ -182,7 +192,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         scores = harm.lm_eval_scores(mt, args.lm_eval_tasks.split(","))
         io.write_json(output_dir / "lm_eval.json", scores)
     for checkpoint in results:
-        row = {"edits": checkpoint.num_edits}
+        row: dict[str, Any] = {"edits": checkpoint.num_edits}
         if checkpoint.edits is not None:
             row.update(checkpoint.edits.to_dict())
         row.update({f"{t.task}/{t.protocol}": round(t.score, 4) for t in checkpoint.tasks})

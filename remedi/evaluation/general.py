@@ -37,7 +37,7 @@ import re
 import string
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any, ContextManager
+from typing import Any
 
 import torch
 from dataclasses_json import DataClassJsonMixin
@@ -50,7 +50,9 @@ logger = logging.getLogger(__name__)
 PROTOCOLS = ("seed", "loglik")
 DEFAULT_BATCH_SIZE = 8
 
-Intervention = Callable[[Sequence[str], torch.Tensor, torch.Tensor], ContextManager[None]]
+Intervention = Callable[
+    [Sequence[str], torch.Tensor, torch.Tensor], contextlib.AbstractContextManager[None]
+]
 """``(texts, offset_mapping (batch, seq, 2), attention_mask)`` -> a context manager active
 around the forward passes (or generation) over those texts' padded tokens."""
 
@@ -87,7 +89,7 @@ def _max_positions(mt: models.ModelAndTokenizer) -> int:
 
 def _no_intervention(
     texts: Sequence[str], offsets: torch.Tensor, attention_mask: torch.Tensor
-) -> ContextManager[None]:
+) -> contextlib.AbstractContextManager[None]:
     return contextlib.nullcontext()
 
 
@@ -113,8 +115,8 @@ class Scorer:
         seed pads to the model's maximum length; longer prompts lose their beginning here)."""
         encoded = self.mt.tokenizer(text, return_offsets_mapping=True)
         ids = list(encoded["input_ids"])[-keep:]
-        offsets = [tuple(pair) for pair in encoded["offset_mapping"]][-keep:]
-        return ids, offsets  # type: ignore[return-value]
+        offsets = [(int(start), int(end)) for start, end in encoded["offset_mapping"]][-keep:]
+        return ids, offsets
 
     def generate(self, prompts: Sequence[str], max_new_tokens: int) -> list[str]:
         """Greedy continuations of ``prompts``, each decoded up to and including its first EOS
@@ -149,12 +151,12 @@ class Scorer:
                 new_tokens = output[row, length:].tolist()
                 if self.eos_id in new_tokens:
                     new_tokens = new_tokens[: new_tokens.index(self.eos_id) + 1]
-                results[index] = self.mt.tokenizer.decode(new_tokens, skip_special_tokens=False)
+                results[index] = str(
+                    self.mt.tokenizer.decode(new_tokens, skip_special_tokens=False)
+                )
         return results
 
-    def continuations(
-        self, contexts: Sequence[str], continuations: Sequence[str]
-    ) -> Continuations:
+    def continuations(self, contexts: Sequence[str], continuations: Sequence[str]) -> Continuations:
         """Log-probability of each ``continuations[i]`` (tokenized on its own, so it should
         start with a space) after ``contexts[i]``; contexts lose their beginning if too long."""
         tokenizer = self.mt.tokenizer
@@ -189,7 +191,10 @@ class Scorer:
                 predicts[row, len(ctx_ids) - 1 : len(ids) - 1] = True
                 targets.extend(cont_ids)
             texts = [contexts[i] + continuations[i] for i in rows]
-            inputs = {"input_ids": input_ids.to(device), "attention_mask": attention_mask.to(device)}
+            inputs = {
+                "input_ids": input_ids.to(device),
+                "attention_mask": attention_mask.to(device),
+            }
             with torch.no_grad(), self.intervention(texts, offsets, attention_mask):
                 logits = models.logits_at(self.mt.model, inputs, predicts)
             token_log_probs = torch.log_softmax(logits.float(), dim=-1)
@@ -249,7 +254,9 @@ def closed_qa_prompt(item: tasks.ClosedQaItem) -> str:
 
 def dialogue_prompt(item: tasks.DialogueItem) -> str:
     # "Chioces" is the seed's spelling, kept so that its prompt is the same text.
-    choices = "".join(f"({letter}){option}" for letter, option in zip("ABCD", item.options))
+    choices = "".join(
+        f"({letter}){option}" for letter, option in zip("ABCD", item.options, strict=True)
+    )
     return (
         f"Q: {item.article} Which choice is correct? Answer Chioces: {choices} "
         "A: Among A through D, the answer is"
@@ -260,7 +267,12 @@ def summarization_prompt(item: tasks.SummaryItem) -> str:
     return f"{item.dialogue}\nTL;DR:"
 
 
-NER_TYPE_NAMES = {"PER": "Person", "LOC": "Location", "ORG": "Organization", "MISC": "Miscellaneous"}
+NER_TYPE_NAMES = {
+    "PER": "Person",
+    "LOC": "Location",
+    "ORG": "Organization",
+    "MISC": "Miscellaneous",
+}
 
 
 def ner_text(sentence: tasks.NerSentence) -> str:
@@ -308,12 +320,12 @@ def span_matches(prediction: str, answers: Sequence[str]) -> bool:
 def entity_spans(words: Sequence[str], tags: Sequence[str]) -> dict[str, list[str]]:
     """The entities of a BIO-tagged sentence by type (``PER`` ...), as space-joined words."""
     spans: dict[str, list[str]] = {entity_type: [] for entity_type in tasks.NER_TYPES}
-    current_type, current_words = "", []
+    current_type, current_words = "", list[str]()
     for word, tag in [*zip(words, tags, strict=True), ("", "O")]:
         inside = tag.startswith("I-") and tag[2:] == current_type
         if current_words and not inside:
             spans[current_type].append(" ".join(current_words))
-            current_type, current_words = "", []
+            current_type, current_words = "", list[str]()
         if tag.startswith("B-") or (tag.startswith("I-") and not inside):
             current_type, current_words = tag[2:], [word]
         elif inside:
@@ -357,13 +369,18 @@ def _seed(scorer: Scorer, task: str, items: Sequence[Any]) -> TaskScore:
         )
         return TaskScore(task, "seed", "solve_rate", correct / count, count)
     if task in ("nli", "closed_qa", "sentiment"):
-        prompt_of, positive, negative, exact = {
+        seed_parsing: dict[str, tuple[Callable[[Any], str], str, str, bool]] = {
             "nli": (nli_prompt, "true", "false", False),
             "closed_qa": (closed_qa_prompt, " yes", " no", True),
             "sentiment": (sentiment_prompt, "positive", "negative", False),
-        }[task]
+        }
+        prompt_of, positive, negative, exact = seed_parsing[task]
         gold = [
-            item.entailment if task == "nli" else item.answer if task == "closed_qa" else item.positive
+            item.entailment
+            if task == "nli"
+            else item.answer
+            if task == "closed_qa"
+            else item.positive
             for item in items
         ]
         prompts = [prompt_of(item) for item in items]
@@ -416,17 +433,17 @@ def _seed(scorer: Scorer, task: str, items: Sequence[Any]) -> TaskScore:
         jobs = [(s, t) for s in items for t in tasks.NER_TYPES]
         outputs = scorer.generate([ner_prompt(s, t) for s, t in jobs], 10)
         found = dict.fromkeys(tasks.NER_TYPES, 0)
-        total = dict.fromkeys(tasks.NER_TYPES, 0)
+        asked = dict.fromkeys(tasks.NER_TYPES, 0)
         for (sentence, entity_type), output in zip(jobs, outputs, strict=True):
             predict = _after(ner_prompt(sentence, entity_type) + output, "Entity:", 1)
             gold = entity_spans(sentence.words, sentence.tags)[entity_type]
             if not gold:
-                total[entity_type] += 1
+                asked[entity_type] += 1
                 found[entity_type] += len(predict) == 0
             else:
-                total[entity_type] += len(gold)
+                asked[entity_type] += len(gold)
                 found[entity_type] += sum(entity in predict for entity in gold)
-        recalls = {t: found[t] / total[t] if total[t] else 0.0 for t in tasks.NER_TYPES}
+        recalls = {t: found[t] / asked[t] if asked[t] else 0.0 for t in tasks.NER_TYPES}
         score = sum(recalls.values()) / len(recalls)
         return TaskScore(task, "seed", "entity_recall_mean", score, count, recalls)
     raise errors.UsageError(f"unknown task {task!r}; known: {', '.join(tasks.TASK_LOADERS)}")
@@ -444,13 +461,18 @@ NER_OPTIONS = {
 def _loglik(scorer: Scorer, task: str, items: Sequence[Any]) -> TaskScore:
     count = len(items)
     if task in ("nli", "closed_qa", "sentiment"):
-        prompt_of, options = {
+        option_prompts: dict[str, tuple[Callable[[Any], str], tuple[str, str]]] = {
             "nli": (nli_prompt, (" True", " False")),
             "closed_qa": (closed_qa_prompt, (" yes", " no")),
             "sentiment": (sentiment_prompt, (" positive", " negative")),
-        }[task]
+        }
+        prompt_of, options = option_prompts[task]
         gold = [
-            item.entailment if task == "nli" else item.answer if task == "closed_qa" else item.positive
+            item.entailment
+            if task == "nli"
+            else item.answer
+            if task == "closed_qa"
+            else item.positive
             for item in items
         ]
         chosen = scorer.choose([prompt_of(item) for item in items], [options] * count)
@@ -528,4 +550,3 @@ def evaluate_task(scorer: Scorer, task: str, items: Sequence[Any], protocol: str
     if not items:
         raise errors.UsageError(f"task {task!r} has no items to score")
     return (_seed if protocol == "seed" else _loglik)(scorer, task, items)
-

@@ -196,7 +196,10 @@ def next_token_ids(scorer: general.Scorer, prompts: Sequence[str]) -> list[int]:
         last = mask.sum(-1) - 1
         positions = torch.zeros_like(mask, dtype=torch.bool)
         positions[torch.arange(len(chunk)), last] = True
-        inputs = {"input_ids": encoded["input_ids"].to(mt.device), "attention_mask": mask.to(mt.device)}
+        inputs = {
+            "input_ids": encoded["input_ids"].to(mt.device),
+            "attention_mask": mask.to(mt.device),
+        }
         with torch.no_grad(), scorer.intervention(chunk, encoded["offset_mapping"], mask):
             logits = models.logits_at(mt.model, inputs, positions)
         for offset, token in enumerate(logits.argmax(-1).tolist()):
@@ -247,7 +250,9 @@ def score_toy_task(scorer: general.Scorer, task: str, items: Sequence[Any]) -> g
         # Predicted entailment iff the stated value is the LM's most likely value of the
         # relation (the hypotheses' values) after the premise and the hypothesis' stem.
         values = sorted({_value_of(item) for item in items})
-        contexts = [f"{item.premise} {item.hypothesis.rstrip('.').rpartition(' ')[0]}" for item in items]
+        contexts = [
+            f"{item.premise} {item.hypothesis.rstrip('.').rpartition(' ')[0]}" for item in items
+        ]
         chosen = scorer.choose(contexts, [[f" {value}" for value in values]] * len(items))
         correct = sum(
             (values[choice] == _value_of(item)) == item.entailment
@@ -468,7 +473,9 @@ def zsre_edits(records: Sequence[Any]) -> list[HarmEdit]:
     (no context mediation sample), the weight methods can."""
     return [
         HarmEdit(
-            common.EditRequest(record.prompt, record.subject, record.target_new, record.target_true),
+            common.EditRequest(
+                record.prompt, record.subject, record.target_new, record.target_true
+            ),
             (record.rephrase_prompt,),
             (record.locality_prompt,),
         )
@@ -535,9 +542,7 @@ def weight_editing(
             return result
 
         return WeightEditing(name, memit_edit, batches=True)
-    raise errors.UsageError(
-        f"unknown editing method {name!r}; known: rome, ft, ft5, memit, remedi"
-    )
+    raise errors.UsageError(f"unknown editing method {name!r}; known: rome, ft, ft5, memit, remedi")
 
 
 def direction_editing(
@@ -558,9 +563,7 @@ def direction_editing(
     )
 
 
-def load_task_items(
-    tasks: Sequence[str], task_dir: Path, limit: int | None
-) -> TaskItems:
+def load_task_items(tasks: Sequence[str], task_dir: Path, limit: int | None) -> TaskItems:
     """Items of each task (``toy_*`` read from the toy files, the others from the paper's
     ``task-data``), the first ``limit`` of each."""
     from remedi.toy.general import TOY_TASK_FILES
@@ -568,12 +571,12 @@ def load_task_items(
     items: TaskItems = {}
     for task in tasks:
         if task in TOY_TASK_FILES:
-            loader = {
+            loaders: dict[str, Callable[[Path], Sequence[Any]]] = {
                 "toy_recall": general_tasks.load_open_qa,
                 "toy_entailment": general_tasks.load_nli,
                 "toy_text": general_tasks.load_summarization,
-            }[task]
-            loaded = loader(Path(task_dir) / TOY_TASK_FILES[task])
+            }
+            loaded = loaders[task](Path(task_dir) / TOY_TASK_FILES[task])
         else:
             loaded = general_tasks.load_task(task, task_dir)
         items[task] = loaded[:limit] if limit is not None else loaded
@@ -589,8 +592,8 @@ def lm_eval_scores(mt: models.ModelAndTokenizer, tasks: Sequence[str]) -> dict[s
     hub).
     """
     try:
-        import lm_eval  # type: ignore[import-not-found]
-        from lm_eval.models.huggingface import HFLM  # type: ignore[import-not-found]
+        import lm_eval
+        from lm_eval.models.huggingface import HFLM
     except ImportError as error:
         raise errors.UsageError(
             "--lm-eval-tasks needs lm-evaluation-harness (pip install lm-eval), which is not "
