@@ -182,3 +182,25 @@ def test_report_plots_and_tabulates_runs(mt, tmp_path):
     table = harm_report.markdown_table(curves)
     assert "| rome instance-sequential | 3 |" in table and "sentiment/loglik:accuracy" in table
     assert harm_report.plot_curves(curves, tmp_path / "harm.png").stat().st_size > 1000
+
+
+def test_the_script_rejects_bad_modes_in_one_line_before_loading_anything():
+    from scripts import harm_run
+
+    with pytest.raises(errors.UsageError, match="unknown edit mode 'all-at-once'") as error:
+        harm_run.main(["--model", "toy", "--method", "rome", "--mode", "all-at-once"])
+    assert "\n" not in str(error.value)
+    with pytest.raises(errors.UsageError, match="'ft' edits one fact at a time") as error:
+        harm_run.main(["--model", "toy", "--method", "ft", "--mode", "batch-single"])
+    assert "\n" not in str(error.value)
+
+
+def test_the_lm_eval_bridge_says_clearly_when_it_cannot_run(mt):
+    try:
+        import lm_eval  # noqa: F401
+    except ImportError:
+        with pytest.raises(errors.UsageError, match="needs lm-evaluation-harness") as error:
+            harm.lm_eval_scores(mt, ["hellaswag"])
+        assert "\n" not in str(error.value)
+    else:
+        pytest.skip("lm_eval is installed; its offline message needs a machine without it")
