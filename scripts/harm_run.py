@@ -80,7 +80,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         "for every method when given)",
     )
     parser.add_argument(
-        "--seed", type=int, default=0, help="seed of the edit order (edits are shuffled)"
+        "--seed", type=int, default=0, help="seed of the CounterFact edit order (shuffled)"
     )
     parser.add_argument("--lm-eval-tasks", help="comma-separated lm-evaluation-harness tasks")
     parser.add_argument("-n", "--name", help="experiment name (default from the settings)")
@@ -142,9 +142,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             )
         records = data.load_counterfact_records(dataset_file)
         edits = harm.counterfact_edits(evaluation.counterfact_cases(records, test_ids))
-    # Shuffled so that consecutive edits are about different entities (CounterFact lists an
-    # entity's facts together); the same seed gives every method the same sequence.
-    random.Random(args.seed).shuffle(edits)
+        # Shuffled so that consecutive edits are about different entities (CounterFact lists
+        # an entity's facts together); the same seed gives every method the same sequence.
+        # zsRE edits keep the file order, as the seed repository takes them.
+        random.Random(args.seed).shuffle(edits)
     edits = edits[: max(checkpoints)]
 
     world = None

@@ -204,3 +204,21 @@ def test_the_lm_eval_bridge_says_clearly_when_it_cannot_run(mt):
         assert "\n" not in str(error.value)
     else:
         pytest.skip("lm_eval is installed; its offline message needs a machine without it")
+
+
+@pytest.mark.shared_data
+def test_zsre_records_become_edit_requests():
+    from remedi import env
+    from remedi.data import zsre
+
+    file = (
+        env.shared_data_dir()
+        / "edit_harms"
+        / "edited-data"
+        / "zsre_mend_eval_portability_gpt4.json"
+    )
+    requests = harm.zsre_edits(zsre.load_zsre(file))
+    assert len(requests) == 1037
+    first = requests[0]
+    assert first.request.subject in first.request.prompt and first.request.target_new == "2006"
+    assert first.locality_prompts[0].startswith("nq question:") and first.sample is None
