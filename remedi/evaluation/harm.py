@@ -23,6 +23,7 @@ other, so the three modes give the same model for REMEDI; they are accepted for 
 from __future__ import annotations
 
 import contextlib
+import importlib
 import logging
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -527,18 +528,24 @@ def weight_editing(
         return WeightEditing(name, ft_edit, batches=False)
     if name == "memit":
         try:
-            from remedi.methods import memit  # type: ignore[attr-defined]
+            memit = importlib.import_module("remedi.methods.memit")
         except ImportError as error:
             raise errors.UsageError(
                 "memit is not in this checkout (remedi/methods/memit.py); merge the branch "
                 "that adds it, or use rome, ft or remedi"
             ) from error
         memit_hparams = memit.MemitHparams.from_file(hparams_file("memit", mt.name))
+        moments = memit.load_second_moments(mt, memit_hparams, stats_dir, world=world)
+        memit_templates = common.context_templates(
+            mt, memit_hparams.context_template_lengths, memit_hparams.seed
+        )
 
         def memit_edit(
             mt: models.ModelAndTokenizer, requests: Sequence[common.EditRequest]
         ) -> dict[str, Any]:
-            result: dict[str, Any] = memit.edit(mt, list(requests), memit_hparams)
+            result: dict[str, Any] = memit.edit(
+                mt, list(requests), memit_hparams, moments, memit_templates
+            )
             return result
 
         return WeightEditing(name, memit_edit, batches=True)
