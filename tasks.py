@@ -974,9 +974,9 @@ def harm_run(
     mode: str = "instance-sequential",
     edits: str = "1,10,50,100",
     batch_size: int = 10,
-    rect: float | None = None,
+    rect: str | None = None,
     tasks: str = "all",
-    task_limit: int | None = None,
+    task_limit: str | None = None,
     editors: str | None = None,
     device: str | None = None,
 ) -> None:
@@ -989,9 +989,9 @@ def harm_run(
     if editors_dir.is_dir():
         args += ["--editors", str(editors_dir)]
     if rect is not None:
-        args += ["--rect", str(rect)]
+        args += ["--rect", rect]
     if task_limit is not None:
-        args += ["--task-limit", str(task_limit)]
+        args += ["--task-limit", task_limit]
     if device:
         args += ["--device", device]
     _python(c, "scripts.harm_run", args)
