@@ -86,6 +86,10 @@ def plot_curves(curves: Sequence[Curve], path: Path) -> Path:
     import matplotlib.pyplot as plt
 
     measures = measures_of(curves)
+    # Colour per method, marker per mode, dashes for RECT: runs that coincide stay readable.
+    methods = sorted({curve.label.split(" ")[0] for curve in curves})
+    colors = {method: f"C{index % 10}" for index, method in enumerate(methods)}
+    markers = {"instance-sequential": "o", "batch-single": "s", "batch-sequential": "^"}
     columns = min(3, max(len(measures), 1))
     rows = math.ceil(len(measures) / columns)
     figure, axes = plt.subplots(rows, columns, figsize=(5 * columns, 3.4 * rows), squeeze=False)
@@ -94,8 +98,15 @@ def plot_curves(curves: Sequence[Curve], path: Path) -> Path:
         for curve in curves:
             points = sorted(curve.points.get(measure, {}).items())
             if points:
-                style = "--" if "RECT" in curve.label else "-"
-                axis.plot(*zip(*points, strict=True), style, marker="o", label=curve.label)
+                method, mode = curve.label.split(" ")[:2]
+                axis.plot(
+                    *zip(*points, strict=True),
+                    "--" if "RECT" in curve.label else "-",
+                    color=colors[method],
+                    marker=markers.get(mode, "o"),
+                    markersize=4,
+                    label=curve.label,
+                )
         axis.set_xscale("symlog", linthresh=1)
         axis.set_title(measure, fontsize=9)
         axis.set_xlabel("number of edits")
