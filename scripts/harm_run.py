@@ -146,6 +146,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         # an entity's facts together); the same seed gives every method the same sequence.
         # zsRE edits keep the file order, as the seed repository takes them.
         random.Random(args.seed).shuffle(edits)
+    # Toy tasks never ask about an entity that any edit of the source could touch, whatever
+    # the number of edits asked for (so that runs with other --edits share the tasks).
+    candidate_entities = {edit.request.subject for edit in edits}
     edits = edits[: max(checkpoints)]
 
     world = None
@@ -164,8 +167,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                 f"toy tasks need the toy world at {world_file}; build it (invoke x.toy.build)"
             )
         task_dir = output_dir / "tasks"
-        edited_entities = {edit.request.subject for edit in edits}
-        toy_general.export_toy_tasks(world, task_dir, edited_entities, args.task_limit or 200)
+        toy_general.export_toy_tasks(world, task_dir, candidate_entities, args.task_limit or 200)
     task_items = harm.load_task_items(tasks, task_dir, args.task_limit)
 
     mt = models.load_model(args.model, device=device)
