@@ -1129,3 +1129,63 @@ ns = Collection()
 ns.add_task(install)
 ns.add_collection(presubmit_collection)
 ns.add_collection(x)
+
+
+# ---------------------------------------------------------------------------------------
+# General abilities after many edits (Gu et al. 2024): edit modes, RECT, harm curves.
+
+
+@task(
+    help={
+        "method": "rome, ft, ft5, memit or remedi.",
+        "mode": "instance-sequential, batch-single or batch-sequential.",
+        "edits": "Comma-separated checkpoints (numbers of edits).",
+        "rect": "RECT share of each update kept (e.g. 0.2); default: no RECT.",
+        "tasks": "Comma-separated tasks, or all.",
+        "editors": "REMEDI training run under results/ (default editors_counterfact_<model>).",
+    }
+)
+def harm_run(
+    c: Context,
+    model: str = "toy",
+    method: str = "rome",
+    mode: str = "instance-sequential",
+    edits: str = "1,10,50,100",
+    batch_size: int = 10,
+    rect: str | None = None,
+    tasks: str = "all",
+    task_limit: str | None = None,
+    editors: str | None = None,
+    device: str | None = None,
+) -> None:
+    """Edit N facts under a mode and score the edits and the general tasks after each N."""
+    from remedi.env import results_dir
+
+    args = ["--model", model, "--method", method, "--mode", mode, "--edits", edits]
+    args += ["--batch-size", str(batch_size), "--tasks", tasks]
+    editors_dir = results_dir() / (editors or f"editors_counterfact_{_model_slug(model)}")
+    if editors_dir.is_dir():
+        args += ["--editors", str(editors_dir)]
+    if rect is not None:
+        args += ["--rect", rect]
+    if task_limit is not None:
+        args += ["--task-limit", task_limit]
+    if device:
+        args += ["--device", device]
+    _python(c, "scripts.harm_run", args)
+
+
+@task(help={"model": "Model whose harm runs to report.", "name": "Output name under results/."})
+def harm_report(c: Context, model: str = "toy", name: str | None = None) -> None:
+    """Plot each measure against the number of edits (one line per method and mode); table."""
+    from remedi.env import results_dir
+
+    runs = sorted(str(p) for p in results_dir().glob(f"harm_{_model_slug(model)}_*") if p.is_dir())
+    output = results_dir() / (name or f"harm_report_{_model_slug(model)}")
+    _python(c, "scripts.harm_report", [*runs, "-o", str(output)])
+
+
+harm_collection = Collection("harm")
+harm_collection.add_task(harm_run, name="run")
+harm_collection.add_task(harm_report, name="report")
+x.add_collection(harm_collection)

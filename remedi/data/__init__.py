@@ -187,3 +187,9 @@ def select_ids(dataset: datasets.Dataset, ids: Sequence[str]) -> datasets.Datase
             f"run trained on a different dataset file?"
         )
     return dataset.select([position[sample_id] for sample_id in ids])
+
+# The harms paper's edit data and general-ability task sets (text items, not samples).
+from remedi.data.general_tasks import TASK_FILES, TASK_LOADERS, load_task  # noqa: E402
+from remedi.data.zsre import ZsreEdit, load_zsre  # noqa: E402
+
+__all__ += ["TASK_FILES", "TASK_LOADERS", "ZsreEdit", "load_task", "load_zsre"]

@@ -1,0 +1,618 @@
+"""What many edits do to a model: edit modes, checkpoints and general abilities (Gu et al. 2024).
+
+Edits are applied under one of three modes:
+
+- ``instance-sequential``: one edit after another on the same model;
+- ``batch-single``: all N edits at once, from the unedited model, for each checkpoint N
+  (only for methods that batch);
+- ``batch-sequential``: batches of ``batch_size`` edits one after another.
+
+After each checkpoint N (0 = unedited) the run scores the edits made so far (efficacy: the new
+target is the greedy continuation of the edit prompt; generalisation: of its rephrasings;
+locality: the next token after unrelated prompts is the unedited model's) and every general
+task, and writes ``checkpoint_<N>.json``. The edited weights at each checkpoint are saved
+beside it (``state_<N>.pt``), so that a resumed run never recomputes a finished checkpoint.
+
+Weight-editing methods (``rome``, ``ft``, ``ft5``, ``memit``) write into the model, optionally
+through RECT (:mod:`remedi.methods.rect`). REMEDI edits no weight: every edited entity's
+direction is added together wherever that entity is mentioned, in every prompt of every task
+(an entity edited twice gets the sum of its directions). Its directions do not depend on each
+other, so the three modes give the same model for REMEDI; they are accepted for comparison.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import importlib
+import logging
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from dataclasses_json import DataClassJsonMixin
+
+from remedi import errors, io, models
+from remedi.data import general_tasks
+from remedi.evaluation import general
+from remedi.methods import common, rect
+
+logger = logging.getLogger(__name__)
+
+MODES = ("instance-sequential", "batch-single", "batch-sequential")
+HARM_FORMAT_VERSION = 1
+MAX_PROBES = 4
+"""Rephrase and locality prompts scored per edit (the first ones)."""
+
+
+@dataclass(frozen=True)
+class HarmEdit:
+    """One edit and its probes; ``sample`` (a context mediation sample) is what REMEDI reads."""
+
+    request: common.EditRequest
+    rephrase_prompts: tuple[str, ...]
+    locality_prompts: tuple[str, ...]
+    sample: Mapping[str, str] | None = None
+
+
+@dataclass
+class EditScores(DataClassJsonMixin):
+    efficacy: float
+    generalization: float
+    locality: float
+
+
+@dataclass
+class Checkpoint(DataClassJsonMixin):
+    """Everything measured after ``num_edits`` edits."""
+
+    num_edits: int
+    method: str
+    mode: str
+    rect_share: float | None
+    batch_size: int
+    edits: EditScores | None
+    tasks: list[general.TaskScore] = field(default_factory=list)
+    format_version: int = HARM_FORMAT_VERSION
+
+
+WeightEditor = Callable[[models.ModelAndTokenizer, Sequence[common.EditRequest]], dict[str, Any]]
+"""Computes new weight values (by parameter name) for some requests on the current model."""
+
+
+@dataclass
+class WeightEditing:
+    """A weight-editing method under the modes: ``batches`` says whether it takes many requests
+    at once (MEMIT); one that does not is given one request at a time."""
+
+    name: str
+    edit: WeightEditor
+    batches: bool
+
+
+@dataclass
+class DirectionEditing:
+    """REMEDI: a direction per edit, added at the edited entity's mentions at ``layer``."""
+
+    layer: int
+    directions: Callable[[Sequence[Mapping[str, str]]], torch.Tensor]
+    alpha: float = 1.0
+    last_token: bool = True
+
+
+EditingMethod = WeightEditing | DirectionEditing
+
+
+def check_mode(mode: str, method_name: str, method: EditingMethod) -> None:
+    """Raise a one-line :class:`errors.UsageError` for an unknown mode or a method that cannot
+    batch asked for ``batch-single``."""
+    if mode not in MODES:
+        raise errors.UsageError(f"unknown edit mode {mode!r}; known: {', '.join(MODES)}")
+    if mode == "batch-single" and isinstance(method, WeightEditing) and not method.batches:
+        raise errors.UsageError(
+            f"method {method_name!r} edits one fact at a time and cannot batch; use "
+            "--mode instance-sequential or batch-sequential, or a batch method (memit, remedi)"
+        )
+
+
+# ---------------------------------------------------------------------------------------------
+# REMEDI's directions for every edited entity at once.
+
+
+def mention_positions(
+    text: str, entity: str, offsets: torch.Tensor, attention_mask: torch.Tensor, last_token: bool
+) -> list[int]:
+    """Token positions of ``entity``'s last mention in ``text`` (its last token only, or all
+    its tokens), from one row's offsets; empty if not mentioned."""
+    start = text.rfind(entity)
+    if start < 0:
+        return []
+    end = start + len(entity)
+    valid = attention_mask.bool() & offsets[:, 1].gt(offsets[:, 0])
+    inside = valid & offsets[:, 0].lt(end) & offsets[:, 1].gt(start)
+    positions = inside.nonzero().flatten().tolist()
+    return positions[-1:] if last_token else positions
+
+
+@contextlib.contextmanager
+def entity_directions(
+    mt: models.ModelAndTokenizer,
+    layer: int,
+    directions: Mapping[str, torch.Tensor],
+    texts: Sequence[str],
+    offsets: torch.Tensor,
+    attention_mask: torch.Tensor,
+    alpha: float = 1.0,
+    last_token: bool = True,
+) -> Iterator[None]:
+    """Add ``alpha * directions[entity]`` at every edited entity's mention in each text (the
+    output of decoder block ``layer``), on the full-sequence pass; later one-token generation
+    steps are past the prompt and left alone. The hook is removed even if the body raises."""
+    batch, length = attention_mask.shape
+    hidden_size = models.determine_hidden_size(mt.model)
+    additions = torch.zeros(batch, length, hidden_size)
+    touched = False
+    for row, text in enumerate(texts):
+        for entity, direction in directions.items():
+            for position in mention_positions(
+                text, entity, offsets[row], attention_mask[row], last_token
+            ):
+                additions[row, position] += direction.float().cpu()
+                touched = True
+    if not touched:
+        yield
+        return
+    additions = (alpha * additions).to(mt.device, mt.dtype)
+    block = models.resolve_layer(mt.model, layer)
+
+    def add(module: torch.nn.Module, inputs: Any, output: Any) -> Any:
+        hidden = output[0] if isinstance(output, tuple) else output
+        if hidden.shape[:2] != (batch, length):
+            return None
+        hidden = hidden + additions
+        return (hidden, *output[1:]) if isinstance(output, tuple) else hidden
+
+    handle = block.register_forward_hook(add)
+    try:
+        yield
+    finally:
+        handle.remove()
+
+
+# ---------------------------------------------------------------------------------------------
+# Scoring the edits themselves.
+
+
+def next_token_ids(scorer: general.Scorer, prompts: Sequence[str]) -> list[int]:
+    """The greedy next token after each prompt (under the scorer's intervention)."""
+    mt = scorer.mt
+    results = [0] * len(prompts)
+    for start in range(0, len(prompts), scorer.batch_size):
+        chunk = list(prompts[start : start + scorer.batch_size])
+        encoded = mt.tokenizer(
+            chunk, return_tensors="pt", padding=True, return_offsets_mapping=True
+        )
+        mask = encoded["attention_mask"]
+        last = mask.sum(-1) - 1
+        positions = torch.zeros_like(mask, dtype=torch.bool)
+        positions[torch.arange(len(chunk)), last] = True
+        inputs = {
+            "input_ids": encoded["input_ids"].to(mt.device),
+            "attention_mask": mask.to(mt.device),
+        }
+        with torch.no_grad(), scorer.intervention(chunk, encoded["offset_mapping"], mask):
+            logits = models.logits_at(mt.model, inputs, positions)
+        for offset, token in enumerate(logits.argmax(-1).tolist()):
+            results[start + offset] = token
+    return results
+
+
+def score_edits(
+    scorer: general.Scorer, edits: Sequence[HarmEdit], unedited_next: Mapping[str, int]
+) -> EditScores:
+    """Efficacy, generalisation and locality of ``edits`` on the scorer's (edited) model."""
+    prompts = [edit.request.prompt for edit in edits]
+    targets = [" " + edit.request.target_new.strip() for edit in edits]
+    efficacy = scorer.continuations(prompts, targets).is_greedy
+    rephrase_prompts = [p for edit in edits for p in edit.rephrase_prompts[:MAX_PROBES]]
+    rephrase_targets = [
+        " " + edit.request.target_new.strip()
+        for edit in edits
+        for _ in edit.rephrase_prompts[:MAX_PROBES]
+    ]
+    generalization = scorer.continuations(rephrase_prompts, rephrase_targets).is_greedy
+    locality_prompts = [p for edit in edits for p in edit.locality_prompts[:MAX_PROBES]]
+    now = next_token_ids(scorer, locality_prompts)
+    unchanged = [token == unedited_next[p] for p, token in zip(locality_prompts, now, strict=True)]
+    return EditScores(_mean(efficacy), _mean(generalization), _mean(unchanged))
+
+
+def _mean(values: Sequence[bool]) -> float:
+    return sum(values) / len(values) if values else float("nan")
+
+
+# ---------------------------------------------------------------------------------------------
+# General tasks: the paper's eight (both protocols) and the toy world's three.
+
+TaskItems = dict[str, Sequence[Any]]
+
+
+def score_toy_task(scorer: general.Scorer, task: str, items: Sequence[Any]) -> general.TaskScore:
+    """The toy tasks (see :mod:`remedi.toy.general`), scored by log-likelihood."""
+    if task == "toy_recall":
+        result = scorer.continuations(
+            [item.question for item in items], [" " + item.answers[0] for item in items]
+        )
+        return general.TaskScore(
+            task, "loglik", "greedy_match", _mean(result.is_greedy), len(items)
+        )
+    if task == "toy_entailment":
+        # Predicted entailment iff the stated value is the LM's most likely value of the
+        # relation (the hypotheses' values) after the premise and the hypothesis' stem.
+        values = sorted({_value_of(item) for item in items})
+        contexts = [
+            f"{item.premise} {item.hypothesis.rstrip('.').rpartition(' ')[0]}" for item in items
+        ]
+        chosen = scorer.choose(contexts, [[f" {value}" for value in values]] * len(items))
+        correct = sum(
+            (values[choice] == _value_of(item)) == item.entailment
+            for choice, item in zip(chosen, items, strict=True)
+        )
+        return general.TaskScore(task, "loglik", "accuracy", correct / len(items), len(items))
+    if task == "toy_text":
+        result = scorer.continuations(
+            [item.dialogue for item in items], [" " + item.summary for item in items]
+        )
+        mean = sum(result.log_prob) / max(sum(result.num_tokens), 1)
+        details = {"perplexity": float(torch.tensor(-mean).exp())}
+        return general.TaskScore(task, "loglik", "token_logprob", mean, len(items), details)
+    raise errors.UsageError(f"unknown toy task {task!r}")
+
+
+def _value_of(item: general_tasks.NliItem) -> str:
+    return item.hypothesis.rstrip(".").rpartition(" ")[2]
+
+
+def score_tasks(
+    scorer: general.Scorer, task_items: TaskItems, protocols: Sequence[str]
+) -> list[general.TaskScore]:
+    """Every task under every protocol (the toy tasks under their own)."""
+    scores = []
+    for task, items in task_items.items():
+        if task.startswith("toy_"):
+            scores.append(score_toy_task(scorer, task, items))
+            continue
+        for protocol in protocols:
+            scores.append(general.evaluate_task(scorer, task, items, protocol))
+    return scores
+
+
+# ---------------------------------------------------------------------------------------------
+# The run.
+
+
+@dataclass
+class HarmSettings:
+    method: str
+    mode: str
+    checkpoints: list[int]
+    batch_size: int = 10
+    rect_share: float | None = None
+    protocols: tuple[str, ...] = general.PROTOCOLS
+    score_batch_size: int = general.DEFAULT_BATCH_SIZE
+
+
+def _apply(mt: models.ModelAndTokenizer, weights: Mapping[str, torch.Tensor]) -> None:
+    with torch.no_grad():
+        for name, value in weights.items():
+            parameter = mt.model.get_parameter(name)
+            parameter.copy_(value.to(parameter.device, parameter.dtype))
+
+
+def run_harm(
+    mt: models.ModelAndTokenizer,
+    method: EditingMethod,
+    edits: Sequence[HarmEdit],
+    task_items: TaskItems,
+    settings: HarmSettings,
+    output_dir: Path,
+) -> list[Checkpoint]:
+    """Run the edit sequence and write ``checkpoint_<N>.json`` after each checkpoint.
+
+    A finished checkpoint is read back, not recomputed; the weights of the last finished one
+    are restored from ``state_<N>.pt`` before going on. The model's weights are restored to
+    their unedited values before returning.
+    """
+    check_mode(settings.mode, settings.method, method)
+    checkpoints = sorted({0, *settings.checkpoints})
+    if checkpoints[-1] > len(edits):
+        raise errors.UsageError(
+            f"asked for {checkpoints[-1]} edits but only {len(edits)} edits are available; "
+            "lower --edits or use a larger edit source"
+        )
+    if settings.rect_share is not None and isinstance(method, DirectionEditing):
+        raise errors.UsageError("RECT regularises weight updates; remedi edits no weight")
+    output_dir = Path(output_dir)
+    output_dir.mkdir(parents=True, exist_ok=True)
+    locality_prompts = sorted({p for edit in edits for p in edit.locality_prompts[:MAX_PROBES]})
+    unedited = dict(
+        zip(locality_prompts, next_token_ids(general.Scorer(mt), locality_prompts), strict=True)
+    )
+    edited_names: set[str] = set()
+    originals: dict[str, torch.Tensor] = {}
+    results: list[Checkpoint] = []
+    done = 0
+    try:
+        for number in checkpoints:
+            path = output_dir / f"checkpoint_{number}.json"
+            state_path = output_dir / f"state_{number}.pt"
+            if path.is_file() and (number == 0 or state_path.is_file()):
+                results.append(Checkpoint.from_dict(io.read_json(path, "harm checkpoint")))
+                if isinstance(method, WeightEditing) and number > 0:
+                    state = torch.load(state_path, map_location="cpu")
+                    for name in state:
+                        originals.setdefault(name, mt.model.get_parameter(name).detach().clone())
+                    _apply(mt, state)
+                    edited_names.update(state)
+                done = number
+                logger.info("checkpoint %d already done: %s", number, path)
+                continue
+            intervention = None
+            if isinstance(method, WeightEditing):
+                if settings.mode == "batch-single":
+                    _apply(mt, originals)
+                    todo = [edit.request for edit in edits[:number]]
+                else:
+                    todo = [edit.request for edit in edits[done:number]]
+                step = settings.batch_size if settings.mode == "batch-sequential" else len(todo)
+                for start in range(0, len(todo), max(step, 1)):
+                    chunk = todo[start : start + step]
+                    if settings.mode == "instance-sequential":
+                        for request in chunk:
+                            _track(mt, method, [request], originals, edited_names, settings)
+                    else:
+                        _track(mt, method, chunk, originals, edited_names, settings)
+                state = {name: mt.model.get_parameter(name).detach().cpu() for name in edited_names}
+                torch.save(state, state_path)
+            else:
+                intervention = _direction_intervention(mt, method, edits[:number])
+            scorer = general.Scorer(mt, settings.score_batch_size, intervention)
+            logger.info("checkpoint %d: scoring", number)
+            edit_scores = score_edits(scorer, edits[:number], unedited) if number else None
+            checkpoint = Checkpoint(
+                num_edits=number,
+                method=settings.method,
+                mode=settings.mode,
+                rect_share=settings.rect_share,
+                batch_size=settings.batch_size,
+                edits=edit_scores,
+                tasks=score_tasks(scorer, task_items, settings.protocols),
+            )
+            io.write_json(path, checkpoint.to_dict())
+            results.append(checkpoint)
+            done = number
+    finally:
+        _apply(mt, originals)
+    return results
+
+
+def _track(
+    mt: models.ModelAndTokenizer,
+    method: WeightEditing,
+    requests: Sequence[common.EditRequest],
+    originals: dict[str, torch.Tensor],
+    edited_names: set[str],
+    settings: HarmSettings,
+) -> None:
+    """Apply ``requests``, keeping each touched weight's unedited value first."""
+    groups = [list(requests)] if method.batches else [[request] for request in requests]
+    for group in groups:
+        new = method.edit(mt, group)
+        for name in new:
+            originals.setdefault(name, mt.model.get_parameter(name).detach().clone())
+        if settings.rect_share is not None:
+            old = {name: mt.model.get_parameter(name).detach() for name in new}
+            new = rect.regularize_weights(old, new, settings.rect_share)
+        _apply(mt, new)
+        edited_names.update(new)
+
+
+def _direction_intervention(
+    mt: models.ModelAndTokenizer, method: DirectionEditing, edits: Sequence[HarmEdit]
+) -> general.Intervention | None:
+    if not edits:
+        return None
+    samples = [edit.sample for edit in edits]
+    if any(sample is None for sample in samples):
+        raise errors.UsageError("remedi needs context mediation samples for its edits")
+    rows = method.directions([sample for sample in samples if sample is not None])
+    directions: dict[str, torch.Tensor] = {}
+    for edit, row in zip(edits, rows, strict=True):
+        subject = edit.request.subject
+        directions[subject] = directions.get(subject, torch.zeros_like(row)) + row
+
+    def intervene(
+        texts: Sequence[str], offsets: torch.Tensor, attention_mask: torch.Tensor
+    ) -> contextlib.AbstractContextManager[None]:
+        return entity_directions(
+            mt,
+            method.layer,
+            directions,
+            texts,
+            offsets,
+            attention_mask,
+            method.alpha,
+            method.last_token,
+        )
+
+    return intervene
+
+
+# ---------------------------------------------------------------------------------------------
+# Building a run from names: edit sources, methods, tasks.
+
+
+def counterfact_edits(cases: Sequence[Any]) -> list[HarmEdit]:
+    """Edits from CounterFact cases (:class:`~remedi.evaluation.cases.EvalCase`): ROME's
+    rewrite prompt, paraphrases as rephrasings, neighborhood prompts for locality."""
+    from remedi.evaluation.weight_methods import edit_request
+
+    return [
+        HarmEdit(
+            edit_request(case),
+            tuple(case.paraphrase_prompts),
+            tuple(case.neighborhood_prompts),
+            case.sample(),
+        )
+        for case in cases
+    ]
+
+
+def zsre_edits(records: Sequence[Any]) -> list[HarmEdit]:
+    """Edits from zsRE records (:class:`remedi.data.zsre.ZsreEdit`); REMEDI cannot read them
+    (no context mediation sample), the weight methods can."""
+    return [
+        HarmEdit(
+            common.EditRequest(
+                record.prompt, record.subject, record.target_new, record.target_true
+            ),
+            (record.rephrase_prompt,),
+            (record.locality_prompt,),
+        )
+        for record in records
+    ]
+
+
+BATCH_METHODS = ("memit",)
+"""Weight-editing methods whose ``edit`` takes many requests at once."""
+
+
+def weight_editing(
+    name: str, mt: models.ModelAndTokenizer, world: Any = None, stats_dir: Path | None = None
+) -> WeightEditing:
+    """A registered weight-editing method (``rome``, ``ft``, ``ft5``, ``memit``) with the model's
+    packaged hyperparameters."""
+    from remedi.methods import ft, hparams_file, rome, stats
+
+    if name == "rome":
+        rome_hparams = rome.RomeHparams.from_file(hparams_file("rome", mt.name))
+        moment = None
+        if rome_hparams.mom2_adjustment:
+            moment = stats.second_moment(
+                mt,
+                rome_hparams.layer,
+                rome_hparams.stats_dataset,
+                rome_hparams.stats_num_texts,
+                cache_dir=stats_dir,
+                world=world,
+            ).moment
+        templates = common.context_templates(
+            mt, rome_hparams.context_template_lengths, rome_hparams.seed
+        )
+
+        def rome_edit(
+            mt: models.ModelAndTokenizer, requests: Sequence[common.EditRequest]
+        ) -> dict[str, Any]:
+            return rome.edit(mt, requests[0], rome_hparams, moment, templates)
+
+        return WeightEditing(name, rome_edit, batches=False)
+    if name in ("ft", "ft5"):
+        ft_hparams = ft.FtHparams.from_file(hparams_file(name, mt.name))
+
+        def ft_edit(
+            mt: models.ModelAndTokenizer, requests: Sequence[common.EditRequest]
+        ) -> dict[str, Any]:
+            return ft.edit(mt, requests[0], ft_hparams)
+
+        return WeightEditing(name, ft_edit, batches=False)
+    if name == "memit":
+        try:
+            memit = importlib.import_module("remedi.methods.memit")
+        except ImportError as error:
+            raise errors.UsageError(
+                "memit is not in this checkout (remedi/methods/memit.py); merge the branch "
+                "that adds it, or use rome, ft or remedi"
+            ) from error
+        memit_hparams = memit.MemitHparams.from_file(hparams_file("memit", mt.name))
+        moments = memit.load_second_moments(mt, memit_hparams, stats_dir, world=world)
+        memit_templates = common.context_templates(
+            mt, memit_hparams.context_template_lengths, memit_hparams.seed
+        )
+
+        def memit_edit(
+            mt: models.ModelAndTokenizer, requests: Sequence[common.EditRequest]
+        ) -> dict[str, Any]:
+            result: dict[str, Any] = memit.edit(
+                mt, list(requests), memit_hparams, moments, memit_templates
+            )
+            return result
+
+        return WeightEditing(name, memit_edit, batches=True)
+    raise errors.UsageError(f"unknown editing method {name!r}; known: rome, ft, ft5, memit, remedi")
+
+
+def direction_editing(
+    mt: models.ModelAndTokenizer, editors_dir: Path, editor_type: str = "linear"
+) -> DirectionEditing:
+    """REMEDI with the only trained editor of ``editor_type`` in a training run."""
+    from remedi import editors, training
+    from remedi.evaluation.methods import run_editor_layer
+
+    layer = run_editor_layer(Path(editors_dir), editor_type)
+    editor = training.load_run_editor(Path(editors_dir), layer, editor_type, mt)
+
+    def directions(samples: Sequence[Mapping[str, str]]) -> torch.Tensor:
+        return editors.editor_directions(mt, editor, [dict(sample) for sample in samples])
+
+    return DirectionEditing(
+        layer, directions, editors.DEFAULT_ALPHA, editor.config.edit_last_entity_token
+    )
+
+
+def load_task_items(tasks: Sequence[str], task_dir: Path, limit: int | None) -> TaskItems:
+    """Items of each task (``toy_*`` read from the toy files, the others from the paper's
+    ``task-data``), the first ``limit`` of each."""
+    from remedi.toy.general import TOY_TASK_FILES
+
+    items: TaskItems = {}
+    for task in tasks:
+        if task in TOY_TASK_FILES:
+            loaders: dict[str, Callable[[Path], Sequence[Any]]] = {
+                "toy_recall": general_tasks.load_open_qa,
+                "toy_entailment": general_tasks.load_nli,
+                "toy_text": general_tasks.load_summarization,
+            }
+            loaded = loaders[task](Path(task_dir) / TOY_TASK_FILES[task])
+        else:
+            loaded = general_tasks.load_task(task, task_dir)
+        items[task] = loaded[:limit] if limit is not None else loaded
+    return items
+
+
+def lm_eval_scores(mt: models.ModelAndTokenizer, tasks: Sequence[str]) -> dict[str, Any]:
+    """Run lm-evaluation-harness ``tasks`` on the (edited) model in memory.
+
+    Weight edits are in the model and are seen; REMEDI's directions are not (lm-eval runs its
+    own forward passes). Raises a one-line :class:`errors.UsageError` when ``lm_eval`` is not
+    installed or cannot load a task's data (offline: its datasets come from the Hugging Face
+    hub).
+    """
+    try:
+        import lm_eval
+        from lm_eval.models.huggingface import HFLM
+    except ImportError as error:
+        raise errors.UsageError(
+            "--lm-eval-tasks needs lm-evaluation-harness (pip install lm-eval), which is not "
+            "installed here; drop the option or install it on a machine with network"
+        ) from error
+    try:
+        wrapped = HFLM(pretrained=mt.model, tokenizer=mt.tokenizer)
+        output = lm_eval.simple_evaluate(model=wrapped, tasks=list(tasks))
+    except (OSError, ConnectionError, ValueError) as error:
+        raise errors.UsageError(
+            f"lm-eval could not run {', '.join(tasks)} ({type(error).__name__}: {error}); its "
+            "datasets are downloaded from the Hugging Face hub, which needs network"
+        ) from error
+    results: dict[str, Any] = output.get("results", {}) if output else {}
+    return results

@@ -1,0 +1,207 @@
+"""What many edits do to a model's general abilities: edit modes, checkpoints, RECT.
+
+    python -m scripts.harm_run --model toy --method rome --mode instance-sequential \
+        --edits 1,10,50,100 --editors results/editors_counterfact_toy
+    python -m scripts.harm_run --model gpt2-xl --method memit --mode batch-sequential \
+        --edits 10,100,1000 --batch-size 10 --edit-source zsre --rect 0.2
+
+writes ``results/NAME/checkpoint_<N>.json`` after each checkpoint (0 = unedited; finished
+checkpoints are read back, never recomputed) and ``state_<N>.pt`` (the edited weights).
+On the toy world, ``--tasks all`` is the three toy tasks (exported under ``results/NAME/tasks``
+in the real formats); on other models, the harms paper's eight task sets.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import random
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from remedi import cli, data, env, errors, evaluation, io, models, training
+from remedi.data import general_tasks, zsre
+from remedi.evaluation import general, harm
+from remedi.methods import rect
+from remedi.toy import general as toy_general
+from remedi.toy.world import World
+
+logger = logging.getLogger(__name__)
+
+METHOD_NAMES = ("rome", "ft", "ft5", "memit", "remedi")
+
+
+def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description="general abilities after many edits")
+    cli.add_arguments(parser)
+    parser.add_argument("-m", "--model", required=True, help="model name, alias or directory")
+    parser.add_argument("--method", required=True, choices=METHOD_NAMES)
+    parser.add_argument("--mode", required=True, help=f"one of {', '.join(harm.MODES)}")
+    parser.add_argument(
+        "--edits", default="1,10,50,100", help="comma-separated checkpoints (numbers of edits)"
+    )
+    parser.add_argument("--batch-size", type=int, default=10, help="edits per batch")
+    parser.add_argument(
+        "--rect",
+        type=float,
+        nargs="?",
+        const=rect.DEFAULT_SHARE,
+        help=f"RECT: keep this share of each update's entries (alone: {rect.DEFAULT_SHARE})",
+    )
+    parser.add_argument(
+        "--tasks",
+        default="all",
+        help="comma-separated tasks, or all (toy: "
+        f"{', '.join(toy_general.TOY_TASK_FILES)}; else {', '.join(general_tasks.TASK_FILES)})",
+    )
+    parser.add_argument("--task-limit", type=int, help="score only the first N items per task")
+    parser.add_argument(
+        "--protocols", default=",".join(general.PROTOCOLS), help="seed,loglik (real tasks)"
+    )
+    parser.add_argument(
+        "--task-dir", type=Path, help="the paper's task-data (default: shared data edit_harms)"
+    )
+    parser.add_argument(
+        "--edit-source",
+        choices=("counterfact", "zsre"),
+        default="counterfact",
+        help="where edits come from (zsre: the paper's zsRE file with portability)",
+    )
+    parser.add_argument("--dataset-file", type=Path, help="counterfact.json or zsRE file")
+    parser.add_argument(
+        "--editors",
+        type=Path,
+        help="REMEDI training run (required for remedi; its test split is the edit source "
+        "for every method when given)",
+    )
+    parser.add_argument(
+        "--seed", type=int, default=0, help="seed of the CounterFact edit order (shuffled)"
+    )
+    parser.add_argument("--lm-eval-tasks", help="comma-separated lm-evaluation-harness tasks")
+    parser.add_argument("-n", "--name", help="experiment name (default from the settings)")
+    parser.add_argument("--device", help="e.g. cuda or cpu (default: cuda if available)")
+    parser.add_argument("--score-batch-size", type=int, default=general.DEFAULT_BATCH_SIZE)
+    return parser.parse_args(argv)
+
+
+def _checkpoints(text: str) -> list[int]:
+    try:
+        numbers = [int(part) for part in text.split(",") if part.strip()]
+    except ValueError as error:
+        raise errors.UsageError(
+            f"--edits must be comma-separated integers, got {text!r}"
+        ) from error
+    if not numbers or min(numbers) < 0:
+        raise errors.UsageError(f"--edits needs non-negative checkpoints, got {text!r}")
+    return numbers
+
+
+def experiment_name(args: argparse.Namespace) -> str:
+    """``harm_<model>_<method>_<mode>[_b<batch>][_rect<share>]``."""
+    model = Path(args.model).name
+    name = f"harm_{model}_{args.method}_{args.mode}"
+    if args.mode == "batch-sequential":
+        name += f"_b{args.batch_size}"
+    if args.rect is not None:
+        name += f"_rect{args.rect:g}"
+    return name
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = parse_args(argv)
+    if args.mode not in harm.MODES:
+        raise errors.UsageError(f"unknown edit mode {args.mode!r}; known: {', '.join(harm.MODES)}")
+    if args.method not in (*harm.BATCH_METHODS, "remedi") and args.mode == "batch-single":
+        raise errors.UsageError(
+            f"method {args.method!r} edits one fact at a time and cannot batch; use "
+            "--mode instance-sequential or batch-sequential, or memit or remedi"
+        )
+    checkpoints = _checkpoints(args.edits)
+    is_toy = args.model.startswith("toy")
+    output_dir = env.results_dir() / (args.name or experiment_name(args))
+    device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
+
+    if args.edit_source == "zsre":
+        file = args.dataset_file or env.shared_data_dir() / "edit_harms" / "edited-data" / (
+            "zsre_mend_eval_portability_gpt4.json"
+        )
+        edits = harm.zsre_edits(zsre.load_zsre(file))
+    else:
+        test_ids = None
+        dataset_file = args.dataset_file
+        if args.editors is not None:
+            run = training.load_run(args.editors)
+            test_ids = list(run.split.test)
+            dataset_file = dataset_file or (
+                Path(run.args.dataset_file) if run.args.dataset_file else None
+            )
+        records = data.load_counterfact_records(dataset_file)
+        edits = harm.counterfact_edits(evaluation.counterfact_cases(records, test_ids))
+        # Shuffled so that consecutive edits are about different entities (CounterFact lists
+        # an entity's facts together); the same seed gives every method the same sequence.
+        # zsRE edits keep the file order, as the seed repository takes them.
+        random.Random(args.seed).shuffle(edits)
+    # Toy tasks never ask about an entity that any edit of the source could touch, whatever
+    # the number of edits asked for (so that runs with other --edits share the tasks).
+    candidate_entities = {edit.request.subject for edit in edits}
+    edits = edits[: max(checkpoints)]
+
+    world = None
+    world_file = env.data_dir() / "toy" / "world.json"
+    if is_toy and world_file.is_file():
+        world = World.from_json(io.read_json(world_file, "toy world"))
+
+    if args.tasks == "all":
+        tasks = list(toy_general.TOY_TASK_FILES if is_toy else general_tasks.TASK_FILES)
+    else:
+        tasks = [task.strip() for task in args.tasks.split(",") if task.strip()]
+    task_dir = args.task_dir or env.shared_data_dir() / "edit_harms" / "task-data"
+    if any(task in toy_general.TOY_TASK_FILES for task in tasks):
+        if world is None:
+            raise errors.MissingFileError(
+                f"toy tasks need the toy world at {world_file}; build it (invoke x.toy.build)"
+            )
+        task_dir = output_dir / "tasks"
+        toy_general.export_toy_tasks(world, task_dir, candidate_entities, args.task_limit or 200)
+    task_items = harm.load_task_items(tasks, task_dir, args.task_limit)
+
+    mt = models.load_model(args.model, device=device)
+    method: harm.EditingMethod
+    if args.method == "remedi":
+        if args.editors is None:
+            raise errors.UsageError("--method remedi needs --editors (a REMEDI training run)")
+        method = harm.direction_editing(mt, args.editors)
+    else:
+        method = harm.weight_editing(
+            args.method, mt, world=world, stats_dir=env.results_dir() / "stats"
+        )
+    protocols = tuple(p.strip() for p in args.protocols.split(",") if p.strip())
+    settings = harm.HarmSettings(
+        method=args.method,
+        mode=args.mode,
+        checkpoints=checkpoints,
+        batch_size=args.batch_size,
+        rect_share=args.rect,
+        protocols=protocols,
+        score_batch_size=args.score_batch_size,
+    )
+    results = harm.run_harm(mt, method, edits, task_items, settings, output_dir)
+    if args.lm_eval_tasks:
+        scores = harm.lm_eval_scores(mt, args.lm_eval_tasks.split(","))
+        io.write_json(output_dir / "lm_eval.json", scores)
+    for checkpoint in results:
+        row: dict[str, Any] = {"edits": checkpoint.num_edits}
+        if checkpoint.edits is not None:
+            row.update(checkpoint.edits.to_dict())
+        row.update({f"{t.task}/{t.protocol}": round(t.score, 4) for t in checkpoint.tasks})
+        print(json.dumps(row))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(cli.run(main))

@@ -1,0 +1,224 @@
+"""Edit modes, checkpoints and resume, REMEDI's directions together, toy tasks, bad input."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from remedi import errors, models
+from remedi.data import general_tasks as tasks
+from remedi.evaluation import general, harm, harm_report
+from remedi.methods import common, rome
+from remedi.toy import general as toy_general
+from remedi.toy.world import generate_world
+from tests.conftest import tiny_gpt2
+
+SUBJECTS = ("Mira Talovan", "Kelo Vantri", "Xavi Bornadel")
+TARGETS = ("Oslo", "Paris", "Lisbon")
+
+
+@pytest.fixture(scope="module")
+def mt(tokenizer) -> models.ModelAndTokenizer:
+    model = tiny_gpt2(tokenizer, initializer_range=0.2).requires_grad_(False)
+    return models.ModelAndTokenizer(model, tokenizer, "tiny-gpt2")
+
+
+def edits() -> list[harm.HarmEdit]:
+    return [
+        harm.HarmEdit(
+            common.EditRequest(f"{subject} lives in", subject, target),
+            (f"{subject} lives in the city of",),
+            ("Barack Obama was born in",),
+        )
+        for subject, target in zip(SUBJECTS, TARGETS, strict=True)
+    ]
+
+
+class CountingRome:
+    """ROME (C = I, no prefixes) that counts the requests it is given."""
+
+    def __init__(self) -> None:
+        self.calls = 0
+        self.hparams = rome.RomeHparams(layer=0, context_template_lengths=[], mom2_adjustment=False)
+
+    def __call__(self, mt: models.ModelAndTokenizer, requests) -> dict[str, torch.Tensor]:
+        self.calls += len(requests)
+        new: dict[str, torch.Tensor] = {}
+        for request in requests:  # as a batch: each update on the same unedited weights
+            for name, value in rome.edit(mt, request, self.hparams, None, ["{}"]).items():
+                base = mt.model.get_parameter(name)
+                new[name] = new.get(name, base) + (value - base)
+        return new
+
+
+TASK_ITEMS = {"sentiment": [tasks.SentimentItem("a charming journey", True)] * 2}
+
+
+def settings(mode: str, **kwargs) -> harm.HarmSettings:
+    return harm.HarmSettings("rome", mode, [1, 3], protocols=("loglik",), **kwargs)
+
+
+def test_sequential_edits_are_checkpointed_resumed_and_undone(mt, tmp_path):
+    before = {n: p.detach().clone() for n, p in mt.model.named_parameters()}
+    editor = CountingRome()
+    method = harm.WeightEditing("rome", editor, batches=False)
+    results = harm.run_harm(
+        mt, method, edits(), TASK_ITEMS, settings("instance-sequential"), tmp_path
+    )
+    assert [r.num_edits for r in results] == [0, 1, 3] and editor.calls == 3
+    assert results[0].edits is None and results[1].edits is not None
+    # The edit is in the model while scoring: the tasks' numbers were measured on new weights.
+    state = torch.load(tmp_path / "state_1.pt")
+    assert list(state) == ["transformer.h.0.mlp.c_proj.weight"]
+    assert not torch.equal(
+        state["transformer.h.0.mlp.c_proj.weight"], before["transformer.h.0.mlp.c_proj.weight"]
+    )
+    assert [t.task for t in results[2].tasks] == ["sentiment"]
+    assert {p.name for p in tmp_path.iterdir()} >= {"checkpoint_3.json", "state_3.pt"}
+    for name, parameter in mt.model.named_parameters():
+        assert torch.equal(parameter, before[name]), name
+
+    # A longer run resumes: the finished checkpoints are read, only edit 4 is new.
+    resumed = harm.run_harm(
+        mt,
+        method,
+        edits() + edits()[:1],
+        TASK_ITEMS,
+        harm.HarmSettings("rome", "instance-sequential", [1, 3, 4], protocols=("loglik",)),
+        tmp_path,
+    )
+    assert editor.calls == 4
+    assert resumed[2].to_dict() == results[2].to_dict()
+    assert json.loads((tmp_path / "checkpoint_4.json").read_text())["num_edits"] == 4
+
+
+def test_batch_single_starts_each_checkpoint_from_the_unedited_model(mt, tmp_path):
+    editor = CountingRome()
+    method = harm.WeightEditing("batch-rome", editor, batches=True)
+    harm.run_harm(mt, method, edits(), TASK_ITEMS, settings("batch-single"), tmp_path)
+    assert editor.calls == 1 + 3  # all N edits again at each checkpoint
+    sequential = CountingRome()
+    method = harm.WeightEditing("batch-rome", sequential, batches=True)
+    harm.run_harm(
+        mt, method, edits(), TASK_ITEMS, settings("batch-sequential", batch_size=2), tmp_path / "b"
+    )
+    assert sequential.calls == 3
+
+
+def test_unknown_mode_and_a_method_that_cannot_batch_are_one_line_errors(mt, tmp_path):
+    method = harm.WeightEditing("rome", CountingRome(), batches=False)
+    with pytest.raises(errors.UsageError, match="unknown edit mode 'parallel'") as error:
+        harm.run_harm(mt, method, edits(), TASK_ITEMS, settings("parallel"), tmp_path)
+    assert "\n" not in str(error.value)
+    with pytest.raises(errors.UsageError, match="'rome' edits one fact at a time") as error:
+        harm.run_harm(mt, method, edits(), TASK_ITEMS, settings("batch-single"), tmp_path)
+    assert "\n" not in str(error.value)
+    with pytest.raises(errors.UsageError, match="only 3 edits are available"):
+        harm.run_harm(
+            mt,
+            method,
+            edits(),
+            TASK_ITEMS,
+            harm.HarmSettings("rome", "instance-sequential", [5]),
+            tmp_path,
+        )
+
+
+def test_directions_are_added_at_each_edited_entity_mention_and_removed(mt):
+    texts = ["Mira Talovan lives in Oslo", "Kelo Vantri and Mira Talovan", "Nobody here"]
+    encoded = mt.tokenizer(texts, return_tensors="pt", padding=True, return_offsets_mapping=True)
+    offsets, mask = encoded["offset_mapping"], encoded["attention_mask"]
+    directions = {"Mira Talovan": torch.ones(32), "Kelo Vantri": -torch.ones(32)}
+    recorded = {}
+
+    def record(module, inputs, output):
+        recorded["hidden"] = (output[0] if isinstance(output, tuple) else output).clone()
+
+    block = models.resolve_layer(mt.model, 0)
+    inputs = {"input_ids": encoded["input_ids"], "attention_mask": mask}
+    with torch.no_grad():
+        handle = block.register_forward_hook(record)
+        mt.model(**inputs)
+        handle.remove()
+        clean = recorded["hidden"]
+        with harm.entity_directions(mt, 0, directions, texts, offsets, mask):
+            handle = block.register_forward_hook(record)  # runs after the edit's hook
+            mt.model(**inputs)
+            handle.remove()
+    changed = (recorded["hidden"] - clean).abs().sum(-1).gt(0)
+    expected = torch.zeros_like(changed)
+    for row, text in enumerate(texts):
+        for entity in directions:
+            positions = harm.mention_positions(text, entity, offsets[row], mask[row], True)
+            expected[row, positions] = True
+    assert changed.equal(expected)
+    assert changed[0].sum() == 1 and changed[1].sum() == 2 and changed[2].sum() == 0
+    assert not block._forward_hooks
+
+
+def test_toy_tasks_are_written_in_the_real_formats_and_scored(mt, tmp_path):
+    world = generate_world(seed=0, num_entities=12)
+    excluded = {world.entities[0].name}
+    paths = toy_general.export_toy_tasks(world, tmp_path, excluded, limit=6)
+    recall = tasks.load_open_qa(paths["toy_recall"])
+    entailment = tasks.load_nli(paths["toy_entailment"])
+    text = tasks.load_summarization(paths["toy_text"])
+    assert len(recall) == 6 and not any(world.entities[0].name in r.question for r in recall)
+    assert [item.entailment for item in entailment] == [True, False] * 3
+    assert len(text) == 6 and all(item.summary for item in text)
+    items = harm.load_task_items(list(toy_general.TOY_TASK_FILES), tmp_path, 4)
+    scores = harm.score_tasks(general.Scorer(mt), items, ("loglik",))
+    assert [s.task for s in scores] == ["toy_recall", "toy_entailment", "toy_text"]
+    assert all(s.count == 4 for s in scores)
+
+
+def test_report_plots_and_tabulates_runs(mt, tmp_path):
+    method = harm.WeightEditing("rome", CountingRome(), batches=False)
+    harm.run_harm(mt, method, edits(), TASK_ITEMS, settings("instance-sequential"), tmp_path / "r")
+    curves = harm_report.read_curves([tmp_path / "r", tmp_path])
+    assert [c.label for c in curves] == ["rome instance-sequential"]
+    table = harm_report.markdown_table(curves)
+    assert "| rome instance-sequential | 3 |" in table and "sentiment/loglik:accuracy" in table
+    assert harm_report.plot_curves(curves, tmp_path / "harm.png").stat().st_size > 1000
+
+
+def test_the_script_rejects_bad_modes_in_one_line_before_loading_anything():
+    from scripts import harm_run
+
+    with pytest.raises(errors.UsageError, match="unknown edit mode 'all-at-once'") as error:
+        harm_run.main(["--model", "toy", "--method", "rome", "--mode", "all-at-once"])
+    assert "\n" not in str(error.value)
+    with pytest.raises(errors.UsageError, match="'ft' edits one fact at a time") as error:
+        harm_run.main(["--model", "toy", "--method", "ft", "--mode", "batch-single"])
+    assert "\n" not in str(error.value)
+
+
+def test_the_lm_eval_bridge_says_clearly_when_it_cannot_run(mt):
+    try:
+        import lm_eval  # noqa: F401
+    except ImportError:
+        with pytest.raises(errors.UsageError, match="needs lm-evaluation-harness") as error:
+            harm.lm_eval_scores(mt, ["hellaswag"])
+        assert "\n" not in str(error.value)
+    else:
+        pytest.skip("lm_eval is installed; its offline message needs a machine without it")
+
+
+@pytest.mark.shared_data
+def test_zsre_records_become_edit_requests():
+    from remedi import env
+    from remedi.data import zsre
+
+    file = (
+        env.shared_data_dir()
+        / "edit_harms"
+        / "edited-data"
+        / "zsre_mend_eval_portability_gpt4.json"
+    )
+    requests = harm.zsre_edits(zsre.load_zsre(file))
+    assert len(requests) == 1037
+    first = requests[0]
+    assert first.request.subject in first.request.prompt and first.request.target_new == "2006"
+    assert first.locality_prompts[0].startswith("nq question:") and first.sample is None
