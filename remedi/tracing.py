@@ -33,6 +33,7 @@ import numpy as np
 import torch
 import transformers
 from dataclasses_json import DataClassJsonMixin
+from tqdm.auto import tqdm
 
 from remedi import errors, io, models, precompute
 from remedi.methods import common
@@ -268,7 +269,8 @@ def noised_embeddings(
         noised[:, start:end] = noised[:, start:end] + repeated
         return noised
 
-    with forward_hooks([(module.get_input_embeddings(), add)]):
+    embeddings: torch.nn.Module = module.get_input_embeddings()  # type: ignore[operator]
+    with forward_hooks([(embeddings, add)]):
         yield
 
 
@@ -408,7 +410,7 @@ def trace_prompt(
         prompt=prompt,
         subject=subject,
         target=target,
-        tokens=[mt.tokenizer.decode([token]) for token in ids],
+        tokens=[str(mt.tokenizer.decode([token])) for token in ids],
         subject_range=list(token_range),
         target_id=target_id,
         predicted_id=predicted_id,
@@ -427,6 +429,37 @@ def trace_prompt(
             )
             result.scores[score_key(kind, window)] = probs.view(seq_len, num_layers).tolist()
     return result
+
+
+def trace_cases(
+    mt: models.ModelAndTokenizer,
+    cases: Sequence[tuple[int, str, str, str]],
+    settings: TraceSettings,
+    directory: Path,
+    rerun: bool = False,
+    max_batch_rows: int = DEFAULT_MAX_BATCH_ROWS,
+) -> list[TraceResult]:
+    """Trace ``(case_id, prompt, subject, target)`` cases, each saved as
+    ``directory/<case_id>.json``; a case already saved with equal settings is read back, not
+    recomputed (unless ``rerun``)."""
+    results = []
+    reused = 0
+    for case_id, prompt, subject, target in tqdm(cases, desc="tracing"):
+        path = Path(directory) / f"{case_id}.json"
+        if path.is_file() and not rerun:
+            saved = TraceResult.from_dict(io.read_json(path, "trace result"))
+            if saved.settings == settings:
+                results.append(saved)
+                reused += 1
+                continue
+        result = trace_prompt(
+            mt, prompt, subject, target, settings, case_id, max_batch_rows=max_batch_rows
+        )
+        io.write_json(path, result.to_dict(), indent=None)
+        results.append(result)
+    if reused:
+        logger.info("reused %d traced cases from %s", reused, directory)
+    return results
 
 
 # ---------------------------------------------------------------------------------------------
@@ -502,7 +535,7 @@ def average_trace(results: Sequence[TraceResult], kind: str, window: int) -> Ave
 
 
 KIND_COLORMAPS = {"residual": "Purples", "mlp": "Greens", "attn": "Reds"}
-KIND_LABELS = {"residual": "single restored layer", "mlp": "MLP", "attn": "Attn"}
+KIND_LABELS = {"residual": "residual stream", "mlp": "MLP output", "attn": "attention output"}
 
 
 def plot_average_trace(average: AverageTrace, path: Path, title: str = "") -> Path:
@@ -522,17 +555,13 @@ def plot_average_trace(average: AverageTrace, path: Path, title: str = "") -> Pa
     axes.set_yticklabels(average.categories, fontsize=7)
     step = max(1, values.shape[1] // 8)
     axes.set_xticks([0.5 + i for i in range(0, values.shape[1], step)])
-    axes.set_xticklabels(list(range(0, values.shape[1], step)), fontsize=7)
-    window = (
-        "" if average.kind == "residual" and average.window == 1 else f", window {average.window}"
-    )
-    axes.set_xlabel(
-        f"restored {KIND_LABELS.get(average.kind, average.kind)} layer{window}", fontsize=8
-    )
+    axes.set_xticklabels([str(i) for i in range(0, values.shape[1], step)], fontsize=7)
+    label = KIND_LABELS.get(average.kind, average.kind)
+    axes.set_xlabel(f"layer of restored {label} (window {average.window})", fontsize=8)
     axes.set_title(title or f"Average indirect effect, {average.num_cases} cases", fontsize=8)
     colorbar = figure.colorbar(image, ax=axes)
     colorbar.ax.tick_params(labelsize=7)
-    colorbar.ax.set_title("AIE", fontsize=7)
+    colorbar.set_label("indirect effect on p(target)", fontsize=7)
     figure.tight_layout()
 
     def save(tmp: Path) -> None:
