@@ -29,7 +29,8 @@ as context managers around the method's edit, so that no method changes:
   ``o_true``'s first token's mass swapped with the rest (``p'(o) = 1 - p(o)``, every other token
   scaled by ``p(o) / (1 - p(o))``), so raising ``p'(o_true)`` lowers ``p(o_true)``: the
   unlikelihood objective ``-log(1 - p)``. KL terms a method keeps are then measured on swapped
-  distributions (a bijection of the originals);
+  distributions (a bijection of the originals). The edit targets o_true's first token (the swap
+  is per token), and success is judged on the whole of o_true;
 - forcing (:func:`noised_subject`): the subject's tokens are noised in every forward pass of the
   method, fresh noise each pass (as the reference noises the whole edit).
 
@@ -149,7 +150,11 @@ def _subject_variants(mt: models.ModelAndTokenizer, prompt: str, subject: str) -
     ids, (start, end) = tracing.subject_token_range(mt.tokenizer, prompt, subject)
     variants = [ids[start:end]]
     for text in (subject, " " + subject):
-        variants.append(list(mt.tokenizer(text, add_special_tokens=False)["input_ids"]))
+        tokens = list(mt.tokenizer(text, add_special_tokens=False)["input_ids"])
+        # A tokenizer may give the space a token of its own; it is not the subject's.
+        while tokens and not str(mt.tokenizer.decode(tokens[:1])).strip():
+            tokens = tokens[1:]
+        variants.append(tokens)
     return [list(v) for v in dict.fromkeys(tuple(v) for v in variants) if v]
 
 
@@ -236,6 +241,8 @@ class ProblemSetup(DataClassJsonMixin):
     target_new: str
     target_noised: str
     """The most likely first token under the noised subject, other than o_true's."""
+    target_true_first: str
+    """o_true's first token as text (what erasure pushes down; the rest follows it)."""
     p_true: float
     p_new: float
     p_noised_target: float
@@ -267,6 +274,11 @@ def setup_case(
             f"case {case.case_id}: the noised prediction decodes to blank text; it cannot be a "
             "target"
         )
+    first = str(mt.tokenizer.decode([trace.target_id])).strip()
+    if common.target_token_ids(mt.tokenizer, prompt, first or case.target_true)[:1] != [
+        trace.target_id
+    ]:
+        first = ""  # the token is not a word of its own: erasure cannot target it alone
     return ProblemSetup(
         case_id=case.case_id,
         prompt=prompt,
@@ -274,6 +286,7 @@ def setup_case(
         target_true=case.target_true,
         target_new=case.target_new,
         target_noised=target_noised,
+        target_true_first=first,
         p_true=target_prob(mt, prompt, case.entity, case.target_true),
         p_new=target_prob(mt, prompt, case.entity, case.target_new),
         p_noised_target=target_prob(mt, prompt, case.entity, target_noised),
@@ -321,7 +334,14 @@ def edit_target(problem: str, setup: ProblemSetup) -> str:
         return setup.target_new
     if problem == "tracing_reversal":
         return setup.target_noised
-    if problem in ("fact_erasure", "fact_amplification", "fact_forcing"):
+    if problem == "fact_erasure":
+        if not setup.target_true_first:
+            raise errors.SampleError(
+                f"case {setup.case_id}: the first token of {setup.target_true!r} is not a word "
+                "the tokenizer gives back alone; fact erasure cannot target it"
+            )
+        return setup.target_true_first
+    if problem in ("fact_amplification", "fact_forcing"):
         return setup.target_true
     raise errors.UsageError(f"unknown editing problem {problem!r}; choose from {list(PROBLEMS)}")
 
@@ -351,7 +371,7 @@ def measure(
     mt: models.ModelAndTokenizer, problem: str, setup: ProblemSetup, settings: tracing.TraceSettings
 ) -> float:
     """The probability ``problem`` judges: of its target, under noise for forcing."""
-    target = edit_target(problem, setup)
+    target = setup.target_true if problem == "fact_erasure" else edit_target(problem, setup)
     noise = None
     if problem == "fact_forcing":
         _, token_range = tracing.subject_token_range(mt.tokenizer, setup.prompt, setup.subject)
