@@ -120,13 +120,18 @@ def test_hooks_are_removed_when_the_forward_pass_raises(mt64):
     hooks = hook_count(mt64.model)
     ids, token_range = tracing.subject_token_range(mt64.tokenizer, PROMPT, SUBJECT)
     noise = torch.zeros(3, token_range[1] - token_range[0], mt64.hidden_size)
-    with pytest.raises(ValueError, match="not a multiple of 3 noise samples"):
-        with tracing.noised_embeddings(mt64, token_range, noise):
-            mt64.model(torch.tensor([ids, ids]))
+    with (
+        pytest.raises(ValueError, match="not a multiple of 3 noise samples"),
+        tracing.noised_embeddings(mt64, token_range, noise),
+    ):
+        mt64.model(torch.tensor([ids, ids]))
     assert hook_count(mt64.model) == hooks
-    with pytest.raises(RuntimeError, match="boom"):
-        with tracing.forward_hooks([(models.resolve_layer(mt64, 0), lambda *a: None)]):
-            raise RuntimeError("boom")
+    block = models.resolve_layer(mt64, 0)
+    with (
+        pytest.raises(RuntimeError, match="boom"),
+        tracing.forward_hooks([(block, lambda *a: None)]),
+    ):
+        raise RuntimeError("boom")
     assert hook_count(mt64.model) == hooks
 
 
