@@ -252,12 +252,16 @@ class ProblemSetup(DataClassJsonMixin):
 
 
 def setup_case(
-    mt: models.ModelAndTokenizer, case: EvalCase, settings: tracing.TraceSettings
+    mt: models.ModelAndTokenizer,
+    case: EvalCase,
+    settings: tracing.TraceSettings,
+    require_correct: bool = True,
 ) -> ProblemSetup:
-    """Trace the case's rewrite prompt and measure what the problems start from."""
+    """Trace the case's rewrite prompt and measure what the problems start from (with
+    ``require_correct``, a case the model answers wrongly is not traced: no edit reads it)."""
     prompt = case.rewrite_prompt or case.prompt
     trace = tracing.trace_prompt(
-        mt, prompt, case.entity, case.target_true, settings, case.case_id, require_correct=False
+        mt, prompt, case.entity, case.target_true, settings, case.case_id, require_correct
     )
     ids, token_range = tracing.subject_token_range(mt.tokenizer, prompt, case.entity)
     noise = evaluation_noise(mt, token_range, settings)
@@ -548,18 +552,22 @@ def run_problems(
                 **(method_options or {}),
             )
             for case in tqdm(todo, desc=f"{problem} L{layer}"):
-                result = edit_case(
-                    mt,
-                    method,
-                    problem,
-                    case,
-                    setups[case.case_id],
-                    settings,
-                    layer,
-                    edited,
-                    trace_kind,
-                    trace_window,
-                )
+                try:
+                    result = edit_case(
+                        mt,
+                        method,
+                        problem,
+                        case,
+                        setups[case.case_id],
+                        settings,
+                        layer,
+                        edited,
+                        trace_kind,
+                        trace_window,
+                    )
+                except errors.SampleError as error:  # e.g. a target erasure cannot isolate
+                    logger.warning("%s skips case %d: %s", problem, case.case_id, error)
+                    continue
                 io.write_json(out / f"{case.case_id}.json", result.to_dict(), indent=None)
                 results.append(result)
     return results
