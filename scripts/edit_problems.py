@@ -46,10 +46,13 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         "--trace-kind",
         choices=tracing.KINDS,
         default=problems.DEFAULT_TRACE_KIND,
-        help="the tracing effect kept beside each edit (default residual)",
+        help="the tracing effect kept beside each edit (default mlp, as the reference)",
     )
     parser.add_argument(
-        "--trace-window", type=int, default=problems.DEFAULT_TRACE_WINDOW, help="its window"
+        "--trace-window",
+        type=int,
+        default=problems.DEFAULT_TRACE_WINDOW,
+        help="its window (default 5, as the reference)",
     )
     parser.add_argument("--num-samples", type=int, default=tracing.DEFAULT_NUM_SAMPLES)
     parser.add_argument("--noise-factor", type=float, default=tracing.NOISE_FACTOR)

@@ -30,9 +30,11 @@ def hook_count(model: torch.nn.Module) -> int:
 def test_success_metrics_on_hand_made_cases():
     assert problems.rewrite_score(0.2, 0.6) == pytest.approx(0.5)
     assert problems.rewrite_score(0.2, 1.0) == pytest.approx(1.0)
-    assert problems.rewrite_score(0.2, 0.1) == pytest.approx(-0.125)
     assert problems.erasure_score(0.8, 0.2) == pytest.approx(0.75)
     assert problems.erasure_score(0.8, 0.0) == pytest.approx(1.0)
+    # Bounded below by 0, as the reference's recovered_prop and erased_prop.
+    assert problems.rewrite_score(0.2, 0.1) == 0.0
+    assert problems.erasure_score(0.2, 0.3) == 0.0
     assert problems.success("fact_erasure", 0.8, 0.2) == pytest.approx(0.75)
     for problem in ("error_injection", "tracing_reversal", "fact_amplification", "fact_forcing"):
         assert problems.success(problem, 0.2, 0.6) == pytest.approx(0.5)
@@ -72,6 +74,49 @@ def test_noised_subject_noises_every_mention_and_only_while_active(mt):
     assert hook_count(mt.model) == hooks
 
 
+def test_forcing_is_judged_under_the_first_draw_the_edit_ran_under(mt):
+    # The reference re-seeds one generator for the edit and for judging: the judged draw is
+    # the first the edit saw. Ours: noised_subject's first draw is forcing_noise.
+    settings = tracing.TraceSettings(noise_scale=0.7, num_samples=3, kinds=["mlp"], windows=[1])
+    ids, token_range = tracing.subject_token_range(mt.tokenizer, PROMPT, SUBJECT)
+    input_ids = torch.tensor([ids])
+    embeddings = mt.model.get_input_embeddings()
+    with problems.noised_subject(mt, PROMPT, SUBJECT, settings.noise_scale, settings.seed):
+        first = embeddings(input_ids)
+        second = embeddings(input_ids)  # fresh noise on every pass
+    noise = problems.forcing_noise(mt, token_range, settings)
+    assert noise.shape[0] == problems.FORCING_NOISE_SAMPLES == 1
+    with tracing.noised_embeddings(mt, token_range, noise):
+        judged = embeddings(input_ids)
+    assert torch.equal(first, judged)
+    assert not torch.equal(second, judged)
+
+
+def test_tracing_effect_is_the_max_fraction_restored_from_the_subject_on():
+    settings = tracing.TraceSettings(noise_scale=1.0, num_samples=1, kinds=["mlp"], windows=[5])
+    restored = [[0.9, 0.1], [0.2, 0.35], [0.3, 0.6], [0.4, 0.25]]  # (tokens, layers)
+    trace = tracing.TraceResult(
+        case_id=0,
+        prompt="",
+        subject="",
+        target="",
+        tokens=["a", "b", "c", "d"],
+        subject_range=[1, 3],
+        target_id=0,
+        predicted_id=0,
+        clean_prob=0.5,
+        corrupted_prob=0.3,
+        correct=True,
+        settings=settings,
+        scores={"mlp/5": restored},
+    )
+    # Layer 0: token 0 (0.9) is before the subject; from token 1 on the best is 0.4 -> 0.5.
+    assert problems.tracing_effect(trace, "mlp", 5, 0) == pytest.approx(0.5)
+    assert problems.tracing_effect(trace, "mlp", 5, 1) == pytest.approx(1.5)
+    trace.scores["mlp/5"] = [[0.1, 0.1]] * 4  # every restoration below corrupted: 0
+    assert problems.tracing_effect(trace, "mlp", 5, 0) == 0.0
+
+
 def test_r_squared_matches_numpy_least_squares():
     rng = np.random.default_rng(0)
     x = rng.normal(size=(40, 2))
@@ -87,7 +132,7 @@ def test_r_squared_matches_numpy_least_squares():
 
 def result(problem: str, layer: int, effect: float, value: float) -> problems.ProblemResult:
     return problems.ProblemResult(
-        0, problem, "ft", layer, [layer], "x", 0.0, value, value, effect, None
+        0, problem, "ft", layer, [layer], "x", 0.0, value, value, effect, effect
     )
 
 
@@ -100,11 +145,23 @@ def test_regressions_find_the_layer_when_success_depends_only_on_it():
     ]
     regression = problems.regress(results)
     assert regression.layer == pytest.approx(1.0)
+    assert regression.both >= regression.layer - 1e-12
     assert regression.both == pytest.approx(1.0)
     assert regression.tracing < 0.3
     r2, by_layer = problems.analyze(results)
     assert r2.rows[0].values["layer"] == pytest.approx(1.0)
     assert by_layer.rows[0].values == pytest.approx({"0": 0.9, "1": 0.5, "2": 0.1})
+    # The tracing effect helps in opposite directions at two layers: only the reference's
+    # interaction (score ~ factor(layer) * tracing) fits that exactly.
+    effects = rng.uniform(size=20)
+    crossed = [
+        result("fact_forcing", layer, float(e), float(e if layer == 0 else 1 - e))
+        for layer in (0, 1)
+        for e in effects[layer * 10 : layer * 10 + 10]
+    ]
+    crossed_regression = problems.regress(crossed)
+    assert crossed_regression.both == pytest.approx(1.0)
+    assert crossed_regression.tracing < 0.5 and crossed_regression.layer < 0.5
     with pytest.raises(errors.UsageError, match="one problem at a time"):
         problems.regress([*results, result("fact_erasure", 0, 0.0, 0.0)])
 
@@ -159,7 +216,9 @@ def test_every_problem_edits_and_restores_the_weights(mt):
     outcomes = {}
     for problem in problems.PROBLEMS:
         method = FtMethod("ft", hparams)
-        outcomes[problem] = problems.edit_case(mt, method, problem, case(), setup, settings, 1, [1])
+        outcomes[problem] = problems.edit_case(
+            mt, method, problem, case(), setup, settings, 1, [1], "residual", 1
+        )
         for name, parameter in mt.model.named_parameters():
             assert torch.equal(parameter, before[name]), (problem, name)
         assert hook_count(mt.model) == hooks
@@ -171,7 +230,8 @@ def test_every_problem_edits_and_restores_the_weights(mt):
     assert outcomes["fact_forcing"].pre == pytest.approx(setup.p_true_noised)
     assert outcomes["fact_forcing"].post > outcomes["fact_forcing"].pre
     for outcome in outcomes.values():
-        assert outcome.tracing_effect == pytest.approx(setup.trace.effect_at("residual", 1, 1))
+        assert outcome.last_subject_effect == pytest.approx(setup.trace.effect_at("residual", 1, 1))
+        assert outcome.tracing_effect == problems.tracing_effect(setup.trace, "residual", 1, 1)
 
 
 def test_problems_refuse_bad_input(mt, tmp_path):

@@ -2,25 +2,52 @@
 
 Each problem asks a weight-editing method (any registered :class:`Method` that edits weights)
 for a different change to the fact behind a CounterFact rewrite prompt ``(s, r)``, and judges
-it with its own success metric on that prompt:
+it with its own success metric on that prompt. The definitions follow the reference code,
+google/belief-localization (file and function given for each):
 
-=====================  ================================================  ==========================
-problem                the edit's objective                              success
-=====================  ================================================  ==========================
-``error_injection``    raise p(o_new | s, r) (CounterFact's rewrite)     rewrite score of o_new
-``tracing_reversal``   raise p(o_noise | s, r), o_noise the prediction    rewrite score of o_noise
+=====================  ==============================================  ============================
+problem                the edit's objective                            success
+=====================  ==============================================  ============================
+``error_injection``    raise p(o_new | s, r) (CounterFact's rewrite)   rewrite score of o_new
+``tracing_reversal``   raise p(o_noise | s, r), o_noise the top token  rewrite score of o_noise
                        under the noised subject
-``fact_erasure``       lower p(o_true | s, r)                            erasure score of o_true
-``fact_amplification`` raise p(o_true | s, r)                            rewrite score of o_true
-``fact_forcing``       raise p(o_true | s_noise, r): the edit is computed  rewrite score of o_true
-                       and judged under the noised subject                under noise
-=====================  ================================================  ==========================
+``fact_erasure``       lower p(o_true | s, r)                          erasure score of o_true
+``fact_amplification`` raise p(o_true | s, r)                          rewrite score of o_true
+``fact_forcing``       raise p(o_true | s_noise, r): the edit is        rewrite score of o_true
+                       computed and judged under the noised subject     under noise
+=====================  ==============================================  ============================
 
-with the rewrite score ``(p_post - p_pre) / (1 - p_pre)`` and the erasure score
-``(p_pre - p_post) / p_pre`` (:func:`rewrite_score`, :func:`erasure_score`), ``p`` the probability
-of the whole target after the prompt. The noise is causal tracing's (:mod:`remedi.tracing`):
-``3 sigma`` Gaussian noise on the subject's token embeddings; judged under noise, ``p`` is the mean
-over the trace's fixed noise samples.
+- Targets (``experiments/evaluate.py``, ``main``: the ``request_baseline``/``target_new`` block):
+  error injection keeps CounterFact's o_new; tracing reversal takes the argmax of the
+  last-position distribution averaged over the noise samples
+  (``experiments/causal_trace.py``, ``corrupted_forward_pass``), o_true's token not excluded;
+  erasure, amplification and forcing set the target to o_true.
+- Success (``experiments/evaluate.py``, ``make_editing_results_df``): ``p`` is the probability
+  of the whole target after the rewrite prompt (the product over its tokens,
+  ``util/fewshot_utils.py``, ``score_from_batch``), before (``pre``) and after (``post``) the
+  edit; the rewrite score is ``max(0, (post - pre) / (1 - pre))`` (their ``recovered_prop``)
+  and the erasure score ``max(0, (pre - post) / pre)`` (``erased_prop``): both bounded below
+  by 0 (:func:`rewrite_score`, :func:`erasure_score`).
+- Noise (``experiments/evaluate.py``, ``get_subject_noising_function``, and
+  ``experiments/py/eval_utils_counterfact.py``, ``test_batch_prediction``): Gaussian noise on the
+  subject's token embeddings at causal tracing's scale (:mod:`remedi.tracing`, 3 sigma). Fact
+  forcing edits under a per-case stream that restarts from the same seed for every case (their
+  ``np.random.RandomState(1)``) and draws afresh on every forward pass; pre and post are judged
+  under one draw, the first of that same stream (their evaluation re-seeds the same generator,
+  and the rewrite prompt is row 0): so the judged draw is the one the edit's first noised
+  subject mention was fitted under (:func:`forcing_noise`, :func:`noised_subject`).
+- Cases (``experiments/evaluate.py``, ``correctness_check``/``target_prob_check``): only facts
+  the model knows: its top prediction is o_true's first token (the trace's filter) and
+  ``p(o_true | s, r) > 0.1`` (:data:`MIN_TRUE_PROB`).
+- Tracing effect at the edited layer (``third_party/data-analysis.ipynb``, "Join tracing and
+  editing results": ``max_fraction_restored``): restoring the MLP output over a window of 5
+  layers around the edit layer, the fraction restored ``max(0, (p_restored - p_corrupted) /
+  |p_corrupted - p_clean|)``, maximised over the tokens from the subject's first to the
+  prompt's last (:func:`tracing_effect`).
+- Regressions (``third_party/data-analysis.ipynb``, "R2 values for each method"): least
+  squares of the rewrite score on the layer as a categorical variable, on the tracing effect,
+  and on both with their interaction (``score ~ factor(layer) * max_fraction_restored``);
+  :func:`regress`.
 
 The methods only ever raise the likelihood of ``target_new``. Two problems need more, given here
 as context managers around the method's edit, so that no method changes:
@@ -28,14 +55,20 @@ as context managers around the method's edit, so that no method changes:
 - erasure (:func:`unlikelihood`): the method sees a model whose next-token distribution has
   ``o_true``'s first token's mass swapped with the rest (``p'(o) = 1 - p(o)``, every other token
   scaled by ``p(o) / (1 - p(o))``), so raising ``p'(o_true)`` lowers ``p(o_true)``: the
-  unlikelihood objective ``-log(1 - p)``. KL terms a method keeps are then measured on swapped
-  distributions (a bijection of the originals). The edit targets o_true's first token (the swap
-  is per token), and success is judged on the whole of o_true;
+  unlikelihood objective ``-log(1 - p)``. Deliberately not the reference's loss, which differs by
+  method (ROME, ``third_party/rome/compute_v.py``: minimise ``p`` itself; FT,
+  ``baselines/ft/ft_main.py``: ``|p - p(o_true | s_noise, r)|``): both of those lower the same
+  probability, and reproducing them would need an objective inside every method. KL terms a
+  method keeps are measured on swapped distributions (a bijection of the originals). The edit
+  targets o_true's first token (the swap is per token); success is judged on the whole o_true;
 - forcing (:func:`noised_subject`): the subject's tokens are noised in every forward pass of the
-  method, fresh noise each pass (as the reference noises the whole edit).
+  method, as the reference noises the whole edit; unlike the reference, which noises the
+  rewrite prompt's subject positions in every row (wrong positions in rows with a prefix),
+  every mention of the subject is noised where it is.
 
-Beside each edit's success, the case's tracing effect at the edited layer (the indirect effect of
-restoring that layer at the subject's last token) is kept, for :func:`analyze`'s regressions.
+Not taken over: the reference's per-problem hyperparameter overrides for GPT-J
+(``experiments/evaluate.py``, ``get_override_hparams``: FT norm constraints per problem, ROME's
+``v_lr`` 0.05 and 25 steps for forcing); the packaged hyperparameters of each model are used.
 """
 
 from __future__ import annotations
@@ -78,22 +111,28 @@ PROBLEM_LABELS = {
 EDIT_WINDOWS = {"ft5": 5}
 """Layers a method edits around its central layer when its hyperparameters list several (the
 others keep the width of their packaged ``layers``)."""
-DEFAULT_TRACE_KIND = "residual"
-DEFAULT_TRACE_WINDOW = 1
+DEFAULT_TRACE_KIND = "mlp"
+DEFAULT_TRACE_WINDOW = 5
+"""The reference regresses on MLP tracing with a window of 5 (``TRACE_WINDOW_SIZE = 5``)."""
+MIN_TRUE_PROB = 0.1
+"""Cases must give o_true more than this probability (the reference's ``target_prob_check``)."""
+FORCING_NOISE_SAMPLES = 1
+"""Fact forcing is judged under one noise draw, as the reference's row 0."""
 
 
 def rewrite_score(pre: float, post: float) -> float:
-    """How much of the way from ``pre`` to certainty an edit raised a probability."""
+    """How much of the way from ``pre`` to certainty an edit raised a probability,
+    ``max(0, (post - pre) / (1 - pre))`` (0 when it lowered it, as the reference)."""
     if pre >= 1.0:
         return 0.0
-    return (post - pre) / (1.0 - pre)
+    return max(0.0, (post - pre) / (1.0 - pre))
 
 
 def erasure_score(pre: float, post: float) -> float:
-    """How much of ``pre`` an edit took away, ``(pre - post) / pre``."""
+    """How much of ``pre`` an edit took away, ``max(0, (pre - post) / pre)``."""
     if pre <= 0.0:
         return 0.0
-    return (pre - post) / pre
+    return max(0.0, (pre - post) / pre)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -158,18 +197,32 @@ def _subject_variants(mt: models.ModelAndTokenizer, prompt: str, subject: str) -
     return [list(v) for v in dict.fromkeys(tuple(v) for v in variants) if v]
 
 
+def subject_occurrences(
+    input_ids: torch.Tensor, variants: Sequence[Sequence[int]]
+) -> list[list[tuple[int, int]]]:
+    """Per row, the ``(start, length)`` of every mention of any of the token sequences, left to
+    right (the longest variant wins where several start at one position)."""
+    by_length = sorted((list(v) for v in variants if v), key=len, reverse=True)
+    rows = []
+    for ids in input_ids.tolist():
+        found, position = [], 0
+        while position < len(ids):
+            match = next((v for v in by_length if ids[position : position + len(v)] == v), None)
+            if match is None:
+                position += 1
+                continue
+            found.append((position, len(match)))
+            position += len(match)
+        rows.append(found)
+    return rows
+
+
 def subject_mask(input_ids: torch.Tensor, variants: Sequence[Sequence[int]]) -> torch.Tensor:
     """``(batch, seq)``: the tokens of every occurrence of any of the token sequences."""
     mask = torch.zeros_like(input_ids, dtype=torch.bool)
-    for variant in variants:
-        length = len(variant)
-        if length > input_ids.shape[1]:
-            continue
-        pattern = torch.tensor(variant, device=input_ids.device)
-        windows = input_ids.unfold(1, length, 1)  # (batch, seq - length + 1, length)
-        starts = (windows == pattern).all(dim=-1)
-        for offset in range(length):
-            mask[:, offset : offset + starts.shape[1]] |= starts
+    for row, found in enumerate(subject_occurrences(input_ids, variants)):
+        for start, length in found:
+            mask[row, start : start + length] = True
     return mask
 
 
@@ -177,8 +230,11 @@ def subject_mask(input_ids: torch.Tensor, variants: Sequence[Sequence[int]]) -> 
 def noised_subject(
     mt: models.ModelAndTokenizer, prompt: str, subject: str, noise_scale: float, seed: int
 ) -> Iterator[Switch]:
-    """While active, every forward pass adds fresh ``noise_scale`` Gaussian noise (seeded) to
-    the embeddings of every occurrence of the subject's tokens (as in ``prompt``, or alone)."""
+    """While active, every forward pass adds ``noise_scale`` Gaussian noise to the embeddings of
+    every mention of the subject's tokens (as in ``prompt``, or alone): one fresh draw of
+    ``(mention length, hidden)`` per mention, rows and mentions in order, from one generator
+    seeded with ``seed``. Its first draw is :func:`forcing_noise`'s (the reference judges
+    forcing under the first draw of the stream the edit ran under)."""
     switch = Switch()
     variants = _subject_variants(mt, prompt, subject)
     generator = torch.Generator().manual_seed(seed)
@@ -186,13 +242,31 @@ def noised_subject(
     def noise(module: torch.nn.Module, inputs: Any, output: torch.Tensor) -> torch.Tensor | None:
         if not switch.active:
             return None
-        mask = subject_mask(inputs[0], variants).unsqueeze(-1)
-        draw = torch.randn(output.shape, generator=generator).to(output.device, output.dtype)
-        return output + noise_scale * draw * mask.to(output.dtype)
+        noised = output.clone()
+        for row, found in enumerate(subject_occurrences(inputs[0], variants)):
+            for start, length in found:
+                draw = torch.randn(length, output.shape[-1], generator=generator)
+                scaled = (noise_scale * draw.double()).to(output.device, output.dtype)
+                noised[row, start : start + length] = noised[row, start : start + length] + scaled
+        return noised
 
     embeddings: torch.nn.Module = mt.model.get_input_embeddings()
     with tracing.forward_hooks([(embeddings, noise)]):
         yield switch
+
+
+def forcing_noise(
+    mt: models.ModelAndTokenizer, token_range: tuple[int, int], settings: tracing.TraceSettings
+) -> torch.Tensor:
+    """The draw fact forcing is judged under, before and after the edit: the first
+    (:data:`FORCING_NOISE_SAMPLES`) of :func:`noised_subject`'s stream with ``settings.seed``."""
+    return tracing.subject_noise(
+        FORCING_NOISE_SAMPLES,
+        token_range[1] - token_range[0],
+        mt.hidden_size,
+        settings.noise_scale,
+        settings.seed,
+    )
 
 
 # ---------------------------------------------------------------------------------------------
@@ -240,14 +314,14 @@ class ProblemSetup(DataClassJsonMixin):
     target_true: str
     target_new: str
     target_noised: str
-    """The most likely first token under the noised subject, other than o_true's."""
+    """The most likely next token under the noised subject (mean over the trace's samples)."""
     target_true_first: str
     """o_true's first token as text (what erasure pushes down; the rest follows it)."""
     p_true: float
     p_new: float
     p_noised_target: float
     p_true_noised: float
-    """p(o_true | s_noise, r): the fact's probability with the subject noised."""
+    """p(o_true | s_noise, r) under :func:`forcing_noise`: where fact forcing starts."""
     trace: tracing.TraceResult
 
 
@@ -270,8 +344,8 @@ def setup_case(
         positions[:, -1] = True
         input_ids = torch.tensor([ids], device=mt.device).expand(noise.shape[0], -1)
         logits = models.logits_at(mt.model, {"input_ids": input_ids}, positions)
+    # The reference's o_noise is the plain argmax: it may be o_true's own token.
     noised = torch.softmax(logits.double(), dim=-1).mean(dim=0)
-    noised[trace.target_id] = -1.0
     target_noised = str(mt.tokenizer.decode([int(noised.argmax())])).strip()
     if not target_noised:
         raise errors.SampleError(
@@ -294,7 +368,9 @@ def setup_case(
         p_true=target_prob(mt, prompt, case.entity, case.target_true),
         p_new=target_prob(mt, prompt, case.entity, case.target_new),
         p_noised_target=target_prob(mt, prompt, case.entity, target_noised),
-        p_true_noised=target_prob(mt, prompt, case.entity, case.target_true, noise),
+        p_true_noised=target_prob(
+            mt, prompt, case.entity, case.target_true, forcing_noise(mt, token_range, settings)
+        ),
         trace=trace,
     )
 
@@ -302,7 +378,7 @@ def setup_case(
 def evaluation_noise(
     mt: models.ModelAndTokenizer, token_range: tuple[int, int], settings: tracing.TraceSettings
 ) -> torch.Tensor:
-    """The fixed noise samples problems are judged under (the trace's)."""
+    """The trace's fixed noise samples (what tracing reversal's o_noise is read under)."""
     return tracing.subject_noise(
         settings.num_samples,
         token_range[1] - token_range[0],
@@ -327,9 +403,27 @@ class ProblemResult(DataClassJsonMixin):
     post: float
     success: float
     tracing_effect: float
-    """Indirect effect of restoring the edited layer at the subject's last token."""
-    tracing_fraction: float | None
-    """``tracing_effect / (p_clean - p_corrupted)``; None if that difference is 0."""
+    """:func:`tracing_effect` at the central edited layer (the regressions' variable)."""
+    last_subject_effect: float
+    """The raw indirect effect at the edited layer and the subject's last token (ROME's view)."""
+
+
+def tracing_effect(trace: tracing.TraceResult, kind: str, window: int, layer: int) -> float:
+    """The reference's ``max_fraction_restored`` at ``layer``: over the tokens from the
+    subject's first to the last, the largest ``max(0, (p_restored - p_corrupted) /
+    |p_corrupted - p_clean|)``; 0 when noise does not change ``p`` (nothing to restore)."""
+    trace.effect_at(kind, window, layer)  # checks the kind, window and layer
+    corruption = abs(trace.corrupted_prob - trace.clean_prob)
+    if corruption == 0:
+        return 0.0
+    effects = trace.indirect_effects(kind, window)[trace.subject_range[0] :, layer]
+    return float(np.clip(effects / corruption, 0.0, None).max())
+
+
+def knows(setup: ProblemSetup) -> bool:
+    """Whether the model knows the case's fact: its top prediction is o_true's first token and
+    ``p(o_true) > MIN_TRUE_PROB`` (the reference's correctness filter)."""
+    return setup.trace.correct and setup.p_true > MIN_TRUE_PROB
 
 
 def edit_target(problem: str, setup: ProblemSetup) -> str:
@@ -363,8 +457,9 @@ def objective(
         with unlikelihood(mt, first) as switch:
             yield switch
     elif problem == "fact_forcing":
+        # One seed for every case, as the reference's RandomState(1) per case.
         with noised_subject(
-            mt, setup.prompt, setup.subject, settings.noise_scale, settings.seed + setup.case_id
+            mt, setup.prompt, setup.subject, settings.noise_scale, settings.seed
         ) as switch:
             yield switch
     else:
@@ -379,7 +474,7 @@ def measure(
     noise = None
     if problem == "fact_forcing":
         _, token_range = tracing.subject_token_range(mt.tokenizer, setup.prompt, setup.subject)
-        noise = evaluation_noise(mt, token_range, settings)
+        noise = forcing_noise(mt, token_range, settings)
     return target_prob(mt, setup.prompt, setup.subject, target, noise)
 
 
@@ -423,8 +518,6 @@ def edit_case(
         switch.active = False
         post = measure(mt, problem, setup, settings)
     pre = pre_probability(problem, setup)
-    effect = setup.trace.effect_at(trace_kind, trace_window, layer)
-    total = setup.trace.clean_prob - setup.trace.corrupted_prob
     return ProblemResult(
         case_id=case.case_id,
         problem=problem,
@@ -435,8 +528,8 @@ def edit_case(
         pre=pre,
         post=post,
         success=success(problem, pre, post),
-        tracing_effect=effect,
-        tracing_fraction=effect / total if total != 0 else None,
+        tracing_effect=tracing_effect(setup.trace, trace_kind, trace_window, layer),
+        last_subject_effect=setup.trace.effect_at(trace_kind, trace_window, layer),
     )
 
 
@@ -527,8 +620,13 @@ def run_problems(
                 continue
         setups[case.case_id] = setup_case(mt, case, settings)
         io.write_json(path, setups[case.case_id].to_dict(), indent=None)
-    correct = [case for case in cases if setups[case.case_id].trace.correct]
-    logger.info("%d of %d cases answered correctly; editing those", len(correct), len(cases))
+    correct = [case for case in cases if knows(setups[case.case_id])]
+    logger.info(
+        "%d of %d cases answered correctly with p(o_true) > %s; editing those",
+        len(correct),
+        len(cases),
+        MIN_TRUE_PROB,
+    )
 
     results = []
     for layer in layers:
@@ -609,19 +707,22 @@ class Regressions(DataClassJsonMixin):
 
 
 def regress(results: Sequence[ProblemResult]) -> Regressions:
-    """Regress success on the tracing effect, on the layer (categorical), and on both."""
+    """Regress success on the tracing effect, on the layer (categorical), and on both with
+    their interaction."""
     problems = {result.problem for result in results}
     if len(problems) != 1:
         raise errors.UsageError(f"regress one problem at a time, got {sorted(problems)}")
     y = np.array([result.success for result in results])
     effect = np.array([[result.tracing_effect] for result in results])
     layers = layer_indicators([result.layer for result in results])
+    # The reference's full model: score ~ factor(layer) * tracing, interactions included.
+    both = np.column_stack([effect, layers, layers * effect])
     return Regressions(
         problem=problems.pop(),
         num_edits=len(results),
         tracing=r_squared(y, effect),
         layer=r_squared(y, layers),
-        both=r_squared(y, np.column_stack([effect, layers])),
+        both=r_squared(y, both),
     )
 
 
@@ -644,7 +745,11 @@ def analyze(results: Sequence[ProblemResult], title: str = "") -> tuple[Table, T
             )
             for reg in regressions
         ],
-        notes=["Least squares with an intercept; the layer enters as a categorical variable."],
+        notes=[
+            "Least squares with an intercept; the layer enters as a categorical variable; "
+            "'Both' includes the layer x tracing interaction. Tracing effect: the max fraction "
+            "restored at the edit layer over the tokens from the subject on."
+        ],
         digits=3,
     )
     layers = sorted({result.layer for result in results})
@@ -662,7 +767,8 @@ def analyze(results: Sequence[ProblemResult], title: str = "") -> tuple[Table, T
             for problem in ordered
         ],
         notes=[
-            "Rewrite score (p_post - p_pre) / (1 - p_pre); erasure score (p_pre - p_post) / p_pre."
+            "Rewrite score max(0, (p_post - p_pre) / (1 - p_pre)); erasure score "
+            "max(0, (p_pre - p_post) / p_pre)."
         ],
         digits=3,
     )
