@@ -9,8 +9,8 @@ import torch
 
 from remedi import errors, evaluation, models, tracing
 from remedi.evaluation import problems
-from remedi.evaluation.weight_methods import FtMethod
-from remedi.methods import ft
+from remedi.evaluation.weight_methods import FtMethod, MemitMethod
+from remedi.methods import ft, memit
 from tests.conftest import tiny_gpt2
 
 PROMPT = "Mira Talovan lives in the city of"
@@ -257,3 +257,27 @@ def test_problems_refuse_bad_input(mt, tmp_path):
             0,
             [0],  # type: ignore[arg-type]
         )
+
+
+def test_memit_runs_the_problems_and_restores_the_weights(mt):
+    settings = tracing.TraceSettings(noise_scale=0.5, num_samples=2, kinds=["mlp"], windows=[1])
+    setup = problems.setup_case(mt, case(), settings, require_correct=False)
+    # C = I (no statistics): the problems' machinery is what is checked here, not MEMIT's maths.
+    hparams = memit.MemitHparams(
+        layers=[0, 1],
+        v_num_grad_steps=10,
+        clamp_norm_factor=4.0,
+        mom2_adjustment=False,
+        context_template_lengths=[],
+    )
+    before = {name: p.detach().clone() for name, p in mt.model.named_parameters()}
+    hooks = hook_count(mt.model)
+    for problem in ("error_injection", "fact_forcing"):
+        method = MemitMethod(mt, hparams, {})
+        outcome = problems.edit_case(
+            mt, method, problem, case(), setup, settings, 1, [0, 1], "mlp", 1
+        )
+        assert outcome.post > outcome.pre, problem
+        for name, parameter in mt.model.named_parameters():
+            assert torch.equal(parameter, before[name]), (problem, name)
+        assert hook_count(mt.model) == hooks
