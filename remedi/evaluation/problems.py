@@ -20,7 +20,8 @@ problem                the edit's objective                            success
 - Targets (``experiments/evaluate.py``, ``main``: the ``request_baseline``/``target_new`` block):
   error injection keeps CounterFact's o_new; tracing reversal takes the argmax of the
   last-position distribution averaged over the noise samples
-  (``experiments/causal_trace.py``, ``corrupted_forward_pass``), o_true's token not excluded;
+  (``experiments/causal_trace.py``, ``corrupted_forward_pass``), o_true's token not excluded
+  (a later revision of ``evaluate.py`` generates up to 12 tokens under one draw instead);
   erasure, amplification and forcing set the target to o_true.
 - Success (``experiments/evaluate.py``, ``make_editing_results_df``): ``p`` is the probability
   of the whole target after the rewrite prompt (the product over its tokens,
