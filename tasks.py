@@ -1075,6 +1075,80 @@ def sweep_cls_biosbias(
     _collect_sweep(c, "cls_biosbias", name, swept, f"Bias in Bios entity layer sweep, {model}")
 
 
+# ---------------------------------------------------------------------------------------
+# Causal tracing and the editing problems of Hase et al. (x.trace.*, x.edit.*).
+
+
+@task(
+    help={
+        "model": f"Model name or alias (default {DEFAULT_MODEL}; 'toy' for the offline default).",
+        "window_sizes": "Windows of restored layers, space-separated (default '10 5 3 1').",
+        "n": "Trace the first N cases (default 2000).",
+        "device": "Device, e.g. cuda or cpu (default: cuda if available).",
+        "rerun": "Retrace cases already traced with the same settings.",
+    }
+)
+def trace_counterfact(
+    c: Context,
+    model: str = DEFAULT_MODEL,
+    window_sizes: str = "10 5 3 1",
+    n: int = 2000,
+    device: str | None = None,
+    rerun: bool = False,
+) -> None:
+    """Causal tracing of CounterFact facts: per-case JSON and average heatmaps."""
+    args = ["-m", model, "-n", str(n), "--window-sizes", *window_sizes.split()]
+    args += _toy_dataset_args(model)
+    if device:
+        args += ["--device", device]
+    if rerun:
+        args.append("--rerun")
+    _python(c, "scripts.trace_counterfact", args)
+
+
+@task(
+    help={
+        "model": f"Model name or alias (default {DEFAULT_MODEL}; 'toy' for the offline default).",
+        "method": "Registered weight-editing method: rome, memit, ft or ft5 (default rome).",
+        "edit_layer": "Central edit layer N, or 'all' (default).",
+        "n": "Edit the first N cases (default 1000; those the model answers correctly).",
+        "device": "Device, e.g. cuda or cpu (default: cuda if available).",
+        "rerun": "Recompute finished edits.",
+    }
+)
+def edit_problems(
+    c: Context,
+    model: str = DEFAULT_MODEL,
+    method: str = "rome",
+    edit_layer: str = "all",
+    n: int = 1000,
+    device: str | None = None,
+    rerun: bool = False,
+) -> None:
+    """The five editing problems (Hase et al.) for one method, at each layer."""
+    args = ["-m", model, "--method", method, "--edit-layer", edit_layer, "-n", str(n)]
+    args += _toy_dataset_args(model)
+    if device:
+        args += ["--device", device]
+    if rerun:
+        args.append("--rerun")
+    _python(c, "scripts.edit_problems", args)
+
+
+@task(
+    help={
+        "model": f"Model name or alias (default {DEFAULT_MODEL}).",
+        "methods": "Comma-separated methods (default: every one with results).",
+    }
+)
+def edit_analysis(c: Context, model: str = DEFAULT_MODEL, methods: str | None = None) -> None:
+    """R^2 of edit success on the tracing effect and on the edit layer, table and plot."""
+    args = ["-m", model]
+    if methods:
+        args += ["--methods", *[name for name in methods.split(",") if name]]
+    _python(c, "scripts.edit_analysis", args)
+
+
 toy = Collection("toy")
 toy.add_task(toy_build, name="build", default=True)
 
@@ -1118,6 +1192,13 @@ x.add_collection(train)
 x.add_collection(evaluate)
 x.add_collection(sweep)
 x.add_task(quickstart)
+trace_collection = Collection("trace")
+trace_collection.add_task(trace_counterfact, name="counterfact")
+x.add_collection(trace_collection)
+edit_collection = Collection("edit")
+edit_collection.add_task(edit_problems, name="problems")
+edit_collection.add_task(edit_analysis, name="analysis")
+x.add_collection(edit_collection)
 
 presubmit_collection = Collection("presubmit")
 presubmit_collection.add_task(presubmit, name="all", default=True)

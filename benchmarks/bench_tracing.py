@@ -1,0 +1,102 @@
+"""Causal tracing speed: seconds per traced case (every kind and window), peak memory.
+
+    python -m benchmarks.bench_tracing                                   # toy model, CPU
+    python -m benchmarks.bench_tracing --model gptj-random --device cuda  # GPT-J shape, bf16
+    python -m benchmarks.bench_tracing --model gptj-tiny-random --cases 2  # smoke
+
+Each case is traced for the residual stream, MLP and attention outputs with ``--windows``
+(default 10 5 3 1) and 10 noise samples: (tokens x layers) restorations per kind and window,
+batched ``--max-batch-rows`` rows per forward pass. Toy models trace the toy world's CounterFact
+rewrite prompts (built if absent); the random GPT-J models trace synthetic prompts.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from collections.abc import Sequence
+from pathlib import Path
+
+import torch
+
+from benchmarks.common import peak_memory_bytes, random_gptj, synthetic_samples
+from remedi import data, evaluation, models, tracing
+
+
+def _prompts(model: str, count: int) -> list[tuple[int, str, str, str]]:
+    if model.startswith("toy"):
+        from remedi.toy.build import ensure_toy_world
+
+        records = data.load_counterfact_records(ensure_toy_world(model).counterfact_file)
+        cases = evaluation.counterfact_cases(records, prompt_source="rewrite")[:count]
+        return [(c.case_id, c.rewrite_prompt, c.entity, c.target_true) for c in cases]
+    samples = synthetic_samples(count)
+    return [
+        (index, s["prompt"], s["entity"], s["target_unmediated"]) for index, s in enumerate(samples)
+    ]
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description="causal tracing speed")
+    parser.add_argument(
+        "--model", default="toy", help="toy, toy-small, gptj-random or gptj-tiny-random"
+    )
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--cases", type=int, default=8, help="cases to trace")
+    parser.add_argument("--windows", type=int, nargs="+", default=list(tracing.DEFAULT_WINDOWS))
+    parser.add_argument("--max-batch-rows", type=int, default=tracing.DEFAULT_MAX_BATCH_ROWS)
+    parser.add_argument("--output", type=Path, help="also write the figures as JSON here")
+    args = parser.parse_args(argv)
+
+    device = torch.device(args.device)
+    if args.model.startswith("gptj"):
+        mt = random_gptj(args.device, tiny=args.model == "gptj-tiny-random")
+    else:
+        mt = models.load_model(args.model, device=device)
+    prompts = _prompts(args.model, args.cases)
+    settings = tracing.TraceSettings(
+        noise_scale=tracing.noise_scale_for(mt, [subject for _, _, subject, _ in prompts]),
+        windows=args.windows,
+    )
+    tracing.trace_prompt(mt, *prompts[0][1:], settings, require_correct=False)  # warm up
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    start = time.perf_counter()
+    tokens = 0
+    for case_id, prompt, subject, target in prompts:
+        result = tracing.trace_prompt(
+            mt,
+            prompt,
+            subject,
+            target,
+            settings,
+            case_id,
+            require_correct=False,
+            max_batch_rows=args.max_batch_rows,
+        )
+        tokens += len(result.tokens)
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    seconds = time.perf_counter() - start
+    figures = {
+        "model": mt.name,
+        "device": str(device),
+        "cases": len(prompts),
+        "layers": mt.num_layers,
+        "mean_tokens": tokens / len(prompts),
+        "kinds x windows": len(settings.kinds) * len(settings.windows),
+        "seconds_per_case": seconds / len(prompts),
+        "peak_memory_mib": peak_memory_bytes(device) / 2**20,
+    }
+    width = max(len(key) for key in figures)
+    for key, value in figures.items():
+        print(f"{key:<{width}}  {value}")
+    if args.output:
+        args.output.write_text(json.dumps(figures, indent=2) + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,574 @@
+"""Causal tracing (Meng et al. 2022, ROME): which hidden states carry a fact to the output.
+
+For a prompt that mentions a subject and a target the model predicts:
+
+1. the clean run records every layer's residual stream (decoder block output), MLP output and
+   attention output at every token;
+2. the corrupted runs add Gaussian noise to the subject's token embeddings, ``noise_scale``
+   (ROME: 3 x the standard deviation of subject token embeddings over the dataset, see
+   :func:`noise_scale_for`) times a fixed standard normal draw per noise sample (ROME: 10);
+3. a restored run is a corrupted run in which the clean state of one module kind is put back
+   at one token, at the layers of a window around one layer (ROME's ``trace_important_window``:
+   ``[layer - window // 2, layer + ceil(window / 2))`` clipped to the model);
+4. the indirect effect of that (token, layer) is ``p(target | restored) - p(target | corrupted)``,
+   each averaged over the noise samples, ``p`` being the probability of the target's first token
+   at the prompt's last position.
+
+All restorations of a case share the same noise, and run batched: (restorations x noise samples)
+rows per forward pass, so a case costs a few passes, not one per (token, layer). Every hook is
+registered inside a context manager that removes it on exit, also when the forward pass raises.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import math
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import transformers
+from dataclasses_json import DataClassJsonMixin
+from tqdm.auto import tqdm
+
+from remedi import errors, io, models, precompute
+from remedi.methods import common
+
+logger = logging.getLogger(__name__)
+
+KINDS = ("residual", "mlp", "attn")
+"""What a restoration puts back: the decoder block's output, its MLP's or its attention's."""
+NOISE_FACTOR = 3.0
+"""ROME's noise level, in standard deviations of subject token embeddings."""
+DEFAULT_NUM_SAMPLES = 10
+DEFAULT_WINDOWS = (10, 5, 3, 1)
+DEFAULT_SEED = 1
+DEFAULT_MAX_BATCH_ROWS = 512
+ATTENTION_NAMES = ("attn", "self_attn", "attention", "self_attention")
+"""Names of the attention submodule of a decoder block across families."""
+TOKEN_CATEGORIES = (
+    "first subject token",
+    "middle subject tokens",
+    "last subject token",
+    "first subsequent token",
+    "further tokens",
+    "last token",
+)
+"""Rows of ROME's average heatmaps: each prompt token falls in one."""
+
+Hook = Callable[[torch.nn.Module, Any, Any], Any]
+
+
+@dataclass
+class TraceSettings(DataClassJsonMixin):
+    """How a case was traced; a saved result is reused only under equal settings."""
+
+    noise_scale: float
+    num_samples: int = DEFAULT_NUM_SAMPLES
+    kinds: list[str] = field(default_factory=lambda: list(KINDS))
+    windows: list[int] = field(default_factory=lambda: list(DEFAULT_WINDOWS))
+    seed: int = DEFAULT_SEED
+
+    def __post_init__(self) -> None:
+        unknown = [kind for kind in self.kinds if kind not in KINDS]
+        if unknown:
+            raise errors.UsageError(f"unknown trace kinds {unknown}; choose from {list(KINDS)}")
+        if not self.windows or any(window < 1 for window in self.windows):
+            raise errors.UsageError(f"window sizes must be positive integers, got {self.windows}")
+        if self.num_samples < 1:
+            raise errors.UsageError(f"num_samples must be at least 1, got {self.num_samples}")
+        if not self.noise_scale > 0:
+            raise errors.UsageError(f"noise_scale must be positive, got {self.noise_scale}")
+
+
+def score_key(kind: str, window: int) -> str:
+    """The key of one (kind, window) grid in :attr:`TraceResult.scores`, e.g. ``mlp/10``."""
+    return f"{kind}/{window}"
+
+
+@dataclass
+class TraceResult(DataClassJsonMixin):
+    """One traced prompt. ``scores[score_key(kind, window)][token][layer]`` is
+    ``p(target | corrupted, restored at that token and window)``; empty if not ``correct``."""
+
+    case_id: int
+    prompt: str
+    subject: str
+    target: str
+    tokens: list[str]
+    subject_range: list[int]
+    """``[start, end)`` token positions of the subject (its last mention)."""
+    target_id: int
+    predicted_id: int
+    clean_prob: float
+    corrupted_prob: float
+    correct: bool
+    """Whether the clean model's top prediction is the target's first token (ROME's filter)."""
+    settings: TraceSettings
+    scores: dict[str, list[list[float]]] = field(default_factory=dict)
+
+    def indirect_effects(self, kind: str, window: int) -> np.ndarray:
+        """``(tokens, layers)`` indirect effects: restored minus corrupted probability."""
+        key = score_key(kind, window)
+        if key not in self.scores:
+            raise errors.UsageError(
+                f"case {self.case_id} was not traced for {kind} with window {window} "
+                f"(has: {sorted(self.scores) or 'nothing: the model did not answer correctly'})"
+            )
+        return np.asarray(self.scores[key], dtype=np.float64) - self.corrupted_prob
+
+    def effect_at(self, kind: str, window: int, layer: int, token: int | None = None) -> float:
+        """The indirect effect at ``layer`` and ``token`` (default: the last subject token)."""
+        effects = self.indirect_effects(kind, window)
+        if not 0 <= layer < effects.shape[1]:
+            raise errors.UsageError(
+                f"layer {layer} is out of range: the traced model has {effects.shape[1]} layers"
+            )
+        position = self.subject_range[1] - 1 if token is None else token
+        return float(effects[position, layer])
+
+
+# ---------------------------------------------------------------------------------------------
+# Where things are.
+
+
+def layer_window(layer: int, window: int, num_layers: int) -> list[int]:
+    """ROME's window of ``window`` layers around ``layer``, clipped to ``[0, num_layers)``."""
+    if not 0 <= layer < num_layers:
+        raise errors.UsageError(f"layer {layer} is out of range for a model of {num_layers} layers")
+    return list(range(max(0, layer - window // 2), min(num_layers, layer - (-window // 2))))
+
+
+def module_of(model: torch.nn.Module | models.ModelAndTokenizer, kind: str, layer: int) -> Any:
+    """The module whose output a restoration of ``kind`` at ``layer`` puts back."""
+    module = models.unwrap_model(model)
+    block = models.resolve_layer(module, layer)
+    if kind == "residual":
+        return block
+    if kind == "mlp":
+        projection = models.determine_mlp_output(module, layer)
+        return module.get_submodule(projection.module_path.rsplit(".", 1)[0])
+    if kind == "attn":
+        for name in ATTENTION_NAMES:
+            if isinstance(getattr(block, name, None), torch.nn.Module):
+                return getattr(block, name)
+        raise models.UnsupportedModelError(
+            f"no attention submodule named one of {ATTENTION_NAMES} in {type(block).__name__}; "
+            "add its name to remedi.tracing.ATTENTION_NAMES"
+        )
+    raise errors.UsageError(f"unknown trace kind {kind!r}; choose from {list(KINDS)}")
+
+
+def subject_token_range(
+    tokenizer: transformers.PreTrainedTokenizerBase, prompt: str, subject: str
+) -> tuple[list[int], tuple[int, int]]:
+    """The prompt's token ids and the ``[start, end)`` token range of the subject's last mention.
+
+    Raises:
+        errors.SampleError: The subject does not occur in the prompt.
+    """
+    encoded = tokenizer(prompt, return_offsets_mapping=True)
+    ids = list(encoded["input_ids"])
+    spans = precompute.find_char_spans([prompt], [subject])
+    offsets = torch.tensor(encoded["offset_mapping"]).unsqueeze(0)
+    ranges = precompute.token_ranges_from_char_spans(
+        spans, offsets, torch.ones(1, len(ids), dtype=torch.long), [prompt]
+    )
+    return ids, (int(ranges[0, 0]), int(ranges[0, 1]))
+
+
+def _output_tensor(output: Any) -> torch.Tensor:
+    hidden = output[0] if isinstance(output, tuple) else output
+    if not isinstance(hidden, torch.Tensor):
+        raise TypeError(f"expected a module to output a tensor, got {type(hidden)}")
+    return hidden
+
+
+def _with_output_tensor(output: Any, hidden: torch.Tensor) -> Any:
+    return (hidden, *output[1:]) if isinstance(output, tuple) else hidden
+
+
+@contextlib.contextmanager
+def forward_hooks(hooks: Sequence[tuple[torch.nn.Module, Hook]]) -> Iterator[None]:
+    """Register forward hooks for the body; remove every one on exit, also on error."""
+    handles = []
+    try:
+        for module, hook in hooks:
+            handles.append(module.register_forward_hook(hook))
+        yield
+    finally:
+        for handle in handles:
+            handle.remove()
+
+
+# ---------------------------------------------------------------------------------------------
+# Noise.
+
+
+def embedding_std(mt: models.ModelAndTokenizer, subjects: Sequence[str]) -> float:
+    """Standard deviation of all entries of the subjects' token embeddings (ROME's
+    ``collect_embedding_std``; special tokens excluded)."""
+    ids = [
+        token_id
+        for subject in dict.fromkeys(subjects)
+        for token_id in mt.tokenizer(subject, add_special_tokens=False)["input_ids"]
+    ]
+    if not ids:
+        raise errors.UsageError("no subject tokens to measure the embeddings' spread on")
+    embeddings = mt.model.get_input_embeddings()
+    with torch.no_grad():
+        vectors = embeddings(torch.tensor(ids, device=mt.device))
+    return float(vectors.double().std())
+
+
+def noise_scale_for(
+    mt: models.ModelAndTokenizer, subjects: Sequence[str], factor: float = NOISE_FACTOR
+) -> float:
+    """ROME's noise level: ``factor`` (3) times :func:`embedding_std` of the subjects."""
+    return factor * embedding_std(mt, subjects)
+
+
+def subject_noise(
+    num_samples: int, num_tokens: int, hidden_size: int, scale: float, seed: int
+) -> torch.Tensor:
+    """``scale`` times a seeded standard normal draw, ``(num_samples, num_tokens, hidden)``,
+    float64 (the same for every restoration of a case, as ROME)."""
+    generator = torch.Generator().manual_seed(seed)
+    draw = torch.randn(num_samples, num_tokens, hidden_size, generator=generator)
+    return scale * draw.double()
+
+
+@contextlib.contextmanager
+def noised_embeddings(
+    model: torch.nn.Module | models.ModelAndTokenizer,
+    token_range: tuple[int, int],
+    noise: torch.Tensor,
+) -> Iterator[None]:
+    """Add ``noise`` (``(samples, range length, hidden)``) to the token embeddings in
+    ``token_range`` on every forward pass in the body. A batch of ``k * samples`` rows gets
+    sample ``i % samples`` in row ``i``."""
+    module = models.unwrap_model(model)
+    start, end = token_range
+    if noise.shape[1] != end - start:
+        raise ValueError(
+            f"noise covers {noise.shape[1]} tokens but the range {token_range} has {end - start}"
+        )
+
+    def add(embedding: torch.nn.Module, inputs: Any, output: torch.Tensor) -> torch.Tensor:
+        rows = output.shape[0]
+        if rows % noise.shape[0] != 0:
+            raise ValueError(
+                f"a batch of {rows} rows is not a multiple of {noise.shape[0]} noise samples"
+            )
+        repeated = noise.to(output.device, output.dtype).repeat(rows // noise.shape[0], 1, 1)
+        noised = output.clone()
+        noised[:, start:end] = noised[:, start:end] + repeated
+        return noised
+
+    embeddings: torch.nn.Module = module.get_input_embeddings()  # type: ignore[operator]
+    with forward_hooks([(embeddings, add)]):
+        yield
+
+
+# ---------------------------------------------------------------------------------------------
+# The runs.
+
+
+def clean_states(
+    mt: models.ModelAndTokenizer, input_ids: torch.Tensor, kinds: Sequence[str]
+) -> tuple[torch.Tensor, dict[tuple[str, int], torch.Tensor]]:
+    """One clean run of a ``(1, seq)`` prompt: the next-token probabilities at its last
+    position (vocab,), and each kind's output ``(seq, hidden)`` at every layer."""
+    states: dict[tuple[str, int], torch.Tensor] = {}
+    hooks: list[tuple[torch.nn.Module, Hook]] = []
+    for kind in kinds:
+        for layer in range(mt.num_layers):
+
+            def record(
+                module: torch.nn.Module,
+                inputs: Any,
+                output: Any,
+                key: tuple[str, int] = (kind, layer),
+            ) -> None:
+                states[key] = _output_tensor(output)[0].detach()
+
+            hooks.append((module_of(mt, kind, layer), record))
+    with torch.no_grad(), forward_hooks(hooks):
+        probs = _last_token_probs(mt, input_ids)
+    return probs[0], states
+
+
+def _last_token_probs(mt: models.ModelAndTokenizer, input_ids: torch.Tensor) -> torch.Tensor:
+    positions = torch.zeros_like(input_ids, dtype=torch.bool)
+    positions[:, -1] = True
+    logits = models.logits_at(mt.model, {"input_ids": input_ids}, positions)
+    return torch.softmax(logits.double(), dim=-1)
+
+
+def restored_probs(
+    mt: models.ModelAndTokenizer,
+    input_ids: torch.Tensor,
+    target_id: int,
+    token_range: tuple[int, int],
+    noise: torch.Tensor,
+    kind: str,
+    restore: torch.Tensor,
+    states: dict[tuple[str, int], torch.Tensor],
+    max_batch_rows: int = DEFAULT_MAX_BATCH_ROWS,
+) -> torch.Tensor:
+    """``p(target)`` averaged over the noise samples, for each restoration, float64 (configs,).
+
+    ``restore`` is a boolean ``(configs, layers, seq)`` mask: configuration ``c`` puts back the
+    clean output of ``kind`` at every ``(layer, token)`` it marks (none: the corrupted run).
+    Configurations run ``max_batch_rows // samples`` at a time, each with every noise sample.
+    """
+    num_samples = noise.shape[0]
+    per_pass = max(1, max_batch_rows // num_samples)
+    layers = [layer for layer in range(restore.shape[1]) if bool(restore[:, layer].any())]
+    results = []
+    for start in range(0, restore.shape[0], per_pass):
+        chunk = restore[start : start + per_pass].to(mt.device)
+        row_masks = chunk.repeat_interleave(num_samples, dim=0)  # (rows, layers, seq)
+        hooks: list[tuple[torch.nn.Module, Hook]] = []
+        for layer in layers:
+
+            def put_back(
+                module: torch.nn.Module,
+                inputs: Any,
+                output: Any,
+                mask: torch.Tensor = row_masks[:, layer],
+                clean: torch.Tensor = states[(kind, layer)],
+            ) -> Any:
+                hidden = _output_tensor(output)
+                restored = torch.where(mask.unsqueeze(-1), clean.to(hidden).unsqueeze(0), hidden)
+                return _with_output_tensor(output, restored)
+
+            hooks.append((module_of(mt, kind, layer), put_back))
+        batch_ids = input_ids.to(mt.device).expand(row_masks.shape[0], -1)
+        with (
+            torch.no_grad(),
+            noised_embeddings(mt, token_range, noise),
+            forward_hooks(hooks),
+        ):
+            probs = _last_token_probs(mt, batch_ids)[:, target_id]
+        results.append(probs.view(chunk.shape[0], num_samples).mean(dim=1).cpu())
+    return torch.cat(results)
+
+
+def restoration_masks(num_layers: int, seq_len: int, window: int) -> torch.Tensor:
+    """``(seq * layers, layers, seq)``: configuration ``token * layers + layer`` restores the
+    window around ``layer`` at ``token``."""
+    masks = torch.zeros(seq_len * num_layers, num_layers, seq_len, dtype=torch.bool)
+    for token in range(seq_len):
+        for layer in range(num_layers):
+            masks[token * num_layers + layer, layer_window(layer, window, num_layers), token] = True
+    return masks
+
+
+def trace_prompt(
+    mt: models.ModelAndTokenizer,
+    prompt: str,
+    subject: str,
+    target: str,
+    settings: TraceSettings,
+    case_id: int = 0,
+    require_correct: bool = True,
+    max_batch_rows: int = DEFAULT_MAX_BATCH_ROWS,
+) -> TraceResult:
+    """Trace one prompt for every kind and window of ``settings``.
+
+    With ``require_correct`` (ROME's filter), a prompt whose top prediction is not the target's
+    first token is returned with ``correct=False`` and no scores, after one clean pass.
+
+    Raises:
+        errors.SampleError: The subject does not occur in the prompt, or the target cannot be
+            told apart from the prompt's tokens.
+    """
+    ids, token_range = subject_token_range(mt.tokenizer, prompt, subject)
+    target_id = common.target_token_ids(mt.tokenizer, prompt, target)[0]
+    input_ids = torch.tensor([ids], device=mt.device)
+    clean, states = clean_states(mt, input_ids, settings.kinds)
+    predicted_id = int(clean.argmax())
+    noise = subject_noise(
+        settings.num_samples,
+        token_range[1] - token_range[0],
+        mt.hidden_size,
+        settings.noise_scale,
+        settings.seed,
+    )
+    num_layers, seq_len = mt.num_layers, len(ids)
+    nothing = torch.zeros(1, num_layers, seq_len, dtype=torch.bool)
+    corrupted = restored_probs(
+        mt, input_ids, target_id, token_range, noise, "residual", nothing, states, max_batch_rows
+    )
+    result = TraceResult(
+        case_id=case_id,
+        prompt=prompt,
+        subject=subject,
+        target=target,
+        tokens=[str(mt.tokenizer.decode([token])) for token in ids],
+        subject_range=list(token_range),
+        target_id=target_id,
+        predicted_id=predicted_id,
+        clean_prob=float(clean[target_id]),
+        corrupted_prob=float(corrupted[0]),
+        correct=predicted_id == target_id,
+        settings=settings,
+    )
+    if require_correct and not result.correct:
+        return result
+    for kind in settings.kinds:
+        for window in settings.windows:
+            masks = restoration_masks(num_layers, seq_len, window)
+            probs = restored_probs(
+                mt, input_ids, target_id, token_range, noise, kind, masks, states, max_batch_rows
+            )
+            result.scores[score_key(kind, window)] = probs.view(seq_len, num_layers).tolist()
+    return result
+
+
+def trace_cases(
+    mt: models.ModelAndTokenizer,
+    cases: Sequence[tuple[int, str, str, str]],
+    settings: TraceSettings,
+    directory: Path,
+    rerun: bool = False,
+    max_batch_rows: int = DEFAULT_MAX_BATCH_ROWS,
+) -> list[TraceResult]:
+    """Trace ``(case_id, prompt, subject, target)`` cases, each saved as
+    ``directory/<case_id>.json``; a case already saved with equal settings is read back, not
+    recomputed (unless ``rerun``)."""
+    results = []
+    reused = 0
+    for case_id, prompt, subject, target in tqdm(cases, desc="tracing"):
+        path = Path(directory) / f"{case_id}.json"
+        if path.is_file() and not rerun:
+            saved = TraceResult.from_dict(io.read_json(path, "trace result"))
+            if saved.settings == settings:
+                results.append(saved)
+                reused += 1
+                continue
+        result = trace_prompt(
+            mt, prompt, subject, target, settings, case_id, max_batch_rows=max_batch_rows
+        )
+        io.write_json(path, result.to_dict(), indent=None)
+        results.append(result)
+    if reused:
+        logger.info("reused %d traced cases from %s", reused, directory)
+    return results
+
+
+# ---------------------------------------------------------------------------------------------
+# Averages and heatmaps.
+
+
+def token_categories(subject_range: Sequence[int], seq_len: int) -> list[int]:
+    """The index in :data:`TOKEN_CATEGORIES` of each token (the last token wins over the
+    subsequent-token rows; a one-token subject is its own last token)."""
+    start, end = subject_range
+    categories = []
+    for position in range(seq_len):
+        if start <= position < end:
+            if position == end - 1:
+                categories.append(2)
+            elif position == start:
+                categories.append(0)
+            else:
+                categories.append(1)
+        elif position == seq_len - 1:
+            categories.append(5)
+        elif position == end:
+            categories.append(3)
+        else:
+            categories.append(4)
+    return categories
+
+
+@dataclass
+class AverageTrace(DataClassJsonMixin):
+    """The mean indirect effect per token category and layer over the correct cases."""
+
+    kind: str
+    window: int
+    num_cases: int
+    categories: list[str]
+    effects: list[list[float | None]]
+    """``(categories, layers)``; None where no case has a token of that category."""
+    clean_prob: float
+    corrupted_prob: float
+
+
+def average_trace(results: Sequence[TraceResult], kind: str, window: int) -> AverageTrace:
+    """Average the indirect effects of the ``correct`` results in ROME's token categories
+    (each case first averages its tokens within a category, then cases are averaged)."""
+    correct = [result for result in results if result.correct]
+    if not correct:
+        raise errors.UsageError("no correctly answered case to average; trace more cases")
+    num_layers = len(correct[0].scores[score_key(kind, window)][0])
+    totals = np.zeros((len(TOKEN_CATEGORIES), num_layers))
+    counts = np.zeros(len(TOKEN_CATEGORIES))
+    for result in correct:
+        effects = result.indirect_effects(kind, window)
+        categories = np.asarray(token_categories(result.subject_range, effects.shape[0]))
+        for category in range(len(TOKEN_CATEGORIES)):
+            rows = effects[categories == category]
+            if len(rows):
+                totals[category] += rows.mean(axis=0)
+                counts[category] += 1
+    effects_table: list[list[float | None]] = [
+        (totals[c] / counts[c]).tolist() if counts[c] else [None] * num_layers
+        for c in range(len(TOKEN_CATEGORIES))
+    ]
+    return AverageTrace(
+        kind=kind,
+        window=window,
+        num_cases=len(correct),
+        categories=list(TOKEN_CATEGORIES),
+        effects=effects_table,
+        clean_prob=float(np.mean([r.clean_prob for r in correct])),
+        corrupted_prob=float(np.mean([r.corrupted_prob for r in correct])),
+    )
+
+
+KIND_COLORMAPS = {"residual": "Purples", "mlp": "Greens", "attn": "Reds"}
+KIND_LABELS = {"residual": "residual stream", "mlp": "MLP output", "attn": "attention output"}
+
+
+def plot_average_trace(average: AverageTrace, path: Path, title: str = "") -> Path:
+    """ROME's average heatmap: token categories down, layers across, indirect effect in color."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    values = np.array(
+        [[math.nan if v is None else v for v in row] for row in average.effects], dtype=float
+    )
+    figure, axes = plt.subplots(figsize=(max(3.5, 0.25 * values.shape[1] + 2.5), 2.4), dpi=150)
+    image = axes.pcolormesh(values, cmap=KIND_COLORMAPS.get(average.kind, "Purples"))
+    axes.invert_yaxis()
+    axes.set_yticks([0.5 + i for i in range(len(average.categories))])
+    axes.set_yticklabels(average.categories, fontsize=7)
+    step = max(1, values.shape[1] // 8)
+    axes.set_xticks([0.5 + i for i in range(0, values.shape[1], step)])
+    axes.set_xticklabels([str(i) for i in range(0, values.shape[1], step)], fontsize=7)
+    label = KIND_LABELS.get(average.kind, average.kind)
+    axes.set_xlabel(f"layer of restored {label} (window {average.window})", fontsize=8)
+    axes.set_title(title or f"Average indirect effect, {average.num_cases} cases", fontsize=8)
+    colorbar = figure.colorbar(image, ax=axes)
+    colorbar.ax.tick_params(labelsize=7)
+    colorbar.set_label("indirect effect on p(target)", fontsize=7)
+    figure.tight_layout()
+
+    def save(tmp: Path) -> None:
+        figure.savefig(tmp, format="png")
+
+    try:
+        io.atomic_write(path, save)
+    finally:
+        plt.close(figure)
+    return path

@@ -1,0 +1,68 @@
+"""Does localization inform editing? Regress edit success on the tracing effect and the layer.
+
+    python -m scripts.edit_analysis -m gpt2-xl --methods rome ft
+
+reads the results of ``scripts.edit_problems`` (``results/edit_problems_<model>_<method>``) and
+writes, per method and for all methods together, the R^2 of edit success on the tracing effect,
+on the edit layer, and on both (``r2_<method>.{md,tex,json,png}``), and the mean success by layer
+(``success_by_layer_<method>.*``), under ``results/NAME`` (default ``edit_analysis_<model>``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Sequence
+
+from remedi import cli, env, errors
+from remedi.evaluation import problems, tables
+
+
+def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description="R^2 of edit success: tracing vs. layer")
+    cli.add_arguments(parser)
+    parser.add_argument("-m", "--model", required=True, help="model name the problems ran on")
+    parser.add_argument(
+        "--methods", nargs="+", help="methods to analyse (default: every one with results)"
+    )
+    parser.add_argument("--name", help="experiment name (default edit_analysis_<model>)")
+    return parser.parse_args(argv)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = parse_args(argv)
+    slug = args.model.replace("/", "_")
+    prefix = f"edit_problems_{slug}_"
+    found = {
+        path.name[len(prefix) :]: path
+        for path in sorted(env.results_dir().glob(prefix + "*"))
+        if path.is_dir()
+    }
+    methods = args.methods or sorted(found)
+    missing = [method for method in methods if method not in found]
+    if missing or not methods:
+        raise errors.MissingFileError(
+            f"no editing problem results for {', '.join(missing) or 'any method'} on model "
+            f"{args.model!r} under {env.results_dir()}; run them first with\n"
+            f"    invoke x.edit.problems --model {args.model} --method METHOD"
+        )
+    directory = env.results_dir() / (args.name or f"edit_analysis_{slug}")
+    everything = []
+    for method in methods:
+        results = problems.read_results(found[method])
+        everything += results
+        r2, by_layer = problems.analyze(results, title=f"{args.model}, {method}")
+        for table, stem in ((by_layer, f"success_by_layer_{method}"), (r2, f"r2_{method}")):
+            files = tables.write_table(table, directory, stem)
+            print(tables.markdown(table))
+            print(f"table: {files.markdown} (LaTeX: {files.latex}, plot: {files.plot})\n")
+    if len(methods) > 1:
+        r2, _ = problems.analyze(everything, title=f"{args.model}, {' + '.join(methods)}")
+        files = tables.write_table(r2, directory, "r2_all")
+        print(tables.markdown(r2))
+        print(f"table: {files.markdown} (LaTeX: {files.latex}, plot: {files.plot})")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(cli.run(main))

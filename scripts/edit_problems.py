@@ -1,0 +1,143 @@
+"""The five editing problems of Hase et al. (2023) for one weight-editing method, by layer.
+
+    python -m scripts.edit_problems -m gpt2-xl --method rome --edit-layer all -n 1000
+
+traces each case (the tracing effect kept beside each edit), edits it for every problem at every
+layer, and writes ``results/NAME/<problem>/L<layer>/<case_id>.json`` (a rerun skips finished ones),
+then the mean success by layer (``success_by_layer.{md,tex,json,png}``) and the R^2 table
+(``r2.*``). ``NAME`` defaults to ``edit_problems_<model>_<method>``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+import torch
+
+from remedi import cli, data, env, errors, evaluation, models, tracing
+from remedi.evaluation import problems, tables
+
+
+def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description="the five editing problems of Hase et al.")
+    cli.add_arguments(parser)
+    parser.add_argument("-m", "--model", required=True, help="model name, alias, or directory")
+    parser.add_argument(
+        "--method",
+        required=True,
+        help=f"registered weight-editing method (registered: {', '.join(evaluation.METHODS)})",
+    )
+    parser.add_argument(
+        "--edit-layer", default="all", help="central edit layer N, or 'all' (default)"
+    )
+    parser.add_argument(
+        "--problems",
+        nargs="+",
+        choices=problems.PROBLEMS,
+        default=list(problems.PROBLEMS),
+        help="problems to run (default: all five)",
+    )
+    parser.add_argument("--name", help="experiment name (default edit_problems_<model>_<method>)")
+    parser.add_argument("-n", "--num-cases", type=int, help="the first N cases (default all)")
+    parser.add_argument(
+        "--trace-kind",
+        choices=tracing.KINDS,
+        default=problems.DEFAULT_TRACE_KIND,
+        help="the tracing effect kept beside each edit (default mlp, as the reference)",
+    )
+    parser.add_argument(
+        "--trace-window",
+        type=int,
+        default=problems.DEFAULT_TRACE_WINDOW,
+        help="its window (default 5, as the reference)",
+    )
+    parser.add_argument("--num-samples", type=int, default=tracing.DEFAULT_NUM_SAMPLES)
+    parser.add_argument("--noise-factor", type=float, default=tracing.NOISE_FACTOR)
+    parser.add_argument("--seed", type=int, default=tracing.DEFAULT_SEED, help="noise seed")
+    parser.add_argument("--stats-dataset", help="corpus of ROME's/MEMIT's key statistics")
+    parser.add_argument("--stats-dir", type=Path, help="key statistics cache")
+    parser.add_argument("--stats-num-texts", type=int, help="texts of the statistics corpus")
+    parser.add_argument("--dataset-file", type=Path, help="ROME-format counterfact.json")
+    parser.add_argument("--world-file", type=Path, help="toy world.json (default: beside it)")
+    parser.add_argument("--device", help="e.g. cuda or cpu (default: cuda if available)")
+    parser.add_argument("--dtype", help="model dtype, e.g. float32, bfloat16")
+    parser.add_argument("--rerun", action="store_true", help="recompute finished edits")
+    args = parser.parse_args(argv)
+    if args.method not in evaluation.METHODS:
+        parser.error(f"unknown method {args.method!r}; registered: {', '.join(evaluation.METHODS)}")
+    return args
+
+
+def edit_layers(value: str, num_layers: int) -> list[int]:
+    """``all`` or one layer number, checked against the model."""
+    if value == "all":
+        return list(range(num_layers))
+    try:
+        layer = int(value)
+    except ValueError:
+        raise errors.UsageError(
+            f"--edit-layer takes a layer number or 'all', got {value!r}"
+        ) from None
+    tracing.layer_window(layer, 1, num_layers)
+    return [layer]
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = parse_args(argv)
+    device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    records = data.load_counterfact_records(args.dataset_file)
+    cases = evaluation.counterfact_cases(records, prompt_source="rewrite")
+    if args.num_cases is not None:
+        cases = cases[: args.num_cases]
+    if not cases:
+        raise errors.UsageError("no cases: the dataset is empty or -n is 0")
+    dataset_dir = args.dataset_file.parent if args.dataset_file else env.data_dir()
+    resources = evaluation.load_resources(dataset_dir, world_file=args.world_file)
+    mt = models.load_model(args.model, device=device, dtype=args.dtype)
+    layers = edit_layers(args.edit_layer, mt.num_layers)
+
+    subjects = [record["requested_rewrite"]["subject"] for record in records]
+    settings = tracing.TraceSettings(
+        noise_scale=tracing.noise_scale_for(mt, subjects, args.noise_factor),
+        num_samples=args.num_samples,
+        seed=args.seed,
+    )
+    options = {}
+    if args.method in evaluation.WEIGHT_METHODS:
+        options = {
+            "stats_dataset": args.stats_dataset,
+            "stats_dir": args.stats_dir,
+            "stats_num_texts": args.stats_num_texts,
+        }
+    slug = args.model.replace("/", "_")
+    directory = env.results_dir() / (args.name or f"edit_problems_{slug}_{args.method}")
+    results = problems.run_problems(
+        mt,
+        args.method,
+        cases,
+        resources,
+        settings,
+        directory,
+        layers,
+        args.problems,
+        trace_kind=args.trace_kind,
+        trace_window=args.trace_window,
+        method_options=options,
+        rerun=args.rerun,
+    )
+    if not results:
+        print("no case is answered correctly by the model: nothing was edited")
+        return 0
+    r2, by_layer = problems.analyze(results, title=f"{args.model}, {args.method}")
+    for table, stem in ((by_layer, "success_by_layer"), (r2, "r2")):
+        files = tables.write_table(table, directory, stem)
+        print(tables.markdown(table))
+        print(f"table: {files.markdown} (LaTeX: {files.latex}, plot: {files.plot})")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(cli.run(main))

@@ -1,0 +1,283 @@
+"""The five editing problems: success metrics, the objectives' hooks, R^2, and real edits with FT
+on a tiny GPT-2 (weights restored bit-identically)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from remedi import errors, evaluation, models, tracing
+from remedi.evaluation import problems
+from remedi.evaluation.weight_methods import FtMethod, MemitMethod
+from remedi.methods import ft, memit
+from tests.conftest import tiny_gpt2
+
+PROMPT = "Mira Talovan lives in the city of"
+SUBJECT = "Mira Talovan"
+
+
+@pytest.fixture(scope="module")
+def mt(tokenizer) -> models.ModelAndTokenizer:
+    model = tiny_gpt2(tokenizer, initializer_range=0.2).requires_grad_(False)
+    return models.ModelAndTokenizer(model=model, tokenizer=tokenizer, name="tiny-gpt2")
+
+
+def hook_count(model: torch.nn.Module) -> int:
+    return sum(len(m._forward_hooks) + len(m._forward_pre_hooks) for m in model.modules())
+
+
+def test_success_metrics_on_hand_made_cases():
+    assert problems.rewrite_score(0.2, 0.6) == pytest.approx(0.5)
+    assert problems.rewrite_score(0.2, 1.0) == pytest.approx(1.0)
+    assert problems.erasure_score(0.8, 0.2) == pytest.approx(0.75)
+    assert problems.erasure_score(0.8, 0.0) == pytest.approx(1.0)
+    # Bounded below by 0, as the reference's recovered_prop and erased_prop.
+    assert problems.rewrite_score(0.2, 0.1) == 0.0
+    assert problems.erasure_score(0.2, 0.3) == 0.0
+    assert problems.success("fact_erasure", 0.8, 0.2) == pytest.approx(0.75)
+    for problem in ("error_injection", "tracing_reversal", "fact_amplification", "fact_forcing"):
+        assert problems.success(problem, 0.2, 0.6) == pytest.approx(0.5)
+
+
+def test_swapped_distribution_is_the_unlikelihood_of_the_token():
+    logits = torch.tensor([[2.0, 0.5, -1.0, 3.0]], dtype=torch.float64)
+    probs = torch.softmax(logits, -1)[0]
+    swapped = problems.swapped_log_probs(logits, 3).exp()[0].double()
+    assert float(swapped.sum()) == pytest.approx(1.0, abs=1e-6)  # float32 inside
+    assert float(swapped[3]) == pytest.approx(1 - float(probs[3]), rel=1e-5)
+    scale = float(probs[3] / (1 - probs[3]))
+    np.testing.assert_allclose(swapped[:3].numpy(), (probs[:3] * scale).numpy(), rtol=1e-5)
+
+
+def test_noised_subject_noises_every_mention_and_only_while_active(mt):
+    text = f"{SUBJECT} is here. {PROMPT}"
+    ids = torch.tensor([mt.tokenizer(text)["input_ids"]])
+    variants = problems._subject_variants(mt, PROMPT, SUBJECT)
+    mask = problems.subject_mask(ids, variants)[0]
+    expected = torch.zeros_like(mask)
+    for start in (text.find(SUBJECT), text.rfind(SUBJECT)):
+        one = tracing.subject_token_range(mt.tokenizer, text[: start + len(SUBJECT)], SUBJECT)[1]
+        expected[one[0] : one[1]] = True
+    assert torch.equal(mask, expected) and int(mask.sum()) >= 2
+
+    embeddings = mt.model.get_input_embeddings()
+    clean = embeddings(ids)
+    hooks = hook_count(mt.model)
+    with problems.noised_subject(mt, PROMPT, SUBJECT, 1.0, seed=0) as switch:
+        noised = embeddings(ids)
+        switch.active = False
+        off = embeddings(ids)
+    changed = (noised - clean).abs().sum(-1)[0] > 0
+    assert torch.equal(changed, expected)
+    assert torch.equal(off, clean)
+    assert hook_count(mt.model) == hooks
+
+
+def test_forcing_is_judged_under_the_first_draw_the_edit_ran_under(mt):
+    # The reference re-seeds one generator for the edit and for judging: the judged draw is
+    # the first the edit saw. Ours: noised_subject's first draw is forcing_noise.
+    settings = tracing.TraceSettings(noise_scale=0.7, num_samples=3, kinds=["mlp"], windows=[1])
+    ids, token_range = tracing.subject_token_range(mt.tokenizer, PROMPT, SUBJECT)
+    input_ids = torch.tensor([ids])
+    embeddings = mt.model.get_input_embeddings()
+    with problems.noised_subject(mt, PROMPT, SUBJECT, settings.noise_scale, settings.seed):
+        first = embeddings(input_ids)
+        second = embeddings(input_ids)  # fresh noise on every pass
+    noise = problems.forcing_noise(mt, token_range, settings)
+    assert noise.shape[0] == problems.FORCING_NOISE_SAMPLES == 1
+    with tracing.noised_embeddings(mt, token_range, noise):
+        judged = embeddings(input_ids)
+    assert torch.equal(first, judged)
+    assert not torch.equal(second, judged)
+
+
+def test_tracing_effect_is_the_max_fraction_restored_from_the_subject_on():
+    settings = tracing.TraceSettings(noise_scale=1.0, num_samples=1, kinds=["mlp"], windows=[5])
+    restored = [[0.9, 0.1], [0.2, 0.35], [0.3, 0.6], [0.4, 0.25]]  # (tokens, layers)
+    trace = tracing.TraceResult(
+        case_id=0,
+        prompt="",
+        subject="",
+        target="",
+        tokens=["a", "b", "c", "d"],
+        subject_range=[1, 3],
+        target_id=0,
+        predicted_id=0,
+        clean_prob=0.5,
+        corrupted_prob=0.3,
+        correct=True,
+        settings=settings,
+        scores={"mlp/5": restored},
+    )
+    # Layer 0: token 0 (0.9) is before the subject; from token 1 on the best is 0.4 -> 0.5.
+    assert problems.tracing_effect(trace, "mlp", 5, 0) == pytest.approx(0.5)
+    assert problems.tracing_effect(trace, "mlp", 5, 1) == pytest.approx(1.5)
+    trace.scores["mlp/5"] = [[0.1, 0.1]] * 4  # every restoration below corrupted: 0
+    assert problems.tracing_effect(trace, "mlp", 5, 0) == 0.0
+
+
+def test_r_squared_matches_numpy_least_squares():
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(40, 2))
+    y = x @ np.array([1.5, -0.5]) + rng.normal(scale=0.5, size=40)
+    design = np.column_stack([np.ones(40), x])
+    _, residuals, *_ = np.linalg.lstsq(design, y, rcond=None)
+    expected = 1 - residuals[0] / ((y - y.mean()) ** 2).sum()
+    assert problems.r_squared(y, x) == pytest.approx(expected, rel=1e-10)
+    # One feature: R^2 is the squared correlation.
+    r = np.corrcoef(x[:, 0], y)[0, 1]
+    assert problems.r_squared(y, x[:, :1]) == pytest.approx(r**2, rel=1e-10)
+
+
+def result(problem: str, layer: int, effect: float, value: float) -> problems.ProblemResult:
+    return problems.ProblemResult(
+        0, problem, "ft", layer, [layer], "x", 0.0, value, value, effect, effect
+    )
+
+
+def test_regressions_find_the_layer_when_success_depends_only_on_it():
+    rng = np.random.default_rng(1)
+    results = [
+        result("error_injection", layer, float(rng.normal()), [0.9, 0.5, 0.1][layer])
+        for layer in (0, 1, 2)
+        for _ in range(10)
+    ]
+    regression = problems.regress(results)
+    assert regression.layer == pytest.approx(1.0)
+    assert regression.both >= regression.layer - 1e-12
+    assert regression.both == pytest.approx(1.0)
+    assert regression.tracing < 0.3
+    r2, by_layer = problems.analyze(results)
+    assert r2.rows[0].values["layer"] == pytest.approx(1.0)
+    assert by_layer.rows[0].values == pytest.approx({"0": 0.9, "1": 0.5, "2": 0.1})
+    # The tracing effect helps in opposite directions at two layers: only the reference's
+    # interaction (score ~ factor(layer) * tracing) fits that exactly.
+    effects = rng.uniform(size=20)
+    crossed = [
+        result("fact_forcing", layer, float(e), float(e if layer == 0 else 1 - e))
+        for layer in (0, 1)
+        for e in effects[layer * 10 : layer * 10 + 10]
+    ]
+    crossed_regression = problems.regress(crossed)
+    assert crossed_regression.both == pytest.approx(1.0)
+    assert crossed_regression.tracing < 0.5 and crossed_regression.layer < 0.5
+    with pytest.raises(errors.UsageError, match="one problem at a time"):
+        problems.regress([*results, result("fact_erasure", 0, 0.0, 0.0)])
+
+
+def test_hparams_move_to_the_edit_layer():
+    assert problems.hparams_at_layer("rome", {"layer": 0, "v_lr": 0.5}, 3, 4) == {
+        "layer": 3,
+        "v_lr": 0.5,
+    }
+    assert problems.hparams_at_layer("ft", {"layers": [0]}, 2, 4)["layers"] == [2]
+    assert problems.hparams_at_layer("ft5", {"layers": [0, 1, 2, 3]}, 5, 12)["layers"] == [
+        3,
+        4,
+        5,
+        6,
+        7,
+    ]
+    with pytest.raises(errors.UsageError, match="out of range"):
+        problems.hparams_at_layer("rome", {"layer": 0}, 4, 4)
+    with pytest.raises(errors.UsageError, match="out of range"):
+        problems.hparams_at_layer("ft", {"layers": [0]}, -1, 4)
+
+
+def case() -> evaluation.EvalCase:
+    return evaluation.EvalCase(
+        case_id=3,
+        entity=SUBJECT,
+        relation_id="P551",
+        prompt=PROMPT,
+        context=f"{PROMPT} Oslo",
+        attribute="Oslo",
+        target_new="Oslo",
+        target_new_id="Q585",
+        target_true="Lisbon",
+        target_true_id="Q597",
+        rewrite_prompt=PROMPT,
+    )
+
+
+def test_every_problem_edits_and_restores_the_weights(mt):
+    settings = tracing.TraceSettings(
+        noise_scale=0.5, num_samples=3, kinds=["residual"], windows=[1]
+    )
+    setup = problems.setup_case(mt, case(), settings, require_correct=False)
+    assert setup.target_noised and setup.p_true > 0 and setup.p_true_noised > 0
+    before = {name: p.detach().clone() for name, p in mt.model.named_parameters()}
+    hooks = hook_count(mt.model)
+    # No early stop: the tiny random model gives the true target little probability to erase.
+    hparams = ft.FtHparams(
+        layers=[1], num_steps=15, lr=1e-2, norm_constraint=None, early_stop_loss=0.0
+    )
+    outcomes = {}
+    for problem in problems.PROBLEMS:
+        method = FtMethod("ft", hparams)
+        outcomes[problem] = problems.edit_case(
+            mt, method, problem, case(), setup, settings, 1, [1], "residual", 1
+        )
+        for name, parameter in mt.model.named_parameters():
+            assert torch.equal(parameter, before[name]), (problem, name)
+        assert hook_count(mt.model) == hooks
+    assert outcomes["error_injection"].target == "Oslo"
+    assert outcomes["error_injection"].post > outcomes["error_injection"].pre
+    assert outcomes["fact_amplification"].post > setup.p_true
+    assert outcomes["fact_erasure"].post < setup.p_true
+    assert outcomes["fact_erasure"].success > 0
+    assert outcomes["fact_forcing"].pre == pytest.approx(setup.p_true_noised)
+    assert outcomes["fact_forcing"].post > outcomes["fact_forcing"].pre
+    for outcome in outcomes.values():
+        assert outcome.last_subject_effect == pytest.approx(setup.trace.effect_at("residual", 1, 1))
+        assert outcome.tracing_effect == problems.tracing_effect(setup.trace, "residual", 1, 1)
+
+
+def test_problems_refuse_bad_input(mt, tmp_path):
+    settings = tracing.TraceSettings(
+        noise_scale=0.5, num_samples=2, kinds=["residual"], windows=[1]
+    )
+    missing = evaluation.EvalCase(**{**case().to_dict(), "rewrite_prompt": "Somebody lives in"})
+    with pytest.raises(errors.SampleError, match="does not occur"):
+        problems.setup_case(mt, missing, settings)
+    resources = evaluation.EvalResources()
+    with pytest.raises(errors.UsageError, match="layer 9 is out of range"):
+        problems.run_problems(mt, "ft", [case()], resources, settings, tmp_path, [9])
+    with pytest.raises(errors.UsageError, match="unknown editing problems"):
+        problems.run_problems(mt, "ft", [case()], resources, settings, tmp_path, [0], ["erase"])
+    with pytest.raises(errors.UsageError, match="does not edit weights"):
+        problems.edit_case(
+            mt,
+            evaluation.Method(),
+            "fact_erasure",
+            case(),
+            None,
+            settings,
+            0,
+            [0],  # type: ignore[arg-type]
+        )
+
+
+def test_memit_runs_the_problems_and_restores_the_weights(mt):
+    settings = tracing.TraceSettings(noise_scale=0.5, num_samples=2, kinds=["mlp"], windows=[1])
+    setup = problems.setup_case(mt, case(), settings, require_correct=False)
+    # C = I (no statistics): the problems' machinery is what is checked here, not MEMIT's maths.
+    hparams = memit.MemitHparams(
+        layers=[0, 1],
+        v_num_grad_steps=10,
+        clamp_norm_factor=4.0,
+        mom2_adjustment=False,
+        context_template_lengths=[],
+    )
+    before = {name: p.detach().clone() for name, p in mt.model.named_parameters()}
+    hooks = hook_count(mt.model)
+    for problem in ("error_injection", "fact_forcing"):
+        method = MemitMethod(mt, hparams, {})
+        outcome = problems.edit_case(
+            mt, method, problem, case(), setup, settings, 1, [0, 1], "mlp", 1
+        )
+        assert outcome.post > outcome.pre, problem
+        for name, parameter in mt.model.named_parameters():
+            assert torch.equal(parameter, before[name]), (problem, name)
+        assert hook_count(mt.model) == hooks

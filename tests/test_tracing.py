@@ -1,0 +1,209 @@
+"""Causal tracing on tiny GPT-2 and Llama models: restoration, noise, batching, hooks, errors."""
+
+from __future__ import annotations
+
+import copy
+
+import numpy as np
+import pytest
+import torch
+
+from remedi import errors, models, tracing
+from tests.conftest import tiny_gpt2
+from tests.model_fixtures import tiny_llama
+
+PROMPT = "Mira Talovan lives in the city of"
+SUBJECT = "Mira Talovan"
+TARGET = "Lisbon"
+
+
+@pytest.fixture(scope="module")
+def mt64(tokenizer) -> models.ModelAndTokenizer:
+    """float64: batched and one-at-a-time runs agree only in exact arithmetic."""
+    model = tiny_gpt2(tokenizer, initializer_range=0.2).double().requires_grad_(False)
+    return models.ModelAndTokenizer(model=model, tokenizer=tokenizer, name="tiny-gpt2-64")
+
+
+def settings(**overrides: object) -> tracing.TraceSettings:
+    values: dict = {"noise_scale": 0.5, "num_samples": 4, "kinds": list(tracing.KINDS)}
+    values.update(overrides)
+    return tracing.TraceSettings(**values)
+
+
+def hook_count(model: torch.nn.Module) -> int:
+    """Forward hooks on the model (transformers may add its own, for output_hidden_states)."""
+    return sum(len(m._forward_hooks) + len(m._forward_pre_hooks) for m in model.modules())
+
+
+def test_restoring_every_state_recovers_the_clean_probability(mt64):
+    hooks = hook_count(mt64.model)
+    ids, token_range = tracing.subject_token_range(mt64.tokenizer, PROMPT, SUBJECT)
+    input_ids = torch.tensor([ids])
+    target_id = int(mt64.tokenizer(" " + TARGET, add_special_tokens=False)["input_ids"][0])
+    clean, states = tracing.clean_states(mt64, input_ids, ["residual"])
+    noise = tracing.subject_noise(4, token_range[1] - token_range[0], mt64.hidden_size, 2.0, 0)
+    everything = torch.ones(1, mt64.num_layers, len(ids), dtype=torch.bool)
+    nothing = torch.zeros_like(everything)
+    probs = tracing.restored_probs(
+        mt64,
+        input_ids,
+        target_id,
+        token_range,
+        noise,
+        "residual",
+        torch.cat([everything, nothing]),
+        states,
+    )
+    # float64: the restored run's last hidden state is the clean one, up to batch-size rounding.
+    assert probs[0].item() == pytest.approx(clean[target_id].item(), rel=1e-12)
+    assert abs(probs[1].item() - clean[target_id].item()) > 1e-6  # the noise does matter
+    assert hook_count(mt64.model) == hooks
+
+
+def test_noise_scale_is_three_standard_deviations_of_subject_embeddings(mt64):
+    subjects = ["Mira Talovan", "Kelo Vantri", "Mira Talovan"]
+    ids = [i for s in ["Mira Talovan", "Kelo Vantri"] for i in mt64.tokenizer(s)["input_ids"]]
+    weight = mt64.model.get_input_embeddings().weight[ids]
+    expected = 3 * float(weight.double().flatten().std())
+    assert tracing.noise_scale_for(mt64, subjects) == pytest.approx(expected, rel=1e-12)
+    assert tracing.embedding_std(mt64, subjects) == pytest.approx(expected / 3, rel=1e-12)
+
+
+def test_batched_trace_equals_one_restoration_at_a_time(mt64):
+    hooks = hook_count(mt64.model)
+    traced = settings(windows=[1, 3])
+    batched = tracing.trace_prompt(mt64, PROMPT, SUBJECT, TARGET, traced, require_correct=False)
+    single = tracing.trace_prompt(
+        mt64, PROMPT, SUBJECT, TARGET, traced, require_correct=False, max_batch_rows=4
+    )
+    assert batched.scores.keys() == single.scores.keys()
+    for key in batched.scores:
+        np.testing.assert_allclose(batched.scores[key], single.scores[key], rtol=1e-10)
+    assert hook_count(mt64.model) == hooks
+
+
+def test_one_restoration_matches_a_hand_written_run(mt64):
+    """Restore the residual stream at (token 1, layer 0) noise sample by noise sample."""
+    traced = settings(kinds=["residual"], windows=[1])
+    result = tracing.trace_prompt(mt64, PROMPT, SUBJECT, TARGET, traced, require_correct=False)
+    ids, (start, end) = tracing.subject_token_range(mt64.tokenizer, PROMPT, SUBJECT)
+    noise = tracing.subject_noise(4, end - start, mt64.hidden_size, 0.5, traced.seed)
+    block = models.resolve_layer(mt64, 0)
+    embeddings = mt64.model.get_input_embeddings()
+    with torch.no_grad():
+        clean_hidden = mt64.model(torch.tensor([ids]), output_hidden_states=True).hidden_states[1]
+        probs = []
+        for sample in noise:
+
+            def add(module, inputs, output, sample=sample):
+                output = output.clone()
+                output[:, start:end] += sample
+                return output
+
+            def restore(module, inputs, output):
+                hidden = output[0] if isinstance(output, tuple) else output
+                hidden = hidden.clone()
+                hidden[:, 1] = clean_hidden[:, 1]
+                return (hidden, *output[1:]) if isinstance(output, tuple) else hidden
+
+            handles = [embeddings.register_forward_hook(add), block.register_forward_hook(restore)]
+            try:
+                logits = mt64.model(torch.tensor([ids])).logits
+            finally:
+                for handle in handles:
+                    handle.remove()
+            probs.append(torch.softmax(logits[0, -1], -1)[result.target_id].item())
+    assert result.scores["residual/1"][1][0] == pytest.approx(float(np.mean(probs)), rel=1e-10)
+
+
+def test_hooks_are_removed_when_the_forward_pass_raises(mt64):
+    hooks = hook_count(mt64.model)
+    ids, token_range = tracing.subject_token_range(mt64.tokenizer, PROMPT, SUBJECT)
+    noise = torch.zeros(3, token_range[1] - token_range[0], mt64.hidden_size)
+    with (
+        pytest.raises(ValueError, match="not a multiple of 3 noise samples"),
+        tracing.noised_embeddings(mt64, token_range, noise),
+    ):
+        mt64.model(torch.tensor([ids, ids]))
+    assert hook_count(mt64.model) == hooks
+    block = models.resolve_layer(mt64, 0)
+    with (
+        pytest.raises(RuntimeError, match="boom"),
+        tracing.forward_hooks([(block, lambda *a: None)]),
+    ):
+        raise RuntimeError("boom")
+    assert hook_count(mt64.model) == hooks
+
+
+def test_correctness_filter_skips_facts_the_model_gets_wrong(mt64):
+    # A copy that knows the fact: Lisbon's (tied) embedding points along the prompt's last state.
+    mt = models.ModelAndTokenizer(copy.deepcopy(mt64.model), mt64.tokenizer, "knows-lisbon")
+    ids, _ = tracing.subject_token_range(mt.tokenizer, PROMPT, SUBJECT)
+    lisbon = int(mt.tokenizer(" Lisbon", add_special_tokens=False)["input_ids"][0])
+    with torch.no_grad():
+        last = mt.model(torch.tensor([ids]), output_hidden_states=True).hidden_states[-1][0, -1]
+        mt.model.get_output_embeddings().weight[lisbon] = 50 * last / last.norm()
+    kept = tracing.trace_prompt(mt, PROMPT, SUBJECT, "Lisbon", settings(windows=[1]))
+    skipped = tracing.trace_prompt(mt, PROMPT, SUBJECT, "Oslo", settings(windows=[1]))
+    assert kept.correct and set(kept.scores) == {"residual/1", "mlp/1", "attn/1"}
+    assert not skipped.correct and skipped.scores == {}
+    # The last layer's residual stream at the last token carries the whole clean output.
+    effects = kept.indirect_effects("residual", 1)
+    assert effects[-1, -1] == pytest.approx(kept.clean_prob - kept.corrupted_prob, rel=1e-9)
+
+
+def test_layer_windows_follow_rome():
+    assert tracing.layer_window(0, 10, 4) == [0, 1, 2, 3]
+    assert tracing.layer_window(5, 3, 12) == [4, 5, 6]
+    assert tracing.layer_window(5, 10, 48) == list(range(0, 10))
+    assert tracing.layer_window(7, 1, 8) == [7]
+    with pytest.raises(errors.UsageError, match="layer 8 is out of range"):
+        tracing.layer_window(8, 1, 8)
+
+
+def test_bad_input_gives_clear_errors(mt64):
+    with pytest.raises(errors.SampleError, match="does not occur"):
+        tracing.trace_prompt(mt64, PROMPT, "Xavi Bornadel", TARGET, settings())
+    result = tracing.trace_prompt(
+        mt64, PROMPT, SUBJECT, TARGET, settings(windows=[1]), require_correct=False
+    )
+    with pytest.raises(errors.UsageError, match="out of range"):
+        result.effect_at("residual", 1, layer=mt64.num_layers)
+    with pytest.raises(errors.UsageError, match="not traced for mlp with window 10"):
+        result.indirect_effects("mlp", 10)
+    with pytest.raises(errors.UsageError, match="unknown trace kinds"):
+        settings(kinds=["mlps"])
+
+
+def test_token_categories_and_average():
+    assert tracing.token_categories([1, 4], 8) == [4, 0, 1, 2, 3, 4, 4, 5]
+    assert tracing.token_categories([0, 1], 3) == [2, 3, 5]
+
+
+def test_results_round_trip_and_resume(mt64, tmp_path):
+    traced = settings(kinds=["mlp"], windows=[1])
+    cases = [(7, PROMPT, SUBJECT, TARGET)]
+    first = tracing.trace_cases(mt64, cases, traced, tmp_path)
+    path = tmp_path / "7.json"
+    stamp = path.stat().st_mtime_ns
+    again = tracing.trace_cases(mt64, cases, traced, tmp_path)
+    assert path.stat().st_mtime_ns == stamp  # not recomputed
+    assert again[0] == first[0]
+    other = tracing.trace_cases(mt64, cases, settings(kinds=["mlp"], windows=[3]), tmp_path)
+    assert "mlp/3" in other[0].scores or not other[0].correct
+
+
+def test_tracing_a_llama_with_bos_restores_attention_and_mlp(llama_tokenizer):
+    model = tiny_llama(llama_tokenizer, initializer_range=0.2).double().requires_grad_(False)
+    mt = models.ModelAndTokenizer(copy.deepcopy(model), llama_tokenizer, "tiny-llama")
+    hooks = hook_count(mt.model)
+    result = tracing.trace_prompt(
+        mt, PROMPT, SUBJECT, TARGET, settings(windows=[1]), require_correct=False
+    )
+    assert mt.tokenizer.decode([mt.tokenizer.bos_token_id]) == result.tokens[0]
+    assert result.subject_range[0] >= 1  # BOS is not part of the subject
+    for kind in tracing.KINDS:
+        effects = result.indirect_effects(kind, 1)
+        assert effects.shape == (len(result.tokens), mt.num_layers)
+        assert np.all(effects[: result.subject_range[0]] == 0)  # before the noise: no effect
+    assert hook_count(mt.model) == hooks
