@@ -137,13 +137,27 @@ def _check_value(value: Any, annotation: Any, where: str, source: str) -> Any:
             except errors.UsageError as error:
                 problems.append(str(error))
         raise errors.UsageError(problems[0])
+    if annotation is Any:
+        return value
+    if origin is dict:
+        _, value_type = typing.get_args(annotation)
+        if not isinstance(value, Mapping):
+            raise errors.UsageError(
+                f"{source}: key {where!r} must be a mapping, got {type(value).__name__} {value!r}"
+            )
+        return {
+            str(key): _check_value(item, value_type, f"{where}.{key}", source)
+            for key, item in value.items()
+        }
     if origin is list:
         (item_type,) = typing.get_args(annotation)
         if not isinstance(value, list):
             raise errors.UsageError(
                 f"{source}: key {where!r} must be a list, got {type(value).__name__} {value!r}"
             )
-        return [_check_value(item, item_type, f"{where}[{i}]", source) for i, item in enumerate(value)]
+        return [
+            _check_value(item, item_type, f"{where}[{i}]", source) for i, item in enumerate(value)
+        ]
     if dataclasses.is_dataclass(annotation):
         return _build(annotation, value, where, source)  # type: ignore[arg-type]
     if annotation is float and isinstance(value, int) and not isinstance(value, bool):
@@ -175,7 +189,7 @@ def _build(cls: type, data: Any, where: str, source: str) -> Any:
     for key in data:
         if key not in known:
             raise errors.UsageError(
-                f"{source}: unknown key {prefix}{key!r}; allowed keys: {_allowed(cls)}"
+                f"{source}: unknown key {prefix + str(key)!r}; allowed keys: {_allowed(cls)}"
             )
     hints = typing.get_type_hints(cls)
     values = {}
@@ -183,7 +197,7 @@ def _build(cls: type, data: Any, where: str, source: str) -> Any:
         if name in data:
             values[name] = _check_value(data[name], hints[name], prefix + name, source)
         elif spec.default is dataclasses.MISSING and spec.default_factory is dataclasses.MISSING:
-            raise errors.UsageError(f"{source}: missing required key {prefix}{name!r}")
+            raise errors.UsageError(f"{source}: missing required key {prefix + name!r}")
     return cls(**values)
 
 

@@ -275,7 +275,11 @@ def run_experiment(config: ExperimentConfig, rerun: bool = False) -> ExperimentR
     _write_status(directory, "running")
     try:
         result = _train_and_evaluate(config)
-    except BaseException as error:
+    except KeyboardInterrupt:
+        # Interrupted, not broken: the next run of the sweep starts it again.
+        _write_status(directory, "interrupted")
+        raise
+    except Exception as error:
         io.write_json(
             directory / FAILED_FILE,
             {"error": f"{type(error).__name__}: {error}", "time": time.strftime("%H:%M:%S")},
@@ -307,12 +311,12 @@ def _train_and_evaluate(config: ExperimentConfig) -> ExperimentResult:
     trainable = CANON_METHODS[config.method.name](
         mt.model, config.method, regularization.kl_weight > 0
     )
-    evaluate = Evaluator(
-        mt, data, loss_type, threshold, max_length, config.evaluation.batch_size
-    )
+    evaluate = Evaluator(mt, data, loss_type, threshold, max_length, config.evaluation.batch_size)
     epochs = [evaluate(trainable.model, 0, None)]
     logger.info("%s: unedited %s", config.name, epochs[0])
-    optimizer = torch.optim.Adam(trainable.parameters, lr=settings.learning_rate, betas=(0.9, 0.995))
+    optimizer = torch.optim.Adam(
+        trainable.parameters, lr=settings.learning_rate, betas=(0.9, 0.995)
+    )
     scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=max(1, settings.epochs))
     start_values = (
         [p.detach().clone() for p in trainable.parameters] if regularization.l2_weight > 0 else []

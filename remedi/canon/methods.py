@@ -108,7 +108,7 @@ def lora(model: torch.nn.Module, settings: MethodSettings, need_reference: bool)
     model.requires_grad_(False)
     config = peft.LoraConfig(
         r=settings.lora_rank,
-        lora_alpha=settings.lora_alpha,
+        lora_alpha=settings.lora_alpha,  # type: ignore[arg-type]  # peft accepts floats
         lora_dropout=settings.lora_dropout,
         target_modules=present,
         # GPT-2 stores its projections transposed (Conv1D).

@@ -39,7 +39,8 @@ def tokenize(
     """Prefix tokens (with special tokens) + suffix tokens; an empty prefix scores a whole text.
 
     Rows longer than ``max_length`` lose tokens from the start of the prefix (texts: from the
-    end), so that the scored suffix is always whole.
+    end), so that the scored suffix stays whole; a suffix longer than the context on its own keeps
+    its first ``max_length - 1`` tokens after the prefix's last one.
     """
     token_ids, score_from = [], []
     shortened = 0
@@ -47,13 +48,10 @@ def tokenize(
         if prefix:
             prefix_ids = list(tokenizer(prefix)["input_ids"])
             suffix_ids = list(tokenizer(suffix, add_special_tokens=False)["input_ids"])
-            if len(suffix_ids) >= max_length:
-                raise errors.SampleError(
-                    f"suffix {suffix[:40]!r} has {len(suffix_ids)} tokens, more than the model's "
-                    f"{max_length}; use a model with longer context"
-                )
             if len(prefix_ids) + len(suffix_ids) > max_length:
                 shortened += 1
+                # A suffix longer than the model's context keeps its start (and one prefix token).
+                suffix_ids = suffix_ids[: max_length - 1]
                 prefix_ids = prefix_ids[len(prefix_ids) + len(suffix_ids) - max_length :]
             token_ids.append(prefix_ids + suffix_ids)
             score_from.append(max(1, len(prefix_ids)))
@@ -65,7 +63,7 @@ def tokenize(
             token_ids.append(ids)
             score_from.append(1)
     if shortened:
-        logger.debug("%d of %d rows shortened to %d tokens", shortened, len(token_ids), max_length)
+        logger.info("%d of %d rows shortened to %d tokens", shortened, len(token_ids), max_length)
     return Tokenized(token_ids, score_from)
 
 
@@ -100,12 +98,13 @@ def example_nll(
     second: bool = False,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """:func:`sequence_nll` of each example's suffix (``second``: its ``suffix2``)."""
-    suffixes = [example.suffix2 if second else example.suffix for example in examples]
-    if any(suffix is None for suffix in suffixes):
-        raise errors.UsageError("pair scoring needs examples with suffix2 (a pair task's file)")
-    rows = tokenize(
-        tokenizer, [example.prefix for example in examples], suffixes, max_length  # type: ignore[misc]
-    )
+    suffixes = []
+    for example in examples:
+        suffix = example.suffix2 if second else example.suffix
+        if suffix is None:
+            raise errors.UsageError("pair scoring needs examples with suffix2 (a pair task's file)")
+        suffixes.append(suffix)
+    rows = tokenize(tokenizer, [example.prefix for example in examples], suffixes, max_length)
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
     return sequence_nll(model, rows, pad, device)
 

@@ -187,3 +187,10 @@ def select_ids(dataset: datasets.Dataset, ids: Sequence[str]) -> datasets.Datase
             f"run trained on a different dataset file?"
         )
     return dataset.select([position[sample_id] for sample_id in ids])
+
+
+# The canonical-examples tasks (Hewitt et al.) are prefix/suffix text, not context mediation
+# samples: their own registry of loaders, one per task.
+from remedi.data.canonical import CANONICAL_TASKS, TASK_LOADERS  # noqa: E402
+
+__all__ += ["CANONICAL_TASKS", "TASK_LOADERS"]

@@ -287,7 +287,7 @@ def load_task_file(
 ) -> list[CanonicalExample]:
     """One role's file of ``task`` for ``split`` (``root``: default the shared data's)."""
     spec = canonical_task(task) if isinstance(task, str) else task
-    task_file = spec.files[role] if role in spec.files else None
+    task_file = spec.files.get(role)
     if task_file is None:
         raise errors.UsageError(f"task {spec.name} has no {role!r} file")
     return read_canonical_file(spec.path(role, split, root), task_file.shape, task_file.fields)
@@ -301,9 +301,7 @@ def _loader(name: str) -> TaskLoader:
         return load_task_file(name, role, split, root)
 
     load.__name__ = f"load_{name}"
-    load.__doc__ = (
-        f"The {name} task's ``role`` file of ``split`` (see CANONICAL_TASKS[{name!r}])."
-    )
+    load.__doc__ = f"The {name} task's ``role`` file of ``split`` (see CANONICAL_TASKS[{name!r}])."
     return load
 
 

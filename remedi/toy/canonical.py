@@ -96,14 +96,17 @@ def works_for_split(
                 entity=person.name,
             )
         )
-    return {"train": train, "eval": evaluation, "hard_negative": hard, "unconditional": unconditional}
+    return {
+        "train": train,
+        "eval": evaluation,
+        "hard_negative": hard,
+        "unconditional": unconditional,
+    }
 
 
 def biography_texts(world: World, people: Sequence[Entity]) -> list[dict[str, str]]:
     """General text: every biography of ``people`` (written by the toy world's builder)."""
-    return [
-        {"text": text} for person in people for text in world.biographies.get(person.name, [])
-    ]
+    return [{"text": text} for person in people for text in world.biographies.get(person.name, [])]
 
 
 def export_toy_canonical(
@@ -127,7 +130,11 @@ def export_toy_canonical(
     val_edit, test_edit = order[:n], order[n : 2 * n]
     rest = order[2 * n :]
     half = max(1, n // 2)
-    val_others, test_others, short_people = rest[:half], rest[half : 2 * half], rest[2 * half : 3 * half]
+    val_others, test_others, short_people = (
+        rest[:half],
+        rest[half : 2 * half],
+        rest[2 * half : 3 * half],
+    )
     unedited_rest = rest[3 * half :]
     files: dict[Path, list[dict[str, Any]]] = {}
     split_dir = Path(directory) / TOY_WORKS_FOR.folder / "split"
