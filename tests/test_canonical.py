@@ -314,3 +314,14 @@ def test_the_toy_task_exports_in_the_canonical_formats(small_world, tmp_path: Pa
     assert canonical.load_general_texts("val", tmp_path) and canonical.load_general_texts(
         "short", tmp_path
     )
+
+
+def test_every_shipped_config_and_sweep_validates():
+    root = Path(__file__).resolve().parents[1] / "configs" / "canon"
+    configs = sorted(root.glob("*.yaml"))
+    assert len(configs) >= 4
+    for path in configs:
+        canon.load_config(path)
+    for path in sorted((root / "sweeps").glob("*.yaml")):
+        _, experiments = sweep.load_sweep(path)
+        assert experiments
