@@ -2,9 +2,8 @@
 
 from __future__ import annotations
 
-import sys
+import shutil
 from pathlib import Path
-from types import SimpleNamespace
 from typing import Any
 
 import pytest
@@ -13,6 +12,7 @@ import torch
 import transformers
 
 from remedi import models
+from remedi.toy.build import toy_world_paths
 from tests.model_fixtures import (
     DECODER_SIZES,
     FAMILY_CONFIGS,
@@ -22,6 +22,7 @@ from tests.model_fixtures import (
     VOCAB_SIZE,
     tiny_model,
 )
+from tests.toy_fixtures import BuiltToyWorld, toy_dirs
 
 
 def block_outputs(model: torch.nn.Module, blocks: list[torch.nn.Module], input_ids: torch.Tensor):
@@ -235,24 +236,19 @@ def test_aliases():
 
 
 @pytest.mark.parametrize("name", ["toy", "toy-small", "toy-llama", "toy-small-gptj"])
-def test_toy_names_load_the_built_toy_world(
-    name: str, saved_gpt2: Path, monkeypatch: pytest.MonkeyPatch
-):
-    # Building a toy world trains an LM (tested in test_toy*); here only the routing is
-    # checked: a toy name asks remedi.toy.build for its world and loads the model saved there.
-    asked: list[str] = []
-
-    def ensure_toy_world(toy_name: str) -> SimpleNamespace:
-        asked.append(toy_name)
-        return SimpleNamespace(model_dir=saved_gpt2)
-
-    monkeypatch.setitem(
-        sys.modules, "remedi.toy.build", SimpleNamespace(ensure_toy_world=ensure_toy_world)
-    )
-    mt = models.load_model(name)
-    assert asked == [name]
+def test_toy_names_load_the_built_toy_world(name: str, small_world: BuiltToyWorld, tmp_path: Path):
+    # Building a toy world trains an LM (tested in test_toy*); here a complete build, the small
+    # world's real files copied to where world ``name`` lives, must be found and loaded as it is.
+    with toy_dirs(tmp_path / "models", tmp_path / "data"):
+        paths = toy_world_paths(name)
+        shutil.copytree(small_world.paths.model_dir, paths.model_dir)
+        shutil.copytree(small_world.paths.data_dir, paths.data_dir)
+        mt = models.load_model(name)
     assert mt.name == name
-    assert isinstance(mt.model, transformers.GPT2LMHeadModel)
+    saved = transformers.AutoModelForCausalLM.from_pretrained(small_world.paths.model_dir)
+    loaded_state = mt.model.state_dict()
+    for key, value in saved.state_dict().items():
+        assert torch.equal(loaded_state[key], value), key
 
 
 def test_toy_name_pattern():

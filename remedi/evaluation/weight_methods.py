@@ -1,7 +1,7 @@
 """Weight-editing methods as registered :class:`~remedi.evaluation.methods.Method`\\ s.
 
-``rome`` (:mod:`remedi.methods.rome`), ``ft`` (FT-L at one layer) and ``ft5`` (five adjacent
-layers) (:mod:`remedi.methods.ft`). Each case is written as one edit request: ROME's rewrite
+``rome`` (:mod:`remedi.methods.rome`), ``memit`` (:mod:`remedi.methods.memit`, one request per
+case), ``ft`` (FT-L at one layer) and ``ft5`` (five adjacent layers) (:mod:`remedi.methods.ft`). Each case is written as one edit request: ROME's rewrite
 prompt, the case's entity as subject, ``target_new``. The suites apply it for that case's
 queries only, and :class:`~remedi.evaluation.methods.WeightEditMethod` restores every weight
 bit-identically afterwards.
@@ -18,11 +18,11 @@ import torch
 from remedi import env, models
 from remedi.evaluation.cases import EvalCase, EvalResources
 from remedi.evaluation.methods import Method, WeightEditMethod, register_method
-from remedi.methods import common, ft, hparams_file, rome, stats
+from remedi.methods import common, ft, hparams_file, memit, rome, stats
 
 logger = logging.getLogger(__name__)
 
-WEIGHT_METHODS = ("rome", "ft", "ft5")
+WEIGHT_METHODS = ("rome", "memit", "ft", "ft5")
 """The registered methods that edit weights (they take the statistics options below)."""
 
 
@@ -78,6 +78,42 @@ class RomeMethod(WeightEditMethod):
             )
             self.updates[case.case_id] = update
         return {update.weight_name: update.new_weight(mt.model.get_parameter(update.weight_name))}
+
+
+class MemitMethod(WeightEditMethod):
+    """MEMIT with one request per case: its update spread over the MLPs of a range of layers."""
+
+    name = "memit"
+
+    def __init__(
+        self,
+        mt: models.ModelAndTokenizer,
+        hparams: memit.MemitHparams,
+        second_moments: dict[int, torch.Tensor],
+        templates: list[str] | None = None,
+    ):
+        self.hparams = hparams
+        self.second_moments = second_moments
+        layers = sorted(hparams.layers)
+        where = f"L{layers[0]}" if len(layers) == 1 else f"L{layers[0]}-{layers[-1]}"
+        self.label = f"MEMIT ({where})"
+        self.templates = templates or common.context_templates(
+            mt, hparams.context_template_lengths, hparams.seed
+        )
+        # Each case's factors (rank one per layer), so that each benchmark reapplies the edit.
+        self.updates: dict[int, memit.MemitUpdate] = {}
+
+    def details(self) -> dict[str, str]:
+        return {"hparams": self.hparams.to_json(sort_keys=True)}
+
+    def new_weights(self, mt: models.ModelAndTokenizer, case: EvalCase) -> dict[str, torch.Tensor]:
+        update = self.updates.get(case.case_id)
+        if update is None:
+            update = memit.compute_update(
+                mt, [edit_request(case)], self.hparams, self.second_moments, self.templates
+            )
+            self.updates[case.case_id] = update
+        return update.new_weights(mt.model)
 
 
 class FtMethod(WeightEditMethod):
@@ -140,6 +176,33 @@ def rome_method(
             world=resources.world,
         )
     return RomeMethod(mt, hparams, moment)
+
+
+@register_method("memit")
+def memit_method(
+    mt: models.ModelAndTokenizer,
+    cases: Sequence[EvalCase],
+    resources: EvalResources,
+    hparams: memit.MemitHparams | None = None,
+    hparams_path: Path | None = None,
+    stats_dataset: str | None = None,
+    stats_num_texts: int | None = None,
+    stats_dir: Path | None = None,
+) -> Method:
+    """MEMIT with the model's packaged hyperparameters (or ``hparams``/``hparams_path``), the key
+    statistics of each of its layers loaded from ``stats_dir`` or computed over ``stats_dataset``."""
+    if hparams is None:
+        hparams = memit.MemitHparams.from_file(hparams_path or hparams_file("memit", mt.name))
+    common.check_layers(mt, hparams.layers)
+    moments = memit.load_second_moments(
+        mt,
+        hparams,
+        stats_dir or default_stats_dir(),
+        world=resources.world,
+        dataset=stats_dataset,
+        num_texts=stats_num_texts,
+    )
+    return MemitMethod(mt, hparams, moments)
 
 
 def _ft_factory(name: str) -> None:

@@ -9,8 +9,9 @@ every training sequence is ``tokens(prefix + prompt) + target_ids[:-1]`` as ids.
 from __future__ import annotations
 
 import contextlib
+import logging
 import random
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -18,6 +19,8 @@ import torch
 import transformers
 
 from remedi import errors, models, precompute
+
+logger = logging.getLogger(__name__)
 
 Tokenizer = transformers.PreTrainedTokenizerBase
 
@@ -98,11 +101,13 @@ class EditBatch:
 def edit_batch(
     tokenizer: Tokenizer,
     texts: Sequence[str],
-    subject: str,
+    subject: str | Sequence[str],
     targets: Sequence[Sequence[int]] | None = None,
 ) -> EditBatch:
-    """Tokenize ``texts`` (each mentioning ``subject``) and append ``targets[i][:-1]`` to text
-    ``i`` as ids, so that one forward pass scores every target token (no target: none)."""
+    """Tokenize ``texts`` (each mentioning ``subject``, or its own of ``subject``) and append
+    ``targets[i][:-1]`` to text ``i`` as ids, so that one forward pass scores every target token
+    (no target: none)."""
+    subjects = [subject] * len(texts) if isinstance(subject, str) else list(subject)
     rows: list[list[int]] = []
     subject_positions: list[int] = []
     label_rows: list[list[int]] = []
@@ -110,7 +115,7 @@ def edit_batch(
         target_ids = targets[row_index] if targets is not None else ()
         encoded = tokenizer(text, return_offsets_mapping=True)
         ids = list(encoded["input_ids"])
-        span = precompute.find_char_spans([text], [subject])
+        span = precompute.find_char_spans([text], [subjects[row_index]])
         offsets = torch.tensor(encoded["offset_mapping"]).unsqueeze(0)
         ranges = precompute.token_ranges_from_char_spans(
             span, offsets, torch.ones(1, len(ids), dtype=torch.long), [text]
@@ -203,30 +208,139 @@ def record_mlp_keys(
 
 
 @contextlib.contextmanager
-def add_to_mlp_output(
+def add_to_output(
     model: torch.nn.Module,
-    projection: models.MlpOutput,
+    module_path: str,
     positions: torch.Tensor,
     delta: torch.Tensor,
     recorded: dict[str, torch.Tensor] | None = None,
 ) -> Iterator[None]:
-    """Add ``delta`` to the MLP output at ``positions[row]`` of each row; record the clean output
-    there first (``recorded["outputs"]``, detached) when ``recorded`` is given."""
-    module = model.get_submodule(projection.module_path)
+    """Add ``delta`` to the output of module ``module_path`` at ``positions[row]`` of each row
+    (an MLP projection's tensor, or a decoder block's hidden state, first of its tuple); record
+    the clean output there first (``recorded["outputs"]``, detached) when ``recorded`` is given."""
+    module = model.get_submodule(module_path)
 
-    def edit(module: torch.nn.Module, inputs: Any, output: torch.Tensor) -> torch.Tensor:
-        rows = torch.arange(output.shape[0], device=output.device)
+    def edit(module: torch.nn.Module, inputs: Any, output: Any) -> Any:
+        hidden = output[0] if isinstance(output, tuple) else output
+        rows = torch.arange(hidden.shape[0], device=hidden.device)
         if recorded is not None:
-            recorded["outputs"] = output[rows, positions].detach().clone()
-        edited = output.clone()
-        edited[rows, positions] = edited[rows, positions] + delta.to(output.dtype)
-        return edited
+            recorded["outputs"] = hidden[rows, positions].detach().clone()
+        edited = hidden.clone()
+        edited[rows, positions] = edited[rows, positions] + delta.to(hidden.dtype)
+        return (edited, *output[1:]) if isinstance(output, tuple) else edited
 
     handle = module.register_forward_hook(edit)
     try:
         yield
     finally:
         handle.remove()
+
+
+def add_to_mlp_output(
+    model: torch.nn.Module,
+    projection: models.MlpOutput,
+    positions: torch.Tensor,
+    delta: torch.Tensor,
+    recorded: dict[str, torch.Tensor] | None = None,
+) -> contextlib.AbstractContextManager[None]:
+    """:func:`add_to_output` at the MLP output projection ``projection`` (ROME's ``v``)."""
+    return add_to_output(model, projection.module_path, positions, delta, recorded)
+
+
+@dataclass(frozen=True)
+class ValueOptimization:
+    """How ROME's ``v*`` (and MEMIT's ``z``) is optimised: Adam on a vector added at the
+    subject's last token, with a KL term, a weight decay and a norm clamp."""
+
+    num_steps: int
+    lr: float
+    weight_decay: float
+    clamp_norm_factor: float
+    kl_factor: float
+    kl_prompts: Sequence[str]
+
+
+def optimize_value(
+    mt: models.ModelAndTokenizer,
+    request: EditRequest,
+    texts: Sequence[str],
+    module_path: str,
+    settings: ValueOptimization,
+) -> torch.Tensor:
+    """The output of ``module_path`` at the subject's last token that makes the model say the
+    target after each of ``texts`` (the prompt behind prefixes; ``texts[0]`` the bare prompt).
+
+    Returns ``init + delta`` (float32), ``init`` being the clean output in ``texts[0]``. The loss is
+    the target's mean token NLL over ``texts`` + ``kl_factor`` KL(clean || edited) of the next
+    token after each KL prompt at the subject + ``weight_decay |delta| / |init|^2``; ``delta`` is
+    clamped to ``clamp_norm_factor |init|`` after each step (ROME's ``compute_v``, MEMIT's
+    ``compute_z``). Runs in float32 whatever the model's dtype.
+
+    Raises:
+        errors.RemediError: The loss is not finite (lower ``lr``).
+    """
+    target_ids = target_token_ids(mt.tokenizer, request.prompt, request.target_new)
+    kl_texts = [prompt.replace("{}", request.subject) for prompt in settings.kl_prompts]
+    batch = edit_batch(
+        mt.tokenizer,
+        [*texts, *kl_texts],
+        request.subject,
+        [target_ids] * len(texts) + [[]] * len(kl_texts),
+    ).to(mt.device)
+    num_rewrite = len(texts)
+    kl_rows = torch.arange(num_rewrite, num_rewrite + len(kl_texts), device=mt.device)
+    # The output of an MLP projection and of a decoder block both have the residual's width.
+    delta = torch.zeros(models.determine_hidden_size(mt.model), device=mt.device)
+    delta.requires_grad_(True)
+    optimizer = torch.optim.Adam([delta], lr=settings.lr)
+    target_init: torch.Tensor | None = None
+    kl_init: torch.Tensor | None = None
+    for step in range(settings.num_steps):
+        optimizer.zero_grad()
+        recorded: dict[str, torch.Tensor] = {}
+        with add_to_output(mt.model, module_path, batch.subject_positions, delta, recorded):
+            logits = mt.model(input_ids=batch.input_ids, attention_mask=batch.attention_mask).logits
+        if target_init is None:
+            # The clean output at the subject in the bare prompt (delta is still 0).
+            target_init = recorded["outputs"][0].float()
+        kl_log_probs = torch.log_softmax(
+            logits[kl_rows, batch.subject_positions[kl_rows]].float(), dim=-1
+        )
+        if kl_init is None:
+            kl_init = kl_log_probs.detach().clone()
+        log_probs = torch.log_softmax(logits[:num_rewrite].float(), dim=-1)
+        labels = batch.labels[:num_rewrite]
+        mask = batch.target_mask[:num_rewrite].float()
+        token_log_probs = log_probs.gather(-1, labels.clamp(min=0).unsqueeze(-1)).squeeze(-1)
+        nll = -(token_log_probs * mask).sum() / mask.sum()
+        kl = settings.kl_factor * torch.nn.functional.kl_div(
+            kl_init, kl_log_probs, log_target=True, reduction="batchmean"
+        )
+        decay = settings.weight_decay * delta.norm() / target_init.norm() ** 2
+        loss = nll + kl + decay
+        logger.debug(
+            "value step %d: loss %.3f = nll %.3f + kl %.3f + decay %.3f",
+            step,
+            loss.item(),
+            nll.item(),
+            kl.item(),
+            decay.item(),
+        )
+        if not torch.isfinite(loss):
+            raise errors.RemediError(
+                f"the value optimisation's loss became {loss.item()} at step {step}; lower v_lr"
+            )
+        if loss.item() < 5e-2 or step == settings.num_steps - 1:
+            break
+        loss.backward()
+        optimizer.step()
+        max_norm = settings.clamp_norm_factor * target_init.norm()
+        with torch.no_grad():
+            if delta.norm() > max_norm:
+                delta.mul_(max_norm / delta.norm())
+    if target_init is None:
+        raise errors.UsageError("the value optimisation needs at least one step (v_num_grad_steps)")
+    return (target_init + delta).detach()
 
 
 def weight_as_out_in(weight: torch.Tensor, projection: models.MlpOutput) -> torch.Tensor:
@@ -237,3 +351,59 @@ def weight_as_out_in(weight: torch.Tensor, projection: models.MlpOutput) -> torc
 def check_layers(mt: models.ModelAndTokenizer, layers: Sequence[int]) -> None:
     """Raise a clear :class:`errors.UsageError` if a layer is out of range."""
     models.determine_layer_paths(mt.model, list(layers))
+
+
+@contextlib.contextmanager
+def substituted(model: torch.nn.Module, replacements: Mapping[str, torch.Tensor]) -> Iterator[None]:
+    """Run the model with ``replacements`` (by parameter name) in place of some parameters.
+
+    The parameters are swapped for the given tensors through their modules for the body's
+    duration and put back on exit (also on error); their storage is never written, so the
+    replacements may be trainable tensors or an edit being tried out.
+    """
+    originals: dict[str, torch.nn.Parameter] = {}
+    try:
+        for name, tensor in replacements.items():
+            module_name, _, attribute = name.rpartition(".")
+            module = model.get_submodule(module_name)
+            originals[name] = module._parameters[attribute]  # type: ignore[assignment]
+            del module._parameters[attribute]
+            setattr(module, attribute, tensor)
+        yield
+    finally:
+        for name, parameter in originals.items():
+            module_name, _, attribute = name.rpartition(".")
+            module = model.get_submodule(module_name)
+            if attribute in module.__dict__:
+                delattr(module, attribute)
+            module._parameters[attribute] = parameter
+
+
+def apply_weights(
+    model: torch.nn.Module, new_weights: Mapping[str, torch.Tensor]
+) -> dict[str, torch.Tensor]:
+    """Write ``new_weights`` (by parameter name, as every method's ``edit`` returns them) into
+    the model in place, and return copies of the values they replace.
+
+    For sequential editing: ``saved = apply_weights(model, rome.edit(...))`` keeps the edit;
+    ``apply_weights(model, saved)`` undoes it bit-identically. Undo a sequence of edits by
+    applying the saved dicts in reverse order (or keep the first saved value of each name).
+    Nothing is written unless every name exists and every shape matches.
+
+    Raises:
+        errors.UsageError: A name is not a parameter of the model, or a shape differs.
+    """
+    parameters = dict(model.named_parameters())
+    for name, value in new_weights.items():
+        if name not in parameters:
+            raise errors.UsageError(f"the model has no parameter {name!r} to write")
+        if value.shape != parameters[name].shape:
+            raise errors.UsageError(
+                f"new value of {name} has shape {tuple(value.shape)}, the parameter "
+                f"{tuple(parameters[name].shape)}"
+            )
+    saved = {name: parameters[name].detach().clone() for name in new_weights}
+    with torch.no_grad():
+        for name, value in new_weights.items():
+            parameters[name].copy_(value)
+    return saved

@@ -13,9 +13,7 @@ Training runs on float32 copies of the weights; the model's own weights are neve
 
 from __future__ import annotations
 
-import contextlib
 import logging
-from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -44,31 +42,6 @@ class FtHparams(DataClassJsonMixin):
     @classmethod
     def from_file(cls, path: Path) -> FtHparams:
         return cls.from_dict(io.read_json(path, "FT hyperparameters"))
-
-
-@contextlib.contextmanager
-def _substituted(model: torch.nn.Module, replacements: dict[str, torch.Tensor]) -> Iterator[None]:
-    """Run the model with ``replacements`` (trainable tensors) in place of some parameters.
-
-    The parameters are swapped for plain tensors through their modules for the body's duration
-    and put back on exit (also on error); their storage is never written.
-    """
-    originals: dict[str, torch.nn.Parameter] = {}
-    try:
-        for name, tensor in replacements.items():
-            module_name, _, attribute = name.rpartition(".")
-            module = model.get_submodule(module_name)
-            originals[name] = module._parameters[attribute]  # type: ignore[assignment]
-            del module._parameters[attribute]
-            setattr(module, attribute, tensor)
-        yield
-    finally:
-        for name, parameter in originals.items():
-            module_name, _, attribute = name.rpartition(".")
-            module = model.get_submodule(module_name)
-            if attribute in module.__dict__:
-                delattr(module, attribute)
-            module._parameters[attribute] = parameter
 
 
 def edit(
@@ -105,7 +78,7 @@ def edit(
     for step in range(hparams.num_steps):
         optimizer.zero_grad()
         # The model computes in its own dtype; the trained copies stay float32.
-        with _substituted(mt.model, {name: w.to(dtype) for name, w in trained.items()}):
+        with common.substituted(mt.model, {name: w.to(dtype) for name, w in trained.items()}):
             logits = mt.model(input_ids=batch.input_ids, attention_mask=batch.attention_mask).logits
         nll = -common.target_log_probs(logits[:1], _first_row(batch)).mean()
         loss = nll

@@ -104,69 +104,21 @@ def compute_value(
 ) -> torch.Tensor:
     """ROME's ``v*``: the MLP output at the subject that makes the model say the target (out,)."""
     projection = models.determine_mlp_output(mt.model, hparams.layer)
-    target_ids = common.target_token_ids(mt.tokenizer, request.prompt, request.target_new)
-    kl_texts = [prompt.replace("{}", request.subject) for prompt in hparams.kl_prompts]
-    rewrite = common.edit_batch(
-        mt.tokenizer,
-        texts + kl_texts,
-        request.subject,
-        [target_ids] * len(texts) + [[]] * len(kl_texts),
+    return common.optimize_value(
+        mt, request, texts, projection.module_path, value_settings(hparams)
     )
-    batch = rewrite.to(mt.device)
-    num_rewrite = len(texts)
-    kl_rows = torch.arange(num_rewrite, num_rewrite + len(kl_texts), device=mt.device)
 
-    delta = torch.zeros(projection.out_features, device=mt.device, requires_grad=True)
-    optimizer = torch.optim.Adam([delta], lr=hparams.v_lr)
-    target_init: torch.Tensor | None = None
-    kl_init: torch.Tensor | None = None
-    for step in range(hparams.v_num_grad_steps):
-        optimizer.zero_grad()
-        recorded: dict[str, torch.Tensor] = {}
-        with common.add_to_mlp_output(
-            mt.model, projection, batch.subject_positions, delta, recorded
-        ):
-            logits = mt.model(input_ids=batch.input_ids, attention_mask=batch.attention_mask).logits
-        if target_init is None:
-            # The clean MLP output at the subject in the unprefixed prompt (delta is still 0).
-            target_init = recorded["outputs"][0].float()
-        kl_log_probs = torch.log_softmax(
-            logits[kl_rows, batch.subject_positions[kl_rows]].float(), dim=-1
-        )
-        if kl_init is None:
-            kl_init = kl_log_probs.detach().clone()
-        log_probs = torch.log_softmax(logits[:num_rewrite].float(), dim=-1)
-        labels = batch.labels[:num_rewrite]
-        mask = batch.target_mask[:num_rewrite].float()
-        token_log_probs = log_probs.gather(-1, labels.clamp(min=0).unsqueeze(-1)).squeeze(-1)
-        nll = -(token_log_probs * mask).sum() / mask.sum()
-        kl = hparams.kl_factor * torch.nn.functional.kl_div(
-            kl_init, kl_log_probs, log_target=True, reduction="batchmean"
-        )
-        decay = hparams.v_weight_decay * delta.norm() / target_init.norm() ** 2
-        loss = nll + kl + decay
-        logger.debug(
-            "v* step %d: loss %.3f = nll %.3f + kl %.3f + decay %.3f",
-            step,
-            loss.item(),
-            nll.item(),
-            kl.item(),
-            decay.item(),
-        )
-        if not torch.isfinite(loss):
-            raise errors.RemediError(
-                f"ROME's v* loss became {loss.item()} at step {step}; lower v_lr"
-            )
-        if loss.item() < 5e-2 or step == hparams.v_num_grad_steps - 1:
-            break
-        loss.backward()
-        optimizer.step()
-        max_norm = hparams.clamp_norm_factor * target_init.norm()
-        with torch.no_grad():
-            if delta.norm() > max_norm:
-                delta.mul_(max_norm / delta.norm())
-    assert target_init is not None
-    return (target_init + delta).detach()
+
+def value_settings(hparams: RomeHparams) -> common.ValueOptimization:
+    """The ``v*`` optimisation settings of ``hparams``."""
+    return common.ValueOptimization(
+        num_steps=hparams.v_num_grad_steps,
+        lr=hparams.v_lr,
+        weight_decay=hparams.v_weight_decay,
+        clamp_norm_factor=hparams.clamp_norm_factor,
+        kl_factor=hparams.kl_factor,
+        kl_prompts=tuple(hparams.kl_prompts),
+    )
 
 
 def compute_update(

@@ -1,0 +1,196 @@
+"""MEMIT on tiny GPT-2 models: the closed form in float64, several requests at once, several
+layers, applying and restoring weights, failures mid-edit, and the registered method."""
+
+from __future__ import annotations
+
+import copy
+
+import pytest
+import torch
+import transformers
+
+from remedi import data, errors, evaluation, models
+from remedi.methods import common, hparams_file, memit, stats
+from tests.test_weight_methods import CORPUS, FIXTURES, TEMPLATES, assert_unchanged, weights_of
+
+REQUESTS = [
+    common.EditRequest("Mira Talovan lives in the city of", "Mira Talovan", "Oslo"),
+    common.EditRequest("Xavi Bornadel lives in the city of", "Xavi Bornadel", "Paris"),
+]
+
+
+@pytest.fixture(scope="module")
+def mt4(tokenizer) -> models.ModelAndTokenizer:
+    """Four layers, so that MEMIT can spread over two and still have layers above them."""
+    torch.manual_seed(0)
+    config = transformers.GPT2Config(
+        vocab_size=len(tokenizer),
+        n_positions=128,
+        n_embd=32,
+        n_layer=4,
+        n_head=2,
+        bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+        # Larger initial weights than the default 0.02, so that one MLP output moves the prediction.
+        initializer_range=0.2,
+    )
+    model = transformers.GPT2LMHeadModel(config).eval().requires_grad_(False)
+    return models.ModelAndTokenizer(model=model, tokenizer=tokenizer, name="tiny-gpt2-4")
+
+
+@pytest.fixture(scope="module")
+def mt64(mt4) -> models.ModelAndTokenizer:
+    """float64: the closed-form checks compare quantities equal only in exact arithmetic."""
+    return models.ModelAndTokenizer(copy.deepcopy(mt4.model).double(), mt4.tokenizer, "tiny-64")
+
+
+def moments_of(mt: models.ModelAndTokenizer, layers: list[int]) -> dict[int, torch.Tensor]:
+    return {
+        layer: stats.second_moment(mt, layer, "corpus", len(CORPUS), texts=CORPUS).moment
+        for layer in layers
+    }
+
+
+def mean_log_prob(mt: models.ModelAndTokenizer, request: common.EditRequest) -> float:
+    ids = common.target_token_ids(mt.tokenizer, request.prompt, request.target_new)
+    batch = common.edit_batch(mt.tokenizer, [request.prompt], request.subject, [ids])
+    with torch.no_grad():
+        logits = mt.model(input_ids=batch.input_ids, attention_mask=batch.attention_mask).logits
+    return float(common.target_log_probs(logits, batch)[0])
+
+
+def test_one_layer_update_maps_the_keys_to_the_residuals(mt64):
+    layer = 1
+    hparams = memit.MemitHparams(layers=[layer], v_num_grad_steps=5, mom2_update_weight=3.0)
+    moment = moments_of(mt64, [layer])[layer].double()
+    update = memit.compute_update(mt64, REQUESTS, hparams, {layer: moment}, TEMPLATES)
+    (layer_update,) = update.layers
+    projection = models.determine_mlp_output(mt64.model, layer)
+    delta = layer_update.delta()
+    out_in = delta.T if projection.transposed else delta
+    assert torch.linalg.matrix_rank(out_in) == len(REQUESTS)
+
+    keys = memit.averaged_keys(mt64, layer, REQUESTS, TEMPLATES).double()
+    residuals = (update.targets - memit.residual_stream(mt64, layer, REQUESTS)).double()
+    # The normal equations of MEMIT's objective: delta (lambda C + K K^T) = R K^T.
+    lhs = out_in @ (hparams.mom2_update_weight * moment + keys.T @ keys)
+    # Keys and targets are read in float32 by design; the solve and products are float64.
+    torch.testing.assert_close(lhs, residuals.T @ keys, rtol=1e-6, atol=1e-8)
+
+    # One request: Sherman-Morrison gives ROME's closed form with lambda in the denominator,
+    # so the edited MLP moves the request's key by (z - h) s / (lambda + s), s = k^T C^-1 k.
+    single = memit.compute_update(mt64, REQUESTS[:1], hparams, {layer: moment}, TEMPLATES)
+    key = memit.averaged_keys(mt64, layer, REQUESTS[:1], TEMPLATES).double()[0]
+    residual = single.targets[0].double() - memit.residual_stream(mt64, layer, REQUESTS[:1])[0]
+    s = key @ torch.linalg.solve(moment, key)
+    moved = common.weight_as_out_in(single.layers[0].delta(), projection) @ key
+    torch.testing.assert_close(moved, residual * s / (hparams.mom2_update_weight + s))
+    # Near lambda = 0 the update writes the whole residual: the layer maps k to the target.
+    exact = memit.MemitHparams(layers=[layer], v_num_grad_steps=5, mom2_update_weight=1e-9)
+    full = memit.compute_update(mt64, REQUESTS[:1], exact, {layer: moment}, TEMPLATES)
+    moved = common.weight_as_out_in(full.layers[0].delta(), projection) @ key
+    torch.testing.assert_close(moved, residual, rtol=1e-6, atol=1e-8)
+
+
+def test_update_norm_is_bounded_by_the_clamped_value(mt64):
+    layer = 0
+    hparams = memit.MemitHparams(layers=[layer], v_num_grad_steps=8, mom2_update_weight=1.0)
+    moment = moments_of(mt64, [layer])[layer].double()
+    update = memit.compute_update(mt64, REQUESTS[:1], hparams, {layer: moment}, TEMPLATES)
+    clean = memit.residual_stream(mt64, layer, REQUESTS[:1])[0].double()
+    residual = update.targets[0].double() - clean
+    # z - h is the optimised delta, clamped to clamp_norm_factor |h| (h: the clean output).
+    assert residual.norm() <= hparams.clamp_norm_factor * clean.norm() * (1 + 1e-6)
+    key = memit.averaged_keys(mt64, layer, REQUESTS[:1], TEMPLATES).double()[0]
+    eigenvalues = torch.linalg.eigvalsh(moment)
+    # |delta W| = |z - h| |C^-1 k| / (lambda + k^T C^-1 k) <= |z - h| cond(C) / |k|.
+    bound = residual.norm() * eigenvalues[-1] / eigenvalues[0] / key.norm()
+    assert update.layers[0].delta().norm() <= bound
+
+
+def test_a_batch_of_requests_over_two_layers_is_written_and_restored(mt4):
+    layers = [0, 1]
+    hparams = memit.MemitHparams(
+        layers=layers, v_num_grad_steps=20, clamp_norm_factor=4.0, mom2_update_weight=0.5
+    )
+    before = weights_of(mt4)
+    new = memit.edit(mt4, REQUESTS, hparams, moments_of(mt4, layers), TEMPLATES)
+    assert sorted(new) == [f"transformer.h.{layer}.mlp.c_proj.weight" for layer in layers]
+    assert_unchanged(mt4, before)
+    original = [mean_log_prob(mt4, request) for request in REQUESTS]
+    saved = common.apply_weights(mt4.model, new)
+    try:
+        edited = [mean_log_prob(mt4, request) for request in REQUESTS]
+        changed = [n for n, p in mt4.model.named_parameters() if not torch.equal(p, before[n])]
+        assert sorted(changed) == sorted(new)
+    finally:
+        common.apply_weights(mt4.model, saved)
+    assert_unchanged(mt4, before)
+    for request, was, now in zip(REQUESTS, original, edited, strict=True):
+        assert now > was + 0.5, request
+
+
+def test_failures_leave_the_weights_and_no_hooks(mt4, monkeypatch):
+    before = weights_of(mt4)
+    moments = moments_of(mt4, [0, 1])
+    with pytest.raises(errors.UsageError, match="out of range"):
+        memit.compute_update(mt4, REQUESTS, memit.MemitHparams(layers=[3, 4]), moments, TEMPLATES)
+    with pytest.raises(errors.UsageError, match="key statistics C of layer 1"):
+        memit.compute_update(mt4, REQUESTS, memit.MemitHparams(layers=[0, 1]), {0: moments[0]})
+    with pytest.raises(errors.MismatchError, match="do not fit"):
+        wrong = {0: moments[0], 1: torch.eye(3)}
+        memit.compute_update(mt4, REQUESTS, memit.MemitHparams(layers=[0, 1]), wrong, TEMPLATES)
+    with pytest.raises(errors.UsageError, match="at least one edit request"):
+        memit.compute_update(mt4, [], memit.MemitHparams(layers=[0]), moments, TEMPLATES)
+    broken = memit.MemitHparams(layers=[0], v_lr=1e30, clamp_norm_factor=float("inf"))
+    with pytest.raises(errors.RemediError, match="lower v_lr"):
+        memit.compute_update(mt4, REQUESTS, broken, moments, TEMPLATES)
+    assert_unchanged(mt4, before)
+
+    # A failure at the second layer, while the first layer's update is substituted in.
+    calls = {"count": 0}
+    averaged_keys = memit.averaged_keys
+
+    def failing(*args, **kwargs):
+        calls["count"] += 1
+        if calls["count"] == 2:
+            raise RuntimeError("out of memory")
+        return averaged_keys(*args, **kwargs)
+
+    monkeypatch.setattr(memit, "averaged_keys", failing)
+    hparams = memit.MemitHparams(layers=[0, 1], v_num_grad_steps=3)
+    with pytest.raises(RuntimeError, match="out of memory"):
+        memit.compute_update(mt4, REQUESTS, hparams, moments, TEMPLATES)
+    assert calls["count"] == 2
+    assert_unchanged(mt4, before)
+    assert all(isinstance(p, torch.nn.Parameter) for p in mt4.model.parameters())
+    with pytest.raises(errors.UsageError, match="has shape"):
+        common.apply_weights(mt4.model, {"transformer.h.0.mlp.c_proj.weight": torch.zeros(2)})
+    assert_unchanged(mt4, before)
+
+
+def test_memit_is_registered_one_case_at_a_time(mt4, tmp_path):
+    records = data.load_counterfact_records(FIXTURES / "eval_counterfact.json")
+    cases = evaluation.counterfact_cases(records)
+    hparams = memit.MemitHparams(
+        layers=[0, 1],
+        context_template_lengths=[],
+        clamp_norm_factor=4.0,
+        mom2_update_weight=0.5,
+        stats_dataset="corpus",
+    )
+    for layer in hparams.layers:
+        stats.second_moment(mt4, layer, "corpus", hparams.stats_num_texts, tmp_path, texts=CORPUS)
+    method = evaluation.build_method(
+        "memit", mt4, cases, evaluation.EvalResources(), hparams=hparams, stats_dir=tmp_path
+    )
+    assert isinstance(method, evaluation.weight_methods.MemitMethod)
+    assert method.label == "MEMIT (L0-1)" and method.templates == ["{}"]
+    before = weights_of(mt4)
+    queries = [(case, case.rewrite_prompt, case.target_new) for case in cases]
+    edited = evaluation.target_log_probs(mt4, method, queries)
+    plain = evaluation.target_log_probs(mt4, evaluation.Method(), queries)
+    assert (edited > plain).all()
+    assert_unchanged(mt4, before)
+    assert memit.MemitHparams.from_file(hparams_file("memit", "gptj")).layers == [3, 4, 5, 6, 7, 8]
+    assert memit.MemitHparams.from_file(hparams_file("memit", "toy")).layers
