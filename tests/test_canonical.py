@@ -182,11 +182,18 @@ def _tiny_config(model_dir: Path, output: Path, task: str, **extra: Any) -> cano
     return canon.config_from_dict(data, "test config")
 
 
+MEMIT_TINY = {
+    "name": "memit",
+    "hparams_file": str(Path(canon.methods.__file__).parents[1] / "methods/hparams/memit/toy.json"),
+    "memit_layers": [0, 1],
+    "mom2_adjustment": False,
+}
+
 TASK_SETTINGS: dict[str, dict[str, Any]] = {
     "country_capital": {"method": {"name": "lora", "lora_rank": 2}},
     "company_ceo": {"regularization": {"kl_weight": 0.5}},
     "pronoun_gender_bias": {"regularization": {"l2_weight": 0.1}},
-    "temporal": {},
+    "temporal": {"method": MEMIT_TINY},
     "stereoset": {"method": {"name": "lora", "lora_rank": 2}, "regularization": {"kl_weight": 1}},
     "verb_conjugation": {},
 }
@@ -197,6 +204,7 @@ TASK_SETTINGS: dict[str, dict[str, Any]] = {
 def test_one_experiment_runs_on_each_real_task(tiny_model_dir: Path, tmp_path: Path, task: str):
     config = _tiny_config(tiny_model_dir, tmp_path / task, task, **TASK_SETTINGS[task])
     result = canon.run_experiment(config)
+    # MEMIT is one edit: before (epoch 0) and after (1), like one epoch of training.
     assert [stats.epoch for stats in result.epochs] == [0, 1]
     assert result.counts["train"] == 4 and result.counts["evaluation"] == 6
     assert result.counts["regularization"] == (100 if config.regularization.kl_weight else 0)
@@ -209,6 +217,22 @@ def test_one_experiment_runs_on_each_real_task(tiny_model_dir: Path, tmp_path: P
     assert result.epochs[1].general_loss != result.epochs[0].general_loss
     saved = canon.read_result(tmp_path / task)
     assert saved is not None and saved.to_dict() == result.to_dict()
+
+
+def test_memit_refuses_a_loss_type_without_a_suffix_to_write(tiny_model_dir: Path, tmp_path):
+    config = _tiny_config(
+        tiny_model_dir, tmp_path, "country_capital", method=MEMIT_TINY, loss_type="bad"
+    )
+    with pytest.raises(errors.UsageError, match="loss_type 'bad' has no suffix to write"):
+        canon.run_experiment(config)
+
+
+def test_memit_requests_edit_at_the_subject_or_the_prefix():
+    example = canonical.CanonicalExample("The capital of Peru is", " Lima", None, "Peru")
+    (true,) = canon.methods.edit_requests([example], "true")
+    (prefix,) = canon.methods.edit_requests([example], "prefix")
+    assert (true.subject, true.target_new) == ("Peru", " Lima")
+    assert prefix.subject == "The capital of Peru is"
 
 
 # ---------------------------------------------------------------------------------------------

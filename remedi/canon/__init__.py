@@ -1,7 +1,7 @@
 """Model editing with canonical examples (Hewitt et al. 2024): experiments, sweeps, reports.
 
 - :mod:`remedi.canon.config`: the experiment YAML schema, validated on load;
-- :mod:`remedi.canon.methods`: how the model changes (``full`` fine-tuning, ``lora``), a registry;
+- :mod:`remedi.canon.methods`: how the model changes (``full`` fine-tuning, ``lora``, ``memit``);
 - :mod:`remedi.canon.scoring`: suffix and text NLLs, the training losses, the seed's scores;
 - :mod:`remedi.canon.experiment`: train, evaluate every epoch, write ``result.json``;
 - :mod:`remedi.canon.sweep`: many experiments through ``submitit``, resumable;
@@ -29,10 +29,11 @@ from remedi.canon.experiment import (
     read_result,
     run_experiment,
 )
-from remedi.canon.methods import CANON_METHODS, register_canon_method
+from remedi.canon.methods import CANON_METHODS, EDIT_METHODS, register_canon_method
 
 __all__ = [
     "CANON_METHODS",
+    "EDIT_METHODS",
     "LOSS_TYPES",
     "SEED_BOUNDS",
     "EpochStats",

@@ -45,11 +45,15 @@ SPLITS = ("val", "test")
 
 @dataclass
 class MethodSettings:
-    """How the model is changed: ``name`` is a key of ``remedi.canon.methods.CANON_METHODS``.
+    """How the model is changed: ``name`` is a key of ``remedi.canon.methods.CANON_METHODS``
+    (trained by gradient steps) or ``EDIT_METHODS`` (one edit from all canonical examples).
 
-    ``lora_*`` apply to ``lora`` (``lora_targets``: module-name suffixes or one regex, default
-    the MLP projections of every layer); ``layers`` restricts ``full`` to some blocks (default
-    all parameters).
+    ``lora_*`` apply to ``lora`` (``lora_targets``: module-name suffixes, default the MLP
+    projections of every layer); ``layers`` restricts ``full`` to some blocks (default all
+    parameters). ``memit_*`` and the three MEMIT settings the seed swept override the model's
+    packaged MEMIT hyperparameters (``hparams_file``: another JSON); ``memit_subject`` is
+    ``true`` (the line's subject field, the seed's ``true_subject``; the prefix where a line has
+    none) or ``prefix`` (the whole prefix, the seed's ``prefix_subject``).
     """
 
     name: str = "full"
@@ -58,6 +62,15 @@ class MethodSettings:
     lora_dropout: float = 0.0
     lora_targets: list[str] | None = None
     layers: list[int] | None = None
+    hparams_file: str | None = None
+    memit_subject: str = "true"
+    memit_layers: list[int] | None = None
+    mom2_adjustment: bool | None = None
+    mom2_update_weight: float | None = None
+    clamp_norm_factor: float | None = None
+    kl_factor: float | None = None
+    stats_num_texts: int | None = None
+    stats_dir: str | None = None
 
 
 @dataclass
@@ -211,7 +224,7 @@ def config_from_dict(data: Mapping[str, Any], source: str = "config") -> Experim
 def validate(config: ExperimentConfig, source: str = "config") -> None:
     """Check values that the types alone do not: loss type, split, method and task names."""
     # Imported here: the registries import this module.
-    from remedi.canon.methods import CANON_METHODS
+    from remedi.canon.methods import CANON_METHODS, EDIT_METHODS
     from remedi.data.canonical import CANONICAL_TASKS
 
     if config.loss_type is not None and config.loss_type not in LOSS_TYPES:
@@ -222,10 +235,15 @@ def validate(config: ExperimentConfig, source: str = "config") -> None:
         raise errors.UsageError(
             f"{source}: unknown split {config.split!r}; allowed: {', '.join(SPLITS)}"
         )
-    if config.method.name not in CANON_METHODS:
+    if config.method.name not in {**CANON_METHODS, **EDIT_METHODS}:
         raise errors.UsageError(
             f"{source}: unknown method.name {config.method.name!r}; allowed: "
-            f"{', '.join(CANON_METHODS)}"
+            f"{', '.join([*CANON_METHODS, *EDIT_METHODS])}"
+        )
+    if config.method.memit_subject not in ("true", "prefix"):
+        raise errors.UsageError(
+            f"{source}: unknown method.memit_subject {config.method.memit_subject!r}; allowed: "
+            "true, prefix"
         )
     if config.task not in CANONICAL_TASKS:
         raise errors.UsageError(

@@ -30,7 +30,7 @@ from dataclasses_json import DataClassJsonMixin
 from remedi import env, errors, io, models
 from remedi.canon import scoring
 from remedi.canon.config import ExperimentConfig, config_from_dict
-from remedi.canon.methods import CANON_METHODS, Trainable
+from remedi.canon.methods import CANON_METHODS, EDIT_METHODS, Trainable
 from remedi.data import canonical
 
 logger = logging.getLogger(__name__)
@@ -308,10 +308,35 @@ def _train_and_evaluate(config: ExperimentConfig) -> ExperimentResult:
     max_length = model_max_length(mt, config.evaluation.max_length)
     settings = config.training
     regularization = config.regularization
+    evaluate = Evaluator(mt, data, loss_type, threshold, max_length, config.evaluation.batch_size)
+
+    def finish(epochs: list[EpochStats]) -> ExperimentResult:
+        return ExperimentResult(
+            name=config.name,
+            task=config.task,
+            method=config.method.name,
+            split=config.split,
+            loss_type=loss_type,
+            threshold=threshold,
+            config=config.to_dict(),
+            epochs=epochs,
+            counts=data.counts(),
+            seconds=time.monotonic() - started,
+        )
+
+    if config.method.name in EDIT_METHODS:
+        # One edit from all canonical examples: evaluated before and after ("epoch" 1).
+        unedited = evaluate(mt.model, 0, None)
+        new_weights = EDIT_METHODS[config.method.name](mt, data.train, config.method, loss_type)
+        parameters = dict(mt.model.named_parameters())
+        with torch.no_grad():
+            for name, value in new_weights.items():
+                parameters[name].copy_(value)
+        return finish([unedited, evaluate(mt.model, 1, None)])
+
     trainable = CANON_METHODS[config.method.name](
         mt.model, config.method, regularization.kl_weight > 0
     )
-    evaluate = Evaluator(mt, data, loss_type, threshold, max_length, config.evaluation.batch_size)
     epochs = [evaluate(trainable.model, 0, None)]
     logger.info("%s: unedited %s", config.name, epochs[0])
     optimizer = torch.optim.Adam(
@@ -358,18 +383,7 @@ def _train_and_evaluate(config: ExperimentConfig) -> ExperimentResult:
         scheduler.step()
         epochs.append(evaluate(trainable.model, epoch, sum(losses) / len(losses)))
         logger.info("%s: epoch %d %s", config.name, epoch, epochs[-1])
-    return ExperimentResult(
-        name=config.name,
-        task=config.task,
-        method=config.method.name,
-        split=config.split,
-        loss_type=loss_type,
-        threshold=threshold,
-        config=config.to_dict(),
-        epochs=epochs,
-        counts=data.counts(),
-        seconds=time.monotonic() - started,
-    )
+    return finish(epochs)
 
 
 def result_config(result: ExperimentResult) -> ExperimentConfig:

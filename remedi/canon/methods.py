@@ -1,9 +1,11 @@
-"""How an experiment changes the model: one registry entry per method (``full``, ``lora``).
+"""How an experiment changes the model: ``full``, ``lora`` (trained), ``memit`` (one edit).
 
 A method prepares a loaded model for training: which module the forward pass goes through,
 which parameters the optimiser moves, and how to get the unedited model's outputs for the KL
 regulariser. ``full`` fine-tunes every parameter (or those of some blocks), ``lora`` trains
 low-rank adapters with ``peft``, whose disabled adapters give the original model for free.
+:data:`EDIT_METHODS` instead compute new weights from all canonical examples at once: ``memit``
+(:mod:`remedi.methods.memit`) writes each example's suffix after its prefix as one request.
 """
 
 from __future__ import annotations
@@ -12,13 +14,17 @@ import contextlib
 import copy
 import logging
 import re
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
 
 import torch
 
-from remedi import errors
+from remedi import env, errors, models
 from remedi.canon.config import MethodSettings
+from remedi.data.canonical import CanonicalExample
+from remedi.methods.common import EditRequest
 
 logger = logging.getLogger(__name__)
 
@@ -124,3 +130,82 @@ def lora(model: torch.nn.Module, settings: MethodSettings, need_reference: bool)
             yield wrapped
 
     return Trainable(wrapped, parameters, original if need_reference else None)
+
+
+# ---------------------------------------------------------------------------------------------
+# Methods that write all canonical examples in one edit instead of training on them.
+
+EditFactory = Callable[
+    [models.ModelAndTokenizer, Sequence[CanonicalExample], MethodSettings, str],
+    dict[str, torch.Tensor],
+]
+"""``factory(mt, train_examples, settings, loss_type) -> new weights by parameter name``."""
+
+EDIT_METHODS: dict[str, EditFactory] = {}
+"""One-shot editing methods by name (an experiment evaluates before and after the edit)."""
+
+
+def edit_requests(examples: Sequence[CanonicalExample], subject_kind: str) -> list[EditRequest]:
+    """One request per canonical example: after the prefix, the (first) suffix.
+
+    ``subject_kind`` ``true``: the example's subject where it has one in its prefix (the
+    seed's ``true_subject``), else the prefix; ``prefix``: the whole prefix.
+    """
+    requests = []
+    for example in examples:
+        prompt = example.prefix.rstrip()
+        subject = example.subject if subject_kind == "true" else None
+        if not subject or subject not in prompt:
+            subject = prompt
+        requests.append(EditRequest(prompt, subject, " " + example.suffix.strip()))
+    return requests
+
+
+def _memit_hparams(mt: models.ModelAndTokenizer, settings: MethodSettings) -> Any:
+    from remedi.methods import hparams_file, memit
+
+    path = Path(settings.hparams_file) if settings.hparams_file else hparams_file("memit", mt.name)
+    hparams = memit.MemitHparams.from_file(path)
+    overrides = {
+        "layers": settings.memit_layers,
+        "mom2_adjustment": settings.mom2_adjustment,
+        "mom2_update_weight": settings.mom2_update_weight,
+        "clamp_norm_factor": settings.clamp_norm_factor,
+        "kl_factor": settings.kl_factor,
+        "stats_num_texts": settings.stats_num_texts,
+    }
+    for key, value in overrides.items():
+        if value is not None:
+            setattr(hparams, key, value)
+    return hparams
+
+
+def memit_edit(
+    mt: models.ModelAndTokenizer,
+    examples: Sequence[CanonicalExample],
+    settings: MethodSettings,
+    loss_type: str,
+) -> dict[str, torch.Tensor]:
+    """MEMIT (:mod:`remedi.methods.memit`) with every canonical example as one request."""
+    from remedi.methods import memit
+
+    if loss_type not in ("good", "good-v-bad"):
+        raise errors.UsageError(
+            f"memit writes a suffix into the model; loss_type {loss_type!r} has no suffix to "
+            "write (use good, or good-v-bad whose first suffix is written)"
+        )
+    hparams = _memit_hparams(mt, settings)
+    world = None
+    if hparams.mom2_adjustment and hparams.stats_dataset == "toy":
+        from remedi.toy.build import toy_world_paths
+        from remedi.toy.canonical import load_world
+
+        world = load_world(toy_world_paths(mt.name.split("+")[0]).world_file)
+    stats_dir = Path(settings.stats_dir) if settings.stats_dir else env.results_dir() / "stats"
+    moments = memit.load_second_moments(mt, hparams, stats_dir, world=world)
+    requests = edit_requests(examples, settings.memit_subject)
+    new_weights: dict[str, torch.Tensor] = memit.edit(mt, requests, hparams, moments)
+    return new_weights
+
+
+EDIT_METHODS["memit"] = memit_edit

@@ -50,12 +50,15 @@ GENERAL_FILES = {"val": "val100-val.jsonl", "test": "val100.jsonl", "short": "va
 class CanonicalExample:
     """One line: ``prefix`` + ``suffix`` (+ ``suffix2`` for pairs), or a whole ``text``.
 
-    For ``text`` lines the prefix is empty and ``suffix`` holds the text.
+    For ``text`` lines the prefix is empty and ``suffix`` holds the text. ``subject`` is what
+    the example is about where its file says (the country, the company, the person), for
+    methods that edit at a subject's tokens (MEMIT).
     """
 
     prefix: str
     suffix: str
     suffix2: str | None = None
+    subject: str | None = None
 
     @property
     def text(self) -> str:
@@ -64,11 +67,13 @@ class CanonicalExample:
 
 @dataclass(frozen=True)
 class TaskFile:
-    """One role's file: its name stem (before ``-val``/``-test``), shape and required fields."""
+    """One role's file: its name stem (before ``-val``/``-test``), shape, required fields, and
+    the field naming each line's subject (if any)."""
 
     stem: str
     shape: Shape
     fields: tuple[str, ...] = ()
+    subject_field: str | None = None
 
     def required(self) -> tuple[str, ...]:
         return tuple(dict.fromkeys((*SHAPE_FIELDS[self.shape], *self.fields)))
@@ -110,7 +115,7 @@ def canonical_root() -> Path:
 
 
 def read_canonical_file(
-    path: Path, shape: Shape, fields: tuple[str, ...] = ()
+    path: Path, shape: Shape, fields: tuple[str, ...] = (), subject_field: str | None = None
 ) -> list[CanonicalExample]:
     """Read a JSONL task file; every line must hold the shape's fields and ``fields``.
 
@@ -154,14 +159,18 @@ def read_canonical_file(
                     f"{path}:{number}: field {wrong[0]!r} must be a string, got "
                     f"{type(record[wrong[0]]).__name__}"
                 )
+            subject = record.get(subject_field) if subject_field else None
+            subject = subject if isinstance(subject, str) and subject else None
             if shape == "text":
                 examples.append(CanonicalExample("", record["text"]))
             elif shape == "pair":
                 examples.append(
-                    CanonicalExample(record["prefix"], record["suffix1"], record["suffix2"])
+                    CanonicalExample(
+                        record["prefix"], record["suffix1"], record["suffix2"], subject
+                    )
                 )
             else:
-                examples.append(CanonicalExample(record["prefix"], record["suffix"]))
+                examples.append(CanonicalExample(record["prefix"], record["suffix"], None, subject))
     return examples
 
 
@@ -183,7 +192,7 @@ CANONICAL_TASKS: dict[str, CanonicalTask] = {
         name="country_capital",
         folder="country_capital",
         files={
-            "train": TaskFile("country_capital_fixed", "suffix", ("country", "capital")),
+            "train": TaskFile("country_capital_fixed", "suffix", ("country", "capital"), "country"),
             "eval": TaskFile("country_capital_clear_eval", "suffix", ("country", "capital")),
             "hard_negative": TaskFile(
                 "country_capital_hard_neg", "suffix", ("country", "other_city")
@@ -198,7 +207,7 @@ CANONICAL_TASKS: dict[str, CanonicalTask] = {
         name="company_ceo",
         folder="company_ceo",
         files={
-            "train": TaskFile("company_ceo_train", "suffix", ("company", "ceo")),
+            "train": TaskFile("company_ceo_train", "suffix", ("company", "ceo"), "company"),
             "eval": TaskFile("company_ceo_eval_clear", "suffix", ("company", "ceo")),
             "hard_negative": TaskFile(
                 "company_ceo_hard_neg_eval_clear", "suffix", ("company", "ceo")
@@ -239,7 +248,7 @@ CANONICAL_TASKS: dict[str, CanonicalTask] = {
         name="stereoset",
         folder="stereoset",
         files={
-            "train": TaskFile("stereoset_train", "suffix", _STEREOSET_FIELDS),
+            "train": TaskFile("stereoset_train", "suffix", _STEREOSET_FIELDS, "target"),
             "eval": TaskFile("stereoset_eval_clear", "suffix", _STEREOSET_FIELDS),
             "hard_negative": TaskFile("stereoset_hard_neg", "suffix"),
             "unconditional": TaskFile("stereoset_unconditional", "text", _STEREOSET_FIELDS),
@@ -290,7 +299,9 @@ def load_task_file(
     task_file = spec.files.get(role)
     if task_file is None:
         raise errors.UsageError(f"task {spec.name} has no {role!r} file")
-    return read_canonical_file(spec.path(role, split, root), task_file.shape, task_file.fields)
+    return read_canonical_file(
+        spec.path(role, split, root), task_file.shape, task_file.fields, task_file.subject_field
+    )
 
 
 TaskLoader = Callable[..., list[CanonicalExample]]

@@ -36,7 +36,7 @@ TOY_WORKS_FOR = CanonicalTask(
     name="toy_works_for",
     folder="toy_works_for",
     files={
-        "train": TaskFile("toy_works_for_train", "suffix", ("entity", "employer")),
+        "train": TaskFile("toy_works_for_train", "suffix", ("entity", "employer"), "entity"),
         "eval": TaskFile("toy_works_for_eval", "suffix", ("entity", "employer")),
         "hard_negative": TaskFile("toy_works_for_hard_neg", "suffix", ("entity",)),
         "unconditional": TaskFile("toy_works_for_unconditional", "text"),
