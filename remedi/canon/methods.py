@@ -145,19 +145,34 @@ EDIT_METHODS: dict[str, EditFactory] = {}
 """One-shot editing methods by name (an experiment evaluates before and after the edit)."""
 
 
-def edit_requests(examples: Sequence[CanonicalExample], subject_kind: str) -> list[EditRequest]:
+def edit_requests(
+    examples: Sequence[CanonicalExample],
+    subject_kind: str,
+    tokenizer: Any = None,
+    max_tokens: int | None = None,
+) -> list[EditRequest]:
     """One request per canonical example: after the prefix, the (first) suffix.
 
     ``subject_kind`` ``true``: the example's subject where it has one in its prefix (the
-    seed's ``true_subject``), else the prefix; ``prefix``: the whole prefix.
+    seed's ``true_subject``), else the prefix; ``prefix``: the whole prefix. When prompt and
+    target together exceed ``max_tokens``, the target keeps at most half of them (its start)
+    and the prompt its last tokens.
     """
     requests = []
     for example in examples:
-        prompt = example.prefix.rstrip()
+        prompt, target = example.prefix.rstrip(), " " + example.suffix.strip()
+        if tokenizer is not None and max_tokens is not None:
+            prompt_ids = tokenizer(prompt, add_special_tokens=False)["input_ids"]
+            target_ids = tokenizer(target, add_special_tokens=False)["input_ids"]
+            if len(prompt_ids) + len(target_ids) > max_tokens:
+                target_ids = target_ids[: max_tokens // 2]
+                target = tokenizer.decode(target_ids)
+                prompt_ids = prompt_ids[-(max_tokens - len(target_ids)) :]
+                prompt = tokenizer.decode(prompt_ids).strip()
         subject = example.subject if subject_kind == "true" else None
         if not subject or subject not in prompt:
             subject = prompt
-        requests.append(EditRequest(prompt, subject, " " + example.suffix.strip()))
+        requests.append(EditRequest(prompt, subject, target))
     return requests
 
 
@@ -203,7 +218,13 @@ def memit_edit(
         world = load_world(toy_world_paths(mt.name.split("+")[0]).world_file)
     stats_dir = Path(settings.stats_dir) if settings.stats_dir else env.results_dir() / "stats"
     moments = memit.load_second_moments(mt, hparams, stats_dir, world=world)
-    requests = edit_requests(examples, settings.memit_subject)
+    positions = getattr(mt.model.config, "n_positions", None) or getattr(
+        mt.model.config, "max_position_embeddings", 1024
+    )
+    # Room for MEMIT's random prefixes before the prompt and its target.
+    longest_template = max((length for length, _ in hparams.context_template_lengths), default=0)
+    room = int(positions) - int(longest_template) - 16
+    requests = edit_requests(examples, settings.memit_subject, mt.tokenizer, room)
     new_weights: dict[str, torch.Tensor] = memit.edit(mt, requests, hparams, moments)
     return new_weights
 
