@@ -219,8 +219,8 @@ def memit_edit(
     stats_dir = Path(settings.stats_dir) if settings.stats_dir else env.results_dir() / "stats"
     moments = memit.load_second_moments(mt, hparams, stats_dir, world=world)
     config = mt.model.config
-    positions: int = getattr(config, "n_positions", None) or getattr(
-        config, "max_position_embeddings", 1024
+    positions = int(
+        getattr(config, "n_positions", None) or getattr(config, "max_position_embeddings", 1024)
     )
     # Room for MEMIT's random prefixes before the prompt and its target.
     longest_template = max((length for length, _ in hparams.context_template_lengths), default=0)
