@@ -158,17 +158,6 @@ def load_task_data(config: ExperimentConfig) -> TaskData:
     )
 
 
-def model_max_length(mt: models.ModelAndTokenizer, configured: int | None) -> int:
-    """The longest row the model takes: the config's, else the model's positions."""
-    if configured is not None:
-        return configured
-    for key in ("n_positions", "max_position_embeddings", "n_ctx"):
-        value = getattr(mt.model.config, key, None)
-        if isinstance(value, int) and value > 0:
-            return min(value, 2048)
-    return 1024
-
-
 class Evaluator:
     """The seed's four measurements of the model in its current state."""
 
@@ -305,7 +294,7 @@ def _train_and_evaluate(config: ExperimentConfig) -> ExperimentResult:
     data = load_task_data(config)
     if not data.train:
         raise errors.FileFormatError(f"task {config.task} has no training examples")
-    max_length = model_max_length(mt, config.evaluation.max_length)
+    max_length = scoring.model_max_length(mt.model, config.evaluation.max_length)
     settings = config.training
     regularization = config.regularization
     evaluate = Evaluator(mt, data, loss_type, threshold, max_length, config.evaluation.batch_size)

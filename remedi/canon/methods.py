@@ -22,6 +22,7 @@ from typing import Any
 import torch
 
 from remedi import env, errors, models
+from remedi.canon import scoring
 from remedi.canon.config import MethodSettings
 from remedi.data.canonical import CanonicalExample
 from remedi.methods.common import EditRequest
@@ -218,13 +219,10 @@ def memit_edit(
         world = load_world(toy_world_paths(mt.name.split("+")[0]).world_file)
     stats_dir = Path(settings.stats_dir) if settings.stats_dir else env.results_dir() / "stats"
     moments = memit.load_second_moments(mt, hparams, stats_dir, world=world)
-    config = mt.model.config
-    positions = int(
-        getattr(config, "n_positions", None) or getattr(config, "max_position_embeddings", 1024)
-    )
+    positions = scoring.model_max_length(mt.model)
     # Room for MEMIT's random prefixes before the prompt and its target.
     longest_template = max((length for length, _ in hparams.context_template_lengths), default=0)
-    room = int(positions) - int(longest_template) - 16
+    room = positions - int(longest_template) - 16
     requests = edit_requests(examples, settings.memit_subject, mt.tokenizer, room)
     new_weights: dict[str, torch.Tensor] = memit.edit(mt, requests, hparams, moments)
     return new_weights

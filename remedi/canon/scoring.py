@@ -22,6 +22,17 @@ from remedi.data.canonical import CanonicalExample
 logger = logging.getLogger(__name__)
 
 
+def model_max_length(model: torch.nn.Module, configured: int | None = None) -> int:
+    """The longest row the model takes: ``configured``, else the model's positions (<= 2048)."""
+    if configured is not None:
+        return configured
+    for key in ("n_positions", "max_position_embeddings", "n_ctx"):
+        value = getattr(model.config, key, None)
+        if isinstance(value, int) and value > 0:
+            return min(value, 2048)
+    return 1024
+
+
 @dataclass
 class Tokenized:
     """Rows of token ids and, per row, the first scored position (``score_from``)."""
