@@ -252,7 +252,8 @@ def run_experiment(config: ExperimentConfig, rerun: bool = False) -> ExperimentR
     directory = output_dir(config)
     existing = read_result(directory)
     if existing is not None and not rerun:
-        if existing.config != config.to_dict():
+        # Read through today's schema, so keys added since (with defaults) still match.
+        if result_config(existing).to_dict() != config.to_dict():
             raise errors.MismatchError(
                 f"{directory} holds a finished experiment with another config; give this one "
                 "another name or output_dir, or rerun it to replace the result"
