@@ -37,9 +37,10 @@ DEFAULT_BOUND = 1e-3
 COLUMNS = {
     "initial_success": "success before",
     "success": "success",
-    "general": "Δ general",
-    "targeted": "Δ targeted",
-    "hard_negative": "Δ hard neg.",
+    # Plain-text headers: LaTeX without unicode packages must read them.
+    "general": "general loss +",
+    "targeted": "targeted loss +",
+    "hard_negative": "hard neg. loss +",
 }
 
 
@@ -147,7 +148,7 @@ def report_table(rows: list[ReportRow], bound: float) -> tables.Table:
         ],
         notes=[
             "success: fraction of evaluation examples whose score clears the task's threshold; "
-            "Δ: increase in loss over the unedited model (NLL per token for general and "
+            "loss +: increase in loss over the unedited model (NLL per token for general and "
             "targeted text, per example for hard negatives)",
             *(
                 f"{row.task} / {row.method}: {row.val_experiment} (val success "
