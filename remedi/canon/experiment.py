@@ -289,12 +289,12 @@ def _train_and_evaluate(config: ExperimentConfig) -> ExperimentResult:
     loss_type = config.loss_type or task.loss_type
     threshold = config.threshold if config.threshold is not None else task.threshold
     device = config.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    data = load_task_data(config)  # before the model: a bad file fails fast
+    if not data.train:
+        raise errors.FileFormatError(f"task {config.task} has no training examples")
     mt = models.load_model(
         config.model, device=device, dtype=config.dtype or "float32", random_init=config.random_init
     )
-    data = load_task_data(config)
-    if not data.train:
-        raise errors.FileFormatError(f"task {config.task} has no training examples")
     max_length = scoring.model_max_length(mt.model, config.evaluation.max_length)
     settings = config.training
     regularization = config.regularization
