@@ -9,7 +9,12 @@ uses, each on a small split:
 - ``cls``: one editor, the entity read at each layer (``scripts.eval_fact_cls --entity-layers``);
   the best layer has the highest Fact-Med F1 (the paper's headline probing number);
 - ``ent``: McRae editors trained at each layer (``scripts.eval_entailment``, ``layer_<L>/``);
-  the best layer has the highest correlation of co-occurring features with the norms.
+  the best layer has the highest correlation of co-occurring features with the norms;
+- ``gen_biosbias``: Bias in Bios editors trained at each layer (``scripts.eval_bias_gen``,
+  ``layer_<L>/``); the best layer has the highest decontextual top-1 accuracy (the occupation
+  carried by the edit alone, the paper's error-correction headline);
+- ``cls_biosbias``: one Bias in Bios editor, the entity read at each layer
+  (``scripts.eval_bias_cls --entity-layers``); the best layer has the highest Bios-Med F1.
 
 Each evaluation writes its own result files and skips finished ones, so a sweep resumes where it
 stopped and a finished layer is never recomputed; :func:`write_sweep` only reads them.
@@ -26,11 +31,17 @@ from pathlib import Path
 from dataclasses_json import DataClassJsonMixin
 
 from remedi import errors, io, report
-from remedi.evaluation import classification, entailment, tables
+from remedi.evaluation import bios_classification, biosbias, classification, entailment, tables
 
 logger = logging.getLogger(__name__)
 
-CRITERIA = {"gen": "score", "cls": "contextual.f1", "ent": "co.r"}
+CRITERIA = {
+    "gen": "score",
+    "cls": "contextual.f1",
+    "ent": "co.r",
+    "gen_biosbias": "decontextual.top1_accuracy",
+    "cls_biosbias": "f1",
+}
 """The metric each sweep maximises to pick its layer."""
 
 
@@ -108,7 +119,50 @@ def ent_points(experiment_dir: Path, layers: Sequence[int]) -> list[SweepPoint]:
     return points
 
 
-COLLECTORS = {"gen": gen_points, "cls": cls_points, "ent": ent_points}
+def gen_biosbias_points(experiment_dir: Path, layers: Sequence[int]) -> list[SweepPoint]:
+    """REMEDI's Bias in Bios error-correction numbers of each layer (``layer_<L>/summary.json``
+    of ``scripts.eval_bias_gen``): top-1/top-k accuracy (%), fluency, consistency per setting."""
+    points = []
+    for layer in layers:
+        path = layer_dir(experiment_dir, layer) / "summary.json"
+        if not path.is_file():
+            logger.warning("no summary for layer %d at %s; skipped", layer, path)
+            continue
+        summary = io.read_json(path, "Bias in Bios summary")
+        rows = [row for row in summary.get("rows", []) if row.get("method") == "remedi"]
+        if not rows:
+            continue
+        values: dict[str, float | None] = {}
+        for setting in biosbias.SETTINGS:
+            for key, value in (rows[0].get(setting) or {}).items():
+                if key != "k":
+                    values[f"{setting}.{key}"] = value
+        points.append(SweepPoint(layer, values))
+    return points
+
+
+def cls_biosbias_points(experiment_dir: Path, layers: Sequence[int]) -> list[SweepPoint]:
+    """REMEDI's Bios-Med metrics with the entity read at each layer."""
+    points = []
+    for layer in layers:
+        result = bios_classification.read_result(
+            bios_classification.result_file(experiment_dir, "remedi", layer)
+        )
+        if result is None:
+            logger.warning("no Bias in Bios classification result for entity layer %d", layer)
+            continue
+        names = ("f1", "mcc", "accuracy", "probe_recall_1", "probe_recall_k")
+        points.append(SweepPoint(layer, {name: getattr(result.metrics, name) for name in names}))
+    return points
+
+
+COLLECTORS = {
+    "gen": gen_points,
+    "cls": cls_points,
+    "ent": ent_points,
+    "gen_biosbias": gen_biosbias_points,
+    "cls_biosbias": cls_biosbias_points,
+}
 
 
 def best_layer(points: Sequence[SweepPoint], criterion: str) -> int | None:

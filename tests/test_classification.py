@@ -54,15 +54,18 @@ def _outputs(labels: list[bool], predictions: list[bool]) -> list[cls.Classifier
     ]
 
 
-def test_contextual_task_flips_classes_for_f1_but_not_mcc():
+def test_f1_is_of_the_lm_failing_in_both_tasks_and_mcc_is_unchanged_by_the_flip():
+    # labels T T T F F, predictions T T F F T: the positive class is the LM failing (F), as the
+    # reference flips both tasks before F1.
     outputs = _outputs([True, True, True, False, False], [True, True, False, False, True])
-    plain = cls.task_metrics(outputs, contextual=False)
-    flipped = cls.task_metrics(outputs, contextual=True)
-    assert plain.mcc == pytest.approx(flipped.mcc)
-    assert plain.accuracy == pytest.approx(flipped.accuracy)
-    assert plain.f1 == pytest.approx(2 * 2 / (2 * 2 + 1 + 1))  # tp 2, fp 1, fn 1
-    assert flipped.f1 == pytest.approx(2 * 1 / (2 * 1 + 1 + 1))  # flipped: tp 1, fp 1, fn 1
-    assert plain.label_rate == pytest.approx(0.6)
+    result = cls.task_metrics(outputs)
+    assert result.f1 == pytest.approx(2 * 1 / (2 * 1 + 1 + 1))  # flipped: tp 1, fp 1, fn 1
+    unflipped_mcc = metrics.matthews_corrcoef(
+        [True, True, True, False, False], [True, True, False, False, True]
+    )
+    assert result.mcc == pytest.approx(unflipped_mcc)
+    assert result.accuracy == pytest.approx(3 / 5)
+    assert result.label_rate == pytest.approx(0.6)
 
 
 def test_control_task_shuffles_labels_with_its_seed_and_keeps_their_balance():
@@ -73,8 +76,8 @@ def test_control_task_shuffles_labels_with_its_seed_and_keeps_their_balance():
     assert shuffled != cls.control_labels(labels, seed=4)
     assert shuffled != labels
     outputs = _outputs(labels, labels)  # a perfect probe
-    assert cls.task_metrics(outputs, contextual=False).mcc == pytest.approx(1.0)
-    control = cls.task_metrics(outputs, contextual=False, control_task=True, control_task_seed=3)
+    assert cls.task_metrics(outputs).mcc == pytest.approx(1.0)
+    control = cls.task_metrics(outputs, control_task=True, control_task_seed=3)
     assert abs(control.mcc) < 0.5
 
 
@@ -288,6 +291,13 @@ def test_probing_tasks_are_listed_and_say_what_to_train_first(tmp_path):
         "x.sweep.gen.counterfact",
         "x.sweep.cls.counterfact",
         "x.sweep.ent.mcrae",
+        "x.eval.cls.biosbias",
+        "x.sweep.gen.biosbias",
+        "x.sweep.cls.biosbias",
+        "x.train.counterfact",
+        "x.train.biosbias",
+        "x.eval.gen.counterfact",
+        "x.eval.gen.biosbias",
     ):
         assert name in listing.stdout
     result = run_invoke(

@@ -16,9 +16,12 @@ already assigns that attribute to the entity. This benchmark follows the REMEDI 
   Fact-Prior). Entity states and each kind of direction are standardised per dimension over
   the evaluated samples (zero mean, unit variance), then scored by dot product; the prediction
   is "target" when the target's direction scores higher.
-- **Metrics**: F1 and MCC (and accuracy). For Fact-Med the positive class is the LM *failing*
-  to mediate (labels and predictions are flipped before F1, as in the reference; MCC and
-  accuracy do not change).
+- **Metrics**: F1 and MCC (and accuracy). In both tasks the positive class is the LM *failing*
+  at the task (to mediate the context's value for Fact-Med, to keep its prior for Fact-Prior):
+  labels and predictions are flipped before F1, in both tasks as in the reference
+  (``benchmarks.classification``: "classify whether the model will *not* make the correct
+  prediction"); MCC and accuracy do not change. F1 of the positive class depends on how often
+  the LM fails: compare rows of one LM (or MCC across LMs).
 - **Control task**: the labels shuffled with a seed (class balance kept), same predictions.
 
 Differences from the reference: a dimension with zero variance is left centred (divided by 1)
@@ -166,19 +169,18 @@ def control_labels(labels: Sequence[bool], seed: int) -> list[bool]:
 
 def task_metrics(
     outputs: Sequence[ClassifierOutputs],
-    contextual: bool,
     control_task: bool = False,
     control_task_seed: int = DEFAULT_CONTROL_TASK_SEED,
 ) -> ClassifierTaskMetrics:
-    """F1, MCC and accuracy of one task, as the reference computes them (see module doc)."""
+    """F1, MCC and accuracy of one task, as the reference computes them (see module doc): the
+    positive class is the LM failing at the task."""
     labels = [output.label for output in outputs]
     label_rate = metrics.share(labels)
     predictions = [output.prediction for output in outputs]
     if control_task:
         labels = control_labels(labels, control_task_seed)
-    if contextual:
-        labels = [not label for label in labels]
-        predictions = [not prediction for prediction in predictions]
+    labels = [not label for label in labels]
+    predictions = [not prediction for prediction in predictions]
     return ClassifierTaskMetrics(
         f1=metrics.f1_score(labels, predictions),
         mcc=metrics.matthews_corrcoef(labels, predictions),
@@ -260,8 +262,7 @@ def classification(
             )
         ]
     task_results = {
-        task: task_metrics(outputs[task], task == "contextual", control_task, control_task_seed)
-        for task in TASKS
+        task: task_metrics(outputs[task], control_task, control_task_seed) for task in TASKS
     }
     settings = ClassificationSettings(
         model=mt.name,
@@ -363,8 +364,8 @@ def classification_table(
         notes.append(
             f"{first.samples} samples; editor layer {first.editor_layer}, entity layer "
             f"{first.entity_layer} ({first.entity_token} token); {names['contextual']}: does "
-            f"the LM fail to follow the context's value (positive class), "
-            f"{names['decontextual']}: does it keep its prior; labels from the unedited LM's "
+            f"the LM fail to follow the context's value, {names['decontextual']}: does it fail "
+            "to keep its prior (the positive classes of F1); labels from the unedited LM's "
             "first-token log-probs, predictions from standardised dot products of REMEDI "
             "directions with the entity's state."
         )

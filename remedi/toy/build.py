@@ -29,6 +29,7 @@ import transformers
 
 from remedi import env, errors, io
 from remedi.toy import corpus, export
+from remedi.toy import mcrae as toy_mcrae
 from remedi.toy.lm import (
     ARCHITECTURES,
     LMSettings,
@@ -72,6 +73,12 @@ class ToyWorldPaths:
         """The toy Bias in Bios export (``biosbias.json``). Not one of :meth:`data_files`:
         worlds built before it existed are complete without it (see :func:`ensure_toy_biosbias`)."""
         return self.data_dir / "biosbias.json"
+
+    @property
+    def mcrae_file(self) -> Path:
+        """The toy feature norms in McRae's format (see :mod:`remedi.toy.mcrae`). Not one of
+        :meth:`data_files`, like :attr:`biosbias_file` (see :func:`ensure_toy_mcrae`)."""
+        return self.data_dir / toy_mcrae.TOY_MCRAE_FILE_NAME
 
     def data_files(self) -> tuple[Path, ...]:
         return (
@@ -281,6 +288,7 @@ def build_toy_world(
 
     io.write_json(paths.world_file, world.to_json())
     io.write_json(paths.biosbias_file, export.biosbias_records(world))
+    toy_mcrae.write_mcrae_norms(world, paths.mcrae_file)
     io.write_json(paths.counterfact_file, kept)
     io.write_json(paths.attribute_snippets_file, snippets)
     io.write_json(paths.tfidf_vocab_file, vocabulary, indent=None)
@@ -421,6 +429,17 @@ def ensure_toy_biosbias(name: str = "toy") -> Path:
         logger.info("writing the toy Bias in Bios export %s from %s", paths.biosbias_file, name)
         io.write_json(paths.biosbias_file, export.biosbias_records(world))
     return paths.biosbias_file
+
+
+def ensure_toy_mcrae(name: str = "toy") -> Path:
+    """The toy McRae-format norms of built world ``name``, written from ``world.json`` if absent
+    (they depend only on the world, as :func:`ensure_toy_biosbias`'s records)."""
+    paths = toy_world_paths(name)
+    if not paths.mcrae_file.is_file():
+        world = load_world(name)
+        logger.info("writing the toy McRae norms %s from %s", paths.mcrae_file, name)
+        toy_mcrae.write_mcrae_norms(world, paths.mcrae_file)
+    return paths.mcrae_file
 
 
 def load_world(name: str = "toy") -> World:
