@@ -2,6 +2,7 @@
 
 - :mod:`remedi.canon.config`: the experiment YAML schema, validated on load;
 - :mod:`remedi.canon.methods`: how the model changes (``full`` fine-tuning, ``lora``, ``memit``);
+- :mod:`remedi.canon.remedi_method`: ``remedi``, an editor's directions at the examples' entities;
 - :mod:`remedi.canon.scoring`: suffix and text NLLs, the training losses, the seed's scores;
 - :mod:`remedi.canon.experiment`: train, evaluate every epoch, write ``result.json``;
 - :mod:`remedi.canon.sweep`: many experiments through ``submitit``, resumable;
@@ -29,13 +30,23 @@ from remedi.canon.experiment import (
     read_result,
     run_experiment,
 )
-from remedi.canon.methods import CANON_METHODS, EDIT_METHODS, register_canon_method
+from remedi.canon.methods import (
+    CANON_METHODS,
+    EDIT_METHODS,
+    STATE_METHODS,
+    register_canon_method,
+)
+
+# Registers ``remedi`` in STATE_METHODS.
+from remedi.canon.remedi_method import EditedModel
 
 __all__ = [
     "CANON_METHODS",
     "EDIT_METHODS",
     "LOSS_TYPES",
     "SEED_BOUNDS",
+    "STATE_METHODS",
+    "EditedModel",
     "EpochStats",
     "ExperimentConfig",
     "ExperimentResult",

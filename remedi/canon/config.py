@@ -53,7 +53,9 @@ class MethodSettings:
     parameters). ``memit_*`` and the three MEMIT settings the seed swept override the model's
     packaged MEMIT hyperparameters (``hparams_file``: another JSON); ``memit_subject`` is
     ``true`` (the line's subject field, the seed's ``true_subject``; the prefix where a line has
-    none) or ``prefix`` (the whole prefix, the seed's ``prefix_subject``).
+    none) or ``prefix`` (the whole prefix, the seed's ``prefix_subject``). ``remedi_*`` apply
+    to ``remedi`` (:mod:`remedi.canon.remedi_method`): the layer of a new editor, its type and
+    rank, or a trained editor's directory to start from, and the scale of its directions.
     """
 
     name: str = "full"
@@ -71,6 +73,11 @@ class MethodSettings:
     kl_factor: float | None = None
     stats_num_texts: int | None = None
     stats_dir: str | None = None
+    remedi_layer: int | None = None
+    remedi_editor: str | None = None
+    remedi_editor_type: str = "linear"
+    remedi_rank: int | None = None
+    remedi_alpha: float = 1.0
 
 
 @dataclass
@@ -224,7 +231,7 @@ def config_from_dict(data: Mapping[str, Any], source: str = "config") -> Experim
 def validate(config: ExperimentConfig, source: str = "config") -> None:
     """Check values that the types alone do not: loss type, split, method and task names."""
     # Imported here: the registries import this module.
-    from remedi.canon.methods import CANON_METHODS, EDIT_METHODS
+    from remedi.canon.methods import CANON_METHODS, EDIT_METHODS, STATE_METHODS
     from remedi.data.canonical import CANONICAL_TASKS
 
     if config.loss_type is not None and config.loss_type not in LOSS_TYPES:
@@ -235,16 +242,24 @@ def validate(config: ExperimentConfig, source: str = "config") -> None:
         raise errors.UsageError(
             f"{source}: unknown split {config.split!r}; allowed: {', '.join(SPLITS)}"
         )
-    if config.method.name not in {**CANON_METHODS, **EDIT_METHODS}:
+    methods = [*CANON_METHODS, *EDIT_METHODS, *STATE_METHODS]
+    if config.method.name not in methods:
         raise errors.UsageError(
-            f"{source}: unknown method.name {config.method.name!r}; allowed: "
-            f"{', '.join([*CANON_METHODS, *EDIT_METHODS])}"
+            f"{source}: unknown method.name {config.method.name!r}; allowed: {', '.join(methods)}"
         )
     if config.method.memit_subject not in ("true", "prefix"):
         raise errors.UsageError(
             f"{source}: unknown method.memit_subject {config.method.memit_subject!r}; allowed: "
             "true, prefix"
         )
+    if config.method.name == "remedi":
+        from remedi.editors import EDITOR_TYPES
+
+        if config.method.remedi_editor_type not in EDITOR_TYPES:
+            raise errors.UsageError(
+                f"{source}: unknown method.remedi_editor_type "
+                f"{config.method.remedi_editor_type!r}; allowed: {', '.join(EDITOR_TYPES)}"
+            )
     if config.task not in CANONICAL_TASKS:
         raise errors.UsageError(
             f"{source}: unknown task {config.task!r}; allowed: {', '.join(CANONICAL_TASKS)}"

@@ -30,7 +30,7 @@ from dataclasses_json import DataClassJsonMixin
 from remedi import env, errors, io, models
 from remedi.canon import scoring
 from remedi.canon.config import ExperimentConfig, config_from_dict
-from remedi.canon.methods import CANON_METHODS, EDIT_METHODS, Trainable
+from remedi.canon.methods import CANON_METHODS, EDIT_METHODS, STATE_METHODS, Trainable
 from remedi.data import canonical
 
 logger = logging.getLogger(__name__)
@@ -324,10 +324,17 @@ def _train_and_evaluate(config: ExperimentConfig) -> ExperimentResult:
                 parameters[name].copy_(value)
         return finish([unedited, evaluate(mt.model, 1, None)])
 
-    trainable = CANON_METHODS[config.method.name](
-        mt.model, config.method, regularization.kl_weight > 0
-    )
-    epochs = [evaluate(trainable.model, 0, None)]
+    if config.method.name in STATE_METHODS:
+        trainable = STATE_METHODS[config.method.name](
+            mt, config.task, data.train, config.method, regularization.kl_weight > 0
+        )
+    else:
+        trainable = CANON_METHODS[config.method.name](
+            mt.model, config.method, regularization.kl_weight > 0
+        )
+    # Epoch 0 is the unedited LM (a state method's model may start with an edit applied).
+    unedited_model = mt.model if config.method.name in STATE_METHODS else trainable.model
+    epochs = [evaluate(unedited_model, 0, None)]
     logger.info("%s: unedited %s", config.name, epochs[0])
     optimizer = torch.optim.Adam(
         trainable.parameters, lr=settings.learning_rate, betas=(0.9, 0.995)

@@ -6,6 +6,9 @@ regulariser. ``full`` fine-tunes every parameter (or those of some blocks), ``lo
 low-rank adapters with ``peft``, whose disabled adapters give the original model for free.
 :data:`EDIT_METHODS` instead compute new weights from all canonical examples at once: ``memit``
 (:mod:`remedi.methods.memit`) writes each example's suffix after its prefix as one request.
+:data:`STATE_METHODS` leave the weights alone and edit hidden states: ``remedi``
+(:mod:`remedi.canon.remedi_method`) trains an editor whose directions the model adds at the
+canonical examples' entities.
 """
 
 from __future__ import annotations
@@ -131,6 +134,17 @@ def lora(model: torch.nn.Module, settings: MethodSettings, need_reference: bool)
             yield wrapped
 
     return Trainable(wrapped, parameters, original if need_reference else None)
+
+
+StateFactory = Callable[
+    [models.ModelAndTokenizer, str, Sequence[CanonicalExample], MethodSettings, bool], Trainable
+]
+"""``factory(mt, task_name, train_examples, settings, need_reference) -> Trainable`` whose
+``model`` edits hidden states of the frozen LM and whose ``parameters`` are the edit's own."""
+
+STATE_METHODS: dict[str, StateFactory] = {}
+"""Methods that edit hidden states instead of weights, by name (trained like CANON_METHODS);
+:mod:`remedi.canon.remedi_method` registers ``remedi``."""
 
 
 # ---------------------------------------------------------------------------------------------
