@@ -349,3 +349,143 @@ def test_every_shipped_config_and_sweep_validates():
     for path in sorted((root / "sweeps").glob("*.yaml")):
         _, experiments = sweep.load_sweep(path)
         assert experiments
+
+
+# ---------------------------------------------------------------------------------------------
+# REMEDI: an editor's directions at the canonical examples' entities.
+
+# A tiny random LM carries little from one token to the next: each prefix ends at its entity
+# (where the direction is added) and each suffix is one token of the test tokenizer.
+REMEDI_EXAMPLES = [
+    canonical.CanonicalExample("Next comes Ann Smith", " is", None, "Ann Smith"),
+    canonical.CanonicalExample("Next comes Bo Lee", " in", None, "Bo Lee"),
+    canonical.CanonicalExample("Next comes Cy Park", " of", None, "Cy Park"),
+]
+
+
+def _remedi_inputs(mt: Any, prompts: list[str]) -> dict[str, torch.Tensor]:
+    rows = [mt.tokenizer(prompt)["input_ids"] for prompt in prompts]
+    length = max(len(ids) for ids in rows)
+    input_ids = torch.zeros(len(rows), length, dtype=torch.long)
+    attention = torch.zeros(len(rows), length, dtype=torch.long)
+    for row, ids in enumerate(rows):  # right padding, as the canonical scorer pads
+        input_ids[row, : len(ids)] = torch.tensor(ids)
+        attention[row, : len(ids)] = 1
+    return {"input_ids": input_ids, "attention_mask": attention}
+
+
+@pytest.fixture(scope="module")
+def wide_logits_model_dir(tmp_path_factory: pytest.TempPathFactory, tokenizer) -> Path:
+    """The tiny GPT-2 with larger initial weights: at the default scale (0.02) its logits span
+    less than one nat, so no edit of a hidden state can make a suffix 5 times likelier."""
+    directory = tmp_path_factory.mktemp("tiny-gpt2-wide")
+    tiny_gpt2(tokenizer, initializer_range=0.5).save_pretrained(directory)
+    tokenizer.save_pretrained(directory)
+    return directory
+
+
+def test_remedi_fits_its_examples_and_leaves_other_prompts_bit_identical(
+    wide_logits_model_dir: Path,
+):
+    from remedi import models
+    from remedi.canon import scoring
+    from remedi.canon.config import MethodSettings
+    from remedi.canon.remedi_method import remedi_trainable
+
+    torch.manual_seed(0)
+    mt = models.load_model(str(wide_logits_model_dir), device="cpu")
+    settings = MethodSettings(name="remedi", remedi_layer=0)
+    trainable = remedi_trainable(mt, "toy_works_for", REMEDI_EXAMPLES, settings, False)
+    device = torch.device("cpu")
+
+    def scores(model: torch.nn.Module) -> torch.Tensor:
+        return scoring.example_scores(model, mt.tokenizer, REMEDI_EXAMPLES, "good", 64, device, 8)
+
+    before = scores(trainable.model)
+    assert torch.equal(before, scores(mt.model))  # a new editor starts at no edit
+    optimizer = torch.optim.Adam(trainable.parameters, lr=0.1)
+    for _ in range(30):
+        optimizer.zero_grad()
+        scoring.training_loss(
+            trainable.model, mt.tokenizer, REMEDI_EXAMPLES, "good", 64, device
+        ).backward()
+        optimizer.step()
+    after = scores(trainable.model)
+    threshold = canonical.CANONICAL_TASKS["toy_works_for"].threshold
+    assert (after <= threshold).sum() > (before <= threshold).sum()
+    assert bool((after < before - 1.0).all())
+    assert all(p.grad is None for p in mt.model.parameters())  # the LM stays frozen
+
+    # A prompt mentioning no edited entity, alone and batched with an edited one: its logits
+    # are the unedited model's exactly (nothing is added to its row).
+    with torch.no_grad():
+        for prompts in (["Dee Fox works for"], ["Bo Lee works for", "Dee Fox works for"]):
+            inputs = _remedi_inputs(mt, prompts)
+            edited, original = trainable.model(**inputs).logits, mt.model(**inputs).logits
+            assert torch.equal(edited[-1], original[-1])
+            if len(prompts) == 2:
+                assert not torch.equal(edited[0], original[0])
+
+
+def test_remedi_refuses_a_task_whose_examples_name_no_subject(tiny_model_dir: Path, tmp_path):
+    config = _tiny_config(
+        tiny_model_dir,
+        tmp_path,
+        "pronoun_gender_bias",
+        method={"name": "remedi", "remedi_layer": 0},
+    )
+    if not canonical.CANONICAL_TASKS["pronoun_gender_bias"].path("train", "val").is_file():
+        pytest.skip("the shared canonical_examples data is not here")
+    with pytest.raises(
+        errors.UsageError, match="task pronoun_gender_bias cannot use method remedi"
+    ):
+        canon.run_experiment(config)
+
+
+def test_a_remedi_experiment_runs_and_leaves_unmentioned_text_alone(
+    tiny_model_dir: Path, tmp_path: Path
+):
+    root = tmp_path / "data"
+    split = root / "toy_works_for" / "split"
+    split.mkdir(parents=True)
+    lines = {
+        "toy_works_for_train": [
+            {"prefix": e.prefix, "suffix": e.suffix, "entity": e.subject, "employer": e.suffix}
+            for e in REMEDI_EXAMPLES
+        ],
+        "toy_works_for_eval": [
+            {
+                "prefix": f"Then {e.subject}",
+                "suffix": e.suffix,
+                "entity": "x",
+                "employer": "x",
+            }
+            for e in REMEDI_EXAMPLES
+        ],
+        "toy_works_for_hard_neg": [
+            {"prefix": "Bo Lee lives in", "suffix": " Oslo", "entity": "Bo Lee"}
+        ],
+        "toy_works_for_unconditional": [{"text": "Ann Smith works for Toyota."}],
+    }
+    for stem, rows in lines.items():
+        (split / f"{stem}-val.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    general = "".join(
+        json.dumps({"text": t}) + "\n" for t in ("Dee Fox lives in Rome.", "It rains.")
+    )
+    for name in ("val100-val.jsonl", "val100-short.jsonl"):
+        (root / name).write_text(general)
+    config = _tiny_config(
+        tiny_model_dir,
+        tmp_path / "out",
+        "toy_works_for",
+        data_root=str(root),
+        method={"name": "remedi", "remedi_layer": 0},
+        training={"epochs": 2, "learning_rate": 0.1},
+    )
+    result = canon.run_experiment(config)
+    assert [stats.epoch for stats in result.epochs] == [0, 1, 2]
+    first, last = result.epochs[0], result.epochs[-1]
+    # The general texts mention no edited person: the edited model scores them exactly the same.
+    assert last.general_loss == first.general_loss
+    assert last.targeted_loss != first.targeted_loss
+    assert last.hard_negative_loss != first.hard_negative_loss
