@@ -448,7 +448,7 @@ def test_a_remedi_experiment_runs_and_leaves_unmentioned_text_alone(
     root = tmp_path / "data"
     split = root / "toy_works_for" / "split"
     split.mkdir(parents=True)
-    lines = {
+    lines: dict[str, list[dict[str, Any]]] = {
         "toy_works_for_train": [
             {"prefix": e.prefix, "suffix": e.suffix, "entity": e.subject, "employer": e.suffix}
             for e in REMEDI_EXAMPLES
