@@ -431,8 +431,8 @@ REMEDI_TASKS = {
     "country_capital": True,
     "company_ceo": True,
     "stereoset": True,
-    # No subject field: pair tasks about professions/verbs, and temporal (its entity_string is
-    # not in the prefixes).
+    # No subject field: pair tasks about professions and verbs, and temporal (its entity_string
+    # is a Wikipedia URL, not a mention).
     "temporal": False,
     "pronoun_gender_bias": False,
     "verb_conjugation": False,

@@ -16,9 +16,11 @@ weight-editing methods are; only the editor's parameters move. A fresh editor st
 (no edit, like LoRA's zero-initialised adapters); ``method.remedi_editor`` names a trained
 editor directory to start from instead (``training.epochs: 0`` evaluates it as it is).
 
-Tasks whose canonical examples name no subject (pronoun gender bias, verb conjugation, and
-temporal, whose files carry an ``entity_string`` the task does not declare as subject) have no
-entity to edit: :func:`remedi_trainable` refuses them with a one-line error.
+Tasks whose canonical examples name no subject have no entity to edit: pronoun gender bias
+and verb conjugation (templates about professions and verbs), and temporal (its
+``entity_string`` is a Wikipedia URL, never mentioned in the text). :func:`remedi_trainable`
+refuses them with a one-line error; country-capital (country), company-CEO (company) and
+Stereoset (target group) can use REMEDI.
 """
 
 from __future__ import annotations
