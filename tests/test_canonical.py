@@ -385,12 +385,12 @@ def wide_logits_model_dir(tmp_path_factory: pytest.TempPathFactory, tokenizer) -
 
 
 def test_remedi_fits_its_examples_and_leaves_other_prompts_bit_identical(
-    wide_logits_model_dir: Path,
+    wide_logits_model_dir: Path, tmp_path: Path
 ):
-    from remedi import models
+    from remedi import editors, models
     from remedi.canon import scoring
     from remedi.canon.config import MethodSettings
-    from remedi.canon.remedi_method import remedi_trainable
+    from remedi.canon.remedi_method import EditedModel, remedi_trainable
 
     torch.manual_seed(0)
     mt = models.load_model(str(wide_logits_model_dir), device="cpu")
@@ -415,6 +415,19 @@ def test_remedi_fits_its_examples_and_leaves_other_prompts_bit_identical(
     assert (after <= threshold).sum() > (before <= threshold).sum()
     assert bool((after < before - 1.0).all())
     assert all(p.grad is None for p in mt.model.parameters())  # the LM stays frozen
+
+    # The trained editor, saved and named in the settings, edits the same way.
+    edited_model = trainable.model
+    assert isinstance(edited_model, EditedModel)
+    editors.save_editor(edited_model.editor, tmp_path / "editor")
+    reloaded = remedi_trainable(
+        mt,
+        "toy_works_for",
+        REMEDI_EXAMPLES,
+        MethodSettings(name="remedi", remedi_editor=str(tmp_path / "editor")),
+        False,
+    )
+    assert torch.equal(scores(reloaded.model), after)
 
     # A prompt mentioning no edited entity, alone and batched with an edited one: its logits
     # are the unedited model's exactly (nothing is added to its row).
@@ -505,3 +518,21 @@ def test_a_remedi_experiment_runs_and_leaves_unmentioned_text_alone(
     assert last.general_loss == first.general_loss
     assert last.targeted_loss != first.targeted_loss
     assert last.hard_negative_loss != first.hard_negative_loss
+
+    # A given editor with no training: evaluated once, as "epoch" 1 (a random editor moves text).
+    from remedi import editors, models
+
+    mt = models.load_model(str(tiny_model_dir), device="cpu")
+    editors.save_editor(editors.new_editor("linear", mt, 0), tmp_path / "editor")
+    given = canon.with_overrides(
+        config,
+        {
+            "method.remedi_editor": str(tmp_path / "editor"),
+            "training.epochs": 0,
+            "output_dir": str(tmp_path / "given"),
+        },
+    )
+    given_result = canon.run_experiment(given)
+    assert [stats.epoch for stats in given_result.epochs] == [0, 1]
+    assert given_result.epochs[0] == first
+    assert given_result.epochs[1].targeted_loss != first.targeted_loss

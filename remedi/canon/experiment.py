@@ -336,6 +336,9 @@ def _train_and_evaluate(config: ExperimentConfig) -> ExperimentResult:
     unedited_model = mt.model if config.method.name in STATE_METHODS else trainable.model
     epochs = [evaluate(unedited_model, 0, None)]
     logger.info("%s: unedited %s", config.name, epochs[0])
+    if config.method.name in STATE_METHODS and settings.epochs == 0:
+        # A given editor used as it is: one edit, evaluated as "epoch" 1 (as EDIT_METHODS).
+        return finish([epochs[0], evaluate(trainable.model, 1, None)])
     optimizer = torch.optim.Adam(
         trainable.parameters, lr=settings.learning_rate, betas=(0.9, 0.995)
     )

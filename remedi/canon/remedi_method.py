@@ -14,7 +14,8 @@ balance / good-v-bad, :func:`remedi.canon.scoring.training_loss`) and regularise
 :class:`EditedModel` in place of the model, so REMEDI is judged and optimised exactly as the
 weight-editing methods are; only the editor's parameters move. A fresh editor starts at zero
 (no edit, like LoRA's zero-initialised adapters); ``method.remedi_editor`` names a trained
-editor directory to start from instead (``training.epochs: 0`` evaluates it as it is).
+editor directory to start from instead (``training.epochs: 0`` evaluates it as it is, as
+"epoch" 1, like MEMIT's one edit).
 
 Tasks whose canonical examples name no subject have no entity to edit: pronoun gender bias
 and verb conjugation (templates about professions and verbs), and temporal (its
