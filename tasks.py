@@ -1270,3 +1270,53 @@ harm_collection = Collection("harm")
 harm_collection.add_task(harm_run, name="run")
 harm_collection.add_task(harm_report, name="report")
 x.add_collection(harm_collection)
+
+
+# ---------------------------------------------------------------------------------------------
+# Model editing with canonical examples (scripts/canon.py): `x.canon.*`.
+
+
+@task(help={"config": "Experiment YAML (configs/canon/*.yaml).", "rerun": "Replace a result."})
+def canon_run(c: Context, config: str, rerun: bool = False) -> None:
+    """Train and evaluate one canonical-examples experiment."""
+    _python(c, "scripts.canon", ["run", config, *(["--rerun"] if rerun else [])])
+
+
+@task(
+    help={
+        "sweep": "Sweep YAML (configs/canon/sweeps/*.yaml).",
+        "executor": "local (this machine) or slurm.",
+        "status": "Only print the done/running/failed summary.",
+    }
+)
+def canon_sweep(c: Context, sweep: str, executor: str = "local", status: bool = False) -> None:
+    """Run a sweep's unfinished experiments through submitit (resumable)."""
+    _python(
+        c,
+        "scripts.canon",
+        ["sweep", sweep, "--executor", executor, *(["--status"] if status else [])],
+    )
+
+
+@task(help={"directory": "A sweep's output directory.", "bound": "Degradation bound."})
+def canon_report(c: Context, directory: str, bound: float = 1e-3) -> None:
+    """Best val config within the bound -> test runs -> table (md, LaTeX, plot)."""
+    _python(c, "scripts.canon", ["report", directory, "--bound", str(bound)])
+
+
+@task(help={"people": "People edited per split.", "out": "Output folder."})
+def canon_toy_export(c: Context, people: int = 30, out: str = "") -> None:
+    """Export the toy world's works-for task in the canonical-examples formats."""
+    _python(
+        c,
+        "scripts.canon",
+        ["toy-export", "--people", str(people), *(["--out", out] if out else [])],
+    )
+
+
+canon_collection = Collection("canon")
+canon_collection.add_task(canon_run, name="run")
+canon_collection.add_task(canon_sweep, name="sweep")
+canon_collection.add_task(canon_report, name="report")
+canon_collection.add_task(canon_toy_export, name="toy-export")
+x.add_collection(canon_collection)

@@ -189,7 +189,15 @@ def select_ids(dataset: datasets.Dataset, ids: Sequence[str]) -> datasets.Datase
     return dataset.select([position[sample_id] for sample_id in ids])
 
 # The harms paper's edit data and general-ability task sets (text items, not samples).
-from remedi.data.general_tasks import TASK_FILES, TASK_LOADERS, load_task  # noqa: E402
+from remedi.data.general_tasks import TASK_FILES, load_task  # noqa: E402
+from remedi.data.general_tasks import TASK_LOADERS as GENERAL_TASK_LOADERS  # noqa: E402
 from remedi.data.zsre import ZsreEdit, load_zsre  # noqa: E402
 
-__all__ += ["TASK_FILES", "TASK_LOADERS", "ZsreEdit", "load_task", "load_zsre"]
+__all__ += ["GENERAL_TASK_LOADERS", "TASK_FILES", "ZsreEdit", "load_task", "load_zsre"]
+
+# The canonical-examples tasks (Hewitt et al.) are prefix/suffix text, not context mediation
+# samples: their own registry of loaders, one per task.
+from remedi.data.canonical import CANONICAL_TASKS  # noqa: E402
+from remedi.data.canonical import TASK_LOADERS as CANONICAL_TASK_LOADERS  # noqa: E402
+
+__all__ += ["CANONICAL_TASKS", "CANONICAL_TASK_LOADERS"]

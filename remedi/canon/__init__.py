@@ -1,0 +1,59 @@
+"""Model editing with canonical examples (Hewitt et al. 2024): experiments, sweeps, reports.
+
+- :mod:`remedi.canon.config`: the experiment YAML schema, validated on load;
+- :mod:`remedi.canon.methods`: how the model changes (``full`` fine-tuning, ``lora``, ``memit``);
+- :mod:`remedi.canon.remedi_method`: ``remedi``, an editor's directions at the examples' entities;
+- :mod:`remedi.canon.scoring`: suffix and text NLLs, the training losses, the seed's scores;
+- :mod:`remedi.canon.experiment`: train, evaluate every epoch, write ``result.json``;
+- :mod:`remedi.canon.sweep`: many experiments through ``submitit``, resumable;
+- :mod:`remedi.canon.report`: best validation config within the degradation bound -> test table.
+
+The data (the six tasks' files, the toy world's task) is in :mod:`remedi.data.canonical` and
+:mod:`remedi.toy.canonical`.
+"""
+
+from __future__ import annotations
+
+# Registers the toy world's tasks next to the six real ones.
+import remedi.toy.canonical  # noqa: F401
+from remedi.canon.config import (
+    LOSS_TYPES,
+    ExperimentConfig,
+    config_from_dict,
+    load_config,
+    with_overrides,
+)
+from remedi.canon.experiment import (
+    SEED_BOUNDS,
+    EpochStats,
+    ExperimentResult,
+    read_result,
+    run_experiment,
+)
+from remedi.canon.methods import (
+    CANON_METHODS,
+    EDIT_METHODS,
+    STATE_METHODS,
+    register_canon_method,
+)
+
+# Registers ``remedi`` in STATE_METHODS.
+from remedi.canon.remedi_method import EditedModel
+
+__all__ = [
+    "CANON_METHODS",
+    "EDIT_METHODS",
+    "LOSS_TYPES",
+    "SEED_BOUNDS",
+    "STATE_METHODS",
+    "EditedModel",
+    "EpochStats",
+    "ExperimentConfig",
+    "ExperimentResult",
+    "config_from_dict",
+    "load_config",
+    "read_result",
+    "register_canon_method",
+    "run_experiment",
+    "with_overrides",
+]

@@ -1,0 +1,93 @@
+"""Model editing with canonical examples: run an experiment, a sweep, the report; export the toy task.
+
+    python -m scripts.canon run configs/canon/toy_works_for_lora.yaml
+    python -m scripts.canon sweep configs/canon/sweeps/toy_works_for.yaml --executor local
+    python -m scripts.canon report results/canon/sweeps/toy_works_for --bound 0.01
+    python -m scripts.canon toy-export --out results/canon/toy_data
+
+``run`` writes ``result.json`` in the experiment's output dir (a finished one is not rerun
+unless ``--rerun``); ``sweep`` runs every unfinished experiment through submitit and prints the
+done / running / failed / pending summary; ``report`` picks the best validation config per task
+and method within the bound, runs it on the test pair and writes ``report-bound<BOUND>.{md,tex,png,json}``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+from remedi import canon, cli, env
+from remedi.canon import report, sweep
+from remedi.toy import canonical as toy_canonical
+from remedi.toy.build import ensure_toy_world
+
+
+def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description="model editing with canonical examples")
+    cli.add_arguments(parser)
+    commands = parser.add_subparsers(dest="command", required=True)
+    run = commands.add_parser("run", help="train and evaluate one experiment")
+    run.add_argument("config", type=Path, help="experiment YAML")
+    run.add_argument("--rerun", action="store_true", help="replace a finished result")
+    run.add_argument("--output-dir", type=Path, help="where to write (default: the config's)")
+    run_sweep = commands.add_parser("sweep", help="run a sweep's unfinished experiments")
+    run_sweep.add_argument("sweep", type=Path, help="sweep YAML")
+    run_sweep.add_argument("--executor", choices=sweep.EXECUTORS, default="local")
+    run_sweep.add_argument(
+        "--status", action="store_true", help="only print the done/running/failed summary"
+    )
+    make_report = commands.add_parser("report", help="val-selected test table of a sweep")
+    make_report.add_argument("directory", type=Path, help="the sweep's output directory")
+    make_report.add_argument(
+        "--bound",
+        type=float,
+        default=report.DEFAULT_BOUND,
+        help="largest relative increase of the general loss (default: the seed's 1e-3)",
+    )
+    export = commands.add_parser("toy-export", help="write the toy world's canonical task")
+    export.add_argument("--world", default="toy", help="toy world name (default toy)")
+    export.add_argument("--out", type=Path, help="output folder (default: RESULTS/canon/toy_data)")
+    export.add_argument("--people", type=int, default=30, help="people edited per split")
+    export.add_argument("--seed", type=int, default=0)
+    return parser.parse_args(argv)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = parse_args(argv)
+    if args.command == "run":
+        config = canon.load_config(args.config)
+        if args.output_dir is not None:
+            config.output_dir = str(args.output_dir)
+        result = canon.run_experiment(config, rerun=args.rerun)
+        for stats in result.epochs:
+            print(json.dumps(stats.to_dict()))
+        print(f"result: {canon.experiment.output_dir(config) / canon.experiment.RESULT_FILE}")
+    elif args.command == "sweep":
+        if args.status:
+            _, experiments = sweep.load_sweep(args.sweep)
+            states = sweep.sweep_status(experiments)
+        else:
+            states = sweep.run_sweep(args.sweep, args.executor)
+        print(f"sweep {args.sweep}: {sweep.status_line(states)}")
+        for name in states["failed"]:
+            print(f"failed: {name}")
+        return 1 if states["failed"] else 0
+    elif args.command == "report":
+        _, files = report.write_report(args.directory, args.bound)
+        print(files.markdown.read_text(encoding="utf-8"))
+        print(f"table: {files.markdown} (LaTeX: {files.latex}); plot: {files.plot}")
+    else:
+        paths = ensure_toy_world(args.world)
+        out = args.out or env.results_dir() / "canon" / "toy_data"
+        world = toy_canonical.load_world(paths.world_file)
+        counts = toy_canonical.export_toy_canonical(world, out, args.seed, args.people)
+        for name, count in counts.items():
+            print(f"{count:6d}  {out / name}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(cli.run(main))
