@@ -1149,69 +1149,6 @@ def edit_analysis(c: Context, model: str = DEFAULT_MODEL, methods: str | None = 
     _python(c, "scripts.edit_analysis", args)
 
 
-toy = Collection("toy")
-toy.add_task(toy_build, name="build", default=True)
-
-train = Collection("train")
-train.add_task(train_counterfact, name="counterfact")
-train.add_task(train_biosbias, name="biosbias")
-train.add_task(train_mcrae, name="mcrae")
-
-gen = Collection("gen")
-gen.add_task(eval_gen_counterfact, name="counterfact")
-gen.add_task(eval_gen_biosbias, name="biosbias")
-evaluate = Collection("eval")
-evaluate.add_collection(gen)
-cls_collection = Collection("cls")
-cls_collection.add_task(eval_cls_counterfact, name="counterfact")
-cls_collection.add_task(eval_cls_biosbias, name="biosbias")
-evaluate.add_collection(cls_collection)
-med = Collection("med")
-med.add_task(eval_med_counterfact, name="counterfact")
-evaluate.add_collection(med)
-ent = Collection("ent")
-ent.add_task(eval_ent_mcrae, name="mcrae")
-evaluate.add_collection(ent)
-
-sweep = Collection("sweep")
-sweep_gen = Collection("gen")
-sweep_gen.add_task(sweep_gen_counterfact, name="counterfact")
-sweep_gen.add_task(sweep_gen_biosbias, name="biosbias")
-sweep.add_collection(sweep_gen)
-sweep_cls = Collection("cls")
-sweep_cls.add_task(sweep_cls_counterfact, name="counterfact")
-sweep_cls.add_task(sweep_cls_biosbias, name="biosbias")
-sweep.add_collection(sweep_cls)
-sweep_ent = Collection("ent")
-sweep_ent.add_task(sweep_ent_mcrae, name="mcrae")
-sweep.add_collection(sweep_ent)
-
-x = Collection("x")
-x.add_collection(toy)
-x.add_collection(train)
-x.add_collection(evaluate)
-x.add_collection(sweep)
-x.add_task(quickstart)
-trace_collection = Collection("trace")
-trace_collection.add_task(trace_counterfact, name="counterfact")
-x.add_collection(trace_collection)
-edit_collection = Collection("edit")
-edit_collection.add_task(edit_problems, name="problems")
-edit_collection.add_task(edit_analysis, name="analysis")
-x.add_collection(edit_collection)
-
-presubmit_collection = Collection("presubmit")
-presubmit_collection.add_task(presubmit, name="all", default=True)
-presubmit_collection.add_task(lint)
-presubmit_collection.add_task(mypy)
-presubmit_collection.add_task(pytest)
-
-ns = Collection()
-ns.add_task(install)
-ns.add_collection(presubmit_collection)
-ns.add_collection(x)
-
-
 # ---------------------------------------------------------------------------------------
 # General abilities after many edits (Gu et al. 2024): edit modes, RECT, harm curves.
 
@@ -1266,12 +1203,6 @@ def harm_report(c: Context, model: str = "toy", name: str | None = None) -> None
     _python(c, "scripts.harm_report", [*runs, "-o", str(output)])
 
 
-harm_collection = Collection("harm")
-harm_collection.add_task(harm_run, name="run")
-harm_collection.add_task(harm_report, name="report")
-x.add_collection(harm_collection)
-
-
 # ---------------------------------------------------------------------------------------------
 # Model editing with canonical examples (scripts/canon.py): `x.canon.*`.
 
@@ -1314,9 +1245,79 @@ def canon_toy_export(c: Context, people: int = 30, out: str = "") -> None:
     )
 
 
+# ---------------------------------------------------------------------------------------
+# The namespace: `invoke --list`.
+
+toy = Collection("toy")
+toy.add_task(toy_build, name="build", default=True)
+
+train = Collection("train")
+train.add_task(train_counterfact, name="counterfact")
+train.add_task(train_biosbias, name="biosbias")
+train.add_task(train_mcrae, name="mcrae")
+
+gen = Collection("gen")
+gen.add_task(eval_gen_counterfact, name="counterfact")
+gen.add_task(eval_gen_biosbias, name="biosbias")
+evaluate = Collection("eval")
+evaluate.add_collection(gen)
+cls_collection = Collection("cls")
+cls_collection.add_task(eval_cls_counterfact, name="counterfact")
+cls_collection.add_task(eval_cls_biosbias, name="biosbias")
+evaluate.add_collection(cls_collection)
+med = Collection("med")
+med.add_task(eval_med_counterfact, name="counterfact")
+evaluate.add_collection(med)
+ent = Collection("ent")
+ent.add_task(eval_ent_mcrae, name="mcrae")
+evaluate.add_collection(ent)
+
+sweep = Collection("sweep")
+sweep_gen = Collection("gen")
+sweep_gen.add_task(sweep_gen_counterfact, name="counterfact")
+sweep_gen.add_task(sweep_gen_biosbias, name="biosbias")
+sweep.add_collection(sweep_gen)
+sweep_cls = Collection("cls")
+sweep_cls.add_task(sweep_cls_counterfact, name="counterfact")
+sweep_cls.add_task(sweep_cls_biosbias, name="biosbias")
+sweep.add_collection(sweep_cls)
+sweep_ent = Collection("ent")
+sweep_ent.add_task(sweep_ent_mcrae, name="mcrae")
+sweep.add_collection(sweep_ent)
+
+x = Collection("x")
+x.add_collection(toy)
+x.add_collection(train)
+x.add_collection(evaluate)
+x.add_collection(sweep)
+x.add_task(quickstart)
+trace_collection = Collection("trace")
+trace_collection.add_task(trace_counterfact, name="counterfact")
+x.add_collection(trace_collection)
+edit_collection = Collection("edit")
+edit_collection.add_task(edit_problems, name="problems")
+edit_collection.add_task(edit_analysis, name="analysis")
+x.add_collection(edit_collection)
+
+harm_collection = Collection("harm")
+harm_collection.add_task(harm_run, name="run")
+harm_collection.add_task(harm_report, name="report")
+x.add_collection(harm_collection)
+
 canon_collection = Collection("canon")
 canon_collection.add_task(canon_run, name="run")
 canon_collection.add_task(canon_sweep, name="sweep")
 canon_collection.add_task(canon_report, name="report")
 canon_collection.add_task(canon_toy_export, name="toy-export")
 x.add_collection(canon_collection)
+
+presubmit_collection = Collection("presubmit")
+presubmit_collection.add_task(presubmit, name="all", default=True)
+presubmit_collection.add_task(lint)
+presubmit_collection.add_task(mypy)
+presubmit_collection.add_task(pytest)
+
+ns = Collection()
+ns.add_task(install)
+ns.add_collection(presubmit_collection)
+ns.add_collection(x)
