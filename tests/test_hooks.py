@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import inspect
 
 import pytest
 import torch
@@ -167,6 +168,14 @@ def test_one_token_prompt_is_edited(gpt2_model, tokenizer):
     assert (edited - unedited).abs().max() > 1e-3
 
 
+def cache_kwargs(model, past) -> dict:
+    """The KV cache as this transformers version's forward takes it (``cache`` since 5.24)."""
+    if past is None:
+        return {}
+    name = "cache" if "cache" in inspect.signature(model.forward).parameters else "past_key_values"
+    return {name: past}
+
+
 def greedy_with_cache(model, input_ids, steps: int, edit_step) -> list[int]:
     """Greedy decoding by hand; `edit_step(i)` is a context manager wrapping step i."""
     tokens: list[int] = []
@@ -174,8 +183,8 @@ def greedy_with_cache(model, input_ids, steps: int, edit_step) -> list[int]:
     with torch.no_grad():
         for step in range(steps):
             with edit_step(step):
-                outputs = model(next_input, past_key_values=past, use_cache=True)
-            past = outputs.past_key_values
+                outputs = model(next_input, use_cache=True, **cache_kwargs(model, past))
+            past = outputs.get("cache", outputs.get("past_key_values"))
             next_token = outputs.logits[:, -1].argmax(-1)
             tokens.append(int(next_token))
             next_input = next_token[:, None]
