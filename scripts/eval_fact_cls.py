@@ -21,69 +21,23 @@ from pathlib import Path
 
 import torch
 
-from remedi import cli, env, errors, models, training
+from remedi import cli, env, models, training
 from remedi.evaluation import classification as cls
-from remedi.evaluation import mediation, tables
+from remedi.evaluation import mediation, probe_runs, tables
 
 logger = logging.getLogger(__name__)
 
 
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description="evaluate REMEDI directions as a probe")
-    cli.add_arguments(parser)
-    parser.add_argument("-n", "--name", required=True, help="experiment name (results/NAME)")
-    parser.add_argument(
-        "-e", "--editors-dir", type=Path, required=True, help="training run of the editors"
-    )
-    parser.add_argument(
-        "--control-editors-dir",
-        type=Path,
-        help="training run on the randomly initialised model (the Control Model row; "
-        "skipped without it)",
-    )
-    parser.add_argument("-m", "--model", required=True, help="model name, alias, or directory")
-    parser.add_argument(
-        "-l", "--layer", type=int, help="editor layer (default: the run's only one)"
-    )
-    parser.add_argument(
-        "-t", "--editor-type", default="linear", help="editor type (default linear)"
-    )
-    parser.add_argument(
-        "--entity-layers",
-        type=int,
-        nargs="+",
-        help="layers to read the entity at (default: the editor layer); the table shows the first",
-    )
+    probe_runs.add_arguments(parser, run_help="training run of the editors")
     parser.add_argument(
         "--entity-token",
         choices=("last", "average"),
         default="last",
         help="entity token read: last (the reference's) or average over its tokens",
     )
-    parser.add_argument("--dataset-file", type=Path, help="dataset file (default: the run's)")
-    parser.add_argument("--max-samples", type=int, help="evaluate only the first N test samples")
-    parser.add_argument("--control-task-seed", type=int, default=cls.DEFAULT_CONTROL_TASK_SEED)
-    parser.add_argument("--device", help="e.g. cuda or cpu (default: cuda if available)")
-    parser.add_argument("--dtype", help="model dtype, e.g. float32, bfloat16, float16")
-    parser.add_argument("--batch-size", type=int, default=64)
-    parser.add_argument("--rerun", action="store_true", help="recompute finished results")
-    parser.add_argument(
-        "--random",
-        action="store_true",
-        help="probe the randomly initialised model with its own editors (-e: a --random run)",
-    )
     return parser.parse_args(argv)
-
-
-def _editor_layer(run_dir: Path, editor_type: str, layer: int | None) -> int:
-    if layer is not None:
-        return layer
-    layers = training.list_run_editors(run_dir).get(editor_type, [])
-    if len(layers) != 1:
-        raise errors.UsageError(
-            f"{run_dir} has {editor_type} editors at layers {layers or 'none'}; pass -l LAYER"
-        )
-    return layers[0]
 
 
 def _evaluate_model(
@@ -140,36 +94,17 @@ def _evaluate_model(
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
-    record = training.load_run(args.editors_dir)
-    if record.args.random_init != args.random:
-        raise errors.UsageError(
-            f"{args.editors_dir} was trained on the randomly initialised model; pass it as "
-            "--control-editors-dir and the trained model's run as -e (or pass --random)"
-            if record.args.random_init
-            else f"--random needs editors trained on the random model; {args.editors_dir} "
-            "was not (train them with scripts.train_editors --random)"
-        )
-    if args.random and args.control_editors_dir is not None:
-        raise errors.UsageError(
-            "--random already probes the control model: drop --control-editors-dir"
-        )
-    layer = _editor_layer(args.editors_dir, args.editor_type, args.layer)
+    record = probe_runs.check_run(args.editors_dir, args.random, "-e")
+    probe_runs.check_control_flags(args)
+    layer = probe_runs.editor_layer(args.editors_dir, args.editor_type, args.layer)
     entity_layers = list(dict.fromkeys(args.entity_layers or [layer]))
-    dataset = training.load_run_samples(args.editors_dir, "test", args.dataset_file)
-    samples = [dict(row) for row in dataset]
-    if args.max_samples is not None:
-        samples = samples[: args.max_samples]
+    samples = probe_runs.test_samples(args.editors_dir, args.dataset_file, args.max_samples)
     experiment_dir = env.results_dir() / args.name
 
-    trained_rows = {
-        "remedi": {},
-        "remedi_identity": {"identity": True},
-        "control_task": {"control_task": True},
-    }
     _evaluate_model(
         args,
         args.editors_dir,
-        trained_rows,
+        probe_runs.TRAINED_ROWS,
         samples,
         layer,
         entity_layers,
@@ -178,16 +113,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         random_init=args.random,
     )
     if args.control_editors_dir is not None:
-        control = training.load_run(args.control_editors_dir)
-        if not control.args.random_init:
-            raise errors.UsageError(
-                f"--control-editors-dir {args.control_editors_dir} was not trained on the "
-                "randomly initialised model; train one with scripts.train_editors --random"
-            )
-        seen = set(control.split.train) | set(control.split.validation)
-        overlap = sum(str(sample["id"]) in seen for sample in samples)
-        if overlap:
-            logger.warning("%d evaluated samples were in the control run's training set", overlap)
+        control = probe_runs.check_run(args.control_editors_dir, True, "--control-editors-dir")
+        probe_runs.warn_control_overlap(control, samples)
         _evaluate_model(
             args,
             args.control_editors_dir,

@@ -15,7 +15,7 @@ import torch
 
 from remedi import data, errors, io, metrics, models, training
 from remedi.evaluation import classification as cls
-from remedi.evaluation import mediation, tables
+from remedi.evaluation import mediation, probe_runs, tables
 from remedi.toy import export
 from remedi.toy.world import generate_world
 from scripts import eval_fact_cls, eval_fact_mediation
@@ -264,6 +264,21 @@ def test_cls_script_refuses_a_random_run_as_the_trained_editors(setup, monkeypat
     argv = ["-n", "x", "-e", str(setup["results"] / "editors_random"), "-m", str(setup["model"])]
     with pytest.raises(errors.UsageError, match="--control-editors-dir"):
         eval_fact_cls.main([*argv, "--device", "cpu"])
+
+
+def test_probe_run_checks_name_the_run_the_flag_and_the_fix(setup):
+    trained, random = setup["results"] / "editors", setup["results"] / "editors_random"
+    assert probe_runs.check_run(trained, False, "-e").args.dataset == "counterfact"
+    with pytest.raises(errors.MismatchError, match=r"-e .*'counterfact'.*x\.train\.biosbias"):
+        probe_runs.check_run(
+            trained, False, "-e", dataset="biosbias", train_task="invoke x.train.biosbias"
+        )
+    with pytest.raises(errors.UsageError, match=r"--control-editors-dir.*--random"):
+        probe_runs.check_run(trained, True, "--control-editors-dir")
+    assert probe_runs.check_run(random, True, "--control-editors-dir").args.random_init
+    with pytest.raises(errors.UsageError, match="pass -l LAYER"):
+        probe_runs.editor_layer(trained, "no-such-type", None)
+    assert probe_runs.editor_layer(trained, "linear", 3) == 3
 
 
 def test_mediation_script_writes_results_and_a_table(setup, monkeypatch, capsys):

@@ -1,0 +1,129 @@
+"""What the probe scripts (``scripts.eval_fact_cls``, ``scripts.eval_bias_cls``) share: their
+flags, the checks on the editors' training runs, the editor layer, and the rows they compute.
+
+Both read REMEDI directions from a training run (``-e``), optionally a second run trained on the
+randomly initialised LM (``--control-editors-dir``, the Control Model row), and evaluate on the
+run's held-out (test) samples.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+from pathlib import Path
+from typing import Any
+
+from remedi import cli, errors, training
+from remedi.evaluation import classification as cls
+
+logger = logging.getLogger(__name__)
+
+TRAINED_ROWS: dict[str, dict[str, Any]] = {
+    "remedi": {},
+    "remedi_identity": {"identity": True},
+    "control_task": {"control_task": True},
+}
+"""The rows computed with the trained model's editors (row -> options); the Control Model row
+comes from the control run."""
+
+
+def add_arguments(parser: argparse.ArgumentParser, run_help: str) -> None:
+    """Add the flags every probe script takes (``run_help`` describes ``-e``)."""
+    cli.add_arguments(parser)
+    parser.add_argument("-n", "--name", required=True, help="experiment name (results/NAME)")
+    parser.add_argument("-e", "--editors-dir", type=Path, required=True, help=run_help)
+    parser.add_argument(
+        "--control-editors-dir",
+        type=Path,
+        help="training run on the randomly initialised model (the Control Model row; "
+        "skipped without it)",
+    )
+    parser.add_argument("-m", "--model", required=True, help="model name, alias, or directory")
+    parser.add_argument(
+        "-l", "--layer", type=int, help="editor layer (default: the run's only one)"
+    )
+    parser.add_argument(
+        "-t", "--editor-type", default="linear", help="editor type (default linear)"
+    )
+    parser.add_argument(
+        "--entity-layers",
+        type=int,
+        nargs="+",
+        help="layers to read the entity at (default: the editor layer); the table shows the first",
+    )
+    parser.add_argument("--dataset-file", type=Path, help="dataset file (default: the run's)")
+    parser.add_argument("--max-samples", type=int, help="evaluate only the first N test samples")
+    parser.add_argument("--control-task-seed", type=int, default=cls.DEFAULT_CONTROL_TASK_SEED)
+    parser.add_argument("--device", help="e.g. cuda or cpu (default: cuda if available)")
+    parser.add_argument("--dtype", help="model dtype, e.g. float32, bfloat16, float16")
+    parser.add_argument("--batch-size", type=int, default=64)
+    parser.add_argument("--rerun", action="store_true", help="recompute finished results")
+    parser.add_argument(
+        "--random",
+        action="store_true",
+        help="probe the randomly initialised model with its own editors (-e: a --random run)",
+    )
+
+
+def check_run(
+    run_dir: Path,
+    random_init: bool,
+    flag: str,
+    dataset: str | None = None,
+    train_task: str = "scripts.train_editors",
+) -> training.RunRecord:
+    """The training run at ``run_dir``, checked to be on ``dataset`` (any if None) and on the
+    randomly initialised model exactly when ``random_init``; ``flag`` names it in errors and
+    ``train_task`` says how to train the run that is missing."""
+    record = training.load_run(run_dir)
+    if dataset is not None and record.args.dataset != dataset:
+        raise errors.MismatchError(
+            f"{flag} {run_dir} was trained on {record.args.dataset!r}; pass a {dataset} run "
+            f"({train_task})"
+        )
+    if record.args.random_init and not random_init:
+        raise errors.UsageError(
+            f"{flag} {run_dir} was trained on the randomly initialised model; pass it as "
+            "--control-editors-dir and the trained model's run as -e (or pass --random)"
+        )
+    if random_init and not record.args.random_init:
+        raise errors.UsageError(
+            f"{flag} {run_dir}: the control model needs editors trained on the random model, "
+            f"and this run was not; train them with {train_task} --random"
+        )
+    return record
+
+
+def check_control_flags(args: argparse.Namespace) -> None:
+    """``--random`` probes the control model itself, so a control run on top means nothing."""
+    if args.random and args.control_editors_dir is not None:
+        raise errors.UsageError(
+            "--random already probes the control model: drop --control-editors-dir"
+        )
+
+
+def editor_layer(run_dir: Path, editor_type: str, layer: int | None) -> int:
+    """``layer`` if given, else the layer of the run's only ``editor_type`` editor."""
+    if layer is not None:
+        return layer
+    layers = training.list_run_editors(run_dir).get(editor_type, [])
+    if len(layers) != 1:
+        raise errors.UsageError(
+            f"{run_dir} has {editor_type} editors at layers {layers or 'none'}; pass -l LAYER"
+        )
+    return layers[0]
+
+
+def test_samples(run_dir: Path, dataset_file: Path | None, max_samples: int | None) -> list[dict]:
+    """The run's held-out samples (read from ``dataset_file``, default the run's own file), the
+    first ``max_samples`` if given."""
+    samples = [dict(row) for row in training.load_run_samples(run_dir, "test", dataset_file)]
+    return samples if max_samples is None else samples[:max_samples]
+
+
+def warn_control_overlap(control: training.RunRecord, samples: list[dict]) -> None:
+    """Warn when evaluated samples were in the control run's training or validation split."""
+    seen = set(control.split.train) | set(control.split.validation)
+    overlap = sum(str(sample["id"]) in seen for sample in samples)
+    if overlap:
+        logger.warning("%d evaluated samples were in the control run's training set", overlap)
