@@ -194,3 +194,14 @@ def test_memit_is_registered_one_case_at_a_time(mt4, tmp_path):
     assert_unchanged(mt4, before)
     assert memit.MemitHparams.from_file(hparams_file("memit", "gptj")).layers == [3, 4, 5, 6, 7, 8]
     assert memit.MemitHparams.from_file(hparams_file("memit", "toy")).layers
+
+
+def test_shrinking_the_statistics_keeps_their_scale_and_checks_its_range():
+    moment = torch.tensor([[4.0, 1.0], [1.0, 2.0]])
+    assert torch.equal(common.shrink_moment(moment, 0.0), moment.double())
+    half = common.shrink_moment(moment, 0.5)
+    expected = torch.tensor([[3.5, 0.5], [0.5, 2.5]], dtype=torch.float64)
+    torch.testing.assert_close(half, expected)  # exact in binary: 0.5 * 4 + 0.5 * 3 = 3.5
+    assert torch.trace(half) == torch.trace(moment.double())
+    with pytest.raises(errors.UsageError, match="mom2_shrinkage"):
+        common.shrink_moment(moment, 1.5)

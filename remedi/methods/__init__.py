@@ -4,8 +4,12 @@ Each method is a pure function of (model, tokenizer, edit request, hyperparamete
 the NEW values of the parameters it edits (``{name: tensor}``) and never writes into the model:
 
 - :mod:`~remedi.methods.rome`: ROME's rank-one update of one layer's MLP output projection;
+- :mod:`~remedi.methods.memit`: MEMIT's update of many requests at once over a range of layers;
 - :mod:`~remedi.methods.ft`: constrained fine-tuning of MLP output projections (ROME's FT-L);
-- :mod:`~remedi.methods.stats`: the key statistics ``E[k k^T]`` ROME reads, cached.
+- :mod:`~remedi.methods.stats`: the key statistics ``E[k k^T]`` ROME and MEMIT read, cached.
+
+:func:`~remedi.methods.common.apply_weights` writes any method's result into the model for good
+(sequential editing) and returns the old values to restore.
 
 Hyperparameters are JSON files per method and model under ``hparams/<method>/<model>.json``
 (the papers' values; ``toy.json`` measured on the toy world). Methods never know how they are

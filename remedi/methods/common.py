@@ -258,6 +258,8 @@ class ValueOptimization:
     clamp_norm_factor: float
     kl_factor: float
     kl_prompts: Sequence[str]
+    stop_loss: float = 5e-2
+    """Stop once the loss is below this (the references' fixed 0.05)."""
 
 
 def optimize_value(
@@ -330,7 +332,7 @@ def optimize_value(
             raise errors.RemediError(
                 f"the value optimisation's loss became {loss.item()} at step {step}; lower v_lr"
             )
-        if loss.item() < 5e-2 or step == settings.num_steps - 1:
+        if loss.item() < settings.stop_loss or step == settings.num_steps - 1:
             break
         loss.backward()
         optimizer.step()
@@ -407,3 +409,16 @@ def apply_weights(
         for name, value in new_weights.items():
             parameters[name].copy_(value)
     return saved
+
+
+def shrink_moment(moment: torch.Tensor, shrinkage: float) -> torch.Tensor:
+    """``(1 - shrinkage) C + shrinkage (tr C / d) I`` in float64: a well-conditioned ``C`` when its
+    estimate is poor (few tokens, dead units); 0 leaves ``C`` as it is (the papers' choice)."""
+    if not 0.0 <= shrinkage <= 1.0:
+        raise errors.UsageError(f"mom2_shrinkage must be in [0, 1], got {shrinkage}")
+    moment = moment.double()
+    if shrinkage == 0.0:
+        return moment
+    scale = torch.diagonal(moment).mean()
+    identity = torch.eye(moment.shape[0], dtype=moment.dtype, device=moment.device)
+    return (1.0 - shrinkage) * moment + shrinkage * scale * identity

@@ -48,7 +48,12 @@ class MemitHparams(DataClassJsonMixin):
     v_weight_decay: float = 0.5
     clamp_norm_factor: float = 0.75
     kl_factor: float = 0.0625
+    v_stop_loss: float = 5e-2
+    """The v* optimisation stops below this loss (the reference's fixed 0.05)."""
     mom2_adjustment: bool = True
+    mom2_shrinkage: float = 0.0
+    """Shrink ``C`` towards ``(tr C / d) I`` by this fraction (:func:`common.shrink_moment`);
+    0 is the papers' ``C``."""
     """False: ``C = I`` (no statistics needed)."""
     mom2_update_weight: float = 15000.0
     context_template_lengths: list[list[int]] = field(default_factory=lambda: [[10, 5]])
@@ -228,6 +233,7 @@ def compute_update(
         clamp_norm_factor=hparams.clamp_norm_factor,
         kl_factor=hparams.kl_factor,
         kl_prompts=tuple(hparams.kl_prompts),
+        stop_loss=hparams.v_stop_loss,
     )
     targets = torch.stack(
         [
@@ -250,7 +256,7 @@ def compute_update(
             keys = averaged_keys(mt, layer, requests, templates).double().T
             current = residual_stream(mt, last_layer, requests)
         residuals = (targets - current).double().T / (len(layers) - index)
-        moment = moments[layer].to(keys.device, torch.float64)
+        moment = common.shrink_moment(moments[layer].to(keys.device), hparams.mom2_shrinkage)
         adjusted_keys = torch.linalg.solve(
             hparams.mom2_update_weight * moment + keys @ keys.T, keys
         )

@@ -45,7 +45,12 @@ class RomeHparams(DataClassJsonMixin):
     v_weight_decay: float = 0.5
     clamp_norm_factor: float = 4.0
     kl_factor: float = 0.0625
+    v_stop_loss: float = 5e-2
+    """The v* optimisation stops below this loss (the reference's fixed 0.05)."""
     mom2_adjustment: bool = True
+    mom2_shrinkage: float = 0.0
+    """Shrink ``C`` towards ``(tr C / d) I`` by this fraction (:func:`common.shrink_moment`);
+    0 is the papers' ``C``."""
     context_template_lengths: list[list[int]] = field(default_factory=lambda: [[10, 5]])
     """``[length, count]`` pairs of random prefixes (ROME: five prefixes of 10 tokens)."""
     kl_prompts: list[str] = field(default_factory=lambda: ["{} is a"])
@@ -118,6 +123,7 @@ def value_settings(hparams: RomeHparams) -> common.ValueOptimization:
         clamp_norm_factor=hparams.clamp_norm_factor,
         kl_factor=hparams.kl_factor,
         kl_prompts=tuple(hparams.kl_prompts),
+        stop_loss=hparams.v_stop_loss,
     )
 
 
@@ -161,9 +167,8 @@ def compute_update(
         current = module(key.to(dtype=mt.dtype).unsqueeze(0)).squeeze(0).float()
     if hparams.mom2_adjustment:
         assert second_moment is not None
-        inverse_key = torch.linalg.solve(
-            second_moment.to(key.device, torch.float64), key.double()
-        ).float()
+        moment = common.shrink_moment(second_moment.to(key.device), hparams.mom2_shrinkage)
+        inverse_key = torch.linalg.solve(moment, key.double()).float()
     else:
         inverse_key = key.clone()
     left = inverse_key / torch.dot(inverse_key, key)
