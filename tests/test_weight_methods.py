@@ -357,3 +357,20 @@ def test_ft_reapplies_its_cached_weights_per_case(mt):
     uncached = evaluation.weight_methods.FtMethod("ft", method.hparams, max_cached_bytes=0)
     uncached.new_weights(mt, cases[0])
     assert not uncached.cached
+
+
+def test_key_statistics_equal_the_keys_of_a_full_forward_pass(mt64):
+    # The statistics stop the forward after the layer; the keys must be those of the whole model.
+    layer = 0
+    projection = models.determine_mlp_output(mt64.model, layer)
+    expected = torch.zeros(projection.in_features, projection.in_features, dtype=torch.float64)
+    for text in CORPUS:
+        inputs = mt64.tokenizer(text, return_tensors="pt")
+        with common.record_mlp_keys(mt64.model, projection) as recorded:
+            mt64.model(**inputs)
+        keys = recorded["keys"].reshape(-1, projection.in_features).double()
+        expected += keys.T @ keys
+    computed = stats.second_moment(mt64, layer, "corpus", len(CORPUS), texts=CORPUS, batch_size=4)
+    count = int(computed.metadata["tokens"])
+    # Summed in float64, stored as float32: equal to float32 rounding (eps 1.2e-7).
+    torch.testing.assert_close(computed.moment.double() * count, expected, rtol=1e-6, atol=1e-6)

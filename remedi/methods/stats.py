@@ -25,7 +25,7 @@ import safetensors.torch
 import torch
 from tqdm.auto import tqdm
 
-from remedi import errors, io, models
+from remedi import errors, hooks, io, models
 from remedi.methods.common import record_mlp_keys
 from remedi.toy.corpus import training_documents
 from remedi.toy.world import World
@@ -151,7 +151,7 @@ def second_moment(
     chunk_index = 0
     while done < len(texts):
         chunk = texts[done : done + chunk_texts]
-        chunk_sum, chunk_tokens = _keys_sum(mt, projection, chunk, batch_size, limit)
+        chunk_sum, chunk_tokens = _keys_sum(mt, layer, projection, chunk, batch_size, limit)
         total += chunk_sum
         tokens += chunk_tokens
         done += len(chunk)
@@ -183,6 +183,7 @@ def second_moment(
 @torch.no_grad()
 def _keys_sum(
     mt: models.ModelAndTokenizer,
+    layer: int,
     projection: models.MlpOutput,
     texts: Sequence[str],
     batch_size: int,
@@ -200,8 +201,9 @@ def _keys_sum(
             truncation=max_length is not None,
             max_length=max_length,
         ).to(device)
+        # Only the keys of ``layer`` are read: the blocks above it and the LM head never run.
         with record_mlp_keys(mt.model, projection) as recorded:
-            mt.model(**inputs)
+            hooks.run_until_layer(mt.model, layer, inputs)
         keys = recorded["keys"][inputs.attention_mask.bool()].double()
         total += (keys.T @ keys).cpu()
         tokens += keys.shape[0]
