@@ -129,7 +129,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     elif not args.random:
         logger.warning("no --control-editors-dir: the Control Model row is left out")
 
-    for index, entity_layer in enumerate(entity_layers):
+    def table_for(entity_layer: int) -> tables.Table:
         results = {}
         for row in cls.ROWS:
             result = bios_cls.read_result(bios_cls.result_file(experiment_dir, row, entity_layer))
@@ -138,13 +138,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         title = (
             f"{args.name}: {args.model}, Bias in Bios classification, entity layer {entity_layer}"
         )
-        table = bios_cls.bios_table(results, title)
-        files = tables.write_table(table, experiment_dir, f"summary_entity_layer_{entity_layer}")
-        if index == 0:
-            files = tables.write_table(table, experiment_dir, "summary")
-            print(tables.markdown(table))
-            print(f"results: {experiment_dir}")
-            print(f"table: {files.markdown} (LaTeX: {files.latex}, plot: {files.plot})")
+        return bios_cls.bios_table(results, title)
+
+    table, files = probe_runs.write_summaries(experiment_dir, entity_layers, table_for)
+    print(tables.markdown(table))
+    print(f"results: {experiment_dir}")
+    print(f"table: {files.markdown} (LaTeX: {files.latex}, plot: {files.plot})")
     return 0
 
 

@@ -129,20 +129,19 @@ def main(argv: Sequence[str] | None = None) -> int:
     elif not args.random:
         logger.warning("no --control-editors-dir: the Control Model row is left out")
 
-    for index, entity_layer in enumerate(entity_layers):
+    def table_for(entity_layer: int) -> tables.Table:
         results = {}
         for row in cls.ROWS:
             result = cls.read_result(cls.result_file(experiment_dir, row, entity_layer))
             if result is not None:
                 results[row] = result
         title = f"{args.name}: {args.model}, classification, entity layer {entity_layer}"
-        table = cls.classification_table(results, record.args.dataset, title)
-        files = tables.write_table(table, experiment_dir, f"summary_entity_layer_{entity_layer}")
-        if index == 0:
-            files = tables.write_table(table, experiment_dir, "summary")
-            print(tables.markdown(table))
-            print(f"results: {experiment_dir}")
-            print(f"table: {files.markdown} (LaTeX: {files.latex}, plot: {files.plot})")
+        return cls.classification_table(results, record.args.dataset, title)
+
+    table, files = probe_runs.write_summaries(experiment_dir, entity_layers, table_for)
+    print(tables.markdown(table))
+    print(f"results: {experiment_dir}")
+    print(f"table: {files.markdown} (LaTeX: {files.latex}, plot: {files.plot})")
     return 0
 
 

@@ -10,11 +10,13 @@ from __future__ import annotations
 
 import argparse
 import logging
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
 from remedi import cli, errors, training
 from remedi.evaluation import classification as cls
+from remedi.evaluation import tables
 
 logger = logging.getLogger(__name__)
 
@@ -127,3 +129,19 @@ def warn_control_overlap(control: training.RunRecord, samples: list[dict]) -> No
     overlap = sum(str(sample["id"]) in seen for sample in samples)
     if overlap:
         logger.warning("%d evaluated samples were in the control run's training set", overlap)
+
+
+def write_summaries(
+    experiment_dir: Path, entity_layers: Sequence[int], table_for: Callable[[int], tables.Table]
+) -> tuple[tables.Table, tables.TableFiles]:
+    """Write ``summary_entity_layer_<L>.*`` for every entity layer and ``summary.*`` for the
+    first; return the first layer's table and files (the script shows them)."""
+    first: tuple[tables.Table, tables.TableFiles] | None = None
+    for entity_layer in entity_layers:
+        table = table_for(entity_layer)
+        tables.write_table(table, experiment_dir, f"summary_entity_layer_{entity_layer}")
+        if first is None:
+            first = (table, tables.write_table(table, experiment_dir, "summary"))
+    if first is None:
+        raise errors.UsageError("no entity layers to summarise; pass --entity-layers")
+    return first
