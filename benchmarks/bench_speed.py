@@ -147,6 +147,7 @@ def random_gpt2(shape: str, device: str) -> models.ModelAndTokenizer:
     with torch.device(device):
         model = transformers.GPT2LMHeadModel(config)
     model.eval().requires_grad_(False)
+    models.fuse_activations(model)  # as models.load_model does
     return models.ModelAndTokenizer(model=model, tokenizer=tokenizer, name=f"gpt2-random-{shape}")
 
 

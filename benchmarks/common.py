@@ -79,6 +79,7 @@ def random_gptj(device: str, tiny: bool) -> models.ModelAndTokenizer:
     finally:
         torch.set_default_dtype(previous_dtype)
     model.eval().requires_grad_(False)
+    models.fuse_activations(model)  # as models.load_model does
     name = "gptj-tiny-random" if tiny else "gptj-random"
     return models.ModelAndTokenizer(model=model, tokenizer=tokenizer, name=name)
 

@@ -177,6 +177,37 @@ def test_load_model_from_directory(saved_gpt2: Path, gpt2_model):
     )
 
 
+def test_load_model_fuses_gelu_into_one_kernel_computing_the_same_function(saved_gpt2: Path):
+    from transformers.activations import NewGELUActivation
+
+    fused = models.load_model(str(saved_gpt2))
+    original = models.load_model(str(saved_gpt2), fused_activations=False)
+    kinds = {type(module) for module in fused.model.modules()}
+    assert models.TanhGELU in kinds and NewGELUActivation not in kinds
+    assert NewGELUActivation in {type(module) for module in original.model.modules()}
+    inputs = original.tokenizer(
+        ["The Eiffel Tower is in", "Paris"], return_tensors="pt", padding=True
+    )
+    torch.testing.assert_close(
+        fused.model.double()(**inputs).logits,
+        original.model.double()(**inputs).logits,
+        # the same function in float64: only rounding differs
+        rtol=1e-12,
+        atol=1e-12,
+    )
+
+
+@pytest.mark.parametrize("model_type", ["gpt2", "gptj", "codegen"])
+def test_fuse_activations_replaces_every_tanh_gelu(model_type: str):
+    model = tiny_model(model_type).double()
+    inputs = torch.arange(12).view(2, 6)
+    before = model(input_ids=inputs).logits
+    assert models.fuse_activations(model) == model.config.num_hidden_layers
+    assert models.fuse_activations(model) == 0  # nothing left to replace
+    # float64: the fused kernel and the six-operation formula differ only by rounding
+    torch.testing.assert_close(model(input_ids=inputs).logits, before, rtol=1e-12, atol=1e-12)
+
+
 def test_random_init_is_the_same_architecture_with_fresh_seeded_weights(
     saved_gpt2: Path, gpt2_model
 ):
