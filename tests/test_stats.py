@@ -140,9 +140,9 @@ def test_a_resumed_run_equals_a_fresh_one_with_layers_at_different_points(
     # Both layers now: layer 2 starts from the first text, layer 0 joins at text 48.
     seen: list[tuple[int, ...]] = []
 
-    def recording(mt: Any, projections: Any, *args: Any, **kwargs: Any) -> int:
-        seen.append(tuple(projections))
-        return add_chunk(mt, projections, *args, **kwargs)
+    def recording(mt: Any, sums: Any, *args: Any, **kwargs: Any) -> int:
+        seen.append(tuple(sums))
+        return add_chunk(mt, sums, *args, **kwargs)
 
     monkeypatch.setattr(stats, "_add_chunk", recording)
     resumed = stats.second_moments(

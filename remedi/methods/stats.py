@@ -144,13 +144,43 @@ def second_moment(
 
 @dataclass
 class _LayerSum:
-    """The running ``sum k k^T`` of one layer, how far it got, and where it is saved."""
+    """The running ``sum k k^T`` of one layer, how far it got, and where it is cached."""
 
+    projection: models.MlpOutput
     total: torch.Tensor
     texts_done: int
     tokens: int
     expected: dict[str, str]
-    partial: Path | None
+    path: Path | None
+
+    @property
+    def partial(self) -> Path | None:
+        return self.path.with_suffix(".partial.safetensors") if self.path is not None else None
+
+    def save_partial(self) -> None:
+        if self.partial is not None:
+            done = {"texts_done": str(self.texts_done), "tokens": str(self.tokens)}
+            _write(self.partial, "sum", self.total.cpu(), {**self.expected, **done})
+
+    def finish(self, dataset: str, products_in: torch.dtype) -> SecondMoment:
+        """The moment, written to the cache (the partial file removed)."""
+        if self.tokens == 0:
+            raise errors.UsageError(f"statistics corpus {dataset!r} has no tokens")
+        moment = (self.total / self.tokens).float().cpu()
+        metadata = {
+            **self.expected,
+            "tokens": str(self.tokens),
+            "texts": str(self.texts_done),
+            "dtype": _dtype_name(moment.dtype),
+            "batch_products_in": _dtype_name(products_in),
+            "accumulated_in": "float64",
+        }
+        if self.path is not None:
+            _write(self.path, "mom2", moment, metadata)
+            if self.partial is not None and self.partial.exists():
+                self.partial.unlink()
+            logger.info("wrote key statistics (%d tokens) to %s", self.tokens, self.path)
+        return SecondMoment(moment, metadata)
 
 
 def second_moments(
@@ -181,38 +211,12 @@ def second_moments(
     """
     results: dict[int, SecondMoment] = {}
     sums: dict[int, _LayerSum] = {}
-    projections: dict[int, models.MlpOutput] = {}
-    device = models.determine_device(mt.model)
     for layer in sorted(set(layers)):
-        projection = models.determine_mlp_output(mt.model, layer)
-        expected = {
-            "model": mt.name,
-            "weight_sha256": weight_fingerprint(mt, layer),
-            "layer": str(layer),
-            "module": projection.module_path,
-            "dataset": dataset,
-            "num_texts": str(num_texts),
-        }
-        path = stats_file(cache_dir, mt, layer, dataset, num_texts) if cache_dir else None
-        if path is not None and path.is_file():
-            moment, metadata = _read(path)
-            _check(metadata, expected, path)
-            results[layer] = SecondMoment(moment, metadata)
-            continue
-        partial = path.with_suffix(".partial.safetensors") if path is not None else None
-        width = projection.in_features
-        running = _LayerSum(torch.zeros(width, width, dtype=torch.float64), 0, 0, expected, partial)
-        if partial is not None and partial.is_file():
-            saved, metadata = _read(partial, key="sum")
-            _check(metadata, expected, partial)
-            running.total = saved.double()
-            running.texts_done, running.tokens = (
-                int(metadata["texts_done"]),
-                int(metadata["tokens"]),
-            )
-            logger.info("resuming statistics from %s (%d texts done)", partial, running.texts_done)
-        running.total = running.total.to(device)
-        sums[layer], projections[layer] = running, projection
+        opened = _open_layer(mt, layer, dataset, num_texts, cache_dir)
+        if isinstance(opened, SecondMoment):
+            results[layer] = opened
+        else:
+            sums[layer] = opened
     if not sums:
         return results
 
@@ -221,12 +225,11 @@ def second_moments(
     texts = list(texts)[:num_texts]
     limit = max_length or _max_positions(mt.model)
     position = min(running.texts_done for running in sums.values())
-    names = ",".join(map(str, sums))
     progress = tqdm(
         total=len(texts),
         initial=position,
         unit="text",
-        desc=f"key statistics L{names}",
+        desc=f"key statistics L{','.join(map(str, sums))}",
         disable=None,
     )
     chunk_index = 0
@@ -236,56 +239,53 @@ def second_moments(
         end = min([position + chunk_texts, len(texts), *ahead])
         active = {layer: s for layer, s in sums.items() if s.texts_done == position}
         chunk_tokens = _add_chunk(
-            mt,
-            {layer: projections[layer] for layer in active},
-            {layer: running.total for layer, running in active.items()},
-            texts[position:end],
-            max_batch_tokens,
-            limit,
-            product_dtype,
+            mt, active, texts[position:end], max_batch_tokens, limit, product_dtype
         )
         for running in active.values():
             running.texts_done, running.tokens = end, running.tokens + chunk_tokens
         progress.update(end - position)
-        progress.set_postfix(tokens=max(running.tokens for running in sums.values()))
         position = end
         chunk_index += 1
         if chunk_index % SAVE_EVERY_CHUNKS == 0 and position < len(texts):
             for running in sums.values():
-                if running.partial is not None:
-                    progress_metadata = {
-                        "texts_done": str(running.texts_done),
-                        "tokens": str(running.tokens),
-                    }
-                    _write(
-                        running.partial,
-                        "sum",
-                        running.total.cpu(),
-                        {**running.expected, **progress_metadata},
-                    )
+                running.save_partial()
     progress.close()
-
-    for layer, running in sums.items():
-        if running.tokens == 0:
-            raise errors.UsageError(f"statistics corpus {dataset!r} has no tokens")
-        moment = (running.total / running.tokens).float().cpu()
-        keys_dtype = models.determine_dtype(mt.model)
-        metadata = {
-            **running.expected,
-            "tokens": str(running.tokens),
-            "texts": str(running.texts_done),
-            "dtype": _dtype_name(moment.dtype),
-            "batch_products_in": _dtype_name(_product_dtype(keys_dtype, product_dtype)),
-            "accumulated_in": "float64",
-        }
-        path = stats_file(cache_dir, mt, layer, dataset, num_texts) if cache_dir else None
-        if path is not None:
-            _write(path, "mom2", moment, metadata)
-            if running.partial is not None and running.partial.exists():
-                running.partial.unlink()
-            logger.info("wrote key statistics (%d tokens) to %s", running.tokens, path)
-        results[layer] = SecondMoment(moment, metadata)
+    products_in = _product_dtype(models.determine_dtype(mt.model), product_dtype)
+    results.update({layer: running.finish(dataset, products_in) for layer, running in sums.items()})
     return {layer: results[layer] for layer in sorted(results)}
+
+
+def _open_layer(
+    mt: models.ModelAndTokenizer, layer: int, dataset: str, num_texts: int, cache_dir: Path | None
+) -> SecondMoment | _LayerSum:
+    """The layer's cached statistics, else its running sum (resumed from a partial file)."""
+    projection = models.determine_mlp_output(mt.model, layer)
+    expected = {
+        "model": mt.name,
+        "weight_sha256": weight_fingerprint(mt, layer),
+        "layer": str(layer),
+        "module": projection.module_path,
+        "dataset": dataset,
+        "num_texts": str(num_texts),
+    }
+    path = stats_file(cache_dir, mt, layer, dataset, num_texts) if cache_dir else None
+    if path is not None and path.is_file():
+        moment, metadata = _read(path)
+        _check(metadata, expected, path)
+        return SecondMoment(moment, metadata)
+    width = projection.in_features
+    total = torch.zeros(width, width, dtype=torch.float64)
+    running = _LayerSum(projection, total, 0, 0, expected, path)
+    if running.partial is not None and running.partial.is_file():
+        saved, metadata = _read(running.partial, key="sum")
+        _check(metadata, expected, running.partial)
+        running.total = saved.double()
+        running.texts_done, running.tokens = int(metadata["texts_done"]), int(metadata["tokens"])
+        logger.info(
+            "resuming statistics from %s (%d texts done)", running.partial, running.texts_done
+        )
+    running.total = running.total.to(models.determine_device(mt.model))
+    return running
 
 
 def token_batches(
@@ -324,23 +324,22 @@ def token_batches(
 @torch.no_grad()
 def _add_chunk(
     mt: models.ModelAndTokenizer,
-    projections: Mapping[int, models.MlpOutput],
-    totals: Mapping[int, torch.Tensor],
+    sums: Mapping[int, _LayerSum],
     texts: Sequence[str],
     max_batch_tokens: int,
     max_length: int | None,
     product_dtype: torch.dtype | None,
 ) -> int:
-    """Add ``K^T K`` of each layer's keys over ``texts`` to ``totals[layer]`` (in place); return
+    """Add ``K^T K`` of each layer's keys over ``texts`` to its running total (in place); return
     the number of tokens."""
     device = models.determine_device(mt.model)
     tokens = 0
     for batch in token_batches(mt.tokenizer, texts, max_batch_tokens, max_length):
         inputs = {name: tensor.to(device) for name, tensor in batch.items()}
         mask = inputs["attention_mask"].bool()
-        with _adding_key_products(mt.model, projections, totals, mask, product_dtype):
+        with _adding_key_products(mt.model, sums, mask, product_dtype):
             # Only the keys are read: the blocks above the deepest layer and the LM head never run.
-            hooks.run_until_layer(mt.model, max(projections), inputs)
+            hooks.run_until_layer(mt.model, max(sums), inputs)
         tokens += int(mask.sum())
     return tokens
 
@@ -348,25 +347,26 @@ def _add_chunk(
 @contextlib.contextmanager
 def _adding_key_products(
     model: torch.nn.Module,
-    projections: Mapping[int, models.MlpOutput],
-    totals: Mapping[int, torch.Tensor],
+    sums: Mapping[int, _LayerSum],
     mask: torch.Tensor,
     product_dtype: torch.dtype | None,
 ) -> Iterator[None]:
-    """While active, each forward adds ``K^T K`` of each projection's input at ``mask`` to its
-    layer's total, so no layer's keys outlive its own block."""
+    """While active, each forward adds ``K^T K`` of each layer's keys at ``mask`` to the layer's
+    total, so no layer's keys outlive its own block."""
 
-    def hook_for(layer: int) -> Any:
+    def hook_for(running: _LayerSum) -> Any:
         def add_products(module: torch.nn.Module, inputs: Any) -> None:
             keys = inputs[0][mask]
             keys = keys.to(_product_dtype(keys.dtype, product_dtype))
-            totals[layer].add_(keys.T @ keys)
+            running.total.add_(keys.T @ keys)
 
         return add_products
 
     handles = [
-        model.get_submodule(projection.module_path).register_forward_pre_hook(hook_for(layer))
-        for layer, projection in projections.items()
+        model.get_submodule(running.projection.module_path).register_forward_pre_hook(
+            hook_for(running)
+        )
+        for running in sums.values()
     ]
     try:
         yield
