@@ -8,11 +8,13 @@
 
 Phases, each timed on its own:
 
-- ``statistics``: ``E[k k^T]`` at ROME's layer and at every MEMIT layer (not cached here), over
-  ``--stats-texts`` texts: the toy world's own text on ``toy``; otherwise the BoolQ Wikipedia
-  passages of ``$REMEDI_SHARED_DATA/edit_harms`` (ROME used Wikipedia), else CounterFact prompts.
-  Reported as seconds and tokens per second per layer (ROME's GPT-2 XL statistics are 100,000
-  Wikipedia texts: extrapolate from the rate).
+- ``statistics``: ``E[k k^T]`` at ROME's layer and at every MEMIT layer (not cached here), all in
+  one pass, over ``--stats-texts`` texts: the toy world's own text on ``toy``; otherwise the BoolQ
+  Wikipedia passages of ``$REMEDI_SHARED_DATA/edit_harms`` (ROME used Wikipedia), else CounterFact
+  prompts; ``--stats-join N`` joins every N of them into one text (truncated to the context), to
+  measure full-context batches. Reported as corpus tokens per second, and per layer: seconds and
+  layer-tokens per second (tokens x layers / seconds). ROME's GPT-2 XL statistics are 100,000
+  Wikipedia texts: extrapolate from the rate.
 - ``rome``: ``--edits`` single edits one after another (random prefixes sampled once, as the
   reference caches them), seconds per edit.
 - ``memit``: one MEMIT edit of ``--batch`` requests at once (default 100), seconds per edit.
@@ -110,16 +112,18 @@ def _toy_paths() -> ToyWorldPaths:
     return paths
 
 
-def statistics_texts(model: str, count: int) -> list[str]:
-    """Texts for the key statistics: the toy world's, else Wikipedia passages, else prompts."""
+def statistics_texts(model: str, count: int, join: int = 1) -> list[str]:
+    """Texts for the key statistics: the toy world's, else Wikipedia passages, else prompts;
+    every ``join`` of them joined into one text."""
     if model == "toy":
         world = World.from_json(io.read_json(_toy_paths().world_file, "toy world file"))
-        return stats.corpus_texts(stats.TOY_DATASET, count, world)
-    boolq = env.shared_data_dir() / BOOLQ
-    if boolq.is_file():
+        texts = stats.corpus_texts(stats.TOY_DATASET, count * join, world)
+    elif (boolq := env.shared_data_dir() / BOOLQ).is_file():
         lines = boolq.read_text().splitlines()
-        return [json.loads(line)["passage"] for line in lines[:count]]
-    return [request.prompt for request in counterfact_requests(count)]
+        texts = [json.loads(line)["passage"] for line in lines[: count * join]]
+    else:
+        texts = [request.prompt for request in counterfact_requests(count * join)]
+    return [" ".join(texts[start : start + join]) for start in range(0, len(texts), join)]
 
 
 def _synchronize(device: torch.device) -> None:
@@ -140,7 +144,13 @@ def _end_phase(device: torch.device, start: float) -> tuple[float, float]:
 
 
 def benchmark(
-    model: str, device: str, edits: int, batch: int, stats_texts: int, stats_batch_size: int
+    model: str,
+    device: str,
+    edits: int,
+    batch: int,
+    stats_texts: int,
+    stats_batch_tokens: int = stats.DEFAULT_BATCH_TOKENS,
+    stats_join: int = 1,
 ) -> dict:
     """Statistics, ROME edits and one MEMIT batch; return the timings and peak memories."""
     if model.startswith("gpt2-"):
@@ -164,23 +174,23 @@ def benchmark(
         "torch_threads": torch.get_num_threads(),
     }
 
-    texts = statistics_texts(model, stats_texts)
+    texts = statistics_texts(model, stats_texts, stats_join)
     layers = sorted({rome_hparams.layer, *memit_hparams.layers})
-    moments: dict[int, torch.Tensor] = {}
     start = _start_phase(torch_device)
-    tokens = 0
-    for layer in layers:
-        computed = stats.second_moment(
-            mt, layer, "bench", len(texts), texts=texts, batch_size=stats_batch_size
-        )
-        moments[layer] = computed.moment
-        tokens = int(computed.metadata["tokens"])
+    computed = stats.second_moments(
+        mt, layers, "bench", len(texts), texts=texts, max_batch_tokens=stats_batch_tokens
+    )
     seconds, peak = _end_phase(torch_device, start)
+    moments = {layer: computed[layer].moment for layer in layers}
+    tokens = int(computed[layers[0]].metadata["tokens"])
     result.update(
         stats_layers=len(layers),
         stats_texts=len(texts),
+        stats_batch_tokens=stats_batch_tokens,
         stats_tokens_per_layer=tokens,
+        stats_seconds=round(seconds, 3),
         stats_seconds_per_layer=round(seconds / len(layers), 3),
+        stats_corpus_tokens_per_second=round(tokens / seconds, 1),
         stats_tokens_per_second=round(tokens * len(layers) / seconds, 1),
         stats_peak_memory_mib=peak,
     )
@@ -229,11 +239,25 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--edits", type=int, default=10, help="ROME edits, one at a time")
     parser.add_argument("--batch", type=int, default=100, help="MEMIT requests in one batch")
     parser.add_argument("--stats-texts", type=int, default=1000, help="texts of the statistics")
-    parser.add_argument("--stats-batch-size", type=int, default=16)
+    parser.add_argument(
+        "--stats-batch-tokens",
+        type=int,
+        default=stats.DEFAULT_BATCH_TOKENS,
+        help="padded tokens per forward of the statistics",
+    )
+    parser.add_argument(
+        "--stats-join", type=int, default=1, help="join every N statistics texts into one"
+    )
     parser.add_argument("--output", type=Path, help="also write the figures as JSON here")
     args = parser.parse_args(argv)
     result = benchmark(
-        args.model, args.device, args.edits, args.batch, args.stats_texts, args.stats_batch_size
+        args.model,
+        args.device,
+        args.edits,
+        args.batch,
+        args.stats_texts,
+        args.stats_batch_tokens,
+        args.stats_join,
     )
     width = max(map(len, result))
     for key, value in result.items():

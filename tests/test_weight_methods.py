@@ -262,19 +262,19 @@ def test_statistics_resume_after_an_interruption(mt, tmp_path, monkeypatch):
     whole = stats.second_moment(mt, 0, "corpus", len(CORPUS), texts=CORPUS, chunk_texts=2)
     monkeypatch.setattr(stats, "SAVE_EVERY_CHUNKS", 1)
     calls = {"count": 0}
-    keys_sum = stats._keys_sum
+    add_chunk = stats._add_chunk
 
     def interrupted(*args, **kwargs):
         calls["count"] += 1
         if calls["count"] == 4:
             raise KeyboardInterrupt
-        return keys_sum(*args, **kwargs)
+        return add_chunk(*args, **kwargs)
 
-    monkeypatch.setattr(stats, "_keys_sum", interrupted)
+    monkeypatch.setattr(stats, "_add_chunk", interrupted)
     with pytest.raises(KeyboardInterrupt):
         stats.second_moment(mt, 0, "corpus", len(CORPUS), tmp_path, texts=CORPUS, chunk_texts=2)
     assert len(list(tmp_path.rglob("*.partial.safetensors"))) == 1
-    monkeypatch.setattr(stats, "_keys_sum", keys_sum)
+    monkeypatch.setattr(stats, "_add_chunk", add_chunk)
     resumed = stats.second_moment(
         mt, 0, "corpus", len(CORPUS), tmp_path, texts=CORPUS, chunk_texts=2
     )
@@ -370,7 +370,9 @@ def test_key_statistics_equal_the_keys_of_a_full_forward_pass(mt64):
             mt64.model(**inputs)
         keys = recorded["keys"].reshape(-1, projection.in_features).double()
         expected += keys.T @ keys
-    computed = stats.second_moment(mt64, layer, "corpus", len(CORPUS), texts=CORPUS, batch_size=4)
+    computed = stats.second_moment(
+        mt64, layer, "corpus", len(CORPUS), texts=CORPUS, max_batch_tokens=64
+    )
     count = int(computed.metadata["tokens"])
     # Summed in float64, stored as float32: equal to float32 rounding (eps 1.2e-7).
     torch.testing.assert_close(computed.moment.double() * count, expected, rtol=1e-6, atol=1e-6)

@@ -300,8 +300,9 @@ def load_second_moments(
     dataset: str | None = None,
     num_texts: int | None = None,
 ) -> dict[int, torch.Tensor]:
-    """``C`` of each of ``hparams.layers`` (cached in ``stats_dir``, computed over ``dataset``,
-    default ``hparams.stats_dataset``); empty without ``mom2_adjustment``.
+    """``C`` of each of ``hparams.layers`` (cached in ``stats_dir``, else computed for all the
+    layers in one pass over ``dataset``, default ``hparams.stats_dataset``); empty without
+    ``mom2_adjustment``.
 
     Load them once, before editing: the cache is checked against the layer's current weight,
     so statistics are refused for a model whose edited layers were already written.
@@ -309,14 +310,12 @@ def load_second_moments(
     if not hparams.mom2_adjustment:
         return {}
     common.check_layers(mt, hparams.layers)
-    return {
-        layer: stats.second_moment(
-            mt,
-            layer,
-            dataset or hparams.stats_dataset,
-            num_texts or hparams.stats_num_texts,
-            cache_dir=stats_dir,
-            world=world,
-        ).moment
-        for layer in hparams.layers
-    }
+    computed = stats.second_moments(
+        mt,
+        hparams.layers,
+        dataset or hparams.stats_dataset,
+        num_texts or hparams.stats_num_texts,
+        cache_dir=stats_dir,
+        world=world,
+    )
+    return {layer: computed[layer].moment for layer in hparams.layers}

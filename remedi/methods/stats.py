@@ -1,11 +1,22 @@
 """Second-moment statistics of MLP keys over a text corpus: ROME's and MEMIT's ``C = E[k k^T]``.
 
-The keys are the inputs of one layer's MLP output projection, at every (non-padding) token of the
-corpus's texts (each truncated to the model's context). The statistic is computed in chunks of
-texts, with a progress bar, accumulated in float64, saved every few chunks so that an interrupted
-run resumes where it stopped, and cached as safetensors with metadata: the model (name and a
-fingerprint of the projection's weight), layer, dataset, number of texts and tokens, dtype. A
-cache made for another model or layer is refused.
+The keys are the inputs of a layer's MLP output projection, at every (non-padding) token of the
+corpus's texts (each truncated to the model's context). All requested layers are computed in one
+pass over the corpus: each forward stops after the deepest of them, and a hook on each layer's
+projection adds that batch's ``K^T K`` to the layer's sum. Texts are read in chunks; a chunk is
+tokenized, sorted by length and packed into batches of at most ``max_batch_tokens`` padded tokens
+(rows x longest row), which bounds the memory of a forward whatever the texts' lengths.
+
+Precision, as kmeng01/rome (``rome/layer_stats.py`` casts the keys to ``mom2_dtype``, float32 in
+every ROME/MEMIT hparams file, and ``util/runningstats.py``'s ``SecondMoment`` adds each batch's
+``a.t().mm(a)`` to a running sum in that dtype): each batch's product is computed in float32 (or
+the keys' dtype if wider). Unlike the reference, the sum over batches is kept in float64, so its
+rounding error does not grow with the corpus. Both dtypes are in the cache's metadata.
+
+The sums are saved every few chunks so that an interrupted run resumes where it stopped, and each
+layer is cached as its own safetensors file with metadata: the model (name and a fingerprint of the
+projection's weight), layer, dataset, number of texts and tokens, dtype. A cache made for another
+model or layer is refused.
 
 Corpora: ``toy`` is the toy world's own training text (offline); any other name is a Hugging Face
 dataset, ``NAME`` or ``NAME:CONFIG``, whose ``text`` column is read (ROME used Wikipedia).
@@ -13,12 +24,14 @@ dataset, ``NAME`` or ``NAME:CONFIG``, whose ``text`` column is read (ROME used W
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import logging
 import re
-from collections.abc import Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import datasets
 import safetensors.torch
@@ -26,7 +39,6 @@ import torch
 from tqdm.auto import tqdm
 
 from remedi import errors, hooks, io, models
-from remedi.methods.common import record_mlp_keys
 from remedi.toy.corpus import training_documents
 from remedi.toy.world import World
 
@@ -36,6 +48,10 @@ TOY_DATASET = "toy"
 STATS_DATASET_FLAG = "--stats-dataset"
 """The command-line flag that names the statistics corpus (named in errors)."""
 SAVE_EVERY_CHUNKS = 8
+DEFAULT_BATCH_TOKENS = 4096
+"""Padded tokens per forward (ROME's default is 3 x the context). GPT-2 small's statistics of five
+layers at once over 1024-token texts (four per batch) peak at 1.8 GB resident on CPU, 1.2 GB of it
+the loaded model (measured)."""
 
 
 @dataclass(frozen=True)
@@ -106,19 +122,144 @@ def second_moment(
     cache_dir: Path | None = None,
     world: World | None = None,
     texts: Sequence[str] | None = None,
-    batch_size: int = 16,
+    max_batch_tokens: int = DEFAULT_BATCH_TOKENS,
     max_length: int | None = None,
     chunk_texts: int = 256,
+    product_dtype: torch.dtype | None = None,
 ) -> SecondMoment:
-    """``E[k k^T]`` of the keys at ``layer`` over ``num_texts`` texts of ``dataset``.
+    """``E[k k^T]`` of the keys at ``layer``: :func:`second_moments` for one layer."""
+    return second_moments(
+        mt,
+        [layer],
+        dataset,
+        num_texts,
+        cache_dir,
+        world,
+        texts,
+        max_batch_tokens,
+        max_length,
+        chunk_texts,
+        product_dtype,
+    )[layer]
 
-    Reads the cache in ``cache_dir`` if it holds these settings for this model, else computes
-    (resuming a partial file) and writes it. ``texts`` overrides the corpus (tests; it is still
-    recorded under the name ``dataset``).
+
+@dataclass
+class _LayerSum:
+    """The running ``sum k k^T`` of one layer, how far it got, and where it is cached."""
+
+    projection: models.MlpOutput
+    total: torch.Tensor
+    texts_done: int
+    tokens: int
+    expected: dict[str, str]
+    path: Path | None
+
+    @property
+    def partial(self) -> Path | None:
+        return self.path.with_suffix(".partial.safetensors") if self.path is not None else None
+
+    def save_partial(self) -> None:
+        if self.partial is not None:
+            done = {"texts_done": str(self.texts_done), "tokens": str(self.tokens)}
+            _write(self.partial, "sum", self.total.cpu(), {**self.expected, **done})
+
+    def finish(self, dataset: str, products_in: torch.dtype) -> SecondMoment:
+        """The moment, written to the cache (the partial file removed)."""
+        if self.tokens == 0:
+            raise errors.UsageError(f"statistics corpus {dataset!r} has no tokens")
+        moment = (self.total / self.tokens).float().cpu()
+        metadata = {
+            **self.expected,
+            "tokens": str(self.tokens),
+            "texts": str(self.texts_done),
+            "dtype": _dtype_name(moment.dtype),
+            "batch_products_in": _dtype_name(products_in),
+            "accumulated_in": "float64",
+        }
+        if self.path is not None:
+            _write(self.path, "mom2", moment, metadata)
+            if self.partial is not None and self.partial.exists():
+                self.partial.unlink()
+            logger.info("wrote key statistics (%d tokens) to %s", self.tokens, self.path)
+        return SecondMoment(moment, metadata)
+
+
+def second_moments(
+    mt: models.ModelAndTokenizer,
+    layers: Sequence[int],
+    dataset: str,
+    num_texts: int,
+    cache_dir: Path | None = None,
+    world: World | None = None,
+    texts: Sequence[str] | None = None,
+    max_batch_tokens: int = DEFAULT_BATCH_TOKENS,
+    max_length: int | None = None,
+    chunk_texts: int = 256,
+    product_dtype: torch.dtype | None = None,
+) -> dict[int, SecondMoment]:
+    """``E[k k^T]`` of the keys at each of ``layers`` over ``num_texts`` texts of ``dataset``.
+
+    Layers cached in ``cache_dir`` (for this model) are read; the others are computed together
+    in one pass over the corpus (resuming their partial files) and written, one file per layer.
+    ``texts`` overrides the corpus (tests; it is still recorded under the name ``dataset``).
+    A forward holds at most ``max_batch_tokens`` padded tokens, except a single text longer than
+    that (texts are truncated to ``max_length``, default the model's context). Each batch's
+    product is computed in ``product_dtype`` (default float32, or the keys' dtype if wider) and
+    summed in float64.
 
     Raises:
-        errors.MismatchError: The cache was made for another model or layer.
+        errors.MismatchError: A cache was made for another model or layer.
     """
+    results: dict[int, SecondMoment] = {}
+    sums: dict[int, _LayerSum] = {}
+    for layer in sorted(set(layers)):
+        opened = _open_layer(mt, layer, dataset, num_texts, cache_dir)
+        if isinstance(opened, SecondMoment):
+            results[layer] = opened
+        else:
+            sums[layer] = opened
+    if not sums:
+        return results
+
+    if texts is None:
+        texts = corpus_texts(dataset, num_texts, world)
+    texts = list(texts)[:num_texts]
+    limit = max_length or _max_positions(mt.model)
+    position = min(running.texts_done for running in sums.values())
+    progress = tqdm(
+        total=len(texts),
+        initial=position,
+        unit="text",
+        desc=f"key statistics L{','.join(map(str, sums))}",
+        disable=None,
+    )
+    chunk_index = 0
+    while position < len(texts):
+        # A layer resumed further along joins the pass when it reaches the texts it has not seen.
+        ahead = [running.texts_done for running in sums.values() if running.texts_done > position]
+        end = min([position + chunk_texts, len(texts), *ahead])
+        active = {layer: s for layer, s in sums.items() if s.texts_done == position}
+        chunk_tokens = _add_chunk(
+            mt, active, texts[position:end], max_batch_tokens, limit, product_dtype
+        )
+        for running in active.values():
+            running.texts_done, running.tokens = end, running.tokens + chunk_tokens
+        progress.update(end - position)
+        position = end
+        chunk_index += 1
+        if chunk_index % SAVE_EVERY_CHUNKS == 0 and position < len(texts):
+            for running in sums.values():
+                running.save_partial()
+    progress.close()
+    products_in = _product_dtype(models.determine_dtype(mt.model), product_dtype)
+    results.update({layer: running.finish(dataset, products_in) for layer, running in sums.items()})
+    return {layer: results[layer] for layer in sorted(results)}
+
+
+def _open_layer(
+    mt: models.ModelAndTokenizer, layer: int, dataset: str, num_texts: int, cache_dir: Path | None
+) -> SecondMoment | _LayerSum:
+    """The layer's cached statistics, else its running sum (resumed from a partial file)."""
     projection = models.determine_mlp_output(mt.model, layer)
     expected = {
         "model": mt.name,
@@ -133,81 +274,114 @@ def second_moment(
         moment, metadata = _read(path)
         _check(metadata, expected, path)
         return SecondMoment(moment, metadata)
+    width = projection.in_features
+    total = torch.zeros(width, width, dtype=torch.float64)
+    running = _LayerSum(projection, total, 0, 0, expected, path)
+    if running.partial is not None and running.partial.is_file():
+        saved, metadata = _read(running.partial, key="sum")
+        _check(metadata, expected, running.partial)
+        running.total = saved.double()
+        running.texts_done, running.tokens = int(metadata["texts_done"]), int(metadata["tokens"])
+        logger.info(
+            "resuming statistics from %s (%d texts done)", running.partial, running.texts_done
+        )
+    running.total = running.total.to(models.determine_device(mt.model))
+    return running
 
-    if texts is None:
-        texts = corpus_texts(dataset, num_texts, world)
-    texts = list(texts)[:num_texts]
-    partial = path.with_suffix(".partial.safetensors") if path is not None else None
-    total = torch.zeros(projection.in_features, projection.in_features, dtype=torch.float64)
-    done, tokens = 0, 0
-    if partial is not None and partial.is_file():
-        saved, metadata = _read(partial, key="sum")
-        _check(metadata, expected, partial)
-        total, done, tokens = saved.double(), int(metadata["texts_done"]), int(metadata["tokens"])
-        logger.info("resuming statistics from %s (%d of %d texts)", partial, done, len(texts))
 
-    limit = max_length or _max_positions(mt.model)
-    progress = tqdm(total=len(texts), initial=done, desc=f"key statistics L{layer}", disable=None)
-    chunk_index = 0
-    while done < len(texts):
-        chunk = texts[done : done + chunk_texts]
-        chunk_sum, chunk_tokens = _keys_sum(mt, layer, projection, chunk, batch_size, limit)
-        total += chunk_sum
-        tokens += chunk_tokens
-        done += len(chunk)
-        progress.update(len(chunk))
-        chunk_index += 1
-        if partial is not None and chunk_index % SAVE_EVERY_CHUNKS == 0 and done < len(texts):
-            _write(
-                partial, "sum", total, {**expected, "texts_done": str(done), "tokens": str(tokens)}
-            )
-    progress.close()
-    if tokens == 0:
-        raise errors.UsageError(f"statistics corpus {dataset!r} has no tokens")
-    moment = (total / tokens).float()
-    metadata = {
-        **expected,
-        "tokens": str(tokens),
-        "texts": str(done),
-        "dtype": str(moment.dtype).removeprefix("torch."),
-        "accumulated_in": "float64",
-    }
-    if path is not None:
-        _write(path, "mom2", moment, metadata)
-        if partial is not None and partial.exists():
-            partial.unlink()
-        logger.info("wrote key statistics (%d tokens) to %s", tokens, path)
-    return SecondMoment(moment, metadata)
+def token_batches(
+    tokenizer: Any,
+    texts: Sequence[str],
+    max_batch_tokens: int,
+    max_length: int | None = None,
+) -> Iterator[dict[str, torch.Tensor]]:
+    """``texts`` tokenized (truncated to ``max_length``), longest first, right-padded into
+    batches of at most ``max_batch_tokens`` rows x width (a longer text is a batch of its own).
+
+    Sorting keeps the padding small; longest first makes the first batch the largest, so a batch
+    that does not fit in memory fails at once. Texts without tokens are skipped.
+    """
+    if max_batch_tokens < 1:
+        raise errors.UsageError(f"max_batch_tokens must be positive, got {max_batch_tokens}")
+    encoded = tokenizer(list(texts), truncation=max_length is not None, max_length=max_length)[
+        "input_ids"
+    ]
+    rows = sorted((ids for ids in encoded if ids), key=len, reverse=True)
+    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+    start = 0
+    while start < len(rows):
+        width = len(rows[start])
+        count = max(1, min(len(rows) - start, max_batch_tokens // width))
+        batch = rows[start : start + count]
+        input_ids = torch.full((count, width), pad_id, dtype=torch.long)
+        attention_mask = torch.zeros((count, width), dtype=torch.long)
+        for row, ids in enumerate(batch):
+            input_ids[row, : len(ids)] = torch.tensor(ids)
+            attention_mask[row, : len(ids)] = 1
+        yield {"input_ids": input_ids, "attention_mask": attention_mask}
+        start += count
 
 
 @torch.no_grad()
-def _keys_sum(
+def _add_chunk(
     mt: models.ModelAndTokenizer,
-    layer: int,
-    projection: models.MlpOutput,
+    sums: Mapping[int, _LayerSum],
     texts: Sequence[str],
-    batch_size: int,
+    max_batch_tokens: int,
     max_length: int | None,
-) -> tuple[torch.Tensor, int]:
+    product_dtype: torch.dtype | None,
+) -> int:
+    """Add ``K^T K`` of each layer's keys over ``texts`` to its running total (in place); return
+    the number of tokens."""
     device = models.determine_device(mt.model)
-    total = torch.zeros(projection.in_features, projection.in_features, dtype=torch.float64)
     tokens = 0
-    for start in range(0, len(texts), batch_size):
-        batch = list(texts[start : start + batch_size])
-        inputs = mt.tokenizer(
-            batch,
-            return_tensors="pt",
-            padding=True,
-            truncation=max_length is not None,
-            max_length=max_length,
-        ).to(device)
-        # Only the keys of ``layer`` are read: the blocks above it and the LM head never run.
-        with record_mlp_keys(mt.model, projection) as recorded:
-            hooks.run_until_layer(mt.model, layer, inputs)
-        keys = recorded["keys"][inputs.attention_mask.bool()].double()
-        total += (keys.T @ keys).cpu()
-        tokens += keys.shape[0]
-    return total, tokens
+    for batch in token_batches(mt.tokenizer, texts, max_batch_tokens, max_length):
+        inputs = {name: tensor.to(device) for name, tensor in batch.items()}
+        mask = inputs["attention_mask"].bool()
+        with _adding_key_products(mt.model, sums, mask, product_dtype):
+            # Only the keys are read: the blocks above the deepest layer and the LM head never run.
+            hooks.run_until_layer(mt.model, max(sums), inputs)
+        tokens += int(mask.sum())
+    return tokens
+
+
+@contextlib.contextmanager
+def _adding_key_products(
+    model: torch.nn.Module,
+    sums: Mapping[int, _LayerSum],
+    mask: torch.Tensor,
+    product_dtype: torch.dtype | None,
+) -> Iterator[None]:
+    """While active, each forward adds ``K^T K`` of each layer's keys at ``mask`` to the layer's
+    total, so no layer's keys outlive its own block."""
+
+    def hook_for(running: _LayerSum) -> Any:
+        def add_products(module: torch.nn.Module, inputs: Any) -> None:
+            keys = inputs[0][mask]
+            keys = keys.to(_product_dtype(keys.dtype, product_dtype))
+            running.total.add_(keys.T @ keys)
+
+        return add_products
+
+    handles = [
+        model.get_submodule(running.projection.module_path).register_forward_pre_hook(
+            hook_for(running)
+        )
+        for running in sums.values()
+    ]
+    try:
+        yield
+    finally:
+        for handle in handles:
+            handle.remove()
+
+
+def _product_dtype(keys_dtype: torch.dtype, requested: torch.dtype | None) -> torch.dtype:
+    return requested or torch.promote_types(keys_dtype, torch.float32)
+
+
+def _dtype_name(dtype: torch.dtype) -> str:
+    return str(dtype).removeprefix("torch.")
 
 
 def _max_positions(model: torch.nn.Module) -> int | None:
