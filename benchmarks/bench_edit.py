@@ -59,6 +59,7 @@ def random_gpt2(device: str, tiny: bool) -> models.ModelAndTokenizer:
     with torch.device(device):
         model = transformers.GPT2LMHeadModel(config)
     model.eval().requires_grad_(False)
+    models.fuse_activations(model)  # as models.load_model does
     name = "gpt2-tiny-random" if tiny else "gpt2-random"
     return models.ModelAndTokenizer(model=model, tokenizer=tokenizer, name=name)
 
