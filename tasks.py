@@ -42,6 +42,11 @@ TOY_TRAINING_FLAGS = [
     "1",
 ]
 DEFAULT_MODEL = "gptj"
+# Help of the model and device flags that most experiments share.
+MODEL_HELP = {
+    "model": f"Model name or alias (default {DEFAULT_MODEL}; 'toy' for the offline default).",
+    "device": "Device, e.g. cuda or cpu (default: cuda if available).",
+}
 # Exit code for a bad task argument, as the scripts (and argparse) use for bad input.
 EXIT_BAD_INPUT = 2
 
@@ -282,8 +287,7 @@ def toy_build(
 
 @task(
     help={
-        "model": f"Model name or alias (default {DEFAULT_MODEL}; 'toy' for the offline default).",
-        "device": "Device, e.g. cuda or cpu (default: cuda if available).",
+        **MODEL_HELP,
         "layer": "Edit layer (default: the paper's layer for the model).",
         "name": "Experiment name (default: editors_counterfact_<model>).",
         "max_epochs": "Upper bound on training epochs (early stopping usually ends sooner).",
@@ -322,8 +326,7 @@ def train_counterfact(
 
 @task(
     help={
-        "model": f"Model name or alias (default {DEFAULT_MODEL}; 'toy' for the offline default).",
-        "device": "Device, e.g. cuda or cpu (default: cuda if available).",
+        **MODEL_HELP,
         "layer": "Edit layer (default: the paper's layer for the model).",
         "name": "Experiment name (default: eval_gen_counterfact_<model>).",
         "editors": "Experiment that trained the editors (default: x.train.counterfact's).",
@@ -496,8 +499,7 @@ def _control_model_args(model: str, dataset: str, control_editors: str | None) -
 
 @task(
     help={
-        "model": f"Model name or alias (default {DEFAULT_MODEL}; 'toy' for the offline default).",
-        "device": "Device, e.g. cuda or cpu (default: cuda if available).",
+        **MODEL_HELP,
         "layer": "Editor layer (default: the paper's layer for the model).",
         "entity_layer": "Layer the entity is read at (default: the paper's for the model).",
         "name": "Experiment name (default: eval_cls_counterfact_<model>).",
@@ -549,8 +551,7 @@ def eval_cls_counterfact(
 
 @task(
     help={
-        "model": f"Model name or alias (default {DEFAULT_MODEL}; 'toy' for the offline default).",
-        "device": "Device, e.g. cuda or cpu (default: cuda if available).",
+        **MODEL_HELP,
         "name": "Experiment name (default: eval_med_counterfact_<model>).",
         "rerun": "Recompute a finished result.",
         "random": "Evaluate the randomly initialised model.",
@@ -594,7 +595,7 @@ TOY_MCRAE_TEST_SIZE = "0.2"
 @task(
     help={
         "model": f"Model name or alias (default {DEFAULT_MODEL}; 'toy' for the toy norms).",
-        "device": "Device, e.g. cuda or cpu (default: cuda if available).",
+        "device": MODEL_HELP["device"],
         "layer": "Edit layer (default: the paper's CounterFact layer for the model).",
         "name": "Experiment name (default: editors_mcrae_<model>).",
         "file": "McRae norms file (default: <shared data>/mcrae/CONCS_FEATS_concstats_brm.txt; "
@@ -630,7 +631,7 @@ def train_mcrae(
 @task(
     help={
         "model": f"Model name or alias (default {DEFAULT_MODEL}; 'toy' for the toy norms).",
-        "device": "Device, e.g. cuda or cpu (default: cuda if available).",
+        "device": MODEL_HELP["device"],
         "name": "Experiment name (default: eval_ent_mcrae_<model>).",
         "editors": "Experiment that trained the editors (default: x.train.mcrae's).",
         "max_samples": "Evaluate only the first N held-out samples.",
@@ -758,8 +759,7 @@ def _sweep_entity_layer(
 
 
 SWEEP_HELP = {
-    "model": f"Model name or alias (default {DEFAULT_MODEL}; 'toy' for the offline default).",
-    "device": "Device, e.g. cuda or cpu (default: cuda if available).",
+    **MODEL_HELP,
     "layers": "Layers to sweep, e.g. 0,1,2 (default: every layer of the model).",
 }
 
@@ -872,8 +872,7 @@ def _biosbias_layer(model: str, layer: int | None) -> int:
 
 @task(
     help={
-        "model": f"Model name or alias (default {DEFAULT_MODEL}; 'toy' for the offline default).",
-        "device": "Device, e.g. cuda or cpu (default: cuda if available).",
+        **MODEL_HELP,
         "layer": "Edit layer (default: the paper's layer for the model).",
         "name": "Experiment name (default: editors_biosbias_<model>).",
         "dataset_file": "BIOS.pkl or a JSON/JSONL export (default: data/BIOS.pkl; the toy "
@@ -914,8 +913,7 @@ def train_biosbias(
 
 @task(
     help={
-        "model": f"Model name or alias (default {DEFAULT_MODEL}; 'toy' for the offline default).",
-        "device": "Device, e.g. cuda or cpu (default: cuda if available).",
+        **MODEL_HELP,
         "layer": "Edit layer (default: the paper's layer for the model).",
         "name": "Experiment name (default: eval_gen_biosbias_<model>).",
         "editors": "Experiment that trained the editors (default: x.train.biosbias's).",
@@ -955,8 +953,7 @@ def eval_gen_biosbias(
 
 @task(
     help={
-        "model": f"Model name or alias (default {DEFAULT_MODEL}; 'toy' for the offline default).",
-        "device": "Device, e.g. cuda or cpu (default: cuda if available).",
+        **MODEL_HELP,
         "layer": "Editor layer (default: the paper's Bias in Bios layer for the model).",
         "entity_layer": "Layer the entity is read at (default: the paper's for the model).",
         "name": "Experiment name (default: eval_cls_biosbias_<model>).",
@@ -1059,10 +1056,10 @@ def sweep_cls_biosbias(
 
 @task(
     help={
-        "model": f"Model name or alias (default {DEFAULT_MODEL}; 'toy' for the offline default).",
+        "model": MODEL_HELP["model"],
         "window_sizes": "Windows of restored layers, space-separated (default '10 5 3 1').",
         "n": "Trace the first N cases (default 2000).",
-        "device": "Device, e.g. cuda or cpu (default: cuda if available).",
+        "device": MODEL_HELP["device"],
         "rerun": "Retrace cases already traced with the same settings.",
     }
 )
@@ -1082,11 +1079,11 @@ def trace_counterfact(
 
 @task(
     help={
-        "model": f"Model name or alias (default {DEFAULT_MODEL}; 'toy' for the offline default).",
+        "model": MODEL_HELP["model"],
         "method": "Registered weight-editing method: rome, memit, ft or ft5 (default rome).",
         "edit_layer": "Central edit layer N, or 'all' (default).",
         "n": "Edit the first N cases (default 1000; those the model answers correctly).",
-        "device": "Device, e.g. cuda or cpu (default: cuda if available).",
+        "device": MODEL_HELP["device"],
         "rerun": "Recompute finished edits.",
     }
 )
