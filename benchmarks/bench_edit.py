@@ -36,7 +36,14 @@ from pathlib import Path
 import torch
 import transformers
 
-from benchmarks.common import gpt2_tokenizer, peak_memory_bytes
+from benchmarks.common import (
+    gpt2_tokenizer,
+    model_figures,
+    peak_memory_bytes,
+    report,
+    reset_peak_memory,
+    synchronize,
+)
 from remedi import env, io, models
 from remedi.methods import common, hparams_file, memit, rome, stats
 from remedi.toy.build import ToyWorldPaths, toy_world_paths
@@ -122,20 +129,14 @@ def statistics_texts(model: str, count: int) -> list[str]:
     return [request.prompt for request in counterfact_requests(count)]
 
 
-def _synchronize(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
 def _start_phase(device: torch.device) -> float:
-    if device.type == "cuda":
-        torch.cuda.reset_peak_memory_stats(device)
-    _synchronize(device)
+    reset_peak_memory(device)
+    synchronize(device)
     return time.perf_counter()
 
 
 def _end_phase(device: torch.device, start: float) -> tuple[float, float]:
-    _synchronize(device)
+    synchronize(device)
     return time.perf_counter() - start, round(peak_memory_bytes(device) / 2**20, 1)
 
 
@@ -158,9 +159,7 @@ def benchmark(
         memit_hparams.layers = [0]
     torch_device = models.determine_device(mt.model)
     result: dict = {
-        "model": mt.name,
-        "device": str(torch_device),
-        "dtype": str(models.determine_dtype(mt.model)).removeprefix("torch."),
+        **model_figures(mt),
         "torch_threads": torch.get_num_threads(),
     }
 
@@ -235,11 +234,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     result = benchmark(
         args.model, args.device, args.edits, args.batch, args.stats_texts, args.stats_batch_size
     )
-    width = max(map(len, result))
-    for key, value in result.items():
-        print(f"{key:<{width}}  {value}")
-    if args.output is not None:
-        args.output.write_text(json.dumps(result, indent=2) + "\n")
+    report(result, args.output)
     return 0
 
 

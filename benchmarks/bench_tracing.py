@@ -13,7 +13,6 @@ rewrite prompts (built if absent); the random GPT-J models trace synthetic promp
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import time
 from collections.abc import Sequence
@@ -21,7 +20,13 @@ from pathlib import Path
 
 import torch
 
-from benchmarks.common import peak_memory_bytes, random_gptj, synthetic_samples
+from benchmarks.common import (
+    peak_memory_bytes,
+    random_gptj,
+    report,
+    synchronize,
+    synthetic_samples,
+)
 from remedi import data, evaluation, models, tracing
 
 
@@ -61,8 +66,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         windows=args.windows,
     )
     tracing.trace_prompt(mt, *prompts[0][1:], settings, require_correct=False)  # warm up
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
+    synchronize(device)
     start = time.perf_counter()
     tokens = 0
     for case_id, prompt, subject, target in prompts:
@@ -77,8 +81,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             max_batch_rows=args.max_batch_rows,
         )
         tokens += len(result.tokens)
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
+    synchronize(device)
     seconds = time.perf_counter() - start
     figures = {
         "model": mt.name,
@@ -90,11 +93,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "seconds_per_case": seconds / len(prompts),
         "peak_memory_mib": peak_memory_bytes(device) / 2**20,
     }
-    width = max(len(key) for key in figures)
-    for key, value in figures.items():
-        print(f"{key:<{width}}  {value}")
-    if args.output:
-        args.output.write_text(json.dumps(figures, indent=2) + "\n")
+    report(figures, args.output)
     return 0
 
 

@@ -15,15 +15,21 @@ peak resident set size on CPU (which includes loading the model).
 from __future__ import annotations
 
 import argparse
-import json
 import sys
-import time
 from collections.abc import Sequence
 from pathlib import Path
 
 import torch
 
-from benchmarks.common import peak_memory_bytes, random_gptj, synthetic_samples
+from benchmarks.common import (
+    model_figures,
+    peak_memory_bytes,
+    random_gptj,
+    report,
+    reset_peak_memory,
+    synthetic_samples,
+    timed,
+)
 from remedi import data, editors, models, precompute, training
 
 
@@ -41,32 +47,26 @@ def benchmark(model: str, device: str, samples: int, batch_size: int, layer: int
     if layer is None:
         layer = 1 if model.startswith("gptj") else 0
     torch_device = models.determine_device(mt.model)
-    if torch_device.type == "cuda":
-        torch.cuda.reset_peak_memory_stats(torch_device)
+    reset_peak_memory(torch_device)
 
-    start = time.perf_counter()
-    inputs = precompute.editor_inputs(mt, rows, [layer])
-    precompute_seconds = time.perf_counter() - start
-
+    inputs, precompute_seconds = timed(
+        torch_device, lambda: precompute.editor_inputs(mt, rows, [layer])
+    )
     editor = editors.new_editor("linear", mt, layer)
     config = training.TrainingConfig(max_epochs=1, batch_size=batch_size)
     optimizer = torch.optim.AdamW(editor.parameters(), lr=config.lr)
-    if torch_device.type == "cuda":
-        torch.cuda.synchronize(torch_device)
-    start = time.perf_counter()
-    with training.frozen(mt.model):
-        for batch in inputs.batches(batch_size):
-            optimizer.zero_grad(set_to_none=True)
-            loss, _ = training.editing_loss(mt, editor, batch, config.weights)
-            loss.backward()
-            optimizer.step()
-    if torch_device.type == "cuda":
-        torch.cuda.synchronize(torch_device)
-    epoch_seconds = time.perf_counter() - start
+
+    def epoch() -> None:
+        with training.frozen(mt.model):
+            for batch in inputs.batches(batch_size):
+                optimizer.zero_grad(set_to_none=True)
+                loss, _ = training.editing_loss(mt, editor, batch, config.weights)
+                loss.backward()
+                optimizer.step()
+
+    _, epoch_seconds = timed(torch_device, epoch)
     return {
-        "model": mt.name,
-        "device": str(torch_device),
-        "dtype": str(models.determine_dtype(mt.model)).removeprefix("torch."),
+        **model_figures(mt),
         "layer": layer,
         "samples": len(inputs),
         "batch_size": batch_size,
@@ -93,11 +93,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--output", type=Path, help="also write the figures as JSON here")
     args = parser.parse_args(argv)
     result = benchmark(args.model, args.device, args.samples, args.batch_size, args.layer)
-    width = max(map(len, result))
-    for key, value in result.items():
-        print(f"{key:<{width}}  {value}")
-    if args.output is not None:
-        args.output.write_text(json.dumps(result, indent=2) + "\n")
+    report(result, args.output)
     return 0
 
 

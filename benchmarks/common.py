@@ -1,10 +1,16 @@
-"""What the speed benchmarks share: synthetic samples, a random GPT-J, peak memory."""
+"""What the speed benchmarks share: synthetic samples, a random GPT-J, timing, peak memory, and
+how the figures are printed and saved."""
 
 from __future__ import annotations
 
+import json
 import resource
 import sys
 import tempfile
+import time
+from collections.abc import Callable, Mapping
+from pathlib import Path
+from typing import Any, TypeVar
 
 import torch
 import transformers
@@ -83,9 +89,58 @@ def random_gptj(device: str, tiny: bool) -> models.ModelAndTokenizer:
     return models.ModelAndTokenizer(model=model, tokenizer=tokenizer, name=name)
 
 
+def reset_peak_memory(device: torch.device) -> None:
+    """Start the GPU's peak allocation afresh (on CPU the peak resident set cannot be reset)."""
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+
+
 def peak_memory_bytes(device: torch.device) -> int:
     """The GPU's peak allocation on CUDA; the process's peak resident set size on CPU."""
     if device.type == "cuda":
         return int(torch.cuda.max_memory_allocated(device))
     peak_kib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     return int(peak_kib * (1 if sys.platform == "darwin" else 1024))
+
+
+def load_benchmark_model(model: str, device: str) -> models.ModelAndTokenizer:
+    """``gptj-random``/``gptj-tiny-random`` (:func:`random_gptj`), else ``model`` loaded by name."""
+    if model.startswith("gptj-"):
+        return random_gptj(device, tiny=model == "gptj-tiny-random")
+    return models.load_model(model, device=device)
+
+
+def synchronize(device: torch.device) -> None:
+    """Wait for the device's queued work (CUDA runs asynchronously), so that timings are real."""
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+T = TypeVar("T")
+
+
+def timed(device: torch.device, run: Callable[[], T]) -> tuple[T, float]:
+    """``run()``'s value and its wall-clock seconds, the device synchronised at both ends."""
+    synchronize(device)
+    start = time.perf_counter()
+    value = run()
+    synchronize(device)
+    return value, time.perf_counter() - start
+
+
+def model_figures(mt: models.ModelAndTokenizer) -> dict[str, Any]:
+    """The figures that say what was timed: the model, its device and dtype."""
+    return {
+        "model": mt.name,
+        "device": str(models.determine_device(mt.model)),
+        "dtype": str(models.determine_dtype(mt.model)).removeprefix("torch."),
+    }
+
+
+def report(figures: Mapping[str, Any], output: Path | None) -> None:
+    """Print the figures one per line, aligned, and write them as JSON to ``output`` if given."""
+    width = max(map(len, figures))
+    for key, value in figures.items():
+        print(f"{key:<{width}}  {value}")
+    if output is not None:
+        output.write_text(json.dumps(figures, indent=2) + "\n")
