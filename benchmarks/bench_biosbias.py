@@ -16,7 +16,6 @@ memory is the GPU's peak allocation on CUDA, the process's peak resident set siz
 
 from __future__ import annotations
 
-import argparse
 import sys
 import tempfile
 from collections.abc import Sequence
@@ -26,14 +25,16 @@ from typing import Any
 import torch
 
 from benchmarks.common import (
+    benchmark_parser,
     load_benchmark_model,
     model_figures,
     peak_memory_bytes,
     report,
     reset_peak_memory,
+    time_training_epoch,
     timed,
 )
-from remedi import editors, evaluation, models, precompute, training
+from remedi import evaluation, models, training
 from remedi.data import biosbias as biosbias_data
 from remedi.evaluation import biosbias
 from remedi.toy import export
@@ -68,23 +69,10 @@ def benchmark(
     torch_device = models.determine_device(mt.model)
     reset_peak_memory(torch_device)
 
-    inputs, precompute_seconds = timed(
-        torch_device, lambda: precompute.editor_inputs(mt, rows, [layer])
-    )
-    editor = editors.new_editor("linear", mt, layer)
     args = training.RunArgs(name="bench", model=mt.name, dataset="biosbias", batch_size=batch_size)
-    config = args.training_config()
-    optimizer = torch.optim.AdamW(editor.parameters(), lr=config.lr)
-
-    def epoch() -> None:
-        with training.frozen(mt.model):
-            for batch in inputs.batches(batch_size):
-                optimizer.zero_grad(set_to_none=True)
-                loss, _ = training.editing_loss(mt, editor, batch, config.weights)
-                loss.backward()
-                optimizer.step()
-
-    _, epoch_seconds = timed(torch_device, epoch)
+    editor, training_figures = time_training_epoch(
+        mt, rows, layer, batch_size, args.training_config()
+    )
 
     cases = biosbias.biosbias_cases(rows)
     resources = evaluation.EvalResources(
@@ -98,12 +86,7 @@ def benchmark(
     figures: dict[str, Any] = {
         **model_figures(mt),
         "layer": layer,
-        "samples": len(inputs),
-        "batch_size": batch_size,
-        "precompute_seconds": round(precompute_seconds, 3),
-        "precompute_samples_per_second": round(len(inputs) / precompute_seconds, 2),
-        "epoch_seconds": round(epoch_seconds, 3),
-        "train_samples_per_second": round(len(inputs) / epoch_seconds, 2),
+        **training_figures,
         "directions_seconds": round(directions_seconds, 3),
         "generation_max_length": max_length,
     }
@@ -123,14 +106,11 @@ def benchmark(
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description="Bias in Bios training and evaluation throughput")
-    parser.add_argument(
-        "--model",
-        default="toy",
-        help="toy, toy-small, any model name, gptj-random (GPT-J shape, random bf16) or "
+    parser = benchmark_parser(
+        "Bias in Bios training and evaluation throughput",
+        "toy, toy-small, any model name, gptj-random (GPT-J shape, random bf16) or "
         "gptj-tiny-random",
     )
-    parser.add_argument("--device", default="cpu")
     parser.add_argument("--samples", type=int, default=128, help="samples to train and evaluate")
     parser.add_argument("--batch-size", type=int, default=evaluation.DEFAULT_BATCH_SIZE)
     parser.add_argument("--max-length", type=int, default=biosbias.MAX_LENGTH)

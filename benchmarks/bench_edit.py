@@ -26,7 +26,6 @@ resident set size so far (monotonic: a phase's figure includes those before it).
 
 from __future__ import annotations
 
-import argparse
 import json
 import sys
 import time
@@ -37,6 +36,7 @@ import torch
 import transformers
 
 from benchmarks.common import (
+    benchmark_parser,
     gpt2_tokenizer,
     model_figures,
     peak_memory_bytes,
@@ -218,13 +218,10 @@ def benchmark(
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description="ROME and MEMIT seconds per edit")
-    parser.add_argument(
-        "--model",
-        default="toy",
-        help="toy, gpt2-random (GPT-2 small's shape, random weights) or gpt2-tiny-random",
+    parser = benchmark_parser(
+        "ROME and MEMIT seconds per edit",
+        "toy, gpt2-random (GPT-2 small's shape, random weights) or gpt2-tiny-random",
     )
-    parser.add_argument("--device", default="cpu")
     parser.add_argument("--edits", type=int, default=10, help="ROME edits, one at a time")
     parser.add_argument("--batch", type=int, default=100, help="MEMIT requests in one batch")
     parser.add_argument("--stats-texts", type=int, default=1000, help="texts of the statistics")

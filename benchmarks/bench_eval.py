@@ -15,7 +15,6 @@ peak resident set size on CPU (which includes loading the model).
 
 from __future__ import annotations
 
-import argparse
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -23,6 +22,7 @@ from pathlib import Path
 import torch
 
 from benchmarks.common import (
+    benchmark_parser,
     load_benchmark_model,
     model_figures,
     peak_memory_bytes,
@@ -88,14 +88,11 @@ def benchmark(
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description="evaluation throughput (efficacy, generation)")
-    parser.add_argument(
-        "--model",
-        default="toy",
-        help="toy, toy-small, any model name, gptj-random (GPT-J shape, random bf16) or "
+    parser = benchmark_parser(
+        "evaluation throughput (efficacy, generation)",
+        "toy, toy-small, any model name, gptj-random (GPT-J shape, random bf16) or "
         "gptj-tiny-random",
     )
-    parser.add_argument("--device", default="cpu")
     parser.add_argument("--cases", type=int, default=64, help="cases to evaluate")
     parser.add_argument("--batch-size", type=int, default=evaluation.DEFAULT_BATCH_SIZE)
     parser.add_argument("--max-length", type=int, default=evaluation.GENERATION_MAX_LENGTH)

@@ -12,7 +12,6 @@ rewrite prompts (built if absent); the random GPT-J models trace synthetic promp
 
 from __future__ import annotations
 
-import argparse
 import sys
 import time
 from collections.abc import Sequence
@@ -21,6 +20,7 @@ from pathlib import Path
 import torch
 
 from benchmarks.common import (
+    benchmark_parser,
     peak_memory_bytes,
     random_gptj,
     report,
@@ -44,11 +44,10 @@ def _prompts(model: str, count: int) -> list[tuple[int, str, str, str]]:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description="causal tracing speed")
-    parser.add_argument(
-        "--model", default="toy", help="toy, toy-small, gptj-random or gptj-tiny-random"
+    parser = benchmark_parser(
+        "causal tracing speed",
+        "toy, toy-small, gptj-random or gptj-tiny-random",
     )
-    parser.add_argument("--device", default="cpu")
     parser.add_argument("--cases", type=int, default=8, help="cases to trace")
     parser.add_argument("--windows", type=int, nargs="+", default=list(tracing.DEFAULT_WINDOWS))
     parser.add_argument("--max-batch-rows", type=int, default=tracing.DEFAULT_MAX_BATCH_ROWS)

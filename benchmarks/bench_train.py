@@ -14,7 +14,6 @@ peak resident set size on CPU (which includes loading the model).
 
 from __future__ import annotations
 
-import argparse
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -22,15 +21,16 @@ from pathlib import Path
 import torch
 
 from benchmarks.common import (
+    benchmark_parser,
     model_figures,
     peak_memory_bytes,
     random_gptj,
     report,
     reset_peak_memory,
     synthetic_samples,
-    timed,
+    time_training_epoch,
 )
-from remedi import data, editors, models, precompute, training
+from remedi import data, models, training
 
 
 def benchmark(model: str, device: str, samples: int, batch_size: int, layer: int | None) -> dict:
@@ -49,44 +49,22 @@ def benchmark(model: str, device: str, samples: int, batch_size: int, layer: int
     torch_device = models.determine_device(mt.model)
     reset_peak_memory(torch_device)
 
-    inputs, precompute_seconds = timed(
-        torch_device, lambda: precompute.editor_inputs(mt, rows, [layer])
-    )
-    editor = editors.new_editor("linear", mt, layer)
     config = training.TrainingConfig(max_epochs=1, batch_size=batch_size)
-    optimizer = torch.optim.AdamW(editor.parameters(), lr=config.lr)
-
-    def epoch() -> None:
-        with training.frozen(mt.model):
-            for batch in inputs.batches(batch_size):
-                optimizer.zero_grad(set_to_none=True)
-                loss, _ = training.editing_loss(mt, editor, batch, config.weights)
-                loss.backward()
-                optimizer.step()
-
-    _, epoch_seconds = timed(torch_device, epoch)
+    _, training_figures = time_training_epoch(mt, rows, layer, batch_size, config)
     return {
         **model_figures(mt),
         "layer": layer,
-        "samples": len(inputs),
-        "batch_size": batch_size,
-        "precompute_seconds": round(precompute_seconds, 3),
-        "precompute_samples_per_second": round(len(inputs) / precompute_seconds, 2),
-        "epoch_seconds": round(epoch_seconds, 3),
-        "train_samples_per_second": round(len(inputs) / epoch_seconds, 2),
+        **training_figures,
         "peak_memory_mib": round(peak_memory_bytes(torch_device) / 2**20, 1),
         "torch_threads": torch.get_num_threads(),
     }
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description="editor training throughput (one epoch)")
-    parser.add_argument(
-        "--model",
-        default="toy",
-        help="toy, toy-small, gptj-random (GPT-J shape, random bf16) or gptj-tiny-random",
+    parser = benchmark_parser(
+        "editor training throughput (one epoch)",
+        "toy, toy-small, gptj-random (GPT-J shape, random bf16) or gptj-tiny-random",
     )
-    parser.add_argument("--device", default="cpu")
     parser.add_argument("--samples", type=int, default=512, help="samples in the epoch")
     parser.add_argument("--batch-size", type=int, default=training.DEFAULT_BATCH_SIZE)
     parser.add_argument("--layer", type=int, help="edit layer (default: 0 toy, 1 GPT-J)")

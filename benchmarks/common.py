@@ -3,19 +3,20 @@ how the figures are printed and saved."""
 
 from __future__ import annotations
 
+import argparse
 import json
 import resource
 import sys
 import tempfile
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any, TypeVar
 
 import torch
 import transformers
 
-from remedi import data, env, models
+from remedi import data, editors, env, models, precompute, training
 
 SYNTHETIC_TEMPLATES = [
     ("{} lives in the city of", ["Oslo", "Lisbon", "Paris", "Tokyo", "Lima"]),
@@ -144,3 +145,44 @@ def report(figures: Mapping[str, Any], output: Path | None) -> None:
         print(f"{key:<{width}}  {value}")
     if output is not None:
         output.write_text(json.dumps(figures, indent=2) + "\n")
+
+
+def benchmark_parser(description: str, model_help: str) -> argparse.ArgumentParser:
+    """A benchmark's parser with the flags every benchmark takes first: ``--model``, ``--device``."""
+    parser = argparse.ArgumentParser(description=description)
+    parser.add_argument("--model", default="toy", help=model_help)
+    parser.add_argument("--device", default="cpu")
+    return parser
+
+
+def time_training_epoch(
+    mt: models.ModelAndTokenizer,
+    rows: Sequence[dict],
+    layer: int,
+    batch_size: int,
+    config: training.TrainingConfig,
+) -> tuple[editors.Editor, dict[str, Any]]:
+    """Precompute the editor inputs of ``rows`` and train a new linear editor at ``layer`` for
+    one epoch; return the editor and the figures (samples, seconds, samples per second)."""
+    device = models.determine_device(mt.model)
+    inputs, precompute_seconds = timed(device, lambda: precompute.editor_inputs(mt, rows, [layer]))
+    editor = editors.new_editor("linear", mt, layer)
+    optimizer = torch.optim.AdamW(editor.parameters(), lr=config.lr)
+
+    def epoch() -> None:
+        with training.frozen(mt.model):
+            for batch in inputs.batches(batch_size):
+                optimizer.zero_grad(set_to_none=True)
+                loss, _ = training.editing_loss(mt, editor, batch, config.weights)
+                loss.backward()
+                optimizer.step()
+
+    _, epoch_seconds = timed(device, epoch)
+    return editor, {
+        "samples": len(inputs),
+        "batch_size": batch_size,
+        "precompute_seconds": round(precompute_seconds, 3),
+        "precompute_samples_per_second": round(len(inputs) / precompute_seconds, 2),
+        "epoch_seconds": round(epoch_seconds, 3),
+        "train_samples_per_second": round(len(inputs) / epoch_seconds, 2),
+    }
