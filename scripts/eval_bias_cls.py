@@ -15,7 +15,6 @@ from __future__ import annotations
 import argparse
 import sys
 from collections.abc import Sequence
-from pathlib import Path
 
 from remedi import cli, editors, models, training
 from remedi.evaluation import bios_classification as bios_cls
@@ -33,15 +32,6 @@ class BiosProbe(probe_runs.ProbeSuite[bios_cls.BiosClassificationResults]):
 
     dataset = "biosbias"
     train_task = "invoke x.train.biosbias"
-
-    def result_file(self, experiment_dir: Path, row: str, entity_layer: int) -> Path:
-        return bios_cls.result_file(experiment_dir, row, entity_layer)
-
-    def read_result(self, path: Path) -> bios_cls.BiosClassificationResults | None:
-        return bios_cls.read_result(path)
-
-    def write_result(self, path: Path, result: bios_cls.BiosClassificationResults) -> None:
-        bios_cls.write_result(path, result)
 
     def read_samples(
         self, mt: models.ModelAndTokenizer, samples: list[dict], entity_layers: list[int]
@@ -96,11 +86,7 @@ class BiosProbe(probe_runs.ProbeSuite[bios_cls.BiosClassificationResults]):
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    summary = probe_runs.run_probe(BiosProbe(parse_args(argv)))
-    files = summary.files
-    print(tables.markdown(summary.table))
-    print(f"results: {summary.experiment_dir}")
-    print(f"table: {files.markdown} (LaTeX: {files.latex}, plot: {files.plot})")
+    print(probe_runs.run_probe(BiosProbe(parse_args(argv), bios_cls)).report())
     return 0
 
 

@@ -16,7 +16,6 @@ from __future__ import annotations
 import argparse
 import sys
 from collections.abc import Sequence
-from pathlib import Path
 from typing import Any
 
 from remedi import cli, editors, models, training
@@ -38,15 +37,6 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
 
 class FactProbe(probe_runs.ProbeSuite[cls.ClassificationResults]):
     """Fact-Med and Fact-Prior classification (:mod:`remedi.evaluation.classification`)."""
-
-    def result_file(self, experiment_dir: Path, row: str, entity_layer: int) -> Path:
-        return cls.result_file(experiment_dir, row, entity_layer)
-
-    def read_result(self, path: Path) -> cls.ClassificationResults | None:
-        return cls.read_result(path)
-
-    def write_result(self, path: Path, result: cls.ClassificationResults) -> None:
-        cls.write_result(path, result)
 
     def read_samples(
         self, mt: models.ModelAndTokenizer, samples: list[dict], entity_layers: list[int]
@@ -96,11 +86,7 @@ class FactProbe(probe_runs.ProbeSuite[cls.ClassificationResults]):
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    summary = probe_runs.run_probe(FactProbe(parse_args(argv)))
-    files = summary.files
-    print(tables.markdown(summary.table))
-    print(f"results: {summary.experiment_dir}")
-    print(f"table: {files.markdown} (LaTeX: {files.latex}, plot: {files.plot})")
+    print(probe_runs.run_probe(FactProbe(parse_args(argv), cls)).report())
     return 0
 
 

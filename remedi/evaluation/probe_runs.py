@@ -14,7 +14,7 @@ import argparse
 import logging
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any, Generic, NamedTuple, TypeVar
+from typing import Any, Generic, NamedTuple, Protocol, TypeVar
 
 import torch
 
@@ -154,10 +154,22 @@ def write_summaries(
 ResultT = TypeVar("ResultT")
 
 
+class ResultStore(Protocol[ResultT]):
+    """Where a probe row's result is stored, and how it is read and written."""
+
+    def result_file(self, directory: Path, row: str, entity_layer: int) -> Path: ...
+
+    def read_result(self, path: Path) -> ResultT | None: ...
+
+    def write_result(self, path: Path, result: ResultT) -> None: ...
+
+
 class ProbeSuite(abc.ABC, Generic[ResultT]):
     """What one probe script computes, stores and tabulates; :func:`run_probe` does the rest.
 
-    ``args`` are the script's parsed flags (:func:`add_arguments` and the script's own).
+    ``args`` are the script's parsed flags (:func:`add_arguments` and the script's own);
+    ``store`` says where a row's result is and reads and writes it (a results module such as
+    :mod:`remedi.evaluation.classification`).
     """
 
     dataset: str | None = None
@@ -165,20 +177,9 @@ class ProbeSuite(abc.ABC, Generic[ResultT]):
     train_task: str = "scripts.train_editors"
     """How to train a missing run, for error messages."""
 
-    def __init__(self, args: argparse.Namespace) -> None:
+    def __init__(self, args: argparse.Namespace, store: ResultStore[ResultT]) -> None:
         self.args = args
-
-    @abc.abstractmethod
-    def result_file(self, experiment_dir: Path, row: str, entity_layer: int) -> Path:
-        """Where the result of ``row`` at ``entity_layer`` is stored."""
-
-    @abc.abstractmethod
-    def read_result(self, path: Path) -> ResultT | None:
-        """The stored result at ``path``, None if it is absent or unfinished."""
-
-    @abc.abstractmethod
-    def write_result(self, path: Path, result: ResultT) -> None:
-        """Store ``result`` at ``path``."""
+        self.store = store
 
     @abc.abstractmethod
     def read_samples(
@@ -227,13 +228,13 @@ def _evaluate_rows(
     random_init: bool,
 ) -> None:
     """Compute the missing results of ``rows`` (row -> options) on one model."""
-    args = suite.args
+    args, store = suite.args, suite.store
     todo = [
         (row, entity_layer)
         for row in rows
         for entity_layer in entity_layers
         if args.rerun
-        or suite.read_result(suite.result_file(experiment_dir, row, entity_layer)) is None
+        or store.read_result(store.result_file(experiment_dir, row, entity_layer)) is None
     ]
     if not todo:
         return
@@ -252,7 +253,7 @@ def _evaluate_rows(
             control_task=bool(options.get("control_task")),
             random_init=random_init,
         )
-        suite.write_result(suite.result_file(experiment_dir, row, entity_layer), result)
+        store.write_result(store.result_file(experiment_dir, row, entity_layer), result)
         logger.info("%s, entity layer %d: %s", row, entity_layer, suite.describe(result))
 
 
@@ -262,6 +263,15 @@ class ProbeSummary(NamedTuple):
     experiment_dir: Path
     table: tables.Table
     files: tables.TableFiles
+
+    def report(self) -> str:
+        """What a probe script prints: the table in Markdown, then where the files are."""
+        files = self.files
+        return (
+            f"{tables.markdown(self.table)}\n"
+            f"results: {self.experiment_dir}\n"
+            f"table: {files.markdown} (LaTeX: {files.latex}, plot: {files.plot})"
+        )
 
 
 def run_probe(suite: ProbeSuite[Any]) -> ProbeSummary:
@@ -304,10 +314,12 @@ def run_probe(suite: ProbeSuite[Any]) -> ProbeSummary:
     elif not args.random:
         logger.warning("no --control-editors-dir: the Control Model row is left out")
 
+    store = suite.store
+
     def table_for(entity_layer: int) -> tables.Table:
         results = {}
         for row in cls.ROWS:
-            result = suite.read_result(suite.result_file(experiment_dir, row, entity_layer))
+            result = store.read_result(store.result_file(experiment_dir, row, entity_layer))
             if result is not None:
                 results[row] = result
         return suite.table(results, record, entity_layer)
