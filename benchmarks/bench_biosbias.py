@@ -22,13 +22,12 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-import torch
-
 from benchmarks.common import (
+    LOADED_MODELS_HELP,
     benchmark_parser,
+    closing_figures,
     load_benchmark_model,
     model_figures,
-    peak_memory_bytes,
     report,
     reset_peak_memory,
     time_training_epoch,
@@ -100,16 +99,13 @@ def benchmark(
         _, seconds = timed(torch_device, run)
         figures[f"{setting}_seconds"] = round(seconds, 3)
         figures[f"{setting}_cases_per_second"] = round(len(cases) / seconds, 3)
-    figures["peak_memory_mib"] = round(peak_memory_bytes(torch_device) / 2**20, 1)
-    figures["torch_threads"] = torch.get_num_threads()
-    return figures
+    return {**figures, **closing_figures(torch_device)}
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = benchmark_parser(
         "Bias in Bios training and evaluation throughput",
-        "toy, toy-small, any model name, gptj-random (GPT-J shape, random bf16) or "
-        "gptj-tiny-random",
+        LOADED_MODELS_HELP,
     )
     parser.add_argument("--samples", type=int, default=128, help="samples to train and evaluate")
     parser.add_argument("--batch-size", type=int, default=evaluation.DEFAULT_BATCH_SIZE)

@@ -19,13 +19,12 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-import torch
-
 from benchmarks.common import (
+    LOADED_MODELS_HELP,
     benchmark_parser,
+    closing_figures,
     load_benchmark_model,
     model_figures,
-    peak_memory_bytes,
     report,
     reset_peak_memory,
     timed,
@@ -82,16 +81,14 @@ def benchmark(
         "generation_seconds": round(generation_seconds, 3),
         "generation_cases_per_second": round(len(generation.cases) / generation_seconds, 3),
         "generation_prompts_per_second": round(prompts / generation_seconds, 3),
-        "peak_memory_mib": round(peak_memory_bytes(torch_device) / 2**20, 1),
-        "torch_threads": torch.get_num_threads(),
+        **closing_figures(torch_device),
     }
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = benchmark_parser(
         "evaluation throughput (efficacy, generation)",
-        "toy, toy-small, any model name, gptj-random (GPT-J shape, random bf16) or "
-        "gptj-tiny-random",
+        LOADED_MODELS_HELP,
     )
     parser.add_argument("--cases", type=int, default=64, help="cases to evaluate")
     parser.add_argument("--batch-size", type=int, default=evaluation.DEFAULT_BATCH_SIZE)

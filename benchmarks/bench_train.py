@@ -18,12 +18,10 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-import torch
-
 from benchmarks.common import (
     benchmark_parser,
+    closing_figures,
     model_figures,
-    peak_memory_bytes,
     random_gptj,
     report,
     reset_peak_memory,
@@ -55,8 +53,7 @@ def benchmark(model: str, device: str, samples: int, batch_size: int, layer: int
         **model_figures(mt),
         "layer": layer,
         **training_figures,
-        "peak_memory_mib": round(peak_memory_bytes(torch_device) / 2**20, 1),
-        "torch_threads": torch.get_num_threads(),
+        **closing_figures(torch_device),
     }
 
 

@@ -104,6 +104,12 @@ def peak_memory_bytes(device: torch.device) -> int:
     return int(peak_kib * (1 if sys.platform == "darwin" else 1024))
 
 
+LOADED_MODELS_HELP = (
+    "toy, toy-small, any model name, gptj-random (GPT-J shape, random bf16) or gptj-tiny-random"
+)
+"""``--model`` of the benchmarks that take what :func:`load_benchmark_model` loads."""
+
+
 def load_benchmark_model(model: str, device: str) -> models.ModelAndTokenizer:
     """``gptj-random``/``gptj-tiny-random`` (:func:`random_gptj`), else ``model`` loaded by name."""
     if model.startswith("gptj-"):
@@ -135,6 +141,14 @@ def model_figures(mt: models.ModelAndTokenizer) -> dict[str, Any]:
         "model": mt.name,
         "device": str(models.determine_device(mt.model)),
         "dtype": str(models.determine_dtype(mt.model)).removeprefix("torch."),
+    }
+
+
+def closing_figures(device: torch.device) -> dict[str, Any]:
+    """The figures a benchmark ends with: the peak memory (MiB) and torch's thread count."""
+    return {
+        "peak_memory_mib": round(peak_memory_bytes(device) / 2**20, 1),
+        "torch_threads": torch.get_num_threads(),
     }
 
 
