@@ -9,7 +9,7 @@ from __future__ import annotations
 import contextlib
 import shlex
 import sys
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 from invoke.collection import Collection
@@ -42,6 +42,11 @@ TOY_TRAINING_FLAGS = [
     "1",
 ]
 DEFAULT_MODEL = "gptj"
+# Help of the model and device flags that most experiments share.
+MODEL_HELP = {
+    "model": f"Model name or alias (default {DEFAULT_MODEL}; 'toy' for the offline default).",
+    "device": "Device, e.g. cuda or cpu (default: cuda if available).",
+}
 # Exit code for a bad task argument, as the scripts (and argparse) use for bad input.
 EXIT_BAD_INPUT = 2
 
@@ -62,30 +67,152 @@ def _model_slug(model: str) -> str:
     return model.replace("/", "_")
 
 
-def _layer_for(model: str, layer: int | None) -> int:
+def _run_name(prefix: str, model: str, random: bool = False) -> str:
+    """An experiment's default name: ``<prefix>_<model>``, with ``_random`` for the random model."""
+    return f"{prefix}_{_model_slug(model)}{'_random' if random else ''}"
+
+
+def _known_layer(
+    model: str, layer: int | None, known: dict[str, int], what: str, flag: str = "--layer"
+) -> int:
+    """``layer`` if given, else the model's entry in ``known``; exits asking for ``flag`` if none."""
     if layer is not None:
         return layer
-    if model in COUNTERFACT_LAYERS:
-        return COUNTERFACT_LAYERS[model]
+    if model in known:
+        return known[model]
     raise Exit(
-        f"no default CounterFact layer is known for model {model!r}; pass --layer N "
-        f"(known defaults: {', '.join(sorted(COUNTERFACT_LAYERS))})",
+        f"no default {what} is known for model {model!r}; pass {flag} N "
+        f"(known defaults: {', '.join(sorted(known))})",
         code=EXIT_BAD_INPUT,
     )
 
 
-def _toy_dataset_args(model: str) -> list[str]:
-    """For a toy-world model, point the scripts at that world's CounterFact export."""
+def _layer_for(model: str, layer: int | None) -> int:
+    return _known_layer(model, layer, COUNTERFACT_LAYERS, "CounterFact layer")
+
+
+def _dataset_args(model: str, dataset: str, file: str | None = None) -> list[str]:
+    """``--dataset-file``: ``file`` if given, else for a toy-world model its export of ``dataset``
+    (written from world.json if absent), else nothing (the script's default, the real data)."""
+    if file:
+        return ["--dataset-file", file]
     if not model.startswith("toy"):
         return []
     from remedi.errors import RemediError
-    from remedi.toy.build import ensure_toy_world
+    from remedi.toy import build
 
     try:
-        paths = ensure_toy_world(model)
+        paths = build.ensure_toy_world(model)
+        if dataset == "mcrae":
+            export = build.ensure_toy_mcrae(model)
+        elif dataset == "biosbias":
+            export = build.ensure_toy_biosbias(model)
+        else:
+            export = paths.counterfact_file
     except RemediError as error:  # e.g. an unknown toy world: its message says the names
         raise Exit(str(error), code=EXIT_BAD_INPUT) from error
-    return ["--dataset-file", str(paths.counterfact_file)]
+    return ["--dataset-file", str(export)]
+
+
+def _toy_training_args(model: str, dataset: str) -> list[str]:
+    """The training settings measured to work on the toy LM for ``dataset`` (none for others)."""
+    if not model.startswith("toy"):
+        return []
+    if dataset == "mcrae":
+        return [*TOY_TRAINING_FLAGS, "--test-size", TOY_MCRAE_TEST_SIZE]
+    if dataset == "biosbias":
+        return [*TOY_BIOSBIAS_TRAINING_FLAGS, "--test-size", TOY_BIOSBIAS_TEST_SIZE]
+    return TOY_TRAINING_FLAGS
+
+
+def _flags(
+    device: str | None,
+    *,
+    max_epochs: int | None = None,
+    max_samples: int | None = None,
+    clear_results: bool = False,
+    rerun: bool = False,
+    random: bool = False,
+) -> list[str]:
+    """The optional flags the scripts share, those that are set, always in this order."""
+    flags = ["--device", device] if device else []
+    if max_epochs is not None:
+        flags += ["--max-epochs", str(max_epochs)]
+    if max_samples is not None:
+        flags += ["--max-samples", str(max_samples)]
+    if clear_results:
+        flags.append("--clear-results")
+    if rerun:
+        flags.append("--rerun")
+    if random:
+        flags.append("--random")
+    return flags
+
+
+def _train(
+    c: Context,
+    dataset: str,
+    model: str,
+    layers: list[int],
+    *,
+    name: str,
+    device: str | None,
+    file: str | None = None,
+    extra: Sequence[str] = (),
+    max_epochs: int | None = None,
+    clear_results: bool = False,
+    random: bool = False,
+) -> None:
+    """Train editors on ``dataset`` at ``layers`` (scripts/train_editors.py); a toy-world model
+    trains on its world's export with the toy's settings."""
+    args = ["-n", name, "-m", model, "-d", dataset, "-l", *map(str, layers)]
+    args += [*_dataset_args(model, dataset, file), *_toy_training_args(model, dataset), *extra]
+    args += _flags(device, max_epochs=max_epochs, clear_results=clear_results, random=random)
+    _python(c, "scripts.train_editors", args)
+
+
+def _trained_editors(
+    model: str,
+    dataset: str,
+    editors: str | None,
+    random: bool,
+    device: str | None,
+    what: str = "editors",
+) -> Path:
+    """The editors an evaluation uses: ``editors`` under results/, by default x.train.<dataset>'s;
+    exits with the command that trains them if they are not there."""
+    from remedi.env import results_dir
+
+    directory = results_dir() / (editors or _run_name(f"editors_{dataset}", model, random))
+    if not directory.is_dir():
+        raise Exit(
+            f"no trained {what} for model {model!r} at {directory}; train them first with\n"
+            f"    invoke x.train.{dataset} --model {model}"
+            + (" --random" if random else "")
+            + (f" --device {device}" if device else ""),
+            code=EXIT_BAD_INPUT,
+        )
+    return directory
+
+
+def _evaluate(
+    c: Context,
+    script: str,
+    model: str,
+    name: str,
+    *,
+    editors_dir: Path | None = None,
+    extra: Sequence[str] = (),
+    device: str | None,
+    max_samples: int | None = None,
+    rerun: bool = False,
+    random: bool = False,
+    trailing: Sequence[str] = (),
+) -> None:
+    """Run an evaluation script: its name, editors and model, ``extra``, the shared flags."""
+    args = ["-n", name, *(["-e", str(editors_dir)] if editors_dir else []), "-m", model, *extra]
+    args += [*_flags(device, max_samples=max_samples, rerun=rerun, random=random), *trailing]
+    _python(c, f"scripts.{script}", args)
 
 
 # ---------------------------------------------------------------------------------------
@@ -160,8 +287,7 @@ def toy_build(
 
 @task(
     help={
-        "model": f"Model name or alias (default {DEFAULT_MODEL}; 'toy' for the offline default).",
-        "device": "Device, e.g. cuda or cpu (default: cuda if available).",
+        **MODEL_HELP,
         "layer": "Edit layer (default: the paper's layer for the model).",
         "name": "Experiment name (default: editors_counterfact_<model>).",
         "max_epochs": "Upper bound on training epochs (early stopping usually ends sooner).",
@@ -184,38 +310,23 @@ def train_counterfact(
     random: bool = False,
 ) -> None:
     """Train a REMEDI editor on CounterFact at the paper's layer."""
-    random_suffix = "_random" if random else ""
-    args = [
-        "-n",
-        name or f"editors_counterfact_{_model_slug(model)}{random_suffix}",
-        "-m",
-        model,
-        "-d",
+    _train(
+        c,
         "counterfact",
-        "-l",
-        str(_layer_for(model, layer)),
-        *_toy_dataset_args(model),
-        *(TOY_TRAINING_FLAGS if model.startswith("toy") else []),
-        "--counterfact-prompt",
-        prompt,
-        "--seed",
-        str(seed),
-    ]
-    if device:
-        args += ["--device", device]
-    if max_epochs is not None:
-        args += ["--max-epochs", str(max_epochs)]
-    if clear_results:
-        args.append("--clear-results")
-    if random:
-        args.append("--random")
-    _python(c, "scripts.train_editors", args)
+        model,
+        [_layer_for(model, layer)],
+        name=name or _run_name("editors_counterfact", model, random),
+        device=device,
+        extra=["--counterfact-prompt", prompt, "--seed", str(seed)],
+        max_epochs=max_epochs,
+        clear_results=clear_results,
+        random=random,
+    )
 
 
 @task(
     help={
-        "model": f"Model name or alias (default {DEFAULT_MODEL}; 'toy' for the offline default).",
-        "device": "Device, e.g. cuda or cpu (default: cuda if available).",
+        **MODEL_HELP,
         "layer": "Edit layer (default: the paper's layer for the model).",
         "name": "Experiment name (default: eval_gen_counterfact_<model>).",
         "editors": "Experiment that trained the editors (default: x.train.counterfact's).",
@@ -240,45 +351,30 @@ def eval_gen_counterfact(
     stats_dataset: str | None = None,
 ) -> None:
     """Evaluate the CounterFact editor and the prefix/replace/unedited baselines."""
-    from remedi.env import results_dir
-
-    random_suffix = "_random" if random else ""
-    default_editors = f"editors_counterfact_{_model_slug(model)}{random_suffix}"
-    editors_dir = results_dir() / (editors or default_editors)
-    if not editors_dir.is_dir():
-        raise Exit(
-            f"no trained editors for model {model!r} at {editors_dir}; train them first with\n"
-            f"    invoke x.train.counterfact --model {model}"
-            + (" --random" if random else "")
-            + (f" --device {device}" if device else ""),
-            code=EXIT_BAD_INPUT,
-        )
-    args = [
-        "-n",
-        name or f"eval_gen_counterfact_{_model_slug(model)}{random_suffix}",
-        "-e",
-        str(editors_dir),
-        "-m",
+    editors_dir = _trained_editors(model, "counterfact", editors, random, device)
+    _evaluate(
+        c,
+        "eval_fact_gen",
         model,
-        "-l",
-        str(_layer_for(model, layer)),
-        "--baselines",
-        "prefix",
-        "replace",
-        "unedited",
-        *_toy_dataset_args(model),
-    ]
-    if device:
-        args += ["--device", device]
-    if rerun:
-        args.append("--rerun")
-    if random:
-        args.append("--random")
-    if methods:
-        args += ["--methods", methods]
-    if stats_dataset:
-        args += ["--stats-dataset", stats_dataset]
-    _python(c, "scripts.eval_fact_gen", args)
+        name or _run_name("eval_gen_counterfact", model, random),
+        editors_dir=editors_dir,
+        extra=[
+            "-l",
+            str(_layer_for(model, layer)),
+            "--baselines",
+            "prefix",
+            "replace",
+            "unedited",
+            *_dataset_args(model, "counterfact"),
+        ],
+        device=device,
+        rerun=rerun,
+        random=random,
+        trailing=[
+            *(["--methods", methods] if methods else []),
+            *(["--stats-dataset", stats_dataset] if stats_dataset else []),
+        ],
+    )
 
 
 @contextlib.contextmanager
@@ -382,40 +478,28 @@ ENTITY_LAYERS = {
 
 
 def _entity_layer_for(model: str, dataset: str, entity_layer: int | None) -> int:
-    if entity_layer is not None:
-        return entity_layer
     known = ENTITY_LAYERS[dataset]
-    if model in known:
-        return known[model]
-    raise Exit(
-        f"no default {dataset} entity layer is known for model {model!r}; pass --entity-layer N "
-        f"(known defaults: {', '.join(sorted(known))})",
-        code=EXIT_BAD_INPUT,
-    )
+    return _known_layer(model, entity_layer, known, f"{dataset} entity layer", "--entity-layer")
 
 
-def _editors_dir_or_exit(model: str, editors: str | None, random: bool, device: str | None) -> Path:
+def _control_model_args(model: str, dataset: str, control_editors: str | None) -> list[str]:
+    """``--control-editors-dir`` with the random model's editors (by default x.train.<dataset>
+    --random's), or nothing, saying so, if they are not there: the Control Model row is left out."""
     from remedi.env import results_dir
 
-    random_suffix = "_random" if random else ""
-    directory = results_dir() / (
-        editors or f"editors_counterfact_{_model_slug(model)}{random_suffix}"
+    control_dir = results_dir() / (control_editors or _run_name(f"editors_{dataset}", model, True))
+    if control_dir.is_dir():
+        return ["--control-editors-dir", str(control_dir)]
+    print(
+        f"no control-model editors at {control_dir}: the Control Model row is left out "
+        f"(train them with: invoke x.train.{dataset} --model {model} --random)"
     )
-    if not directory.is_dir():
-        raise Exit(
-            f"no trained editors for model {model!r} at {directory}; train them first with\n"
-            f"    invoke x.train.counterfact --model {model}"
-            + (" --random" if random else "")
-            + (f" --device {device}" if device else ""),
-            code=EXIT_BAD_INPUT,
-        )
-    return directory
+    return []
 
 
 @task(
     help={
-        "model": f"Model name or alias (default {DEFAULT_MODEL}; 'toy' for the offline default).",
-        "device": "Device, e.g. cuda or cpu (default: cuda if available).",
+        **MODEL_HELP,
         "layer": "Editor layer (default: the paper's layer for the model).",
         "entity_layer": "Layer the entity is read at (default: the paper's for the model).",
         "name": "Experiment name (default: eval_cls_counterfact_<model>).",
@@ -440,19 +524,8 @@ def eval_cls_counterfact(
 ) -> None:
     """Fact classification with REMEDI directions: F1/MCC of Fact-Med and Fact-Prior, with the
     identity editor, the control task and the control model."""
-    from remedi.env import results_dir
-
-    editors_dir = _editors_dir_or_exit(model, editors, False, device)
-    control_dir = results_dir() / (
-        control_editors or f"editors_counterfact_{_model_slug(model)}_random"
-    )
-    args = [
-        "-n",
-        name or f"eval_cls_counterfact_{_model_slug(model)}",
-        "-e",
-        str(editors_dir),
-        "-m",
-        model,
+    editors_dir = _trained_editors(model, "counterfact", editors, False, device)
+    probe_args = [
         "-l",
         str(_layer_for(model, layer)),
         "--entity-layers",
@@ -460,27 +533,25 @@ def eval_cls_counterfact(
     ]
     if random:
         # The random model's own editors stand in for REMEDI (no trained-model rows).
-        args[3] = str(_editors_dir_or_exit(model, control_editors, True, device))
-        args[1] = name or f"eval_cls_counterfact_{_model_slug(model)}_random"
-        args.append("--random")
-    elif control_dir.is_dir():
-        args += ["--control-editors-dir", str(control_dir)]
+        editors_dir = _trained_editors(model, "counterfact", control_editors, True, device)
+        probe_args.append("--random")
     else:
-        print(
-            f"no control-model editors at {control_dir}: the Control Model row is left out "
-            f"(train them with: invoke x.train.counterfact --model {model} --random)"
-        )
-    if device:
-        args += ["--device", device]
-    if rerun:
-        args.append("--rerun")
-    _python(c, "scripts.eval_fact_cls", args)
+        probe_args += _control_model_args(model, "counterfact", control_editors)
+    _evaluate(
+        c,
+        "eval_fact_cls",
+        model,
+        name or _run_name("eval_cls_counterfact", model, random),
+        editors_dir=editors_dir,
+        extra=probe_args,
+        device=device,
+        rerun=rerun,
+    )
 
 
 @task(
     help={
-        "model": f"Model name or alias (default {DEFAULT_MODEL}; 'toy' for the offline default).",
-        "device": "Device, e.g. cuda or cpu (default: cuda if available).",
+        **MODEL_HELP,
         "name": "Experiment name (default: eval_med_counterfact_<model>).",
         "rerun": "Recompute a finished result.",
         "random": "Evaluate the randomly initialised model.",
@@ -496,21 +567,16 @@ def eval_med_counterfact(
 ) -> None:
     """Fact mediation: how often the unedited LM follows CounterFact's fact in context and keeps
     its prior out of context."""
-    random_suffix = "_random" if random else ""
-    args = [
-        "-n",
-        name or f"eval_med_counterfact_{_model_slug(model)}{random_suffix}",
-        "-m",
+    _evaluate(
+        c,
+        "eval_fact_mediation",
         model,
-        *_toy_dataset_args(model),
-    ]
-    if device:
-        args += ["--device", device]
-    if rerun:
-        args.append("--rerun")
-    if random:
-        args.append("--random")
-    _python(c, "scripts.eval_fact_mediation", args)
+        name or _run_name("eval_med_counterfact", model, random),
+        extra=_dataset_args(model, "counterfact"),
+        device=device,
+        rerun=rerun,
+        random=random,
+    )
 
 
 # ---------------------------------------------------------------------------------------
@@ -521,29 +587,6 @@ def eval_med_counterfact(
 TOY_MCRAE_TEST_SIZE = "0.2"
 
 
-def _mcrae_dataset_args(model: str, file: str | None) -> list[str]:
-    """``--dataset-file``: ``file`` if given, else for a toy-world model its McRae-format norms
-    (written from world.json if absent), else nothing (the loader's default, the real file)."""
-    if file:
-        return ["--dataset-file", file]
-    if not model.startswith("toy"):
-        return []
-    from remedi.errors import RemediError
-    from remedi.toy.build import ensure_toy_mcrae, ensure_toy_world
-
-    try:
-        ensure_toy_world(model)
-        return ["--dataset-file", str(ensure_toy_mcrae(model))]
-    except RemediError as error:
-        raise Exit(str(error), code=EXIT_BAD_INPUT) from error
-
-
-def _mcrae_training_args(model: str) -> list[str]:
-    if not model.startswith("toy"):
-        return []
-    return [*TOY_TRAINING_FLAGS, "--test-size", TOY_MCRAE_TEST_SIZE]
-
-
 # ---------------------------------------------------------------------------------------
 # McRae entailment. The real norms are real-world knowledge (the paper: GPT-J, GPT-2 XL); on a toy
 # model the tasks read the toy world's norms in McRae's format instead (see above).
@@ -552,7 +595,7 @@ def _mcrae_training_args(model: str) -> list[str]:
 @task(
     help={
         "model": f"Model name or alias (default {DEFAULT_MODEL}; 'toy' for the toy norms).",
-        "device": "Device, e.g. cuda or cpu (default: cuda if available).",
+        "device": MODEL_HELP["device"],
         "layer": "Edit layer (default: the paper's CounterFact layer for the model).",
         "name": "Experiment name (default: editors_mcrae_<model>).",
         "file": "McRae norms file (default: <shared data>/mcrae/CONCS_FEATS_concstats_brm.txt; "
@@ -572,32 +615,23 @@ def train_mcrae(
     random: bool = False,
 ) -> None:
     """Train a REMEDI editor on McRae feature-norm samples."""
-    random_suffix = "_random" if random else ""
-    args = [
-        "-n",
-        name or f"editors_mcrae_{_model_slug(model)}{random_suffix}",
-        "-m",
-        model,
-        "-d",
+    _train(
+        c,
         "mcrae",
-        "-l",
-        str(_layer_for(model, layer)),
-        *_mcrae_dataset_args(model, file),
-        *_mcrae_training_args(model),
-    ]
-    if device:
-        args += ["--device", device]
-    if max_epochs is not None:
-        args += ["--max-epochs", str(max_epochs)]
-    if random:
-        args.append("--random")
-    _python(c, "scripts.train_editors", args)
+        model,
+        [_layer_for(model, layer)],
+        name=name or _run_name("editors_mcrae", model, random),
+        device=device,
+        file=file,
+        max_epochs=max_epochs,
+        random=random,
+    )
 
 
 @task(
     help={
         "model": f"Model name or alias (default {DEFAULT_MODEL}; 'toy' for the toy norms).",
-        "device": "Device, e.g. cuda or cpu (default: cuda if available).",
+        "device": MODEL_HELP["device"],
         "name": "Experiment name (default: eval_ent_mcrae_<model>).",
         "editors": "Experiment that trained the editors (default: x.train.mcrae's).",
         "max_samples": "Evaluate only the first N held-out samples.",
@@ -618,35 +652,17 @@ def eval_ent_mcrae(
 ) -> None:
     """McRae entailment: Δp and correlation of co-occurring, original and unrelated features
     under No Edit, Prefix and REMEDI."""
-    from remedi.env import results_dir
-
-    random_suffix = "_random" if random else ""
-    editors_dir = results_dir() / (editors or f"editors_mcrae_{_model_slug(model)}{random_suffix}")
-    if not editors_dir.is_dir():
-        raise Exit(
-            f"no trained McRae editors for model {model!r} at {editors_dir}; train them first "
-            f"with\n    invoke x.train.mcrae --model {model}"
-            + (" --random" if random else "")
-            + (f" --device {device}" if device else ""),
-            code=EXIT_BAD_INPUT,
-        )
-    args = [
-        "-n",
-        name or f"eval_ent_mcrae_{_model_slug(model)}{random_suffix}",
-        "-e",
-        str(editors_dir),
-        "-m",
+    _evaluate(
+        c,
+        "eval_entailment",
         model,
-    ]
-    if device:
-        args += ["--device", device]
-    if max_samples is not None:
-        args += ["--max-samples", str(max_samples)]
-    if rerun:
-        args.append("--rerun")
-    if random:
-        args.append("--random")
-    _python(c, "scripts.eval_entailment", args)
+        name or _run_name("eval_ent_mcrae", model, random),
+        editors_dir=_trained_editors(model, "mcrae", editors, random, device, "McRae editors"),
+        device=device,
+        max_samples=max_samples,
+        rerun=rerun,
+        random=random,
+    )
 
 
 # ---------------------------------------------------------------------------------------
@@ -688,9 +704,62 @@ def _collect_sweep(c: Context, kind: str, name: str, layers: list[int], title: s
     _python(c, "scripts.sweep_layers", args)
 
 
+def _sweep_editing_layer(
+    c: Context,
+    stage: str,
+    dataset: str,
+    model: str,
+    swept: list[int],
+    *,
+    kind: str,
+    device: str | None,
+    eval_script: str,
+    eval_args: list[str],
+    title: str,
+    file: str | None = None,
+) -> None:
+    """Train one editor per swept layer, evaluate each on a small split, collect the sweep."""
+    editors = _run_name(f"editors_{dataset}", model) + "_sweep"
+    name = _run_name(f"sweep_{stage}_{dataset}", model)
+    _train(c, dataset, model, swept, name=editors, device=device, file=file)
+    from remedi.env import results_dir
+
+    for layer in swept:
+        args = ["-n", f"{name}/layer_{layer}", "-e", str(results_dir() / editors), "-m", model]
+        args += ["-l", str(layer), *eval_args, *_flags(device)]
+        _python(c, f"scripts.{eval_script}", args)
+    _collect_sweep(c, kind, name, swept, title)
+
+
+def _sweep_entity_layer(
+    c: Context,
+    dataset: str,
+    model: str,
+    swept: list[int],
+    *,
+    kind: str,
+    editors_dir: Path,
+    editor_layer: int,
+    device: str | None,
+    eval_script: str,
+    title: str,
+) -> None:
+    """Read the entity at each swept layer with the editor at ``editor_layer``; collect the sweep."""
+    name = _run_name(f"sweep_cls_{dataset}", model)
+    _evaluate(
+        c,
+        eval_script,
+        model,
+        name,
+        editors_dir=editors_dir,
+        extra=["-l", str(editor_layer), "--entity-layers", *map(str, swept)],
+        device=device,
+    )
+    _collect_sweep(c, kind, name, swept, title)
+
+
 SWEEP_HELP = {
-    "model": f"Model name or alias (default {DEFAULT_MODEL}; 'toy' for the offline default).",
-    "device": "Device, e.g. cuda or cpu (default: cuda if available).",
+    **MODEL_HELP,
     "layers": "Layers to sweep, e.g. 0,1,2 (default: every layer of the model).",
 }
 
@@ -701,27 +770,22 @@ def sweep_gen_counterfact(
 ) -> None:
     """Sweep the editing layer on CounterFact: train one editor per layer, evaluate efficacy,
     paraphrase and neighborhood on a small split, pick the layer with the best score."""
-    swept = _sweep_layers(model, layers)
-    editors = f"editors_counterfact_{_model_slug(model)}_sweep"
-    name = f"sweep_gen_counterfact_{_model_slug(model)}"
-    train_args = ["-n", editors, "-m", model, "-d", "counterfact", "-l", *map(str, swept)]
-    train_args += [
-        *_toy_dataset_args(model),
-        *(TOY_TRAINING_FLAGS if model.startswith("toy") else []),
-    ]
-    if device:
-        train_args += ["--device", device]
-    _python(c, "scripts.train_editors", train_args)
-    from remedi.env import results_dir
-
-    for layer in swept:
-        args = ["-n", f"{name}/layer_{layer}", "-e", str(results_dir() / editors), "-m", model]
-        args += ["-l", str(layer), "-b", "efficacy", "paraphrase", "neighborhood"]
-        args += ["--max-cases", str(SWEEP_SMALL_SAMPLES), *_toy_dataset_args(model)]
-        if device:
-            args += ["--device", device]
-        _python(c, "scripts.eval_fact_gen", args)
-    _collect_sweep(c, "gen", name, swept, f"CounterFact editing layer sweep, {model}")
+    _sweep_editing_layer(
+        c,
+        "gen",
+        "counterfact",
+        model,
+        _sweep_layers(model, layers),
+        device=device,
+        eval_script="eval_fact_gen",
+        eval_args=[
+            *["-b", "efficacy", "paraphrase", "neighborhood"],
+            *["--max-cases", str(SWEEP_SMALL_SAMPLES)],
+            *_dataset_args(model, "counterfact"),
+        ],
+        kind="gen",
+        title=f"CounterFact editing layer sweep, {model}",
+    )
 
 
 @task(help={**SWEEP_HELP, "layer": "Editor layer (default: the paper's layer for the model)."})
@@ -735,14 +799,19 @@ def sweep_cls_counterfact(
     """Sweep the entity layer of fact classification: the editor at its layer, the entity read
     at each layer, pick the layer with the best Fact-Med F1."""
     swept = _sweep_layers(model, layers)
-    editors_dir = _editors_dir_or_exit(model, None, False, device)
-    name = f"sweep_cls_counterfact_{_model_slug(model)}"
-    args = ["-n", name, "-e", str(editors_dir), "-m", model, "-l", str(_layer_for(model, layer))]
-    args += ["--entity-layers", *map(str, swept)]
-    if device:
-        args += ["--device", device]
-    _python(c, "scripts.eval_fact_cls", args)
-    _collect_sweep(c, "cls", name, swept, f"CounterFact entity layer sweep, {model}")
+    editors_dir = _trained_editors(model, "counterfact", None, False, device)
+    _sweep_entity_layer(
+        c,
+        "counterfact",
+        model,
+        swept,
+        editors_dir=editors_dir,
+        editor_layer=_layer_for(model, layer),
+        device=device,
+        eval_script="eval_fact_cls",
+        kind="cls",
+        title=f"CounterFact entity layer sweep, {model}",
+    )
 
 
 @task(help={**SWEEP_HELP, "file": "McRae norms file (default: the shared data's)."})
@@ -755,23 +824,19 @@ def sweep_ent_mcrae(
 ) -> None:
     """Sweep the editing layer on McRae: train one editor per layer, evaluate entailment on a
     small split, pick the layer whose co-occurring features correlate best with the norms."""
-    swept = _sweep_layers(model, layers)
-    editors = f"editors_mcrae_{_model_slug(model)}_sweep"
-    name = f"sweep_ent_mcrae_{_model_slug(model)}"
-    train_args = ["-n", editors, "-m", model, "-d", "mcrae", "-l", *map(str, swept)]
-    train_args += [*_mcrae_dataset_args(model, file), *_mcrae_training_args(model)]
-    if device:
-        train_args += ["--device", device]
-    _python(c, "scripts.train_editors", train_args)
-    from remedi.env import results_dir
-
-    for layer in swept:
-        args = ["-n", f"{name}/layer_{layer}", "-e", str(results_dir() / editors), "-m", model]
-        args += ["-l", str(layer), "--max-samples", str(SWEEP_SMALL_SAMPLES)]
-        if device:
-            args += ["--device", device]
-        _python(c, "scripts.eval_entailment", args)
-    _collect_sweep(c, "ent", name, swept, f"McRae editing layer sweep, {model}")
+    _sweep_editing_layer(
+        c,
+        "ent",
+        "mcrae",
+        model,
+        _sweep_layers(model, layers),
+        device=device,
+        file=file,
+        eval_script="eval_entailment",
+        eval_args=["--max-samples", str(SWEEP_SMALL_SAMPLES)],
+        kind="ent",
+        title=f"McRae editing layer sweep, {model}",
+    )
 
 
 # ---------------------------------------------------------------------------------------
@@ -802,35 +867,12 @@ TOY_BIOSBIAS_TEST_SIZE = "0.2"
 
 
 def _biosbias_layer(model: str, layer: int | None) -> int:
-    if layer is not None:
-        return layer
-    if model in BIOSBIAS_LAYERS:
-        return BIOSBIAS_LAYERS[model]
-    raise Exit(
-        f"no default Bias in Bios layer is known for model {model!r}; pass --layer N "
-        f"(known defaults: {', '.join(sorted(BIOSBIAS_LAYERS))})",
-        code=EXIT_BAD_INPUT,
-    )
-
-
-def _biosbias_dataset_args(model: str) -> list[str]:
-    """For a toy-world model, its Bias in Bios export (written from world.json if absent)."""
-    if not model.startswith("toy"):
-        return []
-    from remedi.errors import RemediError
-    from remedi.toy.build import ensure_toy_biosbias, ensure_toy_world
-
-    try:
-        ensure_toy_world(model)
-        return ["--dataset-file", str(ensure_toy_biosbias(model))]
-    except RemediError as error:
-        raise Exit(str(error), code=EXIT_BAD_INPUT) from error
+    return _known_layer(model, layer, BIOSBIAS_LAYERS, "Bias in Bios layer")
 
 
 @task(
     help={
-        "model": f"Model name or alias (default {DEFAULT_MODEL}; 'toy' for the offline default).",
-        "device": "Device, e.g. cuda or cpu (default: cuda if available).",
+        **MODEL_HELP,
         "layer": "Edit layer (default: the paper's layer for the model).",
         "name": "Experiment name (default: editors_biosbias_<model>).",
         "dataset_file": "BIOS.pkl or a JSON/JSONL export (default: data/BIOS.pkl; the toy "
@@ -854,38 +896,24 @@ def train_biosbias(
     random: bool = False,
 ) -> None:
     """Train a REMEDI editor on Bias in Bios at the paper's layer."""
-    random_suffix = "_random" if random else ""
-    toy = model.startswith("toy")
-    args = [
-        "-n",
-        name or f"editors_biosbias_{_model_slug(model)}{random_suffix}",
-        "-m",
-        model,
-        "-d",
+    _train(
+        c,
         "biosbias",
-        "-l",
-        str(_biosbias_layer(model, layer)),
-        *(["--dataset-file", dataset_file] if dataset_file else _biosbias_dataset_args(model)),
-        *(TOY_BIOSBIAS_TRAINING_FLAGS if toy else []),
-        *(["--test-size", TOY_BIOSBIAS_TEST_SIZE] if toy else []),
-        "--seed",
-        str(seed),
-    ]
-    if device:
-        args += ["--device", device]
-    if max_epochs is not None:
-        args += ["--max-epochs", str(max_epochs)]
-    if clear_results:
-        args.append("--clear-results")
-    if random:
-        args.append("--random")
-    _python(c, "scripts.train_editors", args)
+        model,
+        [_biosbias_layer(model, layer)],
+        name=name or _run_name("editors_biosbias", model, random),
+        device=device,
+        file=dataset_file,
+        extra=["--seed", str(seed)],
+        max_epochs=max_epochs,
+        clear_results=clear_results,
+        random=random,
+    )
 
 
 @task(
     help={
-        "model": f"Model name or alias (default {DEFAULT_MODEL}; 'toy' for the offline default).",
-        "device": "Device, e.g. cuda or cpu (default: cuda if available).",
+        **MODEL_HELP,
         "layer": "Edit layer (default: the paper's layer for the model).",
         "name": "Experiment name (default: eval_gen_biosbias_<model>).",
         "editors": "Experiment that trained the editors (default: x.train.biosbias's).",
@@ -905,64 +933,27 @@ def eval_gen_biosbias(
     random: bool = False,
 ) -> None:
     """Evaluate Bias in Bios error correction: baseline and REMEDI, contextual and decontextual."""
-    from remedi.env import results_dir
-
-    random_suffix = "_random" if random else ""
-    default_editors = f"editors_biosbias_{_model_slug(model)}{random_suffix}"
-    editors_dir = results_dir() / (editors or default_editors)
-    if not editors_dir.is_dir():
-        raise Exit(
-            f"no trained editors for model {model!r} at {editors_dir}; train them first with\n"
-            f"    invoke x.train.biosbias --model {model}"
-            + (" --random" if random else "")
-            + (f" --device {device}" if device else ""),
-            code=EXIT_BAD_INPUT,
-        )
-    args = [
-        "-n",
-        name or f"eval_gen_biosbias_{_model_slug(model)}{random_suffix}",
-        "-e",
-        str(editors_dir),
-        "-m",
+    editors_dir = _trained_editors(model, "biosbias", editors, random, device)
+    _evaluate(
+        c,
+        "eval_bias_gen",
         model,
-        "-l",
-        str(_biosbias_layer(model, layer)),
-    ]
-    if device:
-        args += ["--device", device]
-    if rerun:
-        args.append("--rerun")
-    if random:
-        args.append("--random")
-    _python(c, "scripts.eval_bias_gen", args)
+        name or _run_name("eval_gen_biosbias", model, random),
+        editors_dir=editors_dir,
+        extra=["-l", str(_biosbias_layer(model, layer))],
+        device=device,
+        rerun=rerun,
+        random=random,
+    )
 
 
 # ---------------------------------------------------------------------------------------
 # Bias in Bios as a probe (Bios-Med classification) and the Bias in Bios layer sweeps.
 
 
-def _biosbias_editors_dir_or_exit(
-    model: str, editors: str | None, random: bool, device: str | None
-) -> Path:
-    from remedi.env import results_dir
-
-    random_suffix = "_random" if random else ""
-    directory = results_dir() / (editors or f"editors_biosbias_{_model_slug(model)}{random_suffix}")
-    if not directory.is_dir():
-        raise Exit(
-            f"no trained Bias in Bios editors for model {model!r} at {directory}; train them "
-            f"first with\n    invoke x.train.biosbias --model {model}"
-            + (" --random" if random else "")
-            + (f" --device {device}" if device else ""),
-            code=EXIT_BAD_INPUT,
-        )
-    return directory
-
-
 @task(
     help={
-        "model": f"Model name or alias (default {DEFAULT_MODEL}; 'toy' for the offline default).",
-        "device": "Device, e.g. cuda or cpu (default: cuda if available).",
+        **MODEL_HELP,
         "layer": "Editor layer (default: the paper's Bias in Bios layer for the model).",
         "entity_layer": "Layer the entity is read at (default: the paper's for the model).",
         "name": "Experiment name (default: eval_cls_biosbias_<model>).",
@@ -987,17 +978,10 @@ def eval_cls_biosbias(
 ) -> None:
     """Bias in Bios classification with REMEDI directions: F1/MCC of predicting the LM's wrong
     occupations (Bios-Med), with the identity editor, the control task and the control model."""
-    from remedi.env import results_dir
-
-    random_suffix = "_random" if random else ""
-    editors_dir = _biosbias_editors_dir_or_exit(model, editors, random, device)
-    args = [
-        "-n",
-        name or f"eval_cls_biosbias_{_model_slug(model)}{random_suffix}",
-        "-e",
-        str(editors_dir),
-        "-m",
-        model,
+    editors_dir = _trained_editors(
+        model, "biosbias", editors, random, device, "Bias in Bios editors"
+    )
+    probe_args = [
         "-l",
         str(_biosbias_layer(model, layer)),
         "--entity-layers",
@@ -1005,23 +989,19 @@ def eval_cls_biosbias(
     ]
     if random:
         # The random model's own editors stand in for REMEDI (no trained-model rows).
-        args.append("--random")
+        probe_args.append("--random")
     else:
-        control_dir = results_dir() / (
-            control_editors or f"editors_biosbias_{_model_slug(model)}_random"
-        )
-        if control_dir.is_dir():
-            args += ["--control-editors-dir", str(control_dir)]
-        else:
-            print(
-                f"no control-model editors at {control_dir}: the Control Model row is left out "
-                f"(train them with: invoke x.train.biosbias --model {model} --random)"
-            )
-    if device:
-        args += ["--device", device]
-    if rerun:
-        args.append("--rerun")
-    _python(c, "scripts.eval_bias_cls", args)
+        probe_args += _control_model_args(model, "biosbias", control_editors)
+    _evaluate(
+        c,
+        "eval_bias_cls",
+        model,
+        name or _run_name("eval_cls_biosbias", model, random),
+        editors_dir=editors_dir,
+        extra=probe_args,
+        device=device,
+        rerun=rerun,
+    )
 
 
 @task(help=SWEEP_HELP)
@@ -1030,28 +1010,18 @@ def sweep_gen_biosbias(
 ) -> None:
     """Sweep the editing layer on Bias in Bios: train one editor per layer, evaluate error
     correction on a small split, pick the layer with the best decontextual top-1 accuracy."""
-    swept = _sweep_layers(model, layers)
-    toy = model.startswith("toy")
-    editors = f"editors_biosbias_{_model_slug(model)}_sweep"
-    name = f"sweep_gen_biosbias_{_model_slug(model)}"
-    train_args = ["-n", editors, "-m", model, "-d", "biosbias", "-l", *map(str, swept)]
-    train_args += [
-        *_biosbias_dataset_args(model),
-        *(TOY_BIOSBIAS_TRAINING_FLAGS if toy else []),
-        *(["--test-size", TOY_BIOSBIAS_TEST_SIZE] if toy else []),
-    ]
-    if device:
-        train_args += ["--device", device]
-    _python(c, "scripts.train_editors", train_args)
-    from remedi.env import results_dir
-
-    for layer in swept:
-        args = ["-n", f"{name}/layer_{layer}", "-e", str(results_dir() / editors), "-m", model]
-        args += ["-l", str(layer), "--max-samples", str(SWEEP_SMALL_SAMPLES)]
-        if device:
-            args += ["--device", device]
-        _python(c, "scripts.eval_bias_gen", args)
-    _collect_sweep(c, "gen_biosbias", name, swept, f"Bias in Bios editing layer sweep, {model}")
+    _sweep_editing_layer(
+        c,
+        "gen",
+        "biosbias",
+        model,
+        _sweep_layers(model, layers),
+        device=device,
+        eval_script="eval_bias_gen",
+        eval_args=["--max-samples", str(SWEEP_SMALL_SAMPLES)],
+        kind="gen_biosbias",
+        title=f"Bias in Bios editing layer sweep, {model}",
+    )
 
 
 @task(help={**SWEEP_HELP, "layer": "Editor layer (default: the paper's Bias in Bios layer)."})
@@ -1065,14 +1035,19 @@ def sweep_cls_biosbias(
     """Sweep the entity layer of Bias in Bios classification: the editor at its layer, the
     entity read at each layer, pick the layer with the best Bios-Med F1."""
     swept = _sweep_layers(model, layers)
-    editors_dir = _biosbias_editors_dir_or_exit(model, None, False, device)
-    name = f"sweep_cls_biosbias_{_model_slug(model)}"
-    args = ["-n", name, "-e", str(editors_dir), "-m", model]
-    args += ["-l", str(_biosbias_layer(model, layer)), "--entity-layers", *map(str, swept)]
-    if device:
-        args += ["--device", device]
-    _python(c, "scripts.eval_bias_cls", args)
-    _collect_sweep(c, "cls_biosbias", name, swept, f"Bias in Bios entity layer sweep, {model}")
+    editors_dir = _trained_editors(model, "biosbias", None, False, device, "Bias in Bios editors")
+    _sweep_entity_layer(
+        c,
+        "biosbias",
+        model,
+        swept,
+        editors_dir=editors_dir,
+        editor_layer=_biosbias_layer(model, layer),
+        device=device,
+        eval_script="eval_bias_cls",
+        kind="cls_biosbias",
+        title=f"Bias in Bios entity layer sweep, {model}",
+    )
 
 
 # ---------------------------------------------------------------------------------------
@@ -1081,10 +1056,10 @@ def sweep_cls_biosbias(
 
 @task(
     help={
-        "model": f"Model name or alias (default {DEFAULT_MODEL}; 'toy' for the offline default).",
+        "model": MODEL_HELP["model"],
         "window_sizes": "Windows of restored layers, space-separated (default '10 5 3 1').",
         "n": "Trace the first N cases (default 2000).",
-        "device": "Device, e.g. cuda or cpu (default: cuda if available).",
+        "device": MODEL_HELP["device"],
         "rerun": "Retrace cases already traced with the same settings.",
     }
 )
@@ -1098,21 +1073,17 @@ def trace_counterfact(
 ) -> None:
     """Causal tracing of CounterFact facts: per-case JSON and average heatmaps."""
     args = ["-m", model, "-n", str(n), "--window-sizes", *window_sizes.split()]
-    args += _toy_dataset_args(model)
-    if device:
-        args += ["--device", device]
-    if rerun:
-        args.append("--rerun")
+    args += [*_dataset_args(model, "counterfact"), *_flags(device, rerun=rerun)]
     _python(c, "scripts.trace_counterfact", args)
 
 
 @task(
     help={
-        "model": f"Model name or alias (default {DEFAULT_MODEL}; 'toy' for the offline default).",
+        "model": MODEL_HELP["model"],
         "method": "Registered weight-editing method: rome, memit, ft or ft5 (default rome).",
         "edit_layer": "Central edit layer N, or 'all' (default).",
         "n": "Edit the first N cases (default 1000; those the model answers correctly).",
-        "device": "Device, e.g. cuda or cpu (default: cuda if available).",
+        "device": MODEL_HELP["device"],
         "rerun": "Recompute finished edits.",
     }
 )
@@ -1127,11 +1098,7 @@ def edit_problems(
 ) -> None:
     """The five editing problems (Hase et al.) for one method, at each layer."""
     args = ["-m", model, "--method", method, "--edit-layer", edit_layer, "-n", str(n)]
-    args += _toy_dataset_args(model)
-    if device:
-        args += ["--device", device]
-    if rerun:
-        args.append("--rerun")
+    args += [*_dataset_args(model, "counterfact"), *_flags(device, rerun=rerun)]
     _python(c, "scripts.edit_problems", args)
 
 

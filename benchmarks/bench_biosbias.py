@@ -16,25 +16,28 @@ memory is the GPU's peak allocation on CUDA, the process's peak resident set siz
 
 from __future__ import annotations
 
-import argparse
-import json
 import sys
 import tempfile
-import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
-import torch
-
-from benchmarks.common import peak_memory_bytes, random_gptj
-from remedi import editors, evaluation, models, precompute, training
+from benchmarks.common import (
+    LOADED_MODELS_HELP,
+    benchmark_parser,
+    closing_figures,
+    load_benchmark_model,
+    model_figures,
+    report,
+    reset_peak_memory,
+    time_training_epoch,
+    timed,
+)
+from remedi import evaluation, models, training
 from remedi.data import biosbias as biosbias_data
 from remedi.evaluation import biosbias
 from remedi.toy import export
 from remedi.toy.world import generate_world
-
-T = TypeVar("T")
 
 
 def _records(model: str, count: int) -> list[Any]:
@@ -54,69 +57,35 @@ def _samples(model: str, count: int) -> tuple[list[dict], dict[str, str]]:
     return [dict(sample) for sample in samples[:count]], bios
 
 
-def _timed(device: torch.device, run: Callable[[], T]) -> tuple[T, float]:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-    start = time.perf_counter()
-    value = run()
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-    return value, time.perf_counter() - start
-
-
 def benchmark(
     model: str, device: str, samples: int, batch_size: int, max_length: int, layer: int | None
 ) -> dict:
     """Time precomputation, one training epoch and both evaluation passes; return the figures."""
-    if model.startswith("gptj-"):
-        mt = random_gptj(device, tiny=model == "gptj-tiny-random")
-    else:
-        mt = models.load_model(model, device=device)
+    mt = load_benchmark_model(model, device)
     if layer is None:
         layer = 12 if model == "gptj-random" else 1 if model == "toy" else 0
     rows, bios = _samples(model, samples)
     torch_device = models.determine_device(mt.model)
-    if torch_device.type == "cuda":
-        torch.cuda.reset_peak_memory_stats(torch_device)
+    reset_peak_memory(torch_device)
 
-    inputs, precompute_seconds = _timed(
-        torch_device, lambda: precompute.editor_inputs(mt, rows, [layer])
-    )
-    editor = editors.new_editor("linear", mt, layer)
     args = training.RunArgs(name="bench", model=mt.name, dataset="biosbias", batch_size=batch_size)
-    config = args.training_config()
-    optimizer = torch.optim.AdamW(editor.parameters(), lr=config.lr)
-
-    def epoch() -> None:
-        with training.frozen(mt.model):
-            for batch in inputs.batches(batch_size):
-                optimizer.zero_grad(set_to_none=True)
-                loss, _ = training.editing_loss(mt, editor, batch, config.weights)
-                loss.backward()
-                optimizer.step()
-
-    _, epoch_seconds = _timed(torch_device, epoch)
+    editor, training_figures = time_training_epoch(
+        mt, rows, layer, batch_size, args.training_config()
+    )
 
     cases = biosbias.biosbias_cases(rows)
     resources = evaluation.EvalResources(
         batch_size=batch_size, max_length=max_length, top_k=biosbias.TOP_K_SAMPLING
     )
-    method, directions_seconds = _timed(
+    method, directions_seconds = timed(
         torch_device, lambda: evaluation.RemediMethod(mt, editor, cases, batch_size=batch_size)
     )
     vectorizer = biosbias.fit_vectorizer(list(bios.values()))
     references = biosbias.label_references(cases, bios, vectorizer)
     figures: dict[str, Any] = {
-        "model": mt.name,
-        "device": str(torch_device),
-        "dtype": str(models.determine_dtype(mt.model)).removeprefix("torch."),
+        **model_figures(mt),
         "layer": layer,
-        "samples": len(inputs),
-        "batch_size": batch_size,
-        "precompute_seconds": round(precompute_seconds, 3),
-        "precompute_samples_per_second": round(len(inputs) / precompute_seconds, 2),
-        "epoch_seconds": round(epoch_seconds, 3),
-        "train_samples_per_second": round(len(inputs) / epoch_seconds, 2),
+        **training_figures,
         "directions_seconds": round(directions_seconds, 3),
         "generation_max_length": max_length,
     }
@@ -127,23 +96,17 @@ def benchmark(
                 mt, method, cases, resources, setting, vectorizer, references
             )
 
-        _, seconds = _timed(torch_device, run)
+        _, seconds = timed(torch_device, run)
         figures[f"{setting}_seconds"] = round(seconds, 3)
         figures[f"{setting}_cases_per_second"] = round(len(cases) / seconds, 3)
-    figures["peak_memory_mib"] = round(peak_memory_bytes(torch_device) / 2**20, 1)
-    figures["torch_threads"] = torch.get_num_threads()
-    return figures
+    return {**figures, **closing_figures(torch_device)}
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description="Bias in Bios training and evaluation throughput")
-    parser.add_argument(
-        "--model",
-        default="toy",
-        help="toy, toy-small, any model name, gptj-random (GPT-J shape, random bf16) or "
-        "gptj-tiny-random",
+    parser = benchmark_parser(
+        "Bias in Bios training and evaluation throughput",
+        LOADED_MODELS_HELP,
     )
-    parser.add_argument("--device", default="cpu")
     parser.add_argument("--samples", type=int, default=128, help="samples to train and evaluate")
     parser.add_argument("--batch-size", type=int, default=evaluation.DEFAULT_BATCH_SIZE)
     parser.add_argument("--max-length", type=int, default=biosbias.MAX_LENGTH)
@@ -153,11 +116,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     result = benchmark(
         args.model, args.device, args.samples, args.batch_size, args.max_length, args.layer
     )
-    width = max(map(len, result))
-    for key, value in result.items():
-        print(f"{key:<{width}}  {value}")
-    if args.output is not None:
-        args.output.write_text(json.dumps(result, indent=2) + "\n")
+    report(result, args.output)
     return 0
 
 

@@ -28,7 +28,6 @@ resident set size so far (monotonic: a phase's figure includes those before it).
 
 from __future__ import annotations
 
-import argparse
 import json
 import sys
 import time
@@ -38,7 +37,15 @@ from pathlib import Path
 import torch
 import transformers
 
-from benchmarks.common import gpt2_tokenizer, peak_memory_bytes
+from benchmarks.common import (
+    benchmark_parser,
+    gpt2_tokenizer,
+    model_figures,
+    peak_memory_bytes,
+    report,
+    reset_peak_memory,
+    synchronize,
+)
 from remedi import env, io, models
 from remedi.methods import common, hparams_file, memit, rome, stats
 from remedi.toy.build import ToyWorldPaths, toy_world_paths
@@ -127,20 +134,14 @@ def statistics_texts(model: str, count: int, join: int = 1) -> list[str]:
     return [" ".join(texts[start : start + join]) for start in range(0, len(texts), join)]
 
 
-def _synchronize(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
 def _start_phase(device: torch.device) -> float:
-    if device.type == "cuda":
-        torch.cuda.reset_peak_memory_stats(device)
-    _synchronize(device)
+    reset_peak_memory(device)
+    synchronize(device)
     return time.perf_counter()
 
 
 def _end_phase(device: torch.device, start: float) -> tuple[float, float]:
-    _synchronize(device)
+    synchronize(device)
     return time.perf_counter() - start, round(peak_memory_bytes(device) / 2**20, 1)
 
 
@@ -169,9 +170,7 @@ def benchmark(
         memit_hparams.layers = [0]
     torch_device = models.determine_device(mt.model)
     result: dict = {
-        "model": mt.name,
-        "device": str(torch_device),
-        "dtype": str(models.determine_dtype(mt.model)).removeprefix("torch."),
+        **model_figures(mt),
         "torch_threads": torch.get_num_threads(),
     }
 
@@ -230,13 +229,10 @@ def benchmark(
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description="ROME and MEMIT seconds per edit")
-    parser.add_argument(
-        "--model",
-        default="toy",
-        help="toy, gpt2-random (GPT-2 small's shape, random weights) or gpt2-tiny-random",
+    parser = benchmark_parser(
+        "ROME and MEMIT seconds per edit",
+        "toy, gpt2-random (GPT-2 small's shape, random weights) or gpt2-tiny-random",
     )
-    parser.add_argument("--device", default="cpu")
     parser.add_argument("--edits", type=int, default=10, help="ROME edits, one at a time")
     parser.add_argument("--batch", type=int, default=100, help="MEMIT requests in one batch")
     parser.add_argument("--stats-texts", type=int, default=1000, help="texts of the statistics")
@@ -260,11 +256,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         args.stats_batch_tokens,
         args.stats_join,
     )
-    width = max(map(len, result))
-    for key, value in result.items():
-        print(f"{key:<{width}}  {value}")
-    if args.output is not None:
-        args.output.write_text(json.dumps(result, indent=2) + "\n")
+    report(result, args.output)
     return 0
 
 

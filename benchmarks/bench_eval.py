@@ -15,22 +15,23 @@ peak resident set size on CPU (which includes loading the model).
 
 from __future__ import annotations
 
-import argparse
-import json
 import sys
-import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from pathlib import Path
-from typing import TypeVar
 
-import torch
-
-from benchmarks.common import peak_memory_bytes, random_gptj
+from benchmarks.common import (
+    LOADED_MODELS_HELP,
+    benchmark_parser,
+    closing_figures,
+    load_benchmark_model,
+    model_figures,
+    report,
+    reset_peak_memory,
+    timed,
+)
 from remedi import data, editors, evaluation, models
 from remedi.toy import export
 from remedi.toy.world import generate_world
-
-T = TypeVar("T")
 
 
 def _cases(model: str, count: int) -> list[evaluation.EvalCase]:
@@ -43,48 +44,32 @@ def _cases(model: str, count: int) -> list[evaluation.EvalCase]:
     return evaluation.counterfact_cases(export.counterfact_records(world, seed=0))[:count]
 
 
-def _timed(device: torch.device, run: Callable[[], T]) -> tuple[T, float]:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-    start = time.perf_counter()
-    value = run()
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-    return value, time.perf_counter() - start
-
-
 def benchmark(
     model: str, device: str, cases: int, batch_size: int, max_length: int, layer: int | None
 ) -> dict:
     """Time the efficacy and generation passes; return the figures."""
-    if model.startswith("gptj-"):
-        mt = random_gptj(device, tiny=model == "gptj-tiny-random")
-    else:
-        mt = models.load_model(model, device=device)
+    mt = load_benchmark_model(model, device)
     if layer is None:
         layer = 1 if model.startswith("gptj") else 0
     eval_cases = _cases(model, cases)
     torch_device = models.determine_device(mt.model)
-    if torch_device.type == "cuda":
-        torch.cuda.reset_peak_memory_stats(torch_device)
+    reset_peak_memory(torch_device)
     resources = evaluation.EvalResources(batch_size=batch_size, max_length=max_length)
 
     editor = editors.new_editor("linear", mt, layer)
-    method, directions_seconds = _timed(
+    method, directions_seconds = timed(
         torch_device,
         lambda: evaluation.RemediMethod(mt, editor, eval_cases, batch_size=batch_size),
     )
-    _, efficacy_seconds = _timed(
+    _, efficacy_seconds = timed(
         torch_device, lambda: evaluation.efficacy(mt, method, eval_cases, resources)
     )
-    generation, generation_seconds = _timed(
+    generation, generation_seconds = timed(
         torch_device, lambda: evaluation.generation.generation(mt, method, eval_cases, resources)
     )
     prompts = sum(len(case.texts) for case in generation.cases)
     return {
-        "model": mt.name,
-        "device": str(torch_device),
-        "dtype": str(models.determine_dtype(mt.model)).removeprefix("torch."),
+        **model_figures(mt),
         "layer": layer,
         "cases": len(eval_cases),
         "batch_size": batch_size,
@@ -96,20 +81,15 @@ def benchmark(
         "generation_seconds": round(generation_seconds, 3),
         "generation_cases_per_second": round(len(generation.cases) / generation_seconds, 3),
         "generation_prompts_per_second": round(prompts / generation_seconds, 3),
-        "peak_memory_mib": round(peak_memory_bytes(torch_device) / 2**20, 1),
-        "torch_threads": torch.get_num_threads(),
+        **closing_figures(torch_device),
     }
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description="evaluation throughput (efficacy, generation)")
-    parser.add_argument(
-        "--model",
-        default="toy",
-        help="toy, toy-small, any model name, gptj-random (GPT-J shape, random bf16) or "
-        "gptj-tiny-random",
+    parser = benchmark_parser(
+        "evaluation throughput (efficacy, generation)",
+        LOADED_MODELS_HELP,
     )
-    parser.add_argument("--device", default="cpu")
     parser.add_argument("--cases", type=int, default=64, help="cases to evaluate")
     parser.add_argument("--batch-size", type=int, default=evaluation.DEFAULT_BATCH_SIZE)
     parser.add_argument("--max-length", type=int, default=evaluation.GENERATION_MAX_LENGTH)
@@ -119,11 +99,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     result = benchmark(
         args.model, args.device, args.cases, args.batch_size, args.max_length, args.layer
     )
-    width = max(map(len, result))
-    for key, value in result.items():
-        print(f"{key:<{width}}  {value}")
-    if args.output is not None:
-        args.output.write_text(json.dumps(result, indent=2) + "\n")
+    report(result, args.output)
     return 0
 
 

@@ -12,8 +12,6 @@ rewrite prompts (built if absent); the random GPT-J models trace synthetic promp
 
 from __future__ import annotations
 
-import argparse
-import json
 import sys
 import time
 from collections.abc import Sequence
@@ -21,7 +19,14 @@ from pathlib import Path
 
 import torch
 
-from benchmarks.common import peak_memory_bytes, random_gptj, synthetic_samples
+from benchmarks.common import (
+    benchmark_parser,
+    peak_memory_bytes,
+    random_gptj,
+    report,
+    synchronize,
+    synthetic_samples,
+)
 from remedi import data, evaluation, models, tracing
 
 
@@ -39,11 +44,10 @@ def _prompts(model: str, count: int) -> list[tuple[int, str, str, str]]:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description="causal tracing speed")
-    parser.add_argument(
-        "--model", default="toy", help="toy, toy-small, gptj-random or gptj-tiny-random"
+    parser = benchmark_parser(
+        "causal tracing speed",
+        "toy, toy-small, gptj-random or gptj-tiny-random",
     )
-    parser.add_argument("--device", default="cpu")
     parser.add_argument("--cases", type=int, default=8, help="cases to trace")
     parser.add_argument("--windows", type=int, nargs="+", default=list(tracing.DEFAULT_WINDOWS))
     parser.add_argument("--max-batch-rows", type=int, default=tracing.DEFAULT_MAX_BATCH_ROWS)
@@ -61,8 +65,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         windows=args.windows,
     )
     tracing.trace_prompt(mt, *prompts[0][1:], settings, require_correct=False)  # warm up
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
+    synchronize(device)
     start = time.perf_counter()
     tokens = 0
     for case_id, prompt, subject, target in prompts:
@@ -77,8 +80,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             max_batch_rows=args.max_batch_rows,
         )
         tokens += len(result.tokens)
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
+    synchronize(device)
     seconds = time.perf_counter() - start
     figures = {
         "model": mt.name,
@@ -90,11 +92,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "seconds_per_case": seconds / len(prompts),
         "peak_memory_mib": peak_memory_bytes(device) / 2**20,
     }
-    width = max(len(key) for key in figures)
-    for key, value in figures.items():
-        print(f"{key:<{width}}  {value}")
-    if args.output:
-        args.output.write_text(json.dumps(figures, indent=2) + "\n")
+    report(figures, args.output)
     return 0
 
 

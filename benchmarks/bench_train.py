@@ -14,17 +14,21 @@ peak resident set size on CPU (which includes loading the model).
 
 from __future__ import annotations
 
-import argparse
-import json
 import sys
-import time
 from collections.abc import Sequence
 from pathlib import Path
 
-import torch
-
-from benchmarks.common import peak_memory_bytes, random_gptj, synthetic_samples
-from remedi import data, editors, models, precompute, training
+from benchmarks.common import (
+    benchmark_parser,
+    closing_figures,
+    model_figures,
+    random_gptj,
+    report,
+    reset_peak_memory,
+    synthetic_samples,
+    time_training_epoch,
+)
+from remedi import data, models, training
 
 
 def benchmark(model: str, device: str, samples: int, batch_size: int, layer: int | None) -> dict:
@@ -41,63 +45,30 @@ def benchmark(model: str, device: str, samples: int, batch_size: int, layer: int
     if layer is None:
         layer = 1 if model.startswith("gptj") else 0
     torch_device = models.determine_device(mt.model)
-    if torch_device.type == "cuda":
-        torch.cuda.reset_peak_memory_stats(torch_device)
+    reset_peak_memory(torch_device)
 
-    start = time.perf_counter()
-    inputs = precompute.editor_inputs(mt, rows, [layer])
-    precompute_seconds = time.perf_counter() - start
-
-    editor = editors.new_editor("linear", mt, layer)
     config = training.TrainingConfig(max_epochs=1, batch_size=batch_size)
-    optimizer = torch.optim.AdamW(editor.parameters(), lr=config.lr)
-    if torch_device.type == "cuda":
-        torch.cuda.synchronize(torch_device)
-    start = time.perf_counter()
-    with training.frozen(mt.model):
-        for batch in inputs.batches(batch_size):
-            optimizer.zero_grad(set_to_none=True)
-            loss, _ = training.editing_loss(mt, editor, batch, config.weights)
-            loss.backward()
-            optimizer.step()
-    if torch_device.type == "cuda":
-        torch.cuda.synchronize(torch_device)
-    epoch_seconds = time.perf_counter() - start
+    _, training_figures = time_training_epoch(mt, rows, layer, batch_size, config)
     return {
-        "model": mt.name,
-        "device": str(torch_device),
-        "dtype": str(models.determine_dtype(mt.model)).removeprefix("torch."),
+        **model_figures(mt),
         "layer": layer,
-        "samples": len(inputs),
-        "batch_size": batch_size,
-        "precompute_seconds": round(precompute_seconds, 3),
-        "precompute_samples_per_second": round(len(inputs) / precompute_seconds, 2),
-        "epoch_seconds": round(epoch_seconds, 3),
-        "train_samples_per_second": round(len(inputs) / epoch_seconds, 2),
-        "peak_memory_mib": round(peak_memory_bytes(torch_device) / 2**20, 1),
-        "torch_threads": torch.get_num_threads(),
+        **training_figures,
+        **closing_figures(torch_device),
     }
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description="editor training throughput (one epoch)")
-    parser.add_argument(
-        "--model",
-        default="toy",
-        help="toy, toy-small, gptj-random (GPT-J shape, random bf16) or gptj-tiny-random",
+    parser = benchmark_parser(
+        "editor training throughput (one epoch)",
+        "toy, toy-small, gptj-random (GPT-J shape, random bf16) or gptj-tiny-random",
     )
-    parser.add_argument("--device", default="cpu")
     parser.add_argument("--samples", type=int, default=512, help="samples in the epoch")
     parser.add_argument("--batch-size", type=int, default=training.DEFAULT_BATCH_SIZE)
     parser.add_argument("--layer", type=int, help="edit layer (default: 0 toy, 1 GPT-J)")
     parser.add_argument("--output", type=Path, help="also write the figures as JSON here")
     args = parser.parse_args(argv)
     result = benchmark(args.model, args.device, args.samples, args.batch_size, args.layer)
-    width = max(map(len, result))
-    for key, value in result.items():
-        print(f"{key:<{width}}  {value}")
-    if args.output is not None:
-        args.output.write_text(json.dumps(result, indent=2) + "\n")
+    report(result, args.output)
     return 0
 
 

@@ -1,15 +1,22 @@
-"""What the speed benchmarks share: synthetic samples, a random GPT-J, peak memory."""
+"""What the speed benchmarks share: synthetic samples, a random GPT-J, timing, peak memory, and
+how the figures are printed and saved."""
 
 from __future__ import annotations
 
+import argparse
+import json
 import resource
 import sys
 import tempfile
+import time
+from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
+from typing import Any, TypeVar
 
 import torch
 import transformers
 
-from remedi import data, env, models
+from remedi import data, editors, env, models, precompute, training
 
 SYNTHETIC_TEMPLATES = [
     ("{} lives in the city of", ["Oslo", "Lisbon", "Paris", "Tokyo", "Lima"]),
@@ -84,9 +91,113 @@ def random_gptj(device: str, tiny: bool) -> models.ModelAndTokenizer:
     return models.ModelAndTokenizer(model=model, tokenizer=tokenizer, name=name)
 
 
+def reset_peak_memory(device: torch.device) -> None:
+    """Start the GPU's peak allocation afresh (on CPU the peak resident set cannot be reset)."""
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+
+
 def peak_memory_bytes(device: torch.device) -> int:
     """The GPU's peak allocation on CUDA; the process's peak resident set size on CPU."""
     if device.type == "cuda":
         return int(torch.cuda.max_memory_allocated(device))
     peak_kib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     return int(peak_kib * (1 if sys.platform == "darwin" else 1024))
+
+
+LOADED_MODELS_HELP = (
+    "toy, toy-small, any model name, gptj-random (GPT-J shape, random bf16) or gptj-tiny-random"
+)
+"""``--model`` of the benchmarks that take what :func:`load_benchmark_model` loads."""
+
+
+def load_benchmark_model(model: str, device: str) -> models.ModelAndTokenizer:
+    """``gptj-random``/``gptj-tiny-random`` (:func:`random_gptj`), else ``model`` loaded by name."""
+    if model.startswith("gptj-"):
+        return random_gptj(device, tiny=model == "gptj-tiny-random")
+    return models.load_model(model, device=device)
+
+
+def synchronize(device: torch.device) -> None:
+    """Wait for the device's queued work (CUDA runs asynchronously), so that timings are real."""
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+T = TypeVar("T")
+
+
+def timed(device: torch.device, run: Callable[[], T]) -> tuple[T, float]:
+    """``run()``'s value and its wall-clock seconds, the device synchronised at both ends."""
+    synchronize(device)
+    start = time.perf_counter()
+    value = run()
+    synchronize(device)
+    return value, time.perf_counter() - start
+
+
+def model_figures(mt: models.ModelAndTokenizer) -> dict[str, Any]:
+    """The figures that say what was timed: the model, its device and dtype."""
+    return {
+        "model": mt.name,
+        "device": str(models.determine_device(mt.model)),
+        "dtype": str(models.determine_dtype(mt.model)).removeprefix("torch."),
+    }
+
+
+def closing_figures(device: torch.device) -> dict[str, Any]:
+    """The figures a benchmark ends with: the peak memory (MiB) and torch's thread count."""
+    return {
+        "peak_memory_mib": round(peak_memory_bytes(device) / 2**20, 1),
+        "torch_threads": torch.get_num_threads(),
+    }
+
+
+def report(figures: Mapping[str, Any], output: Path | None) -> None:
+    """Print the figures one per line, aligned, and write them as JSON to ``output`` if given."""
+    width = max(map(len, figures))
+    for key, value in figures.items():
+        print(f"{key:<{width}}  {value}")
+    if output is not None:
+        output.write_text(json.dumps(figures, indent=2) + "\n")
+
+
+def benchmark_parser(description: str, model_help: str) -> argparse.ArgumentParser:
+    """A benchmark's parser with the flags every benchmark takes first: ``--model``, ``--device``."""
+    parser = argparse.ArgumentParser(description=description)
+    parser.add_argument("--model", default="toy", help=model_help)
+    parser.add_argument("--device", default="cpu")
+    return parser
+
+
+def time_training_epoch(
+    mt: models.ModelAndTokenizer,
+    rows: Sequence[dict],
+    layer: int,
+    batch_size: int,
+    config: training.TrainingConfig,
+) -> tuple[editors.Editor, dict[str, Any]]:
+    """Precompute the editor inputs of ``rows`` and train a new linear editor at ``layer`` for
+    one epoch; return the editor and the figures (samples, seconds, samples per second)."""
+    device = models.determine_device(mt.model)
+    inputs, precompute_seconds = timed(device, lambda: precompute.editor_inputs(mt, rows, [layer]))
+    editor = editors.new_editor("linear", mt, layer)
+    optimizer = torch.optim.AdamW(editor.parameters(), lr=config.lr)
+
+    def epoch() -> None:
+        with training.frozen(mt.model):
+            for batch in inputs.batches(batch_size):
+                optimizer.zero_grad(set_to_none=True)
+                loss, _ = training.editing_loss(mt, editor, batch, config.weights)
+                loss.backward()
+                optimizer.step()
+
+    _, epoch_seconds = timed(device, epoch)
+    return editor, {
+        "samples": len(inputs),
+        "batch_size": batch_size,
+        "precompute_seconds": round(precompute_seconds, 3),
+        "precompute_samples_per_second": round(len(inputs) / precompute_seconds, 2),
+        "epoch_seconds": round(epoch_seconds, 3),
+        "train_samples_per_second": round(len(inputs) / epoch_seconds, 2),
+    }

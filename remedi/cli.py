@@ -122,6 +122,22 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
 
 
+def add_editor_arguments(
+    parser: argparse.ArgumentParser, run_help: str = "training run of the editors"
+) -> None:
+    """Add the flags of a script that evaluates a training run's editors: the experiment's name
+    (``-n``), the run (``-e``, ``run_help``), the model (``-m``), the editor layer and type."""
+    parser.add_argument("-n", "--name", required=True, help="experiment name (results/NAME)")
+    parser.add_argument("-e", "--editors-dir", type=Path, help=run_help)
+    parser.add_argument("-m", "--model", required=True, help="model name, alias, or directory")
+    parser.add_argument(
+        "-l", "--layer", type=int, help="editor layer (default: the run's only one)"
+    )
+    parser.add_argument(
+        "-t", "--editor-type", default="linear", help="editor type (default linear)"
+    )
+
+
 def log_path(script: str) -> Path:
     """The log file of a new run of ``script``: ``<logs dir>/<script>-<time>-<pid>.log``."""
     stamp = datetime.datetime.now().strftime("%Y%m%d-%H%M%S")

@@ -13,19 +13,12 @@ training run (see :mod:`remedi.evaluation.bios_classification`).
 from __future__ import annotations
 
 import argparse
-import logging
 import sys
 from collections.abc import Sequence
-from pathlib import Path
 
-import torch
-
-from remedi import cli, env, models, training
+from remedi import cli, editors, models, training
 from remedi.evaluation import bios_classification as bios_cls
-from remedi.evaluation import classification as cls
 from remedi.evaluation import probe_runs, tables
-
-logger = logging.getLogger(__name__)
 
 
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
@@ -34,116 +27,66 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
-def _check_run(run_dir: Path, random_init: bool, flag: str) -> training.RunRecord:
-    return probe_runs.check_run(
-        run_dir, random_init, flag, dataset="biosbias", train_task="invoke x.train.biosbias"
-    )
+class BiosProbe(probe_runs.ProbeSuite[bios_cls.BiosClassificationResults]):
+    """Bios-Med classification (:mod:`remedi.evaluation.bios_classification`)."""
 
+    dataset = "biosbias"
+    train_task = "invoke x.train.biosbias"
 
-def _evaluate_model(
-    args: argparse.Namespace,
-    run_dir: Path,
-    rows: dict[str, dict],
-    samples: list[dict],
-    layer: int,
-    entity_layers: list[int],
-    experiment_dir: Path,
-    device: str,
-    random_init: bool,
-) -> None:
-    """Compute the missing results of ``rows`` (row -> options) on one model."""
-    todo = [
-        (row, entity_layer)
-        for row in rows
-        for entity_layer in entity_layers
-        if args.rerun
-        or bios_cls.read_result(bios_cls.result_file(experiment_dir, row, entity_layer)) is None
-    ]
-    if not todo:
-        return
-    mt = models.load_model(args.model, device=device, dtype=args.dtype, random_init=random_init)
-    editor = training.load_run_editor(run_dir, layer, args.editor_type, mt)
-    labels = sorted({sample["target_mediated"] for sample in samples})
-    readings = bios_cls.read_label_prompts(mt, samples, labels, entity_layers, args.batch_size)
-    for row, entity_layer in todo:
-        options = rows[row]
-        probe = cls.identity_editor(mt, editor) if options.get("identity") else editor
-        result = bios_cls.bios_classification(
+    def read_samples(
+        self, mt: models.ModelAndTokenizer, samples: list[dict], entity_layers: list[int]
+    ) -> tuple[list[str], bios_cls.LabelReadings]:
+        """The occupations the samples name, and the LM's readings of their prompts."""
+        labels = sorted({sample["target_mediated"] for sample in samples})
+        readings = bios_cls.read_label_prompts(
+            mt, samples, labels, entity_layers, self.args.batch_size
+        )
+        return labels, readings
+
+    def classify(
+        self,
+        mt: models.ModelAndTokenizer,
+        probe: editors.Editor,
+        samples: list[dict],
+        readings: tuple[list[str], bios_cls.LabelReadings],
+        *,
+        entity_layer: int,
+        control_task: bool,
+        random_init: bool,
+    ) -> bios_cls.BiosClassificationResults:
+        labels, label_readings = readings
+        return bios_cls.bios_classification(
             mt,
             probe,
             samples,
             entity_layer=entity_layer,
             labels=labels,
-            control_task=bool(options.get("control_task")),
-            control_task_seed=args.control_task_seed,
-            batch_size=args.batch_size,
+            control_task=control_task,
+            control_task_seed=self.args.control_task_seed,
+            batch_size=self.args.batch_size,
             random_init=random_init,
-            readings=readings,
-        )
-        bios_cls.write_result(bios_cls.result_file(experiment_dir, row, entity_layer), result)
-        logger.info(
-            "%s, entity layer %d: F1 %.3f MCC %.3f (LM error rate %.2f)",
-            row,
-            entity_layer,
-            result.metrics.f1,
-            result.metrics.mcc,
-            result.metrics.label_rate,
+            readings=label_readings,
         )
 
+    def describe(self, result: bios_cls.BiosClassificationResults) -> str:
+        metrics = result.metrics
+        return f"F1 {metrics.f1:.3f} MCC {metrics.mcc:.3f} (LM error rate {metrics.label_rate:.2f})"
 
-def main(argv: Sequence[str] | None = None) -> int:
-    args = parse_args(argv)
-    device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
-    _check_run(args.editors_dir, args.random, "-e")
-    probe_runs.check_control_flags(args)
-    samples = probe_runs.test_samples(args.editors_dir, args.dataset_file, args.max_samples)
-    layer = probe_runs.editor_layer(args.editors_dir, args.editor_type, args.layer)
-    entity_layers = list(dict.fromkeys(args.entity_layers or [layer]))
-    experiment_dir = env.results_dir() / args.name
-
-    _evaluate_model(
-        args,
-        args.editors_dir,
-        probe_runs.TRAINED_ROWS,
-        samples,
-        layer,
-        entity_layers,
-        experiment_dir,
-        device,
-        random_init=args.random,
-    )
-    if args.control_editors_dir is not None:
-        control = _check_run(args.control_editors_dir, True, "--control-editors-dir")
-        probe_runs.warn_control_overlap(control, samples)
-        _evaluate_model(
-            args,
-            args.control_editors_dir,
-            {"control_model": {}},
-            samples,
-            layer,
-            entity_layers,
-            experiment_dir,
-            device,
-            random_init=True,
-        )
-    elif not args.random:
-        logger.warning("no --control-editors-dir: the Control Model row is left out")
-
-    def table_for(entity_layer: int) -> tables.Table:
-        results = {}
-        for row in cls.ROWS:
-            result = bios_cls.read_result(bios_cls.result_file(experiment_dir, row, entity_layer))
-            if result is not None:
-                results[row] = result
+    def table(
+        self,
+        results: dict[str, bios_cls.BiosClassificationResults],
+        record: training.RunRecord,
+        entity_layer: int,
+    ) -> tables.Table:
+        args = self.args
         title = (
             f"{args.name}: {args.model}, Bias in Bios classification, entity layer {entity_layer}"
         )
         return bios_cls.bios_table(results, title)
 
-    table, files = probe_runs.write_summaries(experiment_dir, entity_layers, table_for)
-    print(tables.markdown(table))
-    print(f"results: {experiment_dir}")
-    print(f"table: {files.markdown} (LaTeX: {files.latex}, plot: {files.plot})")
+
+def main(argv: Sequence[str] | None = None) -> int:
+    print(probe_runs.run_probe(BiosProbe(parse_args(argv), bios_cls)).report())
     return 0
 
 

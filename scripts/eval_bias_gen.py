@@ -29,15 +29,7 @@ from remedi.evaluation import biosbias
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description="evaluate Bias in Bios error correction")
     cli.add_arguments(parser)
-    parser.add_argument("-n", "--name", required=True, help="experiment name (results/NAME)")
-    parser.add_argument("-e", "--editors-dir", type=Path, help="training run of the editors")
-    parser.add_argument("-m", "--model", required=True, help="model name, alias, or directory")
-    parser.add_argument(
-        "-l", "--layer", type=int, help="editor layer (default: the run's only one)"
-    )
-    parser.add_argument(
-        "-t", "--editor-type", default="linear", help="editor type (default linear)"
-    )
+    cli.add_editor_arguments(parser)
     parser.add_argument(
         "--settings",
         nargs="+",
@@ -76,13 +68,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     dataset_file: Path | None = args.dataset_file
     test_ids: list[str] | None = None
     if args.editors_dir is not None:
-        run = training.load_run(args.editors_dir)
-        if run.args.dataset != "biosbias":
-            raise errors.MismatchError(
-                f"the editors in {args.editors_dir} were trained on {run.args.dataset!r}; train "
-                "them on Bias in Bios (invoke x.train.biosbias, or scripts.train_editors -d "
-                "biosbias)"
-            )
+        run = training.load_run(
+            args.editors_dir,
+            "biosbias",
+            "train them on Bias in Bios (invoke x.train.biosbias, or scripts.train_editors -d "
+            "biosbias)",
+        )
         test_ids = list(run.split.test)
         if dataset_file is None and run.args.dataset_file:
             dataset_file = Path(run.args.dataset_file)

@@ -25,15 +25,7 @@ from remedi.evaluation import entailment, tables
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description="evaluate entailment on the McRae norms")
     cli.add_arguments(parser)
-    parser.add_argument("-n", "--name", required=True, help="experiment name (results/NAME)")
-    parser.add_argument("-e", "--editors-dir", type=Path, help="training run of the editors")
-    parser.add_argument("-m", "--model", required=True, help="model name, alias, or directory")
-    parser.add_argument(
-        "-l", "--layer", type=int, help="editor layer (default: the run's only one)"
-    )
-    parser.add_argument(
-        "-t", "--editor-type", default="linear", help="editor type (default linear)"
-    )
+    cli.add_editor_arguments(parser)
     parser.add_argument("--dataset-file", type=Path, help="McRae norms file (default: the run's)")
     parser.add_argument("--max-samples", type=int, help="evaluate only the first N samples")
     parser.add_argument("--device", help="e.g. cuda or cpu (default: cuda if available)")
@@ -49,12 +41,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
     methods = ["none", "prefix"]
     if args.editors_dir is not None:
-        record = training.load_run(args.editors_dir)
-        if record.args.dataset != "mcrae":
-            raise errors.MismatchError(
-                f"the editors in {args.editors_dir} were trained on {record.args.dataset!r}; "
-                "train McRae editors with: invoke x.train.mcrae"
-            )
+        record = training.load_run(
+            args.editors_dir, "mcrae", "train McRae editors with: invoke x.train.mcrae"
+        )
         args.random = args.random or record.args.random_init
         samples = training.load_run_samples(args.editors_dir, "test", args.dataset_file)
         methods.append("remedi")

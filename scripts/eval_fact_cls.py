@@ -14,18 +14,13 @@ training run. Works on any dataset whose samples have both targets (see
 from __future__ import annotations
 
 import argparse
-import logging
 import sys
 from collections.abc import Sequence
-from pathlib import Path
+from typing import Any
 
-import torch
-
-from remedi import cli, env, models, training
+from remedi import cli, editors, models, training
 from remedi.evaluation import classification as cls
 from remedi.evaluation import mediation, probe_runs, tables
-
-logger = logging.getLogger(__name__)
 
 
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
@@ -40,108 +35,58 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
-def _evaluate_model(
-    args: argparse.Namespace,
-    run_dir: Path,
-    rows: dict[str, dict],
-    samples: list[dict],
-    layer: int,
-    entity_layers: list[int],
-    experiment_dir: Path,
-    device: str,
-    random_init: bool,
-) -> None:
-    """Compute the missing results of ``rows`` (row -> options) on one model."""
-    todo = [
-        (row, entity_layer)
-        for row in rows
-        for entity_layer in entity_layers
-        if args.rerun or cls.read_result(cls.result_file(experiment_dir, row, entity_layer)) is None
-    ]
-    if not todo:
-        return
-    mt = models.load_model(args.model, device=device, dtype=args.dtype, random_init=random_init)
-    editor = training.load_run_editor(run_dir, layer, args.editor_type, mt)
-    readings = mediation.read_samples(mt, samples, entity_layers, args.batch_size)
-    for row, entity_layer in todo:
-        options = rows[row]
-        probe = cls.identity_editor(mt, editor) if options.get("identity") else editor
-        result = cls.classification(
+class FactProbe(probe_runs.ProbeSuite[cls.ClassificationResults]):
+    """Fact-Med and Fact-Prior classification (:mod:`remedi.evaluation.classification`)."""
+
+    def read_samples(
+        self, mt: models.ModelAndTokenizer, samples: list[dict], entity_layers: list[int]
+    ) -> Any:
+        return mediation.read_samples(mt, samples, entity_layers, self.args.batch_size)
+
+    def classify(
+        self,
+        mt: models.ModelAndTokenizer,
+        probe: editors.Editor,
+        samples: list[dict],
+        readings: Any,
+        *,
+        entity_layer: int,
+        control_task: bool,
+        random_init: bool,
+    ) -> cls.ClassificationResults:
+        return cls.classification(
             mt,
             probe,
             samples,
             entity_layer=entity_layer,
-            entity_token=args.entity_token,
-            control_task=bool(options.get("control_task")),
-            control_task_seed=args.control_task_seed,
-            batch_size=args.batch_size,
+            entity_token=self.args.entity_token,
+            control_task=control_task,
+            control_task_seed=self.args.control_task_seed,
+            batch_size=self.args.batch_size,
             random_init=random_init,
             readings=readings,
         )
-        path = cls.result_file(experiment_dir, row, entity_layer)
-        cls.write_result(path, result)
-        logger.info(
-            "%s, entity layer %d: F1 %.3f/%.3f MCC %.3f/%.3f (contextual/decontextual)",
-            row,
-            entity_layer,
-            result.metrics.contextual.f1,
-            result.metrics.decontextual.f1,
-            result.metrics.contextual.mcc,
-            result.metrics.decontextual.mcc,
+
+    def describe(self, result: cls.ClassificationResults) -> str:
+        metrics = result.metrics
+        return (
+            f"F1 {metrics.contextual.f1:.3f}/{metrics.decontextual.f1:.3f} "
+            f"MCC {metrics.contextual.mcc:.3f}/{metrics.decontextual.mcc:.3f} "
+            "(contextual/decontextual)"
         )
+
+    def table(
+        self,
+        results: dict[str, cls.ClassificationResults],
+        record: training.RunRecord,
+        entity_layer: int,
+    ) -> tables.Table:
+        title = f"{self.args.name}: {self.args.model}, classification, entity layer {entity_layer}"
+        return cls.classification_table(results, record.args.dataset, title)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = parse_args(argv)
-    device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
-    record = probe_runs.check_run(args.editors_dir, args.random, "-e")
-    probe_runs.check_control_flags(args)
-    layer = probe_runs.editor_layer(args.editors_dir, args.editor_type, args.layer)
-    entity_layers = list(dict.fromkeys(args.entity_layers or [layer]))
-    samples = probe_runs.test_samples(args.editors_dir, args.dataset_file, args.max_samples)
-    experiment_dir = env.results_dir() / args.name
-
-    _evaluate_model(
-        args,
-        args.editors_dir,
-        probe_runs.TRAINED_ROWS,
-        samples,
-        layer,
-        entity_layers,
-        experiment_dir,
-        device,
-        random_init=args.random,
-    )
-    if args.control_editors_dir is not None:
-        control = probe_runs.check_run(args.control_editors_dir, True, "--control-editors-dir")
-        probe_runs.warn_control_overlap(control, samples)
-        _evaluate_model(
-            args,
-            args.control_editors_dir,
-            {"control_model": {}},
-            samples,
-            layer,
-            entity_layers,
-            experiment_dir,
-            device,
-            random_init=True,
-        )
-    elif not args.random:
-        logger.warning("no --control-editors-dir: the Control Model row is left out")
-
-    def table_for(entity_layer: int) -> tables.Table:
-        results = {}
-        for row in cls.ROWS:
-            result = cls.read_result(cls.result_file(experiment_dir, row, entity_layer))
-            if result is not None:
-                results[row] = result
-        title = f"{args.name}: {args.model}, classification, entity layer {entity_layer}"
-        return cls.classification_table(results, record.args.dataset, title)
-
-    table, files = probe_runs.write_summaries(experiment_dir, entity_layers, table_for)
-    print(tables.markdown(table))
-    print(f"results: {experiment_dir}")
-    print(f"table: {files.markdown} (LaTeX: {files.latex}, plot: {files.plot})")
+    print(probe_runs.run_probe(FactProbe(parse_args(argv), cls)).report())
     return 0
 
 

@@ -24,15 +24,7 @@ from remedi import cli, data, env, errors, evaluation, models, report, training
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description="evaluate REMEDI editors and baselines")
     cli.add_arguments(parser)
-    parser.add_argument("-n", "--name", required=True, help="experiment name (results/NAME)")
-    parser.add_argument("-e", "--editors-dir", type=Path, help="training run of the editors")
-    parser.add_argument("-m", "--model", required=True, help="model name, alias, or directory")
-    parser.add_argument(
-        "-l", "--layer", type=int, help="editor layer (default: the run's only one)"
-    )
-    parser.add_argument(
-        "-t", "--editor-type", default="linear", help="editor type (default linear)"
-    )
+    cli.add_editor_arguments(parser)
     parser.add_argument(
         "--baselines",
         nargs="+",
@@ -148,13 +140,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     test_ids: list[str] | None = None
     prompt_source = args.counterfact_prompt
     if args.editors_dir is not None:
-        run = training.load_run(args.editors_dir)
-        if run.args.dataset != "counterfact":
-            raise errors.MismatchError(
-                f"the editors in {args.editors_dir} were trained on {run.args.dataset!r}; this "
-                "evaluation needs CounterFact in ROME's format (paraphrase, neighborhood and "
-                "generation prompts)"
-            )
+        run = training.load_run(
+            args.editors_dir,
+            "counterfact",
+            "this evaluation needs CounterFact in ROME's format (paraphrase, neighborhood and "
+            "generation prompts)",
+        )
         test_ids = list(run.split.test)
         if dataset_file is None and run.args.dataset_file:
             dataset_file = Path(run.args.dataset_file)

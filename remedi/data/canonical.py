@@ -187,89 +187,85 @@ _NEG_LOG_1000 = -6.907755278982137
 _STEREOSET_FIELDS = ("target", "bias_answer", "antibias_answer", "bias_full_eval")
 _TEMPORAL_FIELDS = ("entity_string", "summary")
 
+
+def _seed_task(
+    name: str, loss_type: str, threshold: float, description: str, *files: TaskFile
+) -> CanonicalTask:
+    """A task of the seed: in the folder of its name, ``files`` one per role in :data:`ROLES`."""
+    return CanonicalTask(
+        name=name,
+        folder=name,
+        files=dict(zip(ROLES, files, strict=True)),
+        loss_type=loss_type,
+        threshold=threshold,
+        description=description,
+    )
+
+
 CANONICAL_TASKS: dict[str, CanonicalTask] = {
-    "country_capital": CanonicalTask(
-        name="country_capital",
-        folder="country_capital",
-        files={
-            "train": TaskFile("country_capital_fixed", "suffix", ("country", "capital"), "country"),
-            "eval": TaskFile("country_capital_clear_eval", "suffix", ("country", "capital")),
-            "hard_negative": TaskFile(
-                "country_capital_hard_neg", "suffix", ("country", "other_city")
-            ),
-            "unconditional": TaskFile("country_capital_unconditional", "text"),
-        },
-        loss_type="good",
-        threshold=_LOG_5,
-        description="a country's capital after a passage about it",
-    ),
-    "company_ceo": CanonicalTask(
-        name="company_ceo",
-        folder="company_ceo",
-        files={
-            "train": TaskFile("company_ceo_train", "suffix", ("company", "ceo"), "company"),
-            "eval": TaskFile("company_ceo_eval_clear", "suffix", ("company", "ceo")),
-            "hard_negative": TaskFile(
-                "company_ceo_hard_neg_eval_clear", "suffix", ("company", "ceo")
-            ),
-            "unconditional": TaskFile("company_ceo_unconditional", "text"),
-        },
-        loss_type="good",
-        threshold=_LOG_20,
-        description="a company's CEO",
-    ),
-    "pronoun_gender_bias": CanonicalTask(
-        name="pronoun_gender_bias",
-        folder="pronoun_gender_bias",
-        files={
-            "train": TaskFile("pronoun_gender_bias_train", "pair"),
-            "eval": TaskFile("pronoun_gender_bias_eval", "pair"),
-            "hard_negative": TaskFile("pronoun_gender_bias_hard_neg_eval", "suffix"),
-            "unconditional": TaskFile("pronoun_gender_bias_unconditional", "text"),
-        },
-        loss_type="balance",
-        threshold=_LOG_1_5,
-        description="he and she equally likely after a profession",
-    ),
-    "temporal": CanonicalTask(
-        name="temporal",
-        folder="temporal",
-        files={
-            "train": TaskFile("temporal_train", "suffix", _TEMPORAL_FIELDS),
-            "eval": TaskFile("temporal_eval_clear", "suffix", _TEMPORAL_FIELDS),
-            "hard_negative": TaskFile("temporal_hard_neg_eval_clear", "suffix", _TEMPORAL_FIELDS),
-            "unconditional": TaskFile("temporal_unconditional", "text", _TEMPORAL_FIELDS),
-        },
-        loss_type="good",
-        threshold=_LOG_20,
-        description="recent facts about entities",
-    ),
-    "stereoset": CanonicalTask(
-        name="stereoset",
-        folder="stereoset",
-        files={
-            "train": TaskFile("stereoset_train", "suffix", _STEREOSET_FIELDS, "target"),
-            "eval": TaskFile("stereoset_eval_clear", "suffix", _STEREOSET_FIELDS),
-            "hard_negative": TaskFile("stereoset_hard_neg", "suffix"),
-            "unconditional": TaskFile("stereoset_unconditional", "text", _STEREOSET_FIELDS),
-        },
-        loss_type="bad",
-        threshold=_NEG_LOG_1000,
-        description="a stereotype made unlikely",
-    ),
-    "verb_conjugation": CanonicalTask(
-        name="verb_conjugation",
-        folder="verb_conjugation",
-        files={
-            "train": TaskFile("verb_conjugation_train", "pair"),
-            "eval": TaskFile("verb_conjugation_eval", "pair"),
-            "hard_negative": TaskFile("verb_conjugation_hard_neg_eval", "suffix"),
-            "unconditional": TaskFile("verb_conjugation_eval_unconditional", "text"),
-        },
-        loss_type="good-v-bad",
-        threshold=_NEG_LOG_16,
-        description="the verb agreeing with its subject",
-    ),
+    task.name: task
+    for task in (
+        _seed_task(
+            "country_capital",
+            "good",
+            _LOG_5,
+            "a country's capital after a passage about it",
+            TaskFile("country_capital_fixed", "suffix", ("country", "capital"), "country"),
+            TaskFile("country_capital_clear_eval", "suffix", ("country", "capital")),
+            TaskFile("country_capital_hard_neg", "suffix", ("country", "other_city")),
+            TaskFile("country_capital_unconditional", "text"),
+        ),
+        _seed_task(
+            "company_ceo",
+            "good",
+            _LOG_20,
+            "a company's CEO",
+            TaskFile("company_ceo_train", "suffix", ("company", "ceo"), "company"),
+            TaskFile("company_ceo_eval_clear", "suffix", ("company", "ceo")),
+            TaskFile("company_ceo_hard_neg_eval_clear", "suffix", ("company", "ceo")),
+            TaskFile("company_ceo_unconditional", "text"),
+        ),
+        _seed_task(
+            "pronoun_gender_bias",
+            "balance",
+            _LOG_1_5,
+            "he and she equally likely after a profession",
+            TaskFile("pronoun_gender_bias_train", "pair"),
+            TaskFile("pronoun_gender_bias_eval", "pair"),
+            TaskFile("pronoun_gender_bias_hard_neg_eval", "suffix"),
+            TaskFile("pronoun_gender_bias_unconditional", "text"),
+        ),
+        _seed_task(
+            "temporal",
+            "good",
+            _LOG_20,
+            "recent facts about entities",
+            TaskFile("temporal_train", "suffix", _TEMPORAL_FIELDS),
+            TaskFile("temporal_eval_clear", "suffix", _TEMPORAL_FIELDS),
+            TaskFile("temporal_hard_neg_eval_clear", "suffix", _TEMPORAL_FIELDS),
+            TaskFile("temporal_unconditional", "text", _TEMPORAL_FIELDS),
+        ),
+        _seed_task(
+            "stereoset",
+            "bad",
+            _NEG_LOG_1000,
+            "a stereotype made unlikely",
+            TaskFile("stereoset_train", "suffix", _STEREOSET_FIELDS, "target"),
+            TaskFile("stereoset_eval_clear", "suffix", _STEREOSET_FIELDS),
+            TaskFile("stereoset_hard_neg", "suffix"),
+            TaskFile("stereoset_unconditional", "text", _STEREOSET_FIELDS),
+        ),
+        _seed_task(
+            "verb_conjugation",
+            "good-v-bad",
+            _NEG_LOG_16,
+            "the verb agreeing with its subject",
+            TaskFile("verb_conjugation_train", "pair"),
+            TaskFile("verb_conjugation_eval", "pair"),
+            TaskFile("verb_conjugation_hard_neg_eval", "suffix"),
+            TaskFile("verb_conjugation_eval_unconditional", "text"),
+        ),
+    )
 }
 """The seed's six tasks; :mod:`remedi.toy.canonical` registers the toy world's."""
 

@@ -1,5 +1,6 @@
 """What the probe scripts (``scripts.eval_fact_cls``, ``scripts.eval_bias_cls``) share: their
-flags, the checks on the editors' training runs, the editor layer, and the rows they compute.
+flags, the checks on the editors' training runs, the editor layer, the rows they compute, and
+the whole run (:func:`run_probe`); each script says what differs in a :class:`ProbeSuite`.
 
 Both read REMEDI directions from a training run (``-e``), optionally a second run trained on the
 randomly initialised LM (``--control-editors-dir``, the Control Model row), and evaluate on the
@@ -8,13 +9,16 @@ run's held-out (test) samples.
 
 from __future__ import annotations
 
+import abc
 import argparse
 import logging
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, Generic, NamedTuple, Protocol, TypeVar
 
-from remedi import cli, errors, training
+import torch
+
+from remedi import cli, editors, env, errors, models, training
 from remedi.evaluation import classification as cls
 from remedi.evaluation import tables
 
@@ -145,3 +149,179 @@ def write_summaries(
     if first is None:
         raise errors.UsageError("no entity layers to summarise; pass --entity-layers")
     return first
+
+
+ResultT = TypeVar("ResultT")
+
+
+class ResultStore(Protocol[ResultT]):
+    """Where a probe row's result is stored, and how it is read and written."""
+
+    def result_file(self, directory: Path, row: str, entity_layer: int) -> Path: ...
+
+    def read_result(self, path: Path) -> ResultT | None: ...
+
+    def write_result(self, path: Path, result: ResultT) -> None: ...
+
+
+class ProbeSuite(abc.ABC, Generic[ResultT]):
+    """What one probe script computes, stores and tabulates; :func:`run_probe` does the rest.
+
+    ``args`` are the script's parsed flags (:func:`add_arguments` and the script's own);
+    ``store`` says where a row's result is and reads and writes it (a results module such as
+    :mod:`remedi.evaluation.classification`).
+    """
+
+    dataset: str | None = None
+    """The dataset the training runs must be on (None: any)."""
+    train_task: str = "scripts.train_editors"
+    """How to train a missing run, for error messages."""
+
+    def __init__(self, args: argparse.Namespace, store: ResultStore[ResultT]) -> None:
+        self.args = args
+        self.store = store
+
+    @abc.abstractmethod
+    def read_samples(
+        self, mt: models.ModelAndTokenizer, samples: list[dict], entity_layers: list[int]
+    ) -> Any:
+        """What every row of one model reuses (the LM's readings of the samples)."""
+
+    @abc.abstractmethod
+    def classify(
+        self,
+        mt: models.ModelAndTokenizer,
+        probe: editors.Editor,
+        samples: list[dict],
+        readings: Any,
+        *,
+        entity_layer: int,
+        control_task: bool,
+        random_init: bool,
+    ) -> ResultT:
+        """One row's result: ``probe``'s directions classify ``samples``."""
+
+    @abc.abstractmethod
+    def describe(self, result: ResultT) -> str:
+        """A result's metrics in one line, for the log."""
+
+    @abc.abstractmethod
+    def table(
+        self, results: dict[str, ResultT], record: training.RunRecord, entity_layer: int
+    ) -> tables.Table:
+        """The summary table of one entity layer (``results``: row -> result)."""
+
+    def check_run(self, run_dir: Path, random_init: bool, flag: str) -> training.RunRecord:
+        """:func:`check_run` with this suite's dataset and training task."""
+        return check_run(run_dir, random_init, flag, self.dataset, self.train_task)
+
+
+def _evaluate_rows(
+    suite: ProbeSuite[ResultT],
+    run_dir: Path,
+    rows: dict[str, dict[str, Any]],
+    samples: list[dict],
+    layer: int,
+    entity_layers: list[int],
+    experiment_dir: Path,
+    device: str,
+    random_init: bool,
+) -> None:
+    """Compute the missing results of ``rows`` (row -> options) on one model."""
+    args, store = suite.args, suite.store
+    todo = [
+        (row, entity_layer)
+        for row in rows
+        for entity_layer in entity_layers
+        if args.rerun
+        or store.read_result(store.result_file(experiment_dir, row, entity_layer)) is None
+    ]
+    if not todo:
+        return
+    mt = models.load_model(args.model, device=device, dtype=args.dtype, random_init=random_init)
+    editor = training.load_run_editor(run_dir, layer, args.editor_type, mt)
+    readings = suite.read_samples(mt, samples, entity_layers)
+    for row, entity_layer in todo:
+        options = rows[row]
+        probe = cls.identity_editor(mt, editor) if options.get("identity") else editor
+        result = suite.classify(
+            mt,
+            probe,
+            samples,
+            readings,
+            entity_layer=entity_layer,
+            control_task=bool(options.get("control_task")),
+            random_init=random_init,
+        )
+        store.write_result(store.result_file(experiment_dir, row, entity_layer), result)
+        logger.info("%s, entity layer %d: %s", row, entity_layer, suite.describe(result))
+
+
+class ProbeSummary(NamedTuple):
+    """Where a probe run wrote, and its first entity layer's table and files (for the script)."""
+
+    experiment_dir: Path
+    table: tables.Table
+    files: tables.TableFiles
+
+    def report(self) -> str:
+        """What a probe script prints: the table in Markdown, then where the files are."""
+        files = self.files
+        return (
+            f"{tables.markdown(self.table)}\n"
+            f"results: {self.experiment_dir}\n"
+            f"table: {files.markdown} (LaTeX: {files.latex}, plot: {files.plot})"
+        )
+
+
+def run_probe(suite: ProbeSuite[Any]) -> ProbeSummary:
+    """Run a probe script: check the runs, compute the missing rows of the trained model (and of
+    the control model, given its run), write the summaries."""
+    args = suite.args
+    device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    record = suite.check_run(args.editors_dir, args.random, "-e")
+    check_control_flags(args)
+    layer = editor_layer(args.editors_dir, args.editor_type, args.layer)
+    entity_layers = list(dict.fromkeys(args.entity_layers or [layer]))
+    samples = test_samples(args.editors_dir, args.dataset_file, args.max_samples)
+    experiment_dir = env.results_dir() / args.name
+
+    _evaluate_rows(
+        suite,
+        args.editors_dir,
+        TRAINED_ROWS,
+        samples,
+        layer,
+        entity_layers,
+        experiment_dir,
+        device,
+        random_init=args.random,
+    )
+    if args.control_editors_dir is not None:
+        control = suite.check_run(args.control_editors_dir, True, "--control-editors-dir")
+        warn_control_overlap(control, samples)
+        _evaluate_rows(
+            suite,
+            args.control_editors_dir,
+            {"control_model": {}},
+            samples,
+            layer,
+            entity_layers,
+            experiment_dir,
+            device,
+            random_init=True,
+        )
+    elif not args.random:
+        logger.warning("no --control-editors-dir: the Control Model row is left out")
+
+    store = suite.store
+
+    def table_for(entity_layer: int) -> tables.Table:
+        results = {}
+        for row in cls.ROWS:
+            result = store.read_result(store.result_file(experiment_dir, row, entity_layer))
+            if result is not None:
+                results[row] = result
+        return suite.table(results, record, entity_layer)
+
+    return ProbeSummary(experiment_dir, *write_summaries(experiment_dir, entity_layers, table_for))

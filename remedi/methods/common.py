@@ -1,4 +1,5 @@
-"""What every weight-editing method shares: the edit request, its tokens, and MLP hooks.
+"""What every weight-editing method shares: the edit request, its tokens, MLP hooks, and the
+hyperparameters ROME and MEMIT have in common.
 
 A request is text: a prompt that mentions the subject, and the new target. Token ids are built
 once from the text and never re-joined into strings: the target's ids are those the tokenizer
@@ -12,13 +13,15 @@ import contextlib
 import logging
 import random
 from collections.abc import Iterator, Mapping, Sequence
-from dataclasses import dataclass
-from typing import Any
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, ClassVar, TypeVar
 
 import torch
 import transformers
+from dataclasses_json import DataClassJsonMixin
 
-from remedi import errors, models, precompute
+from remedi import errors, io, models, precompute
 
 logger = logging.getLogger(__name__)
 
@@ -26,6 +29,43 @@ Tokenizer = transformers.PreTrainedTokenizerBase
 
 CONTEXT_TEMPLATE_STARTS = ("The", "Therefore", "Because", "I", "You")
 """The words ROME's random prefixes start with (each sampled on by the model itself)."""
+
+
+HparamsT = TypeVar("HparamsT", bound="LocateEditHparams")
+
+
+@dataclass(kw_only=True)
+class LocateEditHparams(DataClassJsonMixin):
+    """The hyperparameters ROME and MEMIT share (names as in kmeng01/rome's and kmeng01/memit's
+    ``hparams/*/*.json``): the ``v*`` optimisation, the key statistics, the context templates.
+    Each method adds its layer(s) and overrides the defaults that differ (ROME's here)."""
+
+    method_name: ClassVar[str] = "editing"
+    """Names the method in errors."""
+
+    v_num_grad_steps: int = 20
+    v_lr: float = 0.5
+    v_weight_decay: float = 0.5
+    clamp_norm_factor: float = 4.0
+    kl_factor: float = 0.0625
+    v_stop_loss: float = 5e-2
+    """The v* optimisation stops below this loss (the reference's fixed 0.05)."""
+    mom2_adjustment: bool = True
+    """False: ``C = I`` (no statistics needed)."""
+    mom2_shrinkage: float = 0.0
+    """Shrink ``C`` towards ``(tr C / d) I`` by this fraction (:func:`shrink_moment`); 0 is the
+    papers' ``C``."""
+    context_template_lengths: list[list[int]] = field(default_factory=lambda: [[10, 5]])
+    """``[length, count]`` pairs of random prefixes (ROME: five prefixes of 10 tokens)."""
+    kl_prompts: list[str] = field(default_factory=lambda: ["{} is a"])
+    stats_dataset: str = "wikipedia:20200501.en"
+    stats_num_texts: int = 100000
+    seed: int = 0
+
+    @classmethod
+    def from_file(cls: type[HparamsT], path: Path) -> HparamsT:
+        """Read the hyperparameters from a JSON file (``remedi/methods/hparams/<method>/``)."""
+        return cls.from_dict(io.read_json(path, f"{cls.method_name} hyperparameters"))
 
 
 @dataclass(frozen=True)

@@ -26,12 +26,11 @@ import logging
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import torch
-from dataclasses_json import DataClassJsonMixin
 
-from remedi import errors, io, models
+from remedi import errors, models
 from remedi.methods import common, stats
 from remedi.toy.world import World
 
@@ -39,32 +38,15 @@ logger = logging.getLogger(__name__)
 
 
 @dataclass
-class MemitHparams(DataClassJsonMixin):
+class MemitHparams(common.LocateEditHparams):
     """MEMIT's hyperparameters (names as in kmeng01/memit's ``hparams/MEMIT/*.json``)."""
 
-    layers: list[int]
-    v_num_grad_steps: int = 25
-    v_lr: float = 0.5
-    v_weight_decay: float = 0.5
-    clamp_norm_factor: float = 0.75
-    kl_factor: float = 0.0625
-    v_stop_loss: float = 5e-2
-    """The v* optimisation stops below this loss (the reference's fixed 0.05)."""
-    mom2_adjustment: bool = True
-    mom2_shrinkage: float = 0.0
-    """Shrink ``C`` towards ``(tr C / d) I`` by this fraction (:func:`common.shrink_moment`);
-    0 is the papers' ``C``."""
-    """False: ``C = I`` (no statistics needed)."""
-    mom2_update_weight: float = 15000.0
-    context_template_lengths: list[list[int]] = field(default_factory=lambda: [[10, 5]])
-    kl_prompts: list[str] = field(default_factory=lambda: ["{} is a"])
-    stats_dataset: str = "wikipedia:20200501.en"
-    stats_num_texts: int = 100000
-    seed: int = 0
+    method_name: ClassVar[str] = "MEMIT"
 
-    @classmethod
-    def from_file(cls, path: Path) -> MemitHparams:
-        return cls.from_dict(io.read_json(path, "MEMIT hyperparameters"))
+    layers: list[int]
+    v_num_grad_steps: int = field(default=25, kw_only=True)
+    clamp_norm_factor: float = field(default=0.75, kw_only=True)
+    mom2_update_weight: float = field(default=15000.0, kw_only=True)
 
 
 @dataclass

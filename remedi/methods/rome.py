@@ -23,44 +23,24 @@ Functions here return new weights and never write into the model.
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass, field
-from pathlib import Path
+from dataclasses import dataclass
+from typing import ClassVar
 
 import torch
-from dataclasses_json import DataClassJsonMixin
 
-from remedi import errors, io, models
+from remedi import errors, models
 from remedi.methods import common
 
 logger = logging.getLogger(__name__)
 
 
 @dataclass
-class RomeHparams(DataClassJsonMixin):
+class RomeHparams(common.LocateEditHparams):
     """ROME's hyperparameters (names as in kmeng01/rome's ``hparams/ROME/*.json``)."""
 
-    layer: int
-    v_num_grad_steps: int = 20
-    v_lr: float = 0.5
-    v_weight_decay: float = 0.5
-    clamp_norm_factor: float = 4.0
-    kl_factor: float = 0.0625
-    v_stop_loss: float = 5e-2
-    """The v* optimisation stops below this loss (the reference's fixed 0.05)."""
-    mom2_adjustment: bool = True
-    mom2_shrinkage: float = 0.0
-    """Shrink ``C`` towards ``(tr C / d) I`` by this fraction (:func:`common.shrink_moment`);
-    0 is the papers' ``C``."""
-    context_template_lengths: list[list[int]] = field(default_factory=lambda: [[10, 5]])
-    """``[length, count]`` pairs of random prefixes (ROME: five prefixes of 10 tokens)."""
-    kl_prompts: list[str] = field(default_factory=lambda: ["{} is a"])
-    stats_dataset: str = "wikipedia:20200501.en"
-    stats_num_texts: int = 100000
-    seed: int = 0
+    method_name: ClassVar[str] = "ROME"
 
-    @classmethod
-    def from_file(cls, path: Path) -> RomeHparams:
-        return cls.from_dict(io.read_json(path, "ROME hyperparameters"))
+    layer: int
 
 
 @dataclass

@@ -183,8 +183,12 @@ def is_editor_done(directory: Path) -> bool:
     )
 
 
-def load_run(run_directory: Path) -> RunRecord:
-    """Read a run's ``args.json`` (arguments, seed, and split)."""
+def load_run(run_directory: Path, dataset: str | None = None, fix: str = "") -> RunRecord:
+    """Read a run's ``args.json`` (arguments, seed, and split).
+
+    With ``dataset``, the run must have trained on it: else a :class:`MismatchError` whose
+    message ends with ``fix`` (what to train or pass instead).
+    """
     path = Path(run_directory) / ARGS_FILE
     if not path.is_file():
         raise errors.MissingFileError(
@@ -199,12 +203,17 @@ def load_run(run_directory: Path) -> RunRecord:
         raw["args"].setdefault("counterfact_prompt", "rewrite")
         raw["args"].setdefault("kl_direction", KL_EDITED_ORIGINAL)
     try:
-        return RunRecord.from_dict(raw)
+        record = RunRecord.from_dict(raw)
     except (KeyError, TypeError, ValueError) as error:
         raise errors.FileFormatError(
             f"{path} is not a training run record ({error}); was it written by "
             "scripts/train_editors.py?"
         ) from error
+    if dataset is not None and record.args.dataset != dataset:
+        raise errors.MismatchError(
+            f"the editors in {run_directory} were trained on {record.args.dataset!r}; {fix}"
+        )
+    return record
 
 
 def list_run_editors(run_directory: Path) -> dict[str, list[int]]:
