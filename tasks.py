@@ -29,6 +29,7 @@ COUNTERFACT_LAYERS = {
     "gpt2": 0,
     "toy": 0,
     "toy-small": 0,
+    "toy-longtail": 0,  # as "toy" (same LM); the long-tail world for probing
 }
 # The toy LM is ~1M parameters trained from scratch: its editors train with the settings we
 # measured to work there (all entity tokens, the attribute's last token, lr 1e-2, lam_kl 1).

@@ -17,6 +17,7 @@ from remedi.toy.popularity import (
     PopularityTier,
     assign_popularity,
     check_tiers,
+    fact_sentence_counts,
 )
 from remedi.toy.world import World, generate_world
 
@@ -68,6 +69,7 @@ def test_tiers_are_assigned_by_share_without_changing_the_world() -> None:
 def test_tiers_set_each_entitys_fact_sentences_biographies_and_continuations() -> None:
     world = _tiered_world(50)
     tier_of = {tier.name: tier for tier in LONG_TAIL_TIERS}
+    counts = fact_sentence_counts(world, LONG_TAIL_TIERS)
     documents = corpus.training_documents(
         world, max_continuation=3, binding_fraction=0.0, tiers=LONG_TAIL_TIERS
     )
@@ -76,24 +78,32 @@ def test_tiers_set_each_entitys_fact_sentences_biographies_and_continuations() -
     fact_documents = [d.text for d in documents if d.text not in biographies]
     for entity in world.entities:
         tier = tier_of[str(entity.popularity)]
-        openings = tuple(
-            template.format(entity.name) + " "
-            for relation in world.relations
-            for template in relation.train_templates
-        )
-        opening = [text for text in fact_documents if text.startswith(openings)]
-        # One document per (relation, stated template, repeat): 5 relations in this world.
-        assert len(opening) == len(world.relations) * tier.templates * tier.repeats, tier.name
-        continued = [text for text in opening if text.count(".") > 1]
-        if tier.continuations:
-            assert continued, f"{tier.name}: no fact sentence continued"
-        else:
-            assert not continued, f"{tier.name}: a fact sentence continued"
+        for relation in world.relations:
+            openings = tuple(t.format(entity.name) + " " for t in relation.train_templates)
+            opening = [text for text in fact_documents if text.startswith(openings)]
+            # One document per stated template and repeat.
+            assert len(opening) == counts[entity.name, relation.relation_id], tier.name
+            if tier.mention_probability == 1:
+                assert len(opening) == tier.templates * tier.repeats
+            continued = [text for text in opening if text.count(".") > 1]
+            if not tier.continuations:
+                assert not continued, f"{tier.name}: a fact sentence continued"
         kept = [text for text in world.biographies[entity.name] if text in texts]
         assert len(kept) == tier.biographies
+    # Popular tiers' facts are stated more often; some rare facts never.
+    by_tier: dict[str, list[int]] = {}
+    for (name, _), count in counts.items():
+        by_tier.setdefault(str(_world_tier(world, name)), []).append(count)
+    means = [sum(by_tier[t.name]) / len(by_tier[t.name]) for t in LONG_TAIL_TIERS]
+    assert means == sorted(means, reverse=True) and means[0] == 12 and means[1] == 4
+    assert 0 in by_tier["rare"] and 0 in by_tier["tail"]
     head = next(e for e in world.entities if e.popularity == "head")
     rare = next(e for e in world.entities if e.popularity == "rare")
     assert _mentions(documents, head.name) > 10 * _mentions(documents, rare.name)
+
+
+def _world_tier(world: World, name: str) -> str | None:
+    return next(entity.popularity for entity in world.entities if entity.name == name)
 
 
 def _mentions(documents: list[corpus.Document], name: str) -> int:

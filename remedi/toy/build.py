@@ -42,7 +42,12 @@ from remedi.toy.lm import (
     train_lm,
     value_token_id,
 )
-from remedi.toy.popularity import LONG_TAIL_TIERS, PopularityTier, assign_popularity
+from remedi.toy.popularity import (
+    LONG_TAIL_TIERS,
+    PopularityTier,
+    assign_popularity,
+    fact_sentence_counts,
+)
 from remedi.toy.tokenizer import train_bpe_tokenizer
 from remedi.toy.world import World, generate_world
 
@@ -134,7 +139,7 @@ SIZES: dict[str, ToyWorldConfig] = {
     # them, and a probe of the entity's hidden state has nothing to predict (see
     # remedi.evaluation.classification).
     "toy-longtail": ToyWorldConfig(
-        num_entities=300, popularity=LONG_TAIL_TIERS, keep_unknown_records=True
+        num_entities=400, popularity=LONG_TAIL_TIERS, keep_unknown_records=True
     ),
 }
 """Registry: world size name -> its build config (an architecture suffix changes ``lm.arch``)."""
@@ -293,7 +298,8 @@ def build_toy_world(
         training = train_lm(model, tokenizer, documents, config.lm, seed)
         model.requires_grad_(False)
 
-        recall = _recall_report(world, model, tokenizer)
+        fact_counts = fact_sentence_counts(world, config.popularity) if config.popularity else None
+        recall = _recall_report(world, model, tokenizer, fact_counts)
         records = export.counterfact_records(world, seed)
         kept, dropped = filter_known_records(records, model, tokenizer)
         unknown = len(dropped)
@@ -407,15 +413,18 @@ def _recall_report(
     world: World,
     model: transformers.PreTrainedModel,
     tokenizer: transformers.PreTrainedTokenizerBase,
+    fact_counts: dict[tuple[str, str], int] | None = None,
 ) -> dict[str, Any]:
     """Top-1 recall of true values on training and held-out templates: overall, by relation,
     by template, by the entity split used for editors, and (in a long-tail world) by
-    popularity tier."""
+    popularity tier and by the number of fact sentences that state the fact (``fact_counts``)."""
     report: dict[str, Any] = {"by_relation": {}, "by_template": {}, "by_split": {}}
     split_of = {entity.name: entity.split for entity in world.entities}
     popularity_of = {entity.name: entity.popularity for entity in world.entities}
     if any(popularity_of.values()):
         report["by_popularity"] = {}
+    if fact_counts is not None:
+        report["by_fact_sentences"] = {}
     for heldout, key in ((False, "train_templates"), (True, "heldout_templates")):
         prompts = corpus.fact_prompts(world, heldout=heldout)
         correct = fact_recall(model, tokenizer, prompts)
@@ -428,6 +437,17 @@ def _recall_report(
                 ("by_template", prompt.template, key),
                 ("by_split", split_of[prompt.entity], key),
                 *((("by_popularity", tier, key),) if tier is not None else ()),
+                *(
+                    (
+                        (
+                            "by_fact_sentences",
+                            str(fact_counts[prompt.entity, prompt.relation_id]),
+                            key,
+                        ),
+                    )
+                    if fact_counts is not None
+                    else ()
+                ),
             ):
                 groups.setdefault(group, []).append(hit)
         for (table, row, column), hits in groups.items():

@@ -94,8 +94,10 @@ def training_documents(
     prompt instead of stopping after one sentence.
 
     With popularity ``tiers`` (see :mod:`remedi.toy.popularity`; the world's entities carry
-    their tier), an entity's tier sets its exposure: its facts are stated with the relation's
-    first ``templates`` training templates, each sentence ``repeats`` times, continued only in
+    their tier), an entity's tier sets its exposure: each of its facts is stated with each of
+    the relation's first ``templates`` training templates with the tier's
+    ``mention_probability`` (:func:`popularity.stated_templates`), each sentence ``repeats``
+    times, continued only in
     tiers with ``continuations``; it has its first ``biographies`` biographies; and the binding
     documents' queries about a memorised fact pick entities in proportion to their fact
     sentences. Without tiers every entity is exposed alike (and the corpus is as it always was).
@@ -103,15 +105,15 @@ def training_documents(
     rng = random.Random(world.seed)
     facts = {entity.name: entity.facts for entity in world.entities}
     tier_by_entity = popularity.tier_of(world, tiers) if tiers is not None else None
+    stated = (
+        popularity.stated_templates(world, tier_by_entity) if tier_by_entity is not None else None
+    )
     documents = []
     for prompt in fact_prompts(world, heldout=False):
         repeats, continuation = 1, max_continuation
-        if tier_by_entity is not None:
+        if tier_by_entity is not None and stated is not None:
             tier = tier_by_entity[prompt.entity]
-            template_index = world.relation(prompt.relation_id).train_templates.index(
-                prompt.template
-            )
-            if template_index >= tier.templates:
+            if prompt.template not in stated[prompt.entity, prompt.relation_id]:
                 continue
             repeats = tier.repeats
             continuation = max_continuation if tier.continuations else 0
