@@ -374,6 +374,7 @@ ENTITY_LAYERS = {
         "gpt2": 10,
         "toy": 1,
         "toy-small": 1,
+        "toy-longtail": 1,  # best REMEDI Fact-Prior MCC, 600 held-out samples (Fact-Med: no signal)
     },
     "biosbias": {"gptj": 15, "EleutherAI/gpt-j-6B": 15, "gpt2-xl": 37, "gpt2": 11, "toy": 0},
 }

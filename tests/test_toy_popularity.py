@@ -95,7 +95,7 @@ def test_tiers_set_each_entitys_fact_sentences_biographies_and_continuations() -
     for (name, _), count in counts.items():
         by_tier.setdefault(str(_world_tier(world, name)), []).append(count)
     means = [sum(by_tier[t.name]) / len(by_tier[t.name]) for t in LONG_TAIL_TIERS]
-    assert means == sorted(means, reverse=True) and means[0] == 12 and means[1] == 4
+    assert means == sorted(means, reverse=True) and means[0] == 24 and means[1] == 12
     assert 0 in by_tier["rare"] and 0 in by_tier["tail"]
     head = next(e for e in world.entities if e.popularity == "head")
     rare = next(e for e in world.entities if e.popularity == "rare")

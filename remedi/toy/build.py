@@ -139,7 +139,7 @@ SIZES: dict[str, ToyWorldConfig] = {
     # them, and a probe of the entity's hidden state has nothing to predict (see
     # remedi.evaluation.classification).
     "toy-longtail": ToyWorldConfig(
-        num_entities=400, popularity=LONG_TAIL_TIERS, keep_unknown_records=True
+        num_entities=300, popularity=LONG_TAIL_TIERS, keep_unknown_records=True
     ),
 }
 """Registry: world size name -> its build config (an architecture suffix changes ``lm.arch``)."""

@@ -53,16 +53,17 @@ class PopularityTier:
 
 
 LONG_TAIL_TIERS: tuple[PopularityTier, ...] = (
-    PopularityTier("head", 0.1, templates=4, repeats=3, biographies=2, continuations=True),
-    PopularityTier("torso", 0.2, templates=4, biographies=2, continuations=True),
-    PopularityTier("tail", 0.3, templates=4, mention_probability=0.25),
+    PopularityTier("head", 0.1, templates=4, repeats=6, biographies=2, continuations=True),
+    PopularityTier("torso", 0.2, templates=4, repeats=3, biographies=2, continuations=True),
+    PopularityTier("tail", 0.3, templates=4, mention_probability=0.5),
     PopularityTier("rare", 0.4, templates=4, mention_probability=0.1),
 )
-"""The long-tail world's tiers, most popular first: 12, 4, 1 and 0.4 fact sentences per fact
-on average. The torso is exposed as every entity of the default world is; a tail fact is
-stated in no sentence with probability 0.32, a rare one with probability 0.66. (A first
-design, tail and rare facts stated by exactly 2 and 1 templates, left the LM knowing 78% of
-even the rare facts: too few unknown facts for a probe to find.)"""
+"""The long-tail world's tiers, most popular first: 24, 12, 2 and 0.4 fact sentences per fact
+on average (each entity of the default world has 4). A tail fact is stated in no sentence with
+probability 0.06, a rare one with probability 0.66. Earlier designs, measured: tail and rare
+facts stated by exactly 2 and 1 templates left the LM knowing 78% of even the rare facts;
+12/4/1/0.4 sentences made rare facts unknown, but REMEDI's directions read the known facts of
+only the 12-sentence tier (75% vs 54% for 4 sentences)."""
 
 
 def check_tiers(tiers: Sequence[PopularityTier]) -> None:
