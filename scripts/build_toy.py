@@ -3,6 +3,7 @@
     python -m scripts.build_toy                 # the default world ("toy"), GPT-2 architecture
     python -m scripts.build_toy --small         # a few dozen entities ("toy-small"), for tests
     python -m scripts.build_toy --arch llama    # the same recipe as a Llama model ("toy-llama")
+    python -m scripts.build_toy --size toy-longtail  # entities of graded popularity
 
 A world that is already built is reused unless --rebuild is given. Prints the build report.
 """
@@ -14,7 +15,13 @@ import logging
 import sys
 
 from remedi import cli
-from remedi.toy.build import dump_report, ensure_toy_world, read_build_report, toy_world_name
+from remedi.toy.build import (
+    SIZES,
+    dump_report,
+    ensure_toy_world,
+    read_build_report,
+    toy_world_name,
+)
 from remedi.toy.lm import ARCHITECTURES
 
 
@@ -24,6 +31,12 @@ def main() -> None:
     )
     cli.add_arguments(parser)
     parser.add_argument("--small", action="store_true", help="build the small test world")
+    parser.add_argument(
+        "--size",
+        choices=sorted(SIZES),
+        default=None,
+        help="world size to build (default: toy, or toy-small with --small)",
+    )
     parser.add_argument(
         "--arch", choices=sorted(ARCHITECTURES), default="gpt2", help="LM architecture"
     )
@@ -37,7 +50,11 @@ def main() -> None:
     args = parser.parse_args()
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
+    if args.size is not None and args.small and args.size != "toy-small":
+        parser.error(f"--small and --size {args.size} name different worlds; pass one of them")
     name = toy_world_name(small=args.small, arch=args.arch)
+    if args.size is not None:
+        name = args.size if args.arch == "gpt2" else f"{args.size}-{args.arch}"
     paths = ensure_toy_world(name, rebuild=args.rebuild, seed=args.seed)
     report = read_build_report(name)
     print(dump_report(report))

@@ -24,6 +24,13 @@ already assigns that attribute to the entity. This benchmark follows the REMEDI 
   the LM fails: compare rows of one LM (or MCC across LMs).
 - **Control task**: the labels shuffled with a seed (class balance kept), same predictions.
 
+On the toy worlds: the default world's LM learns every entity's facts equally firmly (each is
+stated as often as any other), so whether it keeps its prior or follows a context depends on
+the values' tokens, not on the entity, and the entity's state has nothing to reveal. The
+``"toy-longtail"`` world (:mod:`remedi.toy.popularity`) gives entities graded popularity, as
+real ones have, so that the LM knows some facts firmly, some weakly and some not at all: the
+world on which the probe has something to find.
+
 Differences from the reference: a dimension with zero variance is left centred (divided by 1)
 instead of producing NaN; editors that read the entity are given the entity as they were
 trained (on its own at the editor layer, see :mod:`remedi.precompute`), where the reference

@@ -1,7 +1,8 @@
 """Build a toy world end to end: knowledge base, tokenizer, trained LM, datasets, report.
 
-World names: ``"toy"`` (the default world) and ``"toy-small"`` (a few dozen entities, for
-tests), each optionally suffixed with an architecture, e.g. ``"toy-gptj"``, ``"toy-small-llama"``
+World names: ``"toy"`` (the default world), ``"toy-small"`` (a few dozen entities, for
+tests) and ``"toy-longtail"`` (entities of graded popularity, see :mod:`remedi.toy.popularity`:
+the world whose LM knows some facts and not others, for the probing benchmark), each optionally suffixed with an architecture, e.g. ``"toy-gptj"``, ``"toy-small-llama"``
 (see :data:`remedi.toy.lm.ARCHITECTURES`; without a suffix the LM is GPT-2). The model and its
 tokenizer go under ``models_dir()/name`` (``AutoModelForCausalLM.from_pretrained`` loads them),
 the datasets under ``data_dir()/name``.
@@ -40,6 +41,12 @@ from remedi.toy.lm import (
     torch_threads,
     train_lm,
     value_token_id,
+)
+from remedi.toy.popularity import (
+    LONG_TAIL_TIERS,
+    PopularityTier,
+    assign_popularity,
+    fact_sentence_counts,
 )
 from remedi.toy.tokenizer import train_bpe_tokenizer
 from remedi.toy.world import World, generate_world
@@ -110,6 +117,14 @@ class ToyWorldConfig:
     binding: corpus.BindingSettings = field(default_factory=corpus.BindingSettings)
     vocab_size: int = 1024
     lm: LMSettings = field(default_factory=LMSettings)
+    popularity: tuple[PopularityTier, ...] | None = None
+    """Popularity tiers setting each entity's exposure in the corpus (see
+    :mod:`remedi.toy.popularity`); None: every entity is exposed alike (the default worlds)."""
+    keep_unknown_records: bool = False
+    """Export CounterFact records whose fact the LM does not know too (by default a record is
+    dropped unless the LM ranks ``target_true`` above ``target_new``, see
+    :func:`filter_known_records`). A long-tail world keeps them: whether the LM knows a rare
+    entity's fact is what its probe is asked to predict."""
 
 
 SIZES: dict[str, ToyWorldConfig] = {
@@ -118,6 +133,13 @@ SIZES: dict[str, ToyWorldConfig] = {
         num_entities=40,
         vocab_size=1024,
         lm=LMSettings(num_layers=2, hidden_size=64, num_heads=4, epochs=14, batch_size=16),
+    ),
+    # Entities of graded popularity (a long tail), so that the LM knows facts at graded
+    # strength: in the default world every fact is stated equally often, the LM knows ~all of
+    # them, and a probe of the entity's hidden state has nothing to predict (see
+    # remedi.evaluation.classification).
+    "toy-longtail": ToyWorldConfig(
+        num_entities=300, popularity=LONG_TAIL_TIERS, keep_unknown_records=True
     ),
 }
 """Registry: world size name -> its build config (an architecture suffix changes ``lm.arch``)."""
@@ -247,6 +269,8 @@ def build_toy_world(
         test_fraction=config.test_fraction,
         biographies_per_entity=config.biographies_per_entity,
     )
+    if config.popularity is not None:
+        assign_popularity(world, config.popularity)
     tokenizer = train_bpe_tokenizer(
         corpus.tokenizer_texts(world), vocab_size=config.vocab_size, min_frequency=2
     )
@@ -257,7 +281,11 @@ def build_toy_world(
 
     with torch_threads(config.lm.num_threads):
         documents = corpus.training_documents(
-            world, config.max_continuation, config.binding_fraction, config.binding
+            world,
+            config.max_continuation,
+            config.binding_fraction,
+            config.binding,
+            config.popularity,
         )
         model = build_model(config.lm, tokenizer, seed)
         logger.info(
@@ -270,9 +298,19 @@ def build_toy_world(
         training = train_lm(model, tokenizer, documents, config.lm, seed)
         model.requires_grad_(False)
 
-        recall = _recall_report(world, model, tokenizer)
+        fact_counts = fact_sentence_counts(world, config.popularity) if config.popularity else None
+        recall = _recall_report(world, model, tokenizer, fact_counts)
         records = export.counterfact_records(world, seed)
         kept, dropped = filter_known_records(records, model, tokenizer)
+        unknown = len(dropped)
+        if config.keep_unknown_records:
+            kept, dropped = records, []
+            logger.info(
+                "kept all %d CounterFact records, %d of them about facts the LM does not rank "
+                "above target_new",
+                len(records),
+                unknown,
+            )
         if dropped:
             logger.info(
                 "dropped %d of %d CounterFact records whose target_true the LM does not rank above "
@@ -322,7 +360,12 @@ def build_toy_world(
         },
         "training": dataclasses.asdict(training),
         "recall": recall,
-        "counterfact": {"records": len(records), "kept": len(kept), "dropped": len(dropped)},
+        "counterfact": {
+            "records": len(records),
+            "kept": len(kept),
+            "dropped": len(dropped),
+            "unknown": unknown,
+        },
         "build_seconds": time.monotonic() - start,
         "machine": {
             "torch_threads": config.lm.num_threads or torch.get_num_threads(),
@@ -370,21 +413,41 @@ def _recall_report(
     world: World,
     model: transformers.PreTrainedModel,
     tokenizer: transformers.PreTrainedTokenizerBase,
+    fact_counts: dict[tuple[str, str], int] | None = None,
 ) -> dict[str, Any]:
     """Top-1 recall of true values on training and held-out templates: overall, by relation,
-    by template, and by the entity split used for editors."""
+    by template, by the entity split used for editors, and (in a long-tail world) by
+    popularity tier and by the number of fact sentences that state the fact (``fact_counts``)."""
     report: dict[str, Any] = {"by_relation": {}, "by_template": {}, "by_split": {}}
     split_of = {entity.name: entity.split for entity in world.entities}
+    popularity_of = {entity.name: entity.popularity for entity in world.entities}
+    if any(popularity_of.values()):
+        report["by_popularity"] = {}
+    if fact_counts is not None:
+        report["by_fact_sentences"] = {}
     for heldout, key in ((False, "train_templates"), (True, "heldout_templates")):
         prompts = corpus.fact_prompts(world, heldout=heldout)
         correct = fact_recall(model, tokenizer, prompts)
         report[key] = _mean(correct)
         groups: dict[tuple[str, str, str], list[bool]] = {}
         for hit, prompt in zip(correct, prompts, strict=True):
+            tier = popularity_of[prompt.entity]
             for group in (
                 ("by_relation", prompt.relation_id, key),
                 ("by_template", prompt.template, key),
                 ("by_split", split_of[prompt.entity], key),
+                *((("by_popularity", tier, key),) if tier is not None else ()),
+                *(
+                    (
+                        (
+                            "by_fact_sentences",
+                            str(fact_counts[prompt.entity, prompt.relation_id]),
+                            key,
+                        ),
+                    )
+                    if fact_counts is not None
+                    else ()
+                ),
             ):
                 groups.setdefault(group, []).append(hit)
         for (table, row, column), hits in groups.items():

@@ -15,8 +15,11 @@ is the memorised value), so that a stated fact does not overwrite the others.
 from __future__ import annotations
 
 import random
+from collections.abc import Sequence
 from dataclasses import dataclass
 
+from remedi.toy import popularity
+from remedi.toy.popularity import PopularityTier
 from remedi.toy.world import BIOGRAPHY_HEADER, Entity, Relation, World, invent_names
 
 
@@ -80,29 +83,57 @@ def training_documents(
     max_continuation: int = 0,
     binding_fraction: float = 0.0,
     binding: BindingSettings | None = None,
+    tiers: Sequence[PopularityTier] | None = None,
 ) -> list[Document]:
     """All documents the LM is trained on: fact sentences, biographies, binding documents.
 
     ``binding_fraction`` sets the number of binding documents (see
-    :func:`binding_documents`) relative to the number of fact sentences. Each fact sentence is followed by up to ``max_continuation`` (uniformly 0 to that many)
-    biography sentences about the same entity's other facts, so that the LM learns to keep
-    writing about an entity after a prompt instead of stopping after one sentence.
+    :func:`binding_documents`) relative to the number of fact sentences. Each fact sentence is
+    followed by up to ``max_continuation`` (uniformly 0 to that many) biography sentences about
+    the same entity's other facts, so that the LM learns to keep writing about an entity after a
+    prompt instead of stopping after one sentence.
+
+    With popularity ``tiers`` (see :mod:`remedi.toy.popularity`; the world's entities carry
+    their tier), an entity's tier sets its exposure: each of its facts is stated with each of
+    the relation's first ``templates`` training templates with the tier's
+    ``mention_probability`` (:func:`popularity.stated_templates`), each sentence ``repeats``
+    times, continued only in
+    tiers with ``continuations``; it has its first ``biographies`` biographies; and the binding
+    documents' queries about a memorised fact pick entities in proportion to their fact
+    sentences. Without tiers every entity is exposed alike (and the corpus is as it always was).
     """
     rng = random.Random(world.seed)
     facts = {entity.name: entity.facts for entity in world.entities}
+    tier_by_entity = popularity.tier_of(world, tiers) if tiers is not None else None
+    stated = (
+        popularity.stated_templates(world, tier_by_entity) if tier_by_entity is not None else None
+    )
     documents = []
     for prompt in fact_prompts(world, heldout=False):
-        sentences = [fact_sentence(prompt.template, prompt.entity, prompt.value)]
-        others = [rid for rid in facts[prompt.entity] if rid != prompt.relation_id]
-        for relation_id in rng.sample(others, rng.randint(0, min(max_continuation, len(others)))):
-            phrasing = rng.choice(world.relation(relation_id).biography_sentences)
-            sentences.append(
-                phrasing.format(subject=prompt.entity, value=facts[prompt.entity][relation_id])
-            )
-        documents.append(Document(" ".join(sentences)))
-    biographies = [Document(text) for texts in world.biographies.values() for text in texts]
+        repeats, continuation = 1, max_continuation
+        if tier_by_entity is not None and stated is not None:
+            tier = tier_by_entity[prompt.entity]
+            if prompt.template not in stated[prompt.entity, prompt.relation_id]:
+                continue
+            repeats = tier.repeats
+            continuation = max_continuation if tier.continuations else 0
+        for _ in range(repeats):
+            sentences = [fact_sentence(prompt.template, prompt.entity, prompt.value)]
+            others = [rid for rid in facts[prompt.entity] if rid != prompt.relation_id]
+            for relation_id in rng.sample(others, rng.randint(0, min(continuation, len(others)))):
+                phrasing = rng.choice(world.relation(relation_id).biography_sentences)
+                sentences.append(
+                    phrasing.format(subject=prompt.entity, value=facts[prompt.entity][relation_id])
+                )
+            documents.append(Document(" ".join(sentences)))
+    biographies = [
+        Document(text)
+        for name, texts in world.biographies.items()
+        for text in (texts if tier_by_entity is None else texts[: tier_by_entity[name].biographies])
+    ]
     count = round(binding_fraction * len(documents))
-    return documents + biographies + binding_documents(world, count, binding)
+    weights = popularity.exposure_weights(world, tier_by_entity)
+    return documents + biographies + binding_documents(world, count, binding, weights)
 
 
 @dataclass(frozen=True)
@@ -125,9 +156,16 @@ class BindingSettings:
 
 
 def binding_documents(
-    world: World, count: int, settings: BindingSettings | None = None
+    world: World,
+    count: int,
+    settings: BindingSettings | None = None,
+    entity_weights: Sequence[float] | None = None,
 ) -> list[Document]:
     """``count`` documents that state facts in context and then query one of them.
+
+    ``entity_weights`` (one per world entity) weight the choice of the entity whose memorised
+    fact an unstated query asks about (None: uniform), the one sentence of a binding document
+    that trains a memorised fact.
 
     E.g. ``"Giguk Dodair lives in Tokyo. Mira Talovan works as a baker. Giguk Dodair lives in
     the city of"`` + ``" Tokyo."``; only the final sentence is scored. Only training templates
@@ -169,7 +207,9 @@ def binding_documents(
         sentences += [text for _, _, text in distractors]
         query_subject, query_value = subject, stated[subject.name][queried]
         if rng.random() < settings.unstated_query_fraction:
-            query_subject, queried = _unstated_fact(world, stated, relation_ids, rng)
+            query_subject, queried = _unstated_fact(
+                world, stated, relation_ids, rng, entity_weights
+            )
             query_value = query_subject.facts[queried]
         template = rng.choice(world.relation(queried).train_templates)
         context = " ".join(sentences)
@@ -212,13 +252,20 @@ def _statement(
 
 
 def _unstated_fact(
-    world: World, stated: dict[str, dict[str, str]], relation_ids: list[str], rng: random.Random
+    world: World,
+    stated: dict[str, dict[str, str]],
+    relation_ids: list[str],
+    rng: random.Random,
+    entity_weights: Sequence[float] | None = None,
 ) -> tuple[Entity, str]:
     """A world entity and a relation whose value the context neither stated nor implied."""
     linked = {(i.if_relation, i.then_relation) for i in world.implications}
     linked |= {(b, a) for a, b in linked}
     while True:
-        entity = rng.choice(world.entities)
+        if entity_weights is None:
+            entity = rng.choice(world.entities)
+        else:
+            entity = rng.choices(world.entities, weights=entity_weights)[0]
         relation_id = rng.choice(relation_ids)
         told = stated.get(entity.name, {})
         if relation_id not in told and not any((rid, relation_id) in linked for rid in told):

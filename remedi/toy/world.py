@@ -232,11 +232,23 @@ register_implication(
 
 @dataclass
 class Entity:
-    """An invented person: a full name, one value per relation, and an editor-training split."""
+    """An invented person: a full name, one value per relation, and an editor-training split.
+
+    ``popularity`` is the entity's popularity tier in a long-tail world (see
+    :mod:`remedi.toy.popularity`), None in worlds without tiers.
+    """
 
     name: str
     facts: dict[str, str]
     split: Split
+    popularity: str | None = None
+
+    def to_json(self) -> dict[str, Any]:
+        """The entity's ``world.json`` entry (no ``popularity`` key in worlds without tiers)."""
+        data = asdict(self)
+        if self.popularity is None:
+            del data["popularity"]
+        return data
 
 
 @dataclass
@@ -275,7 +287,7 @@ class World:
                 }
                 for r in self.relations
             ],
-            "entities": [asdict(entity) for entity in self.entities],
+            "entities": [entity.to_json() for entity in self.entities],
             "implications": [
                 {
                     "if_relation": i.if_relation,
@@ -303,7 +315,10 @@ class World:
         ]
         return cls(
             relations=relations,
-            entities=[Entity(e["name"], dict(e["facts"]), e["split"]) for e in data["entities"]],
+            entities=[
+                Entity(e["name"], dict(e["facts"]), e["split"], e.get("popularity"))
+                for e in data["entities"]
+            ],
             implications=[
                 Implication(i["if_relation"], i["then_relation"], dict(i["mapping"]))
                 for i in data["implications"]
