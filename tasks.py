@@ -695,6 +695,14 @@ def _sweep_layers(model: str, layers: str) -> list[int]:
             ) from None
     if model in NUM_LAYERS:
         return list(range(NUM_LAYERS[model]))
+    if model.startswith("toy"):  # any toy world (size and architecture): its build config
+        from remedi.errors import RemediError
+        from remedi.toy.build import default_config
+
+        try:
+            return list(range(default_config(model).lm.num_layers))
+        except RemediError as error:  # an unknown toy world: the message lists the names
+            raise Exit(str(error), code=EXIT_BAD_INPUT) from error
     raise Exit(
         f"the number of layers of {model!r} is not known here; pass --layers 0,1,2,...",
         code=EXIT_BAD_INPUT,

@@ -118,3 +118,11 @@ def test_training_a_toy_model_applies_the_toy_flags(small_world: BuiltToyWorld, 
     train_log = json.loads((run / "linear" / str(layer) / "train_log.json").read_text())
     expected_config = dataclasses.replace(expected.training_config(), max_epochs=1)
     assert training.TrainingConfig.from_dict(train_log["config"]) == expected_config
+
+
+def test_sweep_layers_of_any_toy_world_come_from_its_build_config():
+    assert tasks._sweep_layers("toy-longtail", "") == [0, 1, 2, 3]
+    assert tasks._sweep_layers("toy-small-gptj", "") == [0, 1]
+    assert tasks._sweep_layers("gpt2", "1, 3") == [1, 3]
+    with pytest.raises(tasks.Exit, match=r"unknown toy world 'toy-huge'.*valid names"):
+        tasks._sweep_layers("toy-huge", "")
