@@ -131,3 +131,23 @@ def test_bad_tiers_are_refused_with_the_reason() -> None:
         check_tiers([PopularityTier("all", 0.5, templates=1)])
     with pytest.raises(errors.UsageError, match="distinct"):
         check_tiers([PopularityTier("a", 0.5, templates=1), PopularityTier("a", 0.5, templates=2)])
+
+
+def test_world_tiers_are_found_by_name_and_shape_the_statistics_corpus() -> None:
+    from remedi.methods import stats
+    from remedi.toy.popularity import world_tiers
+
+    plain = generate_world(seed=3, num_entities=50)
+    tiered = _tiered_world(50)
+    assert world_tiers(plain) is None
+    assert world_tiers(tiered) == LONG_TAIL_TIERS
+    texts = stats.corpus_texts(stats.TOY_DATASET, 10**6, tiered)
+    expected = corpus.training_documents(tiered, tiers=LONG_TAIL_TIERS)
+    assert texts == [document.text for document in expected]
+    rare = tuple(entity.name for entity in tiered.entities if entity.popularity == "rare")
+    plain_texts = [document.text for document in corpus.training_documents(plain)]
+    # rare entities' facts are stated less often (some never) than in the untiered corpus
+    assert sum(rare[0] in text for text in texts) < sum(rare[0] in text for text in plain_texts)
+    tiered.entities[0].popularity = "celebrity"
+    with pytest.raises(errors.UsageError, match="KNOWN_TIER_SETS"):
+        world_tiers(tiered)

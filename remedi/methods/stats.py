@@ -40,6 +40,7 @@ from tqdm.auto import tqdm
 
 from remedi import errors, hooks, io, models
 from remedi.toy.corpus import training_documents
+from remedi.toy.popularity import world_tiers
 from remedi.toy.world import World
 
 logger = logging.getLogger(__name__)
@@ -77,7 +78,9 @@ def corpus_texts(dataset: str, num_texts: int, world: World | None = None) -> li
                 f"was given; evaluate on the toy world or pass {STATS_DATASET_FLAG} NAME[:CONFIG] "
                 "(a Hugging Face text dataset)"
             )
-        return [document.text for document in training_documents(world)][:num_texts]
+        # A long-tail world's text states each entity's facts as often as its tier does.
+        documents = training_documents(world, tiers=world_tiers(world))
+        return [document.text for document in documents][:num_texts]
     name, _, config = dataset.partition(":")
     try:
         loaded = datasets.load_dataset(name, config or None, split="train")

@@ -66,6 +66,30 @@ facts stated by exactly 2 and 1 templates left the LM knowing 78% of even the ra
 only the 12-sentence tier (75% vs 54% for 4 sentences)."""
 
 
+KNOWN_TIER_SETS: tuple[tuple[PopularityTier, ...], ...] = (LONG_TAIL_TIERS,)
+"""Tier sets a built world can name (its entities store only their tier's name)."""
+
+
+def world_tiers(world: World) -> tuple[PopularityTier, ...] | None:
+    """The tiers a built world's entities were given, found by their names among
+    :data:`KNOWN_TIER_SETS`; None for a world without tiers (the default worlds).
+
+    Raises:
+        UsageError: The entities name tiers of no known set.
+    """
+    names = {entity.popularity for entity in world.entities}
+    if names == {None}:
+        return None
+    for tiers in KNOWN_TIER_SETS:
+        if names <= {tier.name for tier in tiers}:
+            return tiers
+    raise errors.UsageError(
+        f"the world's entities name popularity tiers {sorted(map(str, names))}, which match no "
+        "tier set in remedi.toy.popularity.KNOWN_TIER_SETS; register the set the world was "
+        "built with there"
+    )
+
+
 def check_tiers(tiers: Sequence[PopularityTier]) -> None:
     """Raise a :class:`~remedi.errors.UsageError` naming the problem if ``tiers`` are unusable."""
     if not tiers:
