@@ -89,11 +89,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
     records = data.load_counterfact_records(args.dataset_file)
-    cases = evaluation.counterfact_cases(records, prompt_source="rewrite")
-    if args.num_cases is not None:
-        cases = cases[: args.num_cases]
-    if not cases:
-        raise errors.UsageError("no cases: the dataset is empty or -n is 0")
+    cases = evaluation.first_cases(records, args.num_cases, "to edit")
     dataset_dir = args.dataset_file.parent if args.dataset_file else env.data_dir()
     resources = evaluation.load_resources(dataset_dir, world_file=args.world_file)
     mt = models.load_model(args.model, device=device, dtype=args.dtype)

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import torch
 
-from remedi import cli, data, env, errors, evaluation, io, models, tracing
+from remedi import cli, data, env, evaluation, io, models, tracing
 
 logger = logging.getLogger(__name__)
 
@@ -71,11 +71,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
     records = data.load_counterfact_records(args.dataset_file)
-    cases = evaluation.counterfact_cases(records, prompt_source="rewrite")
-    if args.num_cases is not None:
-        cases = cases[: args.num_cases]
-    if not cases:
-        raise errors.UsageError("no cases to trace: the dataset is empty or -n is 0")
+    cases = evaluation.first_cases(records, args.num_cases, "to trace")
     mt = models.load_model(args.model, device=device, dtype=args.dtype)
 
     # ROME measures the spread over the subjects of the whole dataset, not only those traced.

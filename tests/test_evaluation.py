@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 import torch
 
-from remedi import data, editors, evaluation, metrics
+from remedi import data, editors, errors, evaluation, metrics
 from remedi.models import ModelAndTokenizer
 from remedi.toy.world import World
 from tests.conftest import tiny_gpt2
@@ -142,6 +142,17 @@ def test_cases_join_records_with_samples_in_requested_order(cases):
     rewrite = evaluation.counterfact_cases(records, prompt_source="rewrite")
     assert rewrite[0].prompt == rewrite[0].rewrite_prompt == "Kelo Vantri lives in the city of"
     assert rewrite[0].context == kelo.context
+
+
+def test_first_cases_take_the_first_n_rewrite_prompts_and_refuse_none():
+    records = data.load_counterfact_records(FIXTURES / "eval_counterfact.json")
+    everything = evaluation.counterfact_cases(records, prompt_source="rewrite")
+    first = evaluation.first_cases(records, 2, "to trace")
+    assert [case.case_id for case in first] == [case.case_id for case in everything[:2]]
+    assert first[0].prompt == first[0].rewrite_prompt
+    assert len(evaluation.first_cases(records, None, "to trace")) == len(everything)
+    with pytest.raises(errors.UsageError, match=r"no cases to trace: .* -n is 0"):
+        evaluation.first_cases(records, 0, "to trace")
 
 
 # --- probabilities -----------------------------------------------------------------------------

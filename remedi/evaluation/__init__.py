@@ -27,6 +27,7 @@ from remedi.evaluation.cases import (
     EvalResources,
     ResultSettings,
     counterfact_cases,
+    first_cases,
     load_resources,
     result_settings,
 )
@@ -114,6 +115,7 @@ __all__ = [
     "essence",
     "essence_prompt",
     "find_replacements",
+    "first_cases",
     "generate_texts",
     "load_resources",
     "mention_token_ranges",

@@ -141,6 +141,27 @@ def counterfact_cases(
     return cases
 
 
+def first_cases(
+    records: datasets.Dataset | Sequence[Mapping[str, Any]],
+    num_cases: int | None,
+    purpose: str,
+    prompt_source: str = "rewrite",
+) -> list[EvalCase]:
+    """The first ``num_cases`` cases of ``records`` (all with None), each asking
+    ``prompt_source``: what the tracing and editing-problem scripts run on (``-n``).
+
+    Raises:
+        UsageError: There are no cases (an empty dataset, or ``-n 0``); ``purpose`` says for
+            what, e.g. ``"to trace"``.
+    """
+    cases = counterfact_cases(records, prompt_source=prompt_source)
+    if num_cases is not None:
+        cases = cases[:num_cases]
+    if not cases:
+        raise errors.UsageError(f"no cases {purpose}: the dataset is empty or -n is 0")
+    return cases
+
+
 @dataclass
 class EvalResources:
     """What the benchmarks read besides the model: optional files and evaluation settings."""
