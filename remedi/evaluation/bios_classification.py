@@ -44,7 +44,7 @@ from remedi.evaluation.classification import (
     control_labels,
     standardize,
 )
-from remedi.evaluation.mediation import prompt_in_context
+from remedi.evaluation.mediation import prompt_in_context, sample_rows
 
 logger = logging.getLogger(__name__)
 
@@ -62,15 +62,11 @@ def bios_rows(samples: precompute.Samples) -> list[dict[str, Any]]:
         SampleError: A sample lacks one of ``id, entity, prompt, context, attribute,
             target_mediated``.
     """
-    rows = [dict(row) for row in samples]
-    for row in rows:
-        for key in ("id", "entity", "prompt", "context", "attribute", "target_mediated"):
-            if not row.get(key):
-                raise errors.SampleError(
-                    f"sample {row.get('id', '?')}: no {key!r}; Bias in Bios classification needs "
-                    "samples from remedi.data.load_biosbias"
-                )
-    return rows
+    return sample_rows(
+        samples,
+        ("id", "entity", "prompt", "context", "attribute", "target_mediated"),
+        "Bias in Bios classification needs samples from remedi.data.load_biosbias",
+    )
 
 
 def label_attributes(row: Mapping[str, Any], labels: Sequence[str]) -> list[dict[str, Any]]:

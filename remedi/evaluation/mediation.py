@@ -44,21 +44,26 @@ def prompt_in_context(context: str, prompt: str) -> str:
     return context.rstrip(". ") + ". " + prompt
 
 
-def sample_rows(samples: precompute.Samples) -> list[dict[str, Any]]:
-    """Samples (a ``datasets.Dataset`` or dicts) as a list of dicts with both targets.
+MEDIATION_FIELDS = ("id", "entity", "prompt", "context", "target_mediated", "target_unmediated")
+
+
+def sample_rows(
+    samples: precompute.Samples,
+    fields: Sequence[str] = MEDIATION_FIELDS,
+    needs: str = "mediation and classification need both targets (CounterFact-style samples, "
+    "see remedi.data)",
+) -> list[dict[str, Any]]:
+    """Samples (a ``datasets.Dataset`` or dicts) as a list of dicts, each with every one of
+    ``fields`` (by default both targets: these benchmarks compare the two).
 
     Raises:
-        SampleError: A sample lacks ``target_mediated`` or ``target_unmediated`` (these
-            benchmarks compare the two).
+        SampleError: A sample lacks one of ``fields``; the message ends with ``needs``.
     """
     rows = [dict(row) for row in samples]
     for row in rows:
-        for key in ("id", "entity", "prompt", "context", "target_mediated", "target_unmediated"):
+        for key in fields:
             if not row.get(key):
-                raise errors.SampleError(
-                    f"sample {row.get('id', '?')}: no {key!r}; mediation and classification "
-                    "need both targets (CounterFact-style samples, see remedi.data)"
-                )
+                raise errors.SampleError(f"sample {row.get('id', '?')}: no {key!r}; {needs}")
     return rows
 
 
