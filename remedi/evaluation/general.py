@@ -349,6 +349,12 @@ def entity_f1(gold: Sequence[Sequence[str]], predicted: Sequence[Sequence[str]])
     return float(f1_score([list(g) for g in gold], [list(p) for p in predicted]))
 
 
+def _binary_gold(task: str, items: Sequence[Any]) -> list[bool]:
+    """The true/false label of each item of a two-option task (nli, closed_qa, sentiment)."""
+    fields = {"nli": "entailment", "closed_qa": "answer", "sentiment": "positive"}
+    return [bool(getattr(item, fields[task])) for item in items]
+
+
 def _after(text: str, marker: str, index: int) -> str:
     parts = text.split(marker)
     try:
@@ -375,20 +381,12 @@ def _seed(scorer: Scorer, task: str, items: Sequence[Any]) -> TaskScore:
             "sentiment": (sentiment_prompt, "positive", "negative", False),
         }
         prompt_of, positive, negative, exact = seed_parsing[task]
-        gold = [
-            item.entailment
-            if task == "nli"
-            else item.answer
-            if task == "closed_qa"
-            else item.positive
-            for item in items
-        ]
         prompts = [prompt_of(item) for item in items]
         outputs = scorer.generate(prompts, 1)
         # BoolQ takes the text after the first "answer:", the others after the last (as the seed).
         index = 1 if task == "closed_qa" else -1
         correct = answered = 0
-        for label, prompt, output in zip(gold, prompts, outputs, strict=True):
+        for label, prompt, output in zip(_binary_gold(task, items), prompts, outputs, strict=True):
             predict = _after(prompt + output, "answer:", index).lower()
             says_yes = predict == positive if exact else positive in predict
             says_no = predict == negative if exact else negative in predict
@@ -467,16 +465,9 @@ def _loglik(scorer: Scorer, task: str, items: Sequence[Any]) -> TaskScore:
             "sentiment": (sentiment_prompt, (" positive", " negative")),
         }
         prompt_of, options = option_prompts[task]
-        gold = [
-            item.entailment
-            if task == "nli"
-            else item.answer
-            if task == "closed_qa"
-            else item.positive
-            for item in items
-        ]
         chosen = scorer.choose([prompt_of(item) for item in items], [options] * count)
-        correct = sum((choice == 0) == label for choice, label in zip(chosen, gold, strict=True))
+        labels = _binary_gold(task, items)
+        correct = sum((choice == 0) == label for choice, label in zip(chosen, labels, strict=True))
         return TaskScore(task, "loglik", "accuracy", correct / count, count)
     if task == "dialogue":
         chosen = scorer.choose(
