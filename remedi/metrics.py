@@ -434,6 +434,15 @@ def f1_score(y_true: Sequence[bool] | np.ndarray, y_pred: Sequence[bool] | np.nd
     return 2 * tp / denominator if denominator else 0.0
 
 
+def constant_positive_f1(positive_rate: float) -> float:
+    """F1 of a classifier that calls every sample positive, when ``positive_rate`` of them are:
+    ``2 p / (1 + p)``, the F1 that needs no signal at all. F1 of two classifiers compares only
+    against the same positive rate; this is the floor to read it against."""
+    if not 0 <= positive_rate <= 1:
+        raise ValueError(f"positive_rate must be in [0, 1], got {positive_rate}")
+    return 2 * positive_rate / (1 + positive_rate)
+
+
 def matthews_corrcoef(
     y_true: Sequence[bool] | np.ndarray, y_pred: Sequence[bool] | np.ndarray
 ) -> float:

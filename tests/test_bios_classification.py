@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from remedi import data, errors, io, models, precompute, sweep, training
+from remedi import data, errors, io, metrics, models, precompute, sweep, training
 from remedi.evaluation import bios_classification as bios_cls
 from remedi.evaluation import classification as cls
 from remedi.evaluation.mediation import prompt_in_context
@@ -146,6 +146,8 @@ def test_bias_cls_script_writes_every_row_resumes_and_feeds_the_sweep(setup, mon
             assert result is not None and result.settings.entity_layer == layer
     control = bios_cls.read_result(bios_cls.result_file(experiment, "control_model", 0))
     assert control is not None and control.settings.random_init
+    no_signal = metrics.constant_positive_f1(control.metrics.label_rate)
+    assert f"F1 of calling every sample an error: {no_signal:.2f}" in out
     mtimes = {p: p.stat().st_mtime_ns for p in experiment.rglob("bios_cls_*.json")}
     assert eval_bias_cls.main(argv) == 0
     assert {p: p.stat().st_mtime_ns for p in experiment.rglob("bios_cls_*.json")} == mtimes

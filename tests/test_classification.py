@@ -42,6 +42,16 @@ def test_degenerate_predictions_score_zero_as_sklearn_does():
         metrics.f1_score([True, False], [True, False, True])
 
 
+def test_constant_positive_f1_is_the_f1_of_calling_every_sample_positive():
+    for positives in (0, 1, 7, 10):
+        truth = [True] * positives + [False] * (10 - positives)
+        assert metrics.constant_positive_f1(positives / 10) == pytest.approx(
+            metrics.f1_score(truth, [True] * 10)
+        )
+    with pytest.raises(ValueError, match=r"\[0, 1\]"):
+        metrics.constant_positive_f1(1.5)
+
+
 def _outputs(labels: list[bool], predictions: list[bool]) -> list[cls.ClassifierOutputs]:
     return [
         cls.ClassifierOutputs(
@@ -254,6 +264,15 @@ def test_cls_script_writes_every_row_and_reuses_finished_results(setup, monkeypa
     for suffix in ("md", "tex", "json", "png"):
         assert (experiment / f"summary.{suffix}").is_file()
         assert (experiment / f"summary_entity_layer_0.{suffix}").is_file()
+    # Each row states the F1 that needs no signal at its own LM's failure rates.
+    failure_rate = 1 - control.metrics.decontextual.label_rate
+    no_signal = f"Fact-Prior {metrics.constant_positive_f1(failure_rate):.2f}"
+    control_note = next(
+        line
+        for line in (experiment / "summary_entity_layer_1.md").read_text().splitlines()
+        if line.startswith("- Control Model:")
+    )
+    assert "F1 of calling every sample a failure" in control_note and no_signal in control_note
     mtimes = {p: p.stat().st_mtime_ns for p in experiment.rglob("cls_*.json")}
     assert eval_fact_cls.main(argv) == 0
     assert {p: p.stat().st_mtime_ns for p in experiment.rglob("cls_*.json")} == mtimes

@@ -357,5 +357,7 @@ def bios_table(results: Mapping[str, BiosClassificationResults], title: str = ""
                     if result.settings.control_task
                     else ""
                 )
+                + "; F1 of calling every sample an error: "
+                f"{metrics.constant_positive_f1(result.metrics.label_rate):.2f}"
             )
     return tables.Table(title=title, columns=columns, rows=rows, notes=notes)

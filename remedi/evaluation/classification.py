@@ -21,15 +21,17 @@ already assigns that attribute to the entity. This benchmark follows the REMEDI 
   labels and predictions are flipped before F1, in both tasks as in the reference
   (``benchmarks.classification``: "classify whether the model will *not* make the correct
   prediction"); MCC and accuracy do not change. F1 of the positive class depends on how often
-  the LM fails: compare rows of one LM (or MCC across LMs).
+  the LM fails: compare rows of one LM (or MCC across LMs). Each row's table note gives the F1
+  that needs no signal (every sample called a failure, :func:`metrics.constant_positive_f1`).
 - **Control task**: the labels shuffled with a seed (class balance kept), same predictions.
 
 On the toy worlds: the default world's LM learns every entity's facts equally firmly (each is
 stated as often as any other), so whether it keeps its prior or follows a context depends on
 the values' tokens, not on the entity, and the entity's state has nothing to reveal. The
 ``"toy-longtail"`` world (:mod:`remedi.toy.popularity`) gives entities graded popularity, as
-real ones have, so that the LM knows some facts firmly, some weakly and some not at all: the
-world on which the probe has something to find.
+real ones have, so that the LM knows some facts firmly, some weakly and some not at all, and
+holds to the facts it knows well against a context that contradicts them: the world on which
+the probe has something to find.
 
 Differences from the reference: a dimension with zero variance is left centred (divided by 1)
 instead of producing NaN; editors that read the entity are given the entity as they were
@@ -387,6 +389,12 @@ def classification_table(
                     f", labels shuffled (seed {result.settings.control_task_seed})"
                     if result.settings.control_task
                     else ""
+                )
+                + "; F1 of calling every sample a failure: "
+                + ", ".join(
+                    f"{names[task]} "
+                    f"{metrics.constant_positive_f1(1 - getattr(rates, task).label_rate):.2f}"
+                    for task in TASKS
                 )
             )
     return tables.Table(title=title, columns=columns, rows=rows, notes=notes)
