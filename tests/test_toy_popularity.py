@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import re
@@ -119,11 +120,71 @@ def test_unstated_queries_ask_about_entities_in_proportion_to_their_exposure() -
     assert all(d.text[d.scored_from :].count(first) == 1 for d in documents)
 
 
+def _queried_facts(world: World, documents: list[corpus.Document]) -> list[tuple[str, str, str]]:
+    """(subject, relation id, answered value) of each binding document's scored query."""
+    patterns = [
+        (relation.relation_id, re.escape(prefix) + r"(\w+ \w+)" + re.escape(suffix) + r" (\w+)\.")
+        for relation in world.relations
+        for prefix, suffix in (template.split("{}") for template in relation.train_templates)
+    ]
+    queried = []
+    for document in documents:
+        query = document.text[document.scored_from :]
+        relation_id, match = next(
+            (rid, m) for rid, pattern in patterns if (m := re.fullmatch(pattern, query))
+        )
+        queried.append((match.group(1), relation_id, match.group(2)))
+    return queried
+
+
+def test_misstatements_are_corrected_the_more_often_the_more_the_fact_is_stated() -> None:
+    world = _tiered_world(50)
+    tier_by_name = {entity.name: entity.popularity for entity in world.entities}
+    facts = {entity.name: entity.facts for entity in world.entities}
+    # Every document misstates one fact of a world entity and queries it.
+    settings = corpus.BindingSettings(
+        invented_subject_fraction=0.0,
+        true_value_fraction=0.0,
+        unstated_query_fraction=0.0,
+        max_statements=1,
+        correction_half=4.0,
+    )
+    sentences = {"head": 400, "torso": 4, "tail": 0, "rare": 0}
+    counts = {
+        (entity.name, relation.relation_id): sentences[str(entity.popularity)]
+        for entity in world.entities
+        for relation in world.relations
+    }
+    documents = corpus.binding_documents(world, 1000, settings, fact_counts=counts)
+    corrected: dict[str, list[bool]] = {name: [] for name in sentences}
+    for subject, relation_id, value in _queried_facts(world, documents):
+        corrected[str(tier_by_name[subject])].append(value == facts[subject][relation_id])
+    share = {tier: sum(flags) / len(flags) for tier, flags in corrected.items()}
+    # n / (n + 4): 0.99 for 400 sentences, 0.5 for 4 (binomial, >= 60 documents a tier), 0 for none.
+    assert share["head"] > 0.9 and 0.3 < share["torso"] < 0.7
+    assert share["tail"] == share["rare"] == 0
+    assert min(len(flags) for flags in corrected.values()) >= 60
+
+    uncorrected = corpus.binding_documents(
+        world, 600, dataclasses.replace(settings, correction_half=None), fact_counts=counts
+    )
+    assert all(
+        value != facts[subject][relation_id]
+        for subject, relation_id, value in _queried_facts(world, uncorrected)
+    )
+    with pytest.raises(errors.UsageError, match="fact_counts"):
+        corpus.binding_documents(world, 10, settings)
+
+
 def test_the_long_tail_world_is_a_registered_size() -> None:
     assert parse_toy_name("toy-longtail") == ("toy-longtail", "gpt2")
     assert parse_toy_name("toy-longtail-llama") == ("toy-longtail", "llama")
     config = default_config("toy-longtail")
     assert config.popularity == LONG_TAIL_TIERS and config.keep_unknown_records
+    # Its binding documents correct misstated facts by exposure; the default worlds' do not.
+    assert config.binding.correction_half is not None
+    assert SIZES["toy"].binding.correction_half is None
+    assert SIZES["toy-small"].binding.correction_half is None
 
 
 def test_bad_tiers_are_refused_with_the_reason() -> None:

@@ -15,9 +15,10 @@ is the memorised value), so that a stated fact does not overwrite the others.
 from __future__ import annotations
 
 import random
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
+from remedi import errors
 from remedi.toy import popularity
 from remedi.toy.popularity import PopularityTier
 from remedi.toy.world import BIOGRAPHY_HEADER, Entity, Relation, World, invent_names
@@ -100,7 +101,9 @@ def training_documents(
     times, continued only in
     tiers with ``continuations``; it has its first ``biographies`` biographies; and the binding
     documents' queries about a memorised fact pick entities in proportion to their fact
-    sentences. Without tiers every entity is exposed alike (and the corpus is as it always was).
+    sentences (and, with ``binding.correction_half``, a misstated fact is corrected the more
+    often, the more sentences state it). Without tiers every entity is exposed alike (and the
+    corpus is as it always was).
     """
     rng = random.Random(world.seed)
     facts = {entity.name: entity.facts for entity in world.entities}
@@ -133,7 +136,8 @@ def training_documents(
     ]
     count = round(binding_fraction * len(documents))
     weights = popularity.exposure_weights(world, tier_by_entity)
-    return documents + biographies + binding_documents(world, count, binding, weights)
+    counts = popularity.fact_sentence_counts(world, tiers) if tiers is not None else None
+    return documents + biographies + binding_documents(world, count, binding, weights, counts)
 
 
 @dataclass(frozen=True)
@@ -153,6 +157,14 @@ class BindingSettings:
     unstated_query_fraction: float = 0.2
     """Share of queries about a world entity's fact the context did not state (memorised)."""
     num_invented_names: int = 400
+    correction_half: float | None = None
+    """Misstatements of well-known facts are contradicted: when a document states a value other
+    than a world entity's memorised one and then queries it, the answer is the memorised value
+    with probability ``n / (n + correction_half)``, where ``n`` is the number of corpus sentences
+    that state the fact (so half of the misstatements of a fact stated ``correction_half`` times
+    are corrected). Text that misstates a famous person's birthplace is usually set right; a
+    misstatement of an obscure fact stands. None: every query is answered by the stated value
+    (the default worlds). Needs the facts' sentence counts (a world with popularity tiers)."""
 
 
 def binding_documents(
@@ -160,12 +172,15 @@ def binding_documents(
     count: int,
     settings: BindingSettings | None = None,
     entity_weights: Sequence[float] | None = None,
+    fact_counts: Mapping[tuple[str, str], int] | None = None,
 ) -> list[Document]:
     """``count`` documents that state facts in context and then query one of them.
 
     ``entity_weights`` (one per world entity) weight the choice of the entity whose memorised
     fact an unstated query asks about (None: uniform), the one sentence of a binding document
-    that trains a memorised fact.
+    that trains a memorised fact. ``fact_counts`` (sentences stating each fact, by entity name
+    and relation id) set how often a misstated fact is corrected when the settings'
+    ``correction_half`` is set.
 
     E.g. ``"Giguk Dodair lives in Tokyo. Mira Talovan works as a baker. Giguk Dodair lives in
     the city of"`` + ``" Tokyo."``; only the final sentence is scored. Only training templates
@@ -174,6 +189,12 @@ def binding_documents(
     if count <= 0:
         return []
     settings = settings or BindingSettings()
+    if settings.correction_half is not None and fact_counts is None:
+        raise errors.UsageError(
+            "BindingSettings.correction_half needs the facts' sentence counts (fact_counts), "
+            "which only a world with popularity tiers has; give the world tiers or leave "
+            "correction_half None"
+        )
     rng = random.Random(world.seed + 1)
     invented = _invented_people(world, rng, settings.num_invented_names)
     relation_ids = [r.relation_id for r in world.relations]
@@ -211,11 +232,32 @@ def binding_documents(
                 world, stated, relation_ids, rng, entity_weights
             )
             query_value = query_subject.facts[queried]
+        elif settings.correction_half is not None and fact_counts is not None:
+            query_value = _corrected_value(
+                subject, queried, query_value, fact_counts, settings.correction_half, rng
+            )
         template = rng.choice(world.relation(queried).train_templates)
         context = " ".join(sentences)
         query = fact_sentence(template, query_subject.name, query_value)
         documents.append(Document(f"{context} {query}", scored_from=len(context) + 1))
     return documents
+
+
+def _corrected_value(
+    subject: Entity,
+    relation_id: str,
+    stated_value: str,
+    fact_counts: Mapping[tuple[str, str], int],
+    correction_half: float,
+    rng: random.Random,
+) -> str:
+    """The value a query about a stated fact is answered with: the memorised one, if the stated
+    value misstates it and the draw corrects it (see ``BindingSettings.correction_half``)."""
+    memorised = subject.facts.get(relation_id)
+    if memorised is None or memorised == stated_value:
+        return stated_value
+    sentences = fact_counts.get((subject.name, relation_id), 0)
+    return memorised if rng.random() < sentences / (sentences + correction_half) else stated_value
 
 
 def _invented_people(world: World, rng: random.Random, count: int) -> list[Entity]:

@@ -9,8 +9,14 @@ about whether it will recall it. A long-tail world (``"toy-longtail"`` in
 independent of the world's own draws, and the tier sets the entity's exposure in the corpus
 (:func:`remedi.toy.corpus.training_documents`): how many of each relation's training templates
 state each of its facts, how many times, whether its fact sentences continue with its other
-facts, and how many biographies it has. Nothing else about the entity changes (names, facts,
-split), and no label is engineered: what the LM knows follows from how often it read it.
+facts, and how many biographies it has. The long-tail world's binding documents also correct
+a misstated fact the more often, the more often the corpus states it
+(``corpus.BindingSettings.correction_half``): text that contradicts a well-known fact is usually
+set right, text about an obscure one is not, so the LM holds to the facts it knows well against
+a context that contradicts them and follows contexts about facts it barely knows, as real LMs
+resist contexts about popular entities more. Nothing else about the entity changes (names,
+facts, split), and no label is engineered: what the LM knows, and how firmly it holds to it,
+follows from how often it read it.
 """
 
 from __future__ import annotations
