@@ -8,6 +8,8 @@ and entailment tables are plain grids, written here the same way: ``<stem>.md``,
 from __future__ import annotations
 
 import math
+import statistics
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -22,6 +24,8 @@ class TableRow(DataClassJsonMixin):
 
     label: str
     values: dict[str, float | None]
+    spreads: dict[str, float | None] = field(default_factory=dict)
+    """Standard deviation per column over runs (tables made by :func:`aggregate_tables`)."""
 
 
 @dataclass
@@ -35,10 +39,57 @@ class Table(DataClassJsonMixin):
     digits: int = 2
 
 
-def _cell(value: float | None, digits: int) -> str:
+def _cell(value: float | None, digits: int, spread: float | None = None, pm: str = "±") -> str:
     if value is None or math.isnan(value):
         return "n/a"
-    return f"{value:.{digits}f}"
+    if spread is None or math.isnan(spread):
+        return f"{value:.{digits}f}"
+    return f"{value:.{digits}f} {pm} {spread:.{digits}f}"
+
+
+def aggregate_tables(tables: Sequence[Table], title: str = "") -> Table:
+    """Mean and standard deviation (n - 1) of each cell over several tables of one layout (e.g.
+    one per split seed). Rows are matched by label; a row missing from some tables is averaged
+    over the others (and noted); the tables' notes are kept, each once.
+
+    Raises:
+        ValueError: No tables, or tables whose columns differ (runs of different benchmarks).
+    """
+    if not tables:
+        raise ValueError("no tables to aggregate")
+    columns = tables[0].columns
+    for index, table in enumerate(tables[1:], start=1):
+        if table.columns != columns:
+            raise ValueError(
+                f"table {index} ({table.title!r}) has columns {list(table.columns.values())}, "
+                f"table 0 ({tables[0].title!r}) {list(columns.values())}: aggregate runs of "
+                "one benchmark only"
+            )
+    labels = list(dict.fromkeys(row.label for table in tables for row in table.rows))
+    rows, notes = [], [f"mean ± standard deviation over {len(tables)} runs"]
+    for label in labels:
+        found = [row for table in tables for row in table.rows if row.label == label]
+        if len(found) < len(tables):
+            notes.append(f"{label}: in {len(found)} of {len(tables)} runs")
+        values: dict[str, float | None] = {}
+        spreads: dict[str, float | None] = {}
+        for key in columns:
+            cells = [
+                value
+                for row in found
+                if (value := row.values.get(key)) is not None and not math.isnan(value)
+            ]
+            values[key] = statistics.fmean(cells) if cells else None
+            spreads[key] = statistics.stdev(cells) if len(cells) > 1 else None
+        rows.append(TableRow(label, values, spreads))
+    notes += [note for table in tables for note in table.notes]
+    return Table(
+        title=title,
+        columns=dict(columns),
+        rows=rows,
+        notes=list(dict.fromkeys(notes)),
+        digits=tables[0].digits,
+    )
 
 
 def markdown(table: Table) -> str:
@@ -50,7 +101,9 @@ def markdown(table: Table) -> str:
         "|" + "|".join(["---"] + ["---:"] * (len(headers) - 1)) + "|",
     ]
     for row in table.rows:
-        cells = [_cell(row.values.get(key), table.digits) for key in table.columns]
+        cells = [
+            _cell(row.values.get(key), table.digits, row.spreads.get(key)) for key in table.columns
+        ]
         lines.append("| " + " | ".join([row.label, *cells]) + " |")
     lines += [""] + [f"- {note}" for note in table.notes] if table.notes else []
     return "\n".join(lines) + "\n"
@@ -70,7 +123,10 @@ def latex(table: Table) -> str:
     lines.append(" & ".join(["", *map(_latex_escape, table.columns.values())]) + r" \\")
     lines.append(r"\midrule")
     for row in table.rows:
-        cells = [_cell(row.values.get(key), table.digits) for key in table.columns]
+        cells = [
+            _cell(row.values.get(key), table.digits, row.spreads.get(key), pm=r"$\pm$")
+            for key in table.columns
+        ]
         lines.append(" & ".join([_latex_escape(row.label), *cells]) + r" \\")
     lines += [r"\bottomrule", r"\end{tabular}"]
     return "\n".join(lines) + "\n"
@@ -90,12 +146,18 @@ def plot(table: Table, path: Path) -> Path:
     for index, row in enumerate(table.rows):
         offset = (index - (len(table.rows) - 1) / 2) * width
         heights = [row.values.get(key) for key in keys]
+        spreads = [row.spreads.get(key) for key in keys]
         axis.bar(
             [position + offset for position in range(len(keys))],
             [0.0 if h is None or math.isnan(h) else h for h in heights],
             width=width,
             label=row.label,
             color=colors(index % 10),
+            yerr=(
+                [0.0 if e is None or math.isnan(e) else e for e in spreads]
+                if any(e is not None for e in spreads)
+                else None
+            ),
         )
     axis.axhline(0.0, color="black", linewidth=0.5)
     axis.set_xticks(range(len(keys)))
