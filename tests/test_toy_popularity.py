@@ -174,6 +174,10 @@ def test_misstatements_are_corrected_the_more_often_the_more_the_fact_is_stated(
     )
     with pytest.raises(errors.UsageError, match="fact_counts"):
         corpus.binding_documents(world, 10, settings)
+    with pytest.raises(errors.UsageError, match="must be > 0"):
+        corpus.binding_documents(
+            world, 10, dataclasses.replace(settings, correction_half=0.0), fact_counts=counts
+        )
 
 
 def test_the_long_tail_world_is_a_registered_size() -> None:

@@ -9,7 +9,8 @@ answer is the stated value. Since the distractors state values of the same relat
 can only be found through the entity's name, so the LM learns to bind stated attributes to an
 entity mention and read them out later, the pathway that an edit of the mention's hidden state
 takes. Some binding documents ask instead about a fact that the context did not state (the answer
-is the memorised value), so that a stated fact does not overwrite the others.
+is the memorised value), so that a stated fact does not overwrite the others. In a long-tail world
+a misstated well-known fact is often corrected instead (``BindingSettings.correction_half``).
 """
 
 from __future__ import annotations
@@ -160,9 +161,9 @@ class BindingSettings:
     correction_half: float | None = None
     """Misstatements of well-known facts are contradicted: when a document states a value other
     than a world entity's memorised one and then queries it, the answer is the memorised value
-    with probability ``n / (n + correction_half)``, where ``n`` is the number of corpus sentences
-    that state the fact (so half of the misstatements of a fact stated ``correction_half`` times
-    are corrected). Text that misstates a famous person's birthplace is usually set right; a
+    with probability ``n / (n + correction_half)``, where ``n`` is the number of the corpus's
+    fact sentences that state the fact (:func:`popularity.fact_sentence_counts`; so half of the
+    misstatements of a fact stated ``correction_half`` times are corrected). Text that misstates a famous person's birthplace is usually set right; a
     misstatement of an obscure fact stands. None: every query is answered by the stated value
     (the default worlds). Needs the facts' sentence counts (a world with popularity tiers)."""
 
@@ -194,6 +195,11 @@ def binding_documents(
             "BindingSettings.correction_half needs the facts' sentence counts (fact_counts), "
             "which only a world with popularity tiers has; give the world tiers or leave "
             "correction_half None"
+        )
+    if settings.correction_half is not None and not settings.correction_half > 0:
+        raise errors.UsageError(
+            f"BindingSettings.correction_half must be > 0 (the fact sentences at which half of "
+            f"the misstatements are corrected), got {settings.correction_half}"
         )
     rng = random.Random(world.seed + 1)
     invented = _invented_people(world, rng, settings.num_invented_names)
