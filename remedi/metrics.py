@@ -32,6 +32,7 @@ from __future__ import annotations
 import json
 import math
 import re
+import statistics
 from collections import Counter, defaultdict
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -142,6 +143,16 @@ def neighborhood(
     leaves them preferring the true value.
     """
     return compare_probabilities(p_true, p_new)
+
+
+def mean_and_spread(values: Sequence[float | None]) -> tuple[float | None, float | None]:
+    """Mean and standard deviation (n - 1) of the values that are present (not None or NaN), as
+    a cell aggregated over runs shows them; None where there are too few (none; one for the
+    deviation)."""
+    present = [value for value in values if value is not None and not math.isnan(value)]
+    mean = statistics.fmean(present) if present else None
+    spread = statistics.stdev(present) if len(present) > 1 else None
+    return mean, spread
 
 
 def share(flags: Sequence[bool] | np.ndarray) -> float:

@@ -33,7 +33,7 @@ from pathlib import Path
 
 from dataclasses_json import DataClassJsonMixin
 
-from remedi import evaluation, io
+from remedi import evaluation, io, metrics
 
 logger = logging.getLogger(__name__)
 
@@ -197,13 +197,9 @@ def aggregate_summaries(summaries: Sequence[Summary], title: str = "") -> Summar
         values: dict[str, float | None] = {}
         spreads: dict[str, float | None] = {}
         for column in COLUMNS:
-            cells = [
-                value
-                for row in found
-                if (value := row.values.get(column.key)) is not None and not math.isnan(value)
-            ]
-            values[column.key] = statistics.fmean(cells) if cells else None
-            spreads[column.key] = statistics.stdev(cells) if len(cells) > 1 else None
+            values[column.key], spreads[column.key] = metrics.mean_and_spread(
+                [row.values.get(column.key) for row in found]
+            )
         cases = round(statistics.fmean(row.cases for row in found))
         rows.append(SummaryRow(method, found[0].label, cases=cases, values=values, spreads=spreads))
     for summary in summaries:

@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import json
+import math
 import statistics
 from pathlib import Path
 
 import pytest
 
+from remedi import metrics
 from remedi.evaluation import tables
 from scripts import summarize_runs
 
@@ -80,3 +82,10 @@ def test_an_unaggregated_table_renders_as_before(tmp_path: Path):
     table = _table(0.4, None, "a")
     assert "| REMEDI | 0.40 | n/a |" in tables.markdown(table)
     assert tables.write_table(table, tmp_path, "t").plot.is_file()
+
+
+def test_mean_and_spread_skip_missing_cells():
+    mean, spread = metrics.mean_and_spread([1.0, None, math.nan, 3.0])
+    assert mean == pytest.approx(2.0) and spread == pytest.approx(math.sqrt(2.0))
+    assert metrics.mean_and_spread([4.0]) == (4.0, None)
+    assert metrics.mean_and_spread([None, math.nan]) == (None, None)

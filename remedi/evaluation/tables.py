@@ -8,14 +8,13 @@ and entailment tables are plain grids, written here the same way: ``<stem>.md``,
 from __future__ import annotations
 
 import math
-import statistics
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from dataclasses_json import DataClassJsonMixin
 
-from remedi import io
+from remedi import io, metrics
 
 
 @dataclass
@@ -74,13 +73,9 @@ def aggregate_tables(tables: Sequence[Table], title: str = "") -> Table:
         values: dict[str, float | None] = {}
         spreads: dict[str, float | None] = {}
         for key in columns:
-            cells = [
-                value
-                for row in found
-                if (value := row.values.get(key)) is not None and not math.isnan(value)
-            ]
-            values[key] = statistics.fmean(cells) if cells else None
-            spreads[key] = statistics.stdev(cells) if len(cells) > 1 else None
+            values[key], spreads[key] = metrics.mean_and_spread(
+                [row.values.get(key) for row in found]
+            )
         rows.append(TableRow(label, values, spreads))
     notes += [note for table in tables for note in table.notes]
     return Table(
