@@ -11,6 +11,7 @@ from __future__ import annotations
 import copy
 import os
 from pathlib import Path
+from typing import Any
 
 import pytest
 import torch
@@ -83,20 +84,21 @@ def tokenizer() -> transformers.PreTrainedTokenizerFast:
 
 
 def tiny_gpt2(
-    tokenizer: transformers.PreTrainedTokenizerBase, **config_overrides: object
+    tokenizer: transformers.PreTrainedTokenizerBase, **config_overrides: Any
 ) -> transformers.GPT2LMHeadModel:
-    """A tiny random GPT-2 (2 layers, width 32, seed 0) for ``tokenizer``, in eval mode."""
+    """A tiny random GPT-2 (2 layers, width 32, seed 0) for ``tokenizer``, in eval mode;
+    ``config_overrides`` replace any of its config values (e.g. ``n_layer``)."""
     torch.manual_seed(0)
-    config = transformers.GPT2Config(
-        vocab_size=len(tokenizer),
-        n_positions=128,
-        n_embd=32,
-        n_layer=2,
-        n_head=2,
-        bos_token_id=tokenizer.bos_token_id,
-        eos_token_id=tokenizer.eos_token_id,
-        **config_overrides,
-    )
+    settings: dict[str, Any] = {
+        "vocab_size": len(tokenizer),
+        "n_positions": 128,
+        "n_embd": 32,
+        "n_layer": 2,
+        "n_head": 2,
+        "bos_token_id": tokenizer.bos_token_id,
+        "eos_token_id": tokenizer.eos_token_id,
+    }
+    config = transformers.GPT2Config(**{**settings, **config_overrides})
     return transformers.GPT2LMHeadModel(config).eval()
 
 

@@ -7,10 +7,10 @@ import copy
 
 import pytest
 import torch
-import transformers
 
 from remedi import data, errors, evaluation, models
 from remedi.methods import common, hparams_file, memit, stats
+from tests.conftest import tiny_gpt2
 from tests.test_weight_methods import CORPUS, FIXTURES, TEMPLATES, assert_unchanged, weights_of
 
 REQUESTS = [
@@ -22,19 +22,8 @@ REQUESTS = [
 @pytest.fixture(scope="module")
 def mt4(tokenizer) -> models.ModelAndTokenizer:
     """Four layers, so that MEMIT can spread over two and still have layers above them."""
-    torch.manual_seed(0)
-    config = transformers.GPT2Config(
-        vocab_size=len(tokenizer),
-        n_positions=128,
-        n_embd=32,
-        n_layer=4,
-        n_head=2,
-        bos_token_id=tokenizer.bos_token_id,
-        eos_token_id=tokenizer.eos_token_id,
-        # Larger initial weights than the default 0.02, so that one MLP output moves the prediction.
-        initializer_range=0.2,
-    )
-    model = transformers.GPT2LMHeadModel(config).eval().requires_grad_(False)
+    # Larger initial weights than the default 0.02, so that one MLP output moves the prediction.
+    model = tiny_gpt2(tokenizer, n_layer=4, initializer_range=0.2).requires_grad_(False)
     return models.ModelAndTokenizer(model=model, tokenizer=tokenizer, name="tiny-gpt2-4")
 
 

@@ -9,10 +9,10 @@ from typing import Any
 
 import pytest
 import torch
-import transformers
 
 from remedi import models
 from remedi.methods import common, stats
+from tests.conftest import tiny_gpt2
 from tests.test_weight_methods import CORPUS
 
 LAYERS = [0, 2]
@@ -21,18 +21,7 @@ LAYERS = [0, 2]
 @pytest.fixture(scope="module")
 def mt3(tokenizer) -> models.ModelAndTokenizer:
     """Three layers, so that the statistics of layers 0 and 2 leave one in between."""
-    torch.manual_seed(0)
-    config = transformers.GPT2Config(
-        vocab_size=len(tokenizer),
-        n_positions=128,
-        n_embd=32,
-        n_layer=3,
-        n_head=2,
-        bos_token_id=tokenizer.bos_token_id,
-        eos_token_id=tokenizer.eos_token_id,
-        initializer_range=0.2,
-    )
-    model = transformers.GPT2LMHeadModel(config).eval().requires_grad_(False)
+    model = tiny_gpt2(tokenizer, n_layer=3, initializer_range=0.2).requires_grad_(False)
     return models.ModelAndTokenizer(model=model, tokenizer=tokenizer, name="tiny-gpt2-3")
 
 
