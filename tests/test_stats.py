@@ -11,9 +11,9 @@ import pytest
 import torch
 
 from remedi import models
-from remedi.methods import common, stats
+from remedi.methods import stats
 from tests.conftest import tiny_gpt2
-from tests.test_weight_methods import CORPUS
+from tests.test_weight_methods import CORPUS, key_gram
 
 LAYERS = [0, 2]
 
@@ -82,14 +82,7 @@ def test_float32_products_per_batch_are_within_float32_error_of_float64(mt3_64):
         assert exact[layer].metadata["batch_products_in"] == "float64"
         assert rounded[layer].metadata["batch_products_in"] == "float32"
         assert rounded[layer].metadata["accumulated_in"] == "float64"
-        projection = models.determine_mlp_output(mt3_64.model, layer)
-        absolute = torch.zeros(projection.in_features, projection.in_features, dtype=torch.float64)
-        for text in CORPUS:
-            inputs = mt3_64.tokenizer(text, return_tensors="pt")
-            with common.record_mlp_keys(mt3_64.model, projection) as recorded:
-                mt3_64.model(**inputs)
-            keys = recorded["keys"].reshape(-1, projection.in_features).abs()
-            absolute += keys.T @ keys
+        absolute = key_gram(mt3_64, layer, CORPUS, absolute=True)
         tokens = int(exact[layer].metadata["tokens"])
         # Float32 error: keys rounded to float32 (2u), a dot product of at most `budget` terms
         # (budget * u, the standard bound), the two moments' final rounding to float32 (2u); all

@@ -359,17 +359,27 @@ def test_ft_reapplies_its_cached_weights_per_case(mt):
     assert not uncached.cached
 
 
+def key_gram(
+    mt: models.ModelAndTokenizer, layer: int, texts: list[str], absolute: bool = False
+) -> torch.Tensor:
+    """``sum k k^T`` (or of ``|k|``) in float64 over the keys of ``layer``, one full forward
+    pass per text: the reference the statistics are checked against."""
+    projection = models.determine_mlp_output(mt.model, layer)
+    gram = torch.zeros(projection.in_features, projection.in_features, dtype=torch.float64)
+    for text in texts:
+        inputs = mt.tokenizer(text, return_tensors="pt")
+        with common.record_mlp_keys(mt.model, projection) as recorded:
+            mt.model(**inputs)
+        keys = recorded["keys"].reshape(-1, projection.in_features).double()
+        keys = keys.abs() if absolute else keys
+        gram += keys.T @ keys
+    return gram
+
+
 def test_key_statistics_equal_the_keys_of_a_full_forward_pass(mt64):
     # The statistics stop the forward after the layer; the keys must be those of the whole model.
     layer = 0
-    projection = models.determine_mlp_output(mt64.model, layer)
-    expected = torch.zeros(projection.in_features, projection.in_features, dtype=torch.float64)
-    for text in CORPUS:
-        inputs = mt64.tokenizer(text, return_tensors="pt")
-        with common.record_mlp_keys(mt64.model, projection) as recorded:
-            mt64.model(**inputs)
-        keys = recorded["keys"].reshape(-1, projection.in_features).double()
-        expected += keys.T @ keys
+    expected = key_gram(mt64, layer, CORPUS)
     computed = stats.second_moment(
         mt64, layer, "corpus", len(CORPUS), texts=CORPUS, max_batch_tokens=64
     )
