@@ -136,13 +136,13 @@ def second_moment(
         [layer],
         dataset,
         num_texts,
-        cache_dir,
-        world,
-        texts,
-        max_batch_tokens,
-        max_length,
-        chunk_texts,
-        product_dtype,
+        cache_dir=cache_dir,
+        world=world,
+        texts=texts,
+        max_batch_tokens=max_batch_tokens,
+        max_length=max_length,
+        chunk_texts=chunk_texts,
+        product_dtype=product_dtype,
     )[layer]
 
 
