@@ -137,7 +137,11 @@ def training_documents(
     ]
     count = round(binding_fraction * len(documents))
     weights = popularity.exposure_weights(world, tier_by_entity)
-    counts = popularity.fact_sentence_counts(world, tiers) if tiers is not None else None
+    counts = (
+        popularity.sentence_counts(stated, tier_by_entity)
+        if stated is not None and tier_by_entity is not None
+        else None
+    )
     return documents + biographies + binding_documents(world, count, binding, weights, counts)
 
 

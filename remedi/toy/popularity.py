@@ -182,10 +182,15 @@ def fact_sentence_counts(
 ) -> dict[tuple[str, str], int]:
     """How many fact sentences state each fact (entity name, relation id) in the corpus."""
     by_name = tier_of(world, tiers)
-    return {
-        fact: len(templates) * by_name[fact[0]].repeats
-        for fact, templates in stated_templates(world, by_name).items()
-    }
+    return sentence_counts(stated_templates(world, by_name), by_name)
+
+
+def sentence_counts(
+    stated: Mapping[tuple[str, str], Sequence[str]], tiers: Mapping[str, PopularityTier]
+) -> dict[tuple[str, str], int]:
+    """Fact sentences per fact, from the templates that state it (:func:`stated_templates`) and
+    the entity's tier by name (each stated template is repeated ``repeats`` times)."""
+    return {fact: len(templates) * tiers[fact[0]].repeats for fact, templates in stated.items()}
 
 
 def exposure_weights(
