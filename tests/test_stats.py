@@ -13,7 +13,7 @@ import torch
 from remedi import models
 from remedi.methods import stats
 from tests.conftest import tiny_gpt2
-from tests.test_weight_methods import CORPUS, key_gram
+from tests.test_weight_methods import CORPUS, interrupt_statistics, key_gram
 
 LAYERS = [0, 2]
 
@@ -105,16 +105,7 @@ def test_a_resumed_run_equals_a_fresh_one_with_layers_at_different_points(
     fresh = stats.second_moments(mt3, LAYERS, "corpus", len(CORPUS), texts=CORPUS, chunk_texts=16)
     # Interrupt a run of layer 0 alone after 3 chunks (48 texts) have been saved.
     monkeypatch.setattr(stats, "SAVE_EVERY_CHUNKS", 1)
-    add_chunk = stats._add_chunk
-    calls = {"count": 0}
-
-    def interrupted(*args: Any, **kwargs: Any) -> int:
-        calls["count"] += 1
-        if calls["count"] == 4:
-            raise KeyboardInterrupt
-        return add_chunk(*args, **kwargs)
-
-    monkeypatch.setattr(stats, "_add_chunk", interrupted)
+    add_chunk = interrupt_statistics(monkeypatch, at_chunk=4)
     with pytest.raises(KeyboardInterrupt):
         stats.second_moment(mt3, 0, "corpus", len(CORPUS), tmp_path, texts=CORPUS, chunk_texts=16)
     (partial,) = tmp_path.rglob("*.partial.safetensors")

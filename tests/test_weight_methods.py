@@ -261,16 +261,7 @@ def test_statistics_are_cached_with_metadata_and_refused_for_another_model(mt, t
 def test_statistics_resume_after_an_interruption(mt, tmp_path, monkeypatch):
     whole = stats.second_moment(mt, 0, "corpus", len(CORPUS), texts=CORPUS, chunk_texts=2)
     monkeypatch.setattr(stats, "SAVE_EVERY_CHUNKS", 1)
-    calls = {"count": 0}
-    add_chunk = stats._add_chunk
-
-    def interrupted(*args, **kwargs):
-        calls["count"] += 1
-        if calls["count"] == 4:
-            raise KeyboardInterrupt
-        return add_chunk(*args, **kwargs)
-
-    monkeypatch.setattr(stats, "_add_chunk", interrupted)
+    add_chunk = interrupt_statistics(monkeypatch, at_chunk=4)
     with pytest.raises(KeyboardInterrupt):
         stats.second_moment(mt, 0, "corpus", len(CORPUS), tmp_path, texts=CORPUS, chunk_texts=2)
     assert len(list(tmp_path.rglob("*.partial.safetensors"))) == 1
@@ -357,6 +348,22 @@ def test_ft_reapplies_its_cached_weights_per_case(mt):
     uncached = evaluation.weight_methods.FtMethod("ft", method.hparams, max_cached_bytes=0)
     uncached.new_weights(mt, cases[0])
     assert not uncached.cached
+
+
+def interrupt_statistics(monkeypatch, at_chunk: int):
+    """Make the statistics raise KeyboardInterrupt when they add chunk ``at_chunk`` (as a user's
+    Ctrl-C would); returns the original ``stats._add_chunk`` to put back."""
+    add_chunk = stats._add_chunk
+    calls = {"count": 0}
+
+    def interrupted(*args, **kwargs):
+        calls["count"] += 1
+        if calls["count"] == at_chunk:
+            raise KeyboardInterrupt
+        return add_chunk(*args, **kwargs)
+
+    monkeypatch.setattr(stats, "_add_chunk", interrupted)
+    return add_chunk
 
 
 def key_gram(
