@@ -58,32 +58,90 @@ class ModelFamily:
     mlp_out_path: str | None = None
     """Dotted path, relative to one decoder block, of the MLP's output projection (the matrix
     weight-editing methods such as ROME rewrite), e.g. ``mlp.c_proj``; None if not known."""
+    float32_inside: str = ""
+    """What the family computes in float32 even when its weights and inputs are float64 (its
+    code casts there), or "" if a float64 model computes everything in float64. Measured per
+    family by recording the dtype of every operation of a float64 forward and backward pass
+    (``tests/numerics.float_dtypes_used``; ``tests/test_models.py`` checks this table against
+    that measurement). Two computations that agree in exact arithmetic agree only to the
+    rounding of the lowest precision they run in: see :func:`computation_precision`."""
 
+
+# Why a family's float64 model still computes in float32 (see ModelFamily.float32_inside).
+_ROTARY = "rotary position angles (cos, sin) from a float32 inverse-frequency buffer"
+_RMS_NORM = "RMSNorm (the hidden state is cast to float32 to normalise)"
+_ROTARY_AND_RMS_NORM = f"{_RMS_NORM}; {_ROTARY}"
 
 MODEL_FAMILIES: dict[str, ModelFamily] = {
     "gpt2": ModelFamily("transformer.h", "n_embd", "n_layer", "mlp.c_proj"),
     "gptj": ModelFamily("transformer.h", "n_embd", "n_layer", "mlp.fc_out"),
-    "gpt_neo": ModelFamily("transformer.h", "hidden_size", "num_layers", "mlp.c_proj"),
-    "gpt_neox": ModelFamily("gpt_neox.layers", mlp_out_path="mlp.dense_4h_to_h"),
+    "gpt_neo": ModelFamily(
+        "transformer.h",
+        "hidden_size",
+        "num_layers",
+        "mlp.c_proj",
+        float32_inside="attention scores (query and key are cast to float32 before their product)",
+    ),
+    "gpt_neox": ModelFamily(
+        "gpt_neox.layers", mlp_out_path="mlp.dense_4h_to_h", float32_inside=_ROTARY
+    ),
     "codegen": ModelFamily("transformer.h", "n_embd", "n_layer"),
     "gpt_bigcode": ModelFamily("transformer.h", "n_embd", "n_layer"),
-    "bloom": ModelFamily("transformer.h", "hidden_size", "n_layer"),
-    "falcon": ModelFamily("transformer.h"),
-    "mpt": ModelFamily("transformer.blocks", "d_model", "n_layers"),
+    "bloom": ModelFamily(
+        "transformer.h",
+        "hidden_size",
+        "n_layer",
+        float32_inside="attention softmax and the ALiBi slopes",
+    ),
+    "falcon": ModelFamily("transformer.h", float32_inside=_ROTARY),
+    "mpt": ModelFamily(
+        "transformer.blocks",
+        "d_model",
+        "n_layers",
+        float32_inside="attention softmax and the ALiBi slopes",
+    ),
     "opt": ModelFamily("model.decoder.layers"),
-    "llama": ModelFamily("model.layers", mlp_out_path="mlp.down_proj"),
-    "mistral": ModelFamily("model.layers", mlp_out_path="mlp.down_proj"),
-    "mixtral": ModelFamily("model.layers"),
-    "qwen2": ModelFamily("model.layers", mlp_out_path="mlp.down_proj"),
-    "qwen3": ModelFamily("model.layers", mlp_out_path="mlp.down_proj"),
-    "gemma": ModelFamily("model.layers", mlp_out_path="mlp.down_proj"),
-    "gemma2": ModelFamily("model.layers", mlp_out_path="mlp.down_proj"),
-    "gemma3_text": ModelFamily("model.layers", mlp_out_path="mlp.down_proj"),
-    "phi": ModelFamily("model.layers"),
-    "phi3": ModelFamily("model.layers", mlp_out_path="mlp.down_proj"),
-    "olmo": ModelFamily("model.layers", mlp_out_path="mlp.down_proj"),
-    "olmo2": ModelFamily("model.layers", mlp_out_path="mlp.down_proj"),
-    "starcoder2": ModelFamily("model.layers"),
+    "llama": ModelFamily(
+        "model.layers", mlp_out_path="mlp.down_proj", float32_inside=_ROTARY_AND_RMS_NORM
+    ),
+    "mistral": ModelFamily(
+        "model.layers", mlp_out_path="mlp.down_proj", float32_inside=_ROTARY_AND_RMS_NORM
+    ),
+    "mixtral": ModelFamily(
+        "model.layers",
+        float32_inside="everything: the experts' grouped matrix product has no float64 kernel, "
+        "so a Mixtral model cannot run in float64 at all",
+    ),
+    "qwen2": ModelFamily(
+        "model.layers", mlp_out_path="mlp.down_proj", float32_inside=_ROTARY_AND_RMS_NORM
+    ),
+    "qwen3": ModelFamily(
+        "model.layers", mlp_out_path="mlp.down_proj", float32_inside=_ROTARY_AND_RMS_NORM
+    ),
+    "gemma": ModelFamily(
+        "model.layers", mlp_out_path="mlp.down_proj", float32_inside=_ROTARY_AND_RMS_NORM
+    ),
+    "gemma2": ModelFamily(
+        "model.layers",
+        mlp_out_path="mlp.down_proj",
+        float32_inside=f"attention softmax; {_ROTARY_AND_RMS_NORM}",
+    ),
+    "gemma3_text": ModelFamily(
+        "model.layers", mlp_out_path="mlp.down_proj", float32_inside=_ROTARY_AND_RMS_NORM
+    ),
+    "phi": ModelFamily("model.layers", float32_inside=_ROTARY),
+    "phi3": ModelFamily(
+        "model.layers", mlp_out_path="mlp.down_proj", float32_inside=_ROTARY_AND_RMS_NORM
+    ),
+    "olmo": ModelFamily(
+        "model.layers",
+        mlp_out_path="mlp.down_proj",
+        float32_inside=f"LayerNorm (cast to float32); {_ROTARY}",
+    ),
+    "olmo2": ModelFamily(
+        "model.layers", mlp_out_path="mlp.down_proj", float32_inside=_ROTARY_AND_RMS_NORM
+    ),
+    "starcoder2": ModelFamily("model.layers", float32_inside=_ROTARY),
 }
 
 
@@ -331,6 +389,24 @@ def determine_dtype(model: torch.nn.Module | ModelAndTokenizer) -> torch.dtype:
         if parameter.is_floating_point():
             return parameter.dtype
     return torch.get_default_dtype()
+
+
+def computation_precision(model: torch.nn.Module | ModelAndTokenizer) -> torch.dtype:
+    """The lowest floating-point precision the model's forward pass really computes in.
+
+    That is the weights' dtype, except for a float64 model of a family that computes parts in
+    float32 anyway (:attr:`ModelFamily.float32_inside`), or of an unregistered family, whose
+    code nobody measured: float32 then. Two computations that are equal in exact arithmetic
+    (a batch and its rows one by one, a cached pass and a plain one) agree only to the
+    rounding of this precision, and which digits differ depends on the CPU's kernels.
+    """
+    dtype = determine_dtype(model)
+    if dtype != torch.float64:
+        return dtype
+    family = _family_of(unwrap_model(model))
+    if family is None or family.float32_inside:
+        return torch.float32
+    return dtype
 
 
 def _keeps_logits_by_mask(model: torch.nn.Module) -> bool:

@@ -63,6 +63,32 @@ def _requires_shared_data() -> bool:
     return os.environ.get(REQUIRE_SHARED_DATA, "").strip().lower() in ("1", "true", "yes")
 
 
+NUMERICS_MARKER = "numerics"
+# Modules that compare computations numerically without the helper of tests/numerics.py (their
+# tolerances are float32-scale by construction, or they assert what an optimisation reaches):
+# they join the passes under other CPUs' kernels too.
+NUMERICS_MODULES = {
+    "test_editors",
+    "test_memit",
+    "test_precompute",
+    "test_problems",
+    "test_weight_methods",
+}
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Mark ``numerics`` every test of a module that compares computations numerically: those
+    using ``assert_equal_in_exact_arithmetic`` (found by name, so a new module joins by using
+    it) and :data:`NUMERICS_MODULES`. ``.ci/run`` runs them again under other CPUs' kernels."""
+    for item in items:
+        module = getattr(item, "module", None)
+        if module is None:
+            continue
+        name = module.__name__.rsplit(".", 1)[-1]
+        if hasattr(module, "assert_equal_in_exact_arithmetic") or name in NUMERICS_MODULES:
+            item.add_marker(NUMERICS_MARKER)
+
+
 @pytest.hookimpl(tryfirst=True)
 def pytest_runtest_setup(item: pytest.Item) -> None:
     """Skip or fail ``shared_data`` tests before their fixtures run (see the module docstring)."""

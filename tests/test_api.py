@@ -23,6 +23,7 @@ from remedi import api, editors, models, precompute, training
 from remedi.toy.build import load_world
 from scripts import train_editors
 from tests.conftest import tiny_gpt2
+from tests.numerics import assert_equal_in_exact_arithmetic, precision_of
 from tests.toy_fixtures import BuiltToyWorld, small_world, toy_dirs  # noqa: F401
 
 pytestmark = pytest.mark.slow
@@ -125,14 +126,17 @@ def test_unedited_probabilities_are_a_plain_forward_pass(bench):
     assert [item.token for item in result.top_before] == [
         tokenizer.decode([token_id]) for token_id in expected.indices.tolist()
     ]
-    # float32 forward passes of the same prompt alone and in a right-padded batch differ only
-    # by summation order: a few float32 ulps on probabilities below 1.
-    assert [item.probability for item in result.top_before] == pytest.approx(
-        expected.values.tolist(), abs=1e-6
+    # Forward passes of the same prompt alone and in a right-padded batch differ only by
+    # summation order; probabilities are judged on the scale of 1.
+    precision = precision_of(model)
+    assert_equal_in_exact_arithmetic(
+        [item.probability for item in result.top_before], expected.values, precision, scale=1.0
     )
     for target in result.targets:
         (token_id,) = tokenizer(" " + target.target)["input_ids"]  # one token in the toy vocab
-        assert target.before == pytest.approx(float(probabilities[token_id]), abs=1e-6)
+        assert_equal_in_exact_arithmetic(
+            target.before, probabilities[token_id], precision, scale=1.0
+        )
     # The edit moved them, and left no hook behind.
     assert result.targets[0].after > 100 * result.targets[0].before
     with torch.no_grad():

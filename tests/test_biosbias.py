@@ -17,6 +17,7 @@ from remedi.data import biosbias
 from remedi.toy import export
 from remedi.toy.build import ensure_toy_biosbias, toy_world_paths
 from remedi.toy.world import generate_world
+from tests.numerics import assert_equal_in_exact_arithmetic, precision_of
 from tests.toy_fixtures import BuiltToyWorld, small_world, toy_dirs  # noqa: F401
 
 
@@ -353,13 +354,13 @@ def test_accuracy_reads_the_labels_first_tokens_at_the_prompts_end(tokenizer, gp
         queries = [(case, suite.setting_prompt(case, setting)) for case in cases]
         if setting == "contextual":
             assert queries[0][1] == SAMPLES[0]["context"] + "\n\n" + SAMPLES[0]["prompt"]
-        # Batched with padding vs each prompt alone: equal in exact arithmetic (float64 model).
+        # Batched with padding vs each prompt alone: equal in exact arithmetic.
         batched = suite.label_log_probs(mt, Method(), queries, label_ids, batch_size=3)
         for row, (_, prompt) in zip(batched, queries, strict=True):
             ids = tokenizer(prompt, return_tensors="pt").input_ids
             with torch.no_grad():
                 alone = torch.log_softmax(gpt2_model_float64(ids).logits[0, -1], -1)[label_ids]
-            np.testing.assert_allclose(row, alone.numpy(), rtol=0, atol=1e-9)
+            assert_equal_in_exact_arithmetic(row, alone, precision_of(mt))
         result = suite.error_correction(
             mt, Method(), cases, resources, setting, vectorizer, references
         )
@@ -370,7 +371,9 @@ def test_accuracy_reads_the_labels_first_tokens_at_the_prompts_end(tokenizer, gp
             assert text == clean_generated_text(prompt) + case.generation
         for case, row in zip(result.cases, batched, strict=True):
             assert case.predictions[0] == labels[int(np.argmax(row))]
-            assert case.logp_target == pytest.approx(row[labels.index(case.target)], abs=1e-9)
+            assert_equal_in_exact_arithmetic(
+                case.logp_target, row[labels.index(case.target)], precision_of(mt)
+            )
             assert case.fluency == metrics.weighted_n_gram_entropy(case.generation)
         hits = [case.predictions[0] == case.target for case in result.cases]
         assert result.top1_accuracy == sum(hits) / len(hits)

@@ -20,6 +20,7 @@ from remedi.toy import export
 from remedi.toy.world import generate_world
 from scripts import eval_fact_cls, eval_fact_mediation
 from tests.conftest import tiny_gpt2
+from tests.numerics import assert_equal_in_exact_arithmetic, precision_of
 
 # ---------------------------------------------------------------------------------------------
 # Metrics, against counts worked by hand.
@@ -158,9 +159,12 @@ def test_labels_are_the_lms_first_token_preferences_in_and_out_of_context(setup,
                 logps = torch.log_softmax(mt.model(ids).logits[0, -1].double(), -1)
             target_id = mt.tokenizer(" " + target).input_ids[0]
             comparator_id = mt.tokenizer(" " + comparator).input_ids[0]
-            # float64 model: batched (padded) and single passes agree to rounding.
-            assert outputs.logp_target == pytest.approx(float(logps[target_id]), abs=1e-9)
-            assert outputs.logp_comparator == pytest.approx(float(logps[comparator_id]), abs=1e-9)
+            # Batched (padded) and single passes agree to rounding.
+            precision = precision_of(mt)
+            assert_equal_in_exact_arithmetic(outputs.logp_target, logps[target_id], precision)
+            assert_equal_in_exact_arithmetic(
+                outputs.logp_comparator, logps[comparator_id], precision
+            )
     assert result.settings.entity_layer == 1 and result.settings.editor_layer == 0
     assert result.metrics.contextual.label_rate == pytest.approx(
         np.mean([s.contextual.label for s in result.samples])

@@ -17,6 +17,7 @@ from remedi import data, errors, models, training
 from remedi.evaluation import entailment
 from scripts import eval_entailment
 from tests.conftest import tiny_gpt2
+from tests.numerics import assert_equal_in_exact_arithmetic
 
 NORMS = {
     "banjo": {"has_strings": 24, "a_musical_instrument": 30, "made_of_wood": 12},
@@ -78,7 +79,7 @@ def test_target_log_probs_sum_the_targets_tokens(setup):
             logps = torch.log_softmax(mt.model(ids).logits[0].double(), dim=-1)
         expected = sum(float(logps[i - 1, encoded["input_ids"][i]]) for i in positions)
         # The benchmark takes log-softmax in float32: agreement to float32 rounding.
-        assert score == pytest.approx(expected, rel=1e-5, abs=1e-4)
+        assert_equal_in_exact_arithmetic(score, expected, torch.float32)
 
 
 def test_rows_no_edit_prefix_and_remedi(setup):

@@ -16,6 +16,7 @@ from remedi.models import ModelAndTokenizer
 from remedi.toy.world import World
 from tests.conftest import tiny_gpt2
 from tests.model_fixtures import tiny_llama
+from tests.numerics import assert_equal_in_exact_arithmetic, precision_of
 
 FIXTURES = Path(__file__).parent / "fixtures"
 
@@ -168,10 +169,10 @@ def test_target_log_probs_is_the_whole_target_under_teacher_forcing(mt64, cases)
     assert len(mt64.tokenizer(" Eiffel painter", add_special_tokens=False)["input_ids"]) > 1
     batched = evaluation.target_log_probs(mt64, method, queries, batch_size=3, scoring="sum")
     expected = [sum(_token_log_probs(mt64, prompt, target)) for _, prompt, target in queries]
-    # float64 throughout: batched and padded vs. one sequence agree to rounding.
-    np.testing.assert_allclose(batched, expected, rtol=1e-10, atol=1e-10)
+    # Batched and padded vs. one sequence agree to rounding.
+    assert_equal_in_exact_arithmetic(batched, expected, precision_of(mt64))
     one_by_one = evaluation.target_log_probs(mt64, method, queries, batch_size=1, scoring="sum")
-    np.testing.assert_allclose(batched, one_by_one, rtol=1e-10, atol=1e-10)
+    assert_equal_in_exact_arithmetic(batched, one_by_one, precision_of(mt64))
 
 
 def test_mention_token_ranges_find_the_last_mention_or_nothing(tokenizer):
@@ -491,8 +492,8 @@ def test_each_target_scoring_matches_its_definition(mt, cases, scoring):
         "sum": [float(np.sum(t)) for t in tokens],
         "first": [t[0] for t in tokens],
     }[scoring]
-    # Batched float32 logits vs. unbatched: agreement to float32 rounding of ~1e-6 per logit.
-    np.testing.assert_allclose(scores, expected, rtol=1e-5, atol=1e-5)
+    # Batched logits vs. unbatched: agreement to rounding.
+    assert_equal_in_exact_arithmetic(scores, expected, precision_of(mt))
 
 
 def test_results_name_their_target_scoring_and_prompt(mt, cases, resources):
@@ -571,7 +572,7 @@ def test_a_weight_edit_runs_per_case_and_restores_every_weight_exactly(mt, cases
             expected = evaluation.target_log_probs(
                 mt, evaluation.Method(), [(case, prompt, target)]
             )
-        assert score == pytest.approx(expected[0], rel=1e-5, abs=1e-5)  # float32, other batching
+        assert_equal_in_exact_arithmetic(score, expected[0], precision_of(mt))  # other batching
     plain = evaluation.target_log_probs(mt, evaluation.Method(), queries, batch_size=3)
     assert np.all(np.abs(edited - plain) > 1e-4)
 
@@ -641,8 +642,8 @@ def test_scoring_with_a_bos_tokenizer_reads_the_target_tokens_only(llama64, case
                 "sum": float(np.sum(target_log_probs)),
                 "first": target_log_probs[0],
             }[scoring]
-            # float64 model: batched and right-padded vs. alone agree to rounding.
-            assert score == pytest.approx(expected, rel=1e-9, abs=1e-9), (scoring, prompt)
+            # Batched and right-padded vs. alone agree to rounding.
+            assert_equal_in_exact_arithmetic(score, expected, precision_of(llama64))
 
 
 def test_remedi_edits_the_mention_after_a_bos_token(llama64, cases):
@@ -686,8 +687,8 @@ def _plain_scores(mt, prompt: str, target: str) -> list[float]:
 
 @pytest.mark.parametrize("scoring", evaluation.TARGET_SCORINGS)
 def test_scores_with_a_bos_tokenizer_are_those_of_every_positions_logits(llama_tokenizer, scoring):
-    # float64: the batched, padded scores read at the target positions and the plain ones differ
-    # by rounding only.
+    # The batched, padded scores read at the target positions and the plain ones differ by
+    # rounding only.
     model = tiny_llama(llama_tokenizer, initializer_range=0.2).double()
     mt = ModelAndTokenizer(model=model, tokenizer=llama_tokenizer, name="tiny-llama")
     queries = [
@@ -703,7 +704,7 @@ def test_scores_with_a_bos_tokenizer_are_those_of_every_positions_logits(llama_t
         "sum": [float(np.sum(t)) for t in tokens],
         "first": [t[0] for t in tokens],
     }[scoring]
-    np.testing.assert_allclose(scores, expected, rtol=1e-10, atol=1e-10)
+    assert_equal_in_exact_arithmetic(scores, expected, precision_of(mt))
 
     prompts = [(None, prompt) for _, prompt, _ in queries]
     predictions = evaluation.next_token_predictions(mt, evaluation.Method(), prompts, 2)
@@ -715,8 +716,8 @@ def test_scores_with_a_bos_tokenizer_are_those_of_every_positions_logits(llama_t
 
 def test_queries_sharing_a_prompt_score_as_they_would_alone(mt64, cases):
     # One-token targets of the same case and prompt share a forward pass; another case's query
-    # on the same text does not (the method may edit it differently). float64: shared, batched
-    # and single runs differ by rounding only.
+    # on the same text does not (the method may edit it differently). Shared, batched and
+    # single runs differ by rounding only.
     editor = editors.new_editor("identity", mt64, layer=0)
     remedi = evaluation.RemediMethod(mt64, editor, cases, alpha=20.0)
     kelo, xavi = cases[0], cases[1]
@@ -730,5 +731,5 @@ def test_queries_sharing_a_prompt_score_as_they_would_alone(mt64, cases):
     for scoring in evaluation.TARGET_SCORINGS:
         together = evaluation.target_log_probs(mt64, remedi, queries, 4, scoring)
         alone = [evaluation.target_log_probs(mt64, remedi, [q], 1, scoring)[0] for q in queries]
-        np.testing.assert_allclose(together, alone, rtol=1e-10, atol=1e-10)
+        assert_equal_in_exact_arithmetic(together, alone, precision_of(mt64))
     assert abs(together[0] - together[2]) > 1e-3  # the edit reaches Kelo's case only

@@ -14,6 +14,7 @@ from remedi.data import general_tasks as tasks
 from remedi.evaluation import general
 from remedi.methods import rect
 from tests.conftest import tiny_gpt2
+from tests.numerics import assert_equal_in_exact_arithmetic, precision_of
 
 
 @pytest.fixture(scope="module")
@@ -67,7 +68,7 @@ def test_open_qa_match_is_any_normalised_span():
 
 
 def test_continuations_batched_equal_one_by_one(mt):
-    # float64: batching and padding agree with single rows only in exact arithmetic.
+    # Batching and padding agree with single rows only in exact arithmetic.
     mt64 = models.ModelAndTokenizer(copy.deepcopy(mt.model).double(), mt.tokenizer, "tiny64")
     contexts = ["Mira Talovan lives in", "The Eiffel Tower is located in Paris, the capital of"]
     options = [" Lisbon", " France and Oslo"]
@@ -76,7 +77,9 @@ def test_continuations_batched_equal_one_by_one(mt):
         single = general.Scorer(mt64, batch_size=1).continuations(
             contexts[index : index + 1], options[index : index + 1]
         )
-        assert single.log_prob[0] == pytest.approx(batched.log_prob[index], abs=1e-9)
+        assert_equal_in_exact_arithmetic(
+            single.log_prob[0], batched.log_prob[index], precision_of(mt64)
+        )
         assert single.num_tokens[0] == batched.num_tokens[index]
     generated = general.Scorer(mt64, batch_size=4).generate(contexts, 3)
     assert generated == [general.Scorer(mt64, batch_size=1).generate([c], 3)[0] for c in contexts]

@@ -12,6 +12,7 @@ import transformers
 
 from remedi import hooks, models
 from tests.model_fixtures import tiny_model
+from tests.numerics import assert_equal_in_exact_arithmetic, precision_of
 
 PROMPTS = ["Mira Talovan lives in the city of Lisbon", "Kelo Vantri works"]
 # Families whose decoder blocks return a tensor (gpt2, gpt_neox, llama) or a tuple (gptj).
@@ -144,7 +145,9 @@ def test_edit_changes_only_its_example_from_its_range_on(
     alone = tokenizer(PROMPTS[1:], return_tensors="pt")
     with hooks.add_directions(model, 0, directions[1:], torch.tensor([[start, end]])):
         edited_alone = logits_of(model, alone)
-    torch.testing.assert_close(edited[1, real_positions], edited_alone[0], rtol=1e-10, atol=1e-12)
+    assert_equal_in_exact_arithmetic(
+        edited[1, real_positions], edited_alone[0], precision_of(model)
+    )
 
 
 def test_directions_keep_their_gradient(gpt2_model, tokenizer):
@@ -234,7 +237,7 @@ def test_generation_edits_the_prompt_but_not_the_cached_steps(gpt2_float64, toke
 
 
 def test_batch_repeated_by_generate_gets_each_rows_direction(gpt2_float64, tokenizer):
-    # float64: a batch of 4 and a batch of 2 differ by rounding only.
+    # A batch of 4 and a batch of 2 differ by rounding only.
     gpt2_model = gpt2_float64
     inputs = encode(tokenizer, PROMPTS, "right")
     directions = torch.randn(2, 32, generator=torch.Generator().manual_seed(0)) * 5
@@ -244,8 +247,9 @@ def test_batch_repeated_by_generate_gets_each_rows_direction(gpt2_float64, token
         # generate() with num_return_sequences=2 repeats each row twice, row by row.
         repeated = {key: value.repeat_interleave(2, dim=0) for key, value in inputs.items()}
         edited_repeated = gpt2_model(**repeated).logits
-    torch.testing.assert_close(edited_repeated[::2], edited, rtol=1e-10, atol=1e-12)
-    torch.testing.assert_close(edited_repeated[1::2], edited, rtol=1e-10, atol=1e-12)
+    precision = precision_of(gpt2_model)
+    assert_equal_in_exact_arithmetic(edited_repeated[::2], edited, precision)
+    assert_equal_in_exact_arithmetic(edited_repeated[1::2], edited, precision)
 
 
 def test_batch_mismatch_and_bad_shapes_raise(gpt2_model, tokenizer):
@@ -328,10 +332,10 @@ def test_run_until_layer_runs_nothing_above_the_layer(
     finally:
         for handle in handles:
             handle.remove()
-    # float64: the same computation, cut short; no rounding difference is expected.
+    # The same computation, cut short: it differs by rounding at most.
     for layer in (0, 1):
-        torch.testing.assert_close(
-            hiddens[layer], outputs.hidden_states[layer + 1], rtol=1e-12, atol=1e-12
+        assert_equal_in_exact_arithmetic(
+            hiddens[layer], outputs.hidden_states[layer + 1], precision_of(model)
         )
     assert_no_hooks(model)
 

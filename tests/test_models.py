@@ -22,6 +22,7 @@ from tests.model_fixtures import (
     VOCAB_SIZE,
     tiny_model,
 )
+from tests.numerics import assert_equal_in_exact_arithmetic, float_dtypes_used, precision_of
 from tests.toy_fixtures import BuiltToyWorld, toy_dirs
 
 
@@ -45,6 +46,44 @@ def block_outputs(model: torch.nn.Module, blocks: list[torch.nn.Module], input_i
 def test_registry_covers_required_families():
     assert set(models.MODEL_FAMILIES) >= REQUIRED_FAMILIES
     assert set(FAMILY_CONFIGS) == set(models.MODEL_FAMILIES), "every family needs a tiny test"
+
+
+@pytest.mark.parametrize("model_type", sorted(FAMILY_CONFIGS))
+def test_each_family_records_the_precision_its_float64_model_computes_in(model_type: str):
+    # The table in remedi.models says which families compute parts of a float64 model in
+    # float32; here every operation of a float64 forward and backward pass is watched.
+    model = tiny_model(model_type).double()
+    inputs = torch.arange(3, 10).view(1, 7)
+    family = models.MODEL_FAMILIES[model_type]
+
+    def forward_and_backward() -> None:
+        model(input_ids=inputs, attention_mask=torch.ones_like(inputs)).logits.sum().backward()
+
+    try:
+        used = float_dtypes_used(forward_and_backward)
+    except RuntimeError as error:  # a family with no float64 kernel for some operation
+        assert "cannot run in float64" in family.float32_inside, (
+            f"{model_type} cannot run in float64 ({error}); record it in MODEL_FAMILIES"
+        )
+        return
+    lower = {dtype: sorted(ops) for dtype, ops in used.items() if dtype != torch.float64}
+    assert set(lower) <= {torch.float32}, lower
+    if family.float32_inside:
+        assert lower, f"{model_type} is recorded as computing in float32 but does not"
+        assert precision_of(model) == torch.float32
+    else:
+        assert not lower, f"{model_type} computes in float32 ({lower}): record it in MODEL_FAMILIES"
+        assert precision_of(model) == torch.float64
+
+
+def test_an_unregistered_family_is_not_trusted_to_compute_in_float64():
+    config = transformers.GPT2Config(n_embd=HIDDEN_SIZE, n_layer=1, n_head=2, vocab_size=16)
+    model = transformers.GPT2LMHeadModel(config).double()
+    model.config.model_type = "not_registered"
+    assert models.computation_precision(model) == torch.float32
+    assert models.computation_precision(model.float()) == torch.float32
+    assert models.computation_precision(tiny_model("gpt2").double()) == torch.float64
+    assert models.computation_precision(tiny_model("gpt2").bfloat16()) == torch.bfloat16
 
 
 @pytest.mark.parametrize("model_type", sorted(FAMILY_CONFIGS))
@@ -188,12 +227,11 @@ def test_load_model_fuses_gelu_into_one_kernel_computing_the_same_function(saved
     inputs = original.tokenizer(
         ["The Eiffel Tower is in", "Paris"], return_tensors="pt", padding=True
     )
-    torch.testing.assert_close(
-        fused.model.double()(**inputs).logits,
+    fused_model = fused.model.double()
+    assert_equal_in_exact_arithmetic(
+        fused_model(**inputs).logits,
         original.model.double()(**inputs).logits,
-        # the same function in float64: only rounding differs
-        rtol=1e-12,
-        atol=1e-12,
+        precision_of(fused_model),  # the same function: only rounding differs
     )
 
 
@@ -204,8 +242,8 @@ def test_fuse_activations_replaces_every_tanh_gelu(model_type: str):
     before = model(input_ids=inputs).logits
     assert models.fuse_activations(model) == model.config.num_hidden_layers
     assert models.fuse_activations(model) == 0  # nothing left to replace
-    # float64: the fused kernel and the six-operation formula differ only by rounding
-    torch.testing.assert_close(model(input_ids=inputs).logits, before, rtol=1e-12, atol=1e-12)
+    # The fused kernel and the six-operation formula differ only by rounding.
+    assert_equal_in_exact_arithmetic(model(input_ids=inputs).logits, before, precision_of(model))
 
 
 def test_random_init_is_the_same_architecture_with_fresh_seeded_weights(
@@ -307,11 +345,10 @@ def _right_padded_batch(seed: int = 0) -> tuple[dict[str, torch.Tensor], torch.T
 
 @pytest.mark.parametrize("model_type", sorted(FAMILY_CONFIGS))
 def test_logits_at_equal_the_full_logits_at_those_positions(model_type: str):
-    # float64: the LM head on 5 rows vs. on all 14 differs by summation order only. Mixtral's
-    # expert kernel has no float64: float32 and its default tolerance (a few ulps).
+    # The LM head on 5 rows vs. on all 14 differs by summation order only. Mixtral's expert
+    # kernel has no float64: it stays in float32.
     model = tiny_model(model_type)
-    tolerance = {} if model_type == "mixtral" else {"rtol": 1e-12, "atol": 1e-12}
-    if tolerance:
+    if model_type != "mixtral":
         model = model.double()
     inputs, positions = _right_padded_batch()
     assert models._keeps_logits_by_mask(model)
@@ -319,7 +356,7 @@ def test_logits_at_equal_the_full_logits_at_those_positions(model_type: str):
         expected = model(**inputs).logits[positions]
         kept = models.logits_at(model, inputs, positions)
     assert kept.shape == (5, model.config.vocab_size)
-    torch.testing.assert_close(kept, expected, **tolerance)
+    assert_equal_in_exact_arithmetic(kept, expected, precision_of(model))
 
 
 class GPT2WithoutLogitsToKeep(transformers.GPT2LMHeadModel):

@@ -263,10 +263,15 @@ def test_memit_runs_the_problems_and_restores_the_weights(mt):
     settings = tracing.TraceSettings(noise_scale=0.5, num_samples=2, kinds=["mlp"], windows=[1])
     setup = problems.setup_case(mt, case(), settings, require_correct=False)
     # C = I (no statistics): the problems' machinery is what is checked here, not MEMIT's maths.
+    # On this random model the edit moves p(target) by 5-80%, but in a direction that depends on
+    # the CPU's kernels (measured under ATEN_CPU_CAPABILITY=avx512, avx2 and default), so only
+    # that the edit reached the measurement is asserted. With the default
+    # mom2_update_weight (15000) against C = I the edit moved it by 3e-6 relative: by nothing.
     hparams = memit.MemitHparams(
         layers=[0, 1],
         v_num_grad_steps=10,
         clamp_norm_factor=4.0,
+        mom2_update_weight=1.0,
         mom2_adjustment=False,
         context_template_lengths=[],
     )
@@ -277,7 +282,7 @@ def test_memit_runs_the_problems_and_restores_the_weights(mt):
         outcome = problems.edit_case(
             mt, method, problem, case(), setup, settings, 1, [0, 1], "mlp", 1
         )
-        assert outcome.post > outcome.pre, problem
+        assert abs(outcome.post - outcome.pre) > 0.02 * outcome.pre, problem
         for name, parameter in mt.model.named_parameters():
             assert torch.equal(parameter, before[name]), (problem, name)
         assert hook_count(mt.model) == hooks

@@ -11,6 +11,7 @@ import torch
 from remedi import errors, models, tracing
 from tests.conftest import tiny_gpt2
 from tests.model_fixtures import tiny_llama
+from tests.numerics import assert_equal_in_exact_arithmetic, precision_of
 
 PROMPT = "Mira Talovan lives in the city of"
 SUBJECT = "Mira Talovan"
@@ -54,8 +55,8 @@ def test_restoring_every_state_recovers_the_clean_probability(mt64):
         torch.cat([everything, nothing]),
         states,
     )
-    # float64: the restored run's last hidden state is the clean one, up to batch-size rounding.
-    assert probs[0].item() == pytest.approx(clean[target_id].item(), rel=1e-12)
+    # The restored run's last hidden state is the clean one, up to batch-size rounding.
+    assert_equal_in_exact_arithmetic(probs[0], clean[target_id], precision_of(mt64))
     assert abs(probs[1].item() - clean[target_id].item()) > 1e-6  # the noise does matter
     assert hook_count(mt64.model) == hooks
 
@@ -78,7 +79,9 @@ def test_batched_trace_equals_one_restoration_at_a_time(mt64):
     )
     assert batched.scores.keys() == single.scores.keys()
     for key in batched.scores:
-        np.testing.assert_allclose(batched.scores[key], single.scores[key], rtol=1e-10)
+        assert_equal_in_exact_arithmetic(
+            batched.scores[key], single.scores[key], precision_of(mt64)
+        )
     assert hook_count(mt64.model) == hooks
 
 
@@ -113,7 +116,9 @@ def test_one_restoration_matches_a_hand_written_run(mt64):
                 for handle in handles:
                     handle.remove()
             probs.append(torch.softmax(logits[0, -1], -1)[result.target_id].item())
-    assert result.scores["residual/1"][1][0] == pytest.approx(float(np.mean(probs)), rel=1e-10)
+    assert_equal_in_exact_arithmetic(
+        result.scores["residual/1"][1][0], float(np.mean(probs)), precision_of(mt64)
+    )
 
 
 def test_hooks_are_removed_when_the_forward_pass_raises(mt64):
@@ -149,7 +154,9 @@ def test_correctness_filter_skips_facts_the_model_gets_wrong(mt64):
     assert not skipped.correct and skipped.scores == {}
     # The last layer's residual stream at the last token carries the whole clean output.
     effects = kept.indirect_effects("residual", 1)
-    assert effects[-1, -1] == pytest.approx(kept.clean_prob - kept.corrupted_prob, rel=1e-9)
+    assert_equal_in_exact_arithmetic(
+        effects[-1, -1], kept.clean_prob - kept.corrupted_prob, precision_of(mt)
+    )
 
 
 def test_layer_windows_follow_rome():

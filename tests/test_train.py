@@ -14,6 +14,7 @@ from remedi import editors, hooks, models, precompute, training
 from remedi.models import ModelAndTokenizer
 from tests.conftest import tiny_gpt2
 from tests.model_fixtures import tiny_llama, tiny_model
+from tests.numerics import assert_equal_in_exact_arithmetic, precision_of
 
 FIXTURES = Path(__file__).parent / "fixtures"
 
@@ -127,8 +128,10 @@ def test_kl_of_a_batch_is_the_sum_of_per_example_kls_over_the_batch_size(mt64, i
             for index in range(len(inputs64))
         ]
     assert all(kl > 1e-4 for kl in singles)
-    # float64: padding and batching change the result by rounding only (measured < 1e-14).
-    assert batch_terms["kl"] == pytest.approx(sum(singles) / len(inputs64), rel=1e-10)
+    # Padding and batching change the result by rounding only.
+    assert_equal_in_exact_arithmetic(
+        batch_terms["kl"], sum(singles) / len(inputs64), precision_of(mt64)
+    )
     # Not just the last example's KL (the reference's bug).
     assert batch_terms["kl"] != pytest.approx(singles[-1] / len(inputs64), rel=1e-3)
 
@@ -150,8 +153,8 @@ def test_kl_compares_edited_and_original_from_the_last_entity_token(mt64, inputs
     end = int(sample.prompt_lengths[0]) - 1
     assert end - start >= 2
     expected = _expected_kl(logp_edit, logp_orig, direction)[start:end].sum()
-    # float64 on both sides: only summation order differs (measured < 1e-14).
-    assert terms["kl"] == pytest.approx(expected.item(), rel=1e-10)
+    # Only summation order differs.
+    assert_equal_in_exact_arithmetic(terms["kl"], expected, precision_of(mt64))
     other = DIRECTIONS[1 - DIRECTIONS.index(direction)]
     reverse = _expected_kl(logp_edit, logp_orig, other)[start:end].sum()
     assert terms["kl"] != pytest.approx(reverse.item(), rel=1e-3)
@@ -177,10 +180,11 @@ def test_target_terms_read_the_last_prompt_token(mt64, inputs64):
     rows = torch.arange(len(inputs64))
     mediated = -logp[rows, inputs64.target_mediated_ids].mean()
     unmediated = -torch.log(1 - logp[rows, inputs64.target_unmediated_ids].exp()).mean()
-    # float64: the padded batch and the single prompts differ by rounding only (< 1e-14).
-    assert terms["mediated"] == pytest.approx(mediated.item(), rel=1e-10)
-    assert terms["unmediated"] == pytest.approx(unmediated.item(), rel=1e-10)
-    assert loss.item() == pytest.approx(mediated.item() + unmediated.item(), rel=1e-10)
+    # The padded batch and the single prompts differ by rounding only.
+    precision = precision_of(mt64)
+    assert_equal_in_exact_arithmetic(terms["mediated"], mediated, precision)
+    assert_equal_in_exact_arithmetic(terms["unmediated"], unmediated, precision)
+    assert_equal_in_exact_arithmetic(loss, mediated + unmediated, precision)
 
 
 def test_the_norm_term_adds_lam_norm_times_the_mean_direction_norm(mt64, inputs64):
@@ -197,9 +201,12 @@ def test_the_norm_term_adds_lam_norm_times_the_mean_direction_norm(mt64, inputs6
     directions = attribute @ editor.w.weight.detach().T + editor.w.bias.detach()
     expected = directions.norm(dim=-1).mean().item()
     assert expected > 0.1
-    # float64 throughout: only summation order differs (measured < 1e-14).
-    assert terms["norm"] == pytest.approx(expected, rel=1e-10)
-    assert (loss_with - loss_without).item() == pytest.approx(lam_norm * expected, rel=1e-9)
+    # Only summation order differs; the difference of two losses is judged on their scale.
+    precision = precision_of(mt64)
+    assert_equal_in_exact_arithmetic(terms["norm"], expected, precision)
+    assert_equal_in_exact_arithmetic(
+        loss_with - loss_without, lam_norm * expected, precision, scale=loss_with.item()
+    )
 
 
 def _essence_logprobs(mt, prompt: str, entity: str, direction: torch.Tensor | None, layer: int):
@@ -246,9 +253,13 @@ def test_the_essence_term_adds_lam_ess_times_the_essence_kl(mt64, inputs64, dire
             kls.append(_expected_kl(logp_edit, logp_orig, direction))
     expected = torch.stack(kls).mean().item()
     assert expected > 1e-4
-    # float64: the padded batch and the single prompts differ by rounding only (< 1e-14).
-    assert terms["essence"] == pytest.approx(expected, rel=1e-10)
-    assert (loss_with - loss_without).item() == pytest.approx(lam_ess * expected, rel=1e-9)
+    # The padded batch and the single prompts differ by rounding only; the difference of two
+    # losses is judged on their scale.
+    precision = precision_of(mt64)
+    assert_equal_in_exact_arithmetic(terms["essence"], expected, precision)
+    assert_equal_in_exact_arithmetic(
+        loss_with - loss_without, lam_ess * expected, precision, scale=loss_with.item()
+    )
 
 
 def test_log1m_exp_is_finite_at_certainty():
@@ -572,8 +583,8 @@ def _plain_loss(mt, editor, inputs, weights) -> torch.Tensor:
     "model_type", [*sorted(training.loss.PREFIX_CACHE_FAMILIES), "bloom", "gemma2"]
 )
 def test_the_loss_and_its_gradient_are_the_definitions(tokenizer, model_type: str):
-    # float64, weights at 0.2 (an edit moves later predictions): the fast loss and the plain one
-    # below differ by rounding only (measured < 1e-13).
+    # float64 weights at 0.2 (an edit moves later predictions): the fast loss and the plain one
+    # below differ by rounding only, of float32 for families that compute parts in float32.
     model = tiny_model(model_type, vocab_size=len(tokenizer), initializer_range=0.2)
     mt = ModelAndTokenizer(model.double().requires_grad_(False), tokenizer, f"tiny-{model_type}")
     samples = [*SAMPLES, LONG_SAMPLE, LONG_SUFFIX_SAMPLE]
@@ -591,15 +602,16 @@ def test_the_loss_and_its_gradient_are_the_definitions(tokenizer, model_type: st
     expected_gradients = torch.autograd.grad(expected, list(editor.parameters()))
 
     assert terms["kl"] > 1e-4
-    assert loss.item() == pytest.approx(expected.item(), rel=1e-10)
+    precision = precision_of(mt)
+    assert_equal_in_exact_arithmetic(loss, expected, precision)
     for gradient, expected_gradient in zip(gradients, expected_gradients, strict=True):
         assert expected_gradient.abs().max() > 1e-6
-        torch.testing.assert_close(gradient, expected_gradient, rtol=1e-8, atol=1e-12)
+        assert_equal_in_exact_arithmetic(gradient, expected_gradient, precision)
 
 
 @pytest.mark.parametrize("model_type", ["gpt2", "llama"])
 def test_the_loss_is_the_definition_when_every_entity_token_is_edited(tokenizer, model_type):
-    # The edited pass then starts at the entity's first token. float64, as above.
+    # The edited pass then starts at the entity's first token. Rounding only, as above.
     model = tiny_model(model_type, vocab_size=len(tokenizer), initializer_range=0.2)
     mt = ModelAndTokenizer(model.double().requires_grad_(False), tokenizer, f"tiny-{model_type}")
     inputs = _float64(precompute.editor_inputs(mt, [*SAMPLES, LONG_SAMPLE], layers=[1]))
@@ -616,9 +628,10 @@ def test_the_loss_is_the_definition_when_every_entity_token_is_edited(tokenizer,
     expected_gradients = torch.autograd.grad(expected, list(editor.parameters()))
 
     assert terms["kl"] > 1e-4
-    assert loss.item() == pytest.approx(expected.item(), rel=1e-10)
+    precision = precision_of(mt)
+    assert_equal_in_exact_arithmetic(loss, expected, precision)
     for gradient, expected_gradient in zip(gradients, expected_gradients, strict=True):
-        torch.testing.assert_close(gradient, expected_gradient, rtol=1e-8, atol=1e-12)
+        assert_equal_in_exact_arithmetic(gradient, expected_gradient, precision)
 
 
 def test_length_groups_split_only_where_padding_is_saved():
@@ -636,8 +649,8 @@ def test_length_groups_split_only_where_padding_is_saved():
 
 
 def test_the_loss_reads_the_right_tokens_when_the_tokenizer_adds_bos(llama_tokenizer):
-    # float64, weights at 0.2 (an edit at the entity moves later predictions): the padded batch
-    # and the single prompts below then differ by rounding only (measured < 1e-14).
+    # float64 weights at 0.2 (an edit at the entity moves later predictions): the padded batch
+    # and the single prompts below then differ by rounding only (Llama's float32 RMSNorm's).
     model = tiny_llama(llama_tokenizer, initializer_range=0.2).double()
     mt = ModelAndTokenizer(model=model, tokenizer=llama_tokenizer, name="tiny-llama")
     inputs = _float64(precompute.editor_inputs(mt, SAMPLES, layers=[1]))
@@ -677,10 +690,11 @@ def test_the_loss_reads_the_right_tokens_when_the_tokenizer_adds_bos(llama_token
             # Default direction: KL(original || edited), from the entity's last token to the one
             # before the last.
             kls.append(_kl(logp_orig, logp_edit)[last_entity : len(ids) - 1].sum())
-    assert terms["mediated"] == pytest.approx(torch.stack(mediated).mean().item(), rel=1e-10)
-    assert terms["unmediated"] == pytest.approx(torch.stack(unmediated).mean().item(), rel=1e-10)
+    precision = precision_of(mt)
+    assert_equal_in_exact_arithmetic(terms["mediated"], torch.stack(mediated).mean(), precision)
+    assert_equal_in_exact_arithmetic(terms["unmediated"], torch.stack(unmediated).mean(), precision)
     assert terms["kl"] > 1e-4
-    assert terms["kl"] == pytest.approx(torch.stack(kls).mean().item(), rel=1e-10)
+    assert_equal_in_exact_arithmetic(terms["kl"], torch.stack(kls).mean(), precision)
     assert loss.item() == pytest.approx(terms["mediated"] + terms["unmediated"] + terms["kl"])
 
 
