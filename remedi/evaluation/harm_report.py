@@ -12,7 +12,7 @@ import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from remedi import io
 from remedi.evaluation.harm import Checkpoint
@@ -91,19 +91,20 @@ def markdown_table(curves: Sequence[Curve]) -> str:
 def curves_figure(curves: Sequence[Curve]) -> Figure:
     """One panel per measure: score against the number of edits (symlog axis), a line per run.
 
-    Colour per method, marker per mode, dashes for RECT: runs that coincide stay readable.
+    Each run has its own colour; its mode is also told by the marker, RECT by dashes. The panels
+    share one x axis, so the unedited model's point (0 edits, where the data has it) and every
+    later checkpoint line up across the edit and the task panels.
     """
     measures = measures_of(curves)
-    methods = sorted({curve.label.split(" ")[0] for curve in curves})
-    figure, axes = figures.panel_grid(len(measures), panel_size=(5, 3.4))
+    figure, axes = figures.panel_grid(len(measures), panel_size=(5, 3.4), share_x=True)
     for axis, measure in zip(axes, measures, strict=True):
-        for curve in curves:
+        for index, curve in enumerate(curves):
             points = sorted(curve.points.get(measure, {}).items())
             if points:
                 axis.plot(
                     *zip(*points, strict=True),
                     "--" if curve.rect else "-",
-                    color=figures.color(methods.index(curve.label.split(" ")[0])),
+                    color=figures.color(index),
                     marker=MODE_MARKERS.get(curve.mode, "o"),
                     markersize=4,
                     label=curve.label,
@@ -111,8 +112,13 @@ def curves_figure(curves: Sequence[Curve]) -> Figure:
         axis.set_xscale("symlog", linthresh=1)
         axis.set_title(measure, fontsize=9)
         axis.set_xlabel("number of edits")
-    handles, labels = axes[0].get_legend_handles_labels()
-    figure.legend(handles, labels, loc="lower center", ncol=3, fontsize=8)
+    # A run missing from the first panel still belongs in the legend: gather every panel's.
+    legend: dict[str, Any] = {}
+    for axis in axes:
+        handles, labels = axis.get_legend_handles_labels()
+        for handle, label in zip(handles, labels, strict=True):
+            legend.setdefault(label, handle)
+    figure.legend(list(legend.values()), list(legend), loc="lower center", ncol=3, fontsize=8)
     figure.tight_layout(rect=(0, 0.04 + 0.02 * math.ceil(len(curves) / 3), 1, 1))
     return figure
 
