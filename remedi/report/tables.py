@@ -92,18 +92,23 @@ def markdown_grid(
     return lines
 
 
-def latex_tabular(headers: Sequence[str], rows: Iterable[Sequence[str]]) -> list[str]:
-    """The lines of a booktabs ``tabular``: a label column, then right-aligned numbers.
+def latex_tabular(
+    headers: Sequence[str],
+    rows: Iterable[Sequence[str]],
+    column_spec: str | None = None,
+    above_headers: Sequence[Sequence[str]] = (),
+) -> list[str]:
+    """The lines of a booktabs ``tabular``: by default a label column, then right-aligned numbers.
 
     Headers are plain text (escaped here); row cells are LaTeX already, so that a caller can set
-    a cell in bold or write ``$\\pm$`` (escape labels with :func:`latex_escape`).
+    a cell in bold or write ``$\\pm$`` (escape labels with :func:`latex_escape`). A table whose
+    columns come in groups passes its ``column_spec`` and the group titles as LaTeX rows in
+    ``above_headers`` (e.g. ``\\multicolumn`` cells).
     """
-    lines = [
-        r"\begin{tabular}{l" + "r" * (len(headers) - 1) + "}",
-        r"\toprule",
-        " & ".join(map(latex_escape, headers)) + r" \\",
-        r"\midrule",
-    ]
+    spec = column_spec or "l" + "r" * (len(headers) - 1)
+    lines = [r"\begin{tabular}{" + spec + "}", r"\toprule"]
+    lines += [" & ".join(cells) + r" \\" for cells in above_headers]
+    lines += [" & ".join(map(latex_escape, headers)) + r" \\", r"\midrule"]
     lines += [" & ".join(cells) + r" \\" for cells in rows]
     return [*lines, r"\bottomrule", r"\end{tabular}"]
 
