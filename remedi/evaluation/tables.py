@@ -1,6 +1,8 @@
-"""Moved to :mod:`remedi.report.tables`; this name stays only until the modules that other
-branches of the reporting redesign are editing (``entailment``, ``problems``) import that
-module instead. New code imports :mod:`remedi.report.tables`."""
+"""Moved to :mod:`remedi.report.tables`, which new code imports.
+
+Only a re-export, kept for ``entailment.py`` and ``problems.py`` while other branches of the
+redesign edit them; delete it once they import :mod:`remedi.report.tables`.
+"""
 
 from remedi.report.tables import (
     Table,
