@@ -101,7 +101,7 @@ def grouped_bars(
         positions = [
             position + (index - (len(series) - 1) / 2) * width for position in range(len(groups))
         ]
-        errors = spreads[index] if spreads is not None else None
+        error_bars = spreads[index] if spreads is not None else None
         bars = axis.bar(
             positions,
             [_or_zero(height) for height in heights],
@@ -109,8 +109,8 @@ def grouped_bars(
             label=label,
             color=color(index),
             yerr=(
-                [_or_zero(error) for error in errors]
-                if errors is not None and any(error is not None for error in errors)
+                [_or_zero(error) for error in error_bars]
+                if error_bars is not None and any(error is not None for error in error_bars)
                 else None
             ),
         )
