@@ -30,8 +30,15 @@ from pathlib import Path
 
 from dataclasses_json import DataClassJsonMixin
 
-from remedi import errors, io, report
-from remedi.evaluation import bios_classification, biosbias, classification, entailment, tables
+from remedi import errors, io
+from remedi.evaluation import (
+    bios_classification,
+    biosbias,
+    classification,
+    counterfact_report,
+    entailment,
+)
+from remedi.report import figures, tables
 
 logger = logging.getLogger(__name__)
 
@@ -73,7 +80,7 @@ def gen_points(experiment_dir: Path, layers: Sequence[int]) -> list[SweepPoint]:
         if not path.is_file():
             logger.warning("no summary for layer %d at %s; skipped", layer, path)
             continue
-        summary = report.Summary.from_dict(io.read_json(path, "evaluation summary"))
+        summary = counterfact_report.Summary.from_dict(io.read_json(path, "evaluation summary"))
         rows = [row for row in summary.rows if row.method == "remedi"]
         if rows:  # benchmarks the sweep did not run have no value
             values: dict[str, float | None] = {
@@ -177,18 +184,11 @@ def best_layer(points: Sequence[SweepPoint], criterion: str) -> int | None:
 
 def plot_sweep(sweep: Sweep, path: Path, title: str = "") -> Path:
     """Every metric against the layer (one panel each), the best layer marked; PNG."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
     from matplotlib.ticker import MaxNLocator
 
     keys = sorted({key for point in sweep.points for key in point.metrics})
-    columns = min(3, max(1, len(keys)))
-    rows = max(1, math.ceil(len(keys) / columns))
-    figure, axes = plt.subplots(rows, columns, figsize=(4 * columns, 3 * rows), squeeze=False)
-    for index, key in enumerate(keys):
-        axis = axes[index // columns][index % columns]
+    figure, axes = figures.panel_grid(len(keys), panel_size=(4, 3))
+    for axis, key in zip(axes, keys, strict=True):
         pairs = [
             (point.layer, value)
             for point in sweep.points
@@ -200,20 +200,10 @@ def plot_sweep(sweep: Sweep, path: Path, title: str = "") -> Path:
         axis.set_title(key + (" (criterion)" if key == sweep.criterion else ""), fontsize=9)
         axis.set_xlabel("layer")
         axis.xaxis.set_major_locator(MaxNLocator(integer=True))
-    for index in range(len(keys), rows * columns):
-        axes[index // columns][index % columns].axis("off")
     if title:
         figure.suptitle(title, fontsize=10)
     figure.tight_layout()
-
-    def save(tmp: Path) -> None:
-        figure.savefig(tmp, format="png", dpi=120)
-
-    try:
-        io.atomic_write(Path(path), save)
-    finally:
-        plt.close(figure)
-    return Path(path)
+    return figures.save(figure, path)
 
 
 def write_sweep(

@@ -15,7 +15,8 @@ import sys
 from collections.abc import Sequence
 
 from remedi import cli, env, errors
-from remedi.evaluation import problems, tables
+from remedi.evaluation import problems
+from remedi.report import tables
 
 
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:

@@ -18,7 +18,8 @@ from pathlib import Path
 import torch
 
 from remedi import cli, data, env, errors, evaluation, models, tracing
-from remedi.evaluation import problems, tables
+from remedi.evaluation import problems
+from remedi.report import tables
 
 
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:

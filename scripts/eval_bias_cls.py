@@ -18,7 +18,8 @@ from collections.abc import Sequence
 
 from remedi import cli, editors, models, training
 from remedi.evaluation import bios_classification as bios_cls
-from remedi.evaluation import probe_runs, tables
+from remedi.evaluation import probe_runs
+from remedi.report import tables
 
 
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:

@@ -19,7 +19,8 @@ from pathlib import Path
 import torch
 
 from remedi import cli, data, env, errors, io, models, training
-from remedi.evaluation import entailment, tables
+from remedi.evaluation import entailment
+from remedi.report import tables
 
 
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:

@@ -20,7 +20,8 @@ from typing import Any
 
 from remedi import cli, editors, models, training
 from remedi.evaluation import classification as cls
-from remedi.evaluation import mediation, probe_runs, tables
+from remedi.evaluation import mediation, probe_runs
+from remedi.report import tables
 
 
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:

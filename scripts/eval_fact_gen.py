@@ -18,7 +18,8 @@ from pathlib import Path
 
 import torch
 
-from remedi import cli, data, env, errors, evaluation, models, report, training
+from remedi import cli, data, env, errors, evaluation, models, training
+from remedi.evaluation import counterfact_report
 
 
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
@@ -205,9 +206,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         mt, methods, cases, resources, experiment_dir, args.benchmarks, rerun=args.rerun
     )
     results = evaluation.collect_results(mt, methods, cases, resources, experiment_dir)
-    summary = report.summarize(results, title=f"{args.name}: {args.model}, {len(cases)} cases")
-    files = report.write_summary(summary, experiment_dir)
-    print(report.markdown_table(summary))
+    summary = counterfact_report.summarize(
+        results, title=f"{args.name}: {args.model}, {len(cases)} cases"
+    )
+    files = counterfact_report.write_summary(summary, experiment_dir)
+    print(counterfact_report.markdown_table(summary))
     print(f"results: {experiment_dir}")
     print(f"table: {files.markdown} (LaTeX: {files.latex})")
     print(f"plot: {files.plot}")

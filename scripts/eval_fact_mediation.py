@@ -18,7 +18,8 @@ from pathlib import Path
 import torch
 
 from remedi import cli, data, env, io, models
-from remedi.evaluation import mediation, tables
+from remedi.evaluation import mediation
+from remedi.report import tables
 
 
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:

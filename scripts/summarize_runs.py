@@ -18,8 +18,9 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from remedi import env, io, report
-from remedi.evaluation import tables
+from remedi import env, io
+from remedi.evaluation import counterfact_report
+from remedi.report import tables
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -59,10 +60,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"table: {table_files.markdown} (LaTeX: {table_files.latex})")
         print(f"plot: {table_files.plot}")
         return 0
-    summaries = [report.Summary.from_dict(raw) for _, raw in loaded]
-    summary = report.aggregate_summaries(summaries, title=title)
-    files = report.write_summary(summary, directory)
-    print(report.markdown_table(summary))
+    summaries = [counterfact_report.Summary.from_dict(raw) for _, raw in loaded]
+    summary = counterfact_report.aggregate_summaries(summaries, title=title)
+    files = counterfact_report.write_summary(summary, directory)
+    print(counterfact_report.markdown_table(summary))
     print(f"table: {files.markdown} (LaTeX: {files.latex})")
     print(f"plot: {files.plot}")
     return 0

@@ -14,7 +14,7 @@ import sys
 from collections.abc import Sequence
 
 from remedi import cli, env, io, sweep
-from remedi.evaluation import tables
+from remedi.report import tables
 
 
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:

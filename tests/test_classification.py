@@ -15,7 +15,8 @@ import torch
 
 from remedi import data, errors, io, metrics, models, training
 from remedi.evaluation import classification as cls
-from remedi.evaluation import mediation, probe_runs, tables
+from remedi.evaluation import mediation, probe_runs
+from remedi.report import tables
 from remedi.toy import export
 from remedi.toy.world import generate_world
 from scripts import eval_fact_cls, eval_fact_mediation
@@ -391,14 +392,17 @@ def test_cls_script_random_probes_the_control_model_with_its_own_editors(setup, 
 
 
 def test_gen_sweep_reads_remedis_row_of_each_layers_summary(tmp_path):
-    from remedi import report, sweep
+    from remedi import sweep
+    from remedi.evaluation import counterfact_report
 
     for layer, efficacy in ((0, 90.0), (1, 95.0)):
-        summary = report.Summary(
+        summary = counterfact_report.Summary(
             title="t",
             rows=[
-                report.SummaryRow("prefix", "Prefix", 3, {"score": 99.0, "efficacy": 99.0}),
-                report.SummaryRow(
+                counterfact_report.SummaryRow(
+                    "prefix", "Prefix", 3, {"score": 99.0, "efficacy": 99.0}
+                ),
+                counterfact_report.SummaryRow(
                     "remedi",
                     "REMEDI",
                     3,

@@ -14,7 +14,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from remedi import evaluation, io, report, training
+from remedi import evaluation, io, training
+from remedi.evaluation import counterfact_report
 from remedi.toy import export
 from remedi.toy.world import generate_world
 from scripts import eval_fact_gen
@@ -115,7 +116,7 @@ def test_the_script_writes_one_result_per_benchmark_and_a_summary(setup, results
     assert isinstance(relation, evaluation.RelationSpecificityResults) and relation.available
     markdown = (experiment / "summary.md").read_text()
     latex = (experiment / "summary.tex").read_text()
-    headers = ["Method", "N", *(column.header for column in report.COLUMNS)]
+    headers = ["Method", "N", *(column.header for column in counterfact_report.COLUMNS)]
     for method, label in zip(
         METHODS, ("REMEDI (layer 0)", "Prefix", "Replace", "Unedited"), strict=True
     ):
@@ -136,7 +137,7 @@ def test_the_script_writes_one_result_per_benchmark_and_a_summary(setup, results
         generation = evaluation.read_result(experiment / method / "generation.json", "generation")
         assert isinstance(generation, evaluation.GenerationResults)
         assert cells["Fluency"] == f"{100 * generation.fluency.mean:.1f}"
-        assert cells["Score"] == f"{report.harmonic_mean(list(scores.values())):.1f}"
+        assert cells["Score"] == f"{counterfact_report.harmonic_mean(list(scores.values())):.1f}"
     assert (experiment / "summary.png").read_bytes().startswith(b"\x89PNG")
     assert (experiment / evaluation.runner.ESSENCE_REFERENCES_FILE).is_file()
     # The printed table has one row per method and says where the plot is.
@@ -145,7 +146,9 @@ def test_the_script_writes_one_result_per_benchmark_and_a_summary(setup, results
     # Replace covers the cases whose new value another entity of the world has.
     assert re.search(r"^\| Replace \| [123] \|", out, flags=re.MULTILINE)
     assert f"plot: {experiment / 'summary.png'}" in out
-    summary = report.Summary.from_dict(json.loads((experiment / "summary.json").read_text()))
+    summary = counterfact_report.Summary.from_dict(
+        json.loads((experiment / "summary.json").read_text())
+    )
     assert [row.method for row in summary.rows] == list(METHODS)
 
     # A rerun skips every finished benchmark; --rerun recomputes them.
@@ -157,7 +160,9 @@ def test_the_script_writes_one_result_per_benchmark_and_a_summary(setup, results
     assert after["efficacy.json"] != before["efficacy.json"]
     assert after["paraphrase.json"] == before["paraphrase.json"]
     # The summary still shows what earlier invocations finished.
-    summary = report.Summary.from_dict(json.loads((experiment / "summary.json").read_text()))
+    summary = counterfact_report.Summary.from_dict(
+        json.loads((experiment / "summary.json").read_text())
+    )
     assert all(value is not None for key, value in summary.rows[0].values.items())
 
     # Other settings under the same name are refused rather than mixed.

@@ -11,7 +11,8 @@ import json
 
 import pytest
 
-from remedi import evaluation, report, training
+from remedi import evaluation, training
+from remedi.evaluation import counterfact_report
 from scripts import eval_fact_gen
 from tests.toy_fixtures import BuiltToyWorld, toy_dirs
 
@@ -75,7 +76,9 @@ def test_a_trained_editor_beats_unedited_on_held_out_toy_entities(
         for path in before:
             assert (again / path.relative_to(experiment)).read_bytes() == path.read_bytes()
 
-    summary = report.Summary.from_dict(json.loads((experiment / "summary.json").read_text()))
+    summary = counterfact_report.Summary.from_dict(
+        json.loads((experiment / "summary.json").read_text())
+    )
     rows = {row.method: row.values for row in summary.rows}
     assert list(rows) == ["remedi", "prefix", "replace", "unedited"]
     # The cases ask the default paraphrase prompts: on the toy, templates held out from LM

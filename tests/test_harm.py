@@ -6,11 +6,13 @@ import json
 
 import pytest
 import torch
+from matplotlib.colors import to_hex
 
-from remedi import errors, models
+from remedi import errors, io, models
 from remedi.data import general_tasks as tasks
 from remedi.evaluation import general, harm, harm_report
 from remedi.methods import common, rome
+from remedi.report import figures
 from remedi.toy import general as toy_general
 from remedi.toy.world import generate_world
 from tests.conftest import tiny_gpt2
@@ -182,6 +184,57 @@ def test_report_plots_and_tabulates_runs(mt, tmp_path):
     table = harm_report.markdown_table(curves)
     assert "| rome instance-sequential | 3 |" in table and "sentiment/loglik:accuracy" in table
     assert harm_report.plot_curves(curves, tmp_path / "harm.png").stat().st_size > 1000
+
+
+def write_run(directory, mode: str, rect_share: float | None, checkpoints=(0, 1, 4)) -> None:
+    """A finished harm run's checkpoint files, as run_harm writes them (no edit scores at 0)."""
+    for number in checkpoints:
+        checkpoint = harm.Checkpoint(
+            num_edits=number,
+            method="rome",
+            mode=mode,
+            rect_share=rect_share,
+            batch_size=2,
+            edits=harm.EditScores(1.0, 0.9 - number / 10, 1.0 - number / 20) if number else None,
+            tasks=[general.TaskScore("sentiment", "loglik", "accuracy", 0.8 - number / 50, 4)],
+        )
+        io.write_json(directory / f"checkpoint_{number}.json", checkpoint.to_dict())
+
+
+def harm_figure(tmp_path):
+    """The harm figure of three runs of one method (the case where colour by method fails)."""
+    write_run(tmp_path / "a", "instance-sequential", None)
+    write_run(tmp_path / "b", "batch-sequential", None)
+    write_run(tmp_path / "c", "batch-sequential", 0.2)
+    curves = harm_report.read_curves(sorted(tmp_path.iterdir()))
+    return curves, harm_report.curves_figure(curves)
+
+
+def test_each_run_of_the_harm_plot_has_its_own_colour(tmp_path):
+    curves, figure = harm_figure(tmp_path)
+    panels = [axis for axis in figure.axes if axis.get_lines()]
+    assert len(panels) == 4  # efficacy, generalization, locality, the task
+    colours = [
+        {line.get_label(): to_hex(line.get_color()) for line in p.get_lines()} for p in panels
+    ]
+    assert all(len(set(by_run.values())) == len(curves) == 3 for by_run in colours)
+    assert all(by_run == colours[0] for by_run in colours)  # a run keeps its colour in every panel
+    legend_labels = [text.get_text() for text in figure.legends[0].get_texts()]
+    assert legend_labels == [curve.label for curve in curves]
+    figures.pyplot().close(figure)
+
+
+def test_all_harm_panels_share_the_x_axis_from_the_unedited_model(tmp_path):
+    _, figure = harm_figure(tmp_path)
+    panels = {axis.get_title(): axis for axis in figure.axes if axis.get_lines()}
+    task = panels["sentiment/loglik:accuracy"]
+    assert task.get_lines()[0].get_xdata()[0] == 0  # the unedited model's point
+    assert panels["efficacy"].get_lines()[0].get_xdata()[0] == 1  # no edit scores before an edit
+    limits = {axis.get_xlim() for axis in panels.values()}
+    assert len(limits) == 1
+    left, right = limits.pop()
+    assert left <= 0 < 1 < 4 <= right
+    figures.pyplot().close(figure)
 
 
 def test_the_script_rejects_bad_modes_in_one_line_before_loading_anything():

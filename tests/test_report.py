@@ -9,7 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from remedi import evaluation, metrics, report
+from remedi import evaluation, metrics
+from remedi.evaluation import counterfact_report
 
 
 def _metric(values: list[float]) -> metrics.Metric:
@@ -67,9 +68,9 @@ def _cells(markdown: str, label: str) -> list[str]:
 
 def test_tables_show_the_result_files_numbers_on_romes_scale(tmp_path: Path):
     results = {"unedited": _results([1.0, 0.5], [0.5, 0.25], [1.0, 1.0], [6.0, 6.2])}
-    summary = report.summarize(results, title="t")
-    files = report.write_summary(summary, tmp_path)
-    headers = ["Method", "N", *(column.header for column in report.COLUMNS)]
+    summary = counterfact_report.summarize(results, title="t")
+    files = counterfact_report.write_summary(summary, tmp_path)
+    headers = ["Method", "N", *(column.header for column in counterfact_report.COLUMNS)]
     cells = dict(zip(headers, _cells(files.markdown.read_text(), "Unedited"), strict=True))
     efficacy, paraphrase, neighborhood = 75.0, 37.5, 100.0
     assert cells["N"] == "2"
@@ -91,9 +92,9 @@ def test_the_best_value_of_a_column_is_bold_in_latex(tmp_path: Path):
         "prefix": _results([1.0, 1.0], [1.0, 0.5], [0.5, 0.5], [5.0, 5.0], "prefix"),
         "unedited": _results([0.0, 0.0], [0.0, 0.5], [1.0, 1.0], [6.0, 6.0]),
     }
-    latex = report.latex_table(report.summarize(results))
+    latex = counterfact_report.latex_table(counterfact_report.summarize(results))
     prefix, unedited = _latex_cells(latex, "Prefix"), _latex_cells(latex, "Unedited")
-    headers = ["Method", "N", *(column.header for column in report.COLUMNS)]
+    headers = ["Method", "N", *(column.header for column in counterfact_report.COLUMNS)]
     column = {header: index for index, header in enumerate(headers)}
     assert prefix[column["Efficacy"]] == r"\textbf{100.0}"
     assert unedited[column["Efficacy"]] == "0.0"
@@ -102,18 +103,20 @@ def test_the_best_value_of_a_column_is_bold_in_latex(tmp_path: Path):
 
 
 def test_score_is_zero_when_a_part_is_zero_and_missing_when_a_part_is():
-    assert report.harmonic_mean([0.0, 50.0, 100.0]) == 0.0
-    assert report.harmonic_mean([50.0, None, 100.0]) is None
-    assert report.harmonic_mean([50.0, math.nan, 100.0]) is None
-    assert report.harmonic_mean([50.0, 50.0, 50.0]) == pytest.approx(50.0)
+    assert counterfact_report.harmonic_mean([0.0, 50.0, 100.0]) == 0.0
+    assert counterfact_report.harmonic_mean([50.0, None, 100.0]) is None
+    assert counterfact_report.harmonic_mean([50.0, math.nan, 100.0]) is None
+    assert counterfact_report.harmonic_mean([50.0, 50.0, 50.0]) == pytest.approx(50.0)
 
 
 def test_seeds_aggregate_to_mean_and_standard_deviation(tmp_path: Path):
     seeds = [
-        report.summarize({"unedited": _results([e, e], [0.5, 0.5], [1.0, 1.0], [6.0, 6.0])})
+        counterfact_report.summarize(
+            {"unedited": _results([e, e], [0.5, 0.5], [1.0, 1.0], [6.0, 6.0])}
+        )
         for e in (0.5, 0.75, 1.0)
     ]
-    summary = report.aggregate_summaries(seeds, title="3 seeds")
+    summary = counterfact_report.aggregate_summaries(seeds, title="3 seeds")
     assert summary.seeds == 3
     row = summary.rows[0]
     assert row.values["efficacy"] == pytest.approx(75.0)
@@ -121,9 +124,9 @@ def test_seeds_aggregate_to_mean_and_standard_deviation(tmp_path: Path):
     assert row.spreads["paraphrase"] == 0.0
     scores = [s.rows[0].values["score"] for s in seeds]
     assert row.values["score"] == pytest.approx(statistics.fmean(scores))
-    markdown = report.markdown_table(summary)
+    markdown = counterfact_report.markdown_table(summary)
     assert _cells(markdown, "Unedited")[3] == "75.0 ± 25.0"
     assert "over 3 seeds" in markdown and "vary across CPUs" in markdown
-    assert re.search(r"75\.0 ± 25\.0", report.latex_table(summary))
+    assert re.search(r"75\.0 ± 25\.0", counterfact_report.latex_table(summary))
     with pytest.raises(ValueError, match="no summaries"):
-        report.aggregate_summaries([])
+        counterfact_report.aggregate_summaries([])

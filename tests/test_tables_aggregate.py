@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from remedi import metrics
-from remedi.evaluation import tables
+from remedi.report import figures, tables
 from scripts import summarize_runs
 
 
@@ -89,3 +89,22 @@ def test_mean_and_spread_skip_missing_cells():
     assert mean == pytest.approx(2.0) and spread == pytest.approx(math.sqrt(2.0))
     assert metrics.mean_and_spread([4.0]) == (4.0, None)
     assert metrics.mean_and_spread([None, math.nan]) == (None, None)
+
+
+def test_latex_prints_labels_and_headers_literally(tmp_path: Path):
+    table = tables.Table(
+        "t", {"a": "A_1 & {B}"}, [tables.TableRow("50% ~x^2 #1 $\\", {"a": 1.0})], digits=1
+    )
+    latex = tables.latex(table)
+    assert r" & A\_1 \& \{B\} \\" in latex
+    assert r"50\% \textasciitilde{}x\textasciicircum{}2 \#1 \$\textbackslash{} & 1.0 \\" in latex
+
+
+def test_a_figure_is_saved_whole_and_closed(tmp_path: Path):
+    plt = figures.pyplot()
+    figure, axis = plt.subplots()
+    axis.plot([0, 1], [1, 0])
+    path = figures.save(figure, tmp_path / "plots" / "line.png")
+    assert path.read_bytes()[:4] == b"\x89PNG"
+    assert [p.name for p in path.parent.iterdir()] == ["line.png"]  # no temporary file beside it
+    assert figure.number not in plt.get_fignums()

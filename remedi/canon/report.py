@@ -26,7 +26,7 @@ from remedi.canon.experiment import (
     result_config,
     run_experiment,
 )
-from remedi.evaluation import tables
+from remedi.report import tables
 
 logger = logging.getLogger(__name__)
 

@@ -37,7 +37,6 @@ from dataclasses_json import DataClassJsonMixin
 from tqdm.auto import tqdm
 
 from remedi import editors, errors, hooks, io, metrics, models, precompute
-from remedi.evaluation import tables
 from remedi.evaluation.classification import (
     DEFAULT_CONTROL_TASK_SEED,
     ROWS,
@@ -45,6 +44,7 @@ from remedi.evaluation.classification import (
     standardize,
 )
 from remedi.evaluation.mediation import prompt_in_context, sample_rows
+from remedi.report import tables
 
 logger = logging.getLogger(__name__)
 

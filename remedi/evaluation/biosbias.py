@@ -54,6 +54,7 @@ from remedi.evaluation.scoring import (
     clean_generated_text,
     generate_texts,
 )
+from remedi.report import figures, tables
 
 logger = logging.getLogger(__name__)
 
@@ -392,54 +393,48 @@ def markdown_table(rows: Sequence[Mapping[str, Any]], settings: Sequence[str] = 
     header = ["Method", "N"] + [
         f"{s.capitalize()} {label}" for s in settings for _, label in _COLUMNS
     ]
-    lines = [
-        "| " + " | ".join(header) + " |",
-        "|---|" + "---:|" * (len(header) - 1),
-    ]
-    for row in rows:
-        cells = [str(row["label"]), str(row.get("n", "-"))]
-        cells += [_cell(row, s, key) for s in settings for key, _ in _COLUMNS]
-        lines.append("| " + " | ".join(cells) + " |")
-    return "\n".join(lines) + "\n"
+    cells = (
+        [str(row["label"]), str(row.get("n", "-"))]
+        + [_cell(row, s, key) for s in settings for key, _ in _COLUMNS]
+        for row in rows
+    )
+    return "\n".join(tables.markdown_grid(header, cells)) + "\n"
 
 
 def latex_table(rows: Sequence[Mapping[str, Any]], settings: Sequence[str] = SETTINGS) -> str:
     """The summary as a LaTeX tabular with a header row per setting."""
     width = len(_COLUMNS)
-    spec = "lr" + ("|" + "r" * width) * len(settings)
-    top = " & ".join(
-        [" ", " "] + [f"\\multicolumn{{{width}}}{{c}}{{{s.capitalize()}}}" for s in settings]
-    )
-    names = " & ".join(["Method", "N"] + [label for _ in settings for _, label in _COLUMNS])
-    body = [
-        " & ".join(
-            [str(row["label"]).replace("_", "\\_"), str(row.get("n", "-"))]
-            + [_cell(row, s, key) for s in settings for key, _ in _COLUMNS]
-        )
-        + " \\\\"
-        for row in rows
+    groups = [" ", " "] + [
+        f"\\multicolumn{{{width}}}{{c}}{{{tables.latex_escape(s.capitalize())}}}" for s in settings
     ]
-    return (
-        f"\\begin{{tabular}}{{{spec}}}\n\\toprule\n{top} \\\\\n{names} \\\\\n\\midrule\n"
-        + "\n".join(body)
-        + "\n\\bottomrule\n\\end{tabular}\n"
+    lines = tables.latex_tabular(
+        ["Method", "N"] + [label for _ in settings for _, label in _COLUMNS],
+        (
+            [tables.latex_escape(str(row["label"])), str(row.get("n", "-"))]
+            + [_cell(row, s, key) for s in settings for key, _ in _COLUMNS]
+            for row in rows
+        ),
+        column_spec="lr" + ("|" + "r" * width) * len(settings),
+        above_headers=[groups],
     )
+    return "\n".join(lines) + "\n"
 
 
 def plot_summary(rows: Sequence[Mapping[str, Any]], path: Path, title: str = "") -> Path:
     """Bar charts of top-1 accuracy and fluency per setting and method, saved as PNG."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    figure, axes = plt.subplots(1, 2, figsize=(9, 3.5))
+    figure, axes = figures.pyplot().subplots(1, 2, figsize=(9, 3.5))
     width = 0.8 / max(1, len(rows))
     positions = np.arange(len(SETTINGS))
     for index, row in enumerate(rows):
         for axis, key in zip(axes, ("top1_accuracy", "fluency"), strict=True):
             values = [row.get(s, {}).get(key, np.nan) for s in SETTINGS]
-            axis.bar(positions + index * width, values, width, label=row["label"])
+            axis.bar(
+                positions + index * width,
+                values,
+                width,
+                label=row["label"],
+                color=figures.color(index),
+            )
     for axis, name in zip(axes, ("Top-1 accuracy (%)", "Fluency"), strict=True):
         axis.set_xticks(positions + width * (len(rows) - 1) / 2, [s.capitalize() for s in SETTINGS])
         axis.set_title(name)
@@ -448,24 +443,7 @@ def plot_summary(rows: Sequence[Mapping[str, Any]], path: Path, title: str = "")
     if title:
         figure.suptitle(title)
     figure.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-
-    def save(tmp: Path) -> None:
-        figure.savefig(tmp, format="png", dpi=120)
-
-    io.atomic_write(path, save)
-    plt.close(figure)
-    return path
-
-
-@dataclass
-class BiosbiasSummaryFiles:
-    """Where the summary was written."""
-
-    markdown: Path
-    latex: Path
-    plot: Path
-    json: Path
+    return figures.save(figure, path)
 
 
 def write_summary(
@@ -473,7 +451,7 @@ def write_summary(
     labels: Mapping[str, str],
     directory: Path,
     title: str = "",
-) -> tuple[str, BiosbiasSummaryFiles]:
+) -> tuple[str, tables.TableFiles]:
     """Write ``summary.{md,tex,png,json}`` under ``directory``; return the Markdown table."""
     directory = Path(directory)
     rows = summary_rows(results, labels)
@@ -484,14 +462,12 @@ def write_summary(
         "entropy of the sampled continuation. Consistency: TF-IDF cosine to the mean of the "
         "bios with that occupation.\n"
     )
-    files = BiosbiasSummaryFiles(
-        markdown=directory / "summary.md",
-        latex=directory / "summary.tex",
-        plot=directory / "summary.png",
-        json=directory / "summary.json",
+    files = tables.write_files(
+        directory,
+        "summary",
+        (f"# {title}\n\n" if title else "") + table + note,
+        latex_table(rows),
+        {"title": title, "rows": rows},
+        lambda path: plot_summary(rows, path, title),
     )
-    io.write_text(files.markdown, (f"# {title}\n\n" if title else "") + table + note)
-    io.write_text(files.latex, latex_table(rows))
-    io.write_json(files.json, {"title": title, "rows": rows})
-    plot_summary(rows, files.plot, title)
     return table, files

@@ -52,7 +52,6 @@ import torch
 from dataclasses_json import DataClassJsonMixin
 
 from remedi import editors, errors, io, metrics, models, precompute
-from remedi.evaluation import tables
 from remedi.evaluation.mediation import (
     TASKS,
     ContextReadings,
@@ -60,6 +59,7 @@ from remedi.evaluation.mediation import (
     sample_rows,
     task_targets,
 )
+from remedi.report import tables
 
 logger = logging.getLogger(__name__)
 

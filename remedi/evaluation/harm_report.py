@@ -2,7 +2,8 @@
 
 Reads the ``checkpoint_<N>.json`` files that :func:`remedi.evaluation.harm.run_harm` writes
 (one directory per method, mode and RECT setting) and makes the paper's figures (a PNG with one
-panel per measure) and a markdown table (one row per run and checkpoint).
+panel per measure) and a markdown table (one row per run and checkpoint), both through
+:mod:`remedi.report`.
 """
 
 from __future__ import annotations
@@ -11,11 +12,17 @@ import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 from remedi import io
 from remedi.evaluation.harm import Checkpoint
+from remedi.report import figures, tables
+
+if TYPE_CHECKING:
+    from matplotlib.figure import Figure
 
 EDIT_MEASURES = ("efficacy", "generalization", "locality")
+MODE_MARKERS = {"instance-sequential": "o", "batch-single": "s", "batch-sequential": "^"}
 
 
 @dataclass
@@ -24,9 +31,13 @@ class Curve:
 
     label: str
     points: dict[str, dict[int, float]]
+    mode: str = ""
+    rect: bool = False
+    """Whether RECT regularised the run's weight updates."""
 
 
 def run_label(checkpoint: Checkpoint) -> str:
+    """``<method> <mode>[ b<batch>][ +RECT<share>]``: how a run is named in the table and legend."""
     label = f"{checkpoint.method} {checkpoint.mode}"
     if checkpoint.mode == "batch-sequential":
         label += f" b{checkpoint.batch_size}"
@@ -52,7 +63,8 @@ def read_curves(directories: Sequence[Path]) -> list[Curve]:
             for score in checkpoint.tasks:
                 key = f"{score.task}/{score.protocol}:{score.metric}"
                 points.setdefault(key, {})[checkpoint.num_edits] = score.score
-        curves.append(Curve(run_label(checkpoints[0]), points))
+        first = checkpoints[0]
+        curves.append(Curve(run_label(first), points, first.mode, first.rect_share is not None))
     return curves
 
 
@@ -65,58 +77,52 @@ def measures_of(curves: Sequence[Curve]) -> list[str]:
 def markdown_table(curves: Sequence[Curve]) -> str:
     """One row per run and number of edits, one column per measure."""
     measures = measures_of(curves)
-    header = "| run | edits | " + " | ".join(measures) + " |"
-    lines = [header, "|" + "---|" * (len(measures) + 2)]
+    headers = ["run", "edits", *measures]
+    rows = []
     for curve in curves:
         numbers = sorted({n for points in curve.points.values() for n in points})
         for number in numbers:
-            cells = []
-            for measure in measures:
-                value = curve.points.get(measure, {}).get(number)
-                cells.append("" if value is None or math.isnan(value) else f"{value:.3f}")
-            lines.append(f"| {curve.label} | {number} | " + " | ".join(cells) + " |")
-    return "\n".join(lines) + "\n"
+            values = (curve.points.get(measure, {}).get(number) for measure in measures)
+            cells = [tables.format_number(value, 3, missing="") for value in values]
+            rows.append([curve.label, str(number), *cells])
+    return "\n".join(tables.markdown_grid(headers, rows, left_aligned=len(headers))) + "\n"
 
 
-def plot_curves(curves: Sequence[Curve], path: Path) -> Path:
-    """One panel per measure: score against the number of edits (symlog axis), a line per run."""
-    import matplotlib
+def curves_figure(curves: Sequence[Curve]) -> Figure:
+    """One panel per measure: score against the number of edits (symlog axis), a line per run.
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    Each run has its own colour; its mode is also told by the marker, RECT by dashes. The panels
+    share one x axis, so the unedited model's point (0 edits, where the data has it) and every
+    later checkpoint line up across the edit and the task panels.
+    """
     measures = measures_of(curves)
-    # Colour per method, marker per mode, dashes for RECT: runs that coincide stay readable.
-    methods = sorted({curve.label.split(" ")[0] for curve in curves})
-    colors = {method: f"C{index % 10}" for index, method in enumerate(methods)}
-    markers = {"instance-sequential": "o", "batch-single": "s", "batch-sequential": "^"}
-    columns = min(3, max(len(measures), 1))
-    rows = math.ceil(len(measures) / columns)
-    figure, axes = plt.subplots(rows, columns, figsize=(5 * columns, 3.4 * rows), squeeze=False)
-    for index, measure in enumerate(measures):
-        axis = axes[index // columns][index % columns]
-        for curve in curves:
+    figure, axes = figures.panel_grid(len(measures), panel_size=(5, 3.4), share_x=True)
+    for axis, measure in zip(axes, measures, strict=True):
+        for index, curve in enumerate(curves):
             points = sorted(curve.points.get(measure, {}).items())
             if points:
-                method, mode = curve.label.split(" ")[:2]
                 axis.plot(
                     *zip(*points, strict=True),
-                    "--" if "RECT" in curve.label else "-",
-                    color=colors[method],
-                    marker=markers.get(mode, "o"),
+                    "--" if curve.rect else "-",
+                    color=figures.color(index),
+                    marker=MODE_MARKERS.get(curve.mode, "o"),
                     markersize=4,
                     label=curve.label,
                 )
         axis.set_xscale("symlog", linthresh=1)
         axis.set_title(measure, fontsize=9)
         axis.set_xlabel("number of edits")
-    for index in range(len(measures), rows * columns):
-        axes[index // columns][index % columns].axis("off")
-    handles, labels = axes[0][0].get_legend_handles_labels()
-    figure.legend(handles, labels, loc="lower center", ncol=3, fontsize=8)
+    # A run missing from the first panel still belongs in the legend: gather every panel's.
+    legend: dict[str, Any] = {}
+    for axis in axes:
+        handles, labels = axis.get_legend_handles_labels()
+        for handle, label in zip(handles, labels, strict=True):
+            legend.setdefault(label, handle)
+    figure.legend(list(legend.values()), list(legend), loc="lower center", ncol=3, fontsize=8)
     figure.tight_layout(rect=(0, 0.04 + 0.02 * math.ceil(len(curves) / 3), 1, 1))
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    figure.savefig(path, dpi=110)
-    plt.close(figure)
-    return path
+    return figure
+
+
+def plot_curves(curves: Sequence[Curve], path: Path) -> Path:
+    """:func:`curves_figure` written as a PNG at ``path``."""
+    return figures.save(curves_figure(curves), path)

@@ -20,7 +20,7 @@ import torch
 
 from remedi import cli, editors, env, errors, models, training
 from remedi.evaluation import classification as cls
-from remedi.evaluation import tables
+from remedi.report import tables
 
 logger = logging.getLogger(__name__)
 

@@ -1,4 +1,7 @@
-"""Summaries of an evaluation a person can paste: a markdown and a LaTeX table, and a bar plot.
+"""The CounterFact editing summary a person can paste: markdown and LaTeX tables, a bar plot.
+
+Written through :mod:`remedi.report` (its table layouts, escaping, palette and atomic saves);
+this module says what the CounterFact table holds.
 
 One row per method (REMEDI, then the baselines), one column per headline number, on the scale of
 ROME's CounterFact tables so that rows can sit next to published ones:
@@ -33,7 +36,8 @@ from pathlib import Path
 
 from dataclasses_json import DataClassJsonMixin
 
-from remedi import evaluation, io, metrics
+from remedi import evaluation, metrics
+from remedi.report import figures, tables
 
 logger = logging.getLogger(__name__)
 
@@ -223,9 +227,7 @@ def _missing_notes(method: str, results: Results) -> list[str]:
 
 def format_cell(value: float | None, spread: float | None = None) -> str:
     """A cell as printed: one decimal, with "± spread" when the summary aggregates seeds."""
-    if value is None or math.isnan(value):
-        return "n/a"
-    return f"{value:.1f}" if spread is None else f"{value:.1f} ± {spread:.1f}"
+    return tables.format_number(value, 1, spread)
 
 
 LEGEND = (
@@ -247,17 +249,22 @@ def _seed_note(summary: Summary) -> str:
     )
 
 
+HEADERS = ("Method", "N", *(column.header for column in COLUMNS))
+
+
 def markdown_table(summary: Summary) -> str:
     """The summary as a GitHub markdown table, with a legend and notes."""
-    headers = ["Method", "N", *(column.header for column in COLUMNS)]
-    lines = [
-        "| " + " | ".join(headers) + " |",
-        "|" + "|".join(["---"] + ["---:"] * (len(headers) - 1)) + "|",
-    ]
-    for row in summary.rows:
-        cells = [row.label, str(row.cases)]
-        cells += [format_cell(row.values.get(c.key), row.spreads.get(c.key)) for c in COLUMNS]
-        lines.append("| " + " | ".join(cells) + " |")
+    lines = tables.markdown_grid(
+        HEADERS,
+        (
+            [
+                row.label,
+                str(row.cases),
+                *(format_cell(row.values.get(c.key), row.spreads.get(c.key)) for c in COLUMNS),
+            ]
+            for row in summary.rows
+        ),
+    )
     text = (f"### {summary.title}\n\n" if summary.title else "") + "\n".join(lines) + "\n"
     text += f"\n{LEGEND}\n"
     if summary.seeds > 1:
@@ -267,50 +274,29 @@ def markdown_table(summary: Summary) -> str:
     return text
 
 
-_LATEX_SPECIAL = {
-    "\\": r"\textbackslash{}",
-    "&": r"\&",
-    "%": r"\%",
-    "$": r"\$",
-    "#": r"\#",
-    "_": r"\_",
-    "{": r"\{",
-    "}": r"\}",
-    "~": r"\textasciitilde{}",
-    "^": r"\textasciicircum{}",
-}
-
-
-def _latex_escape(text: str) -> str:
-    return "".join(_LATEX_SPECIAL.get(char, char) for char in text)
-
-
 def latex_table(summary: Summary) -> str:
     """The summary as a LaTeX ``table`` (booktabs), best value per column in bold."""
     best = _best_values(summary)
-    headers = ["Method", "N", *(column.header for column in COLUMNS)]
+    rows = []
+    for row in summary.rows:
+        cells = [tables.latex_escape(row.label), str(row.cases)]
+        for column in COLUMNS:
+            value = row.values.get(column.key)
+            cell = tables.latex_escape(format_cell(value, row.spreads.get(column.key)))
+            if value is not None and value == best.get(column.key):
+                cell = rf"\textbf{{{cell}}}"
+            cells.append(cell)
+        rows.append(cells)
+    legend = " ".join(part for part in (LEGEND, _seed_note(summary)) if part)
+    caption = tables.latex_escape(f"{summary.title}. {legend}" if summary.title else legend)
     lines = [
         r"\begin{table}[t]",
         r"\centering",
         r"\small",
-        r"\begin{tabular}{l" + "r" * (len(headers) - 1) + "}",
-        r"\toprule",
-        " & ".join(_latex_escape(header) for header in headers) + r" \\",
-        r"\midrule",
+        *tables.latex_tabular(HEADERS, rows),
+        rf"\caption{{{caption}}}",
+        r"\end{table}",
     ]
-    for row in summary.rows:
-        cells = [_latex_escape(row.label), str(row.cases)]
-        for column in COLUMNS:
-            value = row.values.get(column.key)
-            cell = _latex_escape(format_cell(value, row.spreads.get(column.key)))
-            if value is not None and value == best.get(column.key):
-                cell = rf"\textbf{{{cell}}}"
-            cells.append(cell)
-        lines.append(" & ".join(cells) + r" \\")
-    lines += [r"\bottomrule", r"\end{tabular}"]
-    legend = " ".join(part for part in (LEGEND, _seed_note(summary)) if part)
-    caption = _latex_escape(f"{summary.title}. {legend}" if summary.title else legend)
-    lines += [rf"\caption{{{caption}}}", r"\end{table}"]
     return "\n".join(lines) + "\n"
 
 
@@ -330,47 +316,25 @@ def _best_values(summary: Summary) -> dict[str, float]:
 
 def plot_summary(summary: Summary, path: Path) -> Path:
     """A grouped bar chart of the percent columns, fluency beside it; written as PNG."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
     percent_columns = [c for c in COLUMNS if c.percent]
     other_columns = [c for c in COLUMNS if not c.percent]
-    figure, (left, right) = plt.subplots(
+    figure, (left, right) = figures.pyplot().subplots(
         1,
         2,
         figsize=(13, 4.5),
         gridspec_kw={"width_ratios": [len(percent_columns), max(2, len(other_columns))]},
     )
-    colors = matplotlib.colormaps["tab10"]
-    width = 0.8 / max(1, len(summary.rows))
     for axis, columns in ((left, percent_columns), (right, other_columns)):
-        for index, row in enumerate(summary.rows):
-            positions = [
-                position + (index - (len(summary.rows) - 1) / 2) * width
-                for position in range(len(columns))
-            ]
-            heights = [row.values.get(column.key) for column in columns]
-            bars = axis.bar(
-                positions,
-                [0.0 if h is None or math.isnan(h) else h for h in heights],
-                width=width,
-                label=row.label,
-                color=colors(index % 10),
-            )
-            for bar, height in zip(bars, heights, strict=True):
-                text = "n/a" if height is None or math.isnan(height) else f"{height:.0f}"
-                axis.annotate(
-                    text,
-                    (bar.get_x() + bar.get_width() / 2, bar.get_height()),
-                    ha="center",
-                    va="bottom",
-                    fontsize=6,
-                )
-        axis.set_xticks(range(len(columns)))
-        axis.set_xticklabels([column.header for column in columns], rotation=20, ha="right")
-        axis.spines[["top", "right"]].set_visible(False)
+        figures.grouped_bars(
+            axis,
+            [column.header for column in columns],
+            [
+                (row.label, [row.values.get(column.key) for column in columns])
+                for row in summary.rows
+            ],
+            annotate=True,
+            rotation=20,
+        )
     left.set_ylim(0, 110)
     left.set_ylabel("% (higher is better)")
     right.set_ylabel("n-gram entropy x 100 (ROME's GE)")
@@ -378,39 +342,19 @@ def plot_summary(summary: Summary, path: Path) -> Path:
     if summary.title:
         figure.suptitle(summary.title)
     figure.tight_layout()
-
-    def save(tmp: Path) -> None:
-        figure.savefig(tmp, format="png", dpi=150)
-
-    try:
-        io.atomic_write(Path(path), save)
-    finally:
-        plt.close(figure)
-    return Path(path)
+    return figures.save(figure, path)
 
 
-@dataclass(frozen=True)
-class SummaryFiles:
-    markdown: Path
-    latex: Path
-    plot: Path
-    json: Path
-
-
-def write_summary(summary: Summary, directory: Path) -> SummaryFiles:
+def write_summary(summary: Summary, directory: Path) -> tables.TableFiles:
     """Write ``summary.md``, ``summary.tex``, ``summary.png`` and ``summary.json``."""
-    directory = Path(directory)
-    files = SummaryFiles(
-        markdown=directory / "summary.md",
-        latex=directory / "summary.tex",
-        plot=directory / "summary.png",
-        json=directory / "summary.json",
+    return tables.write_files(
+        directory,
+        "summary",
+        markdown_table(summary),
+        latex_table(summary),
+        summary.to_dict(),
+        lambda path: plot_summary(summary, path),
     )
-    io.write_text(files.markdown, markdown_table(summary))
-    io.write_text(files.latex, latex_table(summary))
-    io.write_json(files.json, summary.to_dict())
-    plot_summary(summary, files.plot)
-    return files
 
 
 def read_results(
