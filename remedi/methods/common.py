@@ -421,36 +421,6 @@ def substituted(model: torch.nn.Module, replacements: Mapping[str, torch.Tensor]
             module._parameters[attribute] = parameter
 
 
-def apply_weights(
-    model: torch.nn.Module, new_weights: Mapping[str, torch.Tensor]
-) -> dict[str, torch.Tensor]:
-    """Write ``new_weights`` (by parameter name, as every method's ``edit`` returns them) into
-    the model in place, and return copies of the values they replace.
-
-    For sequential editing: ``saved = apply_weights(model, rome.edit(...))`` keeps the edit;
-    ``apply_weights(model, saved)`` undoes it bit-identically. Undo a sequence of edits by
-    applying the saved dicts in reverse order (or keep the first saved value of each name).
-    Nothing is written unless every name exists and every shape matches.
-
-    Raises:
-        errors.UsageError: A name is not a parameter of the model, or a shape differs.
-    """
-    parameters = dict(model.named_parameters())
-    for name, value in new_weights.items():
-        if name not in parameters:
-            raise errors.UsageError(f"the model has no parameter {name!r} to write")
-        if value.shape != parameters[name].shape:
-            raise errors.UsageError(
-                f"new value of {name} has shape {tuple(value.shape)}, the parameter "
-                f"{tuple(parameters[name].shape)}"
-            )
-    saved = {name: parameters[name].detach().clone() for name in new_weights}
-    with torch.no_grad():
-        for name, value in new_weights.items():
-            parameters[name].copy_(value)
-    return saved
-
-
 def shrink_moment(moment: torch.Tensor, shrinkage: float) -> torch.Tensor:
     """``(1 - shrinkage) C + shrinkage (tr C / d) I`` in float64: a well-conditioned ``C`` when its
     estimate is poor (few tokens, dead units); 0 leaves ``C`` as it is (the papers' choice)."""
