@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -143,21 +144,17 @@ def test_a_method_registered_once_runs_through_counterfact_harm_and_canonical_ex
         for name in ("Ann Smith", "Bo Lee")
     ]
     root = write_works_for_data(tmp_path / "data", examples)
-    config = _tiny_config(
-        model_dir,
-        tmp_path / "canon",
-        "toy_works_for",
-        data_root=str(root),
-        method={"name": "nudge"},
-    )
+    extra = {"data_root": str(root), "method": {"name": "nudge"}}
+    config = _tiny_config(model_dir, tmp_path / "canon", "toy_works_for", **extra)
     result = canon.run_experiment(config)
     assert result.method == "nudge" and [e.epoch for e in result.epochs] == [0, 1]
     assert result.epochs[1].general_loss != result.epochs[0].general_loss
 
 
 def test_the_table_refuses_bad_entries_and_names_what_there_is(nudge, mt):
+    assert registry.register(NUDGE) is NUDGE  # the same entry again: nothing changes
     with pytest.raises(errors.UsageError, match="'nudge' is already registered"):
-        registry.register(NUDGE)
+        registry.register(dataclasses.replace(NUDGE, label="Another nudge"))
     with pytest.raises(errors.UsageError, match="edits weights but has no prepare or train"):
         registry.MethodSpec("broken", "Broken", "weights", NudgeHparams)
     with pytest.raises(errors.UsageError, match="choose one of weights, hidden_states, text"):

@@ -167,7 +167,7 @@ def entailment(
     flat = _flatten(rows)
     directions = None
     if spec.edits == "hidden_states" and edit is not None:
-        directions = edit.directions(mt, rows, batch_size).cpu()
+        directions = edit.directions(mt, rows).cpu()
     pre, post = [], []
     starts = range(0, len(flat), batch_size)
     for start in tqdm(starts, desc=f"entailment [{method}]", disable=len(starts) < 2):

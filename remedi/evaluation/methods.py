@@ -189,7 +189,7 @@ class RemediMethod(Method):
             editor = RemediEdit(editor, alpha, source, batch_size)
         self.method = editor
         self.label = editor.label
-        directions = editor.directions(mt, [case.sample() for case in cases], batch_size)
+        directions = editor.directions(mt, [case.sample() for case in cases])
         self.directions = {case.case_id: row for case, row in zip(cases, directions, strict=True)}
 
     def details(self) -> dict[str, str]:

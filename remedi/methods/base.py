@@ -166,6 +166,7 @@ class WeightEditor(abc.ABC):
     name: str = "weights"
     label: str = "Weights"
     batches: bool = False
+    hparams: Any = None
 
     @abc.abstractmethod
     def compute(
@@ -174,7 +175,10 @@ class WeightEditor(abc.ABC):
         """The update that writes ``requests`` into the model as it is now."""
 
     def details(self) -> dict[str, str]:
-        """What identifies this configuration (saved with every result)."""
+        """What identifies this configuration (saved with every result): its hyperparameters
+        as sorted JSON, when they have a JSON form."""
+        if hasattr(self.hparams, "to_json"):
+            return {"hparams": self.hparams.to_json(sort_keys=True)}
         return {}
 
     def new_weights(
@@ -233,13 +237,9 @@ class DirectionEditor(Protocol):
     label: str
 
     def directions(
-        self,
-        mt: models.ModelAndTokenizer,
-        samples: Sequence[Mapping[str, str]],
-        batch_size: int | None = None,
+        self, mt: models.ModelAndTokenizer, samples: Sequence[Mapping[str, str]]
     ) -> torch.Tensor:
-        """One direction per sample (a context mediation sample: entity, context, ...), computed
-        ``batch_size`` samples at a time (None: the method's own)."""
+        """One direction per sample (a context mediation sample: entity, context, ...)."""
         ...
 
     def details(self) -> dict[str, str]:

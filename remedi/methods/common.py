@@ -67,6 +67,18 @@ class LocateEditHparams(DataClassJsonMixin):
         """Read the hyperparameters from a JSON file (``remedi/methods/hparams/<method>/``)."""
         return cls.from_dict(io.read_json(path, f"{cls.method_name} hyperparameters"))
 
+    def value_optimization(self) -> ValueOptimization:
+        """How ROME's ``v*`` (MEMIT's ``z``) is optimised under these hyperparameters."""
+        return ValueOptimization(
+            num_steps=self.v_num_grad_steps,
+            lr=self.v_lr,
+            weight_decay=self.v_weight_decay,
+            clamp_norm_factor=self.clamp_norm_factor,
+            kl_factor=self.kl_factor,
+            kl_prompts=tuple(self.kl_prompts),
+            stop_loss=self.v_stop_loss,
+        )
+
 
 @dataclass(frozen=True)
 class EditRequest:

@@ -131,9 +131,6 @@ class FtEditor(WeightEditor):
         constraint = "" if hparams.norm_constraint is None else "-L"
         self.label = layers_label(f"FT{constraint}", hparams.layers)
 
-    def details(self) -> dict[str, str]:
-        return {"hparams": self.hparams.to_json(sort_keys=True)}
-
     def compute(
         self, mt: models.ModelAndTokenizer, requests: Sequence[common.EditRequest]
     ) -> NewWeights:

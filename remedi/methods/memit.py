@@ -215,15 +215,7 @@ def compute_update(
 
     last_layer = layers[-1]
     (last_block,) = models.determine_layer_paths(mt.model, [last_layer])
-    settings = common.ValueOptimization(
-        num_steps=hparams.v_num_grad_steps,
-        lr=hparams.v_lr,
-        weight_decay=hparams.v_weight_decay,
-        clamp_norm_factor=hparams.clamp_norm_factor,
-        kl_factor=hparams.kl_factor,
-        kl_prompts=tuple(hparams.kl_prompts),
-        stop_loss=hparams.v_stop_loss,
-    )
+    settings = hparams.value_optimization()
     targets = torch.stack(
         [
             common.optimize_value(
@@ -330,9 +322,6 @@ class MemitEditor(WeightEditor):
         self.templates = templates or common.context_templates(
             mt, hparams.context_template_lengths, hparams.seed
         )
-
-    def details(self) -> dict[str, str]:
-        return {"hparams": self.hparams.to_json(sort_keys=True)}
 
     def compute(
         self, mt: models.ModelAndTokenizer, requests: Sequence[common.EditRequest]

@@ -125,16 +125,16 @@ METHODS: dict[str, MethodSpec] = {
 
 
 def register(spec: MethodSpec) -> MethodSpec:
-    """Add ``spec`` to :data:`METHODS` (a method defined outside this package, or in a test).
+    """Add ``spec`` to :data:`METHODS` (a method defined outside this package, or in a test);
+    registering the same entry again changes nothing.
 
     Raises:
-        errors.UsageError: A method of that name is registered already.
+        errors.UsageError: Another method of that name is registered already.
     """
-    if spec.name in METHODS:
+    if METHODS.setdefault(spec.name, spec) is not spec:
         raise errors.UsageError(
             f"a method named {spec.name!r} is already registered; choose another name"
         )
-    METHODS[spec.name] = spec
     return spec
 
 

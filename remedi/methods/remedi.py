@@ -125,15 +125,12 @@ class RemediEdit:
         self.label = f"REMEDI (L{editor.layer})"
 
     def directions(
-        self,
-        mt: models.ModelAndTokenizer,
-        samples: Sequence[Mapping[str, str]],
-        batch_size: int | None = None,
+        self, mt: models.ModelAndTokenizer, samples: Sequence[Mapping[str, str]]
     ) -> torch.Tensor:
-        """The editor's direction for each sample (n, hidden), float32 on the model's device."""
-        return editors.editor_directions(
-            mt, self.editor, [dict(sample) for sample in samples], batch_size or self.batch_size
-        )
+        """The editor's direction for each sample (n, hidden), float32 on the model's device,
+        ``batch_size`` samples per forward pass."""
+        rows = [dict(sample) for sample in samples]
+        return editors.editor_directions(mt, self.editor, rows, self.batch_size)
 
     def details(self) -> dict[str, str]:
         return {

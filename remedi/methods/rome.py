@@ -100,20 +100,7 @@ def compute_value(
     """ROME's ``v*``: the MLP output at the subject that makes the model say the target (out,)."""
     projection = models.determine_mlp_output(mt.model, hparams.layer)
     return common.optimize_value(
-        mt, request, texts, projection.module_path, value_settings(hparams)
-    )
-
-
-def value_settings(hparams: RomeHparams) -> common.ValueOptimization:
-    """The ``v*`` optimisation settings of ``hparams``."""
-    return common.ValueOptimization(
-        num_steps=hparams.v_num_grad_steps,
-        lr=hparams.v_lr,
-        weight_decay=hparams.v_weight_decay,
-        clamp_norm_factor=hparams.clamp_norm_factor,
-        kl_factor=hparams.kl_factor,
-        kl_prompts=tuple(hparams.kl_prompts),
-        stop_loss=hparams.v_stop_loss,
+        mt, request, texts, projection.module_path, hparams.value_optimization()
     )
 
 
@@ -204,7 +191,7 @@ class RomeEditor(WeightEditor):
         )
 
     def details(self) -> dict[str, str]:
-        details = {"hparams": self.hparams.to_json(sort_keys=True)}
+        details = super().details()
         if self.second_moment is not None:
             for key in ("dataset", "tokens", "weight_sha256"):
                 details[f"stats_{key}"] = self.second_moment.metadata.get(key, "")
