@@ -29,7 +29,7 @@ from remedi import env, errors, models
 from remedi.canon import scoring
 from remedi.canon.config import MethodSettings
 from remedi.data.canonical import CanonicalExample
-from remedi.methods import registry
+from remedi.methods import registry, remedi
 from remedi.methods.base import MethodSetup, WeightEditor
 from remedi.methods.common import EditRequest
 
@@ -38,14 +38,22 @@ logger = logging.getLogger(__name__)
 
 def canon_methods() -> list[str]:
     """The registered methods an experiment can use: those that train, those that edit weights
-    of many facts at once, and those that edit hidden states (in that order)."""
+    of many facts at once, and those that edit hidden states with a REMEDI editor (trained on
+    the examples, :mod:`remedi.canon.remedi_method`), in that order."""
     trained = [name for name, spec in registry.METHODS.items() if spec.train is not None]
     one_shot = [
         name
         for name, spec in registry.METHODS.items()
         if spec.edits == "weights" and spec.prepare is not None and spec.batches
     ]
-    states = registry.names("hidden_states")
+    # Hidden-state methods train an editor here: those whose hyperparameters say which.
+    states = [
+        name
+        for name, spec in registry.METHODS.items()
+        if spec.edits == "hidden_states"
+        and spec.hparams is not None
+        and issubclass(spec.hparams, remedi.RemediHparams)
+    ]
     return [*trained, *one_shot, *states]
 
 
