@@ -19,6 +19,7 @@ import torch
 
 from remedi import cli, data, env, errors, evaluation, models, tracing
 from remedi.evaluation import problems
+from remedi.methods import registry
 from remedi.report import tables
 
 
@@ -29,7 +30,8 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument(
         "--method",
         required=True,
-        help=f"registered weight-editing method (registered: {', '.join(evaluation.METHODS)})",
+        help="registered weight-editing method "
+        f"({', '.join(registry.names('weights', prepared=True))})",
     )
     parser.add_argument(
         "--edit-layer", default="all", help="central edit layer N, or 'all' (default)"
@@ -67,8 +69,11 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--dtype", help="model dtype, e.g. float32, bfloat16")
     parser.add_argument("--rerun", action="store_true", help="recompute finished edits")
     args = parser.parse_args(argv)
-    if args.method not in evaluation.METHODS:
-        parser.error(f"unknown method {args.method!r}; registered: {', '.join(evaluation.METHODS)}")
+    weight_methods = registry.names("weights", prepared=True)
+    if args.method not in weight_methods:
+        parser.error(
+            f"unknown weight-editing method {args.method!r}; registered: {', '.join(weight_methods)}"
+        )
     return args
 
 
@@ -103,7 +108,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         seed=args.seed,
     )
     options = {}
-    if args.method in evaluation.WEIGHT_METHODS:
+    if args.method in registry.names("weights", prepared=True):
         options = {
             "stats_dataset": args.stats_dataset,
             "stats_dir": args.stats_dir,

@@ -1,4 +1,4 @@
-"""Evaluate entailment on the McRae norms: No Edit, Prefix and REMEDI.
+"""Evaluate entailment on the McRae norms: Unedited, Prefix and REMEDI.
 
     python -m scripts.eval_entailment -n my_ent -e results/editors_mcrae_gptj -m gptj
 
@@ -18,8 +18,11 @@ from pathlib import Path
 
 import torch
 
-from remedi import cli, data, env, errors, io, models, training
+from remedi import cli, data, env, io, models, training
 from remedi.evaluation import entailment
+from remedi.methods import registry
+from remedi.methods.base import MethodSetup
+from remedi.methods.remedi import RemediEdit
 from remedi.report import tables
 
 
@@ -40,7 +43,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
-    methods = ["none", "prefix"]
+    methods = ["unedited", "prefix"]
     if args.editors_dir is not None:
         record = training.load_run(
             args.editors_dir, "mcrae", "train McRae editors with: invoke x.train.mcrae"
@@ -68,18 +71,19 @@ def main(argv: Sequence[str] | None = None) -> int:
             mt = models.load_model(
                 args.model, device=device, dtype=args.dtype, random_init=args.random
             )
-        editor = None
-        if method == "remedi":
-            layer = args.layer
-            if layer is None:
-                layers = training.list_run_editors(args.editors_dir).get(args.editor_type, [])
-                if len(layers) != 1:
-                    raise errors.UsageError(
-                        f"{args.editors_dir} has editors at layers {layers or 'none'}; pass -l"
-                    )
-                layer = layers[0]
-            editor = training.load_run_editor(args.editors_dir, layer, args.editor_type, mt)
-        result = entailment.entailment(mt, rows, method, editor, args.batch_size)
+        edit: RemediEdit | None = None
+        if registry.method_spec(method).edits == "hidden_states":
+            prepared = registry.prepare(
+                method,
+                mt,
+                MethodSetup(batch_size=args.batch_size),
+                editors_dir=str(args.editors_dir),
+                layer=args.layer,
+                editor_type=args.editor_type,
+            )
+            assert isinstance(prepared, RemediEdit)
+            edit = prepared
+        result = entailment.entailment(mt, rows, method, edit, args.batch_size)
         io.write_json(path, result.to_dict(), indent=None)
         results[method] = result
 

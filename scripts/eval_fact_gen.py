@@ -20,6 +20,7 @@ import torch
 
 from remedi import cli, data, env, errors, evaluation, models, training
 from remedi.evaluation import counterfact_report
+from remedi.methods import registry
 
 
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
@@ -30,12 +31,12 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         "--baselines",
         nargs="+",
         default=[],
-        choices=sorted(evaluation.BASELINES),
+        choices=sorted(registry.baselines_names()),
         help="baselines to evaluate next to the editor",
     )
     parser.add_argument(
         "--baseline",
-        choices=sorted(evaluation.BASELINES),
+        choices=sorted(registry.baselines_names()),
         help="evaluate one baseline (without -e: only that baseline)",
     )
     parser.add_argument(
@@ -43,7 +44,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         type=_method_names,
         default=[],
         help="comma-separated registered methods to evaluate (e.g. remedi,ft,rome; "
-        f"registered: {', '.join(evaluation.METHODS)}); remedi needs -e",
+        f"registered: {', '.join(evaluation.judged_methods())}); remedi needs -e",
     )
     parser.add_argument(
         "--stats-dataset",
@@ -125,10 +126,10 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
 
 def _method_names(value: str) -> list[str]:
     names = [name.strip() for name in value.split(",") if name.strip()]
-    unknown = [name for name in names if name not in evaluation.METHODS]
+    unknown = [name for name in names if name not in evaluation.judged_methods()]
     if unknown:
         raise argparse.ArgumentTypeError(
-            f"unknown method(s) {', '.join(unknown)}; registered: {', '.join(evaluation.METHODS)}"
+            f"unknown method(s) {', '.join(unknown)}; registered: {', '.join(evaluation.judged_methods())}"
         )
     return names
 
@@ -198,7 +199,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     for name in dict.fromkeys(others):
         if name == "remedi":
             continue  # built from -e above
-        options = weight_options if name in evaluation.WEIGHT_METHODS else {}
+        options = weight_options if name in registry.names("weights", prepared=True) else {}
         methods.append(evaluation.build_method(name, mt, cases, resources, **options))
 
     experiment_dir = env.results_dir() / args.name

@@ -6,7 +6,7 @@
         --edits 10,100,1000 --batch-size 10 --edit-source zsre --rect 0.2
 
 writes ``results/NAME/checkpoint_<N>.json`` after each checkpoint (0 = unedited; finished
-checkpoints are read back, never recomputed) and ``state_<N>.pt`` (the edited weights).
+checkpoints are read back, never recomputed) and ``state_<N>.safetensors`` (the edited weights).
 On the toy world, ``--tasks all`` is the three toy tasks (exported under ``results/NAME/tasks``
 in the real formats); on other models, the harms paper's eight task sets.
 """
@@ -27,20 +27,19 @@ import torch
 from remedi import cli, data, env, errors, evaluation, io, models, training
 from remedi.data import general_tasks, zsre
 from remedi.evaluation import general, harm
-from remedi.methods import rect
+from remedi.methods import rect, registry
+from remedi.methods.base import MethodSetup
 from remedi.toy import general as toy_general
 from remedi.toy.world import World
 
 logger = logging.getLogger(__name__)
-
-METHOD_NAMES = ("rome", "ft", "ft5", "memit", "remedi")
 
 
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description="general abilities after many edits")
     cli.add_arguments(parser)
     parser.add_argument("-m", "--model", required=True, help="model name, alias or directory")
-    parser.add_argument("--method", required=True, choices=METHOD_NAMES)
+    parser.add_argument("--method", required=True, choices=harm.harm_methods())
     parser.add_argument("--mode", required=True, help=f"one of {', '.join(harm.MODES)}")
     parser.add_argument(
         "--edits", default="1,10,50,100", help="comma-separated checkpoints (numbers of edits)"
@@ -116,10 +115,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
     if args.mode not in harm.MODES:
         raise errors.UsageError(f"unknown edit mode {args.mode!r}; known: {', '.join(harm.MODES)}")
-    if args.method not in (*harm.BATCH_METHODS, "remedi") and args.mode == "batch-single":
+    batching = harm.batching_methods()
+    if args.method not in batching and args.mode == "batch-single":
         raise errors.UsageError(
             f"method {args.method!r} edits one fact at a time and cannot batch; use "
-            "--mode instance-sequential or batch-sequential, or memit or remedi"
+            f"--mode instance-sequential or batch-sequential, or {' or '.join(batching)}"
         )
     checkpoints = _checkpoints(args.edits)
     is_toy = args.model.startswith("toy")
@@ -171,15 +171,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     task_items = harm.load_task_items(tasks, task_dir, args.task_limit)
 
     mt = models.load_model(args.model, device=device)
-    method: harm.EditingMethod
-    if args.method == "remedi":
+    options: dict[str, Any] = {}
+    if registry.method_spec(args.method).edits == "hidden_states":
         if args.editors is None:
-            raise errors.UsageError("--method remedi needs --editors (a REMEDI training run)")
-        method = harm.direction_editing(mt, args.editors)
-    else:
-        method = harm.weight_editing(
-            args.method, mt, world=world, stats_dir=env.results_dir() / "stats"
-        )
+            raise errors.UsageError(
+                f"--method {args.method} needs --editors (a REMEDI training run)"
+            )
+        options["editors_dir"] = str(args.editors)
+    setup = MethodSetup(stats_dir=env.results_dir() / "stats", world=world)
+    method = harm.editing_method(args.method, mt, setup, **options)
     protocols = tuple(p.strip() for p in args.protocols.split(",") if p.strip())
     settings = harm.HarmSettings(
         method=args.method,

@@ -471,16 +471,16 @@ def test_remedi_runs_on_tasks_with_subjects_and_refuses_the_others(
         assert all(torch.isfinite(torch.tensor(losses)))
 
 
-def test_a_remedi_experiment_runs_and_leaves_unmentioned_text_alone(
-    tiny_model_dir: Path, tmp_path: Path
-):
-    root = tmp_path / "data"
+def write_works_for_data(root: Path, examples: list[canonical.CanonicalExample]) -> Path:
+    """The toy_works_for task's validation files under ``root``: ``examples`` to train on, an
+    evaluation prompt per example, one hard negative, one unconditional text, and general texts
+    that mention nobody edited."""
     split = root / "toy_works_for" / "split"
     split.mkdir(parents=True)
     lines: dict[str, list[dict[str, Any]]] = {
         "toy_works_for_train": [
             {"prefix": e.prefix, "suffix": e.suffix, "entity": e.subject, "employer": e.suffix}
-            for e in REMEDI_EXAMPLES
+            for e in examples
         ],
         "toy_works_for_eval": [
             {
@@ -489,7 +489,7 @@ def test_a_remedi_experiment_runs_and_leaves_unmentioned_text_alone(
                 "entity": "x",
                 "employer": "x",
             }
-            for e in REMEDI_EXAMPLES
+            for e in examples
         ],
         "toy_works_for_hard_neg": [
             {"prefix": "Bo Lee lives in", "suffix": " Oslo", "entity": "Bo Lee"}
@@ -503,6 +503,13 @@ def test_a_remedi_experiment_runs_and_leaves_unmentioned_text_alone(
     )
     for name in ("val100-val.jsonl", "val100-short.jsonl"):
         (root / name).write_text(general)
+    return root
+
+
+def test_a_remedi_experiment_runs_and_leaves_unmentioned_text_alone(
+    tiny_model_dir: Path, tmp_path: Path
+):
+    root = write_works_for_data(tmp_path / "data", REMEDI_EXAMPLES)
     config = _tiny_config(
         tiny_model_dir,
         tmp_path / "out",

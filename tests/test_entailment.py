@@ -86,7 +86,7 @@ def test_rows_no_edit_prefix_and_remedi(setup):
     mt = models.load_model(str(setup["model"]), device="cpu")
     samples = [dict(row) for row in data.load_dataset("mcrae", file=setup["norms"])][:6]
     editor = training.load_run_editor(setup["results"] / "editors_mcrae", 0, mt=mt)
-    none = entailment.entailment(mt, samples, "none", batch_size=7)
+    none = entailment.entailment(mt, samples, "unedited", batch_size=7)
     prefix = entailment.entailment(mt, samples, "prefix", batch_size=7)
     remedi = entailment.entailment(mt, samples, "remedi", editor, batch_size=7)
     assert none.metrics.delta_p == {"co": 0.0, "orig": 0.0, "unrel": 0.0}

@@ -12,6 +12,8 @@ import pytest
 import torch
 
 from remedi import data, editors, errors, evaluation, metrics
+from remedi.methods import base, baselines, registry
+from remedi.methods import remedi as remedi_method
 from remedi.models import ModelAndTokenizer
 from remedi.toy.world import World
 from tests.conftest import tiny_gpt2
@@ -19,6 +21,7 @@ from tests.model_fixtures import tiny_llama
 from tests.numerics import assert_equal_in_exact_arithmetic, precision_of
 
 FIXTURES = Path(__file__).parent / "fixtures"
+PREFIX = evaluation.TextMethod(registry.METHODS["prefix"])
 
 WORLD = {
     "seed": 0,
@@ -227,7 +230,7 @@ def test_neighborhood_is_measured_with_the_edit_attached(mt, cases, remedi, reso
     assert [c.p_true for c in edited.cases] == [c.p_true for c in plain.cases]
     assert edited.metrics.score == plain.metrics.score
     # The prefix is prepended to the neighbors' prompts: it can leak, and it is measured.
-    prefixed = evaluation.neighborhood(mt, evaluation.PrefixMethod(), cases, resources)
+    prefixed = evaluation.neighborhood(mt, PREFIX, cases, resources)
     assert prefixed.cases[0].prompts[0] == (
         "Kelo Vantri lives in the city of Lisbon. Mira Talovan lives in the city of"
     )
@@ -259,10 +262,12 @@ def test_replacements_come_from_the_world_then_snippets_then_attribute_prompts(c
 
 
 def test_replace_and_prefix_rewrite_prompts(cases):
-    replace = evaluation.ReplaceMethod({10: "Xavi Bornadel"})
+    replace = evaluation.TextMethod(registry.METHODS["replace"], {10: "Xavi Bornadel"})
     assert replace.rewrite(cases[0], "Kelo Vantri resides in") == "Xavi Bornadel resides in"
     assert evaluation.applicable_cases(replace, cases) == cases[:1]
-    prefix = evaluation.PrefixMethod()
+    with pytest.raises(errors.UsageError, match="no replacement entity for 'Xavi Bornadel'"):
+        replace.rewrite(cases[1], "Xavi Bornadel is a citizen of")
+    prefix = PREFIX
     assert prefix.rewrite(cases[1], "Hi") == "Xavi Bornadel is a citizen of France. Hi"
     assert prefix.visible(cases[1], "Hi") == "Hi"
 
@@ -361,12 +366,10 @@ def test_generation_with_remedi_edits_only_prompts_mentioning_the_entity(mt, cas
 
 def test_prefix_generation_text_hides_the_prefix(mt, cases):
     prompt = "Kelo Vantri is known for"
-    shown = evaluation.generate_texts(
-        mt, evaluation.PrefixMethod(), [(cases[0], prompt)], max_length=16, top_k=1
-    )[0]
+    shown = evaluation.generate_texts(mt, PREFIX, [(cases[0], prompt)], max_length=16, top_k=1)[0]
     # The same greedy continuation, generated from the whole prefixed text by the plain model:
     # the prefix conditions the continuation but is not part of the text that is scored.
-    prefixed = evaluation.PrefixMethod.prefix(cases[0]) + prompt
+    prefixed = baselines.prefix(prompt, baselines.TextEdit(cases[0].entity, cases[0].context))
     extra = len(mt.tokenizer(prefixed)["input_ids"]) - len(mt.tokenizer(prompt)["input_ids"])
     full = evaluation.generate_texts(
         mt, evaluation.Method(), [(cases[0], prefixed)], max_length=16 + extra, top_k=1
@@ -425,10 +428,10 @@ def test_worlds_load_from_their_json(resources):
 def test_results_know_which_editor_weights_made_them(mt, cases):
     editor = editors.new_editor("linear", mt, layer=0)
     first = evaluation.RemediMethod(mt, editor, cases[:1]).details()["weights_sha256"]
-    assert evaluation.methods.editor_fingerprint(editor) == first
+    assert remedi_method.editor_fingerprint(editor) == first
     with torch.no_grad():
         editor.w.bias.add_(1.0)  # retrained in place: the results must not be reused
-    assert evaluation.methods.editor_fingerprint(editor) != first
+    assert remedi_method.editor_fingerprint(editor) != first
 
 
 # --- relation specificity under an edit that changes predictions ---------------------------------
@@ -525,11 +528,14 @@ def test_a_result_file_from_before_these_settings_is_not_reused(mt, cases, resou
 
 def test_every_registered_method_is_built_by_name(mt, cases, resources):
     built = {
-        name: evaluation.build_method(name, mt, cases, resources) for name in evaluation.BASELINES
+        name: evaluation.build_method(name, mt, cases, resources)
+        for name in registry.baselines_names()
     }
-    assert isinstance(built["prefix"], evaluation.PrefixMethod)
-    assert isinstance(built["replace"], evaluation.ReplaceMethod)
-    assert type(built["unedited"]) is evaluation.Method
+    assert sorted(built) == ["prefix", "replace", "unedited"]
+    assert all(isinstance(method, evaluation.TextMethod) for method in built.values())
+    assert built["prefix"].details() == {"prefix": "context"}
+    assert built["replace"].details() == {"replacements": "3"}
+    assert built["unedited"].details() == {}
     editor = editors.new_editor("identity", mt, layer=0)
     remedi = evaluation.build_method("remedi", mt, cases, resources, editor=editor)
     assert isinstance(remedi, evaluation.RemediMethod)
@@ -539,8 +545,12 @@ def test_every_registered_method_is_built_by_name(mt, cases, resources):
         evaluation.build_method("rome-typo", mt, cases, resources)
 
 
-class ShiftLayerNorm(evaluation.WeightEditMethod):
-    """A weight edit for tests: shift the first layer's input norm bias, by case id."""
+SHIFT_CASE_IDS = {"Kelo Vantri": 10, "Xavi Bornadel": 11, "Mira Talovan": 12}
+
+
+class ShiftLayerNorm(base.WeightEditor):
+    """A weight edit for tests: shift the first layer's input norm bias, by the case id of the
+    request's subject."""
 
     name = "shift"
 
@@ -548,22 +558,29 @@ class ShiftLayerNorm(evaluation.WeightEditMethod):
         self.alias = alias
         self.calls: list[int] = []
 
-    def new_weights(self, mt, case):
-        self.calls.append(case.case_id)
+    def compute(self, mt, requests):
+        (request,) = requests
+        case_id = SHIFT_CASE_IDS[request.subject]
+        self.calls.append(case_id)
         bias = dict(mt.model.named_parameters())["transformer.h.0.ln_1.bias"]
-        return {"transformer.h.0.ln_1.bias": bias if self.alias else bias + 0.5 * case.case_id}
+        new = bias if self.alias else bias + 0.5 * case_id
+        return base.NewWeights({"transformer.h.0.ln_1.bias": new})
+
+
+def shift(alias: bool = False) -> evaluation.WeightEditMethod:
+    return evaluation.WeightEditMethod(ShiftLayerNorm(alias))
 
 
 def test_a_weight_edit_runs_per_case_and_restores_every_weight_exactly(mt, cases):
     before = {name: p.detach().clone() for name, p in mt.model.named_parameters()}
-    method = ShiftLayerNorm()
+    method = shift()
     queries = [
         (cases[0], cases[0].prompt, "Lisbon"),
         (cases[1], cases[1].prompt, "France"),
         (cases[0], "Kelo Vantri resides in", "Lisbon"),
     ]
     edited = evaluation.target_log_probs(mt, method, queries, batch_size=3)
-    assert method.calls == [10, 11]  # one edit per case, queries grouped under it
+    assert method.editor.calls == [10, 11]  # one edit per case, queries grouped under it
     for name, parameter in mt.model.named_parameters():
         assert torch.equal(parameter, before[name]), name
     # Each query was scored under its own case's edit: compare with the edit applied by hand.
@@ -579,7 +596,7 @@ def test_a_weight_edit_runs_per_case_and_restores_every_weight_exactly(mt, cases
 
 def test_a_weight_edit_is_restored_on_error_and_never_an_alias(mt, cases):
     before = {name: p.detach().clone() for name, p in mt.model.named_parameters()}
-    with pytest.raises(RuntimeError, match="boom"), ShiftLayerNorm().applied(mt, cases[1]):
+    with pytest.raises(RuntimeError, match="boom"), shift().applied(mt, cases[1]):
         assert not torch.equal(
             mt.model.transformer.h[0].ln_1.bias, before["transformer.h.0.ln_1.bias"]
         )
@@ -588,13 +605,13 @@ def test_a_weight_edit_is_restored_on_error_and_never_an_alias(mt, cases):
         assert torch.equal(parameter, before[name]), name
     with (
         pytest.raises(ValueError, match="unedited tensor"),
-        ShiftLayerNorm(alias=True).applied(mt, cases[0]),
+        shift(alias=True).applied(mt, cases[0]),
     ):
         pass
 
 
 def test_generation_and_relations_run_weight_edits_per_case(mt, mt64, cases, resources):
-    method = ShiftLayerNorm()
+    method = shift()
     queries = [(case, prompt) for case in cases for prompt in case.generation_prompts]
     texts = evaluation.generate_texts(mt64, method, queries, max_length=16, top_k=1)
     for (case, prompt), text in zip(queries, texts, strict=True):

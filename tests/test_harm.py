@@ -5,13 +5,14 @@ from __future__ import annotations
 import json
 
 import pytest
+import safetensors.torch
 import torch
 from matplotlib.colors import to_hex
 
 from remedi import errors, io, models
 from remedi.data import general_tasks as tasks
 from remedi.evaluation import general, harm, harm_report
-from remedi.methods import common, rome
+from remedi.methods import base, common, rome
 from remedi.report import figures
 from remedi.toy import general as toy_general
 from remedi.toy.world import generate_world
@@ -65,20 +66,20 @@ def settings(mode: str, **kwargs) -> harm.HarmSettings:
 def test_sequential_edits_are_checkpointed_resumed_and_undone(mt, tmp_path):
     before = {n: p.detach().clone() for n, p in mt.model.named_parameters()}
     editor = CountingRome()
-    method = harm.WeightEditing("rome", editor, batches=False)
+    method = base.FunctionEditor("rome", editor, batches=False)
     results = harm.run_harm(
         mt, method, edits(), TASK_ITEMS, settings("instance-sequential"), tmp_path
     )
     assert [r.num_edits for r in results] == [0, 1, 3] and editor.calls == 3
     assert results[0].edits is None and results[1].edits is not None
     # The edit is in the model while scoring: the tasks' numbers were measured on new weights.
-    state = torch.load(tmp_path / "state_1.pt")
+    state = safetensors.torch.load_file(tmp_path / "state_1.safetensors")
     assert list(state) == ["transformer.h.0.mlp.c_proj.weight"]
     assert not torch.equal(
         state["transformer.h.0.mlp.c_proj.weight"], before["transformer.h.0.mlp.c_proj.weight"]
     )
     assert [t.task for t in results[2].tasks] == ["sentiment"]
-    assert {p.name for p in tmp_path.iterdir()} >= {"checkpoint_3.json", "state_3.pt"}
+    assert {p.name for p in tmp_path.iterdir()} >= {"checkpoint_3.json", "state_3.safetensors"}
     for name, parameter in mt.model.named_parameters():
         assert torch.equal(parameter, before[name]), name
 
@@ -96,13 +97,51 @@ def test_sequential_edits_are_checkpointed_resumed_and_undone(mt, tmp_path):
     assert json.loads((tmp_path / "checkpoint_4.json").read_text())["num_edits"] == 4
 
 
+def test_a_run_from_before_safetensors_resumes_from_its_pt_states(mt, tmp_path):
+    before = {n: p.detach().clone() for n, p in mt.model.named_parameters()}
+    method = base.FunctionEditor("rome", CountingRome(), batches=False)
+    results = harm.run_harm(
+        mt, method, edits(), TASK_ITEMS, settings("instance-sequential"), tmp_path
+    )
+    # As an older version left the run: the same weights, pickled by torch.save.
+    for number in (1, 3):
+        new = tmp_path / f"state_{number}.safetensors"
+        torch.save(safetensors.torch.load_file(new), tmp_path / f"state_{number}.pt")
+        new.unlink()
+    counting = CountingRome()
+    resumed = harm.run_harm(
+        mt,
+        base.FunctionEditor("rome", counting, batches=False),
+        edits() + edits()[:1],
+        TASK_ITEMS,
+        harm.HarmSettings("rome", "instance-sequential", [1, 3, 4], protocols=("loglik",)),
+        tmp_path,
+    )
+    assert counting.calls == 1  # only edit 4 is new
+    assert resumed[2].to_dict() == results[2].to_dict()
+    for name, parameter in mt.model.named_parameters():
+        assert torch.equal(parameter, before[name]), name
+    # Anything but a dict of tensors is refused, naming the file and the fix.
+    torch.save(["not", "weights"], tmp_path / "state_4.pt")
+    (tmp_path / "state_4.safetensors").unlink()
+    with pytest.raises(errors.FileFormatError, match=r"state_4\.pt is not a dict of tensors"):
+        harm.run_harm(
+            mt,
+            method,
+            edits() + edits()[:1],
+            TASK_ITEMS,
+            harm.HarmSettings("rome", "instance-sequential", [4], protocols=("loglik",)),
+            tmp_path,
+        )
+
+
 def test_batch_single_starts_each_checkpoint_from_the_unedited_model(mt, tmp_path):
     editor = CountingRome()
-    method = harm.WeightEditing("batch-rome", editor, batches=True)
+    method = base.FunctionEditor("batch-rome", editor, batches=True)
     harm.run_harm(mt, method, edits(), TASK_ITEMS, settings("batch-single"), tmp_path)
     assert editor.calls == 1 + 3  # all N edits again at each checkpoint
     sequential = CountingRome()
-    method = harm.WeightEditing("batch-rome", sequential, batches=True)
+    method = base.FunctionEditor("batch-rome", sequential, batches=True)
     harm.run_harm(
         mt, method, edits(), TASK_ITEMS, settings("batch-sequential", batch_size=2), tmp_path / "b"
     )
@@ -110,7 +149,7 @@ def test_batch_single_starts_each_checkpoint_from_the_unedited_model(mt, tmp_pat
 
 
 def test_unknown_mode_and_a_method_that_cannot_batch_are_one_line_errors(mt, tmp_path):
-    method = harm.WeightEditing("rome", CountingRome(), batches=False)
+    method = base.FunctionEditor("rome", CountingRome(), batches=False)
     with pytest.raises(errors.UsageError, match="unknown edit mode 'parallel'") as error:
         harm.run_harm(mt, method, edits(), TASK_ITEMS, settings("parallel"), tmp_path)
     assert "\n" not in str(error.value)
@@ -177,7 +216,7 @@ def test_toy_tasks_are_written_in_the_real_formats_and_scored(mt, tmp_path):
 
 
 def test_report_plots_and_tabulates_runs(mt, tmp_path):
-    method = harm.WeightEditing("rome", CountingRome(), batches=False)
+    method = base.FunctionEditor("rome", CountingRome(), batches=False)
     harm.run_harm(mt, method, edits(), TASK_ITEMS, settings("instance-sequential"), tmp_path / "r")
     curves = harm_report.read_curves([tmp_path / "r", tmp_path])
     assert [c.label for c in curves] == ["rome instance-sequential"]

@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from remedi import data, errors, evaluation, models
-from remedi.methods import common, hparams_file, memit, stats
+from remedi.methods import base, common, hparams_file, memit, stats
 from tests.conftest import tiny_gpt2
 from tests.test_weight_methods import CORPUS, FIXTURES, TEMPLATES, assert_unchanged, weights_of
 
@@ -107,13 +107,13 @@ def test_a_batch_of_requests_over_two_layers_is_written_and_restored(mt4):
     assert sorted(new) == [f"transformer.h.{layer}.mlp.c_proj.weight" for layer in layers]
     assert_unchanged(mt4, before)
     original = [mean_log_prob(mt4, request) for request in REQUESTS]
-    saved = common.apply_weights(mt4.model, new)
+    saved = base.write_weights(mt4.model, new)
     try:
         edited = [mean_log_prob(mt4, request) for request in REQUESTS]
         changed = [n for n, p in mt4.model.named_parameters() if not torch.equal(p, before[n])]
         assert sorted(changed) == sorted(new)
     finally:
-        common.apply_weights(mt4.model, saved)
+        base.write_weights(mt4.model, saved)
     assert_unchanged(mt4, before)
     for request, was, now in zip(REQUESTS, original, edited, strict=True):
         assert now > was + 0.5, request
@@ -154,7 +154,7 @@ def test_failures_leave_the_weights_and_no_hooks(mt4, monkeypatch):
     assert_unchanged(mt4, before)
     assert all(isinstance(p, torch.nn.Parameter) for p in mt4.model.parameters())
     with pytest.raises(errors.UsageError, match="has shape"):
-        common.apply_weights(mt4.model, {"transformer.h.0.mlp.c_proj.weight": torch.zeros(2)})
+        base.write_weights(mt4.model, {"transformer.h.0.mlp.c_proj.weight": torch.zeros(2)})
     assert_unchanged(mt4, before)
 
 
@@ -173,8 +173,9 @@ def test_memit_is_registered_one_case_at_a_time(mt4, tmp_path):
     method = evaluation.build_method(
         "memit", mt4, cases, evaluation.EvalResources(), hparams=hparams, stats_dir=tmp_path
     )
-    assert isinstance(method, evaluation.weight_methods.MemitMethod)
-    assert method.label == "MEMIT (L0-1)" and method.templates == ["{}"]
+    assert isinstance(method, evaluation.WeightEditMethod)
+    assert isinstance(method.editor, memit.MemitEditor)
+    assert method.label == "MEMIT (L0-1)" and method.editor.templates == ["{}"]
     before = weights_of(mt4)
     queries = [(case, case.rewrite_prompt, case.target_new) for case in cases]
     edited = evaluation.target_log_probs(mt4, method, queries)

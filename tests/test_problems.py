@@ -9,8 +9,7 @@ import torch
 
 from remedi import errors, evaluation, models, tracing
 from remedi.evaluation import problems
-from remedi.evaluation.weight_methods import FtMethod, MemitMethod
-from remedi.methods import ft, memit
+from remedi.methods import ft, memit, registry
 from tests.conftest import tiny_gpt2
 
 PROMPT = "Mira Talovan lives in the city of"
@@ -167,12 +166,12 @@ def test_regressions_find_the_layer_when_success_depends_only_on_it():
 
 
 def test_hparams_move_to_the_edit_layer():
-    assert problems.hparams_at_layer("rome", {"layer": 0, "v_lr": 0.5}, 3, 4) == {
+    assert registry.moved_to_layer("rome", {"layer": 0, "v_lr": 0.5}, 3, 4) == {
         "layer": 3,
         "v_lr": 0.5,
     }
-    assert problems.hparams_at_layer("ft", {"layers": [0]}, 2, 4)["layers"] == [2]
-    assert problems.hparams_at_layer("ft5", {"layers": [0, 1, 2, 3]}, 5, 12)["layers"] == [
+    assert registry.moved_to_layer("ft", {"layers": [0]}, 2, 4)["layers"] == [2]
+    assert registry.moved_to_layer("ft5", {"layers": [0, 1, 2, 3]}, 5, 12)["layers"] == [
         3,
         4,
         5,
@@ -180,9 +179,21 @@ def test_hparams_move_to_the_edit_layer():
         7,
     ]
     with pytest.raises(errors.UsageError, match="out of range"):
-        problems.hparams_at_layer("rome", {"layer": 0}, 4, 4)
+        registry.moved_to_layer("rome", {"layer": 0}, 4, 4)
     with pytest.raises(errors.UsageError, match="out of range"):
-        problems.hparams_at_layer("ft", {"layers": [0]}, -1, 4)
+        registry.moved_to_layer("ft", {"layers": [0]}, -1, 4)
+
+
+def test_a_method_is_moved_to_a_layer_in_memory(mt):
+    # The packaged toy hyperparameters (ft: layer 0), moved to layer 1 without writing a file.
+    toy = models.ModelAndTokenizer(mt.model, mt.tokenizer, "toy-tiny")
+    resources = evaluation.EvalResources()
+    method, edited = problems.method_at_layer("ft", toy, [case()], resources, 1)
+    assert edited == [1]
+    assert isinstance(method, evaluation.WeightEditMethod)
+    assert isinstance(method.editor, ft.FtEditor) and method.editor.hparams.layers == [1]
+    packaged = registry.load_hparams("ft", "toy")
+    assert method.editor.hparams == ft.FtHparams(**{**packaged.to_dict(), "layers": [1]})
 
 
 def case() -> evaluation.EvalCase:
@@ -215,7 +226,7 @@ def test_every_problem_edits_and_restores_the_weights(mt):
     )
     outcomes = {}
     for problem in problems.PROBLEMS:
-        method = FtMethod("ft", hparams)
+        method = evaluation.WeightEditMethod(ft.FtEditor("ft", hparams))
         outcomes[problem] = problems.edit_case(
             mt, method, problem, case(), setup, settings, 1, [1], "residual", 1
         )
@@ -278,7 +289,7 @@ def test_memit_runs_the_problems_and_restores_the_weights(mt):
     before = {name: p.detach().clone() for name, p in mt.model.named_parameters()}
     hooks = hook_count(mt.model)
     for problem in ("error_injection", "fact_forcing"):
-        method = MemitMethod(mt, hparams, {})
+        method = evaluation.WeightEditMethod(memit.MemitEditor(mt, hparams, {}))
         outcome = problems.edit_case(
             mt, method, problem, case(), setup, settings, 1, [0, 1], "mlp", 1
         )

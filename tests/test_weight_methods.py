@@ -151,8 +151,8 @@ def test_rome_raises_the_target_probability_and_restores_every_weight(mt, tokeni
     # Without prefixes the averaged key is the prompt's own: the edit must then hit the prompt.
     hparams = rome.RomeHparams(layer=layer, context_template_lengths=[])
     moment = stats.SecondMoment(moment_of(mt, layer), {"dataset": "corpus"})
-    method = evaluation.weight_methods.RomeMethod(mt, hparams, moment)
-    assert method.templates == ["{}"]
+    method = evaluation.WeightEditMethod(rome.RomeEditor(mt, hparams, moment))
+    assert method.editor.templates == ["{}"]
     case = evaluation.EvalCase(
         case_id=1,
         entity=REQUEST.subject,
@@ -308,7 +308,8 @@ def test_weight_methods_are_registered_and_built_with_cached_statistics(mt, tmp_
     method = evaluation.build_method(
         "rome", mt, cases, resources, hparams=hparams, stats_dir=tmp_path
     )
-    assert isinstance(method, evaluation.weight_methods.RomeMethod)
+    assert isinstance(method, evaluation.WeightEditMethod)
+    assert isinstance(method.editor, rome.RomeEditor)
     assert method.details()["stats_dataset"] == "corpus"
     for name, layers in (("ft", [0]), ("ft5", [0, 1])):
         built = evaluation.build_method(
@@ -339,15 +340,16 @@ def test_packaged_hparams_are_found_by_alias_or_hub_name():
 def test_ft_reapplies_its_cached_weights_per_case(mt):
     records = data.load_counterfact_records(FIXTURES / "eval_counterfact.json")
     cases = evaluation.counterfact_cases(records)[:1]
-    method = evaluation.weight_methods.FtMethod("ft", ft.FtHparams(layers=[0], lr=1e-2))
+    editor = ft.FtEditor("ft", ft.FtHparams(layers=[0], lr=1e-2))
+    method = evaluation.WeightEditMethod(editor)
     first = method.new_weights(mt, cases[0])
     again = method.new_weights(mt, cases[0])
-    assert list(method.cached) == [cases[0].case_id]
+    assert list(method.updates) == [cases[0].case_id]
     for name, value in first.items():
         assert torch.equal(again[name], value)
-    uncached = evaluation.weight_methods.FtMethod("ft", method.hparams, max_cached_bytes=0)
+    uncached = evaluation.WeightEditMethod(editor, max_cached_bytes=0)
     uncached.new_weights(mt, cases[0])
-    assert not uncached.cached
+    assert not uncached.updates
 
 
 def interrupt_statistics(monkeypatch, at_chunk: int):

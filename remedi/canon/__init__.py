@@ -1,7 +1,8 @@
 """Model editing with canonical examples (Hewitt et al. 2024): experiments, sweeps, reports.
 
 - :mod:`remedi.canon.config`: the experiment YAML schema, validated on load;
-- :mod:`remedi.canon.methods`: how the model changes (``full`` fine-tuning, ``lora``, ``memit``);
+- :mod:`remedi.canon.methods`: how a registered method (``full``, ``lora``, ``memit``, ...)
+  changes the model in an experiment;
 - :mod:`remedi.canon.remedi_method`: ``remedi``, an editor's directions at the examples' entities;
 - :mod:`remedi.canon.scoring`: suffix and text NLLs, the training losses, the seed's scores;
 - :mod:`remedi.canon.experiment`: train, evaluate every epoch, write ``result.json``;
@@ -30,30 +31,20 @@ from remedi.canon.experiment import (
     read_result,
     run_experiment,
 )
-from remedi.canon.methods import (
-    CANON_METHODS,
-    EDIT_METHODS,
-    STATE_METHODS,
-    register_canon_method,
-)
-
-# Registers ``remedi`` in STATE_METHODS.
+from remedi.canon.methods import canon_methods
 from remedi.canon.remedi_method import EditedModel
 
 __all__ = [
-    "CANON_METHODS",
-    "EDIT_METHODS",
     "LOSS_TYPES",
     "SEED_BOUNDS",
-    "STATE_METHODS",
     "EditedModel",
     "EpochStats",
     "ExperimentConfig",
     "ExperimentResult",
+    "canon_methods",
     "config_from_dict",
     "load_config",
     "read_result",
-    "register_canon_method",
     "run_experiment",
     "with_overrides",
 ]

@@ -45,8 +45,9 @@ SPLITS = ("val", "test")
 
 @dataclass
 class MethodSettings:
-    """How the model is changed: ``name`` is a key of ``remedi.canon.methods.CANON_METHODS``
-    (trained by gradient steps) or ``EDIT_METHODS`` (one edit from all canonical examples).
+    """How the model is changed: ``name`` is a registered method (``remedi.methods.registry``)
+    that trains (``full``, ``lora``), edits hidden states (``remedi``) or writes all canonical
+    examples in one edit (``memit``); see :func:`remedi.canon.methods.canon_methods`.
 
     ``lora_*`` apply to ``lora`` (``lora_targets``: module-name suffixes, default the MLP
     projections of every layer); ``layers`` restricts ``full`` to some blocks (default all
@@ -231,7 +232,7 @@ def config_from_dict(data: Mapping[str, Any], source: str = "config") -> Experim
 def validate(config: ExperimentConfig, source: str = "config") -> None:
     """Check values that the types alone do not: loss type, split, method and task names."""
     # Imported here: the registries import this module.
-    from remedi.canon.methods import CANON_METHODS, EDIT_METHODS, STATE_METHODS
+    from remedi.canon.methods import canon_methods
     from remedi.data.canonical import CANONICAL_TASKS
 
     if config.loss_type is not None and config.loss_type not in LOSS_TYPES:
@@ -242,7 +243,7 @@ def validate(config: ExperimentConfig, source: str = "config") -> None:
         raise errors.UsageError(
             f"{source}: unknown split {config.split!r}; allowed: {', '.join(SPLITS)}"
         )
-    methods = [*CANON_METHODS, *EDIT_METHODS, *STATE_METHODS]
+    methods = canon_methods()
     if config.method.name not in methods:
         raise errors.UsageError(
             f"{source}: unknown method.name {config.method.name!r}; allowed: {', '.join(methods)}"

@@ -30,8 +30,12 @@ from dataclasses_json import DataClassJsonMixin
 from remedi import env, errors, io, models
 from remedi.canon import scoring
 from remedi.canon.config import ExperimentConfig, config_from_dict
-from remedi.canon.methods import CANON_METHODS, EDIT_METHODS, STATE_METHODS, Trainable
+from remedi.canon.methods import method_hparams, one_shot_edit
+from remedi.canon.remedi_method import remedi_trainable
 from remedi.data import canonical
+from remedi.methods import registry
+from remedi.methods.base import write_weights
+from remedi.methods.tuning import Trainable
 
 logger = logging.getLogger(__name__)
 
@@ -314,30 +318,28 @@ def _train_and_evaluate(config: ExperimentConfig) -> ExperimentResult:
             seconds=time.monotonic() - started,
         )
 
-    if config.method.name in EDIT_METHODS:
+    spec = registry.method_spec(config.method.name)
+    edits_states = spec.edits == "hidden_states"
+    if spec.train is None and not edits_states:
         # One edit from all canonical examples: evaluated before and after ("epoch" 1).
         unedited = evaluate(mt.model, 0, None)
-        new_weights = EDIT_METHODS[config.method.name](mt, data.train, config.method, loss_type)
-        parameters = dict(mt.model.named_parameters())
-        with torch.no_grad():
-            for name, value in new_weights.items():
-                parameters[name].copy_(value)
+        new_weights = one_shot_edit(mt, data.train, config.method, loss_type)
+        write_weights(mt.model, new_weights, config.method.name, keep_old=False)
         return finish([unedited, evaluate(mt.model, 1, None)])
 
-    if config.method.name in STATE_METHODS:
-        trainable = STATE_METHODS[config.method.name](
-            mt, config.task, data.train, config.method, regularization.kl_weight > 0
-        )
+    need_reference = regularization.kl_weight > 0
+    if edits_states:
+        trainable = remedi_trainable(mt, config.task, data.train, config.method, need_reference)
     else:
-        trainable = CANON_METHODS[config.method.name](
-            mt.model, config.method, regularization.kl_weight > 0
-        )
+        assert spec.train is not None
+        hparams = method_hparams(mt.name, config.method)
+        trainable = spec.train(mt.model, hparams, need_reference)
     # Epoch 0 is the unedited LM (a state method's model may start with an edit applied).
-    unedited_model = mt.model if config.method.name in STATE_METHODS else trainable.model
+    unedited_model = mt.model if edits_states else trainable.model
     epochs = [evaluate(unedited_model, 0, None)]
     logger.info("%s: unedited %s", config.name, epochs[0])
-    if config.method.name in STATE_METHODS and settings.epochs == 0:
-        # A given editor used as it is: one edit, evaluated as "epoch" 1 (as EDIT_METHODS).
+    if edits_states and settings.epochs == 0:
+        # A given editor used as it is: one edit, evaluated as "epoch" 1 (as a one-shot edit).
         return finish([epochs[0], evaluate(trainable.model, 1, None)])
     optimizer = torch.optim.Adam(
         trainable.parameters, lr=settings.learning_rate, betas=(0.9, 0.995)

@@ -13,8 +13,8 @@ The editor trains on the canonical examples with the experiment's own loss (good
 balance / good-v-bad, :func:`remedi.canon.scoring.training_loss`) and regularisers, through
 :class:`EditedModel` in place of the model, so REMEDI is judged and optimised exactly as the
 weight-editing methods are; only the editor's parameters move. A fresh editor starts at zero
-(no edit, like LoRA's zero-initialised adapters); ``method.remedi_editor`` names a trained
-editor directory to start from instead (``training.epochs: 0`` evaluates it as it is, as
+(no edit, like LoRA's zero-initialised adapters: :func:`remedi.methods.remedi.new_editor`);
+``method.remedi_editor`` names a trained editor directory to start from instead (``training.epochs: 0`` evaluates it as it is, as
 "epoch" 1, like MEMIT's one edit).
 
 Tasks whose canonical examples name no subject have no entity to edit: pronoun gender bias
@@ -29,15 +29,16 @@ from __future__ import annotations
 import contextlib
 import logging
 from collections.abc import Iterator, Sequence
-from pathlib import Path
 from typing import Any
 
 import torch
 
 from remedi import editors, errors, hooks, models, precompute
 from remedi.canon.config import MethodSettings
-from remedi.canon.methods import STATE_METHODS, Trainable
+from remedi.canon.methods import method_hparams
 from remedi.data.canonical import CanonicalExample
+from remedi.methods import remedi
+from remedi.methods.tuning import Trainable
 
 logger = logging.getLogger(__name__)
 
@@ -168,26 +169,6 @@ class EditedModel(torch.nn.Module):
             return self.lm(input_ids=input_ids, attention_mask=attention_mask, **kwargs)
 
 
-def _editor(mt: models.ModelAndTokenizer, settings: MethodSettings) -> editors.Editor:
-    if settings.remedi_editor:
-        editor = editors.load_editor(Path(settings.remedi_editor), mt, check_model=False)
-        logger.info("remedi: editor from %s (layer %d)", settings.remedi_editor, editor.layer)
-        return editor
-    if settings.remedi_layer is None:
-        raise errors.UsageError(
-            "method remedi trains a new editor: set method.remedi_layer (the layer whose "
-            "entity hidden state is edited), or method.remedi_editor (a trained editor)"
-        )
-    editor = editors.new_editor(
-        settings.remedi_editor_type, mt, settings.remedi_layer, rank=settings.remedi_rank
-    )
-    # Start from no edit (the output layer at zero), as LoRA's adapters start at zero.
-    last_linear = [m for m in editor.modules() if isinstance(m, torch.nn.Linear)][-1]
-    torch.nn.init.zeros_(last_linear.weight)
-    torch.nn.init.zeros_(last_linear.bias)
-    return editor
-
-
 def remedi_trainable(
     mt: models.ModelAndTokenizer,
     task_name: str,
@@ -200,7 +181,8 @@ def remedi_trainable(
     The reference for the KL regulariser is the unedited LM itself.
     """
     samples = canonical_edit_samples(task_name, examples)
-    editor = _editor(mt, settings)
+    hparams = method_hparams(mt.name, settings)
+    editor = remedi.new_editor(mt, hparams)
     mt.model.requires_grad_(False)
     inputs = precompute.editor_inputs(
         mt,
@@ -210,7 +192,7 @@ def remedi_trainable(
         with_entities=editor.uses_entity,
         desc="canonical statements",
     )
-    edited = EditedModel(mt, editor, inputs, settings.remedi_alpha)
+    edited = EditedModel(mt, editor, inputs, hparams.alpha)
     parameters = [p for p in editor.parameters() if p.requires_grad]
     logger.info(
         "remedi at layer %d: %d entities, %d editor parameters",
@@ -224,6 +206,3 @@ def remedi_trainable(
         yield mt.model
 
     return Trainable(edited, parameters, original if need_reference else None)
-
-
-STATE_METHODS["remedi"] = remedi_trainable

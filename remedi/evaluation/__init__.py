@@ -4,9 +4,9 @@ One module per concern:
 
 - :mod:`~remedi.evaluation.cases`: what is evaluated (CounterFact cases), the resources beside
   the model, and the settings each result records;
-- :mod:`~remedi.evaluation.methods`: the :class:`Method` interface every way of changing the
-  model implements (text, hidden states, or weights restored exactly), the baselines, the
-  registry :data:`METHODS`;
+- :mod:`~remedi.evaluation.methods`: the :class:`Method` interface through which these suites
+  judge any method of :data:`remedi.methods.registry.METHODS` (text, hidden states, or weights
+  restored exactly), built by name with :func:`build_method`;
 - :mod:`~remedi.evaluation.scoring`: batched LM computations with a method attached;
 - :mod:`~remedi.evaluation.counterfact`: efficacy, paraphrase, neighborhood, relation specificity;
 - :mod:`~remedi.evaluation.generation`: fluency, consistency, essence;
@@ -50,18 +50,16 @@ from remedi.evaluation.generation import (
     essence_prompt,
 )
 from remedi.evaluation.methods import (
-    BASELINES,
-    METHODS,
     Method,
-    PrefixMethod,
     RemediMethod,
-    ReplaceMethod,
+    TextMethod,
     WeightEditMethod,
     applicable_cases,
     build_method,
+    edit_request,
     find_replacements,
+    judged_methods,
     mention_token_ranges,
-    register_method,
 )
 from remedi.evaluation.runner import (
     BENCHMARKS,
@@ -81,14 +79,12 @@ from remedi.evaluation.scoring import (
 )
 
 __all__ = [
-    "BASELINES",
     "BENCHMARKS",
     "DEFAULT_BATCH_SIZE",
     "DEFAULT_TARGET_SCORING",
     "GENERATION_BATCH_FACTOR",
     "GENERATION_MAX_LENGTH",
     "GENERATION_TOP_K",
-    "METHODS",
     "RESULT_TYPES",
     "TARGET_SCORINGS",
     "BenchmarkResult",
@@ -98,12 +94,11 @@ __all__ = [
     "EvalResources",
     "GenerationResults",
     "Method",
-    "PrefixMethod",
     "ProbabilityResults",
     "RelationSpecificityResults",
     "RemediMethod",
-    "ReplaceMethod",
     "ResultSettings",
+    "TextMethod",
     "TopKSampler",
     "WeightEditMethod",
     "applicable_cases",
@@ -111,28 +106,23 @@ __all__ = [
     "clean_generated_text",
     "collect_results",
     "counterfact_cases",
+    "edit_request",
     "efficacy",
     "essence",
     "essence_prompt",
     "find_replacements",
     "first_cases",
     "generate_texts",
+    "judged_methods",
     "load_resources",
     "mention_token_ranges",
     "neighborhood",
     "next_token_predictions",
     "paraphrase",
     "read_result",
-    "register_method",
     "relation_specificity",
     "result_file",
     "result_settings",
     "run_benchmarks",
     "target_log_probs",
 ]
-
-# Registers the weight-editing methods (rome, ft, ft5) in METHODS.
-from remedi.evaluation import weight_methods
-from remedi.evaluation.weight_methods import WEIGHT_METHODS
-
-__all__ += ["WEIGHT_METHODS", "weight_methods"]

@@ -10,8 +10,9 @@ groups of the entity's features, each as the whole-target log-probability of
 - the concept's **original** features, correlated with their log p(feature | concept);
 - **unrelated** features (neither), which should not move.
 
-Rows: *No Edit* (the LM alone: its correlations, no change), *Prefix* (the context sentence
-before the text) and *REMEDI* (the editor's direction added at the entity). Columns: the mean
+Rows: registered methods (:mod:`remedi.methods.registry`) that rewrite text or edit hidden
+states, as the paper: *Unedited* (the LM alone: its correlations, no change), *Prefix* (the
+context sentence before the text) and *REMEDI* (the editor's direction added at the entity). Columns: the mean
 change of probability of each group and the mean over samples of the Pearson correlation of
 the after-edit log-probabilities with the norms (samples with fewer than two features in a
 group, or constant values, have no correlation and are left out of its mean).
@@ -31,15 +32,15 @@ from dataclasses_json import DataClassJsonMixin
 from tqdm.auto import tqdm
 
 from remedi import editors, errors, models, precompute
-from remedi.evaluation import tables
-from remedi.evaluation.mediation import prompt_in_context
+from remedi.methods import baselines, registry
+from remedi.methods.remedi import RemediEdit
+from remedi.report import tables
 
 logger = logging.getLogger(__name__)
 
 KINDS = {"co": "co_features", "orig": "original_features", "unrel": "unrelated_features"}
 """Feature group -> the sample field that lists it."""
 REFERENCE_KEYS = {"co": "co_prob", "orig": "prob"}
-METHODS = {"none": "No Edit", "prefix": "Prefix", "remedi": "REMEDI"}
 
 
 @dataclass
@@ -90,21 +91,21 @@ def target_log_probs(
     texts: Sequence[str],
     targets: Sequence[str],
     entities: Sequence[str] | None = None,
-    editor: editors.Editor | None = None,
+    edit: RemediEdit | None = None,
     directions: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """Sum of log-probs of each target's tokens at the end of its text (n,), float32.
 
-    With ``editor`` and ``directions``, the direction of row i is added at the last mention of
-    ``entities[i]`` in ``texts[i]`` (see :func:`remedi.editors.apply_editor`).
+    With ``edit`` and ``directions``, the direction of row i is added (times ``edit.alpha``) at
+    the last mention of ``entities[i]`` in ``texts[i]`` (see :func:`remedi.editors.apply_editor`).
     """
     device = models.determine_device(mt.model)
     inputs, offsets = precompute.tokenize(mt.tokenizer, texts, device, "right")
     spans = precompute.find_char_spans(texts, targets)
     ranges = precompute.token_ranges_from_char_spans(spans, offsets, inputs.attention_mask.cpu())
-    if editor is not None and directions is not None and entities is not None:
+    if edit is not None and directions is not None and entities is not None:
         with editors.apply_editor(
-            mt, editor, directions, texts, entities, padding_side="right"
+            mt, edit.editor, directions, texts, entities, edit.alpha, padding_side="right"
         ) as edited_inputs:
             logits = mt.model(**edited_inputs).logits
     else:
@@ -136,38 +137,57 @@ def entailment(
     mt: models.ModelAndTokenizer,
     samples: Sequence[Mapping[str, Any]],
     method: str = "remedi",
-    editor: editors.Editor | None = None,
+    editor: editors.Editor | RemediEdit | None = None,
     batch_size: int = precompute.DEFAULT_PRECOMPUTE_BATCH_SIZE,
 ) -> EntailmentResults:
-    """Score every sample's feature groups before and after ``method`` (see module doc)."""
-    if method not in METHODS:
-        raise errors.UsageError(f"unknown method {method!r}; use one of {', '.join(METHODS)}")
-    if method == "remedi" and editor is None:
-        raise errors.UsageError("the remedi method needs a trained editor")
+    """Score every sample's feature groups before and after registered method ``method`` (see
+    module doc): a text method rewrites each text with the sample's context; ``remedi`` adds
+    ``editor``'s directions (an editor, or REMEDI prepared by the registry).
+
+    Raises:
+        errors.UsageError: A method this suite cannot run, or remedi without an editor.
+    """
+    spec = registry.method_spec(method)
+    if spec.needs_replacement or spec.edits == "weights":
+        usable = [
+            name
+            for name, entry in registry.METHODS.items()
+            if entry.edits == "hidden_states"
+            or (entry.edits == "text" and not entry.needs_replacement)
+        ]
+        raise errors.UsageError(
+            f"the entailment benchmark cannot run method {method!r}; use one of {', '.join(usable)}"
+        )
+    edit = (
+        RemediEdit(editor, batch_size=batch_size) if isinstance(editor, editors.Editor) else editor
+    )
+    if spec.edits == "hidden_states" and edit is None:
+        raise errors.UsageError(f"the {method} method needs a trained editor")
     rows = [dict(row) for row in samples]
     flat = _flatten(rows)
     directions = None
-    if method == "remedi" and editor is not None:
-        directions = editors.editor_directions(mt, editor, rows, batch_size).cpu()
+    if spec.edits == "hidden_states" and edit is not None:
+        directions = edit.directions(mt, rows).cpu()
     pre, post = [], []
     starts = range(0, len(flat), batch_size)
     for start in tqdm(starts, desc=f"entailment [{method}]", disable=len(starts) < 2):
         batch = flat[start : start + batch_size]
         texts = [f"{item['prompt']} {item['target']}" for item in batch]
         targets = [item["target"] for item in batch]
+        entities = [rows[item["index"]]["entity"] for item in batch]
         before = target_log_probs(mt, texts, targets)
         pre.append(before)
-        if method == "none":
-            post.append(before)
-        elif method == "prefix":
-            contexts = [rows[item["index"]]["context"] for item in batch]
-            prefixed = [prompt_in_context(c, text) for c, text in zip(contexts, texts, strict=True)]
-            post.append(target_log_probs(mt, prefixed, targets))
+        if spec.rewrite is not None:
+            rewritten = [
+                spec.rewrite(text, baselines.TextEdit(entity, rows[item["index"]]["context"]))
+                for text, entity, item in zip(texts, entities, batch, strict=True)
+            ]
+            same = rewritten == texts
+            post.append(before if same else target_log_probs(mt, rewritten, targets))
         else:
-            assert directions is not None
+            assert directions is not None and edit is not None
             index = torch.tensor([item["index"] for item in batch])
-            entities = [rows[item["index"]]["entity"] for item in batch]
-            post.append(target_log_probs(mt, texts, targets, entities, editor, directions[index]))
+            post.append(target_log_probs(mt, texts, targets, entities, edit, directions[index]))
     logp_pre, logp_post = torch.cat(pre).tolist(), torch.cat(post).tolist()
 
     grouped: list[dict[str, list[EntailmentFeature]]] = [{kind: [] for kind in KINDS} for _ in rows]
@@ -215,7 +235,7 @@ def entailment_metrics(samples: Sequence[EntailmentSample]) -> EntailmentMetrics
 
 
 def entailment_table(results: Mapping[str, EntailmentResults], title: str = "") -> tables.Table:
-    """Rows No Edit/Prefix/REMEDI; columns Δp and correlation of each group."""
+    """One row per method (its registered label); columns Δp and correlation of each group."""
     columns = {
         "co.delta_p": "Co-occurring Δp",
         "co.r": "Co-occurring r",
@@ -228,7 +248,7 @@ def entailment_table(results: Mapping[str, EntailmentResults], title: str = "") 
         metrics = result.metrics
         rows.append(
             tables.TableRow(
-                METHODS.get(method, method),
+                registry.METHODS[method].label if method in registry.METHODS else method,
                 {
                     "co.delta_p": metrics.delta_p.get("co"),
                     "co.r": metrics.correlation.get("co"),

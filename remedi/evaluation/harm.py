@@ -11,32 +11,39 @@ After each checkpoint N (0 = unedited) the run scores the edits made so far (eff
 target is the greedy continuation of the edit prompt; generalisation: of its rephrasings;
 locality: the next token after unrelated prompts is the unedited model's) and every general
 task, and writes ``checkpoint_<N>.json``. The edited weights at each checkpoint are saved
-beside it (``state_<N>.pt``), so that a resumed run never recomputes a finished checkpoint.
+beside it (``state_<N>.safetensors``), so that a resumed run never recomputes a finished
+checkpoint (runs from before keep their ``state_<N>.pt``, read as tensors only).
 
-Weight-editing methods (``rome``, ``ft``, ``ft5``, ``memit``) write into the model, optionally
-through RECT (:mod:`remedi.methods.rect`). REMEDI edits no weight: every edited entity's
-direction is added together wherever that entity is mentioned, in every prompt of every task
-(an entity edited twice gets the sum of its directions). Its directions do not depend on each
-other, so the three modes give the same model for REMEDI; they are accepted for comparison.
+Any registered method (:mod:`remedi.methods.registry`) that edits weights from requests or hidden
+states can run. Weight-editing methods (:class:`~remedi.methods.base.WeightEditor`: ``rome``,
+``ft``, ``ft5``, ``memit``, ...) write into the model through
+:func:`~remedi.methods.base.write_weights`, optionally through RECT
+(:mod:`remedi.methods.rect`). A hidden-state method (REMEDI) edits no weight: every edited
+entity's direction is added together wherever that entity is mentioned, in every prompt of
+every task (an entity edited twice gets the sum of its directions). Its directions do not depend
+on each other, so the three modes give the same model for REMEDI; they are accepted for
+comparison.
 """
 
 from __future__ import annotations
 
 import contextlib
-import importlib
 import logging
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import safetensors.torch
 import torch
 from dataclasses_json import DataClassJsonMixin
 
 from remedi import errors, io, models
 from remedi.data import general_tasks
 from remedi.evaluation import general
-from remedi.methods import common, rect
+from remedi.evaluation.methods import edit_request
+from remedi.methods import common, rect, registry
+from remedi.methods.base import DirectionEditor, MethodSetup, WeightEditor, write_weights
 
 logger = logging.getLogger(__name__)
 
@@ -77,31 +84,17 @@ class Checkpoint(DataClassJsonMixin):
     format_version: int = HARM_FORMAT_VERSION
 
 
-WeightEditor = Callable[[models.ModelAndTokenizer, Sequence[common.EditRequest]], dict[str, Any]]
-"""Computes new weight values (by parameter name) for some requests on the current model."""
+EditingMethod = WeightEditor | DirectionEditor
+"""A prepared method (:func:`editing_method`): weights written, or directions added."""
 
 
-@dataclass
-class WeightEditing:
-    """A weight-editing method under the modes: ``batches`` says whether it takes many requests
-    at once (MEMIT); one that does not is given one request at a time."""
-
-    name: str
-    edit: WeightEditor
-    batches: bool
-
-
-@dataclass
-class DirectionEditing:
-    """REMEDI: a direction per edit, added at the edited entity's mentions at ``layer``."""
-
-    layer: int
-    directions: Callable[[Sequence[Mapping[str, str]]], torch.Tensor]
-    alpha: float = 1.0
-    last_token: bool = True
-
-
-EditingMethod = WeightEditing | DirectionEditing
+def batching_methods() -> list[str]:
+    """The registered methods that can run under ``batch-single``."""
+    return [
+        name
+        for name in registry.names(prepared=True)
+        if registry.METHODS[name].batches and registry.METHODS[name].edits != "text"
+    ]
 
 
 def check_mode(mode: str, method_name: str, method: EditingMethod) -> None:
@@ -109,10 +102,11 @@ def check_mode(mode: str, method_name: str, method: EditingMethod) -> None:
     batch asked for ``batch-single``."""
     if mode not in MODES:
         raise errors.UsageError(f"unknown edit mode {mode!r}; known: {', '.join(MODES)}")
-    if mode == "batch-single" and isinstance(method, WeightEditing) and not method.batches:
+    if mode == "batch-single" and isinstance(method, WeightEditor) and not method.batches:
         raise errors.UsageError(
             f"method {method_name!r} edits one fact at a time and cannot batch; use "
-            "--mode instance-sequential or batch-sequential, or a batch method (memit, remedi)"
+            "--mode instance-sequential or batch-sequential, or a method that batches "
+            f"({', '.join(batching_methods())})"
         )
 
 
@@ -303,11 +297,44 @@ class HarmSettings:
     score_batch_size: int = general.DEFAULT_BATCH_SIZE
 
 
-def _apply(mt: models.ModelAndTokenizer, weights: Mapping[str, torch.Tensor]) -> None:
-    with torch.no_grad():
-        for name, value in weights.items():
-            parameter = mt.model.get_parameter(name)
-            parameter.copy_(value.to(parameter.device, parameter.dtype))
+STATE_FILE = "state_{}.safetensors"
+OLD_STATE_FILE = "state_{}.pt"
+"""Where runs before safetensors kept a checkpoint's weights (read as tensors only)."""
+
+
+def save_state(path: Path, state: Mapping[str, torch.Tensor]) -> None:
+    """Write a checkpoint's edited weights (by parameter name) as safetensors, atomically."""
+    tensors = {name: value.detach().to("cpu").contiguous() for name, value in state.items()}
+    io.atomic_write(
+        path, lambda tmp: safetensors.torch.save_file(tensors, str(tmp), metadata={"format": "pt"})
+    )
+
+
+def load_state(output_dir: Path, number: int) -> dict[str, torch.Tensor] | None:
+    """The edited weights saved at checkpoint ``number``, or None if none are saved.
+
+    A run from before safetensors has ``state_<N>.pt``: it is read with ``weights_only``
+    (tensors only, no code), which refuses anything but a dict of tensors with a clear error.
+    """
+    path = Path(output_dir) / STATE_FILE.format(number)
+    if path.is_file():
+        return dict(safetensors.torch.load_file(str(path)))
+    old = Path(output_dir) / OLD_STATE_FILE.format(number)
+    if not old.is_file():
+        return None
+    try:
+        state = torch.load(old, map_location="cpu", weights_only=True)
+    except Exception as error:
+        raise errors.FileFormatError(
+            f"{old} is not a dict of tensors ({type(error).__name__}: {error}); delete it and "
+            f"checkpoint_{number}.json to recompute that checkpoint"
+        ) from error
+    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
+        raise errors.FileFormatError(
+            f"{old} is not a dict of tensors; delete it and checkpoint_{number}.json to "
+            "recompute that checkpoint"
+        )
+    return state
 
 
 def run_harm(
@@ -321,8 +348,8 @@ def run_harm(
     """Run the edit sequence and write ``checkpoint_<N>.json`` after each checkpoint.
 
     A finished checkpoint is read back, not recomputed; the weights of the last finished one
-    are restored from ``state_<N>.pt`` before going on. The model's weights are restored to
-    their unedited values before returning.
+    are restored from ``state_<N>.safetensors`` before going on. The model's weights are
+    restored to their unedited values before returning, also on error.
     """
     check_mode(settings.mode, settings.method, method)
     checkpoints = sorted({0, *settings.checkpoints})
@@ -331,8 +358,10 @@ def run_harm(
             f"asked for {checkpoints[-1]} edits but only {len(edits)} edits are available; "
             "lower --edits or use a larger edit source"
         )
-    if settings.rect_share is not None and isinstance(method, DirectionEditing):
-        raise errors.UsageError("RECT regularises weight updates; remedi edits no weight")
+    if settings.rect_share is not None and not isinstance(method, WeightEditor):
+        raise errors.UsageError(
+            f"RECT regularises weight updates; {settings.method} edits no weight"
+        )
     output_dir = Path(output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
     locality_prompts = sorted({p for edit in edits for p in edit.locality_prompts[:MAX_PROBES]})
@@ -346,22 +375,21 @@ def run_harm(
     try:
         for number in checkpoints:
             path = output_dir / f"checkpoint_{number}.json"
-            state_path = output_dir / f"state_{number}.pt"
-            if path.is_file() and (number == 0 or state_path.is_file()):
+            saved = load_state(output_dir, number) if number > 0 and path.is_file() else None
+            if path.is_file() and (number == 0 or saved is not None):
                 results.append(Checkpoint.from_dict(io.read_json(path, "harm checkpoint")))
-                if isinstance(method, WeightEditing) and number > 0:
-                    state = torch.load(state_path, map_location="cpu")
-                    for name in state:
+                if isinstance(method, WeightEditor) and saved is not None:
+                    for name in saved:
                         originals.setdefault(name, mt.model.get_parameter(name).detach().clone())
-                    _apply(mt, state)
-                    edited_names.update(state)
+                    write_weights(mt.model, saved, f"checkpoint {number}", keep_old=False)
+                    edited_names.update(saved)
                 done = number
                 logger.info("checkpoint %d already done: %s", number, path)
                 continue
             intervention = None
-            if isinstance(method, WeightEditing):
+            if isinstance(method, WeightEditor):
                 if settings.mode == "batch-single":
-                    _apply(mt, originals)
+                    write_weights(mt.model, originals, "the unedited weights", keep_old=False)
                     todo = [edit.request for edit in edits[:number]]
                 else:
                     todo = [edit.request for edit in edits[done:number]]
@@ -373,8 +401,8 @@ def run_harm(
                             _track(mt, method, [request], originals, edited_names, settings)
                     else:
                         _track(mt, method, chunk, originals, edited_names, settings)
-                state = {name: mt.model.get_parameter(name).detach().cpu() for name in edited_names}
-                torch.save(state, state_path)
+                state = {name: mt.model.get_parameter(name) for name in sorted(edited_names)}
+                save_state(output_dir / STATE_FILE.format(number), state)
             else:
                 intervention = _direction_intervention(mt, method, edits[:number])
             scorer = general.Scorer(mt, settings.score_batch_size, intervention)
@@ -393,13 +421,13 @@ def run_harm(
             results.append(checkpoint)
             done = number
     finally:
-        _apply(mt, originals)
+        write_weights(mt.model, originals, "the unedited weights", keep_old=False)
     return results
 
 
 def _track(
     mt: models.ModelAndTokenizer,
-    method: WeightEditing,
+    method: WeightEditor,
     requests: Sequence[common.EditRequest],
     originals: dict[str, torch.Tensor],
     edited_names: set[str],
@@ -408,25 +436,28 @@ def _track(
     """Apply ``requests``, keeping each touched weight's unedited value first."""
     groups = [list(requests)] if method.batches else [[request] for request in requests]
     for group in groups:
-        new = method.edit(mt, group)
+        new = method.new_weights(mt, group)
         for name in new:
             originals.setdefault(name, mt.model.get_parameter(name).detach().clone())
         if settings.rect_share is not None:
             old = {name: mt.model.get_parameter(name).detach() for name in new}
             new = rect.regularize_weights(old, new, settings.rect_share)
-        _apply(mt, new)
+        write_weights(mt.model, new, method.name, keep_old=False)
         edited_names.update(new)
 
 
 def _direction_intervention(
-    mt: models.ModelAndTokenizer, method: DirectionEditing, edits: Sequence[HarmEdit]
+    mt: models.ModelAndTokenizer, method: DirectionEditor, edits: Sequence[HarmEdit]
 ) -> general.Intervention | None:
     if not edits:
         return None
     samples = [edit.sample for edit in edits]
     if any(sample is None for sample in samples):
-        raise errors.UsageError("remedi needs context mediation samples for its edits")
-    rows = method.directions([sample for sample in samples if sample is not None])
+        raise errors.UsageError(
+            f"{method.label} needs context mediation samples for its edits; use CounterFact "
+            "edits (--edit-source counterfact)"
+        )
+    rows = method.directions(mt, [sample for sample in samples if sample is not None])
     directions: dict[str, torch.Tensor] = {}
     for edit, row in zip(edits, rows, strict=True):
         subject = edit.request.subject
@@ -456,8 +487,6 @@ def _direction_intervention(
 def counterfact_edits(cases: Sequence[Any]) -> list[HarmEdit]:
     """Edits from CounterFact cases (:class:`~remedi.evaluation.cases.EvalCase`): ROME's
     rewrite prompt, paraphrases as rephrasings, neighborhood prompts for locality."""
-    from remedi.evaluation.weight_methods import edit_request
-
     return [
         HarmEdit(
             edit_request(case),
@@ -484,90 +513,31 @@ def zsre_edits(records: Sequence[Any]) -> list[HarmEdit]:
     ]
 
 
-BATCH_METHODS = ("memit",)
-"""Weight-editing methods whose ``edit`` takes many requests at once."""
+def editing_method(
+    name: str, mt: models.ModelAndTokenizer, setup: MethodSetup | None = None, **options: Any
+) -> EditingMethod:
+    """Registered method ``name`` prepared for ``mt`` (its packaged hyperparameters; ``options``
+    override them by name, e.g. ``editors_dir`` for ``remedi``).
 
-
-def weight_editing(
-    name: str, mt: models.ModelAndTokenizer, world: Any = None, stats_dir: Path | None = None
-) -> WeightEditing:
-    """A registered weight-editing method (``rome``, ``ft``, ``ft5``, ``memit``) with the model's
-    packaged hyperparameters."""
-    from remedi.methods import ft, hparams_file, rome, stats
-
-    if name == "rome":
-        rome_hparams = rome.RomeHparams.from_file(hparams_file("rome", mt.name))
-        moment = None
-        if rome_hparams.mom2_adjustment:
-            moment = stats.second_moment(
-                mt,
-                rome_hparams.layer,
-                rome_hparams.stats_dataset,
-                rome_hparams.stats_num_texts,
-                cache_dir=stats_dir,
-                world=world,
-            ).moment
-        templates = common.context_templates(
-            mt, rome_hparams.context_template_lengths, rome_hparams.seed
+    Raises:
+        errors.UsageError: The method rewrites text or is trained, which this suite cannot run.
+    """
+    spec = registry.method_spec(name)
+    if spec.prepare is None:
+        why = "rewrites text" if spec.edits == "text" else "is trained on a suite's loss"
+        raise errors.UsageError(
+            f"method {name!r} {why} and cannot run under edit modes; use one of "
+            f"{', '.join(harm_methods())}"
         )
-
-        def rome_edit(
-            mt: models.ModelAndTokenizer, requests: Sequence[common.EditRequest]
-        ) -> dict[str, Any]:
-            return rome.edit(mt, requests[0], rome_hparams, moment, templates)
-
-        return WeightEditing(name, rome_edit, batches=False)
-    if name in ("ft", "ft5"):
-        ft_hparams = ft.FtHparams.from_file(hparams_file(name, mt.name))
-
-        def ft_edit(
-            mt: models.ModelAndTokenizer, requests: Sequence[common.EditRequest]
-        ) -> dict[str, Any]:
-            return ft.edit(mt, requests[0], ft_hparams)
-
-        return WeightEditing(name, ft_edit, batches=False)
-    if name == "memit":
-        try:
-            memit = importlib.import_module("remedi.methods.memit")
-        except ImportError as error:
-            raise errors.UsageError(
-                "memit is not in this checkout (remedi/methods/memit.py); merge the branch "
-                "that adds it, or use rome, ft or remedi"
-            ) from error
-        memit_hparams = memit.MemitHparams.from_file(hparams_file("memit", mt.name))
-        moments = memit.load_second_moments(mt, memit_hparams, stats_dir, world=world)
-        memit_templates = common.context_templates(
-            mt, memit_hparams.context_template_lengths, memit_hparams.seed
-        )
-
-        def memit_edit(
-            mt: models.ModelAndTokenizer, requests: Sequence[common.EditRequest]
-        ) -> dict[str, Any]:
-            result: dict[str, Any] = memit.edit(
-                mt, list(requests), memit_hparams, moments, memit_templates
-            )
-            return result
-
-        return WeightEditing(name, memit_edit, batches=True)
-    raise errors.UsageError(f"unknown editing method {name!r}; known: rome, ft, ft5, memit, remedi")
+    return registry.prepare(name, mt, setup, **options)
 
 
-def direction_editing(
-    mt: models.ModelAndTokenizer, editors_dir: Path, editor_type: str = "linear"
-) -> DirectionEditing:
-    """REMEDI with the only trained editor of ``editor_type`` in a training run."""
-    from remedi import editors, training
-    from remedi.evaluation.methods import run_editor_layer
-
-    layer = run_editor_layer(Path(editors_dir), editor_type)
-    editor = training.load_run_editor(Path(editors_dir), layer, editor_type, mt)
-
-    def directions(samples: Sequence[Mapping[str, str]]) -> torch.Tensor:
-        return editors.editor_directions(mt, editor, [dict(sample) for sample in samples])
-
-    return DirectionEditing(
-        layer, directions, editors.DEFAULT_ALPHA, editor.config.edit_last_entity_token
-    )
+def harm_methods() -> list[str]:
+    """The registered methods this suite runs: those prepared for a model (weights or hidden
+    states)."""
+    return [
+        name for name in registry.names(prepared=True) if registry.METHODS[name].edits != "text"
+    ]
 
 
 def load_task_items(tasks: Sequence[str], task_dir: Path, limit: int | None) -> TaskItems:

@@ -11,26 +11,33 @@ one or more of three ways, and a suite calls all three without knowing which one
   :class:`WeightEditMethod`). Such a method sets ``edits_weights``, and suites then run each
   case's prompts under that case's edit, never mixing cases in one forward pass.
 
-Methods are a registry (:data:`METHODS`): a suite takes any registered method by name through
-:func:`build_method`. Registered here: ``remedi`` and the baselines ``prefix``, ``replace``,
-``unedited``.
+The methods themselves are registered in :data:`remedi.methods.registry.METHODS`;
+:func:`build_method` makes any of them judgeable on a suite's cases, by what it edits:
+:class:`TextMethod`, :class:`RemediMethod` (hidden states), :class:`WeightEditMethod`.
 """
 
 from __future__ import annotations
 
-import abc
 import contextlib
-import hashlib
 import logging
 import random
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from remedi import editors, errors, hooks, metrics, models, precompute, training
+from remedi import editors, errors, hooks, metrics, models, precompute
 from remedi.evaluation.cases import DEFAULT_BATCH_SIZE, EvalCase, EvalResources
+from remedi.methods import baselines, common, registry
+from remedi.methods.base import (
+    DirectionEditor,
+    MethodSetup,
+    WeightEditor,
+    WeightUpdate,
+    weights_applied,
+)
+from remedi.methods.remedi import RemediEdit
 from remedi.toy.world import World
 
 logger = logging.getLogger(__name__)
@@ -74,136 +81,119 @@ class Method:
         return contextlib.nullcontext()
 
 
-class WeightEditMethod(Method, abc.ABC):
-    """A method that edits weights: subclasses compute the new values of some parameters.
+class WeightEditMethod(Method):
+    """A registered weight-editing method (:class:`~remedi.methods.base.WeightEditor`) judged
+    per case: each case becomes one edit request (:func:`edit_request`).
 
-    :meth:`applied` writes them into the model in place, and on exit (also on error) copies the
-    saved originals back, so that every parameter is bit-identical to before. An edit that
-    returns a parameter's own tensor (an alias of the unedited model) is refused.
+    :meth:`applied` writes the case's new weights through
+    :func:`~remedi.methods.base.weights_applied` (names and shapes checked, never an alias of the
+    unedited tensor) and restores every parameter bit-identically on exit, also on error. Each
+    case's update is kept (up to ``max_cached_bytes`` in all; ROME's and MEMIT's factors are
+    small) so that every benchmark after the first reapplies it instead of computing it again.
     """
 
     edits_weights = True
 
-    @abc.abstractmethod
+    def __init__(self, editor: WeightEditor, max_cached_bytes: int = 2**30):
+        self.editor = editor
+        self.name = editor.name
+        self.label = editor.label
+        self.max_cached_bytes = max_cached_bytes
+        self.updates: dict[int, WeightUpdate] = {}
+        self.cached_bytes = 0
+
+    def details(self) -> dict[str, str]:
+        return self.editor.details()
+
     def new_weights(self, mt: models.ModelAndTokenizer, case: EvalCase) -> dict[str, torch.Tensor]:
         """New values, by parameter name (as in ``model.named_parameters()``), for ``case``."""
+        update = self.updates.get(case.case_id)
+        if update is None:
+            update = self.editor.compute(mt, [edit_request(case)])
+            size = update.nbytes()
+            if self.cached_bytes + size <= self.max_cached_bytes:
+                self.updates[case.case_id] = update
+                self.cached_bytes += size
+        return update.new_weights(mt.model)
 
     @contextlib.contextmanager
     def applied(self, mt: models.ModelAndTokenizer, case: EvalCase) -> Iterator[None]:
-        parameters = dict(mt.model.named_parameters())
-        new = self.new_weights(mt, case)
-        unknown = sorted(set(new) - set(parameters))
-        if unknown:
-            raise KeyError(f"{self.name} edits parameters the model does not have: {unknown}")
-        for name, value in new.items():
-            if value.data_ptr() == parameters[name].data_ptr():
-                raise ValueError(
-                    f"{self.name} returned the unedited tensor of {name} as its edit; return a "
-                    "new tensor (e.g. weight + delta)"
-                )
-            if value.shape != parameters[name].shape:
-                raise ValueError(
-                    f"{self.name} edit of {name} has shape {tuple(value.shape)}, the parameter "
-                    f"{tuple(parameters[name].shape)}"
-                )
-        saved = {name: parameters[name].detach().clone() for name in new}
-        try:
-            with torch.no_grad():
-                for name, value in new.items():
-                    parameters[name].copy_(value)
+        with weights_applied(mt.model, self.new_weights(mt, case), self.name):
             yield
-        finally:
-            with torch.no_grad():
-                for name, original in saved.items():
-                    parameters[name].copy_(original)
 
 
-class PrefixMethod(Method):
-    """Prepend the case's context sentence to every prompt, other entities' prompts included.
+def edit_request(case: EvalCase) -> common.EditRequest:
+    """The edit request of a CounterFact case: its rewrite prompt, entity and new target."""
+    return common.EditRequest(
+        prompt=case.rewrite_prompt or case.prompt,
+        subject=case.entity,
+        target_new=case.target_new,
+        target_true=case.target_true,
+    )
 
-    As REMEDI's reference: ``context.rstrip(". ") + ". " + prompt``, the whole rewrite sentence
-    (not only "{entity} {attribute}", which loses the words before the subject). Generated texts
-    show the prompt without the prefix, so that the prefix's own words do not count towards
-    consistency or fluency (a deliberate difference: the reference scores them).
+
+class TextMethod(Method):
+    """A registered method that rewrites the prompt's text (``unedited``, ``prefix``,
+    ``replace``: :mod:`remedi.methods.baselines`).
+
+    ``replacements`` (case id -> another entity with the new attribute) is what ``replace``
+    reads; cases without one are left out of its evaluation (:func:`applicable_cases`).
     """
 
-    name = "prefix"
-    label = "Prefix"
+    def __init__(self, spec: registry.MethodSpec, replacements: Mapping[int, str] | None = None):
+        if spec.rewrite is None:
+            raise errors.UsageError(f"method {spec.name!r} does not rewrite text")
+        self.spec = spec
+        self.name = spec.name
+        self.label = spec.label
+        self.replacements = dict(replacements or {})
 
     def details(self) -> dict[str, str]:
-        return {"prefix": "context"}
+        if self.spec.needs_replacement:
+            return {"replacements": str(len(self.replacements))}
+        return dict(self.spec.details)
 
-    @staticmethod
-    def prefix(case: EvalCase) -> str:
-        """The text prepended to each prompt about ``case``."""
-        return case.context.rstrip(". ") + ". "
+    def covers(self, case: EvalCase) -> bool:
+        """Whether the method can rewrite prompts about ``case``."""
+        return not self.spec.needs_replacement or case.case_id in self.replacements
 
     def rewrite(self, case: EvalCase, prompt: str) -> str:
-        return self.prefix(case) + prompt
+        assert self.spec.rewrite is not None
+        edit = baselines.TextEdit(case.entity, case.context, self.replacements.get(case.case_id))
+        return self.spec.rewrite(prompt, edit)
 
     def visible(self, case: EvalCase, prompt: str) -> str:
-        return prompt
-
-
-class ReplaceMethod(Method):
-    """Replace the entity by another entity known to have the new attribute."""
-
-    name = "replace"
-    label = "Replace"
-
-    def __init__(self, replacements: Mapping[int, str]):
-        self.replacements = dict(replacements)
-
-    def details(self) -> dict[str, str]:
-        return {"replacements": str(len(self.replacements))}
-
-    def rewrite(self, case: EvalCase, prompt: str) -> str:
-        replacement = self.replacements.get(case.case_id)
-        if replacement is None:
-            raise KeyError(
-                f"case {case.case_id} has no replacement entity; evaluate replace only on "
-                "cases find_replacements() covers"
-            )
-        return prompt.replace(case.entity, replacement)
+        return self.rewrite(case, prompt) if self.spec.shows_rewrite else prompt
 
 
 class RemediMethod(Method):
-    """Add the editor's direction at the (last token of the) last mention of the entity.
+    """A hidden-state method (REMEDI: :class:`~remedi.methods.remedi.RemediEdit`): its direction
+    for each case, added at the (last token of the) last mention of the entity.
 
     Prompts that do not mention the case's entity (neighborhood prompts) get no direction: the
     hook still runs on them, so a leak through padding or positions would show in the scores.
     """
 
     name = "remedi"
-    label = "REMEDI"
 
     def __init__(
         self,
         mt: models.ModelAndTokenizer,
-        editor: editors.Editor,
+        editor: editors.Editor | DirectionEditor,
         cases: Sequence[EvalCase],
         source: str = "",
         alpha: float = editors.DEFAULT_ALPHA,
         batch_size: int = DEFAULT_BATCH_SIZE,
     ):
-        self.editor = editor
-        self.alpha = alpha
-        self.source = source
-        self.label = f"REMEDI (L{editor.layer})"
-        directions = editors.editor_directions(
-            mt, editor, [case.sample() for case in cases], batch_size=batch_size
-        )
+        if isinstance(editor, editors.Editor):
+            editor = RemediEdit(editor, alpha, source, batch_size)
+        self.method = editor
+        self.label = editor.label
+        directions = editor.directions(mt, [case.sample() for case in cases])
         self.directions = {case.case_id: row for case, row in zip(cases, directions, strict=True)}
 
     def details(self) -> dict[str, str]:
-        return {
-            "editor_type": self.editor.config.editor_type,
-            "layer": str(self.editor.layer),
-            "alpha": str(self.alpha),
-            "editors_dir": self.source,
-            # A retrained editor in the same directory must not reuse the old results.
-            "weights_sha256": editor_fingerprint(self.editor),
-        }
+        return self.method.details()
 
     @contextlib.contextmanager
     def edit(
@@ -220,23 +210,14 @@ class RemediMethod(Method):
             [case.entity for case in cases],
             offset_mapping,
             attention_mask,
-            self.editor.config.edit_last_entity_token,
+            self.method.last_token,
         )
         directions = torch.stack([self.directions[case.case_id] for case in cases])
         directions = directions.to(device=device, dtype=models.determine_dtype(mt.model))
         with hooks.add_directions(
-            mt.model, self.editor.layer, directions, ranges.to(device), self.alpha
+            mt.model, self.method.layer, directions, ranges.to(device), self.method.alpha
         ):
             yield
-
-
-def editor_fingerprint(editor: editors.Editor) -> str:
-    """SHA-256 (first 16 hex digits) of the editor's config and weights."""
-    digest = hashlib.sha256(editor.config.to_json(sort_keys=True).encode())
-    for name, tensor in sorted(editor.state_dict().items()):
-        digest.update(name.encode())
-        digest.update(tensor.detach().to("cpu", torch.float32).contiguous().numpy().tobytes())
-    return digest.hexdigest()[:16]
 
 
 def mention_token_ranges(
@@ -329,34 +310,28 @@ def _subjects_of(prompts: Sequence[str], templates: Sequence[str]) -> list[str]:
 
 def applicable_cases(method: Method, cases: Sequence[EvalCase]) -> list[EvalCase]:
     """The cases a method can be evaluated on (replace needs a replacement entity)."""
-    if isinstance(method, ReplaceMethod):
-        return [case for case in cases if case.case_id in method.replacements]
+    if isinstance(method, TextMethod):
+        return [case for case in cases if method.covers(case)]
     return list(cases)
 
 
 # ---------------------------------------------------------------------------------------------
-# The registry.
-
-MethodFactory = Callable[..., Method]
-"""``factory(mt, cases, resources, **options) -> Method``."""
-
-METHODS: dict[str, MethodFactory] = {}
-"""Methods by name; :func:`build_method` builds one for a set of cases."""
-
-BASELINES = ("prefix", "replace", "unedited")
-"""The registered methods that need nothing trained."""
+# Building a registered method for the cases of a suite.
 
 
-def register_method(name: str) -> Callable[[MethodFactory], MethodFactory]:
-    """Decorator: register ``factory`` under ``name`` in :data:`METHODS`."""
+def judged_methods() -> list[str]:
+    """The registered methods :func:`build_method` builds: those that rewrite text or that are
+    prepared for a model (trained methods are trained by their own suite)."""
+    return [
+        name
+        for name, spec in registry.METHODS.items()
+        if spec.edits == "text" or spec.prepare is not None
+    ]
 
-    def register(factory: MethodFactory) -> MethodFactory:
-        if name in METHODS:
-            raise ValueError(f"a method named {name!r} is already registered")
-        METHODS[name] = factory
-        return factory
 
-    return register
+SETUP_OPTIONS = ("stats_dir", "stats_dataset", "stats_num_texts", "editor")
+"""Options of :func:`build_method` that say where a method's inputs come from (the others are
+hyperparameters)."""
 
 
 def build_method(
@@ -364,75 +339,43 @@ def build_method(
     mt: models.ModelAndTokenizer,
     cases: Sequence[EvalCase],
     resources: EvalResources,
+    hparams: Any = None,
+    hparams_path: Path | None = None,
     **options: Any,
 ) -> Method:
-    """Build registered method ``name`` for ``cases`` (options are the factory's keywords)."""
-    if name not in METHODS:
-        raise errors.UsageError(
-            f"unknown method {name!r}; registered methods: {', '.join(METHODS)}"
-        )
-    return METHODS[name](mt, cases, resources, **options)
+    """Registered method ``name`` (:data:`remedi.methods.registry.METHODS`) for ``cases``.
 
+    ``options``: :data:`SETUP_OPTIONS` (key statistics, an editor in memory) and the method's
+    hyperparameters by name (e.g. ``editors_dir``, ``layer``, ``alpha`` for ``remedi``).
 
-@register_method("unedited")
-def unedited(
-    mt: models.ModelAndTokenizer, cases: Sequence[EvalCase], resources: EvalResources
-) -> Method:
-    """The model as it is."""
-    return Method()
-
-
-@register_method("prefix")
-def prefix(
-    mt: models.ModelAndTokenizer, cases: Sequence[EvalCase], resources: EvalResources
-) -> Method:
-    """The context sentence prepended to every prompt (:class:`PrefixMethod`)."""
-    return PrefixMethod()
-
-
-@register_method("replace")
-def replace(
-    mt: models.ModelAndTokenizer, cases: Sequence[EvalCase], resources: EvalResources
-) -> Method:
-    """The entity replaced by one that has the new attribute (:class:`ReplaceMethod`)."""
-    return ReplaceMethod(
-        find_replacements(cases, resources.world, resources.snippets, seed=resources.seed)
-    )
-
-
-@register_method("remedi")
-def remedi(
-    mt: models.ModelAndTokenizer,
-    cases: Sequence[EvalCase],
-    resources: EvalResources,
-    editors_dir: Path | None = None,
-    layer: int | None = None,
-    editor_type: str = "linear",
-    editor: editors.Editor | None = None,
-    alpha: float = editors.DEFAULT_ALPHA,
-) -> Method:
-    """A trained REMEDI editor: from a training run (``editors_dir``, ``layer``) or given."""
-    if editor is None:
-        if editors_dir is None:
-            raise errors.UsageError(
-                "the remedi method needs trained editors: pass editors_dir (a training run, "
-                "e.g. results/editors_counterfact_toy) or an editor"
+    Raises:
+        errors.UsageError: An unknown method or option; the message lists what there is.
+    """
+    spec = registry.method_spec(name)
+    if spec.edits == "text":
+        if (
+            hparams is not None
+            or hparams_path is not None
+            or any(value is not None for value in options.values())
+        ):
+            raise errors.UsageError(f"method {name!r} rewrites text and takes no options")
+        replacements = None
+        if spec.needs_replacement:
+            replacements = find_replacements(
+                cases, resources.world, resources.snippets, seed=resources.seed
             )
-        if layer is None:
-            layer = run_editor_layer(Path(editors_dir), editor_type)
-        editor = training.load_run_editor(Path(editors_dir), layer, editor_type, mt)
-    source = str(Path(editors_dir).resolve()) if editors_dir is not None else ""
-    return RemediMethod(
-        mt, editor, cases, source=source, alpha=alpha, batch_size=resources.batch_size
+        return TextMethod(spec, replacements)
+    setup = MethodSetup(
+        world=resources.world,
+        batch_size=resources.batch_size,
+        **{key: options.pop(key) for key in SETUP_OPTIONS if key in options},
     )
-
-
-def run_editor_layer(run_directory: Path, editor_type: str = "linear") -> int:
-    """The layer of a run's only finished editor of ``editor_type``; raises if not exactly one."""
-    available = training.list_run_editors(run_directory).get(editor_type, [])
-    if len(available) == 1:
-        return available[0]
+    prepared = registry.prepare(name, mt, setup, hparams, hparams_path, **options)
+    if isinstance(prepared, WeightEditor):
+        return WeightEditMethod(prepared)
+    if spec.edits == "hidden_states":
+        return RemediMethod(mt, prepared, cases, batch_size=resources.batch_size)
     raise errors.UsageError(
-        f"{run_directory} has finished {editor_type} editors for layers {available or 'none'}; "
-        "choose one with -l LAYER"
+        f"method {name!r} edits {spec.edits} but gave {type(prepared).__name__}; a weights "
+        "method's prepare returns a WeightEditor"
     )

@@ -90,8 +90,8 @@ from tqdm.auto import tqdm
 from remedi import errors, io, models, tracing
 from remedi.evaluation.cases import EvalCase, EvalResources
 from remedi.evaluation.methods import Method, build_method
-from remedi.evaluation.tables import Table, TableRow
-from remedi.methods import common, hparams_file
+from remedi.methods import common, registry
+from remedi.report.tables import Table, TableRow
 
 logger = logging.getLogger(__name__)
 
@@ -109,9 +109,6 @@ PROBLEM_LABELS = {
     "fact_amplification": "Fact amplification",
     "fact_forcing": "Fact forcing",
 }
-EDIT_WINDOWS = {"ft5": 5}
-"""Layers a method edits around its central layer when its hyperparameters list several (the
-others keep the width of their packaged ``layers``)."""
 DEFAULT_TRACE_KIND = "mlp"
 DEFAULT_TRACE_WINDOW = 5
 """The reference regresses on MLP tracing with a window of 5 (``TRACE_WINDOW_SIZE = 5``)."""
@@ -511,7 +508,7 @@ def edit_case(
     if not method.edits_weights:
         raise errors.UsageError(
             f"method {method.name!r} does not edit weights; the editing problems need a weight "
-            "editing method (e.g. rome, ft, ft5, memit)"
+            f"editing method ({', '.join(registry.names('weights', prepared=True))})"
         )
     target = edit_target(problem, setup)
     request = dataclasses.replace(case, target_new=target, rewrite_prompt=setup.prompt)
@@ -538,26 +535,6 @@ def edit_case(
 # Methods at a layer.
 
 
-def hparams_at_layer(
-    method: str, hparams: dict[str, Any], layer: int, num_layers: int
-) -> dict[str, Any]:
-    """The method's hyperparameters moved to central layer ``layer``: ``layer`` replaced, or
-    ``layers`` replaced by the window of the same width (:data:`EDIT_WINDOWS`) around it."""
-    moved = dict(hparams)
-    if "layer" in moved:
-        tracing.layer_window(layer, 1, num_layers)  # checks the range
-        moved["layer"] = layer
-    elif "layers" in moved:
-        width = EDIT_WINDOWS.get(method, len(moved["layers"]) or 1)
-        moved["layers"] = tracing.layer_window(layer, width, num_layers)
-    else:
-        raise errors.UsageError(
-            f"the {method} hyperparameters have neither 'layer' nor 'layers'; cannot move the "
-            "edit to another layer"
-        )
-    return moved
-
-
 def edited_layers_of(hparams: dict[str, Any]) -> list[int]:
     return [hparams["layer"]] if "layer" in hparams else list(hparams["layers"])
 
@@ -568,16 +545,17 @@ def method_at_layer(
     cases: Sequence[EvalCase],
     resources: EvalResources,
     layer: int,
-    hparams_dir: Path,
     **options: Any,
 ) -> tuple[Method, list[int]]:
-    """Registered method ``name`` with its packaged hyperparameters moved to ``layer`` (written
-    to ``hparams_dir/<name>_L<layer>.json``), and the layers it edits."""
-    packaged = io.read_json(hparams_file(name, mt.name), f"{name} hyperparameters")
-    moved = hparams_at_layer(name, packaged, layer, mt.num_layers)
-    path = Path(hparams_dir) / f"{name}_L{layer}.json"
-    io.write_json(path, moved)
-    method = build_method(name, mt, cases, resources, hparams_path=path, **options)
+    """Registered method ``name`` with its packaged hyperparameters moved to ``layer``
+    (:func:`remedi.methods.registry.moved_to_layer`), and the layers it edits."""
+    spec = registry.method_spec(name)
+    if spec.hparams is None:
+        raise errors.UsageError(f"method {name!r} has no hyperparameters to move to a layer")
+    packaged = registry.load_hparams(name, mt.name).to_dict()
+    moved = registry.moved_to_layer(name, packaged, layer, mt.num_layers)
+    hparams = spec.hparams.from_dict(moved)
+    method = build_method(name, mt, cases, resources, hparams=hparams, **options)
     return method, edited_layers_of(moved)
 
 
@@ -647,7 +625,6 @@ def run_problems(
                 todo,
                 resources,
                 layer,
-                directory / "hparams",
                 **(method_options or {}),
             )
             for case in tqdm(todo, desc=f"{problem} L{layer}"):

@@ -1,15 +1,20 @@
 """Weight editing: methods that compute new values of some of the model's weights.
 
 Each method is a pure function of (model, tokenizer, edit request, hyperparameters) that returns
-the NEW values of the parameters it edits (``{name: tensor}``) and never writes into the model:
+the NEW values of the parameters it edits (``{name: tensor}``) and never writes into the model;
+its ``prepare`` gives a :class:`~remedi.methods.base.WeightEditor` for the registry:
 
 - :mod:`~remedi.methods.rome`: ROME's rank-one update of one layer's MLP output projection;
 - :mod:`~remedi.methods.memit`: MEMIT's update of many requests at once over a range of layers;
 - :mod:`~remedi.methods.ft`: constrained fine-tuning of MLP output projections (ROME's FT-L);
 - :mod:`~remedi.methods.stats`: the key statistics ``E[k k^T]`` ROME and MEMIT read, cached.
 
-:func:`~remedi.methods.common.apply_weights` writes any method's result into the model for good
-(sequential editing) and returns the old values to restore.
+The method table is :mod:`~remedi.methods.registry` (every method any suite can run, by name:
+these, REMEDI as a method (:mod:`~remedi.methods.remedi`), the text baselines
+(:mod:`~remedi.methods.baselines`) and trained methods (:mod:`~remedi.methods.tuning`)).
+:func:`~remedi.methods.base.write_weights` writes any method's result into the model (names and
+shapes checked) and returns the old values to restore; :func:`~remedi.methods.base.weights_applied`
+restores them on leaving a ``with`` block, even when it raises.
 
 Hyperparameters are JSON files per method and model under ``hparams/<method>/<model>.json``
 (the papers' values; ``toy.json`` measured on the toy world). Methods never know how they are

@@ -67,6 +67,18 @@ class LocateEditHparams(DataClassJsonMixin):
         """Read the hyperparameters from a JSON file (``remedi/methods/hparams/<method>/``)."""
         return cls.from_dict(io.read_json(path, f"{cls.method_name} hyperparameters"))
 
+    def value_optimization(self) -> ValueOptimization:
+        """How ROME's ``v*`` (MEMIT's ``z``) is optimised under these hyperparameters."""
+        return ValueOptimization(
+            num_steps=self.v_num_grad_steps,
+            lr=self.v_lr,
+            weight_decay=self.v_weight_decay,
+            clamp_norm_factor=self.clamp_norm_factor,
+            kl_factor=self.kl_factor,
+            kl_prompts=tuple(self.kl_prompts),
+            stop_loss=self.v_stop_loss,
+        )
+
 
 @dataclass(frozen=True)
 class EditRequest:
@@ -419,36 +431,6 @@ def substituted(model: torch.nn.Module, replacements: Mapping[str, torch.Tensor]
             if attribute in module.__dict__:
                 delattr(module, attribute)
             module._parameters[attribute] = parameter
-
-
-def apply_weights(
-    model: torch.nn.Module, new_weights: Mapping[str, torch.Tensor]
-) -> dict[str, torch.Tensor]:
-    """Write ``new_weights`` (by parameter name, as every method's ``edit`` returns them) into
-    the model in place, and return copies of the values they replace.
-
-    For sequential editing: ``saved = apply_weights(model, rome.edit(...))`` keeps the edit;
-    ``apply_weights(model, saved)`` undoes it bit-identically. Undo a sequence of edits by
-    applying the saved dicts in reverse order (or keep the first saved value of each name).
-    Nothing is written unless every name exists and every shape matches.
-
-    Raises:
-        errors.UsageError: A name is not a parameter of the model, or a shape differs.
-    """
-    parameters = dict(model.named_parameters())
-    for name, value in new_weights.items():
-        if name not in parameters:
-            raise errors.UsageError(f"the model has no parameter {name!r} to write")
-        if value.shape != parameters[name].shape:
-            raise errors.UsageError(
-                f"new value of {name} has shape {tuple(value.shape)}, the parameter "
-                f"{tuple(parameters[name].shape)}"
-            )
-    saved = {name: parameters[name].detach().clone() for name in new_weights}
-    with torch.no_grad():
-        for name, value in new_weights.items():
-            parameters[name].copy_(value)
-    return saved
 
 
 def shrink_moment(moment: torch.Tensor, shrinkage: float) -> torch.Tensor:

@@ -14,6 +14,7 @@ Training runs on float32 copies of the weights; the model's own weights are neve
 from __future__ import annotations
 
 import logging
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -22,6 +23,7 @@ from dataclasses_json import DataClassJsonMixin
 
 from remedi import errors, io, models
 from remedi.methods import common
+from remedi.methods.base import MethodSetup, NewWeights, WeightEditor, layers_label
 
 logger = logging.getLogger(__name__)
 
@@ -117,3 +119,32 @@ def _first_row(batch: common.EditBatch) -> common.EditBatch:
         batch.labels[:1],
         batch.target_mask[:1],
     )
+
+
+class FtEditor(WeightEditor):
+    """Constrained fine-tuning prepared for one model (``name``: ``ft`` or ``ft5``). Its updates
+    are the trained weights, kept on the CPU."""
+
+    def __init__(self, name: str, hparams: FtHparams):
+        self.name = name
+        self.hparams = hparams
+        constraint = "" if hparams.norm_constraint is None else "-L"
+        self.label = layers_label(f"FT{constraint}", hparams.layers)
+
+    def compute(
+        self, mt: models.ModelAndTokenizer, requests: Sequence[common.EditRequest]
+    ) -> NewWeights:
+        self.check_requests(requests)
+        new = edit(mt, requests[0], self.hparams)
+        return NewWeights({name: value.cpu() for name, value in new.items()})
+
+
+def prepare(mt: models.ModelAndTokenizer, hparams: FtHparams, setup: MethodSetup) -> FtEditor:
+    """Constrained fine-tuning at ``hparams.layers`` for ``mt`` (registered as ``ft`` and, at
+    five adjacent layers, ``ft5``; the registry names the prepared method).
+
+    Raises:
+        errors.UsageError: A layer is out of range.
+    """
+    common.check_layers(mt, hparams.layers)
+    return FtEditor("ft", hparams)

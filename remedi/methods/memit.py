@@ -32,6 +32,7 @@ import torch
 
 from remedi import errors, models
 from remedi.methods import common, stats
+from remedi.methods.base import MethodSetup, WeightEditor, layers_label
 from remedi.toy.world import World
 
 logger = logging.getLogger(__name__)
@@ -85,6 +86,12 @@ class MemitUpdate:
             update.weight_name: update.new_weight(model.get_parameter(update.weight_name))
             for update in self.layers
         }
+
+    def nbytes(self) -> int:
+        tensors = [self.targets]
+        for update in self.layers:
+            tensors += [update.residuals, update.adjusted_keys]
+        return sum(tensor.numel() * tensor.element_size() for tensor in tensors)
 
 
 KEYS_BATCH_SIZE = 32
@@ -208,15 +215,7 @@ def compute_update(
 
     last_layer = layers[-1]
     (last_block,) = models.determine_layer_paths(mt.model, [last_layer])
-    settings = common.ValueOptimization(
-        num_steps=hparams.v_num_grad_steps,
-        lr=hparams.v_lr,
-        weight_decay=hparams.v_weight_decay,
-        clamp_norm_factor=hparams.clamp_norm_factor,
-        kl_factor=hparams.kl_factor,
-        kl_prompts=tuple(hparams.kl_prompts),
-        stop_loss=hparams.v_stop_loss,
-    )
+    settings = hparams.value_optimization()
     targets = torch.stack(
         [
             common.optimize_value(
@@ -268,7 +267,7 @@ def edit(
 ) -> dict[str, torch.Tensor]:
     """New values of the MLP output weights at ``hparams.layers`` that write all ``requests``.
 
-    The model is not written; apply the result with :func:`~remedi.methods.common.apply_weights`
+    The model is not written; apply the result with :func:`~remedi.methods.base.write_weights`
     (which returns the old values to restore). See :func:`compute_update` for the arguments.
     """
     return compute_update(mt, requests, hparams, second_moments, templates).new_weights(mt.model)
@@ -301,3 +300,50 @@ def load_second_moments(
         world=world,
     )
     return {layer: computed[layer].moment for layer in hparams.layers}
+
+
+class MemitEditor(WeightEditor):
+    """MEMIT prepared for one model: its hyperparameters, each layer's key statistics and the
+    random prefixes; it edits many requests at once."""
+
+    name = "memit"
+    batches = True
+
+    def __init__(
+        self,
+        mt: models.ModelAndTokenizer,
+        hparams: MemitHparams,
+        second_moments: dict[int, torch.Tensor],
+        templates: list[str] | None = None,
+    ):
+        self.hparams = hparams
+        self.second_moments = second_moments
+        self.label = layers_label("MEMIT", hparams.layers)
+        self.templates = templates or common.context_templates(
+            mt, hparams.context_template_lengths, hparams.seed
+        )
+
+    def compute(
+        self, mt: models.ModelAndTokenizer, requests: Sequence[common.EditRequest]
+    ) -> MemitUpdate:
+        self.check_requests(requests)
+        return compute_update(mt, requests, self.hparams, self.second_moments, self.templates)
+
+
+def prepare(mt: models.ModelAndTokenizer, hparams: MemitHparams, setup: MethodSetup) -> MemitEditor:
+    """MEMIT for ``mt``: the key statistics of each of ``hparams.layers`` loaded from
+    ``setup``'s cache or computed over its corpus (none without ``mom2_adjustment``).
+
+    Raises:
+        errors.UsageError: A layer is out of range.
+    """
+    common.check_layers(mt, hparams.layers)
+    moments = load_second_moments(
+        mt,
+        hparams,
+        setup.statistics_dir(),
+        world=setup.world,
+        dataset=setup.stats_dataset,
+        num_texts=setup.stats_num_texts,
+    )
+    return MemitEditor(mt, hparams, moments)

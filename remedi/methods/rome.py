@@ -23,13 +23,15 @@ Functions here return new weights and never write into the model.
 from __future__ import annotations
 
 import logging
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import ClassVar
 
 import torch
 
 from remedi import errors, models
-from remedi.methods import common
+from remedi.methods import common, stats
+from remedi.methods.base import MethodSetup, WeightEditor, layers_label
 
 logger = logging.getLogger(__name__)
 
@@ -68,6 +70,14 @@ class RankOneUpdate:
         delta = self.delta().to(weight.device)
         return (weight.detach().float() + delta).to(weight.dtype)
 
+    def new_weights(self, model: torch.nn.Module) -> dict[str, torch.Tensor]:
+        """``{weight_name: W + delta}`` for the model's current ``W``."""
+        return {self.weight_name: self.new_weight(model.get_parameter(self.weight_name))}
+
+    def nbytes(self) -> int:
+        vectors = (self.key, self.value, self.left, self.right)
+        return sum(vector.numel() * vector.element_size() for vector in vectors)
+
 
 def subject_keys(
     mt: models.ModelAndTokenizer, layer: int, texts: list[str], subject: str
@@ -90,20 +100,7 @@ def compute_value(
     """ROME's ``v*``: the MLP output at the subject that makes the model say the target (out,)."""
     projection = models.determine_mlp_output(mt.model, hparams.layer)
     return common.optimize_value(
-        mt, request, texts, projection.module_path, value_settings(hparams)
-    )
-
-
-def value_settings(hparams: RomeHparams) -> common.ValueOptimization:
-    """The ``v*`` optimisation settings of ``hparams``."""
-    return common.ValueOptimization(
-        num_steps=hparams.v_num_grad_steps,
-        lr=hparams.v_lr,
-        weight_decay=hparams.v_weight_decay,
-        clamp_norm_factor=hparams.clamp_norm_factor,
-        kl_factor=hparams.kl_factor,
-        kl_prompts=tuple(hparams.kl_prompts),
-        stop_loss=hparams.v_stop_loss,
+        mt, request, texts, projection.module_path, hparams.value_optimization()
     )
 
 
@@ -171,6 +168,59 @@ def edit(
     templates: list[str] | None = None,
 ) -> dict[str, torch.Tensor]:
     """New values of the edited parameters (one weight) for ``request``: ``{name: W + delta}``."""
-    update = compute_update(mt, request, hparams, second_moment, templates)
-    weight = mt.model.get_parameter(update.weight_name)
-    return {update.weight_name: update.new_weight(weight)}
+    return compute_update(mt, request, hparams, second_moment, templates).new_weights(mt.model)
+
+
+class RomeEditor(WeightEditor):
+    """ROME prepared for one model: its hyperparameters, key statistics and random prefixes."""
+
+    name = "rome"
+
+    def __init__(
+        self,
+        mt: models.ModelAndTokenizer,
+        hparams: RomeHparams,
+        second_moment: stats.SecondMoment | None,
+        templates: list[str] | None = None,
+    ):
+        self.hparams = hparams
+        self.second_moment = second_moment
+        self.label = layers_label("ROME", [hparams.layer])
+        self.templates = templates or common.context_templates(
+            mt, hparams.context_template_lengths, hparams.seed
+        )
+
+    def details(self) -> dict[str, str]:
+        details = super().details()
+        if self.second_moment is not None:
+            for key in ("dataset", "tokens", "weight_sha256"):
+                details[f"stats_{key}"] = self.second_moment.metadata.get(key, "")
+        return details
+
+    def compute(
+        self, mt: models.ModelAndTokenizer, requests: Sequence[common.EditRequest]
+    ) -> RankOneUpdate:
+        self.check_requests(requests)
+        moment = self.second_moment.moment if self.second_moment is not None else None
+        return compute_update(mt, requests[0], self.hparams, moment, self.templates)
+
+
+def prepare(mt: models.ModelAndTokenizer, hparams: RomeHparams, setup: MethodSetup) -> RomeEditor:
+    """ROME for ``mt``: the key statistics of ``hparams.layer`` loaded from ``setup``'s cache or
+    computed over its corpus (none without ``mom2_adjustment``).
+
+    Raises:
+        errors.UsageError: The layer is out of range.
+    """
+    common.check_layers(mt, [hparams.layer])
+    moment = None
+    if hparams.mom2_adjustment:
+        moment = stats.second_moment(
+            mt,
+            hparams.layer,
+            setup.stats_dataset or hparams.stats_dataset,
+            setup.stats_num_texts or hparams.stats_num_texts,
+            cache_dir=setup.statistics_dir(),
+            world=setup.world,
+        )
+    return RomeEditor(mt, hparams, moment)
