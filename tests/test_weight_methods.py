@@ -377,7 +377,7 @@ def key_gram(
         inputs = mt.tokenizer(text, return_tensors="pt")
         with common.record_mlp_keys(mt.model, projection) as recorded:
             mt.model(**inputs)
-        keys = recorded["keys"].reshape(-1, projection.in_features).double()
+        keys = recorded["keys"].input.reshape(-1, projection.in_features).double()
         keys = keys.abs() if absolute else keys
         gram += keys.T @ keys
     return gram

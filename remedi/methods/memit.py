@@ -26,11 +26,11 @@ import logging
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import ClassVar
 
 import torch
 
-from remedi import errors, models
+from remedi import errors, hooks, models
 from remedi.methods import common, stats
 from remedi.toy.world import World
 
@@ -130,19 +130,13 @@ def _at_subjects(
     record_input: bool,
 ) -> torch.Tensor:
     """The input (or output) of module ``module_path`` at each text's subject's last token."""
-    module = mt.model.get_submodule(module_path)
-    recorded: list[torch.Tensor] = []
-
-    def record(module: torch.nn.Module, inputs: Any, output: Any = None) -> None:
-        value = inputs[0] if record_input else output
-        recorded.append(value[0] if isinstance(value, tuple) else value)
-
-    if record_input:
-        handle = module.register_forward_pre_hook(record)
-    else:
-        handle = module.register_forward_hook(record)
     found: list[torch.Tensor] = []
-    try:
+    with hooks.trace(
+        mt.model,
+        {module_path: module_path},
+        retain_input=record_input,
+        retain_output=not record_input,
+    ) as traced:
         for start in range(0, len(texts), KEYS_BATCH_SIZE):
             batch = common.edit_batch(
                 mt.tokenizer,
@@ -150,10 +144,11 @@ def _at_subjects(
                 subjects[start : start + KEYS_BATCH_SIZE],
             ).to(mt.device)
             mt.model(input_ids=batch.input_ids, attention_mask=batch.attention_mask)
+            kept = traced[module_path]
+            value = kept.input if record_input else kept.output
+            assert value is not None  # the module ran in the forward pass above
             rows = torch.arange(batch.input_ids.shape[0], device=batch.input_ids.device)
-            found.append(recorded[-1][rows, batch.subject_positions].float())
-    finally:
-        handle.remove()
+            found.append(value[rows, batch.subject_positions].float())
     return torch.cat(found)
 
 

@@ -78,7 +78,9 @@ def subject_keys(
     with torch.no_grad(), common.record_mlp_keys(mt.model, projection) as recorded:
         mt.model(input_ids=batch.input_ids, attention_mask=batch.attention_mask)
     rows = torch.arange(len(texts), device=batch.input_ids.device)
-    return recorded["keys"][rows, batch.subject_positions].float()
+    keys = recorded["keys"].input
+    assert keys is not None  # the projection ran in the forward pass above
+    return keys[rows, batch.subject_positions].float()
 
 
 def compute_value(

@@ -348,35 +348,22 @@ def _add_chunk(
     return tokens
 
 
-@contextlib.contextmanager
 def _adding_key_products(
     model: torch.nn.Module,
     sums: Mapping[int, _LayerSum],
     mask: torch.Tensor,
     product_dtype: torch.dtype | None,
-) -> Iterator[None]:
+) -> contextlib.AbstractContextManager[dict[int, hooks.Traced]]:
     """While active, each forward adds ``K^T K`` of each layer's keys at ``mask`` to the layer's
-    total, so no layer's keys outlive its own block."""
+    total as the keys pass, so no layer's keys outlive its own block."""
 
-    def hook_for(running: _LayerSum) -> Any:
-        def add_products(module: torch.nn.Module, inputs: Any) -> None:
-            keys = inputs[0][mask]
-            keys = keys.to(_product_dtype(keys.dtype, product_dtype))
-            running.total.add_(keys.T @ keys)
+    def add_products(layer: int, keys: torch.Tensor) -> None:
+        selected = keys[mask]
+        selected = selected.to(_product_dtype(selected.dtype, product_dtype))
+        sums[layer].total.add_(selected.T @ selected)
 
-        return add_products
-
-    handles = [
-        model.get_submodule(running.projection.module_path).register_forward_pre_hook(
-            hook_for(running)
-        )
-        for running in sums.values()
-    ]
-    try:
-        yield
-    finally:
-        for handle in handles:
-            handle.remove()
+    projections = {layer: running.projection.module_path for layer, running in sums.items()}
+    return hooks.trace(model, projections, edit_input=add_products)
 
 
 def _product_dtype(keys_dtype: torch.dtype, requested: torch.dtype | None) -> torch.dtype:
