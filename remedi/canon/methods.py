@@ -225,14 +225,8 @@ def memit_edit(
             "write (use good, or good-v-bad whose first suffix is written)"
         )
     hparams = _memit_hparams(mt, settings)
-    world = None
-    if hparams.mom2_adjustment and hparams.stats_dataset == "toy":
-        from remedi.toy.build import toy_world_paths
-        from remedi.toy.canonical import load_world
-
-        world = load_world(toy_world_paths(mt.name.split("+")[0]).world_file)
     stats_dir = Path(settings.stats_dir) if settings.stats_dir else env.results_dir() / "stats"
-    moments = memit.load_second_moments(mt, hparams, stats_dir, world=world)
+    moments = memit.load_second_moments(mt, hparams, stats_dir)
     positions = scoring.model_max_length(mt.model)
     # Room for MEMIT's random prefixes before the prompt and its target.
     longest_template = max((length for length, _ in hparams.context_template_lengths), default=0)

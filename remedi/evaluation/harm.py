@@ -33,7 +33,7 @@ from typing import Any
 import torch
 from dataclasses_json import DataClassJsonMixin
 
-from remedi import errors, hooks, io, models
+from remedi import corpora, errors, hooks, io, models
 from remedi.data import general_tasks
 from remedi.evaluation import general
 from remedi.methods import common, rect
@@ -484,10 +484,11 @@ BATCH_METHODS = ("memit",)
 
 
 def weight_editing(
-    name: str, mt: models.ModelAndTokenizer, world: Any = None, stats_dir: Path | None = None
+    name: str, mt: models.ModelAndTokenizer, stats_dir: Path | None = None
 ) -> WeightEditing:
     """A registered weight-editing method (``rome``, ``ft``, ``ft5``, ``memit``) with the model's
-    packaged hyperparameters."""
+    packaged hyperparameters (their statistics corpus is opened for this model, see
+    :func:`remedi.corpora.open_corpus`)."""
     from remedi.methods import ft, hparams_file, rome, stats
 
     if name == "rome":
@@ -497,10 +498,9 @@ def weight_editing(
             moment = stats.second_moment(
                 mt,
                 rome_hparams.layer,
-                rome_hparams.stats_dataset,
+                corpora.open_corpus(rome_hparams.stats_dataset, mt.name),
                 rome_hparams.stats_num_texts,
                 cache_dir=stats_dir,
-                world=world,
             ).moment
         templates = common.context_templates(
             mt, rome_hparams.context_template_lengths, rome_hparams.seed
@@ -530,7 +530,7 @@ def weight_editing(
                 "that adds it, or use rome, ft or remedi"
             ) from error
         memit_hparams = memit.MemitHparams.from_file(hparams_file("memit", mt.name))
-        moments = memit.load_second_moments(mt, memit_hparams, stats_dir, world=world)
+        moments = memit.load_second_moments(mt, memit_hparams, stats_dir)
         memit_templates = common.context_templates(
             mt, memit_hparams.context_template_lengths, memit_hparams.seed
         )

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import torch
 
-from remedi import env, models
+from remedi import corpora, env, models
 from remedi.evaluation.cases import EvalCase, EvalResources
 from remedi.evaluation.methods import Method, WeightEditMethod, register_method
 from remedi.methods import common, ft, hparams_file, memit, rome, stats
@@ -170,10 +170,9 @@ def rome_method(
         moment = stats.second_moment(
             mt,
             hparams.layer,
-            stats_dataset or hparams.stats_dataset,
+            corpora.open_corpus(stats_dataset or hparams.stats_dataset, mt.name),
             stats_num_texts or hparams.stats_num_texts,
             cache_dir=stats_dir or default_stats_dir(),
-            world=resources.world,
         )
     return RomeMethod(mt, hparams, moment)
 
@@ -198,8 +197,7 @@ def memit_method(
         mt,
         hparams,
         stats_dir or default_stats_dir(),
-        world=resources.world,
-        dataset=stats_dataset,
+        corpora.open_corpus(stats_dataset, mt.name) if stats_dataset else None,
         num_texts=stats_num_texts,
     )
     return MemitMethod(mt, hparams, moments)

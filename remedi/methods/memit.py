@@ -30,9 +30,8 @@ from typing import ClassVar
 
 import torch
 
-from remedi import errors, hooks, models
+from remedi import corpora, errors, hooks, models
 from remedi.methods import common, stats
-from remedi.toy.world import World
 
 logger = logging.getLogger(__name__)
 
@@ -273,13 +272,12 @@ def load_second_moments(
     mt: models.ModelAndTokenizer,
     hparams: MemitHparams,
     stats_dir: Path | None,
-    world: World | None = None,
-    dataset: str | None = None,
+    corpus: corpora.Corpus | None = None,
     num_texts: int | None = None,
 ) -> dict[int, torch.Tensor]:
     """``C`` of each of ``hparams.layers`` (cached in ``stats_dir``, else computed for all the
-    layers in one pass over ``dataset``, default ``hparams.stats_dataset``); empty without
-    ``mom2_adjustment``.
+    layers in one pass over ``corpus``, default the one ``hparams.stats_dataset`` names for this
+    model, see :func:`remedi.corpora.open_corpus`); empty without ``mom2_adjustment``.
 
     Load them once, before editing: the cache is checked against the layer's current weight,
     so statistics are refused for a model whose edited layers were already written.
@@ -290,9 +288,8 @@ def load_second_moments(
     computed = stats.second_moments(
         mt,
         hparams.layers,
-        dataset or hparams.stats_dataset,
+        corpus or corpora.open_corpus(hparams.stats_dataset, mt.name),
         num_texts or hparams.stats_num_texts,
         cache_dir=stats_dir,
-        world=world,
     )
     return {layer: computed[layer].moment for layer in hparams.layers}
