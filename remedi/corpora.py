@@ -16,7 +16,7 @@ dataset:
   used): the ``text`` column of the dataset's ``train`` split, through ``datasets.load_dataset``
   (a hub name, cached on this machine when offline, or a local dataset folder). Key: the name and
   config, as a released dataset's name denotes its texts (and a cache of real statistics, hours of
-  compute, is found without loading the dataset).
+  compute, is found without loading the dataset); a local folder's adds a hash of its files.
 
 Adding a kind is one function ``(argument, model) -> Corpus`` and one entry in :data:`CORPORA`.
 """
@@ -70,6 +70,18 @@ def texts_key(texts: Iterable[str]) -> str:
         encoded = text.encode()
         digest.update(len(encoded).to_bytes(8, "little"))
         digest.update(encoded)
+    return digest.hexdigest()[:16]
+
+
+def files_key(path: Path) -> str:
+    """SHA-256 (16 hex digits) of a file's bytes, or of a folder's files (names and bytes)."""
+    files = sorted(p for p in path.rglob("*") if p.is_file()) if path.is_dir() else [path]
+    digest = hashlib.sha256()
+    for file in files:
+        digest.update(str(file.relative_to(path) if path.is_dir() else file.name).encode())
+        with file.open("rb") as handle:
+            for block in iter(lambda: handle.read(1 << 20), b""):
+                digest.update(block)
     return digest.hexdigest()[:16]
 
 
@@ -128,7 +140,6 @@ def file_corpus(path_text: str, model: str | None = None) -> Corpus:
             "file, or a folder written by datasets' save_to_disk"
         )
     if path.is_dir():
-        key_source = sorted(p for p in path.rglob("*") if p.is_file())
 
         def read(count: int) -> list[str]:
             try:
@@ -148,14 +159,12 @@ def file_corpus(path_text: str, model: str | None = None) -> Corpus:
             return _text_column(loaded, f"file:{path}", count)
 
     elif path.suffix == ".txt":
-        key_source = [path]
 
         def read(count: int) -> list[str]:
             lines = path.read_text(encoding="utf-8").splitlines()
             return [line for line in lines if line.strip()][:count]
 
     elif path.suffix in (".jsonl", ".json"):
-        key_source = [path]
 
         def read(count: int) -> list[str]:
             return _json_texts(path)[:count]
@@ -165,24 +174,23 @@ def file_corpus(path_text: str, model: str | None = None) -> Corpus:
             f"cannot read corpus file {path}: expected a .txt (a text per line), .jsonl or "
             ".json (records with a 'text' field) file, or a save_to_disk folder"
         )
-    digest = hashlib.sha256()
-    for file in key_source:
-        digest.update(str(file.relative_to(path) if path.is_dir() else file.name).encode())
-        with file.open("rb") as handle:
-            for block in iter(lambda: handle.read(1 << 20), b""):
-                digest.update(block)
     resolved = path.resolve()
-    return Corpus(f"file:{resolved}", f"file:{resolved.name}@{digest.hexdigest()[:16]}", read)
+    return Corpus(f"file:{resolved}", f"file:{resolved.name}@{files_key(path)}", read)
 
 
 def hf_corpus(spec: str, model: str | None = None) -> Corpus:
     """The ``text`` column of the ``train`` split of Hugging Face dataset ``NAME[:CONFIG]``.
 
     The dataset is loaded when the texts are first read (a cached statistics file needs none).
+    ``NAME`` may be a local dataset folder (data files ``load_dataset`` reads); its key then
+    hashes the folder's files, since a folder's contents, unlike a release, can change.
     """
+    name = spec.partition(":")[0]
+    local = Path(name).expanduser()
+    key = f"{spec}@{files_key(local)}" if name and local.exists() else spec
 
     def read(count: int) -> list[str]:
-        name, _, config = spec.partition(":")
+        config = spec.partition(":")[2]
         try:
             loaded = datasets.load_dataset(name, config or None, split="train")
         except Exception as error:  # datasets raises many kinds (network, missing config, ...)
@@ -194,7 +202,7 @@ def hf_corpus(spec: str, model: str | None = None) -> Corpus:
             ) from error
         return _text_column(loaded, spec, count)
 
-    return Corpus(spec, spec, read)
+    return Corpus(spec, key, read)
 
 
 CORPORA: dict[str, CorpusOpener] = {TOY_KIND: toy_corpus, "file": file_corpus, HF_KIND: hf_corpus}
