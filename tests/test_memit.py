@@ -18,6 +18,7 @@ from tests.test_weight_methods import (
     TEXTS,
     assert_unchanged,
     corpus_file,
+    file_times,
     weights_of,
 )
 
@@ -176,7 +177,7 @@ def test_memit_is_registered_one_case_at_a_time(mt4, tmp_path):
     corpus = corpora.open_corpus(hparams.stats_dataset)
     for layer in hparams.layers:
         stats.second_moment(mt4, layer, corpus, hparams.stats_num_texts, tmp_path / "stats")
-    cached = {path: path.stat().st_mtime_ns for path in (tmp_path / "stats").rglob("*")}
+    cached = file_times(tmp_path / "stats")
     method = evaluation.build_method(
         "memit",
         mt4,
@@ -186,7 +187,7 @@ def test_memit_is_registered_one_case_at_a_time(mt4, tmp_path):
         stats_dir=tmp_path / "stats",
     )
     # The method opened the same corpus by its spec and read the cache, not a new computation.
-    assert {path: path.stat().st_mtime_ns for path in (tmp_path / "stats").rglob("*")} == cached
+    assert file_times(tmp_path / "stats") == cached
     assert isinstance(method, evaluation.weight_methods.MemitMethod)
     assert method.label == "MEMIT (L0-1)" and method.templates == ["{}"]
     before = weights_of(mt4)

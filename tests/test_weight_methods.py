@@ -41,6 +41,12 @@ def cached_only(corpus: corpora.Corpus) -> corpora.Corpus:
     return corpora.Corpus(corpus.name, corpus.key, unreadable)
 
 
+def file_times(directory: Path) -> dict[Path, int]:
+    """When each file below ``directory`` was last written: equal before and after a step that
+    only read them."""
+    return {path: path.stat().st_mtime_ns for path in directory.rglob("*")}
+
+
 def corpus_file(directory: Path) -> str:
     """CORPUS written to a text file (a text per line); returns its corpus spec ``file:PATH``."""
     path = directory / "corpus.txt"
@@ -327,14 +333,14 @@ def test_weight_methods_are_registered_and_built_with_cached_statistics(mt, tmp_
     )
     corpus = corpora.open_corpus(hparams.stats_dataset)
     stats.second_moment(mt, 0, corpus, hparams.stats_num_texts, tmp_path / "stats")
-    cached = {path: path.stat().st_mtime_ns for path in (tmp_path / "stats").rglob("*")}
+    cached = file_times(tmp_path / "stats")
     method = evaluation.build_method(
         "rome", mt, cases, resources, hparams=hparams, stats_dir=tmp_path / "stats"
     )
     assert isinstance(method, evaluation.weight_methods.RomeMethod)
     assert method.details()["stats_dataset"] == corpus.key
     # The method opened the same corpus by its spec and read the cache, not a new computation.
-    assert {path: path.stat().st_mtime_ns for path in (tmp_path / "stats").rglob("*")} == cached
+    assert file_times(tmp_path / "stats") == cached
     for name, layers in (("ft", [0]), ("ft5", [0, 1])):
         built = evaluation.build_method(
             name, mt, cases, resources, hparams=ft.FtHparams(layers=layers)
