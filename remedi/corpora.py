@@ -38,6 +38,11 @@ from remedi.toy.popularity import world_tiers
 
 CORPUS_FLAG = "--stats-dataset"
 """The command-line flag that names a statistics corpus (named in errors)."""
+CORPUS_HELP = (
+    "toy (the text of the edited toy model's world), toy:WORLD, file:PATH (.txt, .jsonl, .json or "
+    "a save_to_disk folder) or a Hugging Face text dataset NAME[:CONFIG]"
+)
+"""What a corpus spec may be, for the help of the flag that takes one."""
 TOY_KIND = "toy"
 HF_KIND = "hf"
 TEXT_COLUMN = "text"
