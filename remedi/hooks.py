@@ -89,9 +89,9 @@ def trace(
     traced module, in order: ``edit_input(key, input)`` may replace its first input tensor, which
     is then retained (``retain_input``); the module runs; ``edit_output(key, output)`` may replace
     its output tensor, which is then retained (``retain_output``). Retained tensors keep their
-    autograd graph unless ``detach``. With ``stop``, the forward pass ends (:class:`StopForward`)
-    as soon as every traced module has run in it, so nothing after them (deeper blocks, the LM
-    head) computes; the trace swallows that exception on exit, so make the forward pass the last
+    autograd graph unless ``detach``. With ``stop``, the forward pass of ``model`` ends
+    (:class:`StopForward`) as soon as every traced module has run in it, so nothing after them
+    (deeper blocks, the LM head) computes; the trace swallows that exception on exit, so make the forward pass the last
     statement of the body. Every hook is removed on exit, also when the body raises.
 
     Raises:
@@ -141,8 +141,15 @@ def trace(
 
         return hook
 
+    def new_pass(module: torch.nn.Module, args: Any) -> None:
+        # A pass that ended before every traced module ran (another trace stopped it, or a
+        # module was not reached) does not count towards the next one.
+        pending.update(resolved)
+
     handles = []
     try:
+        if stop:
+            handles.append(root.register_forward_pre_hook(new_pass))
         for key, module in resolved.items():
             if retain_input or edit_input is not None:
                 handles.append(module.register_forward_pre_hook(input_hook(key), with_kwargs=True))

@@ -457,6 +457,14 @@ def test_trace_stops_the_forward_once_every_traced_module_ran(gpt2_model, tokeni
         assert ran == ["head"]
     finally:
         handle.remove()
+    # Each forward pass of the model counts anew: the head run alone before it (not a pass of
+    # the model) does not make the next pass stop before its own head.
+    modules = {"block": "transformer.h.0", "head": "lm_head"}
+    with torch.no_grad(), hooks.trace(gpt2_model, modules, retain_output=True, stop=True) as seen:
+        gpt2_model.lm_head(torch.zeros(1, 1, gpt2_model.config.n_embd))
+        gpt2_model(**inputs)
+    assert seen["head"].output is not None
+    assert seen["head"].output.shape[:2] == inputs["input_ids"].shape
     # A trace that does not stop lets a StopForward raised inside it through.
     with pytest.raises(hooks.StopForward), hooks.trace(gpt2_model, {0: "transformer.h.0"}):
         raise hooks.StopForward
