@@ -46,10 +46,9 @@ from benchmarks.common import (
     reset_peak_memory,
     synchronize,
 )
-from remedi import env, io, models
+from remedi import corpora, env, models
 from remedi.methods import common, hparams_file, memit, rome, stats
 from remedi.toy.build import ToyWorldPaths, toy_world_paths
-from remedi.toy.world import World
 
 COUNTERFACT_1K = Path("counterfact_easyedit") / "counterfact-edit-1k.json"
 BOOLQ = Path("edit_harms") / "task-data" / "test-ClosedDomainQA.jsonl"
@@ -124,8 +123,7 @@ def statistics_texts(model: str, count: int, join: int = 1) -> list[str]:
     """Texts for the key statistics: the toy world's, else Wikipedia passages, else prompts;
     every ``join`` of them joined into one text."""
     if model == "toy":
-        world = World.from_json(io.read_json(_toy_paths().world_file, "toy world file"))
-        texts = stats.corpus_texts(stats.TOY_DATASET, count * join, world)
+        texts = corpora.open_corpus(f"toy:{_toy_paths().name}").texts(count * join)
     elif (boolq := env.shared_data_dir() / BOOLQ).is_file():
         lines = boolq.read_text().splitlines()
         texts = [json.loads(line)["passage"] for line in lines[: count * join]]
@@ -178,7 +176,11 @@ def benchmark(
     layers = sorted({rome_hparams.layer, *memit_hparams.layers})
     start = _start_phase(torch_device)
     computed = stats.second_moments(
-        mt, layers, "bench", len(texts), texts=texts, max_batch_tokens=stats_batch_tokens
+        mt,
+        layers,
+        corpora.from_texts("bench", texts),
+        len(texts),
+        max_batch_tokens=stats_batch_tokens,
     )
     seconds, peak = _end_phase(torch_device, start)
     moments = {layer: computed[layer].moment for layer in layers}

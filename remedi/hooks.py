@@ -1,33 +1,167 @@
-"""Read and edit the residual stream with forward hooks that always clean up.
+"""Read and edit what modules compute, with forward hooks that always clean up.
 
-Both context managers hook the output of decoder blocks (see :mod:`remedi.models`) and
-remove their hooks on exit, also when the body raises, so a model never keeps a stray edit.
-:func:`run_until_layer` runs a model only as far as one block, for callers that read hidden
-states and need nothing above them.
-Decoder blocks return either a tensor or a tuple whose first element is the hidden state,
-depending on the family and the transformers version; both are handled here.
+One primitive, :func:`trace` (in the spirit of baukit's ``Trace``/``TraceDict``), serves every
+hook in the package: for a set of named modules it can retain each one's input or output,
+replace (or just look at) the input or output as it passes, and stop the forward pass once they
+have all run. Every hook is removed on exit, also when the body raises. The helpers below it are
+built on it: :func:`record_hiddens` (the residual stream of decoder blocks),
+:func:`run_until_layer` (a forward pass cut short after one block) and :func:`add_directions`
+(REMEDI's edit at a layer and token range).
+
+Modules return a tensor or a tuple whose first element is the tensor of interest (decoder blocks,
+depending on the family and the transformers version); :func:`trace` unpacks and repacks both, so
+no caller handles tuples.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Hashable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
-from typing import Any
+from dataclasses import dataclass
+from typing import Any, TypeVar
 
 import torch
 
 from remedi.models import ModelAndTokenizer, resolve_layer, unwrap_model
 
+K = TypeVar("K", bound=Hashable)
 
-def _hidden_state_of(output: Any) -> torch.Tensor:
-    hidden = output[0] if isinstance(output, tuple) else output
-    if not isinstance(hidden, torch.Tensor):
-        raise TypeError(f"expected a decoder block to output a tensor, got {type(hidden)}")
-    return hidden
+TensorEdit = Callable[[K, torch.Tensor], torch.Tensor | None]
+"""``(key, tensor) -> replacement or None``: called with the traced module's key and its input or
+output tensor on every forward pass; None leaves the tensor as it is (a function that only reads)."""
 
 
-def _with_hidden_state(output: Any, hidden: torch.Tensor) -> Any:
-    return (hidden, *output[1:]) if isinstance(output, tuple) else hidden
+class StopForward(Exception):
+    """Raised by a stopping :func:`trace` to end a forward pass; the trace swallows it on exit."""
+
+
+@dataclass
+class Traced:
+    """What :func:`trace` retained of one module on the latest forward pass through it."""
+
+    input: torch.Tensor | None = None
+    """The module's first input tensor (e.g. an MLP projection's keys), with ``retain_input``."""
+    output: torch.Tensor | None = None
+    """The module's output tensor (a decoder block's hidden state, the first of its tuple), with
+    ``retain_output``."""
+
+
+def _output_tensor(output: Any) -> torch.Tensor:
+    tensor = output[0] if isinstance(output, tuple) else output
+    if not isinstance(tensor, torch.Tensor):
+        raise TypeError(f"expected a module to output a tensor, got {type(tensor)}")
+    return tensor
+
+
+def _with_output_tensor(output: Any, tensor: torch.Tensor) -> Any:
+    return (tensor, *output[1:]) if isinstance(output, tuple) else tensor
+
+
+def _input_tensor(args: tuple[Any, ...], kwargs: dict[str, Any]) -> tuple[str | int, torch.Tensor]:
+    """Where the module's first input tensor was passed (position 0 or a keyword) and the tensor."""
+    if args and isinstance(args[0], torch.Tensor):
+        return 0, args[0]
+    for name, value in kwargs.items():
+        if isinstance(value, torch.Tensor):
+            return name, value
+    raise TypeError("expected a module to be called with a tensor input, found none")
+
+
+def _kept(tensor: torch.Tensor, detach: bool) -> torch.Tensor:
+    return tensor.detach() if detach else tensor
+
+
+@contextmanager
+def trace(
+    model: torch.nn.Module | ModelAndTokenizer,
+    modules: Mapping[K, str | torch.nn.Module],
+    *,
+    retain_input: bool = False,
+    retain_output: bool = False,
+    detach: bool = False,
+    edit_input: TensorEdit[K] | None = None,
+    edit_output: TensorEdit[K] | None = None,
+    stop: bool = False,
+) -> Iterator[dict[K, Traced]]:
+    """Hook ``modules`` (each a module of ``model`` or its dotted name) for the body.
+
+    Yields ``{key: Traced}``, filled on every forward pass in the body. On each pass through a
+    traced module, in order: ``edit_input(key, input)`` may replace its first input tensor, which
+    is then retained (``retain_input``); the module runs; ``edit_output(key, output)`` may replace
+    its output tensor, which is then retained (``retain_output``). Retained tensors keep their
+    autograd graph unless ``detach``. With ``stop``, the forward pass of ``model`` ends
+    (:class:`StopForward`) as soon as every traced module has run in it, so nothing after them
+    (deeper blocks, the LM head) computes; the trace swallows that exception on exit, so make the forward pass the last
+    statement of the body. Every hook is removed on exit, also when the body raises.
+
+    Raises:
+        AttributeError: A dotted name that is not a submodule of the model (before any hook is
+            registered).
+    """
+    root = unwrap_model(model)
+    resolved = {
+        key: root.get_submodule(module) if isinstance(module, str) else module
+        for key, module in modules.items()
+    }
+    traced = {key: Traced() for key in resolved}
+    pending = set(resolved)
+
+    def input_hook(key: K) -> Callable[..., Any]:
+        def hook(
+            module: torch.nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any]
+        ) -> tuple[tuple[Any, ...], dict[str, Any]] | None:
+            where, tensor = _input_tensor(args, kwargs)
+            replaced = edit_input(key, tensor) if edit_input is not None else None
+            if retain_input:
+                traced[key].input = _kept(tensor if replaced is None else replaced, detach)
+            if replaced is None:
+                return None
+            if isinstance(where, int):
+                return (replaced, *args[1:]), kwargs
+            return args, {**kwargs, where: replaced}
+
+        return hook
+
+    def output_hook(key: K) -> Callable[..., Any]:
+        def hook(module: torch.nn.Module, args: Any, output: Any) -> Any:
+            result = None
+            if edit_output is not None or retain_output:
+                tensor = _output_tensor(output)
+                replaced = edit_output(key, tensor) if edit_output is not None else None
+                if replaced is not None:
+                    tensor, result = replaced, _with_output_tensor(output, replaced)
+                if retain_output:
+                    traced[key].output = _kept(tensor, detach)
+            if stop:
+                pending.discard(key)
+                if not pending:
+                    pending.update(resolved)
+                    raise StopForward
+            return result
+
+        return hook
+
+    def new_pass(module: torch.nn.Module, args: Any) -> None:
+        # A pass that ended before every traced module ran (another trace stopped it, or a
+        # module was not reached) does not count towards the next one.
+        pending.update(resolved)
+
+    handles = []
+    try:
+        if stop:
+            handles.append(root.register_forward_pre_hook(new_pass))
+        for key, module in resolved.items():
+            if retain_input or edit_input is not None:
+                handles.append(module.register_forward_pre_hook(input_hook(key), with_kwargs=True))
+            if retain_output or edit_output is not None or stop:
+                handles.append(module.register_forward_hook(output_hook(key)))
+        yield traced
+    except StopForward:
+        if not stop:
+            raise
+    finally:
+        for handle in handles:
+            handle.remove()
 
 
 @contextmanager
@@ -42,24 +176,12 @@ def record_hiddens(
     """
     hiddens: dict[int, torch.Tensor] = {}
     blocks = {layer: resolve_layer(model, layer) for layer in layers}
-    handles = []
-    try:
-        for layer, block in blocks.items():
 
-            def record(
-                module: torch.nn.Module, inputs: Any, output: Any, layer: int = layer
-            ) -> None:
-                hiddens[layer] = _hidden_state_of(output)
+    def record(layer: int, hidden: torch.Tensor) -> None:
+        hiddens[layer] = hidden
 
-            handles.append(block.register_forward_hook(record))
+    with trace(model, blocks, edit_output=record):
         yield hiddens
-    finally:
-        for handle in handles:
-            handle.remove()
-
-
-class StopForward(Exception):
-    """Raised by :func:`run_until_layer`'s hook to end a forward pass after the needed block."""
 
 
 def run_until_layer(
@@ -67,22 +189,13 @@ def run_until_layer(
 ) -> None:
     """Run the model on ``inputs`` only up to the output of decoder block ``layer``.
 
-    A hook on that block ends the forward pass, so the blocks above it, the final norm and the
-    LM head (logits over the whole vocabulary at every position) never run. Hooks registered
-    earlier, e.g. by :func:`record_hiddens`, still see every block up to ``layer``. No KV cache
-    is built. The hook is removed on exit, also when the model raises.
+    A stopping :func:`trace` on that block ends the forward pass, so the blocks above it, the
+    final norm and the LM head (logits over the whole vocabulary at every position) never run.
+    Hooks registered earlier, e.g. by :func:`record_hiddens`, still see every block up to
+    ``layer``. No KV cache is built. The hook is removed on exit, also when the model raises.
     """
-
-    def stop(module: torch.nn.Module, args: Any, output: Any) -> None:
-        raise StopForward
-
-    handle = resolve_layer(model, layer).register_forward_hook(stop)
-    try:
+    with trace(model, {layer: resolve_layer(model, layer)}, stop=True):
         unwrap_model(model)(**inputs, use_cache=False)
-    except StopForward:
-        pass
-    finally:
-        handle.remove()
 
 
 def token_range_mask(token_ranges: torch.Tensor, seq_len: int) -> torch.Tensor:
@@ -123,10 +236,9 @@ def add_directions(
     block = resolve_layer(model, layer)
     forward_calls = 0
 
-    def edit(module: torch.nn.Module, inputs: Any, output: Any) -> Any:
+    def edit(key: int, hidden: torch.Tensor) -> torch.Tensor | None:
         nonlocal forward_calls
         forward_calls += 1
-        hidden = _hidden_state_of(output)
         batch_size, seq_len = hidden.shape[:2]
         if forward_calls > 1 and seq_len == 1:
             return None
@@ -140,14 +252,10 @@ def add_directions(
         row_directions = directions.to(hidden).repeat_interleave(repeats, dim=0)
         row_ranges = token_ranges.to(hidden.device).repeat_interleave(repeats, dim=0)
         mask = token_range_mask(row_ranges, seq_len).unsqueeze(-1).to(hidden.dtype)
-        edited = hidden + alpha * mask * row_directions.unsqueeze(1)
-        return _with_hidden_state(output, edited)
+        return hidden + alpha * mask * row_directions.unsqueeze(1)
 
-    handle = block.register_forward_hook(edit)
-    try:
+    with trace(model, {layer: block}, edit_output=edit):
         yield
-    finally:
-        handle.remove()
 
 
 def padded_token_ranges(token_ranges: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:

@@ -16,7 +16,7 @@ For a prompt that mentions a subject and a target the model predicts:
 
 All restorations of a case share the same noise, and run batched: (restorations x noise samples)
 rows per forward pass, so a case costs a few passes, not one per (token, layer). Every hook is
-registered inside a context manager that removes it on exit, also when the forward pass raises.
+a :func:`remedi.hooks.trace`, removed on exit also when the forward pass raises.
 """
 
 from __future__ import annotations
@@ -24,7 +24,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import math
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -35,7 +35,7 @@ import transformers
 from dataclasses_json import DataClassJsonMixin
 from tqdm.auto import tqdm
 
-from remedi import errors, io, models, precompute
+from remedi import errors, hooks, io, models, precompute
 from remedi.methods import common
 
 logger = logging.getLogger(__name__)
@@ -59,8 +59,6 @@ TOKEN_CATEGORIES = (
     "last token",
 )
 """Rows of ROME's average heatmaps: each prompt token falls in one."""
-
-Hook = Callable[[torch.nn.Module, Any, Any], Any]
 
 
 @dataclass
@@ -181,30 +179,6 @@ def subject_token_range(
     return ids, (int(ranges[0, 0]), int(ranges[0, 1]))
 
 
-def _output_tensor(output: Any) -> torch.Tensor:
-    hidden = output[0] if isinstance(output, tuple) else output
-    if not isinstance(hidden, torch.Tensor):
-        raise TypeError(f"expected a module to output a tensor, got {type(hidden)}")
-    return hidden
-
-
-def _with_output_tensor(output: Any, hidden: torch.Tensor) -> Any:
-    return (hidden, *output[1:]) if isinstance(output, tuple) else hidden
-
-
-@contextlib.contextmanager
-def forward_hooks(hooks: Sequence[tuple[torch.nn.Module, Hook]]) -> Iterator[None]:
-    """Register forward hooks for the body; remove every one on exit, also on error."""
-    handles = []
-    try:
-        for module, hook in hooks:
-            handles.append(module.register_forward_hook(hook))
-        yield
-    finally:
-        for handle in handles:
-            handle.remove()
-
-
 # ---------------------------------------------------------------------------------------------
 # Noise.
 
@@ -258,7 +232,7 @@ def noised_embeddings(
             f"noise covers {noise.shape[1]} tokens but the range {token_range} has {end - start}"
         )
 
-    def add(embedding: torch.nn.Module, inputs: Any, output: torch.Tensor) -> torch.Tensor:
+    def add(key: str, output: torch.Tensor) -> torch.Tensor:
         rows = output.shape[0]
         if rows % noise.shape[0] != 0:
             raise ValueError(
@@ -270,7 +244,7 @@ def noised_embeddings(
         return noised
 
     embeddings: torch.nn.Module = module.get_input_embeddings()  # type: ignore[operator]
-    with forward_hooks([(embeddings, add)]):
+    with hooks.trace(module, {"embeddings": embeddings}, edit_output=add):
         yield
 
 
@@ -283,22 +257,14 @@ def clean_states(
 ) -> tuple[torch.Tensor, dict[tuple[str, int], torch.Tensor]]:
     """One clean run of a ``(1, seq)`` prompt: the next-token probabilities at its last
     position (vocab,), and each kind's output ``(seq, hidden)`` at every layer."""
-    states: dict[tuple[str, int], torch.Tensor] = {}
-    hooks: list[tuple[torch.nn.Module, Hook]] = []
-    for kind in kinds:
-        for layer in range(mt.num_layers):
-
-            def record(
-                module: torch.nn.Module,
-                inputs: Any,
-                output: Any,
-                key: tuple[str, int] = (kind, layer),
-            ) -> None:
-                states[key] = _output_tensor(output)[0].detach()
-
-            hooks.append((module_of(mt, kind, layer), record))
-    with torch.no_grad(), forward_hooks(hooks):
+    modules = {
+        (kind, layer): module_of(mt, kind, layer)
+        for kind in kinds
+        for layer in range(mt.num_layers)
+    }
+    with torch.no_grad(), hooks.trace(mt.model, modules, retain_output=True, detach=True) as traced:
         probs = _last_token_probs(mt, input_ids)
+    states = {key: kept.output[0] for key, kept in traced.items() if kept.output is not None}
     return probs[0], states
 
 
@@ -329,30 +295,24 @@ def restored_probs(
     num_samples = noise.shape[0]
     per_pass = max(1, max_batch_rows // num_samples)
     layers = [layer for layer in range(restore.shape[1]) if bool(restore[:, layer].any())]
+    clean = {layer: states[(kind, layer)] for layer in layers}
+    restored_modules = {layer: module_of(mt, kind, layer) for layer in layers}
     results = []
     for start in range(0, restore.shape[0], per_pass):
         chunk = restore[start : start + per_pass].to(mt.device)
         row_masks = chunk.repeat_interleave(num_samples, dim=0)  # (rows, layers, seq)
-        hooks: list[tuple[torch.nn.Module, Hook]] = []
-        for layer in layers:
 
-            def put_back(
-                module: torch.nn.Module,
-                inputs: Any,
-                output: Any,
-                mask: torch.Tensor = row_masks[:, layer],
-                clean: torch.Tensor = states[(kind, layer)],
-            ) -> Any:
-                hidden = _output_tensor(output)
-                restored = torch.where(mask.unsqueeze(-1), clean.to(hidden).unsqueeze(0), hidden)
-                return _with_output_tensor(output, restored)
+        def put_back(
+            layer: int, hidden: torch.Tensor, masks: torch.Tensor = row_masks
+        ) -> torch.Tensor:
+            mask = masks[:, layer].unsqueeze(-1)
+            return torch.where(mask, clean[layer].to(hidden).unsqueeze(0), hidden)
 
-            hooks.append((module_of(mt, kind, layer), put_back))
         batch_ids = input_ids.to(mt.device).expand(row_masks.shape[0], -1)
         with (
             torch.no_grad(),
             noised_embeddings(mt, token_range, noise),
-            forward_hooks(hooks),
+            hooks.trace(mt.model, restored_modules, edit_output=put_back),
         ):
             probs = _last_token_probs(mt, batch_ids)[:, target_id]
         results.append(probs.view(chunk.shape[0], num_samples).mean(dim=1).cpu())

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import torch
 
-from remedi import cli, data, env, errors, evaluation, models, tracing
+from remedi import cli, corpora, data, env, errors, evaluation, models, tracing
 from remedi.evaluation import problems
 from remedi.methods import registry
 from remedi.report import tables
@@ -60,7 +60,9 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--num-samples", type=int, default=tracing.DEFAULT_NUM_SAMPLES)
     parser.add_argument("--noise-factor", type=float, default=tracing.NOISE_FACTOR)
     parser.add_argument("--seed", type=int, default=tracing.DEFAULT_SEED, help="noise seed")
-    parser.add_argument("--stats-dataset", help="corpus of ROME's/MEMIT's key statistics")
+    parser.add_argument(
+        "--stats-dataset", help=f"corpus of ROME's/MEMIT's key statistics: {corpora.CORPUS_HELP}"
+    )
     parser.add_argument("--stats-dir", type=Path, help="key statistics cache")
     parser.add_argument("--stats-num-texts", type=int, help="texts of the statistics corpus")
     parser.add_argument("--dataset-file", type=Path, help="ROME-format counterfact.json")

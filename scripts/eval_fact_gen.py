@@ -18,7 +18,7 @@ from pathlib import Path
 
 import torch
 
-from remedi import cli, data, env, errors, evaluation, models, training
+from remedi import cli, corpora, data, env, errors, evaluation, models, training
 from remedi.evaluation import counterfact_report
 from remedi.methods import registry
 
@@ -48,8 +48,8 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     )
     parser.add_argument(
         "--stats-dataset",
-        help="corpus of the key statistics of rome: toy (the toy world's text) or a Hugging "
-        "Face text dataset NAME[:CONFIG] (default: the method's hyperparameters)",
+        help=f"corpus of the key statistics of rome and memit: {corpora.CORPUS_HELP} "
+        "(default: the method's hyperparameters)",
     )
     parser.add_argument(
         "--stats-dir",

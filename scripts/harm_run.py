@@ -7,8 +7,11 @@
 
 writes ``results/NAME/checkpoint_<N>.json`` after each checkpoint (0 = unedited; finished
 checkpoints are read back, never recomputed) and ``state_<N>.safetensors`` (the edited weights).
-On the toy world, ``--tasks all`` is the three toy tasks (exported under ``results/NAME/tasks``
-in the real formats); on other models, the harms paper's eight task sets.
+On a toy model (``toy``, ``toy-small``, ``toy-longtail``, ...: its world is found from the model's
+name, and built if absent), the edits come from that world's CounterFact export unless
+``--dataset-file`` or ``--editors`` say otherwise, the statistics of ROME and MEMIT run on that
+world's text, and ``--tasks all`` is the three toy tasks about it (exported under
+``results/NAME/tasks`` in the real formats); on other models, the harms paper's eight task sets.
 """
 
 from __future__ import annotations
@@ -29,8 +32,8 @@ from remedi.data import general_tasks, zsre
 from remedi.evaluation import general, harm
 from remedi.methods import rect, registry
 from remedi.methods.base import MethodSetup
+from remedi.toy import build
 from remedi.toy import general as toy_general
-from remedi.toy.world import World
 
 logger = logging.getLogger(__name__)
 
@@ -122,7 +125,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             f"--mode instance-sequential or batch-sequential, or {' or '.join(batching)}"
         )
     checkpoints = _checkpoints(args.edits)
-    is_toy = args.model.startswith("toy")
+    toy_world = build.toy_world_of_model(args.model)
+    if toy_world is not None:
+        # Loading the model would build the world too; its facts and tasks are needed first.
+        build.ensure_toy_world(toy_world.name)
     output_dir = env.results_dir() / (args.name or experiment_name(args))
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
 
@@ -133,13 +139,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         edits = harm.zsre_edits(zsre.load_zsre(file))
     else:
         test_ids = None
-        dataset_file = args.dataset_file
+        # A toy model is edited with its own world's facts unless told otherwise.
+        dataset_file = args.dataset_file or (toy_world.counterfact_file if toy_world else None)
         if args.editors is not None:
             run = training.load_run(args.editors)
             test_ids = list(run.split.test)
-            dataset_file = dataset_file or (
-                Path(run.args.dataset_file) if run.args.dataset_file else None
-            )
+            if args.dataset_file is None and run.args.dataset_file:
+                dataset_file = Path(run.args.dataset_file)
         records = data.load_counterfact_records(dataset_file)
         edits = harm.counterfact_edits(evaluation.counterfact_cases(records, test_ids))
         # Shuffled so that consecutive edits are about different entities (CounterFact lists
@@ -151,21 +157,18 @@ def main(argv: Sequence[str] | None = None) -> int:
     candidate_entities = {edit.request.subject for edit in edits}
     edits = edits[: max(checkpoints)]
 
-    world = None
-    world_file = env.data_dir() / "toy" / "world.json"
-    if is_toy and world_file.is_file():
-        world = World.from_json(io.read_json(world_file, "toy world"))
-
     if args.tasks == "all":
-        tasks = list(toy_general.TOY_TASK_FILES if is_toy else general_tasks.TASK_FILES)
+        tasks = list(toy_general.TOY_TASK_FILES if toy_world else general_tasks.TASK_FILES)
     else:
         tasks = [task.strip() for task in args.tasks.split(",") if task.strip()]
     task_dir = args.task_dir or env.shared_data_dir() / "edit_harms" / "task-data"
     if any(task in toy_general.TOY_TASK_FILES for task in tasks):
-        if world is None:
-            raise errors.MissingFileError(
-                f"toy tasks need the toy world at {world_file}; build it (invoke x.toy.build)"
+        if toy_world is None:
+            raise errors.UsageError(
+                f"toy tasks ask about a toy world's facts, but {args.model!r} is no toy world's "
+                "model; pass a toy model (e.g. --model toy-small) or the paper's --tasks"
             )
+        world = build.load_world(toy_world.name)
         task_dir = output_dir / "tasks"
         toy_general.export_toy_tasks(world, task_dir, candidate_entities, args.task_limit or 200)
     task_items = harm.load_task_items(tasks, task_dir, args.task_limit)
@@ -178,7 +181,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                 f"--method {args.method} needs --editors (a REMEDI training run)"
             )
         options["editors_dir"] = str(args.editors)
-    setup = MethodSetup(stats_dir=env.results_dir() / "stats", world=world)
+    setup = MethodSetup(stats_dir=env.results_dir() / "stats")
     method = harm.editing_method(args.method, mt, setup, **options)
     protocols = tuple(p.strip() for p in args.protocols.split(",") if p.strip())
     settings = harm.HarmSettings(

@@ -242,7 +242,7 @@ def test_neighborhood_is_measured_with_the_edit_attached(mt, cases, remedi, reso
 
 def test_replacements_come_from_the_world_then_snippets_then_attribute_prompts(cases, resources):
     world = resources.world
-    from_world = evaluation.find_replacements(cases, world=world)
+    from_world = evaluation.find_replacements(cases, facts=world.subjects_by_fact())
     # Xavi and Mira live in Lisbon; Mira and Danu are French.
     assert from_world[10] in {"Xavi Bornadel", "Mira Talovan"}
     assert from_world[11] in {"Mira Talovan", "Danu Revik"}

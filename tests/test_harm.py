@@ -3,20 +3,24 @@
 from __future__ import annotations
 
 import json
+import shutil
+from pathlib import Path
 
 import pytest
+import safetensors
 import safetensors.torch
 import torch
 from matplotlib.colors import to_hex
 
-from remedi import errors, io, models
+from remedi import corpora, data, env, errors, evaluation, io, models
 from remedi.data import general_tasks as tasks
 from remedi.evaluation import general, harm, harm_report
 from remedi.methods import base, common, rome
 from remedi.report import figures
 from remedi.toy import general as toy_general
-from remedi.toy.world import generate_world
+from remedi.toy.world import World, generate_world
 from tests.conftest import tiny_gpt2
+from tests.toy_fixtures import BuiltToyWorld, toy_dirs
 
 SUBJECTS = ("Mira Talovan", "Kelo Vantri", "Xavi Bornadel")
 TARGETS = ("Oslo", "Paris", "Lisbon")
@@ -314,3 +318,46 @@ def test_zsre_records_become_edit_requests():
     first = requests[0]
     assert first.request.subject in first.request.prompt and first.request.target_new == "2006"
     assert first.locality_prompts[0].startswith("nq question:") and first.sample is None
+
+
+def test_the_script_on_toy_small_uses_the_small_world(small_world: BuiltToyWorld, tmp_path):
+    from scripts import harm_run
+
+    data_dir = tmp_path / "data"
+    shutil.copytree(small_world.paths.data_dir, data_dir / "toy-small")
+    # Another world where the script used to look for every toy model's (data/toy/world.json).
+    default_world = generate_world(seed=7, num_entities=12)
+    (data_dir / "toy").mkdir()
+    io.write_json(data_dir / "toy" / "world.json", default_world.to_json())
+    results = tmp_path / "results"
+    argv = ["--model", "toy-small", "--method", "rome", "--mode", "instance-sequential"]
+    argv += ["--edits", "1", "--task-limit", "4", "--protocols", "loglik", "--device", "cpu"]
+    with (
+        toy_dirs(small_world.models_dir, data_dir),
+        env.overridden(REMEDI_RESULTS_DIR=results),
+    ):
+        assert harm_run.main([*argv, "-n", "small"]) == 0
+        small_corpus = corpora.open_corpus("toy:toy-small")
+    # The toy tasks are the small world's (about its entities that no edit touches), not the
+    # other world's, whose entities it would ask about.
+    small = World.from_json(io.read_json(small_world.paths.world_file, "toy world"))
+    records = data.load_counterfact_records(small_world.paths.counterfact_file)
+    subjects = {case.entity for case in evaluation.counterfact_cases(records)}
+    for world, name in ((small, "expected"), (default_world, "other")):
+        toy_general.export_toy_tasks(world, tmp_path / name, subjects, 4)
+
+    def task_files(directory: Path) -> dict[str, bytes]:
+        return {path.name: path.read_bytes() for path in sorted(directory.iterdir())}
+
+    exported = task_files(results / "small" / "tasks")
+    assert exported == task_files(tmp_path / "expected")
+    assert exported != task_files(tmp_path / "other")
+    # ROME's statistics ran on the small world's text, under its key.
+    (moment_file,) = (results / "stats").rglob("*_mom2.safetensors")
+    with safetensors.safe_open(str(moment_file), framework="pt") as handle:
+        metadata = handle.metadata()
+    assert metadata["model"] == "toy-small" and metadata["dataset"] == small_corpus.key
+    assert metadata["corpus"] == "toy:toy-small"
+    # The edit came from the small world's CounterFact export (not a download of ROME's).
+    checkpoint = json.loads((results / "small" / "checkpoint_1.json").read_text())
+    assert checkpoint["num_edits"] == 1

@@ -346,3 +346,166 @@ def test_run_until_layer_removes_its_hook_when_the_model_raises(gpt2_model, toke
     with pytest.raises(IndexError):
         hooks.run_until_layer(gpt2_model, 0, inputs)
     assert_no_hooks(gpt2_model)
+
+
+# ---------------------------------------------------------------------------------------------
+# The primitive every hook goes through: hooks.trace.
+
+
+def test_trace_retains_each_modules_input_and_output(gpt2_float64, tokenizer):
+    inputs = encode(tokenizer, PROMPTS, "right")
+    block = gpt2_float64.transformer.h[0]
+    with torch.no_grad():
+        outputs = gpt2_float64(**inputs, output_hidden_states=True)
+        with hooks.trace(
+            gpt2_float64,
+            {"block": block, "proj": "transformer.h.0.mlp.c_proj"},
+            retain_input=True,
+            retain_output=True,
+        ) as traced:
+            gpt2_float64(**inputs)
+    # A block's input is the residual stream before it, its output (first of a tuple or the
+    # tensor itself, whatever the transformers version) the residual stream after it (the last
+    # of hidden_states is after the final norm, so block 0 of 2 is checked).
+    torch.testing.assert_close(traced["block"].input, outputs.hidden_states[0])
+    torch.testing.assert_close(traced["block"].output, outputs.hidden_states[1])
+    mlp = block.mlp
+    with torch.no_grad(), hooks.trace(gpt2_float64, {"fc": mlp.c_fc}, retain_output=True) as fc:
+        gpt2_float64(**inputs)
+    assert fc["fc"].output is not None
+    keys = mlp.act(fc["fc"].output)
+    torch.testing.assert_close(traced["proj"].output, mlp.c_proj(keys))
+    assert_no_hooks(gpt2_float64)
+
+
+def test_trace_retains_with_or_without_the_graph(gpt2_model, tokenizer):
+    inputs = encode(tokenizer, PROMPTS, "right")
+    block = gpt2_model.transformer.h[0]
+    with hooks.trace(gpt2_model, {0: block}, retain_output=True) as kept:
+        gpt2_model(**inputs)
+    with hooks.trace(gpt2_model, {0: block}, retain_output=True, detach=True) as detached:
+        gpt2_model(**inputs)
+    assert kept[0].output is not None and kept[0].output.requires_grad
+    assert detached[0].output is not None and not detached[0].output.requires_grad
+    assert kept[0].input is None  # only what was asked for is kept
+
+
+def test_trace_edits_outputs_and_inputs(gpt2_float64, tokenizer):
+    inputs = encode(tokenizer, PROMPTS, "right")
+    with torch.no_grad():
+        clean = gpt2_float64(**inputs, output_hidden_states=True)
+    blocks = {layer: gpt2_float64.transformer.h[layer] for layer in (0, 1)}
+    seen: list[int] = []
+
+    def zero_first_block(layer: int, hidden: torch.Tensor) -> torch.Tensor | None:
+        seen.append(layer)
+        return torch.zeros_like(hidden) if layer == 0 else None
+
+    with (
+        torch.no_grad(),
+        hooks.trace(
+            gpt2_float64,
+            blocks,
+            edit_output=zero_first_block,
+            retain_input=True,
+            retain_output=True,
+        ) as zeroed_stream,
+    ):
+        zeroed = gpt2_float64(**inputs)
+    assert seen == [0, 1]  # called on every traced module, in the order they run
+    # The edited output is what is retained, and what the next block reads.
+    assert zeroed_stream[0].output is not None and torch.all(zeroed_stream[0].output == 0)
+    assert zeroed_stream[1].input is not None and torch.all(zeroed_stream[1].input == 0)
+    # Block 1 now reads the zeroed stream: the same as feeding it zeros as its input.
+    with (
+        torch.no_grad(),
+        hooks.trace(
+            gpt2_float64,
+            {1: blocks[1]},
+            edit_input=lambda layer, hidden: torch.zeros_like(hidden),
+            retain_input=True,
+        ) as traced,
+    ):
+        fed_zeros = gpt2_float64(**inputs)
+    assert traced[1].input is not None and torch.all(traced[1].input == 0)  # the edited input
+    torch.testing.assert_close(fed_zeros.logits, zeroed.logits)
+    assert not torch.allclose(zeroed.logits, clean.logits)
+    with torch.no_grad():
+        after = gpt2_float64(**inputs).logits
+    torch.testing.assert_close(after, clean.logits, rtol=0, atol=0)  # nothing left behind
+    assert_no_hooks(gpt2_float64)
+
+
+def test_trace_stops_the_forward_once_every_traced_module_ran(gpt2_model, tokenizer):
+    inputs = encode(tokenizer, PROMPTS, "right")
+    ran: list[str] = []
+    handle = gpt2_model.get_output_embeddings().register_forward_hook(lambda *_: ran.append("head"))
+    try:
+        modules = {"proj": "transformer.h.0.mlp.c_proj", "block": "transformer.h.0"}
+        with (
+            torch.no_grad(),
+            hooks.trace(gpt2_model, modules, retain_input=True, stop=True) as traced,
+        ):
+            gpt2_model(**inputs)
+            ran.append("after the forward")  # not reached: the stop ends the body too
+        assert ran == []
+        assert traced["proj"].input is not None and traced["block"].input is not None
+        # Twice in a row: each forward pass stops again.
+        with torch.no_grad(), hooks.trace(gpt2_model, {"block": modules["block"]}, stop=True):
+            gpt2_model(**inputs)
+        with torch.no_grad(), hooks.trace(gpt2_model, {"block": modules["block"]}, stop=True):
+            gpt2_model(**inputs)
+        assert ran == []
+        with torch.no_grad():
+            gpt2_model(**inputs)
+        assert ran == ["head"]
+    finally:
+        handle.remove()
+    # Each forward pass of the model counts anew: the head run alone before it (not a pass of
+    # the model) does not make the next pass stop before its own head.
+    modules = {"block": "transformer.h.0", "head": "lm_head"}
+    with torch.no_grad(), hooks.trace(gpt2_model, modules, retain_output=True, stop=True) as seen:
+        gpt2_model.lm_head(torch.zeros(1, 1, gpt2_model.config.n_embd))
+        gpt2_model(**inputs)
+    assert seen["head"].output is not None
+    assert seen["head"].output.shape[:2] == inputs["input_ids"].shape
+    # A trace that does not stop lets a StopForward raised inside it through.
+    with pytest.raises(hooks.StopForward), hooks.trace(gpt2_model, {0: "transformer.h.0"}):
+        raise hooks.StopForward
+    assert_no_hooks(gpt2_model)
+
+
+def test_trace_removes_every_hook_when_the_body_or_a_hook_raises(gpt2_model, tokenizer):
+    inputs = encode(tokenizer, PROMPTS, "right")
+    modules = {"block": "transformer.h.0", "proj": "transformer.h.1.mlp.c_proj"}
+    with (
+        pytest.raises(RuntimeError, match="boom"),
+        hooks.trace(
+            gpt2_model,
+            modules,
+            retain_input=True,
+            retain_output=True,
+            edit_input=lambda key, tensor: None,
+            edit_output=lambda key, tensor: None,
+        ),
+    ):
+        gpt2_model(**inputs)
+        raise RuntimeError("boom")
+    assert_no_hooks(gpt2_model)
+
+    def fail(key: str, tensor: torch.Tensor) -> None:
+        raise ValueError(f"bad {key}")
+
+    with (
+        pytest.raises(ValueError, match="bad block"),
+        hooks.trace(gpt2_model, modules, edit_output=fail),
+    ):
+        gpt2_model(**inputs)
+    assert_no_hooks(gpt2_model)
+    # A wrong name fails before anything is registered.
+    with (
+        pytest.raises(AttributeError),
+        hooks.trace(gpt2_model, {"nothing": "transformer.h.9"}, retain_output=True),
+    ):
+        pass
+    assert_no_hooks(gpt2_model)

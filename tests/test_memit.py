@@ -8,10 +8,19 @@ import copy
 import pytest
 import torch
 
-from remedi import data, errors, evaluation, models
+from remedi import corpora, data, errors, evaluation, models
 from remedi.methods import base, common, hparams_file, memit, stats
 from tests.conftest import tiny_gpt2
-from tests.test_weight_methods import CORPUS, FIXTURES, TEMPLATES, assert_unchanged, weights_of
+from tests.test_weight_methods import (
+    CORPUS,
+    FIXTURES,
+    TEMPLATES,
+    TEXTS,
+    assert_unchanged,
+    corpus_file,
+    file_times,
+    weights_of,
+)
 
 REQUESTS = [
     common.EditRequest("Mira Talovan lives in the city of", "Mira Talovan", "Oslo"),
@@ -34,10 +43,7 @@ def mt64(mt4) -> models.ModelAndTokenizer:
 
 
 def moments_of(mt: models.ModelAndTokenizer, layers: list[int]) -> dict[int, torch.Tensor]:
-    return {
-        layer: stats.second_moment(mt, layer, "corpus", len(CORPUS), texts=CORPUS).moment
-        for layer in layers
-    }
+    return {layer: stats.second_moment(mt, layer, TEXTS, len(CORPUS)).moment for layer in layers}
 
 
 def mean_log_prob(mt: models.ModelAndTokenizer, request: common.EditRequest) -> float:
@@ -166,13 +172,22 @@ def test_memit_is_registered_one_case_at_a_time(mt4, tmp_path):
         context_template_lengths=[],
         clamp_norm_factor=4.0,
         mom2_update_weight=0.5,
-        stats_dataset="corpus",
+        stats_dataset=corpus_file(tmp_path),
     )
+    corpus = corpora.open_corpus(hparams.stats_dataset)
     for layer in hparams.layers:
-        stats.second_moment(mt4, layer, "corpus", hparams.stats_num_texts, tmp_path, texts=CORPUS)
+        stats.second_moment(mt4, layer, corpus, hparams.stats_num_texts, tmp_path / "stats")
+    cached = file_times(tmp_path / "stats")
     method = evaluation.build_method(
-        "memit", mt4, cases, evaluation.EvalResources(), hparams=hparams, stats_dir=tmp_path
+        "memit",
+        mt4,
+        cases,
+        evaluation.EvalResources(),
+        hparams=hparams,
+        stats_dir=tmp_path / "stats",
     )
+    # The method opened the same corpus by its spec and read the cache, not a new computation.
+    assert file_times(tmp_path / "stats") == cached
     assert isinstance(method, evaluation.WeightEditMethod)
     assert isinstance(method.editor, memit.MemitEditor)
     assert method.label == "MEMIT (L0-1)" and method.editor.templates == ["{}"]

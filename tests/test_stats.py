@@ -14,7 +14,7 @@ from remedi import models
 from remedi.methods import stats
 from tests.conftest import tiny_gpt2
 from tests.numerics import assert_equal_in_exact_arithmetic, precision_of
-from tests.test_weight_methods import CORPUS, interrupt_statistics, key_gram
+from tests.test_weight_methods import CORPUS, TEXTS, cached_only, interrupt_statistics, key_gram
 
 LAYERS = [0, 2]
 
@@ -45,7 +45,7 @@ def test_one_pass_over_all_layers_equals_one_pass_per_layer(mt3_64, tmp_path):
     calls, handle = count_forwards(mt3_64)
     try:
         together = stats.second_moments(
-            mt3_64, LAYERS, "corpus", len(CORPUS), tmp_path, texts=CORPUS, max_batch_tokens=256
+            mt3_64, LAYERS, TEXTS, len(CORPUS), tmp_path, max_batch_tokens=256
         )
     finally:
         handle.remove()
@@ -53,29 +53,24 @@ def test_one_pass_over_all_layers_equals_one_pass_per_layer(mt3_64, tmp_path):
     assert calls["count"] == len(batches)  # one forward per batch, not one per layer
     assert sorted(together) == LAYERS
     for layer in LAYERS:
-        alone = stats.second_moment(
-            mt3_64, layer, "corpus", len(CORPUS), texts=CORPUS, max_batch_tokens=256
-        )
+        alone = stats.second_moment(mt3_64, layer, TEXTS, len(CORPUS), max_batch_tokens=256)
         # The same keys and batches: equal up to rounding at most.
         assert_equal_in_exact_arithmetic(together[layer].moment, alone.moment, precision_of(mt3_64))
         assert together[layer].metadata == alone.metadata
         # One cache file per layer, in the format that the one-layer function reads back.
-        cached = stats.second_moment(mt3_64, layer, "corpus", len(CORPUS), tmp_path)
+        cached = stats.second_moment(mt3_64, layer, cached_only(TEXTS), len(CORPUS), tmp_path)
         assert torch.equal(cached.moment, together[layer].moment)
     assert len(list(tmp_path.rglob("*_mom2.safetensors"))) == len(LAYERS)
 
 
 def test_float32_products_per_batch_are_within_float32_error_of_float64(mt3_64):
     budget = 256
-    exact = stats.second_moments(
-        mt3_64, LAYERS, "corpus", len(CORPUS), texts=CORPUS, max_batch_tokens=budget
-    )
+    exact = stats.second_moments(mt3_64, LAYERS, TEXTS, len(CORPUS), max_batch_tokens=budget)
     rounded = stats.second_moments(
         mt3_64,
         LAYERS,
-        "corpus",
+        TEXTS,
         len(CORPUS),
-        texts=CORPUS,
         max_batch_tokens=budget,
         product_dtype=torch.float32,
     )
@@ -95,7 +90,7 @@ def test_float32_products_per_batch_are_within_float32_error_of_float64(mt3_64):
 
 
 def test_the_float32_model_computes_its_products_in_float32(mt3):
-    computed = stats.second_moment(mt3, 1, "corpus", 20, texts=CORPUS)
+    computed = stats.second_moment(mt3, 1, TEXTS, 20)
     assert computed.metadata["batch_products_in"] == "float32"
     assert computed.metadata["dtype"] == "float32"
 
@@ -103,12 +98,12 @@ def test_the_float32_model_computes_its_products_in_float32(mt3):
 def test_a_resumed_run_equals_a_fresh_one_with_layers_at_different_points(
     mt3, tmp_path, monkeypatch
 ):
-    fresh = stats.second_moments(mt3, LAYERS, "corpus", len(CORPUS), texts=CORPUS, chunk_texts=16)
+    fresh = stats.second_moments(mt3, LAYERS, TEXTS, len(CORPUS), chunk_texts=16)
     # Interrupt a run of layer 0 alone after 3 chunks (48 texts) have been saved.
     monkeypatch.setattr(stats, "SAVE_EVERY_CHUNKS", 1)
     add_chunk = interrupt_statistics(monkeypatch, at_chunk=4)
     with pytest.raises(KeyboardInterrupt):
-        stats.second_moment(mt3, 0, "corpus", len(CORPUS), tmp_path, texts=CORPUS, chunk_texts=16)
+        stats.second_moment(mt3, 0, TEXTS, len(CORPUS), tmp_path, chunk_texts=16)
     (partial,) = tmp_path.rglob("*.partial.safetensors")
     assert "layer0" in partial.name
     # Both layers now: layer 2 starts from the first text, layer 0 joins at text 48.
@@ -119,9 +114,7 @@ def test_a_resumed_run_equals_a_fresh_one_with_layers_at_different_points(
         return add_chunk(mt, sums, *args, **kwargs)
 
     monkeypatch.setattr(stats, "_add_chunk", recording)
-    resumed = stats.second_moments(
-        mt3, LAYERS, "corpus", len(CORPUS), tmp_path, texts=CORPUS, chunk_texts=16
-    )
+    resumed = stats.second_moments(mt3, LAYERS, TEXTS, len(CORPUS), tmp_path, chunk_texts=16)
     assert seen[:4] == [(2,), (2,), (2,), (0, 2)]
     # The same batches summed in the same order in float64: equal to the uninterrupted run.
     for layer in LAYERS:
@@ -162,7 +155,7 @@ def test_the_token_budget_bounds_every_batch(mt3, tokenizer):
 
     handle = models.resolve_layer(mt3.model, 0).register_forward_pre_hook(record, with_kwargs=True)
     try:
-        stats.second_moment(mt3, 1, "corpus", len(CORPUS), texts=CORPUS, max_batch_tokens=budget)
+        stats.second_moment(mt3, 1, TEXTS, len(CORPUS), max_batch_tokens=budget)
     finally:
         handle.remove()
     assert len(shapes) > 1 and all(rows * width <= budget for rows, width in shapes)

@@ -198,15 +198,20 @@ def test_bad_tiers_are_refused_with_the_reason() -> None:
         check_tiers([PopularityTier("a", 0.5, templates=1), PopularityTier("a", 0.5, templates=2)])
 
 
-def test_world_tiers_are_found_by_name_and_shape_the_statistics_corpus() -> None:
-    from remedi.methods import stats
+def test_world_tiers_are_found_by_name_and_shape_the_statistics_corpus(tmp_path) -> None:
+    from remedi import corpora, env
+    from remedi.toy.build import toy_world_paths
     from remedi.toy.popularity import world_tiers
 
     plain = generate_world(seed=3, num_entities=50)
     tiered = _tiered_world(50)
     assert world_tiers(plain) is None
     assert world_tiers(tiered) == LONG_TAIL_TIERS
-    texts = stats.corpus_texts(stats.TOY_DATASET, 10**6, tiered)
+    with env.overridden(REMEDI_DATA_DIR=tmp_path):
+        world_file = toy_world_paths("toy-longtail").world_file
+        world_file.parent.mkdir(parents=True)
+        world_file.write_text(json.dumps(tiered.to_json()), encoding="utf-8")
+        texts = corpora.open_corpus("toy:toy-longtail").texts(10**6)
     expected = corpus.training_documents(tiered, tiers=LONG_TAIL_TIERS)
     assert texts == [document.text for document in expected]
     rare = tuple(entity.name for entity in tiered.entities if entity.popularity == "rare")

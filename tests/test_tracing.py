@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from remedi import errors, models, tracing
+from remedi import errors, hooks, models, tracing
 from tests.conftest import tiny_gpt2
 from tests.model_fixtures import tiny_llama
 from tests.numerics import assert_equal_in_exact_arithmetic, precision_of
@@ -122,7 +122,7 @@ def test_one_restoration_matches_a_hand_written_run(mt64):
 
 
 def test_hooks_are_removed_when_the_forward_pass_raises(mt64):
-    hooks = hook_count(mt64.model)
+    hooks_before = hook_count(mt64.model)
     ids, token_range = tracing.subject_token_range(mt64.tokenizer, PROMPT, SUBJECT)
     noise = torch.zeros(3, token_range[1] - token_range[0], mt64.hidden_size)
     with (
@@ -130,14 +130,14 @@ def test_hooks_are_removed_when_the_forward_pass_raises(mt64):
         tracing.noised_embeddings(mt64, token_range, noise),
     ):
         mt64.model(torch.tensor([ids, ids]))
-    assert hook_count(mt64.model) == hooks
+    assert hook_count(mt64.model) == hooks_before
     block = models.resolve_layer(mt64, 0)
     with (
         pytest.raises(RuntimeError, match="boom"),
-        tracing.forward_hooks([(block, lambda *a: None)]),
+        hooks.trace(mt64.model, {0: block}, retain_output=True),
     ):
         raise RuntimeError("boom")
-    assert hook_count(mt64.model) == hooks
+    assert hook_count(mt64.model) == hooks_before
 
 
 def test_correctness_filter_skips_facts_the_model_gets_wrong(mt64):

@@ -11,7 +11,7 @@ import datasets
 import pytest
 import torch
 
-from remedi import data, errors, evaluation, models
+from remedi import corpora, data, errors, evaluation, models
 from remedi.methods import common, ft, rome, stats
 from tests.conftest import TOKENIZER_CORPUS, tiny_gpt2
 from tests.model_fixtures import tiny_llama, tiny_model
@@ -28,6 +28,32 @@ def shuffled_corpus(count: int = 150, seed: int = 0) -> list[str]:
 
 
 CORPUS = shuffled_corpus()
+TEXTS = corpora.from_texts("corpus", CORPUS)
+"""CORPUS as a statistics corpus (held in memory, keyed by its texts)."""
+
+
+def cached_only(corpus: corpora.Corpus) -> corpora.Corpus:
+    """``corpus`` whose texts cannot be read: statistics of it can only come from a cache."""
+
+    def unreadable(count: int) -> list[str]:
+        raise AssertionError(f"the texts of {corpus.name} were read: the cache was not used")
+
+    return corpora.Corpus(corpus.name, corpus.key, unreadable)
+
+
+def file_times(directory: Path) -> dict[Path, int]:
+    """When each file below ``directory`` was last written: equal before and after a step that
+    only read them."""
+    return {path: path.stat().st_mtime_ns for path in directory.rglob("*")}
+
+
+def corpus_file(directory: Path) -> str:
+    """CORPUS written to a text file (a text per line); returns its corpus spec ``file:PATH``."""
+    path = directory / "corpus.txt"
+    path.write_text("\n".join(CORPUS) + "\n", encoding="utf-8")
+    return f"file:{path}"
+
+
 REQUEST = common.EditRequest(
     prompt="Mira Talovan lives in the city of", subject="Mira Talovan", target_new="Oslo"
 )
@@ -55,7 +81,7 @@ def llama(llama_tokenizer) -> models.ModelAndTokenizer:
 
 
 def moment_of(mt: models.ModelAndTokenizer, layer: int) -> torch.Tensor:
-    return stats.second_moment(mt, layer, "corpus", len(CORPUS), texts=CORPUS).moment
+    return stats.second_moment(mt, layer, TEXTS, len(CORPUS)).moment
 
 
 def log_prob(mt: models.ModelAndTokenizer, prompt: str, target: str) -> float:
@@ -239,36 +265,35 @@ def test_an_unloadable_statistics_corpus_names_the_flag(mt, monkeypatch):
     monkeypatch.setattr(datasets.config, "HF_HUB_OFFLINE", True)
     monkeypatch.setenv("HF_DATASETS_OFFLINE", "1")
     with pytest.raises(errors.UsageError, match="--stats-dataset"):
-        stats.second_moment(mt, 0, "no-such-user/no-such-dataset-xyz", 10)
+        stats.second_moment(mt, 0, corpora.open_corpus("no-such-user/no-such-dataset-xyz"), 10)
     with pytest.raises(errors.UsageError, match="--stats-dataset"):
-        stats.second_moment(mt, 0, "toy", 10)  # the toy corpus needs a toy world
+        corpora.open_corpus("toy", mt.name)  # the toy corpus needs a toy world's model
 
 
 def test_statistics_are_cached_with_metadata_and_refused_for_another_model(mt, tmp_path):
-    first = stats.second_moment(mt, 1, "corpus", len(CORPUS), tmp_path, texts=CORPUS)
+    first = stats.second_moment(mt, 1, TEXTS, len(CORPUS), tmp_path)
     meta = first.metadata
-    assert (meta["model"], meta["layer"], meta["dataset"]) == ("tiny-gpt2", "1", "corpus")
+    assert (meta["model"], meta["layer"], meta["dataset"]) == ("tiny-gpt2", "1", TEXTS.key)
+    assert meta["corpus"] == "corpus"
     assert int(meta["tokens"]) > 128 and meta["dtype"] == "float32"
     assert len(list(tmp_path.rglob("*.safetensors"))) == 1
-    # Read back without computing (no texts given, and "corpus" is no loadable dataset).
-    again = stats.second_moment(mt, 1, "corpus", len(CORPUS), tmp_path)
+    # Read back without computing (the texts cannot be read).
+    again = stats.second_moment(mt, 1, cached_only(TEXTS), len(CORPUS), tmp_path)
     assert torch.equal(again.moment, first.moment)
     other = models.ModelAndTokenizer(tiny_gpt2(mt.tokenizer), mt.tokenizer, "tiny-gpt2")
     with pytest.raises(errors.MismatchError, match="another model"):
-        stats.second_moment(other, 1, "corpus", len(CORPUS), tmp_path)
+        stats.second_moment(other, 1, cached_only(TEXTS), len(CORPUS), tmp_path)
 
 
 def test_statistics_resume_after_an_interruption(mt, tmp_path, monkeypatch):
-    whole = stats.second_moment(mt, 0, "corpus", len(CORPUS), texts=CORPUS, chunk_texts=2)
+    whole = stats.second_moment(mt, 0, TEXTS, len(CORPUS), chunk_texts=2)
     monkeypatch.setattr(stats, "SAVE_EVERY_CHUNKS", 1)
     add_chunk = interrupt_statistics(monkeypatch, at_chunk=4)
     with pytest.raises(KeyboardInterrupt):
-        stats.second_moment(mt, 0, "corpus", len(CORPUS), tmp_path, texts=CORPUS, chunk_texts=2)
+        stats.second_moment(mt, 0, TEXTS, len(CORPUS), tmp_path, chunk_texts=2)
     assert len(list(tmp_path.rglob("*.partial.safetensors"))) == 1
     monkeypatch.setattr(stats, "_add_chunk", add_chunk)
-    resumed = stats.second_moment(
-        mt, 0, "corpus", len(CORPUS), tmp_path, texts=CORPUS, chunk_texts=2
-    )
+    resumed = stats.second_moment(mt, 0, TEXTS, len(CORPUS), tmp_path, chunk_texts=2)
     # Same chunks summed in the same order in float64: equal to the uninterrupted run.
     assert torch.equal(resumed.moment, whole.moment)
     assert resumed.metadata["tokens"] == whole.metadata["tokens"]
@@ -303,14 +328,20 @@ def test_weight_methods_are_registered_and_built_with_cached_statistics(mt, tmp_
     records = data.load_counterfact_records(FIXTURES / "eval_counterfact.json")
     cases = evaluation.counterfact_cases(records)
     resources = evaluation.EvalResources()
-    hparams = rome.RomeHparams(layer=0, context_template_lengths=[], stats_dataset="corpus")
-    stats.second_moment(mt, 0, "corpus", hparams.stats_num_texts, tmp_path, texts=CORPUS)
+    hparams = rome.RomeHparams(
+        layer=0, context_template_lengths=[], stats_dataset=corpus_file(tmp_path)
+    )
+    corpus = corpora.open_corpus(hparams.stats_dataset)
+    stats.second_moment(mt, 0, corpus, hparams.stats_num_texts, tmp_path / "stats")
+    cached = file_times(tmp_path / "stats")
     method = evaluation.build_method(
-        "rome", mt, cases, resources, hparams=hparams, stats_dir=tmp_path
+        "rome", mt, cases, resources, hparams=hparams, stats_dir=tmp_path / "stats"
     )
     assert isinstance(method, evaluation.WeightEditMethod)
     assert isinstance(method.editor, rome.RomeEditor)
-    assert method.details()["stats_dataset"] == "corpus"
+    assert method.details()["stats_dataset"] == corpus.key
+    # The method opened the same corpus by its spec and read the cache, not a new computation.
+    assert file_times(tmp_path / "stats") == cached
     for name, layers in (("ft", [0]), ("ft5", [0, 1])):
         built = evaluation.build_method(
             name, mt, cases, resources, hparams=ft.FtHparams(layers=layers)
@@ -379,7 +410,7 @@ def key_gram(
         inputs = mt.tokenizer(text, return_tensors="pt")
         with common.record_mlp_keys(mt.model, projection) as recorded:
             mt.model(**inputs)
-        keys = recorded["keys"].reshape(-1, projection.in_features).double()
+        keys = recorded["keys"].input.reshape(-1, projection.in_features).double()
         keys = keys.abs() if absolute else keys
         gram += keys.T @ keys
     return gram
@@ -389,9 +420,7 @@ def test_key_statistics_equal_the_keys_of_a_full_forward_pass(mt64):
     # The statistics stop the forward after the layer; the keys must be those of the whole model.
     layer = 0
     expected = key_gram(mt64, layer, CORPUS)
-    computed = stats.second_moment(
-        mt64, layer, "corpus", len(CORPUS), texts=CORPUS, max_batch_tokens=64
-    )
+    computed = stats.second_moment(mt64, layer, TEXTS, len(CORPUS), max_batch_tokens=64)
     count = int(computed.metadata["tokens"])
     # Summed in float64, stored as float32: equal to float32 rounding (eps 1.2e-7).
     torch.testing.assert_close(computed.moment.double() * count, expected, rtol=1e-6, atol=1e-6)

@@ -132,17 +132,8 @@ def one_shot_edit(
             f"in one edit: use one of {', '.join(canon_methods())}"
         )
     hparams = method_hparams(mt.name, settings)
-    world = None
-    if (
-        getattr(hparams, "mom2_adjustment", False)
-        and getattr(hparams, "stats_dataset", "") == "toy"
-    ):
-        from remedi.toy.build import toy_world_paths
-        from remedi.toy.canonical import load_world
-
-        world = load_world(toy_world_paths(mt.name.split("+")[0]).world_file)
     stats_dir = Path(settings.stats_dir) if settings.stats_dir else env.results_dir() / "stats"
-    editor = registry.prepare(name, mt, MethodSetup(stats_dir=stats_dir, world=world), hparams)
+    editor = registry.prepare(name, mt, MethodSetup(stats_dir=stats_dir), hparams)
     assert isinstance(editor, WeightEditor)
     positions = scoring.model_max_length(mt.model)
     # Room for the method's random prefixes (MEMIT's) before the prompt and its target.

@@ -38,7 +38,7 @@ import safetensors.torch
 import torch
 from dataclasses_json import DataClassJsonMixin
 
-from remedi import errors, io, models
+from remedi import errors, hooks, io, models
 from remedi.data import general_tasks
 from remedi.evaluation import general
 from remedi.evaluation.methods import edit_request
@@ -160,18 +160,13 @@ def entity_directions(
     additions = (alpha * additions).to(mt.device, mt.dtype)
     block = models.resolve_layer(mt.model, layer)
 
-    def add(module: torch.nn.Module, inputs: Any, output: Any) -> Any:
-        hidden = output[0] if isinstance(output, tuple) else output
+    def add(key: int, hidden: torch.Tensor) -> torch.Tensor | None:
         if hidden.shape[:2] != (batch, length):
             return None
-        hidden = hidden + additions
-        return (hidden, *output[1:]) if isinstance(output, tuple) else hidden
+        return hidden + additions
 
-    handle = block.register_forward_hook(add)
-    try:
+    with hooks.trace(mt.model, {layer: block}, edit_output=add):
         yield
-    finally:
-        handle.remove()
 
 
 # ---------------------------------------------------------------------------------------------

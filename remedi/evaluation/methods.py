@@ -38,7 +38,6 @@ from remedi.methods.base import (
     weights_applied,
 )
 from remedi.methods.remedi import RemediEdit
-from remedi.toy.world import World
 
 logger = logging.getLogger(__name__)
 
@@ -250,26 +249,25 @@ def mention_token_ranges(
 
 def find_replacements(
     cases: Sequence[EvalCase],
-    world: World | None = None,
+    facts: Mapping[tuple[str, str], Sequence[str]] | None = None,
     snippets: metrics.AttributeSnippets | None = None,
     seed: int = 0,
 ) -> dict[int, str]:
     """For each case, another entity known to have its new attribute (seeded choice).
 
-    Candidates come from the toy world (entities whose relation has ``target_new``), else from
-    ROME's attribute snippets (entities with that relation and target id), else from the case's
-    attribute prompts read with the relation's templates. Cases without a candidate are left out
-    (and counted in the log).
+    Candidates come from ``facts`` (``(relation_id, value) -> subjects``, e.g. a toy world's
+    :meth:`~remedi.toy.world.World.subjects_by_fact`: the subjects whose relation has
+    ``target_new``), else from ROME's attribute snippets (entities with that relation and target
+    id), else from the case's attribute prompts read with the relation's templates. Cases
+    without a candidate are left out (and counted in the log).
     """
     rng = random.Random(seed)
     templates = _relation_templates(cases)
     replacements: dict[int, str] = {}
     for case in cases:
         candidates: list[str] = []
-        if world is not None:
-            candidates = [
-                entity.name for entity in world.entities_with(case.relation_id, case.target_new)
-            ]
+        if facts is not None:
+            candidates = list(facts.get((case.relation_id, case.target_new), ()))
         if not candidates and snippets is not None:
             candidates = [s.name for s in snippets.snippets(case.relation_id, case.target_new_id)]
         if not candidates:
@@ -361,12 +359,11 @@ def build_method(
             raise errors.UsageError(f"method {name!r} rewrites text and takes no options")
         replacements = None
         if spec.needs_replacement:
-            replacements = find_replacements(
-                cases, resources.world, resources.snippets, seed=resources.seed
-            )
+            world = resources.world
+            facts = world.subjects_by_fact() if world is not None else None
+            replacements = find_replacements(cases, facts, resources.snippets, seed=resources.seed)
         return TextMethod(spec, replacements)
     setup = MethodSetup(
-        world=resources.world,
         batch_size=resources.batch_size,
         **{key: options.pop(key) for key in SETUP_OPTIONS if key in options},
     )

@@ -87,7 +87,7 @@ import torch
 from dataclasses_json import DataClassJsonMixin
 from tqdm.auto import tqdm
 
-from remedi import errors, io, models, tracing
+from remedi import errors, hooks, io, models, tracing
 from remedi.evaluation.cases import EvalCase, EvalResources
 from remedi.evaluation.methods import Method, build_method
 from remedi.methods import common, registry
@@ -169,7 +169,7 @@ def unlikelihood(mt: models.ModelAndTokenizer, token_id: int) -> Iterator[Switch
     ``token_id``: a method that raises that token's likelihood then lowers its probability."""
     switch = Switch()
 
-    def swap(module: torch.nn.Module, inputs: Any, output: torch.Tensor) -> torch.Tensor | None:
+    def swap(key: str, output: torch.Tensor) -> torch.Tensor | None:
         if not switch.active:
             return None
         return swapped_log_probs(output, token_id).to(output.dtype)
@@ -179,7 +179,7 @@ def unlikelihood(mt: models.ModelAndTokenizer, token_id: int) -> Iterator[Switch
         raise models.UnsupportedModelError(
             f"{type(mt.model).__name__} has no output embeddings (LM head) to hook"
         )
-    with tracing.forward_hooks([(head, swap)]):
+    with hooks.trace(mt.model, {"head": head}, edit_output=swap):
         yield switch
 
 
@@ -237,11 +237,12 @@ def noised_subject(
     variants = _subject_variants(mt, prompt, subject)
     generator = torch.Generator().manual_seed(seed)
 
-    def noise(module: torch.nn.Module, inputs: Any, output: torch.Tensor) -> torch.Tensor | None:
-        if not switch.active:
+    def noise(key: str, output: torch.Tensor) -> torch.Tensor | None:
+        input_ids = traced[key].input
+        if not switch.active or input_ids is None:
             return None
         noised = output.clone()
-        for row, found in enumerate(subject_occurrences(inputs[0], variants)):
+        for row, found in enumerate(subject_occurrences(input_ids, variants)):
             for start, length in found:
                 draw = torch.randn(length, output.shape[-1], generator=generator)
                 scaled = (noise_scale * draw.double()).to(output.device, output.dtype)
@@ -249,7 +250,9 @@ def noised_subject(
         return noised
 
     embeddings: torch.nn.Module = mt.model.get_input_embeddings()
-    with tracing.forward_hooks([(embeddings, noise)]):
+    with hooks.trace(
+        mt.model, {"embeddings": embeddings}, retain_input=True, edit_output=noise
+    ) as traced:
         yield switch
 
 

@@ -23,9 +23,8 @@ from typing import Any, Protocol
 
 import torch
 
-from remedi import env, errors, models, precompute
+from remedi import corpora, env, errors, models, precompute
 from remedi.methods.common import EditRequest
-from remedi.toy.world import World
 
 
 @dataclass
@@ -34,17 +33,25 @@ class MethodSetup:
 
     The ``stats_*`` options override where the key statistics of ROME/MEMIT come from (None:
     the hyperparameters' ``stats_dataset`` and ``stats_num_texts``, cached in ``<results>/stats``);
-    ``world`` is the toy world whose corpus the statistics read for ``stats_dataset: toy``;
+    ``corpus`` is a statistics corpus given in memory instead of the one ``stats_dataset`` (or
+    the hyperparameters') names for the model (:func:`remedi.corpora.open_corpus`);
     ``editor`` is a REMEDI editor given in memory instead of one loaded from a run.
     """
 
     stats_dir: Path | None = None
     stats_dataset: str | None = None
     stats_num_texts: int | None = None
-    world: World | None = None
+    corpus: corpora.Corpus | None = None
     editor: Any = None
     batch_size: int = precompute.DEFAULT_PRECOMPUTE_BATCH_SIZE
     """Rows per forward pass where preparing reads hidden states (REMEDI's directions)."""
+
+    def statistics_corpus(self, mt: models.ModelAndTokenizer, default: str) -> corpora.Corpus:
+        """The corpus the key statistics read: ``corpus``, else the one ``stats_dataset`` (else
+        ``default``, the hyperparameters' ``stats_dataset``) names for ``mt``."""
+        if self.corpus is not None:
+            return self.corpus
+        return corpora.open_corpus(self.stats_dataset or default, mt.name)
 
     def statistics_dir(self) -> Path:
         """Where key statistics are cached: ``stats_dir``, else ``<results>/stats``."""

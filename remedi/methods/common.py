@@ -1,5 +1,5 @@
-"""What every weight-editing method shares: the edit request, its tokens, MLP hooks, and the
-hyperparameters ROME and MEMIT have in common.
+"""What every weight-editing method shares: the edit request, its tokens, MLP hooks (on
+:func:`remedi.hooks.trace`), and the hyperparameters ROME and MEMIT have in common.
 
 A request is text: a prompt that mentions the subject, and the new target. Token ids are built
 once from the text and never re-joined into strings: the target's ids are those the tokenizer
@@ -21,7 +21,7 @@ import torch
 import transformers
 from dataclasses_json import DataClassJsonMixin
 
-from remedi import errors, io, models, precompute
+from remedi import errors, hooks, io, models, precompute
 
 logger = logging.getLogger(__name__)
 
@@ -241,22 +241,12 @@ def context_templates(
     return templates
 
 
-@contextlib.contextmanager
 def record_mlp_keys(
     model: torch.nn.Module, projection: models.MlpOutput
-) -> Iterator[dict[str, torch.Tensor]]:
-    """Record the input of the MLP output projection (ROME's keys) on each forward pass."""
-    recorded: dict[str, torch.Tensor] = {}
-    module = model.get_submodule(projection.module_path)
-
-    def record(module: torch.nn.Module, inputs: Any) -> None:
-        recorded["keys"] = inputs[0]
-
-    handle = module.register_forward_pre_hook(record)
-    try:
-        yield recorded
-    finally:
-        handle.remove()
+) -> contextlib.AbstractContextManager[dict[str, hooks.Traced]]:
+    """Retain the input of the MLP output projection (ROME's keys) on each forward pass:
+    ``traced["keys"].input``."""
+    return hooks.trace(model, {"keys": projection.module_path}, retain_input=True)
 
 
 @contextlib.contextmanager
@@ -268,24 +258,19 @@ def add_to_output(
     recorded: dict[str, torch.Tensor] | None = None,
 ) -> Iterator[None]:
     """Add ``delta`` to the output of module ``module_path`` at ``positions[row]`` of each row
-    (an MLP projection's tensor, or a decoder block's hidden state, first of its tuple); record
-    the clean output there first (``recorded["outputs"]``, detached) when ``recorded`` is given."""
-    module = model.get_submodule(module_path)
+    (an MLP projection's tensor, or a decoder block's hidden state); record the clean output
+    there first (``recorded["outputs"]``, detached) when ``recorded`` is given."""
 
-    def edit(module: torch.nn.Module, inputs: Any, output: Any) -> Any:
-        hidden = output[0] if isinstance(output, tuple) else output
+    def edit(key: str, hidden: torch.Tensor) -> torch.Tensor:
         rows = torch.arange(hidden.shape[0], device=hidden.device)
         if recorded is not None:
             recorded["outputs"] = hidden[rows, positions].detach().clone()
         edited = hidden.clone()
         edited[rows, positions] = edited[rows, positions] + delta.to(hidden.dtype)
-        return (edited, *output[1:]) if isinstance(output, tuple) else edited
+        return edited
 
-    handle = module.register_forward_hook(edit)
-    try:
+    with hooks.trace(model, {module_path: module_path}, edit_output=edit):
         yield
-    finally:
-        handle.remove()
 
 
 def add_to_mlp_output(

@@ -26,14 +26,13 @@ import logging
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import ClassVar
 
 import torch
 
-from remedi import errors, models
+from remedi import corpora, errors, hooks, models
 from remedi.methods import common, stats
 from remedi.methods.base import MethodSetup, WeightEditor, layers_label
-from remedi.toy.world import World
 
 logger = logging.getLogger(__name__)
 
@@ -137,19 +136,13 @@ def _at_subjects(
     record_input: bool,
 ) -> torch.Tensor:
     """The input (or output) of module ``module_path`` at each text's subject's last token."""
-    module = mt.model.get_submodule(module_path)
-    recorded: list[torch.Tensor] = []
-
-    def record(module: torch.nn.Module, inputs: Any, output: Any = None) -> None:
-        value = inputs[0] if record_input else output
-        recorded.append(value[0] if isinstance(value, tuple) else value)
-
-    if record_input:
-        handle = module.register_forward_pre_hook(record)
-    else:
-        handle = module.register_forward_hook(record)
     found: list[torch.Tensor] = []
-    try:
+    with hooks.trace(
+        mt.model,
+        {module_path: module_path},
+        retain_input=record_input,
+        retain_output=not record_input,
+    ) as traced:
         for start in range(0, len(texts), KEYS_BATCH_SIZE):
             batch = common.edit_batch(
                 mt.tokenizer,
@@ -157,10 +150,11 @@ def _at_subjects(
                 subjects[start : start + KEYS_BATCH_SIZE],
             ).to(mt.device)
             mt.model(input_ids=batch.input_ids, attention_mask=batch.attention_mask)
+            kept = traced[module_path]
+            value = kept.input if record_input else kept.output
+            assert value is not None  # the module ran in the forward pass above
             rows = torch.arange(batch.input_ids.shape[0], device=batch.input_ids.device)
-            found.append(recorded[-1][rows, batch.subject_positions].float())
-    finally:
-        handle.remove()
+            found.append(value[rows, batch.subject_positions].float())
     return torch.cat(found)
 
 
@@ -277,13 +271,12 @@ def load_second_moments(
     mt: models.ModelAndTokenizer,
     hparams: MemitHparams,
     stats_dir: Path | None,
-    world: World | None = None,
-    dataset: str | None = None,
+    corpus: corpora.Corpus | None = None,
     num_texts: int | None = None,
 ) -> dict[int, torch.Tensor]:
     """``C`` of each of ``hparams.layers`` (cached in ``stats_dir``, else computed for all the
-    layers in one pass over ``dataset``, default ``hparams.stats_dataset``); empty without
-    ``mom2_adjustment``.
+    layers in one pass over ``corpus``, default the one ``hparams.stats_dataset`` names for this
+    model, see :func:`remedi.corpora.open_corpus`); empty without ``mom2_adjustment``.
 
     Load them once, before editing: the cache is checked against the layer's current weight,
     so statistics are refused for a model whose edited layers were already written.
@@ -294,10 +287,9 @@ def load_second_moments(
     computed = stats.second_moments(
         mt,
         hparams.layers,
-        dataset or hparams.stats_dataset,
+        corpus or corpora.open_corpus(hparams.stats_dataset, mt.name),
         num_texts or hparams.stats_num_texts,
         cache_dir=stats_dir,
-        world=world,
     )
     return {layer: computed[layer].moment for layer in hparams.layers}
 
@@ -338,12 +330,8 @@ def prepare(mt: models.ModelAndTokenizer, hparams: MemitHparams, setup: MethodSe
         errors.UsageError: A layer is out of range.
     """
     common.check_layers(mt, hparams.layers)
+    corpus = setup.statistics_corpus(mt, hparams.stats_dataset) if hparams.mom2_adjustment else None
     moments = load_second_moments(
-        mt,
-        hparams,
-        setup.statistics_dir(),
-        world=setup.world,
-        dataset=setup.stats_dataset,
-        num_texts=setup.stats_num_texts,
+        mt, hparams, setup.statistics_dir(), corpus=corpus, num_texts=setup.stats_num_texts
     )
     return MemitEditor(mt, hparams, moments)

@@ -88,7 +88,9 @@ def subject_keys(
     with torch.no_grad(), common.record_mlp_keys(mt.model, projection) as recorded:
         mt.model(input_ids=batch.input_ids, attention_mask=batch.attention_mask)
     rows = torch.arange(len(texts), device=batch.input_ids.device)
-    return recorded["keys"][rows, batch.subject_positions].float()
+    keys = recorded["keys"].input
+    assert keys is not None  # the projection ran in the forward pass above
+    return keys[rows, batch.subject_positions].float()
 
 
 def compute_value(
@@ -218,9 +220,8 @@ def prepare(mt: models.ModelAndTokenizer, hparams: RomeHparams, setup: MethodSet
         moment = stats.second_moment(
             mt,
             hparams.layer,
-            setup.stats_dataset or hparams.stats_dataset,
+            setup.statistics_corpus(mt, hparams.stats_dataset),
             setup.stats_num_texts or hparams.stats_num_texts,
             cache_dir=setup.statistics_dir(),
-            world=setup.world,
         )
     return RomeEditor(mt, hparams, moment)

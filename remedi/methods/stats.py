@@ -15,11 +15,12 @@ rounding error does not grow with the corpus. Both dtypes are in the cache's met
 
 The sums are saved every few chunks so that an interrupted run resumes where it stopped, and each
 layer is cached as its own safetensors file with metadata: the model (name and a fingerprint of the
-projection's weight), layer, dataset, number of texts and tokens, dtype. A cache made for another
-model or layer is refused.
+projection's weight), layer, corpus, number of texts and tokens, dtype. A cache made for another
+model, layer or corpus is refused.
 
-Corpora: ``toy`` is the toy world's own training text (offline); any other name is a Hugging Face
-dataset, ``NAME`` or ``NAME:CONFIG``, whose ``text`` column is read (ROME used Wikipedia).
+The texts come from a :class:`remedi.corpora.Corpus` (the toy world's text, local files, a Hugging
+Face dataset; see :mod:`remedi.corpora`); its key, which identifies the texts, names the cache
+file and is checked in its metadata, so statistics of one corpus are never read for another.
 """
 
 from __future__ import annotations
@@ -33,21 +34,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import datasets
 import safetensors.torch
 import torch
 from tqdm.auto import tqdm
 
-from remedi import errors, hooks, io, models
-from remedi.toy.corpus import training_documents
-from remedi.toy.popularity import world_tiers
-from remedi.toy.world import World
+from remedi import corpora, errors, hooks, io, models
 
 logger = logging.getLogger(__name__)
 
-TOY_DATASET = "toy"
-STATS_DATASET_FLAG = "--stats-dataset"
-"""The command-line flag that names the statistics corpus (named in errors)."""
 SAVE_EVERY_CHUNKS = 8
 DEFAULT_BATCH_TOKENS = 4096
 """Padded tokens per forward (ROME's default is 3 x the context). GPT-2 small's statistics of five
@@ -64,42 +58,6 @@ class SecondMoment:
     metadata: dict[str, str]
 
 
-def corpus_texts(dataset: str, num_texts: int, world: World | None = None) -> list[str]:
-    """The first ``num_texts`` texts of the statistics corpus ``dataset``.
-
-    Raises:
-        errors.UsageError: ``toy`` without a toy world, or a dataset that cannot be loaded
-            (offline, misspelled, no ``text`` column); the message names the flag.
-    """
-    if dataset == TOY_DATASET:
-        if world is None:
-            raise errors.UsageError(
-                f"statistics corpus {TOY_DATASET!r} is the toy world's text, but no toy world "
-                f"was given; evaluate on the toy world or pass {STATS_DATASET_FLAG} NAME[:CONFIG] "
-                "(a Hugging Face text dataset)"
-            )
-        # A long-tail world's text states each entity's facts as often as its tier does.
-        documents = training_documents(world, tiers=world_tiers(world))
-        return [document.text for document in documents][:num_texts]
-    name, _, config = dataset.partition(":")
-    try:
-        loaded = datasets.load_dataset(name, config or None, split="train")
-    except Exception as error:  # datasets raises many kinds (network, missing config, ...)
-        raise errors.UsageError(
-            f"cannot load the statistics corpus {dataset!r} ({type(error).__name__}: {error}); "
-            f"pass {STATS_DATASET_FLAG} NAME[:CONFIG] with a Hugging Face text dataset that is "
-            f"cached on this machine (e.g. wikitext:wikitext-103-raw-v1), or {TOY_DATASET} on the "
-            "toy world"
-        ) from error
-    if "text" not in loaded.column_names:
-        raise errors.UsageError(
-            f"statistics corpus {dataset!r} has no 'text' column (columns: "
-            f"{loaded.column_names}); pass {STATS_DATASET_FLAG} with a text dataset"
-        )
-    texts = [text for text in loaded.select(range(min(len(loaded), 4 * num_texts)))["text"]]
-    return [text for text in texts if text.strip()][:num_texts]
-
-
 def weight_fingerprint(mt: models.ModelAndTokenizer, layer: int) -> str:
     """SHA-256 (16 hex digits) of the layer's MLP output weight: which model the keys are of."""
     projection = models.determine_mlp_output(mt.model, layer)
@@ -109,22 +67,24 @@ def weight_fingerprint(mt: models.ModelAndTokenizer, layer: int) -> str:
 
 
 def stats_file(
-    directory: Path, mt: models.ModelAndTokenizer, layer: int, dataset: str, num_texts: int
+    directory: Path,
+    mt: models.ModelAndTokenizer,
+    layer: int,
+    corpus: corpora.Corpus,
+    num_texts: int,
 ) -> Path:
-    """Where the statistics of these settings are cached."""
+    """Where the statistics of these settings are cached (named by the corpus's key)."""
     slug = re.sub(r"[^A-Za-z0-9_.+-]+", "_", f"{mt.name}")
-    data_slug = re.sub(r"[^A-Za-z0-9_.+-]+", "_", dataset)
+    data_slug = re.sub(r"[^A-Za-z0-9_.+-]+", "_", corpus.key)
     return directory / slug / f"{data_slug}_layer{layer}_n{num_texts}_mom2.safetensors"
 
 
 def second_moment(
     mt: models.ModelAndTokenizer,
     layer: int,
-    dataset: str,
+    corpus: corpora.Corpus,
     num_texts: int,
     cache_dir: Path | None = None,
-    world: World | None = None,
-    texts: Sequence[str] | None = None,
     max_batch_tokens: int = DEFAULT_BATCH_TOKENS,
     max_length: int | None = None,
     chunk_texts: int = 256,
@@ -134,11 +94,9 @@ def second_moment(
     return second_moments(
         mt,
         [layer],
-        dataset,
+        corpus,
         num_texts,
         cache_dir=cache_dir,
-        world=world,
-        texts=texts,
         max_batch_tokens=max_batch_tokens,
         max_length=max_length,
         chunk_texts=chunk_texts,
@@ -166,13 +124,14 @@ class _LayerSum:
             done = {"texts_done": str(self.texts_done), "tokens": str(self.tokens)}
             _write(self.partial, "sum", self.total.cpu(), {**self.expected, **done})
 
-    def finish(self, dataset: str, products_in: torch.dtype) -> SecondMoment:
+    def finish(self, corpus_name: str, products_in: torch.dtype) -> SecondMoment:
         """The moment, written to the cache (the partial file removed)."""
         if self.tokens == 0:
-            raise errors.UsageError(f"statistics corpus {dataset!r} has no tokens")
+            raise errors.UsageError(f"statistics corpus {corpus_name!r} has no tokens")
         moment = (self.total / self.tokens).float().cpu()
         metadata = {
             **self.expected,
+            "corpus": corpus_name,
             "tokens": str(self.tokens),
             "texts": str(self.texts_done),
             "dtype": _dtype_name(moment.dtype),
@@ -190,33 +149,32 @@ class _LayerSum:
 def second_moments(
     mt: models.ModelAndTokenizer,
     layers: Sequence[int],
-    dataset: str,
+    corpus: corpora.Corpus,
     num_texts: int,
     cache_dir: Path | None = None,
-    world: World | None = None,
-    texts: Sequence[str] | None = None,
     max_batch_tokens: int = DEFAULT_BATCH_TOKENS,
     max_length: int | None = None,
     chunk_texts: int = 256,
     product_dtype: torch.dtype | None = None,
 ) -> dict[int, SecondMoment]:
-    """``E[k k^T]`` of the keys at each of ``layers`` over ``num_texts`` texts of ``dataset``.
+    """``E[k k^T]`` of the keys at each of ``layers`` over the first ``num_texts`` texts of
+    ``corpus``.
 
-    Layers cached in ``cache_dir`` (for this model) are read; the others are computed together
-    in one pass over the corpus (resuming their partial files) and written, one file per layer.
-    ``texts`` overrides the corpus (tests; it is still recorded under the name ``dataset``).
+    Layers cached in ``cache_dir`` (for this model and corpus) are read; the others are computed
+    together in one pass over the corpus (resuming their partial files) and written, one file per
+    layer; the corpus's texts are read only then.
     A forward holds at most ``max_batch_tokens`` padded tokens, except a single text longer than
     that (texts are truncated to ``max_length``, default the model's context). Each batch's
     product is computed in ``product_dtype`` (default float32, or the keys' dtype if wider) and
     summed in float64.
 
     Raises:
-        errors.MismatchError: A cache was made for another model or layer.
+        errors.MismatchError: A cache was made for another model, layer or corpus.
     """
     results: dict[int, SecondMoment] = {}
     sums: dict[int, _LayerSum] = {}
     for layer in sorted(set(layers)):
-        opened = _open_layer(mt, layer, dataset, num_texts, cache_dir)
+        opened = _open_layer(mt, layer, corpus, num_texts, cache_dir)
         if isinstance(opened, SecondMoment):
             results[layer] = opened
         else:
@@ -224,9 +182,7 @@ def second_moments(
     if not sums:
         return results
 
-    if texts is None:
-        texts = corpus_texts(dataset, num_texts, world)
-    texts = list(texts)[:num_texts]
+    texts = corpus.texts(num_texts)
     limit = max_length or _max_positions(mt.model)
     position = min(running.texts_done for running in sums.values())
     progress = tqdm(
@@ -255,12 +211,18 @@ def second_moments(
                 running.save_partial()
     progress.close()
     products_in = _product_dtype(models.determine_dtype(mt.model), product_dtype)
-    results.update({layer: running.finish(dataset, products_in) for layer, running in sums.items()})
+    results.update(
+        {layer: running.finish(corpus.name, products_in) for layer, running in sums.items()}
+    )
     return {layer: results[layer] for layer in sorted(results)}
 
 
 def _open_layer(
-    mt: models.ModelAndTokenizer, layer: int, dataset: str, num_texts: int, cache_dir: Path | None
+    mt: models.ModelAndTokenizer,
+    layer: int,
+    corpus: corpora.Corpus,
+    num_texts: int,
+    cache_dir: Path | None,
 ) -> SecondMoment | _LayerSum:
     """The layer's cached statistics, else its running sum (resumed from a partial file)."""
     projection = models.determine_mlp_output(mt.model, layer)
@@ -269,10 +231,10 @@ def _open_layer(
         "weight_sha256": weight_fingerprint(mt, layer),
         "layer": str(layer),
         "module": projection.module_path,
-        "dataset": dataset,
+        "dataset": corpus.key,
         "num_texts": str(num_texts),
     }
-    path = stats_file(cache_dir, mt, layer, dataset, num_texts) if cache_dir else None
+    path = stats_file(cache_dir, mt, layer, corpus, num_texts) if cache_dir else None
     if path is not None and path.is_file():
         moment, metadata = _read(path)
         _check(metadata, expected, path)
@@ -348,35 +310,22 @@ def _add_chunk(
     return tokens
 
 
-@contextlib.contextmanager
 def _adding_key_products(
     model: torch.nn.Module,
     sums: Mapping[int, _LayerSum],
     mask: torch.Tensor,
     product_dtype: torch.dtype | None,
-) -> Iterator[None]:
+) -> contextlib.AbstractContextManager[dict[int, hooks.Traced]]:
     """While active, each forward adds ``K^T K`` of each layer's keys at ``mask`` to the layer's
-    total, so no layer's keys outlive its own block."""
+    total as the keys pass, so no layer's keys outlive its own block."""
 
-    def hook_for(running: _LayerSum) -> Any:
-        def add_products(module: torch.nn.Module, inputs: Any) -> None:
-            keys = inputs[0][mask]
-            keys = keys.to(_product_dtype(keys.dtype, product_dtype))
-            running.total.add_(keys.T @ keys)
+    def add_products(layer: int, keys: torch.Tensor) -> None:
+        selected = keys[mask]
+        selected = selected.to(_product_dtype(selected.dtype, product_dtype))
+        sums[layer].total.add_(selected.T @ selected)
 
-        return add_products
-
-    handles = [
-        model.get_submodule(running.projection.module_path).register_forward_pre_hook(
-            hook_for(running)
-        )
-        for running in sums.values()
-    ]
-    try:
-        yield
-    finally:
-        for handle in handles:
-            handle.remove()
+    projections = {layer: running.projection.module_path for layer, running in sums.items()}
+    return hooks.trace(model, projections, edit_input=add_products)
 
 
 def _product_dtype(keys_dtype: torch.dtype, requested: torch.dtype | None) -> torch.dtype:

@@ -194,6 +194,35 @@ def toy_world_paths(name: str = "toy") -> ToyWorldPaths:
     )
 
 
+def toy_world_of_model(model: str) -> ToyWorldPaths | None:
+    """The toy world whose LM ``model`` names; None for a model that is no toy world's.
+
+    ``model`` is a model name as :func:`remedi.models.load_model` takes it: a world's name
+    (``toy``, ``toy-small``, ``toy-longtail``, each optionally ``-<arch>``), possibly with a
+    variant suffix after ``+`` (``toy-small+random123456``), or the folder a world's LM was built
+    in (``models_dir()/<world>``). This is the one place that maps a model to its world.
+
+    Raises:
+        errors.UsageError: A name in the toy's pattern (``toy-...``) that names no world; the
+            message lists the valid names.
+    """
+    name = model.split("+", 1)[0].rstrip("/")
+    path = Path(name).expanduser()
+    if path.exists():
+        # A folder is a world's model only where the builder puts it.
+        if path.resolve().parent != env.models_dir().resolve():
+            return None
+        name = path.name
+        try:
+            parse_toy_name(name)
+        except errors.UsageError:
+            return None
+        return toy_world_paths(name)
+    if name != "toy" and not name.startswith("toy-"):
+        return None
+    return toy_world_paths(name)
+
+
 def read_build_report(name: str = "toy") -> dict[str, Any]:
     """The ``build_report.json`` of a built world."""
     report: dict[str, Any] = io.read_json(toy_world_paths(name).report_file, "toy build report")

@@ -272,6 +272,15 @@ class World:
         """Entities whose ``relation_id`` is ``value``, in world order."""
         return [entity for entity in self.entities if entity.facts.get(relation_id) == value]
 
+    def subjects_by_fact(self) -> dict[tuple[str, str], list[str]]:
+        """``(relation_id, value) -> names of the entities that have it``, in world order: the
+        world's facts as plain data (what :func:`remedi.evaluation.find_replacements` reads)."""
+        subjects: dict[tuple[str, str], list[str]] = {}
+        for entity in self.entities:
+            for relation_id, value in entity.facts.items():
+                subjects.setdefault((relation_id, value), []).append(entity.name)
+        return subjects
+
     def to_json(self) -> dict[str, Any]:
         """The ``world.json`` layout (see SPEC): relations, entities, implications, biographies."""
         return {

@@ -1,0 +1,261 @@
+"""Text corpora by name: the plain text that key statistics (ROME's and MEMIT's ``C``) run on.
+
+A corpus is a name, a key and a way to read its first texts (:class:`Corpus`). The key identifies
+the texts themselves and is part of every cache computed from them, so that statistics of one
+corpus are never taken for another's. A spec string names a corpus; its kind is the part before
+the first colon when that is a registered kind (:data:`CORPORA`), else it is a Hugging Face
+dataset:
+
+- ``toy``: the training text of the toy world whose LM is being edited (the world is found from
+  the model's name, :func:`remedi.toy.build.toy_world_of_model`); ``toy:NAME`` names the world
+  (``toy:toy-small``). Key: a hash of the texts.
+- ``file:PATH``: texts on this machine: a ``.txt`` file (one text per non-empty line), a
+  ``.jsonl`` or ``.json`` file of records with a ``text`` field, or a folder written by
+  ``datasets.Dataset.save_to_disk`` (its ``text`` column). Key: a hash of the file's bytes.
+- ``hf:NAME[:CONFIG]``, or any other ``NAME[:CONFIG]`` (e.g. ``wikipedia:20200501.en``, what ROME
+  used): the ``text`` column of the dataset's ``train`` split, through ``datasets.load_dataset``
+  (a hub name, cached on this machine when offline, or a local dataset folder). Key: the name and
+  config, as a released dataset's name denotes its texts (and a cache of real statistics, hours of
+  compute, is found without loading the dataset); a local folder's adds a hash of its files.
+
+Adding a kind is one function ``(argument, model) -> Corpus`` and one entry in :data:`CORPORA`.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import datasets
+
+from remedi import errors
+from remedi.toy import build
+from remedi.toy.corpus import training_documents
+from remedi.toy.popularity import world_tiers
+
+CORPUS_FLAG = "--stats-dataset"
+"""The command-line flag that names a statistics corpus (named in errors)."""
+CORPUS_HELP = (
+    "toy (the text of the edited toy model's world), toy:WORLD, file:PATH (.txt, .jsonl, .json or "
+    "a save_to_disk folder) or a Hugging Face text dataset NAME[:CONFIG]"
+)
+"""What a corpus spec may be, for the help of the flag that takes one."""
+TOY_KIND = "toy"
+HF_KIND = "hf"
+TEXT_COLUMN = "text"
+
+
+@dataclass(frozen=True)
+class Corpus:
+    """Texts to compute statistics over, with what identifies them."""
+
+    name: str
+    """The spec it was opened from, resolved: ``toy:toy-small``, ``file:/data/notes.txt``."""
+    key: str
+    """Identifies the texts (a hash, or a released dataset's name): caches are keyed by it."""
+    read: Callable[[int], list[str]]
+    """Reads at most the first ``n`` texts."""
+
+    def texts(self, num_texts: int) -> list[str]:
+        """The corpus's first ``num_texts`` texts (all of them if it has fewer)."""
+        return list(self.read(num_texts))[:num_texts]
+
+
+CorpusOpener = Callable[[str, str | None], Corpus]
+"""``(argument after the kind, model name or None) -> Corpus``."""
+
+
+def texts_key(texts: Iterable[str]) -> str:
+    """SHA-256 (16 hex digits) of the texts, each length-prefixed (so no two lists collide)."""
+    digest = hashlib.sha256()
+    for text in texts:
+        encoded = text.encode()
+        digest.update(len(encoded).to_bytes(8, "little"))
+        digest.update(encoded)
+    return digest.hexdigest()[:16]
+
+
+def files_key(path: Path) -> str:
+    """SHA-256 (16 hex digits) of a file's bytes, or of a folder's files (names and bytes)."""
+    files = sorted(p for p in path.rglob("*") if p.is_file()) if path.is_dir() else [path]
+    digest = hashlib.sha256()
+    for file in files:
+        digest.update(str(file.relative_to(path) if path.is_dir() else file.name).encode())
+        with file.open("rb") as handle:
+            for block in iter(lambda: handle.read(1 << 20), b""):
+                digest.update(block)
+    return digest.hexdigest()[:16]
+
+
+def from_texts(name: str, texts: Sequence[str]) -> Corpus:
+    """A corpus of texts already in memory (keyed by their hash, so ``name`` is only a label)."""
+    held = list(texts)
+    return Corpus(name, f"{name}@{texts_key(held)}", lambda count: held[:count])
+
+
+def toy_corpus(world_name: str, model: str | None = None) -> Corpus:
+    """The training text of toy world ``world_name`` (empty: the world of ``model``).
+
+    A long-tail world's text states each entity's facts as often as its popularity tier does,
+    as the text its LM was trained on.
+
+    Raises:
+        errors.UsageError: No world named, and ``model`` is not a toy world's LM.
+        errors.MissingFileError: The world is not built.
+    """
+    if not world_name:
+        paths = build.toy_world_of_model(model) if model is not None else None
+        if paths is None:
+            raise errors.UsageError(
+                f"corpus {TOY_KIND!r} is the text of the edited model's toy world, but "
+                f"{model!r} is not a toy world's model; pass {CORPUS_FLAG} "
+                f"{TOY_KIND}:NAME (e.g. toy:toy-small), file:PATH or NAME[:CONFIG] (a Hugging "
+                "Face text dataset)"
+            )
+        world_name = paths.name
+    paths = build.toy_world_paths(world_name)
+    if not paths.world_file.is_file():
+        raise errors.MissingFileError(
+            f"corpus {TOY_KIND}:{world_name} needs the toy world file {paths.world_file}; build "
+            f"the world first (python -m scripts.build_toy, or load the model {world_name!r})"
+        )
+    world = build.load_world(world_name)
+    texts = [document.text for document in training_documents(world, tiers=world_tiers(world))]
+    return Corpus(
+        f"{TOY_KIND}:{world_name}",
+        f"{TOY_KIND}:{world_name}@{texts_key(texts)}",
+        lambda count: texts[:count],
+    )
+
+
+def file_corpus(path_text: str, model: str | None = None) -> Corpus:
+    """Texts in a local file or a ``save_to_disk`` folder (see the module's description).
+
+    Raises:
+        errors.MissingFileError: Nothing at the path.
+        errors.UsageError: A file of another kind, or records without a ``text`` field.
+    """
+    path = Path(path_text).expanduser()
+    if not path.exists():
+        raise errors.MissingFileError(
+            f"no corpus file at {path}; pass {CORPUS_FLAG} file:PATH with a .txt, .jsonl or .json "
+            "file, or a folder written by datasets' save_to_disk"
+        )
+    if path.is_dir():
+
+        def read(count: int) -> list[str]:
+            try:
+                loaded = datasets.load_from_disk(str(path))
+            except FileNotFoundError as error:
+                raise errors.UsageError(
+                    f"corpus folder {path} was not written by datasets' save_to_disk ({error}); "
+                    "pass the folder save_to_disk wrote, or a .txt, .jsonl or .json file"
+                ) from error
+            if isinstance(loaded, datasets.DatasetDict):
+                if "train" not in loaded:
+                    raise errors.UsageError(
+                        f"corpus folder {path} holds splits {sorted(loaded)} but no 'train'; "
+                        "save the split to read with save_to_disk"
+                    )
+                loaded = loaded["train"]
+            return _text_column(loaded, f"file:{path}", count)
+
+    elif path.suffix == ".txt":
+
+        def read(count: int) -> list[str]:
+            lines = path.read_text(encoding="utf-8").splitlines()
+            return [line for line in lines if line.strip()][:count]
+
+    elif path.suffix in (".jsonl", ".json"):
+
+        def read(count: int) -> list[str]:
+            return _json_texts(path)[:count]
+
+    else:
+        raise errors.UsageError(
+            f"cannot read corpus file {path}: expected a .txt (a text per line), .jsonl or "
+            ".json (records with a 'text' field) file, or a save_to_disk folder"
+        )
+    resolved = path.resolve()
+    return Corpus(f"file:{resolved}", f"file:{resolved.name}@{files_key(path)}", read)
+
+
+def hf_corpus(spec: str, model: str | None = None) -> Corpus:
+    """The ``text`` column of the ``train`` split of Hugging Face dataset ``NAME[:CONFIG]``.
+
+    The dataset is loaded when the texts are first read (a cached statistics file needs none).
+    ``NAME`` may be a local dataset folder (data files ``load_dataset`` reads); its key then
+    hashes the folder's files, since a folder's contents, unlike a release, can change.
+    """
+    name = spec.partition(":")[0]
+    local = Path(name).expanduser()
+    key = f"{spec}@{files_key(local)}" if name and local.exists() else spec
+
+    def read(count: int) -> list[str]:
+        config = spec.partition(":")[2]
+        try:
+            loaded = datasets.load_dataset(name, config or None, split="train")
+        except Exception as error:  # datasets raises many kinds (network, missing config, ...)
+            raise errors.UsageError(
+                f"cannot load the corpus {spec!r} ({type(error).__name__}: {error}); pass "
+                f"{CORPUS_FLAG} NAME[:CONFIG] with a Hugging Face text dataset that is cached on "
+                "this machine (e.g. wikitext:wikitext-103-raw-v1), file:PATH with local texts, "
+                f"or {TOY_KIND} on a toy world"
+            ) from error
+        return _text_column(loaded, spec, count)
+
+    return Corpus(spec, key, read)
+
+
+CORPORA: dict[str, CorpusOpener] = {TOY_KIND: toy_corpus, "file": file_corpus, HF_KIND: hf_corpus}
+"""Registry: corpus kind -> the function that opens a corpus of that kind."""
+
+
+def open_corpus(spec: str, model: str | None = None) -> Corpus:
+    """The corpus ``spec`` names (see the module's description); ``model`` is the name of the
+    model the statistics are for, which ``toy`` needs to find its world.
+
+    Raises:
+        errors.UsageError: An empty spec, or one its kind cannot open (the message says why).
+    """
+    if not spec.strip():
+        raise errors.UsageError(
+            f"empty corpus name; pass {CORPUS_FLAG} {TOY_KIND}[:WORLD], file:PATH or NAME[:CONFIG]"
+        )
+    kind, _, argument = spec.partition(":")
+    if kind in CORPORA:
+        return CORPORA[kind](argument, model)
+    return CORPORA[HF_KIND](spec, model)
+
+
+def _text_column(loaded: datasets.Dataset, name: str, count: int) -> list[str]:
+    if TEXT_COLUMN not in loaded.column_names:
+        raise errors.UsageError(
+            f"corpus {name!r} has no {TEXT_COLUMN!r} column (columns: {loaded.column_names}); "
+            f"pass {CORPUS_FLAG} with a text dataset"
+        )
+    # Empty texts (wikitext's blank lines) are skipped; read ahead so that count texts remain.
+    selected = loaded.select(range(min(len(loaded), 4 * count)))[TEXT_COLUMN]
+    return [text for text in selected if isinstance(text, str) and text.strip()][:count]
+
+
+def _json_texts(path: Path) -> list[str]:
+    raw = path.read_text(encoding="utf-8")
+    try:
+        if path.suffix == ".jsonl":
+            records = [json.loads(line) for line in raw.splitlines() if line.strip()]
+        else:
+            records = json.loads(raw)
+    except json.JSONDecodeError as error:
+        raise errors.UsageError(f"corpus file {path} is not valid JSON: {error}") from error
+    if not isinstance(records, list) or not all(
+        isinstance(record, dict) and isinstance(record.get(TEXT_COLUMN), str) for record in records
+    ):
+        raise errors.UsageError(
+            f"corpus file {path} must hold records with a {TEXT_COLUMN!r} string field, e.g. "
+            '{"text": "..."} per line (.jsonl) or a list of them (.json)'
+        )
+    return [record[TEXT_COLUMN] for record in records if record[TEXT_COLUMN].strip()]
