@@ -19,7 +19,8 @@ is the context after the (last) mention of the entity, and the prompt is the rec
 paraphrase prompt, cleaned of the paraphrase generator's debris
 (:func:`clean_counterfact_paraphrase`). ``prompt_source="rewrite"`` uses the rewrite prompt as
 the prompt instead. Records that cannot be used (subject absent from the prompt, empty target,
-new target equal to the true one) are dropped and counted in the log; a file that is not
+new target equal to the true one, new target containing the subject) are dropped and counted in
+the log; a file that is not
 CounterFact at all raises an error naming the file and its first bad record.
 """
 
@@ -274,6 +275,11 @@ def _unusable_reason(subject: str, prompt: str, target_new: str, target_true: st
     if target_new.strip() == target_true.strip():
         # Efficacy (p(new) > p(true)) is undefined when they are the same word.
         return "target_new equals target_true"
+    if subject in target_new:
+        # The context ends with the new target, so the subject's last mention would be inside
+        # it, and the attribute after that mention empty or a fragment ("Florence is a twin
+        # city of Florence"; "... declares the language Russian" about Russia).
+        return "target_new contains the subject"
     return None
 
 
@@ -427,8 +433,9 @@ def load_counterfact_records(
     """Load CounterFact's raw ROME records, validated, without the unusable ones.
 
     ``file`` defaults to the download cache (downloaded if absent). A record whose prompt has
-    no ``{}`` slot for its subject, whose target is empty, or whose new target equals the true
-    one is dropped and counted in the log.
+    no ``{}`` slot for its subject, whose target is empty, whose new target equals the true
+    one, or whose new target contains the subject (case 485: "Florence is a twin city of" ->
+    "Florence") is dropped and counted in the log.
     """
     path = ensure_counterfact_file(file, url=url, **download_kwargs)
     raw = read_json_list(path, "CounterFact file")
