@@ -155,6 +155,27 @@ def test_easyedit_records_whose_new_target_is_the_subject_are_dropped(name, capl
         assert sample["attribute"].endswith(sample["target_mediated"])
 
 
+@pytest.mark.shared_data
+def test_easyedit_records_for_evaluation_hold_what_the_format_has_and_training_samples():
+    file = env.shared_data_dir() / "counterfact_easyedit" / "counterfact-edit-1k.json"
+    raw = {record["case_id"]: record for record in json.loads(file.read_text())}
+
+    records = data.load_counterfact_easyedit_records(file)
+    samples = data.load_counterfact_easyedit(file)
+
+    assert len(records) == len(samples) == len(raw)
+    for record, sample in zip(records, samples, strict=True):
+        original = raw[record["case_id"]]
+        assert data.counterfact_prompt(record) == original["prompt"]
+        assert record["paraphrase_prompts"] == [original["rephrase_prompt"]]
+        assert record["neighborhood_prompts"] == [original["locality_prompt"]]
+        assert record["generation_prompts"] == [original["prompt"]]
+        assert record["attribute_prompts"] == []
+        # The evaluation's case is the sample training built from the same record.
+        rebuilt = data.counterfact_record_sample(record)
+        assert {**rebuilt, "source": sample["source"]} == sample
+
+
 def test_easyedit_drops_unusable_records_with_a_count(tmp_path, caplog):
     records = [
         {"case_id": 1, "prompt": "Kelo Vantri speaks", "subject": "Kelo Vantri"},
