@@ -18,7 +18,7 @@ from remedi import env, evaluation, io, training
 from remedi.evaluation import counterfact_report, result_file
 from remedi.toy import export
 from remedi.toy.world import generate_world
-from scripts import eval_fact_gen
+from scripts import eval_fact_gen, trace_counterfact
 from tests.conftest import tiny_gpt2
 
 METHODS = ("remedi", "prefix", "replace", "unedited")
@@ -356,3 +356,17 @@ def test_editors_trained_on_easyedit_counterfact_are_evaluated_on_what_it_has(
         json.loads((experiment / "summary.json").read_text())
     )
     assert [row.method for row in summary.rows] == list(METHODS)
+
+
+@pytest.mark.shared_data
+def test_tracing_reads_easyedit_counterfact(setup, easyedit_run, results_dir, capsys):
+    argv = ["-m", str(setup["model"]), "-n", "2", "--kinds", "mlp", "--window-sizes", "1"]
+    argv += ["--num-samples", "2", "--device", "cpu", "--name", "trace_easyedit"]
+    argv += ["-d", "counterfact_easyedit", "--dataset-file", str(easyedit_run["file"])]
+
+    assert trace_counterfact.main(argv) == 0
+
+    assert "of 2 cases answered correctly" in capsys.readouterr().out
+    records = json.loads(easyedit_run["file"].read_text())[:2]
+    traced = sorted(p.stem for p in (results_dir / "trace_easyedit" / "cases").iterdir())
+    assert all(any(str(r["case_id"]) in name for name in traced) for r in records)
