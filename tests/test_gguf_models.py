@@ -24,6 +24,7 @@ from safetensors import safe_open
 from tokenizers.pre_tokenizers import ByteLevel
 
 from remedi import env, errors, gguf_models, models
+from tests.conftest import smollm2_verdict
 
 TINY_NAME = "tiny-gguf-llama"
 TINY_PACKAGE = "tiny-gguf-lm"
@@ -269,3 +270,13 @@ def test_smollm2_knows_the_capital_of_france(smollm2: models.ModelAndTokenizer):
 def test_an_unknown_packaged_model_lists_the_known_ones():
     with pytest.raises(errors.UsageError, match="smollm2-135m"):
         gguf_models.fetch_model("smollm3-9b")
+
+
+def test_smollm2_tests_skip_naming_the_fetch_task_and_fail_when_required(tmp_path: Path):
+    with env.overridden(REMEDI_MODELS_DIR=tmp_path / "models"):
+        skip = smollm2_verdict(required=False)
+        fail = smollm2_verdict(required=True)
+    assert skip is not None and skip[0] == "skip"
+    assert fail is not None and fail[0] == "fail" and "REMEDI_REQUIRE_SMOLLM2=1" in fail[1]
+    for _, reason in (skip, fail):
+        assert "`invoke x.models.fetch smollm2-135m`" in reason
