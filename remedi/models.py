@@ -24,7 +24,7 @@ import torch
 import transformers
 from transformers.pytorch_utils import Conv1D
 
-from remedi import errors
+from remedi import errors, gguf_models
 
 logger = logging.getLogger(__name__)
 
@@ -526,6 +526,11 @@ def _resolve_name(name_or_path: str) -> str:
         return str(ensure_toy_world(name_or_path).model_dir)
     if name_or_path in MODEL_ALIASES:
         return MODEL_ALIASES[name_or_path]
+    if name_or_path in gguf_models.PACKAGED_GGUF_MODELS and not Path(name_or_path).exists():
+        spec = gguf_models.PACKAGED_GGUF_MODELS[name_or_path]
+        if not gguf_models.is_converted(spec):
+            raise ModelLoadError(gguf_models.missing_model_message(name_or_path))
+        return str(gguf_models.converted_model_dir(name_or_path))
     path = Path(name_or_path).expanduser()
     if path.exists():
         return str(path)
@@ -535,7 +540,7 @@ def _resolve_name(name_or_path: str) -> str:
             f"no model directory at {path}: pass a directory written by "
             "`model.save_pretrained(DIR)` and `tokenizer.save_pretrained(DIR)`, "
             "a Hugging Face hub name (e.g. EleutherAI/gpt-j-6B), or an alias "
-            f"({', '.join(MODEL_ALIASES)}, toy)"
+            f"({', '.join([*MODEL_ALIASES, *gguf_models.PACKAGED_GGUF_MODELS])}, toy)"
         )
     return name_or_path
 
@@ -591,7 +596,8 @@ def load_model(
 
     Args:
         name_or_path: A Hugging Face hub name, an alias (``gpt2``, ``gpt2-xl``, ``gptj``,
-            ``neox``, ``pythia-70m`` .. ``pythia-12b``), a directory saved with
+            ``neox``, ``pythia-70m`` .. ``pythia-12b``), a model converted from a package's
+            GGUF file (``smollm2-135m``: see :mod:`remedi.gguf_models`), a directory saved with
             ``save_pretrained``, or a toy-world name (``toy``, ``toy-small``, ``toy-<arch>``,
             ``toy-small-<arch>``; built on first use).
         device: Where to put the model (default CPU). Ignored when ``device_map`` is given.

@@ -65,7 +65,14 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     )
     parser.add_argument("--stats-dir", type=Path, help="key statistics cache")
     parser.add_argument("--stats-num-texts", type=int, help="texts of the statistics corpus")
-    parser.add_argument("--dataset-file", type=Path, help="ROME-format counterfact.json")
+    parser.add_argument(
+        "-d",
+        "--dataset",
+        choices=data.COUNTERFACT_DATASETS,
+        default="counterfact",
+        help="format of --dataset-file: counterfact (ROME's, default) or counterfact_easyedit",
+    )
+    parser.add_argument("--dataset-file", type=Path, help="CounterFact file (see --dataset)")
     parser.add_argument("--world-file", type=Path, help="toy world.json (default: beside it)")
     parser.add_argument("--device", help="e.g. cuda or cpu (default: cuda if available)")
     parser.add_argument("--dtype", help="model dtype, e.g. float32, bfloat16")
@@ -96,7 +103,7 @@ def edit_layers(value: str, num_layers: int) -> list[int]:
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
-    records = data.load_counterfact_records(args.dataset_file)
+    records = data.COUNTERFACT_RECORD_LOADERS[args.dataset](args.dataset_file)
     cases = evaluation.first_cases(records, args.num_cases, "to edit")
     dataset_dir = args.dataset_file.parent if args.dataset_file else env.data_dir()
     resources = evaluation.load_resources(dataset_dir, world_file=args.world_file)

@@ -70,9 +70,17 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--device", help="e.g. cuda or cpu (default: cuda if available)")
     parser.add_argument("--dtype", help="model dtype, e.g. float32, bfloat16, float16")
     parser.add_argument(
+        "-d",
+        "--dataset",
+        choices=data.COUNTERFACT_DATASETS,
+        help="format of the CounterFact file: counterfact (ROME's) or counterfact_easyedit "
+        "(EasyEdit's reduced one) (default: the training run's, else counterfact)",
+    )
+    parser.add_argument(
         "--dataset-file",
         type=Path,
-        help="ROME-format counterfact.json (default: the training run's, else the cache)",
+        help="CounterFact file in the --dataset format (default: the training run's, else "
+        "ROME's counterfact.json from the cache)",
     )
     parser.add_argument(
         "--rome-data-dir",
@@ -141,13 +149,21 @@ def main(argv: Sequence[str] | None = None) -> int:
     dataset_file: Path | None = args.dataset_file
     test_ids: list[str] | None = None
     prompt_source = args.counterfact_prompt
+    dataset: str | None = args.dataset
     if args.editors_dir is not None:
-        run = training.load_run(
-            args.editors_dir,
-            "counterfact",
-            "this evaluation needs CounterFact in ROME's format (paraphrase, neighborhood and "
-            "generation prompts)",
-        )
+        run = training.load_run(args.editors_dir)
+        if run.args.dataset not in data.COUNTERFACT_RECORD_LOADERS:
+            raise errors.MismatchError(
+                f"the editors in {args.editors_dir} were trained on {run.args.dataset!r}; this "
+                f"evaluation reads CounterFact ({', '.join(data.COUNTERFACT_RECORD_LOADERS)}): "
+                "evaluate these editors with the script of their dataset"
+            )
+        if dataset is not None and dataset != run.args.dataset:
+            raise errors.MismatchError(
+                f"the editors in {args.editors_dir} were trained on {run.args.dataset!r}, not "
+                f"--dataset {dataset}; drop --dataset to evaluate on their data"
+            )
+        dataset = run.args.dataset
         test_ids = list(run.split.test)
         if dataset_file is None and run.args.dataset_file:
             dataset_file = Path(run.args.dataset_file)
@@ -155,7 +171,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             prompt_source = run.args.counterfact_prompt
         args.random = args.random or run.args.random_init
     prompt_source = prompt_source or "paraphrase"
-    records = data.load_counterfact_records(dataset_file)
+    dataset = dataset or "counterfact"
+    records = data.COUNTERFACT_RECORD_LOADERS[dataset](dataset_file)
     cases = evaluation.counterfact_cases(records, test_ids, prompt_source=prompt_source)
     if args.max_cases is not None:
         cases = cases[: args.max_cases]
@@ -210,6 +227,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     summary = counterfact_report.summarize(
         results, title=f"{args.name}: {args.model}, {len(cases)} cases"
     )
+    summary.notes += evaluation.unscored_method_notes(methods, cases)
+    summary.notes += evaluation.dataset_notes(dataset)
     files = counterfact_report.write_summary(summary, experiment_dir)
     print(counterfact_report.markdown_table(summary))
     print(f"results: {experiment_dir}")

@@ -60,7 +60,14 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         default=tracing.DEFAULT_MAX_BATCH_ROWS,
         help="rows per forward pass (restorations x noise samples)",
     )
-    parser.add_argument("--dataset-file", type=Path, help="ROME-format counterfact.json")
+    parser.add_argument(
+        "-d",
+        "--dataset",
+        choices=data.COUNTERFACT_DATASETS,
+        default="counterfact",
+        help="format of --dataset-file: counterfact (ROME's, default) or counterfact_easyedit",
+    )
+    parser.add_argument("--dataset-file", type=Path, help="CounterFact file (see --dataset)")
     parser.add_argument("--device", help="e.g. cuda or cpu (default: cuda if available)")
     parser.add_argument("--dtype", help="model dtype, e.g. float32, bfloat16")
     parser.add_argument("--rerun", action="store_true", help="retrace finished cases")
@@ -70,7 +77,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
-    records = data.load_counterfact_records(args.dataset_file)
+    records = data.COUNTERFACT_RECORD_LOADERS[args.dataset](args.dataset_file)
     cases = evaluation.first_cases(records, args.num_cases, "to trace")
     mt = models.load_model(args.model, device=device, dtype=args.dtype)
 

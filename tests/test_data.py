@@ -123,6 +123,59 @@ def test_easyedit_format_on_a_real_file():
         assert sample["entity"] not in sample["attribute"]
 
 
+# EasyEdit's cases whose new target is their subject ("Florence is a twin city of" ->
+# "Florence"), by file; and case 7298 ("The law in Russia declares the language" -> "Russian"),
+# whose new target contains it. Each left an empty or broken attribute that stopped training.
+TARGET_IS_SUBJECT = {
+    "counterfact-train.json": [485, 8594, 18674],
+    "counterfact-edit.json": [3154, 3229, 7093, 13400, 17753],
+    "counterfact-val.json": [796],
+}
+TARGET_CONTAINS_SUBJECT = {"counterfact-edit.json": [7298]}
+
+
+@pytest.mark.shared_data
+@pytest.mark.parametrize("name", sorted(TARGET_IS_SUBJECT))
+def test_easyedit_records_whose_new_target_is_the_subject_are_dropped(name, caplog):
+    file = env.shared_data_dir() / "counterfact_easyedit" / name
+    raw = {record["case_id"]: record for record in json.loads(file.read_text())}
+    dropped = TARGET_IS_SUBJECT[name] + TARGET_CONTAINS_SUBJECT.get(name, [])
+    assert all(raw[case]["subject"] in raw[case]["target_new"] for case in dropped)
+
+    with caplog.at_level(logging.WARNING, logger="remedi.data"):
+        samples = data.load_dataset("counterfact_easyedit", file=file, prompt_source="rewrite")
+
+    assert not {f"counterfact/{case}" for case in dropped} & set(samples["id"])
+    assert f"{len(dropped)} target_new contains the subject" in caplog.text
+    assert len(samples) == len(raw) - len(dropped)
+    # Every sample left has an attribute after the subject's mention in the prompt.
+    for sample in samples:
+        assert sample["attribute"] and sample["entity"] not in sample["attribute"]
+        assert sample["context"].endswith(f"{sample['attribute']}")
+        assert sample["attribute"].endswith(sample["target_mediated"])
+
+
+@pytest.mark.shared_data
+def test_easyedit_records_for_evaluation_hold_what_the_format_has_and_training_samples():
+    file = env.shared_data_dir() / "counterfact_easyedit" / "counterfact-edit-1k.json"
+    raw = {record["case_id"]: record for record in json.loads(file.read_text())}
+
+    records = data.load_counterfact_easyedit_records(file)
+    samples = data.load_counterfact_easyedit(file)
+
+    assert len(records) == len(samples) == len(raw)
+    for record, sample in zip(records, samples, strict=True):
+        original = raw[record["case_id"]]
+        assert data.counterfact_prompt(record) == original["prompt"]
+        assert record["paraphrase_prompts"] == [original["rephrase_prompt"]]
+        assert record["neighborhood_prompts"] == [original["locality_prompt"]]
+        assert record["generation_prompts"] == [original["prompt"]]
+        assert record["attribute_prompts"] == []
+        # The evaluation's case is the sample training built from the same record.
+        rebuilt = data.counterfact_record_sample(record)
+        assert {**rebuilt, "source": sample["source"]} == sample
+
+
 def test_easyedit_drops_unusable_records_with_a_count(tmp_path, caplog):
     records = [
         {"case_id": 1, "prompt": "Kelo Vantri speaks", "subject": "Kelo Vantri"},

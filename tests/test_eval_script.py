@@ -14,11 +14,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from remedi import evaluation, io, training
-from remedi.evaluation import counterfact_report
+from remedi import env, evaluation, io, training
+from remedi.evaluation import counterfact_report, result_file
 from remedi.toy import export
 from remedi.toy.world import generate_world
-from scripts import eval_fact_gen
+from scripts import eval_fact_gen, trace_counterfact
 from tests.conftest import tiny_gpt2
 
 METHODS = ("remedi", "prefix", "replace", "unedited")
@@ -280,3 +280,93 @@ def test_methods_and_baselines_share_one_table(setup, results_dir, capsys):
     assert sorted(p.name for p in experiment.iterdir() if p.is_dir()) == ["prefix", "unedited"]
     out = capsys.readouterr().out
     assert "| Prefix | 2 |" in out and "| Unedited | 2 |" in out
+
+
+@pytest.fixture(scope="module")
+def easyedit_run(setup, tmp_path_factory) -> dict[str, Path]:
+    """Editors trained on real EasyEdit-format CounterFact records (the first 16 of the 1k
+    edit file), with the tiny model of ``setup``."""
+    source = env.shared_data_dir() / "counterfact_easyedit" / "counterfact-edit-1k.json"
+    if not source.is_file():
+        pytest.fail(f"real data file missing: {source} (see ../shared/data/README.md)")
+    root = tmp_path_factory.mktemp("easyedit")
+    file = root / "counterfact-edit-16.json"
+    io.write_json(file, json.loads(source.read_text())[:16])
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("REMEDI_RESULTS_DIR", str(setup["results"]))
+        training.train_run(
+            training.RunArgs(
+                name="editors_easyedit",
+                model=str(setup["model"]),
+                dataset="counterfact_easyedit",
+                dataset_file=str(file),
+                layers=[0],
+                max_epochs=1,
+                test_size=0.25,
+                seed=0,
+            )
+        )
+    return {"file": file, "editors": setup["results"] / "editors_easyedit"}
+
+
+@pytest.mark.shared_data
+def test_editors_trained_on_easyedit_counterfact_are_evaluated_on_what_it_has(
+    setup, easyedit_run, results_dir, capsys
+):
+    argv = [
+        *_argv(setup, "eval_easyedit", "--max-cases", "3"),
+        "-b",
+        *("efficacy", "paraphrase", "neighborhood", "relation_specificity", "generation"),
+    ]
+    argv[argv.index("-e") + 1] = str(easyedit_run["editors"])
+
+    assert eval_fact_gen.main(argv) == 0
+
+    experiment = results_dir / "eval_easyedit"
+    out = capsys.readouterr().out
+    records = {r["case_id"]: r for r in json.loads(easyedit_run["file"].read_text())}
+    efficacy = evaluation.read_result(result_file(experiment, "remedi", "efficacy"), "efficacy")
+    assert isinstance(efficacy, evaluation.ProbabilityResults) and len(efficacy.cases) == 3
+    paraphrase = evaluation.read_result(
+        result_file(experiment, "unedited", "paraphrase"), "paraphrase"
+    )
+    neighborhood = evaluation.read_result(
+        result_file(experiment, "unedited", "neighborhood"), "neighborhood"
+    )
+    assert isinstance(paraphrase, evaluation.ProbabilityResults)
+    assert isinstance(neighborhood, evaluation.ProbabilityResults)
+    for case in paraphrase.cases:
+        assert case.prompts == [records[case.case_id]["rephrase_prompt"]]
+    for case in neighborhood.cases:
+        assert case.prompts == [records[case.case_id]["locality_prompt"]]
+    generation = evaluation.read_result(
+        result_file(experiment, "unedited", "generation"), "generation"
+    )
+    assert isinstance(generation, evaluation.GenerationResults)
+    assert [case.prompts for case in generation.cases] == [
+        [records[case.case_id]["prompt"]] for case in generation.cases
+    ]
+    # No replacement entity for any case: Replace's row is empty, and the table is written.
+    replace = evaluation.read_result(result_file(experiment, "replace", "efficacy"), "efficacy")
+    assert isinstance(replace, evaluation.ProbabilityResults) and replace.cases == []
+    assert re.search(r"\| Replace \| 0 \|( n/a \|)+", out)
+    assert "Replace: nothing to score" in out
+    assert "EasyEdit's reduced format" in out
+    summary = counterfact_report.Summary.from_dict(
+        json.loads((experiment / "summary.json").read_text())
+    )
+    assert [row.method for row in summary.rows] == list(METHODS)
+
+
+@pytest.mark.shared_data
+def test_tracing_reads_easyedit_counterfact(setup, easyedit_run, results_dir, capsys):
+    argv = ["-m", str(setup["model"]), "-n", "2", "--kinds", "mlp", "--window-sizes", "1"]
+    argv += ["--num-samples", "2", "--device", "cpu", "--name", "trace_easyedit"]
+    argv += ["-d", "counterfact_easyedit", "--dataset-file", str(easyedit_run["file"])]
+
+    assert trace_counterfact.main(argv) == 0
+
+    assert "of 2 cases answered correctly" in capsys.readouterr().out
+    records = json.loads(easyedit_run["file"].read_text())[:2]
+    traced = sorted(p.stem for p in (results_dir / "trace_easyedit" / "cases").iterdir())
+    assert all(any(str(r["case_id"]) in name for name in traced) for r in records)

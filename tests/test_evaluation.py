@@ -272,6 +272,19 @@ def test_replace_and_prefix_rewrite_prompts(cases):
     assert prefix.visible(cases[1], "Hi") == "Hi"
 
 
+def test_a_method_that_applies_to_no_case_gets_empty_results(mt, cases, resources):
+    # e.g. data without any replacement entity
+    nothing = evaluation.TextMethod(registry.METHODS["replace"], {})
+    assert evaluation.target_log_probs(mt, nothing, []).shape == (0,)
+    assert evaluation.next_token_predictions(mt, nothing, []).shape == (0,)
+    assert evaluation.generate_texts(mt, nothing, []) == []
+    for benchmark in ("efficacy", "paraphrase", "neighborhood", "generation"):
+        result = evaluation.BENCHMARKS[benchmark](mt, nothing, cases, resources)
+        assert result.cases == []
+    notes = evaluation.unscored_method_notes([nothing, PREFIX], cases)
+    assert len(notes) == 1 and notes[0].startswith("Replace: nothing to score")
+
+
 # --- relation specificity ----------------------------------------------------------------------
 
 

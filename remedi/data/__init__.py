@@ -38,6 +38,7 @@ from remedi.data.counterfact import (
     COUNTERFACT_FILE_NAME,
     COUNTERFACT_PARAPHRASE_ARTIFACTS,
     COUNTERFACT_PROMPT_SOURCES,
+    COUNTERFACT_RECORD_LOADERS,
     COUNTERFACT_SHA256,
     COUNTERFACT_SIZE,
     COUNTERFACT_URL,
@@ -53,6 +54,7 @@ from remedi.data.counterfact import (
     ensure_counterfact_file,
     load_counterfact,
     load_counterfact_easyedit,
+    load_counterfact_easyedit_records,
     load_counterfact_records,
 )
 from remedi.data.samples import (
@@ -80,6 +82,7 @@ __all__ = [
     "COUNTERFACT_FILE_NAME",
     "COUNTERFACT_PARAPHRASE_ARTIFACTS",
     "COUNTERFACT_PROMPT_SOURCES",
+    "COUNTERFACT_RECORD_LOADERS",
     "COUNTERFACT_SHA256",
     "COUNTERFACT_SIZE",
     "COUNTERFACT_URL",
@@ -100,6 +103,7 @@ __all__ = [
     "entity_disjoint_split",
     "load_counterfact",
     "load_counterfact_easyedit",
+    "load_counterfact_easyedit_records",
     "load_counterfact_records",
     "load_dataset",
     "log_dropped",

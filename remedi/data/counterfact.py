@@ -19,7 +19,8 @@ is the context after the (last) mention of the entity, and the prompt is the rec
 paraphrase prompt, cleaned of the paraphrase generator's debris
 (:func:`clean_counterfact_paraphrase`). ``prompt_source="rewrite"`` uses the rewrite prompt as
 the prompt instead. Records that cannot be used (subject absent from the prompt, empty target,
-new target equal to the true one) are dropped and counted in the log; a file that is not
+new target equal to the true one, new target containing the subject) are dropped and counted in
+the log; a file that is not
 CounterFact at all raises an error naming the file and its first bad record.
 """
 
@@ -30,7 +31,7 @@ import logging
 import urllib.error
 import urllib.request
 from collections import Counter
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -274,6 +275,11 @@ def _unusable_reason(subject: str, prompt: str, target_new: str, target_true: st
     if target_new.strip() == target_true.strip():
         # Efficacy (p(new) > p(true)) is undefined when they are the same word.
         return "target_new equals target_true"
+    if subject in target_new:
+        # The context ends with the new target, so the subject's last mention would be inside
+        # it, and the attribute after that mention empty or a fragment ("Florence is a twin
+        # city of Florence"; "... declares the language Russian" about Russia).
+        return "target_new contains the subject"
     return None
 
 
@@ -427,8 +433,9 @@ def load_counterfact_records(
     """Load CounterFact's raw ROME records, validated, without the unusable ones.
 
     ``file`` defaults to the download cache (downloaded if absent). A record whose prompt has
-    no ``{}`` slot for its subject, whose target is empty, or whose new target equals the true
-    one is dropped and counted in the log.
+    no ``{}`` slot for its subject, whose target is empty, whose new target equals the true
+    one, or whose new target contains the subject (case 485: "Florence is a twin city of" ->
+    "Florence") is dropped and counted in the log.
     """
     path = ensure_counterfact_file(file, url=url, **download_kwargs)
     raw = read_json_list(path, "CounterFact file")
@@ -494,6 +501,51 @@ def load_counterfact(
 # CounterFact in EasyEdit's reduced format.
 
 EASYEDIT_REQUIRED_FIELDS = ("case_id", "prompt", "subject", "target_new", "ground_truth")
+EASYEDIT_OPTIONAL_FIELDS = ("rephrase_prompt", "locality_prompt", "locality_ground_truth")
+
+
+def _usable_easyedit_records(path: Path) -> list[dict[str, Any]]:
+    """The records of an EasyEdit-format file, validated, without the unusable ones (counted
+    in the log)."""
+    raw = read_json_list(path, "CounterFact (EasyEdit format) file")
+    what = "CounterFact in EasyEdit's format"
+    hint = f"Expected EasyEdit records with fields {', '.join(EASYEDIT_REQUIRED_FIELDS)}."
+    records = []
+    dropped: dict[str, int] = {}
+    for index, record in enumerate(raw):
+        if isinstance(record, dict) and "requested_rewrite" in record:
+            hint = "It looks like ROME's full format: load it with -d counterfact."
+        if not isinstance(record, dict):
+            raise_bad_record(path, what, index, record, "is not a JSON object", hint)
+        if not isinstance(record.get("case_id"), int | str):
+            raise_bad_record(path, what, index, record, "has no case_id", hint)
+        for key in EASYEDIT_REQUIRED_FIELDS[1:]:
+            if not isinstance(record.get(key), str):
+                problem = f"has no string field {key!r}"
+                raise_bad_record(path, what, index, record, problem, hint)
+        for key in EASYEDIT_OPTIONAL_FIELDS:
+            if record.get(key) is not None and not isinstance(record[key], str):
+                problem = f"has a {key} that is not a string"
+                raise_bad_record(path, what, index, record, problem, hint)
+        reason = _unusable_reason(
+            record["subject"], record["prompt"], record["target_new"], record["ground_truth"]
+        )
+        if reason is not None:
+            dropped[reason] = dropped.get(reason, 0) + 1
+            continue
+        records.append(record)
+    log_dropped(path, len(raw), dropped)
+    return records
+
+
+def _require_easyedit_file(file: Path | None) -> Path:
+    if file is None:
+        folder = env.shared_data_dir() / "counterfact_easyedit"
+        raise errors.MissingFileError(
+            "the counterfact_easyedit dataset needs its file: pass --dataset-file PATH, e.g. "
+            f"{folder / 'counterfact-train.json'}"
+        )
+    return Path(file)
 
 
 def load_counterfact_easyedit(
@@ -507,40 +559,11 @@ def load_counterfact_easyedit(
     prompt (counted in the log).
     """
     _check_prompt_source(prompt_source)
-    if file is None:
-        folder = env.shared_data_dir() / "counterfact_easyedit"
-        raise errors.MissingFileError(
-            "the counterfact_easyedit dataset needs its file: pass --dataset-file PATH, e.g. "
-            f"{folder / 'counterfact-train.json'}"
-        )
-    path = Path(file)
-    raw = read_json_list(path, "CounterFact (EasyEdit format) file")
-    what = "CounterFact in EasyEdit's format"
-    hint = f"Expected EasyEdit records with fields {', '.join(EASYEDIT_REQUIRED_FIELDS)}."
+    path = _require_easyedit_file(file)
     samples = []
-    dropped: dict[str, int] = {}
     choices: Counter[str] = Counter()
-    for index, record in enumerate(raw):
-        if isinstance(record, dict) and "requested_rewrite" in record:
-            hint = "It looks like ROME's full format: load it with -d counterfact."
-        if not isinstance(record, dict):
-            raise_bad_record(path, what, index, record, "is not a JSON object", hint)
-        if not isinstance(record.get("case_id"), int | str):
-            raise_bad_record(path, what, index, record, "has no case_id", hint)
-        for key in EASYEDIT_REQUIRED_FIELDS[1:]:
-            if not isinstance(record.get(key), str):
-                problem = f"has no string field {key!r}"
-                raise_bad_record(path, what, index, record, problem, hint)
+    for record in _usable_easyedit_records(path):
         rephrase = record.get("rephrase_prompt")
-        if rephrase is not None and not isinstance(rephrase, str):
-            problem = "has a rephrase_prompt that is not a string"
-            raise_bad_record(path, what, index, record, problem, hint)
-        reason = _unusable_reason(
-            record["subject"], record["prompt"], record["target_new"], record["ground_truth"]
-        )
-        if reason is not None:
-            dropped[reason] = dropped.get(reason, 0) + 1
-            continue
         prompt, how = _choose_prompt(
             record["subject"], record["prompt"], [rephrase] if rephrase else [], prompt_source
         )
@@ -555,7 +578,60 @@ def load_counterfact_easyedit(
             rewrite_prompt=record["prompt"],
         )
         samples.append(sample)
-    log_dropped(path, len(raw), dropped)
     _log_prompt_choices(path, choices)
     logger.info("loaded %d CounterFact (EasyEdit format) samples from %s", len(samples), path)
     return samples_dataset(samples)
+
+
+def _rome_record_of_easyedit(record: Mapping[str, Any]) -> dict[str, Any]:
+    """An EasyEdit record in ROME's record schema, with what the reduced format holds."""
+    subject = record["subject"]
+    rephrase, locality = record.get("rephrase_prompt"), record.get("locality_prompt")
+    # The locality prompt asks about another entity whose true object is this case's
+    # (EasyEdit copies it from ROME's neighborhood prompts); one that names another answer
+    # cannot be scored against this case's targets.
+    same_truth = (
+        record.get("locality_ground_truth", record["ground_truth"]) == record["ground_truth"]
+    )
+    return {
+        "case_id": int(record["case_id"]),
+        "pararel_idx": -1,
+        "requested_rewrite": {
+            # The subject occurs in the prompt (checked): mark each mention as ROME's slot.
+            "prompt": record["prompt"].replace(subject, "{}"),
+            "relation_id": "",
+            "target_new": {"str": record["target_new"], "id": ""},
+            "target_true": {"str": record["ground_truth"], "id": ""},
+            "subject": subject,
+        },
+        "paraphrase_prompts": [rephrase] if rephrase else [],
+        "neighborhood_prompts": [locality] if locality and same_truth else [],
+        "attribute_prompts": [],
+        # No generation prompts in this format: generate from the rewrite prompt.
+        "generation_prompts": [record["prompt"]],
+    }
+
+
+def load_counterfact_easyedit_records(file: Path | None = None, **_: Any) -> datasets.Dataset:
+    """EasyEdit-format CounterFact as ROME-schema records, for the evaluation.
+
+    Each record keeps what the reduced format has: the rewrite (ids empty: the format has no
+    Wikidata ids, and no relation id), its ``rephrase_prompt`` as the one paraphrase prompt,
+    its ``locality_prompt`` as the one neighborhood prompt (its answer is the case's true
+    object), and the rewrite prompt as the one generation prompt (ROME's generation prompts
+    are not in the format). There are no attribute prompts, so no replacement entities. The
+    same records are dropped as by :func:`load_counterfact_easyedit`, so a case's sample
+    (:func:`counterfact_record_sample`) is the one training built from that file.
+    """
+    path = _require_easyedit_file(file)
+    records = [_rome_record_of_easyedit(record) for record in _usable_easyedit_records(path)]
+    logger.info("loaded %d CounterFact (EasyEdit format) records from %s", len(records), path)
+    return datasets.Dataset.from_list(records, features=COUNTERFACT_FEATURES)
+
+
+COUNTERFACT_RECORD_LOADERS: dict[str, Callable[..., datasets.Dataset]] = {
+    "counterfact": load_counterfact_records,
+    "counterfact_easyedit": load_counterfact_easyedit_records,
+}
+"""Loaders of CounterFact's records in ROME's schema (what the evaluation reads), by the name
+of the dataset a training run used."""

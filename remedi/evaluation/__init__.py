@@ -27,6 +27,7 @@ from remedi.evaluation.cases import (
     EvalResources,
     ResultSettings,
     counterfact_cases,
+    dataset_notes,
     first_cases,
     load_resources,
     result_settings,
@@ -39,6 +40,7 @@ from remedi.evaluation.counterfact import (
     neighborhood,
     paraphrase,
     relation_specificity,
+    unscored_method_notes,
 )
 
 # The module ``generation`` stays reachable as ``evaluation.generation``; its benchmark function
@@ -106,6 +108,7 @@ __all__ = [
     "clean_generated_text",
     "collect_results",
     "counterfact_cases",
+    "dataset_notes",
     "edit_request",
     "efficacy",
     "essence",
@@ -125,4 +128,5 @@ __all__ = [
     "result_settings",
     "run_benchmarks",
     "target_log_probs",
+    "unscored_method_notes",
 ]

@@ -162,6 +162,23 @@ def first_cases(
     return cases
 
 
+DATASET_NOTES: dict[str, tuple[str, ...]] = {
+    "counterfact_easyedit": (
+        "CounterFact in EasyEdit's reduced format: one paraphrase prompt (rephrase_prompt) and "
+        "one neighborhood prompt (locality_prompt) per case; generation samples from the "
+        "rewrite prompt, not ROME's generation prompts; no attribute prompts (so no Replace "
+        "entities), no attribute snippets or TF-IDF tables (no Consistency, no Essence), no "
+        "relation ids.",
+    ),
+}
+"""What a table of cases from each dataset cannot have, said under the table."""
+
+
+def dataset_notes(dataset: str) -> list[str]:
+    """The notes a summary of cases from ``dataset`` carries (:data:`DATASET_NOTES`)."""
+    return list(DATASET_NOTES.get(dataset, ()))
+
+
 @dataclass
 class EvalResources:
     """What the benchmarks read besides the model: optional files and evaluation settings."""

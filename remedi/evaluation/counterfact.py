@@ -26,7 +26,7 @@ from dataclasses_json import DataClassJsonMixin
 
 from remedi import metrics, models, precompute
 from remedi.evaluation.cases import EvalCase, EvalResources, ResultSettings, result_settings
-from remedi.evaluation.methods import Method, applicable_cases
+from remedi.evaluation.methods import Method, TextMethod, applicable_cases
 from remedi.evaluation.scoring import next_token_predictions, target_log_probs
 
 logger = logging.getLogger(__name__)
@@ -78,6 +78,21 @@ class RelationSpecificityResults(DataClassJsonMixin):
     unchanged: metrics.Metric | None = None
     implied_changed: metrics.Metric | None = None
     cases: list[RelationSpecificityCase] = field(default_factory=list)
+
+
+def unscored_method_notes(methods: Sequence[Method], cases: Sequence[EvalCase]) -> list[str]:
+    """A note for each method that applies to none of ``cases`` (its row stays empty)."""
+    notes = []
+    for method in methods:
+        if cases and not applicable_cases(method, cases):
+            why = (
+                "no case has a replacement entity (they come from the toy world, ROME's "
+                "attribute snippets, or the cases' attribute prompts)"
+                if isinstance(method, TextMethod) and method.spec.needs_replacement
+                else "it applies to none of the cases"
+            )
+            notes.append(f"{method.label}: nothing to score, its row is empty: {why}.")
+    return notes
 
 
 def _probability_benchmark(

@@ -70,7 +70,12 @@ def _run_grouped(
     queries: Sequence[Query],
     run: Callable[[Sequence[Query]], list[T]],
 ) -> list[T]:
-    """``run`` over the queries group by group (see :func:`_per_case_groups`), in query order."""
+    """``run`` over the queries group by group (see :func:`_per_case_groups`), in query order.
+
+    No queries (a method that applies to none of the cases): nothing runs, no results.
+    """
+    if not queries:
+        return []
     results: dict[int, T] = {}
     for edit, indices in _per_case_groups(mt, method, queries):
         with edit:
