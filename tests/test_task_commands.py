@@ -14,6 +14,7 @@ from invoke.context import Context
 from invoke.exceptions import Exit
 
 import tasks
+from tests.toy_fixtures import toy_dirs
 
 COUNTERFACT_SAMPLE = Path(__file__).parent / "fixtures" / "counterfact_sample.json"
 
@@ -177,3 +178,47 @@ def test_a_run_of_several_layers_is_evaluated_at_the_papers_or_asks_for_one(comm
     _recorded_run(run, "gpt2", "biosbias", [4, 5])
     with pytest.raises(Exit, match=r"trained editors at layers \[4, 5\]; pass --layer N"):
         tasks.eval_gen_biosbias(Context(), model="gpt2")
+
+
+# ---------------------------------------------------------------------------------------
+# A toy task finds or builds its toy data itself.
+
+
+def test_harm_on_a_toy_model_edits_its_worlds_counterfact_without_trained_editors(
+    commands, tmp_path, small_world
+):
+    with toy_dirs(small_world.models_dir, small_world.data_dir):
+        tasks.harm_run(Context(), model="toy-small", edits="5")
+        editors = tmp_path / "editors_counterfact_toy-small"
+        editors.mkdir()
+        tasks.harm_run(Context(), model="toy-small", edits="5")
+    start = ["--model", "toy-small", "--method", "rome", "--mode", "instance-sequential"]
+    start += ["--edits", "5", "--batch-size", "10", "--tasks", "all"]
+    assert commands == [
+        ("scripts.harm_run", [*start, "--dataset-file", str(small_world.paths.counterfact_file)]),
+        ("scripts.harm_run", [*start, "--editors", str(editors)]),
+    ]
+
+
+def test_a_toy_canonical_experiment_exports_its_data_when_it_is_missing(
+    commands, tmp_path, small_world
+):
+    from remedi.toy import canonical as toy_canonical
+
+    data_root = tmp_path / "toy_data"
+    config = tmp_path / "toy_works_for_full.yaml"
+    config.write_text(
+        "model: toy-small\ntask: toy_works_for\n"
+        f"data_root: {data_root}\nsplit: val\nmethod:\n  name: full\n"
+    )
+    tasks.canon_run(Context(), str(config))
+    assert commands == [
+        ("scripts.canon", ["toy-export", "--world", "toy-small", "--out", str(data_root)]),
+        ("scripts.canon", ["run", str(config)]),
+    ]
+
+    commands.clear()
+    world = toy_canonical.load_world(small_world.paths.world_file)
+    toy_canonical.export_toy_canonical(world, data_root, people_per_split=4)
+    tasks.canon_run(Context(), str(config))
+    assert commands == [("scripts.canon", ["run", str(config)])]
