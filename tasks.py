@@ -18,7 +18,7 @@ from pathlib import Path
 from invoke.collection import Collection
 from invoke.context import Context
 from invoke.exceptions import Exit
-from invoke.tasks import task
+from invoke.tasks import Task, task
 
 from remedi import settings
 
@@ -44,6 +44,7 @@ HELP = {
     "entity_layer": "Layer the entity is read at (default: the paper's for the model).",
     "layers": "Layers to sweep, e.g. 0,1,2 (default: every layer of the model).",
 }
+SWEEP_HELP = {key: HELP[key] for key in ("model", "device", "layers")}
 MCRAE_MODEL_HELP = f"Model name or alias (default {DEFAULT_MODEL}; 'toy' for the toy norms)."
 
 
@@ -333,40 +334,49 @@ def _control_model_args(model: str, dataset: str, control_editors: str | None) -
     return []
 
 
-def _classify(
-    c: Context,
-    script: str,
-    dataset: str,
-    model: str,
-    editors_dir: Path,
-    *,
-    layer: int | None,
-    entity_layer: int | None,
-    name: str | None,
-    control_editors: str | None,
-    device: str | None,
-    rerun: bool,
-    random: bool,
-) -> None:
-    """Classification with the directions of the editors at ``editors_dir``: with the control
-    model's editors as a row, or (``random``) on the random model itself."""
-    probe_args = ["-l", str(_trained_layer(editors_dir, model, dataset, layer))]
-    probe_args += ["--entity-layers", str(_entity_layer(model, dataset, entity_layer))]
-    if random:
-        probe_args.append("--random")  # the random model's own editors stand in for REMEDI
-    else:
-        probe_args += _control_model_args(model, dataset, control_editors)
-    name = name or _run_name(f"eval_cls_{dataset}", model, random)
-    _evaluate(
-        c,
-        script,
-        model,
-        name,
-        editors_dir=editors_dir,
-        extra=probe_args,
-        device=device,
-        rerun=rerun,
-    )
+def _classification_task(dataset: str, script: str, summary: str) -> Task:
+    """The task ``x.eval.cls.<dataset>``: classification with the directions of
+    x.train.<dataset>'s editors (the rows REMEDI, REMEDI (I), Control Task and, if its editors
+    exist, Control Model), or with ``--random`` of the random model's own editors."""
+
+    def classify(
+        c: Context,
+        model: str = DEFAULT_MODEL,
+        device: str | None = None,
+        layer: int | None = None,
+        entity_layer: int | None = None,
+        name: str | None = None,
+        editors: str | None = None,
+        control_editors: str | None = None,
+        rerun: bool = False,
+        random: bool = False,
+    ) -> None:
+        if dataset == "counterfact":  # the random model's from --control-editors (as ever)
+            editors_dir = _trained_editors(model, dataset, editors, False, device)
+            if random:
+                editors_dir = _trained_editors(model, dataset, control_editors, True, device)
+        else:
+            editors_dir = _trained_editors(model, dataset, editors, random, device)
+        probe_args = ["-l", str(_trained_layer(editors_dir, model, dataset, layer))]
+        probe_args += ["--entity-layers", str(_entity_layer(model, dataset, entity_layer))]
+        if random:
+            probe_args.append("--random")  # the random model's own editors stand in for REMEDI
+        else:
+            probe_args += _control_model_args(model, dataset, control_editors)
+        name = name or _run_name(f"eval_cls_{dataset}", model, random)
+        _evaluate(
+            c,
+            script,
+            model,
+            name,
+            editors_dir=editors_dir,
+            extra=probe_args,
+            device=device,
+            rerun=rerun,
+        )
+
+    classify.__doc__ = summary
+    return task(help=_classification_help(dataset))(classify)
 
 
 def _sweep_layers(model: str, layers: str) -> list[int]:
@@ -419,27 +429,29 @@ def _sweep_editing_layer(
     _collect_sweep(c, kind, name, swept, title)
 
 
-def _sweep_entity_layer(
-    c: Context,
-    script: str,
-    dataset: str,
-    model: str,
-    layers: str,
-    *,
-    layer: int | None,
-    kind: str,
-    device: str | None,
-) -> None:
-    """Read the entity at each swept layer with x.train.<dataset>'s editor (at its layer, or
-    ``layer``); collect the sweep."""
-    swept = _sweep_layers(model, layers)
-    editors_dir = _trained_editors(model, dataset, None, False, device)
-    editor_layer = _trained_layer(editors_dir, model, dataset, layer)
-    name = _run_name(f"sweep_cls_{dataset}", model)
-    extra = ["-l", str(editor_layer), "--entity-layers", *map(str, swept)]
-    _evaluate(c, script, model, name, editors_dir=editors_dir, extra=extra, device=device)
-    title = f"{DATASET_TITLES[dataset]} entity layer sweep, {model}"
-    _collect_sweep(c, kind, name, swept, title)
+def _entity_sweep_task(dataset: str, script: str, kind: str, summary: str) -> Task:
+    """The task ``x.sweep.cls.<dataset>``: read the entity at each swept layer with
+    x.train.<dataset>'s editor (at its layer, or ``--layer``); collect the sweep."""
+
+    def sweep_entity_layer(
+        c: Context,
+        model: str = DEFAULT_MODEL,
+        device: str | None = None,
+        layers: str = "",
+        layer: int | None = None,
+    ) -> None:
+        swept = _sweep_layers(model, layers)
+        editors_dir = _trained_editors(model, dataset, None, False, device)
+        extra = ["-l", str(_trained_layer(editors_dir, model, dataset, layer))]
+        extra += ["--entity-layers", *map(str, swept)]
+        name = _run_name(f"sweep_cls_{dataset}", model)
+        _evaluate(c, script, model, name, editors_dir=editors_dir, extra=extra, device=device)
+        title = f"{DATASET_TITLES[dataset]} entity layer sweep, {model}"
+        _collect_sweep(c, kind, name, swept, title)
+
+    sweep_entity_layer.__doc__ = summary
+    layer_help = "Editor layer (default: the layer it was trained at)."
+    return task(help={**SWEEP_HELP, "layer": layer_help})(sweep_entity_layer)
 
 
 # ---------------------------------------------------------------------------------------
@@ -662,38 +674,12 @@ def eval_gen_counterfact(
     )
 
 
-@task(help=_classification_help("counterfact"))
-def eval_cls_counterfact(
-    c: Context,
-    model: str = DEFAULT_MODEL,
-    device: str | None = None,
-    layer: int | None = None,
-    entity_layer: int | None = None,
-    name: str | None = None,
-    editors: str | None = None,
-    control_editors: str | None = None,
-    rerun: bool = False,
-    random: bool = False,
-) -> None:
+eval_cls_counterfact = _classification_task(
+    "counterfact",
+    "eval_fact_cls",
     """Fact classification with REMEDI directions: F1/MCC of Fact-Med and Fact-Prior, with the
-    identity editor, the control task and the control model."""
-    editors_dir = _trained_editors(model, "counterfact", editors, False, device)
-    if random:  # the control model's editors, from x.train.counterfact --random by default
-        editors_dir = _trained_editors(model, "counterfact", control_editors, True, device)
-    _classify(
-        c,
-        "eval_fact_cls",
-        "counterfact",
-        model,
-        editors_dir,
-        layer=layer,
-        entity_layer=entity_layer,
-        name=name,
-        control_editors=control_editors,
-        device=device,
-        rerun=rerun,
-        random=random,
-    )
+    identity editor, the control task and the control model.""",
+)
 
 
 @task(
@@ -874,45 +860,18 @@ def eval_gen_biosbias(
     )
 
 
-@task(help=_classification_help("biosbias"))
-def eval_cls_biosbias(
-    c: Context,
-    model: str = DEFAULT_MODEL,
-    device: str | None = None,
-    layer: int | None = None,
-    entity_layer: int | None = None,
-    name: str | None = None,
-    editors: str | None = None,
-    control_editors: str | None = None,
-    rerun: bool = False,
-    random: bool = False,
-) -> None:
+eval_cls_biosbias = _classification_task(
+    "biosbias",
+    "eval_bias_cls",
     """Bias in Bios classification with REMEDI directions: F1/MCC of predicting the LM's wrong
-    occupations (Bios-Med), with the identity editor, the control task and the control model."""
-    editors_dir = _trained_editors(model, "biosbias", editors, random, device)
-    _classify(
-        c,
-        "eval_bias_cls",
-        "biosbias",
-        model,
-        editors_dir,
-        layer=layer,
-        entity_layer=entity_layer,
-        name=name,
-        control_editors=control_editors,
-        device=device,
-        rerun=rerun,
-        random=random,
-    )
+    occupations (Bios-Med), with the identity editor, the control task and the control model.""",
+)
 
 
 # ---------------------------------------------------------------------------------------
 # Layer sweeps (the reference's experiments/sweep.py): one evaluation per layer on a small
 # split, then every metric against the layer and the best layer (see remedi.sweep). Each step
 # skips what is finished, so a sweep resumes and never recomputes a finished layer.
-
-SWEEP_HELP = {key: HELP[key] for key in ("model", "device", "layers")}
-SWEEP_CLS_HELP = {**SWEEP_HELP, "layer": "Editor layer (default: the layer it was trained at)."}
 
 
 @task(help=SWEEP_HELP)
@@ -957,41 +916,20 @@ def sweep_ent_mcrae(
     )
 
 
-@task(help=SWEEP_CLS_HELP)
-def sweep_cls_counterfact(
-    c: Context,
-    model: str = DEFAULT_MODEL,
-    device: str | None = None,
-    layers: str = "",
-    layer: int | None = None,
-) -> None:
+sweep_cls_counterfact = _entity_sweep_task(
+    "counterfact",
+    "eval_fact_cls",
+    "cls",
     """Sweep the entity layer of fact classification: the editor at its layer, the entity read
-    at each layer, pick the layer with the best Fact-Med F1."""
-    _sweep_entity_layer(
-        c, "eval_fact_cls", "counterfact", model, layers, layer=layer, kind="cls", device=device
-    )
-
-
-@task(help=SWEEP_CLS_HELP)
-def sweep_cls_biosbias(
-    c: Context,
-    model: str = DEFAULT_MODEL,
-    device: str | None = None,
-    layers: str = "",
-    layer: int | None = None,
-) -> None:
+    at each layer, pick the layer with the best Fact-Med F1.""",
+)
+sweep_cls_biosbias = _entity_sweep_task(
+    "biosbias",
+    "eval_bias_cls",
+    "cls_biosbias",
     """Sweep the entity layer of Bias in Bios classification: the editor at its layer, the
-    entity read at each layer, pick the layer with the best Bios-Med F1."""
-    _sweep_entity_layer(
-        c,
-        "eval_bias_cls",
-        "biosbias",
-        model,
-        layers,
-        layer=layer,
-        kind="cls_biosbias",
-        device=device,
-    )
+    entity read at each layer, pick the layer with the best Bios-Med F1.""",
+)
 
 
 # ---------------------------------------------------------------------------------------

@@ -36,42 +36,19 @@ class DatasetSettings:
     """The layer classification reads the entity at (``--entity-layers``); None: not chosen."""
 
 
-@dataclass(frozen=True)
-class ModelSettings:
-    """A model's settings per dataset, and its number of layers (what the layer sweeps cover)."""
-
-    datasets: Mapping[str, DatasetSettings]
-    num_layers: int | None = None
-    """None: a toy world, whose number of layers comes from its build config."""
-
-
-PAPER_SETTINGS: Mapping[str, ModelSettings] = {
-    "gptj": ModelSettings(
-        num_layers=28,
-        datasets={
-            COUNTERFACT: DatasetSettings(editor_layer=1, entity_layer=26),
-            BIOSBIAS: DatasetSettings(editor_layer=12, entity_layer=15),
-            MCRAE: DatasetSettings(editor_layer=12),
-        },
-    ),
+# The table's rows: model, dataset, editor layer, entity layer (None: none chosen).
+_LAYERS: tuple[tuple[str, str, int, int | None], ...] = (
+    ("gptj", COUNTERFACT, 1, 26),
+    ("gptj", BIOSBIAS, 12, 15),
+    ("gptj", MCRAE, 12, None),  # the reference's experiments/aliases.py line 30 (see above)
     # GPT-2 XL and GPT-2 have no McRae layer in the reference: they train at their CounterFact
     # layer (what x.train.mcrae has always used for them).
-    "gpt2-xl": ModelSettings(
-        num_layers=48,
-        datasets={
-            COUNTERFACT: DatasetSettings(editor_layer=0, entity_layer=34),
-            BIOSBIAS: DatasetSettings(editor_layer=4, entity_layer=37),
-            MCRAE: DatasetSettings(editor_layer=0),
-        },
-    ),
-    "gpt2": ModelSettings(
-        num_layers=12,
-        datasets={
-            COUNTERFACT: DatasetSettings(editor_layer=0, entity_layer=10),
-            BIOSBIAS: DatasetSettings(editor_layer=10, entity_layer=11),
-            MCRAE: DatasetSettings(editor_layer=0),
-        },
-    ),
+    ("gpt2-xl", COUNTERFACT, 0, 34),
+    ("gpt2-xl", BIOSBIAS, 4, 37),
+    ("gpt2-xl", MCRAE, 0, None),
+    ("gpt2", COUNTERFACT, 0, 10),
+    ("gpt2", BIOSBIAS, 10, 11),
+    ("gpt2", MCRAE, 0, None),
     # The toy world's 4-layer LM.
     # - CounterFact: editor layer 0, chosen for the toy. Entity layer 1: picked by the reference's
     #   criterion (best Fact-Med F1, x.sweep.cls.counterfact's) on 500 held-out samples (an
@@ -85,32 +62,31 @@ PAPER_SETTINGS: Mapping[str, ModelSettings] = {
     #   samples, entity layers 0-3: Bios-Med F1 0.103/0.097/0.095/0.094); the toy LM errs on only
     #   4% of them, so these F1s rest on 4 positives.
     # - McRae: its CounterFact layer (not measured).
-    "toy": ModelSettings(
-        datasets={
-            COUNTERFACT: DatasetSettings(editor_layer=0, entity_layer=1),
-            BIOSBIAS: DatasetSettings(editor_layer=1, entity_layer=0),
-            MCRAE: DatasetSettings(editor_layer=0),
-        },
-    ),
+    ("toy", COUNTERFACT, 0, 1),
+    ("toy", BIOSBIAS, 1, 0),
+    ("toy", MCRAE, 0, None),
     # The 2-layer toy-small world: the toy's layers where they exist; its Bias in Bios layer 0
     # was not measured.
-    "toy-small": ModelSettings(
-        datasets={
-            COUNTERFACT: DatasetSettings(editor_layer=0, entity_layer=1),
-            BIOSBIAS: DatasetSettings(editor_layer=0),
-            MCRAE: DatasetSettings(editor_layer=0),
-        },
-    ),
+    ("toy-small", COUNTERFACT, 0, 1),
+    ("toy-small", BIOSBIAS, 0, None),
+    ("toy-small", MCRAE, 0, None),
     # The long-tail world for probing, with the toy's LM. Entity layer 1: best REMEDI Fact-Prior
     # MCC on 600 held-out samples (Fact-Med: no signal).
-    "toy-longtail": ModelSettings(
-        datasets={
-            COUNTERFACT: DatasetSettings(editor_layer=0, entity_layer=1),
-            MCRAE: DatasetSettings(editor_layer=0),
-        },
-    ),
+    ("toy-longtail", COUNTERFACT, 0, 1),
+    ("toy-longtail", MCRAE, 0, None),
+)
+PAPER_SETTINGS: Mapping[str, Mapping[str, DatasetSettings]] = {
+    model: {
+        dataset: DatasetSettings(editor, entity)
+        for name, dataset, editor, entity in _LAYERS
+        if name == model
+    }
+    for model in dict.fromkeys(row[0] for row in _LAYERS)
 }
 """The table: model (alias or toy world) -> dataset -> :class:`DatasetSettings`."""
+NUM_LAYERS: Mapping[str, int] = {"gptj": 28, "gpt2-xl": 48, "gpt2": 12}
+"""The number of layers of the paper's models (what a layer sweep covers); a toy world's comes
+from its build config."""
 
 
 @dataclass(frozen=True)
@@ -173,8 +149,7 @@ def settings_name(model: str) -> str:
 
 def dataset_settings(model: str, dataset: str) -> DatasetSettings | None:
     """The paper's settings of ``model`` (alias or hub name) on ``dataset``; None if unknown."""
-    model_settings = PAPER_SETTINGS.get(settings_name(model))
-    return None if model_settings is None else model_settings.datasets.get(dataset)
+    return PAPER_SETTINGS.get(settings_name(model), {}).get(dataset)
 
 
 def editor_layer(model: str, dataset: str) -> int | None:
@@ -195,8 +170,8 @@ def models_with(dataset: str, entity: bool = False) -> list[str]:
     from remedi.models import MODEL_ALIASES
 
     names = []
-    for model, model_settings in PAPER_SETTINGS.items():
-        found = model_settings.datasets.get(dataset)
+    for model, datasets in PAPER_SETTINGS.items():
+        found = datasets.get(dataset)
         if found is None or (entity and found.entity_layer is None):
             continue
         names.append(model)
@@ -212,9 +187,8 @@ def num_layers(model: str) -> int | None:
     Raises:
         UsageError: ``model`` looks like a toy world but names none (the message lists them).
     """
-    model_settings = PAPER_SETTINGS.get(settings_name(model))
-    if model_settings is not None and model_settings.num_layers is not None:
-        return model_settings.num_layers
+    if settings_name(model) in NUM_LAYERS:
+        return NUM_LAYERS[settings_name(model)]
     if is_toy(model):
         from remedi.toy.build import default_config  # imported here: it loads torch
 
