@@ -220,24 +220,15 @@ def _train(
     dataset: str,
     model: str,
     layers: list[int],
-    *,
     name: str,
-    device: str | None,
+    flags: Sequence[str],
     file: str | None = None,
-    extra: Sequence[str] = (),
-    max_epochs: int | None = None,
-    clear_results: bool = False,
-    random: bool = False,
 ) -> None:
-    """Train editors on ``dataset`` at ``layers`` (scripts/train_editors.py); a toy-world model
-    trains on its world's export with the toy's settings."""
+    """Train editors on ``dataset`` at ``layers`` (scripts/train_editors.py), then ``flags``; a
+    toy-world model trains on ``file`` or its world's export, with the toy's settings."""
     args = ["-n", name, "-m", model, "-d", dataset, "-l", *map(str, layers)]
     args += [*_dataset_args(model, dataset, file), *settings.toy_training_flags(model, dataset)]
-    args += [
-        *extra,
-        *_flags(device, max_epochs=max_epochs, clear_results=clear_results, random=random),
-    ]
-    _python(c, "scripts.train_editors", args)
+    _python(c, "scripts.train_editors", [*args, *flags])
 
 
 def _trained_editors(
@@ -418,7 +409,7 @@ def _sweep_editing_layer(
     """Train one editor per swept layer, evaluate each on a small split, collect the sweep."""
     editors = _run_name(f"editors_{dataset}", model) + "_sweep"
     name = _run_name(f"sweep_{kind.split('_')[0]}_{dataset}", model)  # gen or ent
-    _train(c, dataset, model, swept, name=editors, device=device, file=file)
+    _train(c, dataset, model, swept, editors, _flags(device), file)
     from remedi.env import results_dir
 
     for layer in swept:
@@ -617,19 +608,9 @@ def train_counterfact(
     """Train a REMEDI editor on CounterFact at the paper's layer."""
     layers = [_paper_layer(model, "counterfact", layer)]
     name = name or _run_name("editors_counterfact", model, random)
-    extra = ["--counterfact-prompt", prompt, "--seed", str(seed)]
-    _train(
-        c,
-        "counterfact",
-        model,
-        layers,
-        name=name,
-        device=device,
-        extra=extra,
-        max_epochs=max_epochs,
-        clear_results=clear_results,
-        random=random,
-    )
+    flags = _flags(device, max_epochs=max_epochs, clear_results=clear_results, random=random)
+    prompt_and_seed = ["--counterfact-prompt", prompt, "--seed", str(seed)]
+    _train(c, "counterfact", model, layers, name, [*prompt_and_seed, *flags])
 
 
 @task(
@@ -740,17 +721,8 @@ def train_mcrae(
     """Train a REMEDI editor on McRae feature-norm samples at the paper's layer."""
     layers = [_paper_layer(model, "mcrae", layer)]
     name = name or _run_name("editors_mcrae", model, random)
-    _train(
-        c,
-        "mcrae",
-        model,
-        layers,
-        name=name,
-        device=device,
-        file=file,
-        max_epochs=max_epochs,
-        random=random,
-    )
+    flags = _flags(device, max_epochs=max_epochs, random=random)
+    _train(c, "mcrae", model, layers, name, flags, file)
 
 
 @task(
@@ -818,19 +790,8 @@ def train_biosbias(
     """Train a REMEDI editor on Bias in Bios at the paper's layer."""
     layers = [_paper_layer(model, "biosbias", layer)]
     name = name or _run_name("editors_biosbias", model, random)
-    _train(
-        c,
-        "biosbias",
-        model,
-        layers,
-        name=name,
-        device=device,
-        file=dataset_file,
-        extra=["--seed", str(seed)],
-        max_epochs=max_epochs,
-        clear_results=clear_results,
-        random=random,
-    )
+    flags = _flags(device, max_epochs=max_epochs, clear_results=clear_results, random=random)
+    _train(c, "biosbias", model, layers, name, ["--seed", str(seed), *flags], dataset_file)
 
 
 @task(help=_evaluation_help("gen", "biosbias"))
