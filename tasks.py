@@ -251,63 +251,25 @@ def _trained_editors(
 
 
 def _evaluate(
-    c: Context,
-    script: str,
-    model: str,
-    name: str,
-    *,
-    editors_dir: Path | None = None,
-    extra: Sequence[str] = (),
-    device: str | None,
-    max_samples: int | None = None,
-    rerun: bool = False,
-    random: bool = False,
-    trailing: Sequence[str] = (),
+    c: Context, script: str, model: str, name: str, editors_dir: Path | None, args: Sequence[str]
 ) -> None:
-    """Run an evaluation script: its name, editors and model, ``extra``, the shared flags."""
-    args = ["-n", name, *(["-e", str(editors_dir)] if editors_dir else []), "-m", model, *extra]
-    args += [*_flags(device, max_samples=max_samples, rerun=rerun, random=random), *trailing]
-    _python(c, f"scripts.{script}", args)
+    """Run an evaluation script: its experiment's name, the editors (if any), the model, ``args``."""
+    editors = ["-e", str(editors_dir)] if editors_dir else []
+    _python(c, f"scripts.{script}", ["-n", name, *editors, "-m", model, *args])
 
 
-def _evaluate_editors(
-    c: Context,
-    script: str,
-    stage: str,
+def _editors_and_layer(
+    model: str,
     dataset: str,
-    model: str,
-    *,
-    layer: int | None,
-    name: str | None,
     editors: str | None,
-    device: str | None,
+    layer: int | None,
     random: bool,
-    rerun: bool,
-    extra: Sequence[str] = (),
-    dataset_file: bool = False,
-    max_samples: int | None = None,
-    trailing: Sequence[str] = (),
-) -> None:
-    """Evaluate x.train.<dataset>'s editors (or ``editors``) at the layer they were trained at
-    (or ``layer``) with ``script``; ``extra`` follows the layer, then with ``dataset_file`` a
-    toy model's export of the dataset."""
+    device: str | None,
+) -> tuple[Path, list[str]]:
+    """The editors an evaluation uses (see :func:`_trained_editors`) and ``-l`` with their layer:
+    ``layer`` if given, else the one they were trained at."""
     editors_dir = _trained_editors(model, dataset, editors, random, device)
-    layer_args = ["-l", str(_trained_layer(editors_dir, model, dataset, layer))]
-    extra = [*extra, *(_dataset_args(model, dataset) if dataset_file else [])]
-    name = name or _run_name(f"eval_{stage}_{dataset}", model, random)
-    _evaluate(
-        c,
-        script,
-        model,
-        name,
-        editors_dir=editors_dir,
-        extra=[*layer_args, *extra],
-        device=device,
-        max_samples=max_samples,
-        rerun=rerun,
-        random=random,
-        trailing=trailing,
-    )
+    return editors_dir, ["-l", str(_trained_layer(editors_dir, model, dataset, layer))]
 
 
 def _control_model_args(model: str, dataset: str, control_editors: str | None) -> list[str]:
@@ -348,23 +310,14 @@ def _classification_task(dataset: str, script: str, summary: str) -> Task:
                 editors_dir = _trained_editors(model, dataset, control_editors, True, device)
         else:
             editors_dir = _trained_editors(model, dataset, editors, random, device)
-        probe_args = ["-l", str(_trained_layer(editors_dir, model, dataset, layer))]
-        probe_args += ["--entity-layers", str(_entity_layer(model, dataset, entity_layer))]
+        args = ["-l", str(_trained_layer(editors_dir, model, dataset, layer))]
+        args += ["--entity-layers", str(_entity_layer(model, dataset, entity_layer))]
         if random:
-            probe_args.append("--random")  # the random model's own editors stand in for REMEDI
+            args.append("--random")  # the random model's own editors stand in for REMEDI
         else:
-            probe_args += _control_model_args(model, dataset, control_editors)
+            args += _control_model_args(model, dataset, control_editors)
         name = name or _run_name(f"eval_cls_{dataset}", model, random)
-        _evaluate(
-            c,
-            script,
-            model,
-            name,
-            editors_dir=editors_dir,
-            extra=probe_args,
-            device=device,
-            rerun=rerun,
-        )
+        _evaluate(c, script, model, name, editors_dir, [*args, *_flags(device, rerun=rerun)])
 
     classify.__doc__ = summary
     return task(help=_classification_help(dataset))(classify)
@@ -432,11 +385,10 @@ def _entity_sweep_task(dataset: str, script: str, kind: str, summary: str) -> Ta
         layer: int | None = None,
     ) -> None:
         swept = _sweep_layers(model, layers)
-        editors_dir = _trained_editors(model, dataset, None, False, device)
-        extra = ["-l", str(_trained_layer(editors_dir, model, dataset, layer))]
-        extra += ["--entity-layers", *map(str, swept)]
+        editors_dir, layer_args = _editors_and_layer(model, dataset, None, layer, False, device)
+        args = [*layer_args, "--entity-layers", *map(str, swept), *_flags(device)]
         name = _run_name(f"sweep_cls_{dataset}", model)
-        _evaluate(c, script, model, name, editors_dir=editors_dir, extra=extra, device=device)
+        _evaluate(c, script, model, name, editors_dir, args)
         title = f"{DATASET_TITLES[dataset]} entity layer sweep, {model}"
         _collect_sweep(c, kind, name, swept, title)
 
@@ -635,24 +587,13 @@ def eval_gen_counterfact(
     stats_dataset: str | None = None,
 ) -> None:
     """Evaluate the CounterFact editor and the prefix/replace/unedited baselines."""
-    weight_methods = [*(["--methods", methods] if methods else [])]
-    weight_methods += ["--stats-dataset", stats_dataset] if stats_dataset else []
-    _evaluate_editors(
-        c,
-        "eval_fact_gen",
-        "gen",
-        "counterfact",
-        model,
-        layer=layer,
-        name=name,
-        editors=editors,
-        device=device,
-        random=random,
-        extra=["--baselines", "prefix", "replace", "unedited"],
-        dataset_file=True,
-        rerun=rerun,
-        trailing=weight_methods,
-    )
+    editors_dir, args = _editors_and_layer(model, "counterfact", editors, layer, random, device)
+    args += ["--baselines", "prefix", "replace", "unedited", *_dataset_args(model, "counterfact")]
+    args += _flags(device, rerun=rerun, random=random)
+    args += [*(["--methods", methods] if methods else [])]
+    args += ["--stats-dataset", stats_dataset] if stats_dataset else []
+    name = name or _run_name("eval_gen_counterfact", model, random)
+    _evaluate(c, "eval_fact_gen", model, name, editors_dir, args)
 
 
 eval_cls_counterfact = _classification_task(
@@ -681,17 +622,8 @@ def eval_med_counterfact(
     """Fact mediation: how often the unedited LM follows CounterFact's fact in context and keeps
     its prior out of context."""
     name = name or _run_name("eval_med_counterfact", model, random)
-    extra = _dataset_args(model, "counterfact")
-    _evaluate(
-        c,
-        "eval_fact_mediation",
-        model,
-        name,
-        extra=extra,
-        device=device,
-        rerun=rerun,
-        random=random,
-    )
+    args = [*_dataset_args(model, "counterfact"), *_flags(device, rerun=rerun, random=random)]
+    _evaluate(c, "eval_fact_mediation", model, name, None, args)
 
 
 # ---------------------------------------------------------------------------------------
@@ -746,20 +678,10 @@ def eval_ent_mcrae(
 ) -> None:
     """McRae entailment: Δp and correlation of co-occurring, original and unrelated features
     under No Edit, Prefix and REMEDI."""
-    _evaluate_editors(
-        c,
-        "eval_entailment",
-        "ent",
-        "mcrae",
-        model,
-        layer=layer,
-        name=name,
-        editors=editors,
-        device=device,
-        random=random,
-        max_samples=max_samples,
-        rerun=rerun,
-    )
+    editors_dir, args = _editors_and_layer(model, "mcrae", editors, layer, random, device)
+    args += _flags(device, max_samples=max_samples, rerun=rerun, random=random)
+    name = name or _run_name("eval_ent_mcrae", model, random)
+    _evaluate(c, "eval_entailment", model, name, editors_dir, args)
 
 
 # ---------------------------------------------------------------------------------------
@@ -806,19 +728,10 @@ def eval_gen_biosbias(
     random: bool = False,
 ) -> None:
     """Evaluate Bias in Bios error correction: baseline and REMEDI, contextual and decontextual."""
-    _evaluate_editors(
-        c,
-        "eval_bias_gen",
-        "gen",
-        "biosbias",
-        model,
-        layer=layer,
-        name=name,
-        editors=editors,
-        device=device,
-        random=random,
-        rerun=rerun,
-    )
+    editors_dir, args = _editors_and_layer(model, "biosbias", editors, layer, random, device)
+    args += _flags(device, rerun=rerun, random=random)
+    name = name or _run_name("eval_gen_biosbias", model, random)
+    _evaluate(c, "eval_bias_gen", model, name, editors_dir, args)
 
 
 eval_cls_biosbias = _classification_task(
