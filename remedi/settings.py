@@ -10,8 +10,8 @@ the layer (``--layer N``).
 The GPT-J, GPT-2 XL and GPT-2 values are the REMEDI reference's (Hernandez et al. 2023,
 github.com/evandez/REMEDI, ``experiments/aliases.py`` at commit 4109865: ``REMEDI_EDITOR_LAYER``
 at lines 26-40, with McRae on GPT-J at layer 12 on line 30, the layer its
-``experiments/eval/ent.py`` evaluates entailment at (line 12); ``REMEDI_ENTITY_CLS_LAYER`` at
-lines 42-55). The toy worlds' values were measured here; the comments say how.
+``experiments/eval/ent.py`` (commit 4bfadf9, line 12) evaluates entailment at;
+``REMEDI_ENTITY_CLS_LAYER`` at lines 43-56). The toy worlds' values were measured here; the comments say how.
 
 This module imports no model code, so that ``invoke --list`` stays fast.
 """
