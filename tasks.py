@@ -1,7 +1,10 @@
 """Invoke tasks: install, the presubmit gate, and the experiments (`x.*`).
 
-Experiments call the thin scripts in ``scripts/`` with the paper's settings baked in;
-everything they compute lives in the ``remedi`` package. Run ``invoke --list`` to see them.
+Experiments call the thin scripts in ``scripts/`` with the paper's settings, which are data in
+:mod:`remedi.settings` (a layer per model and dataset, the toy's training flags); everything they
+compute lives in the ``remedi`` package. An evaluation of trained editors uses the layer their
+training run recorded; a toy-world task finds or builds its toy data itself. Run
+``invoke --list`` to see them.
 """
 
 from __future__ import annotations
@@ -15,41 +18,73 @@ from pathlib import Path
 from invoke.collection import Collection
 from invoke.context import Context
 from invoke.exceptions import Exit
-from invoke.tasks import task
+from invoke.tasks import Task, task
+
+from remedi import settings
 
 REPO_ROOT = Path(__file__).resolve().parent
 LINTED_PATHS = "remedi scripts tests benchmarks tasks.py"
-
-# The paper's editing layer per model for CounterFact (REMEDI, Hernandez et al. 2023),
-# and the layer we chose for the toy world's 4-layer model.
-COUNTERFACT_LAYERS = {
-    "gptj": 1,
-    "EleutherAI/gpt-j-6B": 1,
-    "gpt2-xl": 0,
-    "gpt2": 0,
-    "toy": 0,
-    "toy-small": 0,
-    "toy-longtail": 0,  # as "toy" (same LM); the long-tail world for probing
-}
-# The toy LM is ~1M parameters trained from scratch: its editors train with the settings we
-# measured to work there (all entity tokens, the attribute's last token, lr 1e-2, lam_kl 1).
-# Paper-scale models keep the paper's defaults (the script's defaults).
-TOY_TRAINING_FLAGS = [
-    "--use-all-entity-tokens",
-    "--use-last-attribute-token",
-    "--lr",
-    "1e-2",
-    "--lam-kl",
-    "1",
-]
 DEFAULT_MODEL = "gptj"
-# Help of the model and device flags that most experiments share.
-MODEL_HELP = {
-    "model": f"Model name or alias (default {DEFAULT_MODEL}; 'toy' for the offline default).",
-    "device": "Device, e.g. cuda or cpu (default: cuda if available).",
-}
 # Exit code for a bad task argument, as the scripts (and argparse) use for bad input.
 EXIT_BAD_INPUT = 2
+SWEEP_SMALL_SAMPLES = 100
+"""Samples (cases) per layer in the gen and ent sweeps (the reference's --small split)."""
+DATASET_TITLES = {"counterfact": "CounterFact", "biosbias": "Bias in Bios", "mcrae": "McRae"}
+# What an evaluation calls a dataset's trained editors when they are missing.
+EDITORS_LABELS = {"biosbias": "Bias in Bios editors", "mcrae": "McRae editors"}
+
+# Help of the flags that several tasks share.
+HELP = {
+    "model": f"Model name or alias (default {DEFAULT_MODEL}; 'toy' for the offline default).",
+    "device": "Device, e.g. cuda or cpu (default: cuda if available).",
+    "max_epochs": "Upper bound on training epochs (early stopping usually ends sooner).",
+    "clear_results": "Retrain layers that already have a saved editor.",
+    "seed": "Seed of the split and of training (default 0).",
+    "rerun": "Recompute finished results.",
+    "entity_layer": "Layer the entity is read at (default: the paper's for the model).",
+    "layers": "Layers to sweep, e.g. 0,1,2 (default: every layer of the model).",
+}
+SWEEP_HELP = {key: HELP[key] for key in ("model", "device", "layers")}
+MCRAE_MODEL_HELP = f"Model name or alias (default {DEFAULT_MODEL}; 'toy' for the toy norms)."
+
+
+def _training_help(dataset: str, **own: str) -> dict[str, str]:
+    """Help of an ``x.train.<dataset>`` task: the shared flags, then its own."""
+    return {
+        **{key: HELP[key] for key in ("model", "device", "max_epochs")},
+        "layer": "Edit layer (default: the paper's layer for the model).",
+        "name": f"Experiment name (default: editors_{dataset}_<model>).",
+        "random": "Train on the randomly initialised model (the paper's control model).",
+        **own,
+    }
+
+
+def _evaluation_help(stage: str, dataset: str, **own: str) -> dict[str, str]:
+    """Help of an ``x.eval.<stage>.<dataset>`` task of trained editors: shared flags, its own."""
+    return {
+        **{key: HELP[key] for key in ("model", "device", "rerun")},
+        "layer": "Editor layer (default: the layer the editors were trained at).",
+        "name": f"Experiment name (default: eval_{stage}_{dataset}_<model>).",
+        "editors": f"Experiment that trained the editors (default: x.train.{dataset}'s).",
+        "random": f"Evaluate on the randomly initialised model (editors from x.train.{dataset} "
+        "--random).",
+        **own,
+    }
+
+
+def _classification_help(dataset: str) -> dict[str, str]:
+    return _evaluation_help(
+        "cls",
+        dataset,
+        entity_layer=HELP["entity_layer"],
+        control_editors="Experiment that trained the Control Model's editors (default: "
+        f"x.train.{dataset} --random's; the row is left out if it does not exist).",
+        random="Probe the randomly initialised model itself (its editors as REMEDI).",
+    )
+
+
+# ---------------------------------------------------------------------------------------
+# How a task runs a script: its arguments from the settings table and the runs on disk.
 
 
 def _python(c: Context, module: str, args: list[str]) -> None:
@@ -64,6 +99,18 @@ def _python(c: Context, module: str, args: list[str]) -> None:
         raise Exit(code=result.exited)
 
 
+@contextlib.contextmanager
+def _bad_input() -> Iterator[None]:
+    """Exit with the message of a library error about the task's input (an unknown toy world,
+    a run directory without its arguments): the message names the fix."""
+    from remedi.errors import RemediError
+
+    try:
+        yield
+    except RemediError as error:
+        raise Exit(str(error), code=EXIT_BAD_INPUT) from error
+
+
 def _model_slug(model: str) -> str:
     return model.replace("/", "_")
 
@@ -73,23 +120,55 @@ def _run_name(prefix: str, model: str, random: bool = False) -> str:
     return f"{prefix}_{_model_slug(model)}{'_random' if random else ''}"
 
 
-def _known_layer(
-    model: str, layer: int | None, known: dict[str, int], what: str, flag: str = "--layer"
-) -> int:
-    """``layer`` if given, else the model's entry in ``known``; exits asking for ``flag`` if none."""
-    if layer is not None:
-        return layer
-    if model in known:
-        return known[model]
-    raise Exit(
+def _no_default(model: str, what: str, flag: str, known: list[str]) -> Exit:
+    return Exit(
         f"no default {what} is known for model {model!r}; pass {flag} N "
-        f"(known defaults: {', '.join(sorted(known))})",
+        f"(known defaults: {', '.join(known)})",
         code=EXIT_BAD_INPUT,
     )
 
 
-def _layer_for(model: str, layer: int | None) -> int:
-    return _known_layer(model, layer, COUNTERFACT_LAYERS, "CounterFact layer")
+def _paper_layer(model: str, dataset: str, layer: int | None) -> int:
+    """``layer`` if given, else the paper's editor layer of ``model`` on ``dataset``; exits
+    asking for ``--layer`` if the settings have none."""
+    if layer is not None:
+        return layer
+    found = settings.editor_layer(model, dataset)
+    if found is None:
+        what = f"{DATASET_TITLES[dataset]} layer"
+        raise _no_default(model, what, "--layer", settings.models_with(dataset))
+    return found
+
+
+def _entity_layer(model: str, dataset: str, entity_layer: int | None) -> int:
+    if entity_layer is not None:
+        return entity_layer
+    found = settings.entity_layer(model, dataset)
+    if found is None:
+        known = settings.models_with(dataset, entity=True)
+        raise _no_default(model, f"{dataset} entity layer", "--entity-layer", known)
+    return found
+
+
+def _trained_layer(editors_dir: Path, model: str, dataset: str, layer: int | None) -> int:
+    """The editor layer an evaluation of the run at ``editors_dir`` uses: ``layer`` if given,
+    else the layer the run trained (its ``args.json``); of several, the paper's if it is one."""
+    if layer is not None:
+        return layer
+    from remedi import training
+
+    with _bad_input():
+        trained = training.load_run(editors_dir).args.layers
+    if trained is not None and len(trained) == 1:
+        return trained[0]
+    paper = settings.editor_layer(model, dataset)
+    if paper is not None and (trained is None or paper in trained):
+        return paper
+    raise Exit(
+        f"the run at {editors_dir} trained editors at layers "
+        f"{trained if trained is not None else 'all'}; pass --layer N to choose one",
+        code=EXIT_BAD_INPUT,
+    )
 
 
 def _dataset_args(model: str, dataset: str, file: str | None = None) -> list[str]:
@@ -97,12 +176,11 @@ def _dataset_args(model: str, dataset: str, file: str | None = None) -> list[str
     (written from world.json if absent), else nothing (the script's default, the real data)."""
     if file:
         return ["--dataset-file", file]
-    if not model.startswith("toy"):
+    if not settings.is_toy(model):
         return []
-    from remedi.errors import RemediError
     from remedi.toy import build
 
-    try:
+    with _bad_input():
         paths = build.ensure_toy_world(model)
         if dataset == "mcrae":
             export = build.ensure_toy_mcrae(model)
@@ -110,20 +188,7 @@ def _dataset_args(model: str, dataset: str, file: str | None = None) -> list[str
             export = build.ensure_toy_biosbias(model)
         else:
             export = paths.counterfact_file
-    except RemediError as error:  # e.g. an unknown toy world: its message says the names
-        raise Exit(str(error), code=EXIT_BAD_INPUT) from error
     return ["--dataset-file", str(export)]
-
-
-def _toy_training_args(model: str, dataset: str) -> list[str]:
-    """The training settings measured to work on the toy LM for ``dataset`` (none for others)."""
-    if not model.startswith("toy"):
-        return []
-    if dataset == "mcrae":
-        return [*TOY_TRAINING_FLAGS, "--test-size", TOY_MCRAE_TEST_SIZE]
-    if dataset == "biosbias":
-        return [*TOY_BIOSBIAS_TRAINING_FLAGS, "--test-size", TOY_BIOSBIAS_TEST_SIZE]
-    return TOY_TRAINING_FLAGS
 
 
 def _flags(
@@ -155,30 +220,19 @@ def _train(
     dataset: str,
     model: str,
     layers: list[int],
-    *,
     name: str,
-    device: str | None,
+    flags: Sequence[str],
     file: str | None = None,
-    extra: Sequence[str] = (),
-    max_epochs: int | None = None,
-    clear_results: bool = False,
-    random: bool = False,
 ) -> None:
-    """Train editors on ``dataset`` at ``layers`` (scripts/train_editors.py); a toy-world model
-    trains on its world's export with the toy's settings."""
+    """Train editors on ``dataset`` at ``layers`` (scripts/train_editors.py), then ``flags``; a
+    toy-world model trains on ``file`` or its world's export, with the toy's settings."""
     args = ["-n", name, "-m", model, "-d", dataset, "-l", *map(str, layers)]
-    args += [*_dataset_args(model, dataset, file), *_toy_training_args(model, dataset), *extra]
-    args += _flags(device, max_epochs=max_epochs, clear_results=clear_results, random=random)
-    _python(c, "scripts.train_editors", args)
+    args += [*_dataset_args(model, dataset, file), *settings.toy_training_flags(model, dataset)]
+    _python(c, "scripts.train_editors", [*args, *flags])
 
 
 def _trained_editors(
-    model: str,
-    dataset: str,
-    editors: str | None,
-    random: bool,
-    device: str | None,
-    what: str = "editors",
+    model: str, dataset: str, editors: str | None, random: bool, device: str | None
 ) -> Path:
     """The editors an evaluation uses: ``editors`` under results/, by default x.train.<dataset>'s;
     exits with the command that trains them if they are not there."""
@@ -187,8 +241,8 @@ def _trained_editors(
     directory = results_dir() / (editors or _run_name(f"editors_{dataset}", model, random))
     if not directory.is_dir():
         raise Exit(
-            f"no trained {what} for model {model!r} at {directory}; train them first with\n"
-            f"    invoke x.train.{dataset} --model {model}"
+            f"no trained {EDITORS_LABELS.get(dataset, 'editors')} for model {model!r} at "
+            f"{directory}; train them first with\n    invoke x.train.{dataset} --model {model}"
             + (" --random" if random else "")
             + (f" --device {device}" if device else ""),
             code=EXIT_BAD_INPUT,
@@ -197,23 +251,150 @@ def _trained_editors(
 
 
 def _evaluate(
+    c: Context, script: str, model: str, name: str, editors_dir: Path | None, args: Sequence[str]
+) -> None:
+    """Run an evaluation script: its experiment's name, the editors (if any), the model, ``args``."""
+    editors = ["-e", str(editors_dir)] if editors_dir else []
+    _python(c, f"scripts.{script}", ["-n", name, *editors, "-m", model, *args])
+
+
+def _editors_and_layer(
+    model: str,
+    dataset: str,
+    editors: str | None,
+    layer: int | None,
+    random: bool,
+    device: str | None,
+) -> tuple[Path, list[str]]:
+    """The editors an evaluation uses (see :func:`_trained_editors`) and ``-l`` with their layer:
+    ``layer`` if given, else the one they were trained at."""
+    editors_dir = _trained_editors(model, dataset, editors, random, device)
+    return editors_dir, ["-l", str(_trained_layer(editors_dir, model, dataset, layer))]
+
+
+def _control_model_args(model: str, dataset: str, control_editors: str | None) -> list[str]:
+    """``--control-editors-dir`` with the random model's editors (by default x.train.<dataset>
+    --random's), or nothing, saying so, if they are not there: the Control Model row is left out."""
+    from remedi.env import results_dir
+
+    control_dir = results_dir() / (control_editors or _run_name(f"editors_{dataset}", model, True))
+    if control_dir.is_dir():
+        return ["--control-editors-dir", str(control_dir)]
+    print(
+        f"no control-model editors at {control_dir}: the Control Model row is left out "
+        f"(train them with: invoke x.train.{dataset} --model {model} --random)"
+    )
+    return []
+
+
+def _classification_task(dataset: str, script: str, summary: str) -> Task:
+    """The task ``x.eval.cls.<dataset>``: classification with the directions of
+    x.train.<dataset>'s editors (the rows REMEDI, REMEDI (I), Control Task and, if its editors
+    exist, Control Model), or with ``--random`` of the random model's own editors."""
+
+    def classify(
+        c: Context,
+        model: str = DEFAULT_MODEL,
+        device: str | None = None,
+        layer: int | None = None,
+        entity_layer: int | None = None,
+        name: str | None = None,
+        editors: str | None = None,
+        control_editors: str | None = None,
+        rerun: bool = False,
+        random: bool = False,
+    ) -> None:
+        if dataset == "counterfact":  # the random model's from --control-editors (as ever)
+            editors_dir = _trained_editors(model, dataset, editors, False, device)
+            if random:
+                editors_dir = _trained_editors(model, dataset, control_editors, True, device)
+        else:
+            editors_dir = _trained_editors(model, dataset, editors, random, device)
+        args = ["-l", str(_trained_layer(editors_dir, model, dataset, layer))]
+        args += ["--entity-layers", str(_entity_layer(model, dataset, entity_layer))]
+        if random:
+            args.append("--random")  # the random model's own editors stand in for REMEDI
+        else:
+            args += _control_model_args(model, dataset, control_editors)
+        name = name or _run_name(f"eval_cls_{dataset}", model, random)
+        _evaluate(c, script, model, name, editors_dir, [*args, *_flags(device, rerun=rerun)])
+
+    classify.__doc__ = summary
+    return task(help=_classification_help(dataset))(classify)
+
+
+def _sweep_layers(model: str, layers: str) -> list[int]:
+    """The layers a sweep covers: ``layers`` if given, else every layer of the model."""
+    if layers:
+        try:
+            return [int(layer) for layer in layers.replace(" ", ",").split(",") if layer]
+        except ValueError:
+            raise Exit(
+                f"--layers takes integers separated by commas, e.g. 0,1,2; got {layers!r}",
+                code=EXIT_BAD_INPUT,
+            ) from None
+    with _bad_input():
+        count = settings.num_layers(model)
+    if count is None:
+        raise Exit(
+            f"the number of layers of {model!r} is not known here; pass --layers 0,1,2,...",
+            code=EXIT_BAD_INPUT,
+        )
+    return list(range(count))
+
+
+def _collect_sweep(c: Context, kind: str, name: str, layers: list[int], title: str) -> None:
+    args = ["--kind", kind, "-n", name, "--layers", *map(str, layers), "--title", title]
+    _python(c, "scripts.sweep_layers", args)
+
+
+def _sweep_editing_layer(
     c: Context,
     script: str,
+    kind: str,
+    dataset: str,
     model: str,
-    name: str,
-    *,
-    editors_dir: Path | None = None,
-    extra: Sequence[str] = (),
+    swept: list[int],
+    eval_args: list[str],
     device: str | None,
-    max_samples: int | None = None,
-    rerun: bool = False,
-    random: bool = False,
-    trailing: Sequence[str] = (),
+    file: str | None = None,
 ) -> None:
-    """Run an evaluation script: its name, editors and model, ``extra``, the shared flags."""
-    args = ["-n", name, *(["-e", str(editors_dir)] if editors_dir else []), "-m", model, *extra]
-    args += [*_flags(device, max_samples=max_samples, rerun=rerun, random=random), *trailing]
-    _python(c, f"scripts.{script}", args)
+    """Train one editor per swept layer, evaluate each on a small split, collect the sweep."""
+    editors = _run_name(f"editors_{dataset}", model) + "_sweep"
+    name = _run_name(f"sweep_{kind.split('_')[0]}_{dataset}", model)  # gen or ent
+    _train(c, dataset, model, swept, editors, _flags(device), file)
+    from remedi.env import results_dir
+
+    for layer in swept:
+        args = ["-n", f"{name}/layer_{layer}", "-e", str(results_dir() / editors), "-m", model]
+        args += ["-l", str(layer), *eval_args, *_flags(device)]
+        _python(c, f"scripts.{script}", args)
+    title = f"{DATASET_TITLES[dataset]} editing layer sweep, {model}"
+    _collect_sweep(c, kind, name, swept, title)
+
+
+def _entity_sweep_task(dataset: str, script: str, kind: str, summary: str) -> Task:
+    """The task ``x.sweep.cls.<dataset>``: read the entity at each swept layer with
+    x.train.<dataset>'s editor (at its layer, or ``--layer``); collect the sweep."""
+
+    def sweep_entity_layer(
+        c: Context,
+        model: str = DEFAULT_MODEL,
+        device: str | None = None,
+        layers: str = "",
+        layer: int | None = None,
+    ) -> None:
+        swept = _sweep_layers(model, layers)
+        editors_dir, layer_args = _editors_and_layer(model, dataset, None, layer, False, device)
+        args = [*layer_args, "--entity-layers", *map(str, swept), *_flags(device)]
+        name = _run_name(f"sweep_cls_{dataset}", model)
+        _evaluate(c, script, model, name, editors_dir, args)
+        title = f"{DATASET_TITLES[dataset]} entity layer sweep, {model}"
+        _collect_sweep(c, kind, name, swept, title)
+
+    sweep_entity_layer.__doc__ = summary
+    layer_help = "Editor layer (default: the layer it was trained at)."
+    return task(help={**SWEEP_HELP, "layer": layer_help})(sweep_entity_layer)
 
 
 # ---------------------------------------------------------------------------------------
@@ -263,7 +444,7 @@ def presubmit(c: Context, fix: bool = False) -> None:
 
 
 # ---------------------------------------------------------------------------------------
-# Experiments.
+# The toy world and the quick start.
 
 
 @task(
@@ -279,103 +460,8 @@ def toy_build(
 ) -> None:
     """Build the toy world: knowledge base, tokenizer, trained LM, and its datasets."""
     args = ["--arch", arch, "--seed", str(seed)]
-    if small:
-        args.append("--small")
-    if rebuild:
-        args.append("--rebuild")
+    args += [*(["--small"] if small else []), *(["--rebuild"] if rebuild else [])]
     _python(c, "scripts.build_toy", args)
-
-
-@task(
-    help={
-        **MODEL_HELP,
-        "layer": "Edit layer (default: the paper's layer for the model).",
-        "name": "Experiment name (default: editors_counterfact_<model>).",
-        "max_epochs": "Upper bound on training epochs (early stopping usually ends sooner).",
-        "clear_results": "Retrain layers that already have a saved editor.",
-        "prompt": "CounterFact prompt: paraphrase (default, the reference's) or rewrite (ROME's).",
-        "seed": "Seed of the split and of training (default 0).",
-        "random": "Train on the randomly initialised model (the paper's control model).",
-    }
-)
-def train_counterfact(
-    c: Context,
-    model: str = DEFAULT_MODEL,
-    device: str | None = None,
-    layer: int | None = None,
-    name: str | None = None,
-    max_epochs: int | None = None,
-    clear_results: bool = False,
-    prompt: str = "paraphrase",
-    seed: int = 0,
-    random: bool = False,
-) -> None:
-    """Train a REMEDI editor on CounterFact at the paper's layer."""
-    _train(
-        c,
-        "counterfact",
-        model,
-        [_layer_for(model, layer)],
-        name=name or _run_name("editors_counterfact", model, random),
-        device=device,
-        extra=["--counterfact-prompt", prompt, "--seed", str(seed)],
-        max_epochs=max_epochs,
-        clear_results=clear_results,
-        random=random,
-    )
-
-
-@task(
-    help={
-        **MODEL_HELP,
-        "layer": "Edit layer (default: the paper's layer for the model).",
-        "name": "Experiment name (default: eval_gen_counterfact_<model>).",
-        "editors": "Experiment that trained the editors (default: x.train.counterfact's).",
-        "rerun": "Recompute benchmarks whose result files are already complete.",
-        "random": "Evaluate on the randomly initialised model (editors from x.train.counterfact "
-        "--random).",
-        "methods": "Comma-separated registered methods besides the editor and baselines "
-        "(e.g. remedi,ft,rome).",
-        "stats_dataset": "Corpus of ROME's key statistics (default: the method's hparams).",
-    }
-)
-def eval_gen_counterfact(
-    c: Context,
-    model: str = DEFAULT_MODEL,
-    device: str | None = None,
-    layer: int | None = None,
-    name: str | None = None,
-    editors: str | None = None,
-    rerun: bool = False,
-    random: bool = False,
-    methods: str | None = None,
-    stats_dataset: str | None = None,
-) -> None:
-    """Evaluate the CounterFact editor and the prefix/replace/unedited baselines."""
-    editors_dir = _trained_editors(model, "counterfact", editors, random, device)
-    _evaluate(
-        c,
-        "eval_fact_gen",
-        model,
-        name or _run_name("eval_gen_counterfact", model, random),
-        editors_dir=editors_dir,
-        extra=[
-            "-l",
-            str(_layer_for(model, layer)),
-            "--baselines",
-            "prefix",
-            "replace",
-            "unedited",
-            *_dataset_args(model, "counterfact"),
-        ],
-        device=device,
-        rerun=rerun,
-        random=random,
-        trailing=[
-            *(["--methods", methods] if methods else []),
-            *(["--stats-dataset", stats_dataset] if stats_dataset else []),
-        ],
-    )
 
 
 @contextlib.contextmanager
@@ -412,7 +498,7 @@ def _parse_seeds(seeds: str) -> list[int]:
 
 @task(
     help={
-        "device": "Device, e.g. cpu or cuda (default: cuda if available).",
+        "device": HELP["device"],
         "seeds": "Toy-world seeds, e.g. 0,1,2: a world, an editor and an evaluation per seed, then "
         "the table as mean ± standard deviation (default: seed 0 alone).",
         "prompt": "CounterFact prompt the cases ask: paraphrase (default, the reference's) or "
@@ -426,16 +512,10 @@ def quickstart(
     suffix = "" if prompt == "paraphrase" else f"_{prompt}"
     if not seeds:
         toy_build(c)
-        train_counterfact(
-            c, model="toy", device=device, name=f"editors_counterfact_toy{suffix}", prompt=prompt
-        )
-        eval_gen_counterfact(
-            c,
-            model="toy",
-            device=device,
-            name=f"eval_gen_counterfact_toy{suffix}",
-            editors=f"editors_counterfact_toy{suffix}",
-        )
+        editors = f"editors_counterfact_toy{suffix}"
+        train_counterfact(c, model="toy", device=device, name=editors, prompt=prompt)
+        evaluation = f"eval_gen_counterfact_toy{suffix}"
+        eval_gen_counterfact(c, model="toy", device=device, name=evaluation, editors=editors)
         return
     from remedi.env import results_dir
 
@@ -454,108 +534,80 @@ def quickstart(
 
 
 # ---------------------------------------------------------------------------------------
-# Probing: classification with REMEDI directions, and fact mediation.
-
-# The layer the paper reads the entity at for classification (REMEDI's "entity layer"), per
-# model and dataset. The toy model's was picked by the reference's criterion (best Fact-Med F1,
-# x.sweep.cls.counterfact's), on 500 held-out samples (an editor trained at layer 0 with 40%
-# held out): Fact-Med F1 0.196/0.217/0.186/0.196 at layers 0-3, MCC -0.06/-0.01/-0.08/-0.06,
-# i.e. no layer carries signal there (on x.train.counterfact's 125 held-out samples the same
-# sweep had picked layer 3, F1 0.32, MCC 0.14: noise of a small split).
-ENTITY_LAYERS = {
-    "counterfact": {
-        "gptj": 26,
-        "EleutherAI/gpt-j-6B": 26,
-        "gpt2-xl": 34,
-        "gpt2": 10,
-        "toy": 1,
-        "toy-small": 1,
-        "toy-longtail": 1,  # best REMEDI Fact-Prior MCC, 600 held-out samples (Fact-Med: no signal)
-    },
-    "biosbias": {"gptj": 15, "EleutherAI/gpt-j-6B": 15, "gpt2-xl": 37, "gpt2": 11, "toy": 0},
-}
-# The toy's Bias in Bios entity layer was measured by x.sweep.cls.biosbias (editor layer 1, 104
-# held-out samples, entity layers 0-3: Bios-Med F1 0.103/0.097/0.095/0.094); the toy LM errs on
-# only 4% of them, so these F1s rest on 4 positives.
-
-
-def _entity_layer_for(model: str, dataset: str, entity_layer: int | None) -> int:
-    known = ENTITY_LAYERS[dataset]
-    return _known_layer(model, entity_layer, known, f"{dataset} entity layer", "--entity-layer")
-
-
-def _control_model_args(model: str, dataset: str, control_editors: str | None) -> list[str]:
-    """``--control-editors-dir`` with the random model's editors (by default x.train.<dataset>
-    --random's), or nothing, saying so, if they are not there: the Control Model row is left out."""
-    from remedi.env import results_dir
-
-    control_dir = results_dir() / (control_editors or _run_name(f"editors_{dataset}", model, True))
-    if control_dir.is_dir():
-        return ["--control-editors-dir", str(control_dir)]
-    print(
-        f"no control-model editors at {control_dir}: the Control Model row is left out "
-        f"(train them with: invoke x.train.{dataset} --model {model} --random)"
-    )
-    return []
+# CounterFact: editing, classification with REMEDI directions, fact mediation.
 
 
 @task(
-    help={
-        **MODEL_HELP,
-        "layer": "Editor layer (default: the paper's layer for the model).",
-        "entity_layer": "Layer the entity is read at (default: the paper's for the model).",
-        "name": "Experiment name (default: eval_cls_counterfact_<model>).",
-        "editors": "Experiment that trained the editors (default: x.train.counterfact's).",
-        "control_editors": "Experiment that trained the Control Model's editors (default: "
-        "x.train.counterfact --random's; the row is left out if it does not exist).",
-        "rerun": "Recompute finished results.",
-        "random": "Probe the randomly initialised model itself (its editors as REMEDI).",
-    }
+    help=_training_help(
+        "counterfact",
+        clear_results=HELP["clear_results"],
+        prompt="CounterFact prompt: paraphrase (default, the reference's) or rewrite (ROME's).",
+        seed=HELP["seed"],
+    )
 )
-def eval_cls_counterfact(
+def train_counterfact(
     c: Context,
     model: str = DEFAULT_MODEL,
     device: str | None = None,
     layer: int | None = None,
-    entity_layer: int | None = None,
     name: str | None = None,
-    editors: str | None = None,
-    control_editors: str | None = None,
-    rerun: bool = False,
+    max_epochs: int | None = None,
+    clear_results: bool = False,
+    prompt: str = "paraphrase",
+    seed: int = 0,
     random: bool = False,
 ) -> None:
-    """Fact classification with REMEDI directions: F1/MCC of Fact-Med and Fact-Prior, with the
-    identity editor, the control task and the control model."""
-    editors_dir = _trained_editors(model, "counterfact", editors, False, device)
-    probe_args = [
-        "-l",
-        str(_layer_for(model, layer)),
-        "--entity-layers",
-        str(_entity_layer_for(model, "counterfact", entity_layer)),
-    ]
-    if random:
-        # The random model's own editors stand in for REMEDI (no trained-model rows).
-        editors_dir = _trained_editors(model, "counterfact", control_editors, True, device)
-        probe_args.append("--random")
-    else:
-        probe_args += _control_model_args(model, "counterfact", control_editors)
-    _evaluate(
-        c,
-        "eval_fact_cls",
-        model,
-        name or _run_name("eval_cls_counterfact", model, random),
-        editors_dir=editors_dir,
-        extra=probe_args,
-        device=device,
-        rerun=rerun,
+    """Train a REMEDI editor on CounterFact at the paper's layer."""
+    layers = [_paper_layer(model, "counterfact", layer)]
+    name = name or _run_name("editors_counterfact", model, random)
+    flags = _flags(device, max_epochs=max_epochs, clear_results=clear_results, random=random)
+    prompt_and_seed = ["--counterfact-prompt", prompt, "--seed", str(seed)]
+    _train(c, "counterfact", model, layers, name, [*prompt_and_seed, *flags])
+
+
+@task(
+    help=_evaluation_help(
+        "gen",
+        "counterfact",
+        methods="Comma-separated registered methods besides the editor and baselines "
+        "(e.g. remedi,ft,rome).",
+        stats_dataset="Corpus of ROME's key statistics (default: the method's hparams).",
     )
+)
+def eval_gen_counterfact(
+    c: Context,
+    model: str = DEFAULT_MODEL,
+    device: str | None = None,
+    layer: int | None = None,
+    name: str | None = None,
+    editors: str | None = None,
+    rerun: bool = False,
+    random: bool = False,
+    methods: str | None = None,
+    stats_dataset: str | None = None,
+) -> None:
+    """Evaluate the CounterFact editor and the prefix/replace/unedited baselines."""
+    editors_dir, args = _editors_and_layer(model, "counterfact", editors, layer, random, device)
+    args += ["--baselines", "prefix", "replace", "unedited", *_dataset_args(model, "counterfact")]
+    args += _flags(device, rerun=rerun, random=random)
+    args += [*(["--methods", methods] if methods else [])]
+    args += ["--stats-dataset", stats_dataset] if stats_dataset else []
+    name = name or _run_name("eval_gen_counterfact", model, random)
+    _evaluate(c, "eval_fact_gen", model, name, editors_dir, args)
+
+
+eval_cls_counterfact = _classification_task(
+    "counterfact",
+    "eval_fact_cls",
+    """Fact classification with REMEDI directions: F1/MCC of Fact-Med and Fact-Prior, with the
+    identity editor, the control task and the control model.""",
+)
 
 
 @task(
     help={
-        **MODEL_HELP,
+        **{key: HELP[key] for key in ("model", "device", "rerun")},
         "name": "Experiment name (default: eval_med_counterfact_<model>).",
-        "rerun": "Recompute a finished result.",
         "random": "Evaluate the randomly initialised model.",
     }
 )
@@ -569,42 +621,24 @@ def eval_med_counterfact(
 ) -> None:
     """Fact mediation: how often the unedited LM follows CounterFact's fact in context and keeps
     its prior out of context."""
-    _evaluate(
-        c,
-        "eval_fact_mediation",
-        model,
-        name or _run_name("eval_med_counterfact", model, random),
-        extra=_dataset_args(model, "counterfact"),
-        device=device,
-        rerun=rerun,
-        random=random,
-    )
-
-
-# ---------------------------------------------------------------------------------------
-# McRae entailment on the toy world: the toy norms (remedi.toy.mcrae) in McRae's format, read by
-# the same loader as the real file; the toy's editors train with TOY_TRAINING_FLAGS and hold out
-# a larger share (its norms make ~200 samples).
-
-TOY_MCRAE_TEST_SIZE = "0.2"
+    name = name or _run_name("eval_med_counterfact", model, random)
+    args = [*_dataset_args(model, "counterfact"), *_flags(device, rerun=rerun, random=random)]
+    _evaluate(c, "eval_fact_mediation", model, name, None, args)
 
 
 # ---------------------------------------------------------------------------------------
 # McRae entailment. The real norms are real-world knowledge (the paper: GPT-J, GPT-2 XL); on a toy
-# model the tasks read the toy world's norms in McRae's format instead (see above).
+# model the tasks read the toy world's norms in McRae's format (remedi.toy.mcrae), read by the
+# same loader as the real file.
 
 
 @task(
-    help={
-        "model": f"Model name or alias (default {DEFAULT_MODEL}; 'toy' for the toy norms).",
-        "device": MODEL_HELP["device"],
-        "layer": "Edit layer (default: the paper's CounterFact layer for the model).",
-        "name": "Experiment name (default: editors_mcrae_<model>).",
-        "file": "McRae norms file (default: <shared data>/mcrae/CONCS_FEATS_concstats_brm.txt; "
+    help=_training_help(
+        "mcrae",
+        model=MCRAE_MODEL_HELP,
+        file="McRae norms file (default: <shared data>/mcrae/CONCS_FEATS_concstats_brm.txt; "
         "for a toy model, its world's norms in McRae's format).",
-        "max_epochs": "Upper bound on training epochs.",
-        "random": "Train on the randomly initialised model.",
-    }
+    )
 )
 def train_mcrae(
     c: Context,
@@ -616,31 +650,20 @@ def train_mcrae(
     max_epochs: int | None = None,
     random: bool = False,
 ) -> None:
-    """Train a REMEDI editor on McRae feature-norm samples."""
-    _train(
-        c,
-        "mcrae",
-        model,
-        [_layer_for(model, layer)],
-        name=name or _run_name("editors_mcrae", model, random),
-        device=device,
-        file=file,
-        max_epochs=max_epochs,
-        random=random,
-    )
+    """Train a REMEDI editor on McRae feature-norm samples at the paper's layer."""
+    layers = [_paper_layer(model, "mcrae", layer)]
+    name = name or _run_name("editors_mcrae", model, random)
+    flags = _flags(device, max_epochs=max_epochs, random=random)
+    _train(c, "mcrae", model, layers, name, flags, file)
 
 
 @task(
-    help={
-        "model": f"Model name or alias (default {DEFAULT_MODEL}; 'toy' for the toy norms).",
-        "device": MODEL_HELP["device"],
-        "name": "Experiment name (default: eval_ent_mcrae_<model>).",
-        "editors": "Experiment that trained the editors (default: x.train.mcrae's).",
-        "max_samples": "Evaluate only the first N held-out samples.",
-        "rerun": "Recompute finished results.",
-        "random": "Evaluate on the randomly initialised model (editors from x.train.mcrae "
-        "--random).",
-    }
+    help=_evaluation_help(
+        "ent",
+        "mcrae",
+        model=MCRAE_MODEL_HELP,
+        max_samples="Evaluate only the first N held-out samples.",
+    )
 )
 def eval_ent_mcrae(
     c: Context,
@@ -651,247 +674,28 @@ def eval_ent_mcrae(
     max_samples: int | None = None,
     rerun: bool = False,
     random: bool = False,
+    layer: int | None = None,
 ) -> None:
     """McRae entailment: Δp and correlation of co-occurring, original and unrelated features
     under No Edit, Prefix and REMEDI."""
-    _evaluate(
-        c,
-        "eval_entailment",
-        model,
-        name or _run_name("eval_ent_mcrae", model, random),
-        editors_dir=_trained_editors(model, "mcrae", editors, random, device, "McRae editors"),
-        device=device,
-        max_samples=max_samples,
-        rerun=rerun,
-        random=random,
-    )
+    editors_dir, args = _editors_and_layer(model, "mcrae", editors, layer, random, device)
+    args += _flags(device, max_samples=max_samples, rerun=rerun, random=random)
+    name = name or _run_name("eval_ent_mcrae", model, random)
+    _evaluate(c, "eval_entailment", model, name, editors_dir, args)
 
 
 # ---------------------------------------------------------------------------------------
-# Layer sweeps (the reference's experiments/sweep.py): one evaluation per layer on a small
-# split, then every metric against the layer and the best layer (see remedi.sweep). Each step
-# skips what is finished, so a sweep resumes and never recomputes a finished layer.
-
-NUM_LAYERS = {
-    "gptj": 28,
-    "EleutherAI/gpt-j-6B": 28,
-    "gpt2-xl": 48,
-    "gpt2": 12,
-    "toy": 4,
-    "toy-small": 2,
-}
-SWEEP_SMALL_SAMPLES = 100
-"""Samples (cases) per layer in the gen and ent sweeps (the reference's --small split)."""
-
-
-def _sweep_layers(model: str, layers: str) -> list[int]:
-    if layers:
-        try:
-            return [int(layer) for layer in layers.replace(" ", ",").split(",") if layer]
-        except ValueError:
-            raise Exit(
-                f"--layers takes integers separated by commas, e.g. 0,1,2; got {layers!r}",
-                code=EXIT_BAD_INPUT,
-            ) from None
-    if model in NUM_LAYERS:
-        return list(range(NUM_LAYERS[model]))
-    if model.startswith("toy"):  # any toy world (size and architecture): its build config
-        from remedi.errors import RemediError
-        from remedi.toy.build import default_config
-
-        try:
-            return list(range(default_config(model).lm.num_layers))
-        except RemediError as error:  # an unknown toy world: the message lists the names
-            raise Exit(str(error), code=EXIT_BAD_INPUT) from error
-    raise Exit(
-        f"the number of layers of {model!r} is not known here; pass --layers 0,1,2,...",
-        code=EXIT_BAD_INPUT,
-    )
-
-
-def _collect_sweep(c: Context, kind: str, name: str, layers: list[int], title: str) -> None:
-    args = ["--kind", kind, "-n", name, "--layers", *map(str, layers), "--title", title]
-    _python(c, "scripts.sweep_layers", args)
-
-
-def _sweep_editing_layer(
-    c: Context,
-    stage: str,
-    dataset: str,
-    model: str,
-    swept: list[int],
-    *,
-    kind: str,
-    device: str | None,
-    eval_script: str,
-    eval_args: list[str],
-    title: str,
-    file: str | None = None,
-) -> None:
-    """Train one editor per swept layer, evaluate each on a small split, collect the sweep."""
-    editors = _run_name(f"editors_{dataset}", model) + "_sweep"
-    name = _run_name(f"sweep_{stage}_{dataset}", model)
-    _train(c, dataset, model, swept, name=editors, device=device, file=file)
-    from remedi.env import results_dir
-
-    for layer in swept:
-        args = ["-n", f"{name}/layer_{layer}", "-e", str(results_dir() / editors), "-m", model]
-        args += ["-l", str(layer), *eval_args, *_flags(device)]
-        _python(c, f"scripts.{eval_script}", args)
-    _collect_sweep(c, kind, name, swept, title)
-
-
-def _sweep_entity_layer(
-    c: Context,
-    dataset: str,
-    model: str,
-    swept: list[int],
-    *,
-    kind: str,
-    editors_dir: Path,
-    editor_layer: int,
-    device: str | None,
-    eval_script: str,
-    title: str,
-) -> None:
-    """Read the entity at each swept layer with the editor at ``editor_layer``; collect the sweep."""
-    name = _run_name(f"sweep_cls_{dataset}", model)
-    _evaluate(
-        c,
-        eval_script,
-        model,
-        name,
-        editors_dir=editors_dir,
-        extra=["-l", str(editor_layer), "--entity-layers", *map(str, swept)],
-        device=device,
-    )
-    _collect_sweep(c, kind, name, swept, title)
-
-
-SWEEP_HELP = {
-    **MODEL_HELP,
-    "layers": "Layers to sweep, e.g. 0,1,2 (default: every layer of the model).",
-}
-
-
-@task(help=SWEEP_HELP)
-def sweep_gen_counterfact(
-    c: Context, model: str = DEFAULT_MODEL, device: str | None = None, layers: str = ""
-) -> None:
-    """Sweep the editing layer on CounterFact: train one editor per layer, evaluate efficacy,
-    paraphrase and neighborhood on a small split, pick the layer with the best score."""
-    _sweep_editing_layer(
-        c,
-        "gen",
-        "counterfact",
-        model,
-        _sweep_layers(model, layers),
-        device=device,
-        eval_script="eval_fact_gen",
-        eval_args=[
-            *["-b", "efficacy", "paraphrase", "neighborhood"],
-            *["--max-cases", str(SWEEP_SMALL_SAMPLES)],
-            *_dataset_args(model, "counterfact"),
-        ],
-        kind="gen",
-        title=f"CounterFact editing layer sweep, {model}",
-    )
-
-
-@task(help={**SWEEP_HELP, "layer": "Editor layer (default: the paper's layer for the model)."})
-def sweep_cls_counterfact(
-    c: Context,
-    model: str = DEFAULT_MODEL,
-    device: str | None = None,
-    layers: str = "",
-    layer: int | None = None,
-) -> None:
-    """Sweep the entity layer of fact classification: the editor at its layer, the entity read
-    at each layer, pick the layer with the best Fact-Med F1."""
-    swept = _sweep_layers(model, layers)
-    editors_dir = _trained_editors(model, "counterfact", None, False, device)
-    _sweep_entity_layer(
-        c,
-        "counterfact",
-        model,
-        swept,
-        editors_dir=editors_dir,
-        editor_layer=_layer_for(model, layer),
-        device=device,
-        eval_script="eval_fact_cls",
-        kind="cls",
-        title=f"CounterFact entity layer sweep, {model}",
-    )
-
-
-@task(help={**SWEEP_HELP, "file": "McRae norms file (default: the shared data's)."})
-def sweep_ent_mcrae(
-    c: Context,
-    model: str = DEFAULT_MODEL,
-    device: str | None = None,
-    layers: str = "",
-    file: str | None = None,
-) -> None:
-    """Sweep the editing layer on McRae: train one editor per layer, evaluate entailment on a
-    small split, pick the layer whose co-occurring features correlate best with the norms."""
-    _sweep_editing_layer(
-        c,
-        "ent",
-        "mcrae",
-        model,
-        _sweep_layers(model, layers),
-        device=device,
-        file=file,
-        eval_script="eval_entailment",
-        eval_args=["--max-samples", str(SWEEP_SMALL_SAMPLES)],
-        kind="ent",
-        title=f"McRae editing layer sweep, {model}",
-    )
-
-
-# ---------------------------------------------------------------------------------------
-# Bias in Bios (context mediation and error correction).
-
-# The paper's editing layer per model for Bias in Bios (REMEDI, Hernandez et al. 2023). The toy
-# world's 4-layer LM: layer 1, measured best (decontextual top-1 accuracy on 104 held-out samples
-# of editors trained at layers 0/1/2/3: 56.7/71.2/57.7/32.7%, the unedited LM 32.7%). The
-# 2-layer toy-small world's layer 0 was not measured.
-BIOSBIAS_LAYERS = {
-    "gptj": 12,
-    "EleutherAI/gpt-j-6B": 12,
-    "gpt2-xl": 4,
-    "gpt2": 10,
-    "toy": 1,
-    "toy-small": 0,
-}
-# The toy LM's Bias in Bios editors: TOY_TRAINING_FLAGS without --use-last-attribute-token. A bio's
-# attribute ends with other facts ("is a doctor who lives in Rome and works for Amazon"), not with
-# the occupation, so its last token misses it: with it, the layer-1 editor reached 36.5%
-# decontextual top-1 accuracy; with the mean over the attribute's tokens (REMEDI's default), 71.2%.
-TOY_BIOSBIAS_TRAINING_FLAGS = [
-    flag for flag in TOY_TRAINING_FLAGS if flag != "--use-last-attribute-token"
-]
-# Share of samples held out (by first name) for the evaluation on the toy world: its export has
-# only 500 samples, so the default 10% would leave ~50.
-TOY_BIOSBIAS_TEST_SIZE = "0.2"
-
-
-def _biosbias_layer(model: str, layer: int | None) -> int:
-    return _known_layer(model, layer, BIOSBIAS_LAYERS, "Bias in Bios layer")
+# Bias in Bios: context mediation and error correction, and Bios-Med classification.
 
 
 @task(
-    help={
-        **MODEL_HELP,
-        "layer": "Edit layer (default: the paper's layer for the model).",
-        "name": "Experiment name (default: editors_biosbias_<model>).",
-        "dataset_file": "BIOS.pkl or a JSON/JSONL export (default: data/BIOS.pkl; the toy "
+    help=_training_help(
+        "biosbias",
+        dataset_file="BIOS.pkl or a JSON/JSONL export (default: data/BIOS.pkl; the toy "
         "world's export for toy models).",
-        "max_epochs": "Upper bound on training epochs (early stopping usually ends sooner).",
-        "clear_results": "Retrain layers that already have a saved editor.",
-        "seed": "Seed of the split and of training (default 0).",
-        "random": "Train on the randomly initialised model (the paper's control model).",
-    }
+        clear_results=HELP["clear_results"],
+        seed=HELP["seed"],
+    )
 )
 def train_biosbias(
     c: Context,
@@ -906,32 +710,13 @@ def train_biosbias(
     random: bool = False,
 ) -> None:
     """Train a REMEDI editor on Bias in Bios at the paper's layer."""
-    _train(
-        c,
-        "biosbias",
-        model,
-        [_biosbias_layer(model, layer)],
-        name=name or _run_name("editors_biosbias", model, random),
-        device=device,
-        file=dataset_file,
-        extra=["--seed", str(seed)],
-        max_epochs=max_epochs,
-        clear_results=clear_results,
-        random=random,
-    )
+    layers = [_paper_layer(model, "biosbias", layer)]
+    name = name or _run_name("editors_biosbias", model, random)
+    flags = _flags(device, max_epochs=max_epochs, clear_results=clear_results, random=random)
+    _train(c, "biosbias", model, layers, name, ["--seed", str(seed), *flags], dataset_file)
 
 
-@task(
-    help={
-        **MODEL_HELP,
-        "layer": "Edit layer (default: the paper's layer for the model).",
-        "name": "Experiment name (default: eval_gen_biosbias_<model>).",
-        "editors": "Experiment that trained the editors (default: x.train.biosbias's).",
-        "rerun": "Recompute results whose files are already complete.",
-        "random": "Evaluate on the randomly initialised model (editors from x.train.biosbias "
-        "--random).",
-    }
-)
+@task(help=_evaluation_help("gen", "biosbias"))
 def eval_gen_biosbias(
     c: Context,
     model: str = DEFAULT_MODEL,
@@ -943,75 +728,36 @@ def eval_gen_biosbias(
     random: bool = False,
 ) -> None:
     """Evaluate Bias in Bios error correction: baseline and REMEDI, contextual and decontextual."""
-    editors_dir = _trained_editors(model, "biosbias", editors, random, device)
-    _evaluate(
-        c,
-        "eval_bias_gen",
-        model,
-        name or _run_name("eval_gen_biosbias", model, random),
-        editors_dir=editors_dir,
-        extra=["-l", str(_biosbias_layer(model, layer))],
-        device=device,
-        rerun=rerun,
-        random=random,
-    )
+    editors_dir, args = _editors_and_layer(model, "biosbias", editors, layer, random, device)
+    args += _flags(device, rerun=rerun, random=random)
+    name = name or _run_name("eval_gen_biosbias", model, random)
+    _evaluate(c, "eval_bias_gen", model, name, editors_dir, args)
+
+
+eval_cls_biosbias = _classification_task(
+    "biosbias",
+    "eval_bias_cls",
+    """Bias in Bios classification with REMEDI directions: F1/MCC of predicting the LM's wrong
+    occupations (Bios-Med), with the identity editor, the control task and the control model.""",
+)
 
 
 # ---------------------------------------------------------------------------------------
-# Bias in Bios as a probe (Bios-Med classification) and the Bias in Bios layer sweeps.
+# Layer sweeps (the reference's experiments/sweep.py): one evaluation per layer on a small
+# split, then every metric against the layer and the best layer (see remedi.sweep). Each step
+# skips what is finished, so a sweep resumes and never recomputes a finished layer.
 
 
-@task(
-    help={
-        **MODEL_HELP,
-        "layer": "Editor layer (default: the paper's Bias in Bios layer for the model).",
-        "entity_layer": "Layer the entity is read at (default: the paper's for the model).",
-        "name": "Experiment name (default: eval_cls_biosbias_<model>).",
-        "editors": "Experiment that trained the editors (default: x.train.biosbias's).",
-        "control_editors": "Experiment that trained the Control Model's editors (default: "
-        "x.train.biosbias --random's; the row is left out if it does not exist).",
-        "rerun": "Recompute finished results.",
-        "random": "Probe the randomly initialised model itself (its editors as REMEDI).",
-    }
-)
-def eval_cls_biosbias(
-    c: Context,
-    model: str = DEFAULT_MODEL,
-    device: str | None = None,
-    layer: int | None = None,
-    entity_layer: int | None = None,
-    name: str | None = None,
-    editors: str | None = None,
-    control_editors: str | None = None,
-    rerun: bool = False,
-    random: bool = False,
+@task(help=SWEEP_HELP)
+def sweep_gen_counterfact(
+    c: Context, model: str = DEFAULT_MODEL, device: str | None = None, layers: str = ""
 ) -> None:
-    """Bias in Bios classification with REMEDI directions: F1/MCC of predicting the LM's wrong
-    occupations (Bios-Med), with the identity editor, the control task and the control model."""
-    editors_dir = _trained_editors(
-        model, "biosbias", editors, random, device, "Bias in Bios editors"
-    )
-    probe_args = [
-        "-l",
-        str(_biosbias_layer(model, layer)),
-        "--entity-layers",
-        str(_entity_layer_for(model, "biosbias", entity_layer)),
-    ]
-    if random:
-        # The random model's own editors stand in for REMEDI (no trained-model rows).
-        probe_args.append("--random")
-    else:
-        probe_args += _control_model_args(model, "biosbias", control_editors)
-    _evaluate(
-        c,
-        "eval_bias_cls",
-        model,
-        name or _run_name("eval_cls_biosbias", model, random),
-        editors_dir=editors_dir,
-        extra=probe_args,
-        device=device,
-        rerun=rerun,
-    )
+    """Sweep the editing layer on CounterFact: train one editor per layer, evaluate efficacy,
+    paraphrase and neighborhood on a small split, pick the layer with the best score."""
+    swept = _sweep_layers(model, layers)
+    eval_args = ["-b", "efficacy", "paraphrase", "neighborhood"]
+    eval_args += ["--max-cases", str(SWEEP_SMALL_SAMPLES), *_dataset_args(model, "counterfact")]
+    _sweep_editing_layer(c, "eval_fact_gen", "gen", "counterfact", model, swept, eval_args, device)
 
 
 @task(help=SWEEP_HELP)
@@ -1020,44 +766,44 @@ def sweep_gen_biosbias(
 ) -> None:
     """Sweep the editing layer on Bias in Bios: train one editor per layer, evaluate error
     correction on a small split, pick the layer with the best decontextual top-1 accuracy."""
+    swept = _sweep_layers(model, layers)
+    eval_args = ["--max-samples", str(SWEEP_SMALL_SAMPLES)]
     _sweep_editing_layer(
-        c,
-        "gen",
-        "biosbias",
-        model,
-        _sweep_layers(model, layers),
-        device=device,
-        eval_script="eval_bias_gen",
-        eval_args=["--max-samples", str(SWEEP_SMALL_SAMPLES)],
-        kind="gen_biosbias",
-        title=f"Bias in Bios editing layer sweep, {model}",
+        c, "eval_bias_gen", "gen_biosbias", "biosbias", model, swept, eval_args, device
     )
 
 
-@task(help={**SWEEP_HELP, "layer": "Editor layer (default: the paper's Bias in Bios layer)."})
-def sweep_cls_biosbias(
+@task(help={**SWEEP_HELP, "file": "McRae norms file (default: the shared data's)."})
+def sweep_ent_mcrae(
     c: Context,
     model: str = DEFAULT_MODEL,
     device: str | None = None,
     layers: str = "",
-    layer: int | None = None,
+    file: str | None = None,
 ) -> None:
-    """Sweep the entity layer of Bias in Bios classification: the editor at its layer, the
-    entity read at each layer, pick the layer with the best Bios-Med F1."""
+    """Sweep the editing layer on McRae: train one editor per layer, evaluate entailment on a
+    small split, pick the layer whose co-occurring features correlate best with the norms."""
     swept = _sweep_layers(model, layers)
-    editors_dir = _trained_editors(model, "biosbias", None, False, device, "Bias in Bios editors")
-    _sweep_entity_layer(
-        c,
-        "biosbias",
-        model,
-        swept,
-        editors_dir=editors_dir,
-        editor_layer=_biosbias_layer(model, layer),
-        device=device,
-        eval_script="eval_bias_cls",
-        kind="cls_biosbias",
-        title=f"Bias in Bios entity layer sweep, {model}",
+    eval_args = ["--max-samples", str(SWEEP_SMALL_SAMPLES)]
+    _sweep_editing_layer(
+        c, "eval_entailment", "ent", "mcrae", model, swept, eval_args, device, file
     )
+
+
+sweep_cls_counterfact = _entity_sweep_task(
+    "counterfact",
+    "eval_fact_cls",
+    "cls",
+    """Sweep the entity layer of fact classification: the editor at its layer, the entity read
+    at each layer, pick the layer with the best Fact-Med F1.""",
+)
+sweep_cls_biosbias = _entity_sweep_task(
+    "biosbias",
+    "eval_bias_cls",
+    "cls_biosbias",
+    """Sweep the entity layer of Bias in Bios classification: the editor at its layer, the
+    entity read at each layer, pick the layer with the best Bios-Med F1.""",
+)
 
 
 # ---------------------------------------------------------------------------------------
@@ -1066,10 +812,10 @@ def sweep_cls_biosbias(
 
 @task(
     help={
-        "model": MODEL_HELP["model"],
+        "model": HELP["model"],
         "window_sizes": "Windows of restored layers, space-separated (default '10 5 3 1').",
         "n": "Trace the first N cases (default 2000).",
-        "device": MODEL_HELP["device"],
+        "device": HELP["device"],
         "rerun": "Retrace cases already traced with the same settings.",
     }
 )
@@ -1089,11 +835,11 @@ def trace_counterfact(
 
 @task(
     help={
-        "model": MODEL_HELP["model"],
+        "model": HELP["model"],
         "method": "Registered weight-editing method: rome, memit, ft or ft5 (default rome).",
         "edit_layer": "Central edit layer N, or 'all' (default).",
         "n": "Edit the first N cases (default 1000; those the model answers correctly).",
-        "device": MODEL_HELP["device"],
+        "device": HELP["device"],
         "rerun": "Recompute finished edits.",
     }
 )
@@ -1161,6 +907,8 @@ def harm_run(
     editors_dir = results_dir() / (editors or f"editors_counterfact_{_model_slug(model)}")
     if editors_dir.is_dir():
         args += ["--editors", str(editors_dir)]
+    else:  # edits from the data itself: for a toy model, its world's CounterFact export
+        args += _dataset_args(model, "counterfact")
     if rect is not None:
         args += ["--rect", rect]
     if task_limit is not None:
@@ -1184,9 +932,43 @@ def harm_report(c: Context, model: str = "toy", name: str | None = None) -> None
 # Model editing with canonical examples (scripts/canon.py): `x.canon.*`.
 
 
+def _export_toy_canonical(c: Context, path: str, sweep: bool = False) -> None:
+    """Export the toy world's canonical task into the data root of each experiment (of the
+    config or sweep at ``path``) that reads it and does not find it there: a toy experiment
+    builds its own data. A file that does not load is left for the script to report."""
+    from remedi import canon
+    from remedi.canon.sweep import load_sweep
+    from remedi.data.canonical import GENERAL_FILES
+    from remedi.errors import RemediError
+    from remedi.toy.canonical import TOY_WORKS_FOR
+
+    file = REPO_ROOT / path  # as the script, which runs from the repository root, reads it
+    try:
+        configs = load_sweep(file)[1] if sweep else [canon.load_config(file)]
+    except (RemediError, OSError, ValueError):
+        return
+    toy_roots = {
+        (config.data_root, config.model)
+        for config in configs
+        if config.task == TOY_WORKS_FOR.name and config.data_root and settings.is_toy(config.model)
+    }
+    for data_root, world in sorted(toy_roots):
+        root = REPO_ROOT / data_root
+        files = [
+            TOY_WORKS_FOR.path(role, split, root)
+            for role in TOY_WORKS_FOR.files
+            for split in ("val", "test")
+        ]
+        if all(f.is_file() for f in [*files, *(root / name for name in GENERAL_FILES.values())]):
+            continue
+        print(f"no toy canonical data at {root}: exporting it from the toy world {world!r}")
+        _python(c, "scripts.canon", ["toy-export", "--world", world, "--out", data_root])
+
+
 @task(help={"config": "Experiment YAML (configs/canon/*.yaml).", "rerun": "Replace a result."})
 def canon_run(c: Context, config: str, rerun: bool = False) -> None:
-    """Train and evaluate one canonical-examples experiment."""
+    """Train and evaluate one canonical-examples experiment (a toy one exports its data first)."""
+    _export_toy_canonical(c, config)
     _python(c, "scripts.canon", ["run", config, *(["--rerun"] if rerun else [])])
 
 
@@ -1199,11 +981,10 @@ def canon_run(c: Context, config: str, rerun: bool = False) -> None:
 )
 def canon_sweep(c: Context, sweep: str, executor: str = "local", status: bool = False) -> None:
     """Run a sweep's unfinished experiments through submitit (resumable)."""
-    _python(
-        c,
-        "scripts.canon",
-        ["sweep", sweep, "--executor", executor, *(["--status"] if status else [])],
-    )
+    if not status:
+        _export_toy_canonical(c, sweep, sweep=True)
+    args = ["sweep", sweep, "--executor", executor, *(["--status"] if status else [])]
+    _python(c, "scripts.canon", args)
 
 
 @task(help={"directory": "A sweep's output directory.", "bound": "Degradation bound."})
@@ -1215,11 +996,8 @@ def canon_report(c: Context, directory: str, bound: float = 1e-3) -> None:
 @task(help={"people": "People edited per split.", "out": "Output folder."})
 def canon_toy_export(c: Context, people: int = 30, out: str = "") -> None:
     """Export the toy world's works-for task in the canonical-examples formats."""
-    _python(
-        c,
-        "scripts.canon",
-        ["toy-export", "--people", str(people), *(["--out", out] if out else [])],
-    )
+    args = ["toy-export", "--people", str(people), *(["--out", out] if out else [])]
+    _python(c, "scripts.canon", args)
 
 
 # ---------------------------------------------------------------------------------------
@@ -1243,82 +1021,48 @@ def models_fetch(
     _python(c, "scripts.fetch_model", args)
 
 
-models_collection = Collection("models")
-models_collection.add_task(models_fetch, name="fetch")
-
-
 # ---------------------------------------------------------------------------------------
 # The namespace: `invoke --list`.
 
 toy = Collection("toy")
 toy.add_task(toy_build, name="build", default=True)
+evaluate = Collection(
+    "eval",
+    gen=Collection("gen", counterfact=eval_gen_counterfact, biosbias=eval_gen_biosbias),
+    cls=Collection("cls", counterfact=eval_cls_counterfact, biosbias=eval_cls_biosbias),
+    med=Collection("med", counterfact=eval_med_counterfact),
+    ent=Collection("ent", mcrae=eval_ent_mcrae),
+)
+sweep = Collection(
+    "sweep",
+    gen=Collection("gen", counterfact=sweep_gen_counterfact, biosbias=sweep_gen_biosbias),
+    cls=Collection("cls", counterfact=sweep_cls_counterfact, biosbias=sweep_cls_biosbias),
+    ent=Collection("ent", mcrae=sweep_ent_mcrae),
+)
+x = Collection(
+    "x",
+    toy,
+    evaluate,
+    sweep,
+    quickstart,
+    train=Collection(
+        "train", counterfact=train_counterfact, biosbias=train_biosbias, mcrae=train_mcrae
+    ),
+    models=Collection("models", fetch=models_fetch),
+    trace=Collection("trace", counterfact=trace_counterfact),
+    edit=Collection("edit", problems=edit_problems, analysis=edit_analysis),
+    harm=Collection("harm", run=harm_run, report=harm_report),
+    canon=Collection(
+        "canon",
+        run=canon_run,
+        sweep=canon_sweep,
+        report=canon_report,
+        **{"toy-export": canon_toy_export},
+    ),
+)
 
-train = Collection("train")
-train.add_task(train_counterfact, name="counterfact")
-train.add_task(train_biosbias, name="biosbias")
-train.add_task(train_mcrae, name="mcrae")
-
-gen = Collection("gen")
-gen.add_task(eval_gen_counterfact, name="counterfact")
-gen.add_task(eval_gen_biosbias, name="biosbias")
-evaluate = Collection("eval")
-evaluate.add_collection(gen)
-cls_collection = Collection("cls")
-cls_collection.add_task(eval_cls_counterfact, name="counterfact")
-cls_collection.add_task(eval_cls_biosbias, name="biosbias")
-evaluate.add_collection(cls_collection)
-med = Collection("med")
-med.add_task(eval_med_counterfact, name="counterfact")
-evaluate.add_collection(med)
-ent = Collection("ent")
-ent.add_task(eval_ent_mcrae, name="mcrae")
-evaluate.add_collection(ent)
-
-sweep = Collection("sweep")
-sweep_gen = Collection("gen")
-sweep_gen.add_task(sweep_gen_counterfact, name="counterfact")
-sweep_gen.add_task(sweep_gen_biosbias, name="biosbias")
-sweep.add_collection(sweep_gen)
-sweep_cls = Collection("cls")
-sweep_cls.add_task(sweep_cls_counterfact, name="counterfact")
-sweep_cls.add_task(sweep_cls_biosbias, name="biosbias")
-sweep.add_collection(sweep_cls)
-sweep_ent = Collection("ent")
-sweep_ent.add_task(sweep_ent_mcrae, name="mcrae")
-sweep.add_collection(sweep_ent)
-
-x = Collection("x")
-x.add_collection(toy)
-x.add_collection(train)
-x.add_collection(evaluate)
-x.add_collection(sweep)
-x.add_task(quickstart)
-x.add_collection(models_collection)
-trace_collection = Collection("trace")
-trace_collection.add_task(trace_counterfact, name="counterfact")
-x.add_collection(trace_collection)
-edit_collection = Collection("edit")
-edit_collection.add_task(edit_problems, name="problems")
-edit_collection.add_task(edit_analysis, name="analysis")
-x.add_collection(edit_collection)
-
-harm_collection = Collection("harm")
-harm_collection.add_task(harm_run, name="run")
-harm_collection.add_task(harm_report, name="report")
-x.add_collection(harm_collection)
-
-canon_collection = Collection("canon")
-canon_collection.add_task(canon_run, name="run")
-canon_collection.add_task(canon_sweep, name="sweep")
-canon_collection.add_task(canon_report, name="report")
-canon_collection.add_task(canon_toy_export, name="toy-export")
-x.add_collection(canon_collection)
-
-presubmit_collection = Collection("presubmit")
+presubmit_collection = Collection("presubmit", lint, mypy, pytest)
 presubmit_collection.add_task(presubmit, name="all", default=True)
-presubmit_collection.add_task(lint)
-presubmit_collection.add_task(mypy)
-presubmit_collection.add_task(pytest)
 
 ns = Collection()
 ns.add_task(install)

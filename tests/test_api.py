@@ -18,8 +18,7 @@ import pytest
 import torch
 
 import remedi
-import tasks
-from remedi import api, editors, models, precompute, training
+from remedi import api, editors, models, precompute, settings, training
 from remedi.toy.build import load_world
 from scripts import train_editors
 from tests.conftest import tiny_gpt2
@@ -48,7 +47,7 @@ def trained(
     argv = [
         *("-n", RUN_NAME, "-m", "toy-small", "-d", "counterfact", "-l", "0"),
         *("--dataset-file", str(small_world.paths.counterfact_file)),
-        *tasks.TOY_TRAINING_FLAGS,
+        *settings.toy_training_flags("toy-small", "counterfact"),
         # As the README says: rewrite prompts, which the toy LM knows (its paraphrase prompts
         # are templates held out from its training), so the unedited LM never prefers the new value.
         *("--counterfact-prompt", "rewrite"),

@@ -36,7 +36,7 @@ def test_a_trained_editor_beats_unedited_on_held_out_toy_entities(
                 layers=[layer],
                 max_epochs=6,
                 seed=0,
-                # The main job's toy recipe (tasks.TOY_TRAINING_FLAGS).
+                # The main job's toy recipe (remedi.settings.TOY_TRAINING).
                 use_all_entity_tokens=True,
                 use_last_attribute_token=True,
                 lr=1e-2,

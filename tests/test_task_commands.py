@@ -14,6 +14,9 @@ from invoke.context import Context
 from invoke.exceptions import Exit
 
 import tasks
+from tests.toy_fixtures import toy_dirs
+
+COUNTERFACT_SAMPLE = Path(__file__).parent / "fixtures" / "counterfact_sample.json"
 
 
 @pytest.fixture
@@ -23,6 +26,17 @@ def commands(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> list[tuple[str,
     monkeypatch.setattr(tasks, "_python", lambda c, module, args: ran.append((module, args)))
     monkeypatch.setenv("REMEDI_RESULTS_DIR", str(tmp_path))
     return ran
+
+
+def _recorded_run(directory: Path, model: str, dataset: str, layers: list[int] | None) -> None:
+    """A training run's args.json as scripts.train_editors records it (the editors themselves
+    are not needed to decide the command)."""
+    from remedi import io, training
+
+    args = training.RunArgs(name=directory.name, model=model, dataset=dataset, layers=layers)
+    split = training.RunSplit(train=[], validation=[], test=[])
+    record = training.RunRecord(args=args, seed=0, model_name=model, hidden_size=8, split=split)
+    io.write_json(directory / training.ARGS_FILE, record.to_dict())
 
 
 def test_train_passes_the_name_layer_and_flags_it_was_given(commands):
@@ -71,6 +85,7 @@ def test_classification_adds_the_control_model_only_when_its_editors_exist(
 ):
     trained = tmp_path / "editors_counterfact_gpt2"
     trained.mkdir()
+    _recorded_run(trained, "gpt2", "counterfact", [0])
     expected = ["-n", "eval_cls_counterfact_gpt2", "-e", str(trained), "-m", "gpt2"]
     expected += ["-l", "0", "--entity-layers", "10"]
 
@@ -95,3 +110,115 @@ def test_an_evaluation_without_its_editors_names_the_training_task(commands, tmp
         "; train them first with\n    invoke x.train.mcrae --model gpt2 --random"
     )
     assert commands == []
+
+
+# ---------------------------------------------------------------------------------------
+# The layer is decided once: at training (the paper's, from remedi.settings, or --layer), and an
+# evaluation reads it from the run it evaluates.
+
+
+def _arguments_after(args: list[str], flag: str) -> str:
+    return args[args.index(flag) + 1]
+
+
+def test_an_editor_trained_at_layer_3_is_evaluated_at_layer_3(
+    commands, tmp_path, tokenizer, monkeypatch
+):
+    from scripts import train_editors
+    from tests.conftest import tiny_gpt2
+
+    monkeypatch.setenv("REMEDI_DATA_DIR", str(tmp_path / "data"))
+    # x.train.counterfact --layer 3, run for real on a tiny 4-layer GPT-2 and the sample data
+    # in place of GPT-J and CounterFact.
+    tasks.train_counterfact(Context(), layer=3, device="cpu", max_epochs=1)
+    [(script, args)] = commands
+    assert (script, _arguments_after(args, "-l")) == ("scripts.train_editors", "3")
+    model_dir = tmp_path / "tiny-gpt2"
+    tiny_gpt2(tokenizer, n_layer=4).save_pretrained(model_dir)
+    tokenizer.save_pretrained(model_dir)
+    args[args.index("-m") + 1] = str(model_dir)
+    small = ["--batch-size", "2", "--test-size", "0.25", "--hold-out", "0.34"]
+    assert train_editors.main([*args, *small, "--dataset-file", str(COUNTERFACT_SAMPLE)]) == 0
+    assert (
+        tmp_path / "editors_counterfact_gptj" / "linear" / "3" / "weights.safetensors"
+    ).is_file()
+
+    commands.clear()
+    tasks.eval_gen_counterfact(Context())  # no --layer: GPT-J's paper layer is 1
+    tasks.eval_cls_counterfact(Context())
+    tasks.sweep_cls_counterfact(Context(), layers="0,1")
+    assert [_arguments_after(args, "-l") for _, args in commands[:3]] == ["3", "3", "3"]
+
+    commands.clear()
+    tasks.eval_gen_counterfact(Context(), layer=2)  # an explicit layer still wins
+    assert _arguments_after(commands[0][1], "-l") == "2"
+
+
+def test_mcrae_trains_at_the_references_layer_and_is_evaluated_at_the_runs(commands, tmp_path):
+    tasks.train_mcrae(Context())
+    tasks.train_mcrae(Context(), model="EleutherAI/gpt-j-6B")  # the alias's hub name: the same
+    assert [_arguments_after(args, "-l") for _, args in commands] == ["12", "12"]
+
+    commands.clear()
+    run = tmp_path / "editors_mcrae_gptj"
+    run.mkdir()
+    _recorded_run(run, "gptj", "mcrae", [5])
+    tasks.eval_ent_mcrae(Context(), max_samples=10)
+    expected = ["-n", "eval_ent_mcrae_gptj", "-e", str(run), "-m", "gptj", "-l", "5"]
+    assert commands == [("scripts.eval_entailment", [*expected, "--max-samples", "10"])]
+
+
+def test_a_run_of_several_layers_is_evaluated_at_the_papers_or_asks_for_one(commands, tmp_path):
+    run = tmp_path / "editors_biosbias_gpt2"
+    run.mkdir()
+    _recorded_run(run, "gpt2", "biosbias", [4, 10])
+    tasks.eval_gen_biosbias(Context(), model="gpt2")
+    assert _arguments_after(commands[-1][1], "-l") == "10"  # GPT-2's Bias in Bios layer
+
+    _recorded_run(run, "gpt2", "biosbias", [4, 5])
+    with pytest.raises(Exit, match=r"trained editors at layers \[4, 5\]; pass --layer N"):
+        tasks.eval_gen_biosbias(Context(), model="gpt2")
+
+
+# ---------------------------------------------------------------------------------------
+# A toy task finds or builds its toy data itself.
+
+
+def test_harm_on_a_toy_model_edits_its_worlds_counterfact_without_trained_editors(
+    commands, tmp_path, small_world
+):
+    with toy_dirs(small_world.models_dir, small_world.data_dir):
+        tasks.harm_run(Context(), model="toy-small", edits="5")
+        editors = tmp_path / "editors_counterfact_toy-small"
+        editors.mkdir()
+        tasks.harm_run(Context(), model="toy-small", edits="5")
+    start = ["--model", "toy-small", "--method", "rome", "--mode", "instance-sequential"]
+    start += ["--edits", "5", "--batch-size", "10", "--tasks", "all"]
+    assert commands == [
+        ("scripts.harm_run", [*start, "--dataset-file", str(small_world.paths.counterfact_file)]),
+        ("scripts.harm_run", [*start, "--editors", str(editors)]),
+    ]
+
+
+def test_a_toy_canonical_experiment_exports_its_data_when_it_is_missing(
+    commands, tmp_path, small_world
+):
+    from remedi.toy import canonical as toy_canonical
+
+    data_root = tmp_path / "toy_data"
+    config = tmp_path / "toy_works_for_full.yaml"
+    config.write_text(
+        "model: toy-small\ntask: toy_works_for\n"
+        f"data_root: {data_root}\nsplit: val\nmethod:\n  name: full\n"
+    )
+    tasks.canon_run(Context(), str(config))
+    assert commands == [
+        ("scripts.canon", ["toy-export", "--world", "toy-small", "--out", str(data_root)]),
+        ("scripts.canon", ["run", str(config)]),
+    ]
+
+    commands.clear()
+    world = toy_canonical.load_world(small_world.paths.world_file)
+    toy_canonical.export_toy_canonical(world, data_root, people_per_split=4)
+    tasks.canon_run(Context(), str(config))
+    assert commands == [("scripts.canon", ["run", str(config)])]

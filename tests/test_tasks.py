@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 import tasks
-from remedi import editors, training
+from remedi import editors, settings, training
 from scripts import train_editors
 from tests.toy_fixtures import BuiltToyWorld
 
@@ -92,7 +92,9 @@ def test_training_a_toy_model_applies_the_toy_flags(small_world: BuiltToyWorld, 
     # What the toy flags mean, as the script reads them; they must change something.
     parse = train_editors.parse_args
     expected = train_editors.run_args(
-        parse(["-n", "x", "-m", "toy-small", *tasks.TOY_TRAINING_FLAGS])
+        parse(
+            ["-n", "x", "-m", "toy-small", *settings.toy_training_flags("toy-small", "counterfact")]
+        )
     )
     defaults = train_editors.run_args(parse(["-n", "x", "-m", "toy-small"]))
     toy_fields = [
@@ -106,7 +108,7 @@ def test_training_a_toy_model_applies_the_toy_flags(small_world: BuiltToyWorld, 
     args = training.load_run(run).args
     for name in toy_fields:
         assert getattr(args, name) == getattr(expected, name), name
-    layer = tasks.COUNTERFACT_LAYERS["toy-small"]
+    layer = settings.editor_layer("toy-small", "counterfact")
     assert args.layers == [layer]
     assert args.max_epochs == 1
     assert args.dataset_file == str(small_world.paths.counterfact_file)
