@@ -15,7 +15,7 @@ import sys
 from collections.abc import Sequence
 
 from remedi import cli, env, errors
-from remedi.evaluation import problems
+from remedi.evaluation.locate import problems
 from remedi.report import tables
 
 

@@ -18,7 +18,7 @@ from pathlib import Path
 import torch
 
 from remedi import cli, corpora, data, env, errors, evaluation, models, tracing
-from remedi.evaluation import problems
+from remedi.evaluation.locate import problems
 from remedi.methods import registry
 from remedi.report import tables
 

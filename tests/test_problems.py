@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from remedi import errors, evaluation, models, tracing
-from remedi.evaluation import problems
+from remedi.evaluation.locate import problems
 from remedi.methods import ft, memit, registry
 from tests.conftest import tiny_gpt2
 

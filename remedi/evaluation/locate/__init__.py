@@ -1,0 +1,1 @@
+"""Locate, then edit: does localization inform editing? (Hase et al. 2023.)"""
