@@ -35,7 +35,7 @@ from benchmarks.common import (
 )
 from remedi import evaluation, models, training
 from remedi.data import biosbias as biosbias_data
-from remedi.evaluation import biosbias
+from remedi.evaluation.editing import biosbias
 from remedi.toy import export
 from remedi.toy.world import generate_world
 

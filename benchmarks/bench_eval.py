@@ -65,7 +65,8 @@ def benchmark(
         torch_device, lambda: evaluation.efficacy(mt, method, eval_cases, resources)
     )
     generation, generation_seconds = timed(
-        torch_device, lambda: evaluation.generation.generation(mt, method, eval_cases, resources)
+        torch_device,
+        lambda: evaluation.editing.generation.generation(mt, method, eval_cases, resources),
     )
     prompts = sum(len(case.texts) for case in generation.cases)
     return {

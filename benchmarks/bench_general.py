@@ -24,7 +24,7 @@ import transformers
 from benchmarks.common import gpt2_tokenizer
 from remedi import env, models
 from remedi.data import general_tasks
-from remedi.evaluation import general
+from remedi.evaluation.general import abilities
 
 
 def random_gpt2(device: str, tiny: bool) -> models.ModelAndTokenizer:
@@ -53,17 +53,17 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--tiny", action="store_true", help="a tiny model instead")
     parser.add_argument("--items", type=int, default=16, help="items per task")
-    parser.add_argument("--batch-size", type=int, default=general.DEFAULT_BATCH_SIZE)
+    parser.add_argument("--batch-size", type=int, default=abilities.DEFAULT_BATCH_SIZE)
     parser.add_argument("--tasks", default=",".join(general_tasks.TASK_FILES))
     args = parser.parse_args(argv)
     task_dir = env.shared_data_dir() / "edit_harms" / "task-data"
     mt = random_gpt2(args.device, args.tiny)
-    scorer = general.Scorer(mt, batch_size=args.batch_size)
+    scorer = abilities.Scorer(mt, batch_size=args.batch_size)
     for task in args.tasks.split(","):
         items = general_tasks.load_task(task, task_dir)[: args.items]
-        for protocol in general.PROTOCOLS:
+        for protocol in abilities.PROTOCOLS:
             start = time.perf_counter()
-            general.evaluate_task(scorer, task, items, protocol)
+            abilities.evaluate_task(scorer, task, items, protocol)
             if mt.device.type == "cuda":
                 torch.cuda.synchronize()
             seconds = time.perf_counter() - start

@@ -19,7 +19,7 @@ torch threads (2). Rows:
 - ``precompute-*``: ``precompute.editor_inputs`` for the training samples, seconds;
 - ``efficacy-4x256``: building a ``RemediMethod`` (which computes the directions from the
   contexts) and running ``evaluation.efficacy``, cases per second;
-- ``generation-4x256``: ``evaluation.generation.generation`` with 2 prompts per case (the
+- ``generation-4x256``: ``evaluation.editing.generation.generation`` with 2 prompts per case (the
   record's rewrite prompt and the sample's prompt, its cleaned ``rephrase_prompt``), top-k 5,
   100 tokens, cases per second (the method is built before the clock starts);
 - ``rss-*``: peak memory of the process that trained (it loaded the model and precomputed
@@ -274,7 +274,7 @@ def _evaluation_runs(
         method = evaluation.RemediMethod(mt, editor, cases, batch_size=resources.batch_size)
 
         def generation_pass() -> None:
-            evaluation.generation.generation(mt, method, cases, resources)
+            evaluation.editing.generation.generation(mt, method, cases, resources)
 
         runs[f"generation-{shape}"] = [
             len(cases) / _timed(device, generation_pass)[1] for _ in range(repeats)

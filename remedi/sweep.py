@@ -31,13 +31,8 @@ from pathlib import Path
 from dataclasses_json import DataClassJsonMixin
 
 from remedi import errors, io
-from remedi.evaluation import (
-    bios_classification,
-    biosbias,
-    classification,
-    counterfact_report,
-    entailment,
-)
+from remedi.evaluation.editing import biosbias, counterfact_report
+from remedi.evaluation.probing import bios_classification, classification, entailment
 from remedi.report import figures, tables
 
 logger = logging.getLogger(__name__)

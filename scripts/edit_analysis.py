@@ -15,7 +15,7 @@ import sys
 from collections.abc import Sequence
 
 from remedi import cli, env, errors
-from remedi.evaluation import problems
+from remedi.evaluation.locate import analysis, running
 from remedi.report import tables
 
 
@@ -50,15 +50,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     directory = env.results_dir() / (args.name or f"edit_analysis_{slug}")
     everything = []
     for method in methods:
-        results = problems.read_results(found[method])
+        results = running.read_results(found[method])
         everything += results
-        r2, by_layer = problems.analyze(results, title=f"{args.model}, {method}")
+        r2, by_layer = analysis.analyze(results, title=f"{args.model}, {method}")
         for table, stem in ((by_layer, f"success_by_layer_{method}"), (r2, f"r2_{method}")):
             files = tables.write_table(table, directory, stem)
             print(tables.markdown(table))
             print(f"table: {files.markdown} (LaTeX: {files.latex}, plot: {files.plot})\n")
     if len(methods) > 1:
-        r2, _ = problems.analyze(everything, title=f"{args.model}, {' + '.join(methods)}")
+        r2, _ = analysis.analyze(everything, title=f"{args.model}, {' + '.join(methods)}")
         files = tables.write_table(r2, directory, "r2_all")
         print(tables.markdown(r2))
         print(f"table: {files.markdown} (LaTeX: {files.latex}, plot: {files.plot})")

@@ -18,7 +18,7 @@ from pathlib import Path
 import torch
 
 from remedi import cli, corpora, data, env, errors, evaluation, models, tracing
-from remedi.evaluation import problems
+from remedi.evaluation.locate import analysis, problems, running
 from remedi.methods import registry
 from remedi.report import tables
 
@@ -125,7 +125,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         }
     slug = args.model.replace("/", "_")
     directory = env.results_dir() / (args.name or f"edit_problems_{slug}_{args.method}")
-    results = problems.run_problems(
+    results = running.run_problems(
         mt,
         args.method,
         cases,
@@ -142,7 +142,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if not results:
         print("no case is answered correctly by the model: nothing was edited")
         return 0
-    r2, by_layer = problems.analyze(results, title=f"{args.model}, {args.method}")
+    r2, by_layer = analysis.analyze(results, title=f"{args.model}, {args.method}")
     for table, stem in ((by_layer, "success_by_layer"), (r2, "r2")):
         files = tables.write_table(table, directory, stem)
         print(tables.markdown(table))

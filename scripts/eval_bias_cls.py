@@ -7,7 +7,7 @@ writes one JSON per (row, entity layer) under ``results/NAME/<row>/bios_cls_enti
 (rows: remedi, remedi_identity, control_task, control_model; a rerun skips finished ones unless
 ``--rerun``), then ``results/NAME/summary.{md,tex,json,png}`` for the first entity layer and
 ``summary_entity_layer_<L>.*`` for each. Samples: the held-out (test) split of the editors'
-training run (see :mod:`remedi.evaluation.bios_classification`).
+training run (see :mod:`remedi.evaluation.probing.bios_classification`).
 """
 
 from __future__ import annotations
@@ -17,8 +17,8 @@ import sys
 from collections.abc import Sequence
 
 from remedi import cli, editors, models, training
-from remedi.evaluation import bios_classification as bios_cls
-from remedi.evaluation import probe_runs
+from remedi.evaluation.probing import bios_classification as bios_cls
+from remedi.evaluation.probing import probe_runs
 from remedi.report import tables
 
 
@@ -29,7 +29,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
 
 
 class BiosProbe(probe_runs.ProbeSuite[bios_cls.BiosClassificationResults]):
-    """Bios-Med classification (:mod:`remedi.evaluation.bios_classification`)."""
+    """Bios-Med classification (:mod:`remedi.evaluation.probing.bios_classification`)."""
 
     dataset = "biosbias"
     train_task = "invoke x.train.biosbias"

@@ -23,7 +23,7 @@ from pathlib import Path
 import torch
 
 from remedi import cli, data, env, errors, evaluation, models, training
-from remedi.evaluation import biosbias
+from remedi.evaluation.editing import biosbias
 
 
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:

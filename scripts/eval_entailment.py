@@ -5,7 +5,7 @@
 writes ``results/NAME/<method>/entailment.json`` (a rerun skips finished methods unless
 ``--rerun``) and ``results/NAME/summary.{md,tex,json,png}``. Samples: the held-out (test)
 split of the editors' training run (or, without ``-e``, the first ``--max-samples`` samples
-and no REMEDI row). See :mod:`remedi.evaluation.entailment`. McRae is real-world knowledge:
+and no REMEDI row). See :mod:`remedi.evaluation.probing.entailment`. McRae is real-world knowledge:
 on the toy LM the numbers mean nothing; use a pretrained model.
 """
 
@@ -19,7 +19,7 @@ from pathlib import Path
 import torch
 
 from remedi import cli, data, env, io, models, training
-from remedi.evaluation import entailment
+from remedi.evaluation.probing import entailment
 from remedi.methods import registry
 from remedi.methods.base import MethodSetup
 from remedi.methods.remedi import RemediEdit

@@ -8,7 +8,7 @@ writes one JSON per (row, entity layer) under ``results/NAME/<row>/cls_entity_la
 ``--rerun``), then ``results/NAME/summary.{md,tex,json,png}`` for the first entity layer and
 ``summary_entity_layer_<L>.*`` for each. Samples: the held-out (test) split of the editors'
 training run. Works on any dataset whose samples have both targets (see
-:mod:`remedi.evaluation.classification`).
+:mod:`remedi.evaluation.probing.classification`).
 """
 
 from __future__ import annotations
@@ -19,8 +19,8 @@ from collections.abc import Sequence
 from typing import Any
 
 from remedi import cli, editors, models, training
-from remedi.evaluation import classification as cls
-from remedi.evaluation import mediation, probe_runs
+from remedi.evaluation.probing import classification as cls
+from remedi.evaluation.probing import mediation, probe_runs
 from remedi.report import tables
 
 
@@ -37,7 +37,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
 
 
 class FactProbe(probe_runs.ProbeSuite[cls.ClassificationResults]):
-    """Fact-Med and Fact-Prior classification (:mod:`remedi.evaluation.classification`)."""
+    """Fact-Med and Fact-Prior classification (:mod:`remedi.evaluation.probing.classification`)."""
 
     def read_samples(
         self, mt: models.ModelAndTokenizer, samples: list[dict], entity_layers: list[int]

@@ -19,7 +19,7 @@ from pathlib import Path
 import torch
 
 from remedi import cli, corpora, data, env, errors, evaluation, models, training
-from remedi.evaluation import counterfact_report
+from remedi.evaluation.editing import counterfact_report
 from remedi.methods import registry
 
 

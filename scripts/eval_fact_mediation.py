@@ -5,7 +5,7 @@
 writes ``results/NAME/mediation.json`` (skipped if it exists, unless ``--rerun``) and
 ``results/NAME/summary.{md,tex,json,png}``: the share of samples where the LM prefers the
 context's value after the context (contextual) and its own value without it (decontextual).
-See :mod:`remedi.evaluation.mediation`.
+See :mod:`remedi.evaluation.probing.mediation`.
 """
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ from pathlib import Path
 import torch
 
 from remedi import cli, data, env, io, models
-from remedi.evaluation import mediation
+from remedi.evaluation.probing import mediation
 from remedi.report import tables
 
 

@@ -14,7 +14,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from remedi import cli, errors, io
-from remedi.evaluation import harm_report
+from remedi.evaluation.general import harm_report
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -29,7 +29,7 @@ import torch
 
 from remedi import cli, data, env, errors, evaluation, io, models, training
 from remedi.data import general_tasks, zsre
-from remedi.evaluation import general, harm
+from remedi.evaluation.general import abilities, harm
 from remedi.methods import rect, registry
 from remedi.methods.base import MethodSetup
 from remedi.toy import build
@@ -63,7 +63,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     )
     parser.add_argument("--task-limit", type=int, help="score only the first N items per task")
     parser.add_argument(
-        "--protocols", default=",".join(general.PROTOCOLS), help="seed,loglik (real tasks)"
+        "--protocols", default=",".join(abilities.PROTOCOLS), help="seed,loglik (real tasks)"
     )
     parser.add_argument(
         "--task-dir", type=Path, help="the paper's task-data (default: shared data edit_harms)"
@@ -87,7 +87,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--lm-eval-tasks", help="comma-separated lm-evaluation-harness tasks")
     parser.add_argument("-n", "--name", help="experiment name (default from the settings)")
     parser.add_argument("--device", help="e.g. cuda or cpu (default: cuda if available)")
-    parser.add_argument("--score-batch-size", type=int, default=general.DEFAULT_BATCH_SIZE)
+    parser.add_argument("--score-batch-size", type=int, default=abilities.DEFAULT_BATCH_SIZE)
     return parser.parse_args(argv)
 
 

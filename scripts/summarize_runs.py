@@ -19,7 +19,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from remedi import env, io
-from remedi.evaluation import counterfact_report
+from remedi.evaluation.editing import counterfact_report
 from remedi.report import tables
 
 

@@ -12,9 +12,9 @@ import pytest
 import torch
 
 from remedi import data, errors, io, metrics, models, precompute, sweep, training
-from remedi.evaluation import bios_classification as bios_cls
-from remedi.evaluation import classification as cls
-from remedi.evaluation.mediation import prompt_in_context
+from remedi.evaluation.probing import bios_classification as bios_cls
+from remedi.evaluation.probing import classification as cls
+from remedi.evaluation.probing.mediation import prompt_in_context
 from remedi.toy import export
 from remedi.toy.world import generate_world
 from scripts import eval_bias_cls

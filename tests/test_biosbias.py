@@ -339,7 +339,7 @@ def test_accuracy_reads_the_labels_first_tokens_at_the_prompts_end(tokenizer, gp
 
     from remedi import metrics, models, precompute
     from remedi.evaluation import EvalResources, Method
-    from remedi.evaluation import biosbias as suite
+    from remedi.evaluation.editing import biosbias as suite
     from remedi.evaluation.scoring import clean_generated_text, generate_texts
 
     mt = models.ModelAndTokenizer(model=gpt2_model_float64, tokenizer=tokenizer, name="tiny")

@@ -14,8 +14,8 @@ import pytest
 import torch
 
 from remedi import data, errors, io, metrics, models, training
-from remedi.evaluation import classification as cls
-from remedi.evaluation import mediation, probe_runs
+from remedi.evaluation.probing import classification as cls
+from remedi.evaluation.probing import mediation, probe_runs
 from remedi.report import tables
 from remedi.toy import export
 from remedi.toy.world import generate_world
@@ -393,7 +393,7 @@ def test_cls_script_random_probes_the_control_model_with_its_own_editors(setup, 
 
 def test_gen_sweep_reads_remedis_row_of_each_layers_summary(tmp_path):
     from remedi import sweep
-    from remedi.evaluation import counterfact_report
+    from remedi.evaluation.editing import counterfact_report
 
     for layer, efficacy in ((0, 90.0), (1, 95.0)):
         summary = counterfact_report.Summary(

@@ -14,7 +14,7 @@ import pytest
 import torch
 
 from remedi import data, errors, models, training
-from remedi.evaluation import entailment
+from remedi.evaluation.probing import entailment
 from scripts import eval_entailment
 from tests.conftest import tiny_gpt2
 from tests.numerics import assert_equal_in_exact_arithmetic

@@ -15,7 +15,8 @@ import numpy as np
 import pytest
 
 from remedi import env, evaluation, io, training
-from remedi.evaluation import counterfact_report, result_file
+from remedi.evaluation import result_file
+from remedi.evaluation.editing import counterfact_report
 from remedi.toy import export
 from remedi.toy.world import generate_world
 from scripts import eval_fact_gen, trace_counterfact

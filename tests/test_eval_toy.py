@@ -12,7 +12,7 @@ import json
 import pytest
 
 from remedi import evaluation, training
-from remedi.evaluation import counterfact_report
+from remedi.evaluation.editing import counterfact_report
 from scripts import eval_fact_gen
 from tests.toy_fixtures import BuiltToyWorld, toy_dirs
 

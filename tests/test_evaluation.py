@@ -393,7 +393,7 @@ def test_prefix_generation_text_hides_the_prefix(mt, cases):
 
 
 def test_generation_benchmark_scores_fluency_and_consistency(mt, cases, resources):
-    result = evaluation.generation.generation(mt, evaluation.Method(), cases, resources)
+    result = evaluation.editing.generation.generation(mt, evaluation.Method(), cases, resources)
     assert [len(c.texts) for c in result.cases] == [2, 1, 2]
     for case in result.cases:
         assert case.fluency == pytest.approx(metrics.fluency([case.texts]).mean)
@@ -416,7 +416,7 @@ def test_essence_compares_with_unedited_text_about_the_entity(mt, cases, resourc
         expected = resources.vectorizer.similarity(essence_case.text, essence_case.reference)
         assert essence_case.similarity == expected
         assert essence_case.fluency == metrics.weighted_n_gram_entropy(essence_case.text)
-    assert result.cases[0].prompt.startswith(evaluation.generation.ESSENCE_PREFIX)
+    assert result.cases[0].prompt.startswith(evaluation.editing.generation.ESSENCE_PREFIX)
     assert evaluation.EssenceResults.from_dict(result.to_dict()) == result
 
 

@@ -11,7 +11,7 @@ from seqeval.metrics import f1_score
 
 from remedi import env, errors, models
 from remedi.data import general_tasks as tasks
-from remedi.evaluation import general
+from remedi.evaluation.general import abilities
 from remedi.methods import rect
 from tests.conftest import tiny_gpt2
 from tests.numerics import assert_equal_in_exact_arithmetic, precision_of
@@ -26,22 +26,22 @@ def test_rouge_mean_matches_a_hand_computed_value_and_rouge_score():
     # R1: 3 of 3 predicted unigrams in the 6-word reference: P 1, R 1/2, F 2/3. R2: 2 of 2
     # bigrams among 5: F 2*0.4/1.4 = 4/7. RL: LCS 3, as R1: 2/3. Mean (2/3 + 4/7 + 2/3) / 3.
     expected = (2 / 3 + 4 / 7 + 2 / 3) / 3
-    assert general.rouge_mean("the cat sat", "the cat sat on the mat") == pytest.approx(expected)
+    assert abilities.rouge_mean("the cat sat", "the cat sat on the mat") == pytest.approx(expected)
     scorer = rouge_scorer.RougeScorer(["rouge1", "rouge2", "rougeL"])
     scores = scorer.score("the cat sat on the mat", "the cat sat")
     assert expected == pytest.approx(sum(s.fmeasure for s in scores.values()) / 3)
-    assert general.rouge_mean("dogs bark", "the cat sat") == 0.0
+    assert abilities.rouge_mean("dogs bark", "the cat sat") == 0.0
 
 
 def test_entity_f1_matches_hand_counts_and_seqeval():
     gold = [["B-PER", "I-PER", "O", "B-LOC"], ["B-PER", "I-PER", "O", "B-LOC"]]
     # Sentence 1: PER right, LOC labelled ORG. Sentence 2: both right. 3 of 4 either way.
     predicted = [["B-PER", "I-PER", "O", "B-ORG"], ["B-PER", "I-PER", "O", "B-LOC"]]
-    assert general.entity_f1(gold, predicted) == pytest.approx(0.75)
-    assert general.entity_f1(gold, predicted) == pytest.approx(f1_score(gold, predicted))
+    assert abilities.entity_f1(gold, predicted) == pytest.approx(0.75)
+    assert abilities.entity_f1(gold, predicted) == pytest.approx(f1_score(gold, predicted))
     # A span cut short is wrong at entity level: 1 of 2 per sentence.
     short = [["B-PER", "O", "O", "B-LOC"]] * 2
-    assert general.entity_f1(gold, short) == pytest.approx(0.5)
+    assert abilities.entity_f1(gold, short) == pytest.approx(0.5)
 
 
 def test_entity_spans_follow_bio_and_the_seed_text_attaches_punctuation():
@@ -49,22 +49,22 @@ def test_entity_spans_follow_bio_and_the_seed_text_attaches_punctuation():
         ("John", "Smith", "visited", "New", "York", ",", "Reuters", "said", "."),
         ("B-PER", "I-PER", "O", "B-LOC", "I-LOC", "O", "B-ORG", "O", "O"),
     )
-    spans = general.entity_spans(sentence.words, sentence.tags)
+    spans = abilities.entity_spans(sentence.words, sentence.tags)
     assert spans == {"PER": ["John Smith"], "LOC": ["New York"], "ORG": ["Reuters"], "MISC": []}
     # An I- of another type starts a new entity; a sentence may end inside one.
-    assert general.entity_spans(["A", "B"], ["B-PER", "I-LOC"]) == {
+    assert abilities.entity_spans(["A", "B"], ["B-PER", "I-LOC"]) == {
         "PER": ["A"],
         "LOC": ["B"],
         "ORG": [],
         "MISC": [],
     }
-    assert general.ner_text(sentence) == "John Smith visited New York, Reuters said."
+    assert abilities.ner_text(sentence) == "John Smith visited New York, Reuters said."
 
 
 def test_open_qa_match_is_any_normalised_span():
-    assert general.normalize_answer("The  Eiffel Tower!") == "eiffel tower"
-    assert general.span_matches("it is the Eiffel Tower, in Paris", ["eiffel tower"])
-    assert not general.span_matches("it is the Eiffel", ["Eiffel Tower"])
+    assert abilities.normalize_answer("The  Eiffel Tower!") == "eiffel tower"
+    assert abilities.span_matches("it is the Eiffel Tower, in Paris", ["eiffel tower"])
+    assert not abilities.span_matches("it is the Eiffel", ["Eiffel Tower"])
 
 
 def test_continuations_batched_equal_one_by_one(mt):
@@ -72,26 +72,26 @@ def test_continuations_batched_equal_one_by_one(mt):
     mt64 = models.ModelAndTokenizer(copy.deepcopy(mt.model).double(), mt.tokenizer, "tiny64")
     contexts = ["Mira Talovan lives in", "The Eiffel Tower is located in Paris, the capital of"]
     options = [" Lisbon", " France and Oslo"]
-    batched = general.Scorer(mt64, batch_size=4).continuations(contexts, options)
+    batched = abilities.Scorer(mt64, batch_size=4).continuations(contexts, options)
     for index in range(2):
-        single = general.Scorer(mt64, batch_size=1).continuations(
+        single = abilities.Scorer(mt64, batch_size=1).continuations(
             contexts[index : index + 1], options[index : index + 1]
         )
         assert_equal_in_exact_arithmetic(
             single.log_prob[0], batched.log_prob[index], precision_of(mt64)
         )
         assert single.num_tokens[0] == batched.num_tokens[index]
-    generated = general.Scorer(mt64, batch_size=4).generate(contexts, 3)
-    assert generated == [general.Scorer(mt64, batch_size=1).generate([c], 3)[0] for c in contexts]
+    generated = abilities.Scorer(mt64, batch_size=4).generate(contexts, 3)
+    assert generated == [abilities.Scorer(mt64, batch_size=1).generate([c], 3)[0] for c in contexts]
 
 
 @pytest.mark.shared_data
 def test_every_real_task_is_scored_under_both_protocols_on_a_tiny_model(mt):
-    scorer = general.Scorer(mt, batch_size=4)
+    scorer = abilities.Scorer(mt, batch_size=4)
     for task in tasks.TASK_LOADERS:
         items = tasks.load_task(task, env.shared_data_dir() / "edit_harms" / "task-data")[:3]
-        for protocol in general.PROTOCOLS:
-            score = general.evaluate_task(scorer, task, items, protocol)
+        for protocol in abilities.PROTOCOLS:
+            score = abilities.evaluate_task(scorer, task, items, protocol)
             assert (score.task, score.protocol, score.count) == (task, protocol, 3)
             assert score.metric
             if score.metric != "reference_token_logprob":
@@ -99,7 +99,7 @@ def test_every_real_task_is_scored_under_both_protocols_on_a_tiny_model(mt):
             else:
                 assert score.score < 0
     with pytest.raises(errors.UsageError, match="unknown protocol"):
-        general.evaluate_task(scorer, "nli", items, "exact")
+        abilities.evaluate_task(scorer, "nli", items, "exact")
 
 
 def test_rect_keeps_the_top_share_of_relative_changes():

@@ -14,7 +14,7 @@ from matplotlib.colors import to_hex
 
 from remedi import corpora, data, env, errors, evaluation, io, models
 from remedi.data import general_tasks as tasks
-from remedi.evaluation import general, harm, harm_report
+from remedi.evaluation.general import abilities, harm, harm_report
 from remedi.methods import base, common, rome
 from remedi.report import figures
 from remedi.toy import general as toy_general
@@ -214,7 +214,7 @@ def test_toy_tasks_are_written_in_the_real_formats_and_scored(mt, tmp_path):
     assert [item.entailment for item in entailment] == [True, False] * 3
     assert len(text) == 6 and all(item.summary for item in text)
     items = harm.load_task_items(list(toy_general.TOY_TASK_FILES), tmp_path, 4)
-    scores = harm.score_tasks(general.Scorer(mt), items, ("loglik",))
+    scores = harm.score_tasks(abilities.Scorer(mt), items, ("loglik",))
     assert [s.task for s in scores] == ["toy_recall", "toy_entailment", "toy_text"]
     assert all(s.count == 4 for s in scores)
 
@@ -239,7 +239,7 @@ def write_run(directory, mode: str, rect_share: float | None, checkpoints=(0, 1,
             rect_share=rect_share,
             batch_size=2,
             edits=harm.EditScores(1.0, 0.9 - number / 10, 1.0 - number / 20) if number else None,
-            tasks=[general.TaskScore("sentiment", "loglik", "accuracy", 0.8 - number / 50, 4)],
+            tasks=[abilities.TaskScore("sentiment", "loglik", "accuracy", 0.8 - number / 50, 4)],
         )
         io.write_json(directory / f"checkpoint_{number}.json", checkpoint.to_dict())
 

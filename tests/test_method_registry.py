@@ -13,7 +13,7 @@ import torch
 from remedi import canon, data, errors, evaluation, models
 from remedi.data import canonical
 from remedi.data import general_tasks as tasks
-from remedi.evaluation import harm
+from remedi.evaluation.general import harm
 from remedi.methods import base, common, registry
 from tests.conftest import tiny_gpt2
 from tests.test_canonical import _tiny_config, write_works_for_data

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from remedi import errors, evaluation, models, tracing
-from remedi.evaluation import problems
+from remedi.evaluation.locate import analysis, objectives, problems, running, setups
 from remedi.methods import ft, memit, registry
 from tests.conftest import tiny_gpt2
 
@@ -42,7 +42,7 @@ def test_success_metrics_on_hand_made_cases():
 def test_swapped_distribution_is_the_unlikelihood_of_the_token():
     logits = torch.tensor([[2.0, 0.5, -1.0, 3.0]], dtype=torch.float64)
     probs = torch.softmax(logits, -1)[0]
-    swapped = problems.swapped_log_probs(logits, 3).exp()[0].double()
+    swapped = objectives.swapped_log_probs(logits, 3).exp()[0].double()
     assert float(swapped.sum()) == pytest.approx(1.0, abs=1e-6)  # float32 inside
     assert float(swapped[3]) == pytest.approx(1 - float(probs[3]), rel=1e-5)
     scale = float(probs[3] / (1 - probs[3]))
@@ -52,8 +52,8 @@ def test_swapped_distribution_is_the_unlikelihood_of_the_token():
 def test_noised_subject_noises_every_mention_and_only_while_active(mt):
     text = f"{SUBJECT} is here. {PROMPT}"
     ids = torch.tensor([mt.tokenizer(text)["input_ids"]])
-    variants = problems._subject_variants(mt, PROMPT, SUBJECT)
-    mask = problems.subject_mask(ids, variants)[0]
+    variants = objectives._subject_variants(mt, PROMPT, SUBJECT)
+    mask = objectives.subject_mask(ids, variants)[0]
     expected = torch.zeros_like(mask)
     for start in (text.find(SUBJECT), text.rfind(SUBJECT)):
         one = tracing.subject_token_range(mt.tokenizer, text[: start + len(SUBJECT)], SUBJECT)[1]
@@ -63,7 +63,7 @@ def test_noised_subject_noises_every_mention_and_only_while_active(mt):
     embeddings = mt.model.get_input_embeddings()
     clean = embeddings(ids)
     hooks = hook_count(mt.model)
-    with problems.noised_subject(mt, PROMPT, SUBJECT, 1.0, seed=0) as switch:
+    with objectives.noised_subject(mt, PROMPT, SUBJECT, 1.0, seed=0) as switch:
         noised = embeddings(ids)
         switch.active = False
         off = embeddings(ids)
@@ -80,11 +80,11 @@ def test_forcing_is_judged_under_the_first_draw_the_edit_ran_under(mt):
     ids, token_range = tracing.subject_token_range(mt.tokenizer, PROMPT, SUBJECT)
     input_ids = torch.tensor([ids])
     embeddings = mt.model.get_input_embeddings()
-    with problems.noised_subject(mt, PROMPT, SUBJECT, settings.noise_scale, settings.seed):
+    with objectives.noised_subject(mt, PROMPT, SUBJECT, settings.noise_scale, settings.seed):
         first = embeddings(input_ids)
         second = embeddings(input_ids)  # fresh noise on every pass
-    noise = problems.forcing_noise(mt, token_range, settings)
-    assert noise.shape[0] == problems.FORCING_NOISE_SAMPLES == 1
+    noise = objectives.forcing_noise(mt, token_range, settings)
+    assert noise.shape[0] == objectives.FORCING_NOISE_SAMPLES == 1
     with tracing.noised_embeddings(mt, token_range, noise):
         judged = embeddings(input_ids)
     assert torch.equal(first, judged)
@@ -123,10 +123,10 @@ def test_r_squared_matches_numpy_least_squares():
     design = np.column_stack([np.ones(40), x])
     _, residuals, *_ = np.linalg.lstsq(design, y, rcond=None)
     expected = 1 - residuals[0] / ((y - y.mean()) ** 2).sum()
-    assert problems.r_squared(y, x) == pytest.approx(expected, rel=1e-10)
+    assert analysis.r_squared(y, x) == pytest.approx(expected, rel=1e-10)
     # One feature: R^2 is the squared correlation.
     r = np.corrcoef(x[:, 0], y)[0, 1]
-    assert problems.r_squared(y, x[:, :1]) == pytest.approx(r**2, rel=1e-10)
+    assert analysis.r_squared(y, x[:, :1]) == pytest.approx(r**2, rel=1e-10)
 
 
 def result(problem: str, layer: int, effect: float, value: float) -> problems.ProblemResult:
@@ -142,12 +142,12 @@ def test_regressions_find_the_layer_when_success_depends_only_on_it():
         for layer in (0, 1, 2)
         for _ in range(10)
     ]
-    regression = problems.regress(results)
+    regression = analysis.regress(results)
     assert regression.layer == pytest.approx(1.0)
     assert regression.both >= regression.layer - 1e-12
     assert regression.both == pytest.approx(1.0)
     assert regression.tracing < 0.3
-    r2, by_layer = problems.analyze(results)
+    r2, by_layer = analysis.analyze(results)
     assert r2.rows[0].values["layer"] == pytest.approx(1.0)
     assert by_layer.rows[0].values == pytest.approx({"0": 0.9, "1": 0.5, "2": 0.1})
     # The tracing effect helps in opposite directions at two layers: only the reference's
@@ -158,11 +158,11 @@ def test_regressions_find_the_layer_when_success_depends_only_on_it():
         for layer in (0, 1)
         for e in effects[layer * 10 : layer * 10 + 10]
     ]
-    crossed_regression = problems.regress(crossed)
+    crossed_regression = analysis.regress(crossed)
     assert crossed_regression.both == pytest.approx(1.0)
     assert crossed_regression.tracing < 0.5 and crossed_regression.layer < 0.5
     with pytest.raises(errors.UsageError, match="one problem at a time"):
-        problems.regress([*results, result("fact_erasure", 0, 0.0, 0.0)])
+        analysis.regress([*results, result("fact_erasure", 0, 0.0, 0.0)])
 
 
 def test_hparams_move_to_the_edit_layer():
@@ -188,7 +188,7 @@ def test_a_method_is_moved_to_a_layer_in_memory(mt):
     # The packaged toy hyperparameters (ft: layer 0), moved to layer 1 without writing a file.
     toy = models.ModelAndTokenizer(mt.model, mt.tokenizer, "toy-tiny")
     resources = evaluation.EvalResources()
-    method, edited = problems.method_at_layer("ft", toy, [case()], resources, 1)
+    method, edited = running.method_at_layer("ft", toy, [case()], resources, 1)
     assert edited == [1]
     assert isinstance(method, evaluation.WeightEditMethod)
     assert isinstance(method.editor, ft.FtEditor) and method.editor.hparams.layers == [1]
@@ -216,7 +216,7 @@ def test_every_problem_edits_and_restores_the_weights(mt):
     settings = tracing.TraceSettings(
         noise_scale=0.5, num_samples=3, kinds=["residual"], windows=[1]
     )
-    setup = problems.setup_case(mt, case(), settings, require_correct=False)
+    setup = setups.setup_case(mt, case(), settings, require_correct=False)
     assert setup.target_noised and setup.p_true > 0 and setup.p_true_noised > 0
     before = {name: p.detach().clone() for name, p in mt.model.named_parameters()}
     hooks = hook_count(mt.model)
@@ -251,12 +251,12 @@ def test_problems_refuse_bad_input(mt, tmp_path):
     )
     missing = evaluation.EvalCase(**{**case().to_dict(), "rewrite_prompt": "Somebody lives in"})
     with pytest.raises(errors.SampleError, match="does not occur"):
-        problems.setup_case(mt, missing, settings)
+        setups.setup_case(mt, missing, settings)
     resources = evaluation.EvalResources()
     with pytest.raises(errors.UsageError, match="layer 9 is out of range"):
-        problems.run_problems(mt, "ft", [case()], resources, settings, tmp_path, [9])
+        running.run_problems(mt, "ft", [case()], resources, settings, tmp_path, [9])
     with pytest.raises(errors.UsageError, match="unknown editing problems"):
-        problems.run_problems(mt, "ft", [case()], resources, settings, tmp_path, [0], ["erase"])
+        running.run_problems(mt, "ft", [case()], resources, settings, tmp_path, [0], ["erase"])
     with pytest.raises(errors.UsageError, match="does not edit weights"):
         problems.edit_case(
             mt,
@@ -272,7 +272,7 @@ def test_problems_refuse_bad_input(mt, tmp_path):
 
 def test_memit_runs_the_problems_and_restores_the_weights(mt):
     settings = tracing.TraceSettings(noise_scale=0.5, num_samples=2, kinds=["mlp"], windows=[1])
-    setup = problems.setup_case(mt, case(), settings, require_correct=False)
+    setup = setups.setup_case(mt, case(), settings, require_correct=False)
     # C = I (no statistics): the problems' machinery is what is checked here, not MEMIT's maths.
     # On this random model the edit moves p(target) by 5-80%, but in a direction that depends on
     # the CPU's kernels (measured under ATEN_CPU_CAPABILITY=avx512, avx2 and default), so only

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from remedi import evaluation, metrics
-from remedi.evaluation import counterfact_report
+from remedi.evaluation.editing import counterfact_report
 
 
 def _metric(values: list[float]) -> metrics.Metric:

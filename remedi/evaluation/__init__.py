@@ -1,6 +1,6 @@
 """Evaluation: how well a method edits, what it leaves alone, and what it costs.
 
-One module per concern:
+Grouped by the question a suite asks; what every suite shares sits at the top:
 
 - :mod:`~remedi.evaluation.cases`: what is evaluated (CounterFact cases), the resources beside
   the model, and the settings each result records;
@@ -8,12 +8,28 @@ One module per concern:
   judge any method of :data:`remedi.methods.registry.METHODS` (text, hidden states, or weights
   restored exactly), built by name with :func:`build_method`;
 - :mod:`~remedi.evaluation.scoring`: batched LM computations with a method attached;
-- :mod:`~remedi.evaluation.counterfact`: efficacy, paraphrase, neighborhood, relation specificity;
-- :mod:`~remedi.evaluation.generation`: fluency, consistency, essence;
-- :mod:`~remedi.evaluation.runner`: the benchmark registry, result files, resuming, collecting.
+- :mod:`~remedi.evaluation.runner`: the CounterFact benchmark registry (:data:`BENCHMARKS`),
+  result files, resuming, collecting.
 
-Methods never know how they are judged: nothing in ``editors``, ``training`` or a method's own
-module imports a suite.
+The suites, one subpackage per question:
+
+- :mod:`~remedi.evaluation.editing`: does the edit take and what does it leave alone
+  (CounterFact, generation, Bias in Bios error correction, the CounterFact report);
+- :mod:`~remedi.evaluation.probing`: REMEDI as a probe (mediation, Fact-Med/Fact-Prior and
+  Bios-Med classification, McRae entailment, the probe scripts' shared run);
+- :mod:`~remedi.evaluation.locate`: does localization inform editing (Hase et al.'s five editing
+  problems: objectives, case setups, running, regressions);
+- :mod:`~remedi.evaluation.general`: what many edits cost (general-ability tasks, harm runs and
+  their report).
+
+Imports run one way: ``cases`` <- ``methods`` <- ``scoring`` <- the suites <- ``runner`` (and the
+CounterFact report, which reads what it writes); a suite
+imports the shared modules, never another question's subpackage. Methods never know how they are
+judged: nothing in ``editors``, ``training`` or a method's own module imports a suite.
+
+This package re-exports the shared names and the CounterFact suite's (``evaluation.efficacy``,
+``evaluation.BENCHMARKS``, ...); the other suites are imported by their module
+(``from remedi.evaluation.probing import classification``).
 """
 
 from remedi.evaluation.cases import (
@@ -32,7 +48,7 @@ from remedi.evaluation.cases import (
     load_resources,
     result_settings,
 )
-from remedi.evaluation.counterfact import (
+from remedi.evaluation.editing.counterfact import (
     CaseProbabilities,
     ProbabilityResults,
     RelationSpecificityResults,
@@ -43,9 +59,9 @@ from remedi.evaluation.counterfact import (
     unscored_method_notes,
 )
 
-# The module ``generation`` stays reachable as ``evaluation.generation``; its benchmark function
-# of the same name is ``evaluation.generation.generation`` (or ``BENCHMARKS["generation"]``).
-from remedi.evaluation.generation import (
+# The benchmark function ``generation`` is ``evaluation.editing.generation.generation`` (or
+# ``BENCHMARKS["generation"]``): the name here would hide nothing, but stays the module's.
+from remedi.evaluation.editing.generation import (
     EssenceResults,
     GenerationResults,
     essence,

@@ -16,8 +16,8 @@ from typing import cast
 from dataclasses_json import DataClassJsonMixin
 
 from remedi import errors, io, models
-from remedi.evaluation import counterfact, generation
 from remedi.evaluation.cases import EvalCase, EvalResources, ResultSettings, result_settings
+from remedi.evaluation.editing import counterfact, generation
 from remedi.evaluation.methods import Method
 
 logger = logging.getLogger(__name__)

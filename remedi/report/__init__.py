@@ -8,8 +8,8 @@
 
 Like :mod:`remedi.metrics`, this package knows no suite: it imports nothing above
 :mod:`remedi.io` and :mod:`remedi.metrics`, so any suite may write through it. What a suite's
-table holds stays beside the suite (e.g. :mod:`remedi.evaluation.counterfact_report`, ROME's
-columns; :mod:`remedi.evaluation.harm_report`, score against the number of edits).
+table holds stays beside the suite (e.g. :mod:`remedi.evaluation.editing.counterfact_report`, ROME's
+columns; :mod:`remedi.evaluation.general.harm_report`, score against the number of edits).
 """
 
 from remedi.report import figures, tables

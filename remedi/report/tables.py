@@ -7,8 +7,8 @@ missing, "mean ± sd" over runs), :func:`latex_escape`, :func:`markdown_grid` an
 
 :class:`Table` is the plain grid (rows x columns of numbers) the probing, mediation, entailment,
 edit-problem, canonical-example and sweep tables are; the CounterFact editing summary
-(:mod:`remedi.evaluation.counterfact_report`) and the harm curves
-(:mod:`remedi.evaluation.harm_report`) lay out their own rows with the same pieces.
+(:mod:`remedi.evaluation.editing.counterfact_report`) and the harm curves
+(:mod:`remedi.evaluation.general.harm_report`) lay out their own rows with the same pieces.
 """
 
 from __future__ import annotations

@@ -137,7 +137,7 @@ SIZES: dict[str, ToyWorldConfig] = {
     # Entities of graded popularity (a long tail), so that the LM knows facts at graded
     # strength: in the default world every fact is stated equally often, the LM knows ~all of
     # them, and a probe of the entity's hidden state has nothing to predict (see
-    # remedi.evaluation.classification). Misstatements of a fact stated n times are corrected
+    # remedi.evaluation.probing.classification). Misstatements of a fact stated n times are corrected
     # with probability n / (n + 2), so the LM resists contexts that contradict well-known facts
     # (measured: it follows 24/27/72/86% of CounterFact contexts for head/torso/tail/rare
     # entities; with 6 instead of 2, head entities resisted only half of them; with 1, the

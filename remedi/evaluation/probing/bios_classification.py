@@ -21,7 +21,7 @@ The Bias in Bios half of REMEDI as a probe, following the reference
 
 Differences from the reference: a dimension with zero variance is only centred (no NaN);
 editors that read the entity are given it as they were trained (see
-:mod:`remedi.evaluation.classification`).
+:mod:`remedi.evaluation.probing.classification`).
 """
 
 from __future__ import annotations
@@ -37,13 +37,13 @@ from dataclasses_json import DataClassJsonMixin
 from tqdm.auto import tqdm
 
 from remedi import editors, errors, hooks, io, metrics, models, precompute
-from remedi.evaluation.classification import (
+from remedi.evaluation.probing.classification import (
     DEFAULT_CONTROL_TASK_SEED,
     ROWS,
     control_labels,
     standardize,
 )
-from remedi.evaluation.mediation import prompt_in_context, sample_rows
+from remedi.evaluation.probing.mediation import prompt_in_context, sample_rows
 from remedi.report import tables
 
 logger = logging.getLogger(__name__)

@@ -40,7 +40,7 @@ from dataclasses_json import DataClassJsonMixin
 
 from remedi import errors, hooks, io, models
 from remedi.data import general_tasks
-from remedi.evaluation import general
+from remedi.evaluation.general import abilities
 from remedi.evaluation.methods import edit_request
 from remedi.methods import common, rect, registry
 from remedi.methods.base import DirectionEditor, MethodSetup, WeightEditor, write_weights
@@ -80,7 +80,7 @@ class Checkpoint(DataClassJsonMixin):
     rect_share: float | None
     batch_size: int
     edits: EditScores | None
-    tasks: list[general.TaskScore] = field(default_factory=list)
+    tasks: list[abilities.TaskScore] = field(default_factory=list)
     format_version: int = HARM_FORMAT_VERSION
 
 
@@ -173,7 +173,7 @@ def entity_directions(
 # Scoring the edits themselves.
 
 
-def next_token_ids(scorer: general.Scorer, prompts: Sequence[str]) -> list[int]:
+def next_token_ids(scorer: abilities.Scorer, prompts: Sequence[str]) -> list[int]:
     """The greedy next token after each prompt (under the scorer's intervention)."""
     mt = scorer.mt
     results = [0] * len(prompts)
@@ -198,7 +198,7 @@ def next_token_ids(scorer: general.Scorer, prompts: Sequence[str]) -> list[int]:
 
 
 def score_edits(
-    scorer: general.Scorer, edits: Sequence[HarmEdit], unedited_next: Mapping[str, int]
+    scorer: abilities.Scorer, edits: Sequence[HarmEdit], unedited_next: Mapping[str, int]
 ) -> EditScores:
     """Efficacy, generalisation and locality of ``edits`` on the scorer's (edited) model."""
     prompts = [edit.request.prompt for edit in edits]
@@ -227,13 +227,15 @@ def _mean(values: Sequence[bool]) -> float:
 TaskItems = dict[str, Sequence[Any]]
 
 
-def score_toy_task(scorer: general.Scorer, task: str, items: Sequence[Any]) -> general.TaskScore:
+def score_toy_task(
+    scorer: abilities.Scorer, task: str, items: Sequence[Any]
+) -> abilities.TaskScore:
     """The toy tasks (see :mod:`remedi.toy.general`), scored by log-likelihood."""
     if task == "toy_recall":
         result = scorer.continuations(
             [item.question for item in items], [" " + item.answers[0] for item in items]
         )
-        return general.TaskScore(
+        return abilities.TaskScore(
             task, "loglik", "greedy_match", _mean(result.is_greedy), len(items)
         )
     if task == "toy_entailment":
@@ -248,14 +250,14 @@ def score_toy_task(scorer: general.Scorer, task: str, items: Sequence[Any]) -> g
             (values[choice] == _value_of(item)) == item.entailment
             for choice, item in zip(chosen, items, strict=True)
         )
-        return general.TaskScore(task, "loglik", "accuracy", correct / len(items), len(items))
+        return abilities.TaskScore(task, "loglik", "accuracy", correct / len(items), len(items))
     if task == "toy_text":
         result = scorer.continuations(
             [item.dialogue for item in items], [" " + item.summary for item in items]
         )
         mean = sum(result.log_prob) / max(sum(result.num_tokens), 1)
         details = {"perplexity": float(torch.tensor(-mean).exp())}
-        return general.TaskScore(task, "loglik", "token_logprob", mean, len(items), details)
+        return abilities.TaskScore(task, "loglik", "token_logprob", mean, len(items), details)
     raise errors.UsageError(f"unknown toy task {task!r}")
 
 
@@ -264,8 +266,8 @@ def _value_of(item: general_tasks.NliItem) -> str:
 
 
 def score_tasks(
-    scorer: general.Scorer, task_items: TaskItems, protocols: Sequence[str]
-) -> list[general.TaskScore]:
+    scorer: abilities.Scorer, task_items: TaskItems, protocols: Sequence[str]
+) -> list[abilities.TaskScore]:
     """Every task under every protocol (the toy tasks under their own)."""
     scores = []
     for task, items in task_items.items():
@@ -273,7 +275,7 @@ def score_tasks(
             scores.append(score_toy_task(scorer, task, items))
             continue
         for protocol in protocols:
-            scores.append(general.evaluate_task(scorer, task, items, protocol))
+            scores.append(abilities.evaluate_task(scorer, task, items, protocol))
     return scores
 
 
@@ -288,8 +290,8 @@ class HarmSettings:
     checkpoints: list[int]
     batch_size: int = 10
     rect_share: float | None = None
-    protocols: tuple[str, ...] = general.PROTOCOLS
-    score_batch_size: int = general.DEFAULT_BATCH_SIZE
+    protocols: tuple[str, ...] = abilities.PROTOCOLS
+    score_batch_size: int = abilities.DEFAULT_BATCH_SIZE
 
 
 STATE_FILE = "state_{}.safetensors"
@@ -361,7 +363,7 @@ def run_harm(
     output_dir.mkdir(parents=True, exist_ok=True)
     locality_prompts = sorted({p for edit in edits for p in edit.locality_prompts[:MAX_PROBES]})
     unedited = dict(
-        zip(locality_prompts, next_token_ids(general.Scorer(mt), locality_prompts), strict=True)
+        zip(locality_prompts, next_token_ids(abilities.Scorer(mt), locality_prompts), strict=True)
     )
     edited_names: set[str] = set()
     originals: dict[str, torch.Tensor] = {}
@@ -400,7 +402,7 @@ def run_harm(
                 save_state(output_dir / STATE_FILE.format(number), state)
             else:
                 intervention = _direction_intervention(mt, method, edits[:number])
-            scorer = general.Scorer(mt, settings.score_batch_size, intervention)
+            scorer = abilities.Scorer(mt, settings.score_batch_size, intervention)
             logger.info("checkpoint %d: scoring", number)
             edit_scores = score_edits(scorer, edits[:number], unedited) if number else None
             checkpoint = Checkpoint(
@@ -443,7 +445,7 @@ def _track(
 
 def _direction_intervention(
     mt: models.ModelAndTokenizer, method: DirectionEditor, edits: Sequence[HarmEdit]
-) -> general.Intervention | None:
+) -> abilities.Intervention | None:
     if not edits:
         return None
     samples = [edit.sample for edit in edits]

@@ -5,7 +5,7 @@ LM's representation of an entity already points along the direction of an attrib
 already assigns that attribute to the entity. This benchmark follows the REMEDI reference
 (``benchmarks.classification`` with ``Editor.classify``, ``scripts/eval_fact_cls.py``):
 
-- **Labels** come from the unedited LM (:mod:`remedi.evaluation.mediation`): in context
+- **Labels** come from the unedited LM (:mod:`remedi.evaluation.probing.mediation`): in context
   (*Fact-Med*), whether it prefers the context's value ``target_mediated`` over its prior
   ``target_unmediated`` (first tokens' log-probs); out of context (*Fact-Prior*), whether it
   prefers its prior over the context's value.
@@ -52,7 +52,7 @@ import torch
 from dataclasses_json import DataClassJsonMixin
 
 from remedi import editors, errors, io, metrics, models, precompute
-from remedi.evaluation.mediation import (
+from remedi.evaluation.probing.mediation import (
     TASKS,
     ContextReadings,
     read_samples,

@@ -1,6 +1,6 @@
 """Harm curves: each task's score against the number of edits, one line per method and mode.
 
-Reads the ``checkpoint_<N>.json`` files that :func:`remedi.evaluation.harm.run_harm` writes
+Reads the ``checkpoint_<N>.json`` files that :func:`remedi.evaluation.general.harm.run_harm` writes
 (one directory per method, mode and RECT setting) and makes the paper's figures (a PNG with one
 panel per measure) and a markdown table (one row per run and checkpoint), both through
 :mod:`remedi.report`.
@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from remedi import io
-from remedi.evaluation.harm import Checkpoint
+from remedi.evaluation.general.harm import Checkpoint
 from remedi.report import figures, tables
 
 if TYPE_CHECKING:

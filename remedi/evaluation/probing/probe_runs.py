@@ -19,7 +19,7 @@ from typing import Any, Generic, NamedTuple, Protocol, TypeVar
 import torch
 
 from remedi import cli, editors, env, errors, models, training
-from remedi.evaluation import classification as cls
+from remedi.evaluation.probing import classification as cls
 from remedi.report import tables
 
 logger = logging.getLogger(__name__)
@@ -169,7 +169,7 @@ class ProbeSuite(abc.ABC, Generic[ResultT]):
 
     ``args`` are the script's parsed flags (:func:`add_arguments` and the script's own);
     ``store`` says where a row's result is and reads and writes it (a results module such as
-    :mod:`remedi.evaluation.classification`).
+    :mod:`remedi.evaluation.probing.classification`).
     """
 
     dataset: str | None = None

@@ -11,7 +11,7 @@ For each sample (see :mod:`remedi.data`) the LM reads two prompts, as in the REM
 
 Each task's accuracy is the share of samples where the LM does so. The same reading (the
 entity's hidden states and the two targets' log-probabilities on both prompts) gives the labels
-of the classification benchmark (:mod:`remedi.evaluation.classification`).
+of the classification benchmark (:mod:`remedi.evaluation.probing.classification`).
 """
 
 from __future__ import annotations
