@@ -37,6 +37,7 @@ from tqdm.auto import tqdm
 
 from remedi import errors, hooks, io, models, precompute
 from remedi.methods import common
+from remedi.report import figures
 
 logger = logging.getLogger(__name__)
 
@@ -500,11 +501,7 @@ KIND_LABELS = {"residual": "residual stream", "mlp": "MLP output", "attn": "atte
 
 def plot_average_trace(average: AverageTrace, path: Path, title: str = "") -> Path:
     """ROME's average heatmap: token categories down, layers across, indirect effect in color."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    plt = figures.pyplot()
     values = np.array(
         [[math.nan if v is None else v for v in row] for row in average.effects], dtype=float
     )
@@ -523,12 +520,4 @@ def plot_average_trace(average: AverageTrace, path: Path, title: str = "") -> Pa
     colorbar.ax.tick_params(labelsize=7)
     colorbar.set_label("indirect effect on p(target)", fontsize=7)
     figure.tight_layout()
-
-    def save(tmp: Path) -> None:
-        figure.savefig(tmp, format="png")
-
-    try:
-        io.atomic_write(path, save)
-    finally:
-        plt.close(figure)
-    return path
+    return figures.save(figure, path)
