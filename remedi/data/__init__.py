@@ -24,7 +24,6 @@ import datasets
 import numpy as np
 
 from remedi import errors
-
 from remedi.data.biosbias import (
     BIOSBIAS_PROMPT_TEMPLATE,
     RestrictedUnpickler,
@@ -71,12 +70,6 @@ from remedi.data.text import rejoin_sentences_on_entity, split_sentences
 
 __all__ = [
     "BIOSBIAS_PROMPT_TEMPLATE",
-    "RestrictedUnpickler",
-    "UnsafePickleError",
-    "load_biosbias",
-    "load_biosbias_bios",
-    "read_biosbias_records",
-    "DownloadError",
     "COUNTERFACT_DATASETS",
     "COUNTERFACT_FEATURES",
     "COUNTERFACT_FILE_NAME",
@@ -91,6 +84,9 @@ __all__ = [
     "SAMPLE_FEATURES",
     "ContextMediationSample",
     "DatasetFormatError",
+    "DownloadError",
+    "RestrictedUnpickler",
+    "UnsafePickleError",
     "attribute_from_context",
     "clean_counterfact_paraphrase",
     "counterfact_cache_file",
@@ -101,6 +97,8 @@ __all__ = [
     "download_file",
     "ensure_counterfact_file",
     "entity_disjoint_split",
+    "load_biosbias",
+    "load_biosbias_bios",
     "load_counterfact",
     "load_counterfact_easyedit",
     "load_counterfact_easyedit_records",
@@ -108,6 +106,7 @@ __all__ = [
     "load_dataset",
     "log_dropped",
     "raise_bad_record",
+    "read_biosbias_records",
     "read_json_list",
     "rejoin_sentences_on_entity",
     "samples_dataset",
@@ -191,6 +190,7 @@ def select_ids(dataset: datasets.Dataset, ids: Sequence[str]) -> datasets.Datase
             f"run trained on a different dataset file?"
         )
     return dataset.select([position[sample_id] for sample_id in ids])
+
 
 # The harms paper's edit data and general-ability task sets (text items, not samples).
 from remedi.data.general_tasks import TASK_FILES, load_task  # noqa: E402

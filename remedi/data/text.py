@@ -26,6 +26,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from functools import cache
+from itertools import pairwise
 
 from nltk.tokenize.punkt import PunktSentenceTokenizer
 
@@ -44,7 +45,7 @@ def split_sentences(text: str) -> list[str]:
     if not starts:
         return [text] if text else []
     starts[0] = 0
-    return [text[start:end] for start, end in zip(starts, [*starts[1:], len(text)])]
+    return [text[start:end] for start, end in zip(starts, [*starts[1:], len(text)], strict=True)]
 
 
 def _split_breaks_entity(entity: str, left: str, right: str) -> bool:
@@ -67,7 +68,7 @@ def rejoin_sentences_on_entity(entity: str, sentences: Sequence[str]) -> list[st
         index = next(
             (
                 index
-                for index, (left, right) in enumerate(zip(merged, merged[1:]))
+                for index, (left, right) in enumerate(pairwise(merged))
                 if _split_breaks_entity(entity, left, right)
             ),
             None,

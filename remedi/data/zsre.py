@@ -57,11 +57,11 @@ def _row_problem(record: Any) -> str | None:
         elif not isinstance(value, str):
             return f"has a non-string {name!r}"
     portability = record.get("portability")
-    if portability is not None:
-        if not isinstance(portability, dict) or any(
-            not isinstance(portability.get(name), str) for name in PORTABILITY_FIELDS
-        ):
-            return f"has a 'portability' object without string {' and '.join(PORTABILITY_FIELDS)}"
+    if portability is not None and (
+        not isinstance(portability, dict)
+        or any(not isinstance(portability.get(name), str) for name in PORTABILITY_FIELDS)
+    ):
+        return f"has a 'portability' object without string {' and '.join(PORTABILITY_FIELDS)}"
     return None
 
 
