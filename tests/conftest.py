@@ -19,7 +19,7 @@ import pytest
 import torch
 import transformers
 
-from remedi import env, gguf_models
+from remedi import env, gguf_models, training
 from remedi.toy.tokenizer import train_bpe_tokenizer
 
 # The session-wide small toy world (`small_world`), the Llama-style tokenizer
@@ -155,6 +155,40 @@ def tiny_gpt2(
     }
     config = transformers.GPT2Config(**{**settings, **config_overrides})
     return transformers.GPT2LMHeadModel(config).eval()
+
+
+def save_tiny_gpt2(
+    tokenizer: transformers.PreTrainedTokenizerBase, directory: Path, **config_overrides: Any
+) -> Path:
+    """Save :func:`tiny_gpt2` and ``tokenizer`` to ``directory``, for code that loads a model
+    by path (``-m``, ``RunArgs.model``); returns ``directory``."""
+    tiny_gpt2(tokenizer, **config_overrides).save_pretrained(directory)
+    tokenizer.save_pretrained(directory)
+    return directory
+
+
+def one_epoch_run(
+    name: str, model: Path | str, dataset_file: Path, **options: Any
+) -> training.RunArgs:
+    """A training run of one epoch at layer 0, seed 0 (``test_size`` 0.3 unless ``options``
+    say otherwise): editors trained only so that a suite has a run to read."""
+    return training.RunArgs(
+        name=name,
+        model=str(model),
+        dataset_file=str(dataset_file),
+        layers=[0],
+        max_epochs=1,
+        seed=0,
+        **{"test_size": 0.3, **options},
+    )
+
+
+def train_runs(results_dir: Path, *runs: training.RunArgs) -> None:
+    """Train ``runs`` into ``results_dir`` (``REMEDI_RESULTS_DIR`` set only while they train)."""
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("REMEDI_RESULTS_DIR", str(results_dir))
+        for args in runs:
+            training.train_run(args)
 
 
 @pytest.fixture(scope="session")

@@ -18,7 +18,7 @@ from remedi.evaluation.probing.mediation import prompt_in_context
 from remedi.toy import export
 from remedi.toy.world import generate_world
 from scripts import eval_bias_cls
-from tests.conftest import tiny_gpt2
+from tests.conftest import one_epoch_run, save_tiny_gpt2, train_runs
 
 
 def _sample(
@@ -78,26 +78,15 @@ def setup(tmp_path_factory, tokenizer) -> dict[str, Path]:
     root = tmp_path_factory.mktemp("bios_probe")
     file = root / "data" / "biosbias.json"
     io.write_json(file, export.biosbias_records(generate_world(seed=0, num_entities=16)))
-    model_dir = root / "tiny-model"
-    tiny_gpt2(tokenizer).save_pretrained(model_dir)
-    tokenizer.save_pretrained(model_dir)
+    model_dir = save_tiny_gpt2(tokenizer, root / "tiny-model")
     results_dir = root / "results"
-    with pytest.MonkeyPatch.context() as patch:
-        patch.setenv("REMEDI_RESULTS_DIR", str(results_dir))
-        for name, random_init in (("editors", False), ("editors_random", True)):
-            training.train_run(
-                training.RunArgs(
-                    name=name,
-                    model=str(model_dir),
-                    dataset="biosbias",
-                    dataset_file=str(file),
-                    layers=[0],
-                    max_epochs=1,
-                    test_size=0.3,
-                    seed=0,
-                    random_init=random_init,
-                )
-            )
+    train_runs(
+        results_dir,
+        *(
+            one_epoch_run(name, model_dir, file, dataset="biosbias", random_init=random_init)
+            for name, random_init in (("editors", False), ("editors_random", True))
+        ),
+    )
     return {"file": file, "model": model_dir, "results": results_dir}
 
 

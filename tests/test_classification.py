@@ -20,7 +20,7 @@ from remedi.report import tables
 from remedi.toy import export
 from remedi.toy.world import generate_world
 from scripts import eval_fact_cls, eval_fact_mediation
-from tests.conftest import tiny_gpt2
+from tests.conftest import one_epoch_run, save_tiny_gpt2, train_runs
 from tests.numerics import assert_equal_in_exact_arithmetic, precision_of
 
 # ---------------------------------------------------------------------------------------------
@@ -112,25 +112,16 @@ def setup(tmp_path_factory, tokenizer) -> dict[str, Path]:
     data_dir = root / "data"
     world = generate_world(seed=0, num_entities=12)
     io.write_json(data_dir / "counterfact.json", export.counterfact_records(world, seed=0))
-    model_dir = root / "tiny-model"
-    tiny_gpt2(tokenizer).save_pretrained(model_dir)
-    tokenizer.save_pretrained(model_dir)
+    model_dir = save_tiny_gpt2(tokenizer, root / "tiny-model")
     results_dir = root / "results"
-    with pytest.MonkeyPatch.context() as patch:
-        patch.setenv("REMEDI_RESULTS_DIR", str(results_dir))
-        for name, random_init in (("editors", False), ("editors_random", True)):
-            training.train_run(
-                training.RunArgs(
-                    name=name,
-                    model=str(model_dir),
-                    dataset_file=str(data_dir / "counterfact.json"),
-                    layers=[0],
-                    max_epochs=1,
-                    test_size=0.3,
-                    seed=0,
-                    random_init=random_init,
-                )
-            )
+    file = data_dir / "counterfact.json"
+    train_runs(
+        results_dir,
+        *(
+            one_epoch_run(name, model_dir, file, random_init=random_init)
+            for name, random_init in (("editors", False), ("editors_random", True))
+        ),
+    )
     return {"data": data_dir, "model": model_dir, "results": results_dir}
 
 

@@ -16,7 +16,7 @@ import torch
 from remedi import data, errors, models, training
 from remedi.evaluation.probing import entailment
 from scripts import eval_entailment
-from tests.conftest import tiny_gpt2
+from tests.conftest import one_epoch_run, save_tiny_gpt2, train_runs
 from tests.numerics import assert_equal_in_exact_arithmetic
 
 NORMS = {
@@ -41,24 +41,9 @@ def setup(tmp_path_factory, tokenizer) -> dict[str, Path]:
         for concept, features in NORMS.items():
             for feature, frequency in features.items():
                 writer.writerow([concept, feature, "x", frequency])
-    model_dir = root / "tiny-model"
-    tiny_gpt2(tokenizer).save_pretrained(model_dir)
-    tokenizer.save_pretrained(model_dir)
+    model_dir = save_tiny_gpt2(tokenizer, root / "tiny-model")
     results = root / "results"
-    with pytest.MonkeyPatch.context() as patch:
-        patch.setenv("REMEDI_RESULTS_DIR", str(results))
-        training.train_run(
-            training.RunArgs(
-                name="editors_mcrae",
-                model=str(model_dir),
-                dataset="mcrae",
-                dataset_file=str(norms),
-                layers=[0],
-                max_epochs=1,
-                test_size=0.3,
-                seed=0,
-            )
-        )
+    train_runs(results, one_epoch_run("editors_mcrae", model_dir, norms, dataset="mcrae"))
     return {"norms": norms, "model": model_dir, "results": results}
 
 

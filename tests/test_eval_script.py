@@ -20,7 +20,7 @@ from remedi.evaluation.editing import counterfact_report
 from remedi.toy import export
 from remedi.toy.world import generate_world
 from scripts import eval_fact_gen, trace_counterfact
-from tests.conftest import tiny_gpt2
+from tests.conftest import one_epoch_run, save_tiny_gpt2, train_runs
 
 METHODS = ("remedi", "prefix", "replace", "unedited")
 
@@ -40,24 +40,10 @@ def setup(tmp_path_factory, tokenizer) -> dict[str, Path]:
     io.write_json(data_dir / "tfidf_vocab.json", vocabulary)
     np.save(data_dir / "idf.npy", idf)
 
-    model_dir = root / "tiny-model"
-    tiny_gpt2(tokenizer).save_pretrained(model_dir)
-    tokenizer.save_pretrained(model_dir)
-
+    model_dir = save_tiny_gpt2(tokenizer, root / "tiny-model")
     results_dir = root / "results"
-    with pytest.MonkeyPatch.context() as patch:
-        patch.setenv("REMEDI_RESULTS_DIR", str(results_dir))
-        training.train_run(
-            training.RunArgs(
-                name="editors",
-                model=str(model_dir),
-                dataset_file=str(data_dir / "counterfact.json"),
-                layers=[0],
-                max_epochs=1,
-                test_size=0.2,
-                seed=0,
-            )
-        )
+    file = data_dir / "counterfact.json"
+    train_runs(results_dir, one_epoch_run("editors", model_dir, file, test_size=0.2))
     return {"data": data_dir, "model": model_dir, "results": results_dir}
 
 
@@ -293,20 +279,14 @@ def easyedit_run(setup, tmp_path_factory) -> dict[str, Path]:
     root = tmp_path_factory.mktemp("easyedit")
     file = root / "counterfact-edit-16.json"
     io.write_json(file, json.loads(source.read_text())[:16])
-    with pytest.MonkeyPatch.context() as patch:
-        patch.setenv("REMEDI_RESULTS_DIR", str(setup["results"]))
-        training.train_run(
-            training.RunArgs(
-                name="editors_easyedit",
-                model=str(setup["model"]),
-                dataset="counterfact_easyedit",
-                dataset_file=str(file),
-                layers=[0],
-                max_epochs=1,
-                test_size=0.25,
-                seed=0,
-            )
-        )
+    run = one_epoch_run(
+        "editors_easyedit",
+        setup["model"],
+        file,
+        dataset="counterfact_easyedit",
+        test_size=0.25,
+    )
+    train_runs(setup["results"], run)
     return {"file": file, "editors": setup["results"] / "editors_easyedit"}
 
 

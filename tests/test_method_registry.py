@@ -15,7 +15,7 @@ from remedi.data import canonical
 from remedi.data import general_tasks as tasks
 from remedi.evaluation.general import harm
 from remedi.methods import base, common, registry
-from tests.conftest import tiny_gpt2
+from tests.conftest import save_tiny_gpt2, tiny_gpt2
 from tests.test_canonical import _tiny_config, write_works_for_data
 
 FIXTURES = Path(__file__).parent / "fixtures"
@@ -136,9 +136,7 @@ def test_a_method_registered_once_runs_through_counterfact_harm_and_canonical_ex
     assert_unchanged(mt, before)
 
     # Canonical examples: one edit writing every training example, evaluated before and after.
-    model_dir = tmp_path / "model"
-    tiny_gpt2(tokenizer).save_pretrained(model_dir)
-    tokenizer.save_pretrained(model_dir)
+    model_dir = save_tiny_gpt2(tokenizer, tmp_path / "model")
     examples = [
         canonical.CanonicalExample(f"Next comes {name}", " is", None, name)
         for name in ("Ann Smith", "Bo Lee")

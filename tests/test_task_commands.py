@@ -125,7 +125,7 @@ def test_an_editor_trained_at_layer_3_is_evaluated_at_layer_3(
     commands, tmp_path, tokenizer, monkeypatch
 ):
     from scripts import train_editors
-    from tests.conftest import tiny_gpt2
+    from tests.conftest import save_tiny_gpt2
 
     monkeypatch.setenv("REMEDI_DATA_DIR", str(tmp_path / "data"))
     # x.train.counterfact --layer 3, run for real on a tiny 4-layer GPT-2 and the sample data
@@ -133,9 +133,7 @@ def test_an_editor_trained_at_layer_3_is_evaluated_at_layer_3(
     tasks.train_counterfact(Context(), layer=3, device="cpu", max_epochs=1)
     [(script, args)] = commands
     assert (script, _arguments_after(args, "-l")) == ("scripts.train_editors", "3")
-    model_dir = tmp_path / "tiny-gpt2"
-    tiny_gpt2(tokenizer, n_layer=4).save_pretrained(model_dir)
-    tokenizer.save_pretrained(model_dir)
+    model_dir = save_tiny_gpt2(tokenizer, tmp_path / "tiny-gpt2", n_layer=4)
     args[args.index("-m") + 1] = str(model_dir)
     small = ["--batch-size", "2", "--test-size", "0.25", "--hold-out", "0.34"]
     assert train_editors.main([*args, *small, "--dataset-file", str(COUNTERFACT_SAMPLE)]) == 0
