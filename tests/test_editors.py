@@ -10,27 +10,10 @@ import transformers
 
 from remedi import editors, precompute
 from remedi.models import ModelAndTokenizer
+from tests.samples import SAMPLES as COUNTERFACT_SAMPLES
 
-SAMPLES = [
-    {
-        "id": "counterfact/1",
-        "entity": "Kelo Vantri",
-        "prompt": "Kelo Vantri lives in the city of",
-        "context": "Kelo Vantri lives in the city of Lisbon",
-        "attribute": "lives in the city of Lisbon",
-        "target_mediated": "Lisbon",
-        "target_unmediated": "Oslo",
-    },
-    {
-        "id": "counterfact/2",
-        "entity": "Xavi Bornadel",
-        "prompt": "The famous singer Xavi Bornadel speaks",
-        "context": "The famous singer Xavi Bornadel speaks Norwegian",
-        "attribute": "speaks Norwegian",
-        "target_mediated": "Norwegian",
-        "target_unmediated": "Spanish",
-    },
-]
+# The first two shared samples (two-word entities).
+SAMPLES = COUNTERFACT_SAMPLES[:2]
 
 
 @pytest.fixture()

@@ -10,6 +10,7 @@ import torch
 from remedi import hooks, precompute
 from remedi.models import ModelAndTokenizer
 from tests.model_fixtures import tiny_llama, tiny_model
+from tests.samples import SAMPLES
 
 
 @pytest.fixture()
@@ -85,37 +86,6 @@ def test_target_token_ids_are_the_first_token_after_a_space(tokenizer):
         tokenizer(" Spanish")["input_ids"][0],
         tokenizer(" Oslo")["input_ids"][0],
     ]
-
-
-SAMPLES = [
-    {
-        "id": "counterfact/1",
-        "entity": "Kelo Vantri",
-        "prompt": "Kelo Vantri lives in the city of",
-        "context": "Kelo Vantri lives in the city of Lisbon",
-        "attribute": "lives in the city of Lisbon",
-        "target_mediated": "Lisbon",
-        "target_unmediated": "Oslo",
-    },
-    {
-        "id": "counterfact/2",
-        "entity": "Xavi Bornadel",
-        "prompt": "The famous singer Xavi Bornadel speaks",
-        "context": "The famous singer Xavi Bornadel speaks Norwegian",
-        "attribute": "speaks Norwegian",
-        "target_mediated": "Norwegian",
-        "target_unmediated": "Spanish",
-    },
-    {
-        "id": "counterfact/3",
-        "entity": "Mira",
-        "prompt": "Mira works as a",
-        "context": "Mira works as a painter",
-        "attribute": "works as a painter",
-        "target_mediated": "painter",
-        "target_unmediated": "doctor",
-    },
-]
 
 
 def _block_output(mt, text: str, layer: int) -> torch.Tensor:
