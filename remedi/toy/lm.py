@@ -14,6 +14,7 @@ import random
 import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import torch
@@ -49,9 +50,9 @@ class LMSettings:
     was measured 18x slower per step than a single-threaded one."""
 
 
-def _gpt2_config(s: LMSettings, vocab_size: int, special_id: int) -> transformers.PretrainedConfig:
-    return transformers.GPT2Config(
-        vocab_size=vocab_size,
+def _gpt_sizes(s: LMSettings) -> dict[str, Any]:
+    """Sizes under GPT-2's config names (GPT-2, GPT-J), with dropout off."""
+    return dict(
         n_positions=s.max_positions,
         n_embd=s.hidden_size,
         n_layer=s.num_layers,
@@ -59,9 +60,30 @@ def _gpt2_config(s: LMSettings, vocab_size: int, special_id: int) -> transformer
         resid_pdrop=0.0,
         embd_pdrop=0.0,
         attn_pdrop=0.0,
-        bos_token_id=special_id,
-        eos_token_id=special_id,
-        pad_token_id=special_id,
+    )
+
+
+def _decoder_sizes(s: LMSettings) -> dict[str, Any]:
+    """Sizes under the newer config names (GPT-NeoX, Llama), MLP four times the width."""
+    return dict(
+        max_position_embeddings=s.max_positions,
+        hidden_size=s.hidden_size,
+        num_hidden_layers=s.num_layers,
+        num_attention_heads=s.num_heads,
+        intermediate_size=4 * s.hidden_size,
+    )
+
+
+def _special_tokens(special_id: int) -> dict[str, Any]:
+    """The toy tokenizer's one special token serves as BOS, EOS and padding."""
+    return dict(bos_token_id=special_id, eos_token_id=special_id, pad_token_id=special_id)
+
+
+def _gpt2_config(s: LMSettings, vocab_size: int, special_id: int) -> transformers.PretrainedConfig:
+    return transformers.GPT2Config(
+        vocab_size=vocab_size,
+        **_gpt_sizes(s),
+        **_special_tokens(special_id),
         tie_word_embeddings=True,
     )
 
@@ -69,17 +91,9 @@ def _gpt2_config(s: LMSettings, vocab_size: int, special_id: int) -> transformer
 def _gptj_config(s: LMSettings, vocab_size: int, special_id: int) -> transformers.PretrainedConfig:
     return transformers.GPTJConfig(
         vocab_size=vocab_size,
-        n_positions=s.max_positions,
-        n_embd=s.hidden_size,
-        n_layer=s.num_layers,
-        n_head=s.num_heads,
+        **_gpt_sizes(s),
         rotary_dim=s.hidden_size // s.num_heads,
-        resid_pdrop=0.0,
-        embd_pdrop=0.0,
-        attn_pdrop=0.0,
-        bos_token_id=special_id,
-        eos_token_id=special_id,
-        pad_token_id=special_id,
+        **_special_tokens(special_id),
         tie_word_embeddings=False,
     )
 
@@ -87,16 +101,10 @@ def _gptj_config(s: LMSettings, vocab_size: int, special_id: int) -> transformer
 def _neox_config(s: LMSettings, vocab_size: int, special_id: int) -> transformers.PretrainedConfig:
     return transformers.GPTNeoXConfig(
         vocab_size=vocab_size,
-        max_position_embeddings=s.max_positions,
-        hidden_size=s.hidden_size,
-        num_hidden_layers=s.num_layers,
-        num_attention_heads=s.num_heads,
-        intermediate_size=4 * s.hidden_size,
+        **_decoder_sizes(s),
         hidden_dropout=0.0,
         attention_dropout=0.0,
-        bos_token_id=special_id,
-        eos_token_id=special_id,
-        pad_token_id=special_id,
+        **_special_tokens(special_id),
         tie_word_embeddings=False,
     )
 
@@ -104,15 +112,9 @@ def _neox_config(s: LMSettings, vocab_size: int, special_id: int) -> transformer
 def _llama_config(s: LMSettings, vocab_size: int, special_id: int) -> transformers.PretrainedConfig:
     return transformers.LlamaConfig(
         vocab_size=vocab_size,
-        max_position_embeddings=s.max_positions,
-        hidden_size=s.hidden_size,
-        num_hidden_layers=s.num_layers,
-        num_attention_heads=s.num_heads,
+        **_decoder_sizes(s),
         num_key_value_heads=s.num_heads,
-        intermediate_size=4 * s.hidden_size,
-        bos_token_id=special_id,
-        eos_token_id=special_id,
-        pad_token_id=special_id,
+        **_special_tokens(special_id),
         tie_word_embeddings=False,
     )
 
