@@ -579,14 +579,40 @@ def _plain_loss(mt, editor, inputs, weights) -> torch.Tensor:
     )
 
 
+def _float64_model(tokenizer, model_type: str) -> ModelAndTokenizer:
+    """A frozen float64 tiny model with weights at 0.2 (an edit moves later predictions)."""
+    model = tiny_model(model_type, vocab_size=len(tokenizer), initializer_range=0.2)
+    return ModelAndTokenizer(model.double().requires_grad_(False), tokenizer, f"tiny-{model_type}")
+
+
+def _assert_loss_is_the_definition(
+    mt: ModelAndTokenizer, editor, inputs, *, gradients_nonzero: bool
+) -> None:
+    """The fast loss and its gradient equal :func:`_plain_loss`'s up to rounding, with a KL term
+    that counts; ``gradients_nonzero``: every parameter's expected gradient is non-zero too."""
+    weights = training.LossWeights(lam_m=1.0, lam_u=1.0, lam_kl=10.0)
+
+    loss, terms = training.editing_loss(mt, editor, inputs, weights)
+    gradients = torch.autograd.grad(loss, list(editor.parameters()))
+    expected = _plain_loss(mt, editor, inputs, weights)
+    expected_gradients = torch.autograd.grad(expected, list(editor.parameters()))
+
+    assert terms["kl"] > 1e-4
+    precision = precision_of(mt)
+    assert_equal_in_exact_arithmetic(loss, expected, precision)
+    for gradient, expected_gradient in zip(gradients, expected_gradients, strict=True):
+        if gradients_nonzero:
+            assert expected_gradient.abs().max() > 1e-6
+        assert_equal_in_exact_arithmetic(gradient, expected_gradient, precision)
+
+
 @pytest.mark.parametrize(
     "model_type", [*sorted(training.loss.PREFIX_CACHE_FAMILIES), "bloom", "gemma2"]
 )
 def test_the_loss_and_its_gradient_are_the_definitions(tokenizer, model_type: str):
     # float64 weights at 0.2 (an edit moves later predictions): the fast loss and the plain one
     # below differ by rounding only, of float32 for families that compute parts in float32.
-    model = tiny_model(model_type, vocab_size=len(tokenizer), initializer_range=0.2)
-    mt = ModelAndTokenizer(model.double().requires_grad_(False), tokenizer, f"tiny-{model_type}")
+    mt = _float64_model(tokenizer, model_type)
     samples = [*SAMPLES, LONG_SAMPLE, LONG_SUFFIX_SAMPLE]
     inputs = _float64(precompute.editor_inputs(mt, samples, layers=[1]))
     # Prompts aligned on entities at different positions, in two forward passes.
@@ -594,44 +620,20 @@ def test_the_loss_and_its_gradient_are_the_definitions(tokenizer, model_type: st
     assert len(set(first_edited.tolist())) > 2
     assert len(training.length_groups(inputs.prompt_lengths - first_edited)) == 2
     editor = _random_linear(mt, layer=1)
-    weights = training.LossWeights(lam_m=1.0, lam_u=1.0, lam_kl=10.0)
-
-    loss, terms = training.editing_loss(mt, editor, inputs, weights)
-    gradients = torch.autograd.grad(loss, list(editor.parameters()))
-    expected = _plain_loss(mt, editor, inputs, weights)
-    expected_gradients = torch.autograd.grad(expected, list(editor.parameters()))
-
-    assert terms["kl"] > 1e-4
-    precision = precision_of(mt)
-    assert_equal_in_exact_arithmetic(loss, expected, precision)
-    for gradient, expected_gradient in zip(gradients, expected_gradients, strict=True):
-        assert expected_gradient.abs().max() > 1e-6
-        assert_equal_in_exact_arithmetic(gradient, expected_gradient, precision)
+    _assert_loss_is_the_definition(mt, editor, inputs, gradients_nonzero=True)
 
 
 @pytest.mark.parametrize("model_type", ["gpt2", "llama"])
 def test_the_loss_is_the_definition_when_every_entity_token_is_edited(tokenizer, model_type):
     # The edited pass then starts at the entity's first token. Rounding only, as above.
-    model = tiny_model(model_type, vocab_size=len(tokenizer), initializer_range=0.2)
-    mt = ModelAndTokenizer(model.double().requires_grad_(False), tokenizer, f"tiny-{model_type}")
+    mt = _float64_model(tokenizer, model_type)
     inputs = _float64(precompute.editor_inputs(mt, [*SAMPLES, LONG_SAMPLE], layers=[1]))
     assert (inputs.entity_token_ranges[:, 1] - inputs.entity_token_ranges[:, 0] > 1).any()
     torch.manual_seed(0)
     editor = editors.new_editor("linear", mt, layer=1, edit_last_entity_token=False).double()
     with torch.no_grad():
         editor.w.weight.normal_(std=0.5)
-    weights = training.LossWeights(lam_m=1.0, lam_u=1.0, lam_kl=10.0)
-
-    loss, terms = training.editing_loss(mt, editor, inputs, weights)
-    gradients = torch.autograd.grad(loss, list(editor.parameters()))
-    expected = _plain_loss(mt, editor, inputs, weights)
-    expected_gradients = torch.autograd.grad(expected, list(editor.parameters()))
-
-    assert terms["kl"] > 1e-4
-    precision = precision_of(mt)
-    assert_equal_in_exact_arithmetic(loss, expected, precision)
-    for gradient, expected_gradient in zip(gradients, expected_gradients, strict=True):
-        assert_equal_in_exact_arithmetic(gradient, expected_gradient, precision)
+    _assert_loss_is_the_definition(mt, editor, inputs, gradients_nonzero=False)
 
 
 def test_length_groups_split_only_where_padding_is_saved():
