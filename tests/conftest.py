@@ -19,7 +19,7 @@ import pytest
 import torch
 import transformers
 
-from remedi import env, gguf_models, training
+from remedi import env, gguf_models, models, training
 from remedi.toy.tokenizer import train_bpe_tokenizer
 
 # The session-wide small toy world (`small_world`), the Llama-style tokenizer
@@ -155,6 +155,22 @@ def tiny_gpt2(
     }
     config = transformers.GPT2Config(**{**settings, **config_overrides})
     return transformers.GPT2LMHeadModel(config).eval()
+
+
+def weighty_gpt2(
+    tokenizer: transformers.PreTrainedTokenizerBase,
+    name: str = "tiny-gpt2",
+    **config_overrides: Any,
+) -> models.ModelAndTokenizer:
+    """:func:`tiny_gpt2` with initial weights at 0.2 instead of 0.02, frozen: one edit at one
+    token, or one MLP output, then visibly moves later predictions (at 0.02 it barely does)."""
+    model = tiny_gpt2(tokenizer, initializer_range=0.2, **config_overrides).requires_grad_(False)
+    return models.ModelAndTokenizer(model=model, tokenizer=tokenizer, name=name)
+
+
+def float64_copy(mt: models.ModelAndTokenizer, name: str) -> models.ModelAndTokenizer:
+    """``mt`` in float64, for checks of quantities equal only in exact arithmetic."""
+    return models.ModelAndTokenizer(copy.deepcopy(mt.model).double(), mt.tokenizer, name)
 
 
 def save_tiny_gpt2(

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import copy
 import json
 import shutil
 from pathlib import Path
@@ -16,7 +15,7 @@ from remedi.methods import base, baselines, registry
 from remedi.methods import remedi as remedi_method
 from remedi.models import ModelAndTokenizer
 from remedi.toy.world import World
-from tests.conftest import tiny_gpt2
+from tests.conftest import float64_copy, weighty_gpt2
 from tests.model_fixtures import tiny_llama
 from tests.numerics import assert_equal_in_exact_arithmetic, precision_of
 
@@ -89,18 +88,14 @@ WORLD = {
 
 @pytest.fixture(scope="module")
 def mt(tokenizer) -> ModelAndTokenizer:
-    """A tiny random GPT-2 with larger initial weights than the shared fixture's, so that an
-    edit at one token visibly moves later predictions (at the default 0.02 it barely does)."""
-    model = tiny_gpt2(tokenizer, initializer_range=0.2).requires_grad_(False)
-    return ModelAndTokenizer(model=model, tokenizer=tokenizer, name="tiny-gpt2")
+    return weighty_gpt2(tokenizer)
 
 
 @pytest.fixture(scope="module")
 def mt64(mt) -> ModelAndTokenizer:
     """The same tiny model in float64: greedy decoding batched vs. alone then agrees on any CPU
     (in float32 a near-tie between two tokens can break differently with the batch's padding)."""
-    model = copy.deepcopy(mt.model).double()
-    return ModelAndTokenizer(model=model, tokenizer=mt.tokenizer, name="tiny-gpt2-float64")
+    return float64_copy(mt, "tiny-gpt2-float64")
 
 
 @pytest.fixture(scope="module")

@@ -19,7 +19,7 @@ from remedi.methods import base, common, rome
 from remedi.report import figures
 from remedi.toy import general as toy_general
 from remedi.toy.world import World, generate_world
-from tests.conftest import tiny_gpt2
+from tests.conftest import weighty_gpt2
 from tests.toy_fixtures import BuiltToyWorld, toy_dirs
 
 SUBJECTS = ("Mira Talovan", "Kelo Vantri", "Xavi Bornadel")
@@ -28,8 +28,7 @@ TARGETS = ("Oslo", "Paris", "Lisbon")
 
 @pytest.fixture(scope="module")
 def mt(tokenizer) -> models.ModelAndTokenizer:
-    model = tiny_gpt2(tokenizer, initializer_range=0.2).requires_grad_(False)
-    return models.ModelAndTokenizer(model, tokenizer, "tiny-gpt2")
+    return weighty_gpt2(tokenizer)
 
 
 def edits() -> list[harm.HarmEdit]:

@@ -3,19 +3,18 @@ layers, applying and restoring weights, failures mid-edit, and the registered me
 
 from __future__ import annotations
 
-import copy
-
 import pytest
 import torch
 
 from remedi import corpora, data, errors, evaluation, models
 from remedi.methods import base, common, hparams_file, memit, stats
-from tests.conftest import tiny_gpt2
+from tests.conftest import float64_copy, weighty_gpt2
 from tests.test_weight_methods import (
     CORPUS,
     FIXTURES,
     TEMPLATES,
     TEXTS,
+    assert_raises_new_targets_and_restores,
     assert_unchanged,
     corpus_file,
     file_times,
@@ -31,15 +30,13 @@ REQUESTS = [
 @pytest.fixture(scope="module")
 def mt4(tokenizer) -> models.ModelAndTokenizer:
     """Four layers, so that MEMIT can spread over two and still have layers above them."""
-    # Larger initial weights than the default 0.02, so that one MLP output moves the prediction.
-    model = tiny_gpt2(tokenizer, n_layer=4, initializer_range=0.2).requires_grad_(False)
-    return models.ModelAndTokenizer(model=model, tokenizer=tokenizer, name="tiny-gpt2-4")
+    return weighty_gpt2(tokenizer, "tiny-gpt2-4", n_layer=4)
 
 
 @pytest.fixture(scope="module")
 def mt64(mt4) -> models.ModelAndTokenizer:
     """float64: the closed-form checks compare quantities equal only in exact arithmetic."""
-    return models.ModelAndTokenizer(copy.deepcopy(mt4.model).double(), mt4.tokenizer, "tiny-64")
+    return float64_copy(mt4, "tiny-64")
 
 
 def moments_of(mt: models.ModelAndTokenizer, layers: list[int]) -> dict[int, torch.Tensor]:
@@ -191,12 +188,7 @@ def test_memit_is_registered_one_case_at_a_time(mt4, tmp_path):
     assert isinstance(method, evaluation.WeightEditMethod)
     assert isinstance(method.editor, memit.MemitEditor)
     assert method.label == "MEMIT (L0-1)" and method.editor.templates == ["{}"]
-    before = weights_of(mt4)
-    queries = [(case, case.rewrite_prompt, case.target_new) for case in cases]
-    edited = evaluation.target_log_probs(mt4, method, queries)
-    plain = evaluation.target_log_probs(mt4, evaluation.Method(), queries)
-    assert (edited > plain).all()
-    assert_unchanged(mt4, before)
+    assert_raises_new_targets_and_restores(mt4, method, cases)
     assert memit.MemitHparams.from_file(hparams_file("memit", "gptj")).layers == [3, 4, 5, 6, 7, 8]
     assert memit.MemitHparams.from_file(hparams_file("memit", "toy")).layers
 

@@ -15,8 +15,9 @@ from remedi.data import canonical
 from remedi.data import general_tasks as tasks
 from remedi.evaluation.general import harm
 from remedi.methods import base, common, registry
-from tests.conftest import save_tiny_gpt2, tiny_gpt2
+from tests.conftest import save_tiny_gpt2, weighty_gpt2
 from tests.test_canonical import _tiny_config, write_works_for_data
+from tests.test_weight_methods import assert_unchanged, weights_of
 
 FIXTURES = Path(__file__).parent / "fixtures"
 
@@ -80,17 +81,7 @@ def nudge() -> Iterator[registry.MethodSpec]:
 
 @pytest.fixture(scope="module")
 def mt(tokenizer) -> models.ModelAndTokenizer:
-    model = tiny_gpt2(tokenizer, initializer_range=0.2).requires_grad_(False)
-    return models.ModelAndTokenizer(model, tokenizer, "tiny-gpt2")
-
-
-def weights_of(mt: models.ModelAndTokenizer) -> dict[str, torch.Tensor]:
-    return {name: p.detach().clone() for name, p in mt.model.named_parameters()}
-
-
-def assert_unchanged(mt: models.ModelAndTokenizer, before: dict[str, torch.Tensor]) -> None:
-    for name, parameter in mt.model.named_parameters():
-        assert torch.equal(parameter, before[name]), name
+    return weighty_gpt2(tokenizer)
 
 
 def test_a_method_registered_once_runs_through_counterfact_harm_and_canonical_examples(

@@ -10,7 +10,7 @@ import torch
 from remedi import errors, evaluation, models, tracing
 from remedi.evaluation.locate import analysis, objectives, problems, running, setups
 from remedi.methods import ft, memit, registry
-from tests.conftest import tiny_gpt2
+from tests.conftest import weighty_gpt2
 
 PROMPT = "Mira Talovan lives in the city of"
 SUBJECT = "Mira Talovan"
@@ -18,8 +18,7 @@ SUBJECT = "Mira Talovan"
 
 @pytest.fixture(scope="module")
 def mt(tokenizer) -> models.ModelAndTokenizer:
-    model = tiny_gpt2(tokenizer, initializer_range=0.2).requires_grad_(False)
-    return models.ModelAndTokenizer(model=model, tokenizer=tokenizer, name="tiny-gpt2")
+    return weighty_gpt2(tokenizer)
 
 
 def hook_count(model: torch.nn.Module) -> int:

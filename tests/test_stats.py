@@ -3,7 +3,6 @@ resuming, and the token budget of a batch."""
 
 from __future__ import annotations
 
-import copy
 from collections import Counter
 from typing import Any
 
@@ -12,7 +11,7 @@ import torch
 
 from remedi import models
 from remedi.methods import stats
-from tests.conftest import tiny_gpt2
+from tests.conftest import float64_copy, weighty_gpt2
 from tests.numerics import assert_equal_in_exact_arithmetic, precision_of
 from tests.test_weight_methods import CORPUS, TEXTS, cached_only, interrupt_statistics, key_gram
 
@@ -22,13 +21,12 @@ LAYERS = [0, 2]
 @pytest.fixture(scope="module")
 def mt3(tokenizer) -> models.ModelAndTokenizer:
     """Three layers, so that the statistics of layers 0 and 2 leave one in between."""
-    model = tiny_gpt2(tokenizer, n_layer=3, initializer_range=0.2).requires_grad_(False)
-    return models.ModelAndTokenizer(model=model, tokenizer=tokenizer, name="tiny-gpt2-3")
+    return weighty_gpt2(tokenizer, "tiny-gpt2-3", n_layer=3)
 
 
 @pytest.fixture(scope="module")
 def mt3_64(mt3) -> models.ModelAndTokenizer:
-    return models.ModelAndTokenizer(copy.deepcopy(mt3.model).double(), mt3.tokenizer, "tiny-3-64")
+    return float64_copy(mt3, "tiny-3-64")
 
 
 def count_forwards(mt: models.ModelAndTokenizer) -> tuple[dict[str, int], Any]:

@@ -3,7 +3,6 @@ statistics cache, bad input, and the registered evaluation methods."""
 
 from __future__ import annotations
 
-import copy
 import random
 from pathlib import Path
 
@@ -13,7 +12,7 @@ import torch
 
 from remedi import corpora, data, errors, evaluation, models
 from remedi.methods import common, ft, rome, stats
-from tests.conftest import TOKENIZER_CORPUS, tiny_gpt2
+from tests.conftest import TOKENIZER_CORPUS, float64_copy, tiny_gpt2, weighty_gpt2
 from tests.model_fixtures import tiny_llama, tiny_model
 
 FIXTURES = Path(__file__).parent / "fixtures"
@@ -63,15 +62,13 @@ TEMPLATES = ["{}", "Kelo Vantri works for Nordavia. {}"]
 
 @pytest.fixture(scope="module")
 def mt(tokenizer) -> models.ModelAndTokenizer:
-    # Larger initial weights than the default 0.02, so that one MLP output moves the prediction.
-    model = tiny_gpt2(tokenizer, initializer_range=0.2).requires_grad_(False)
-    return models.ModelAndTokenizer(model=model, tokenizer=tokenizer, name="tiny-gpt2")
+    return weighty_gpt2(tokenizer)
 
 
 @pytest.fixture(scope="module")
 def mt64(mt) -> models.ModelAndTokenizer:
     """float64: the closed-form checks compare quantities equal only in exact arithmetic."""
-    return models.ModelAndTokenizer(copy.deepcopy(mt.model).double(), mt.tokenizer, "tiny-gpt2-64")
+    return float64_copy(mt, "tiny-gpt2-64")
 
 
 @pytest.fixture(scope="module")
@@ -101,6 +98,19 @@ def assert_unchanged(mt: models.ModelAndTokenizer, before: dict[str, torch.Tenso
         assert torch.equal(parameter, before[name]), name
     for module in mt.model.modules():
         assert not module._forward_hooks and not module._forward_pre_hooks, module
+
+
+def assert_raises_new_targets_and_restores(
+    mt: models.ModelAndTokenizer, method: evaluation.Method, cases: list[evaluation.EvalCase]
+) -> None:
+    """Under ``method`` every case's new target is likelier after its rewrite prompt than
+    unedited, and the model's weights and hooks are as before."""
+    before = weights_of(mt)
+    queries = [(case, case.rewrite_prompt, case.target_new) for case in cases]
+    edited = evaluation.target_log_probs(mt, method, queries)
+    plain = evaluation.target_log_probs(mt, evaluation.Method(), queries)
+    assert (edited > plain).all()
+    assert_unchanged(mt, before)
 
 
 @pytest.mark.parametrize(
@@ -349,12 +359,7 @@ def test_weight_methods_are_registered_and_built_with_cached_statistics(mt, tmp_
         assert built.name == name and built.edits_weights
     with pytest.raises(errors.UsageError, match="no rome hyperparameters"):
         evaluation.build_method("rome", mt, cases, resources)
-    before = weights_of(mt)
-    queries = [(case, case.rewrite_prompt, case.target_new) for case in cases]
-    edited = evaluation.target_log_probs(mt, method, queries)
-    plain = evaluation.target_log_probs(mt, evaluation.Method(), queries)
-    assert (edited > plain).all()
-    assert_unchanged(mt, before)
+    assert_raises_new_targets_and_restores(mt, method, cases)
 
 
 def test_packaged_hparams_are_found_by_alias_or_hub_name():
