@@ -138,6 +138,25 @@ def add_editor_arguments(
     )
 
 
+def add_device_arguments(parser: argparse.ArgumentParser) -> None:
+    """Add ``--device`` and ``--dtype``: where the model runs and in what precision."""
+    parser.add_argument("--device", help="e.g. cuda or cpu (default: cuda if available)")
+    parser.add_argument("--dtype", help="model dtype, e.g. float32, bfloat16, float16")
+
+
+def add_counterfact_file_arguments(parser: argparse.ArgumentParser) -> None:
+    """Add ``-d/--dataset`` (the CounterFact file's format, ROME's by default) and
+    ``--dataset-file``, for a script that reads CounterFact cases."""
+    parser.add_argument(
+        "-d",
+        "--dataset",
+        choices=data.COUNTERFACT_DATASETS,
+        default="counterfact",
+        help="format of --dataset-file: counterfact (ROME's, default) or counterfact_easyedit",
+    )
+    parser.add_argument("--dataset-file", type=Path, help="CounterFact file (see --dataset)")
+
+
 def log_path(script: str) -> Path:
     """The log file of a new run of ``script``: ``<logs dir>/<script>-<time>-<pid>.log``."""
     stamp = datetime.datetime.now().strftime("%Y%m%d-%H%M%S")

@@ -65,17 +65,9 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     )
     parser.add_argument("--stats-dir", type=Path, help="key statistics cache")
     parser.add_argument("--stats-num-texts", type=int, help="texts of the statistics corpus")
-    parser.add_argument(
-        "-d",
-        "--dataset",
-        choices=data.COUNTERFACT_DATASETS,
-        default="counterfact",
-        help="format of --dataset-file: counterfact (ROME's, default) or counterfact_easyedit",
-    )
-    parser.add_argument("--dataset-file", type=Path, help="CounterFact file (see --dataset)")
+    cli.add_counterfact_file_arguments(parser)
     parser.add_argument("--world-file", type=Path, help="toy world.json (default: beside it)")
-    parser.add_argument("--device", help="e.g. cuda or cpu (default: cuda if available)")
-    parser.add_argument("--dtype", help="model dtype, e.g. float32, bfloat16")
+    cli.add_device_arguments(parser)
     parser.add_argument("--rerun", action="store_true", help="recompute finished edits")
     args = parser.parse_args(argv)
     weight_methods = registry.names("weights", prepared=True)

@@ -37,8 +37,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         choices=biosbias.SETTINGS,
         help="contextual (bio in the prompt) and/or decontextual (default: both)",
     )
-    parser.add_argument("--device", help="e.g. cuda or cpu (default: cuda if available)")
-    parser.add_argument("--dtype", help="model dtype, e.g. float32, bfloat16, float16")
+    cli.add_device_arguments(parser)
     parser.add_argument(
         "--dataset-file",
         type=Path,

@@ -37,8 +37,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         help="the prompt each sample asks (default: paraphrase, the reference's)",
     )
     parser.add_argument("--max-samples", type=int, help="evaluate only the first N samples")
-    parser.add_argument("--device", help="e.g. cuda or cpu (default: cuda if available)")
-    parser.add_argument("--dtype", help="model dtype, e.g. float32, bfloat16, float16")
+    cli.add_device_arguments(parser)
     parser.add_argument("--batch-size", type=int, default=64)
     parser.add_argument("--rerun", action="store_true", help="recompute a finished result")
     parser.add_argument("--random", action="store_true", help="the randomly initialised model")

@@ -14,7 +14,6 @@ import argparse
 import logging
 import sys
 from collections.abc import Sequence
-from pathlib import Path
 
 import torch
 
@@ -60,16 +59,8 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         default=tracing.DEFAULT_MAX_BATCH_ROWS,
         help="rows per forward pass (restorations x noise samples)",
     )
-    parser.add_argument(
-        "-d",
-        "--dataset",
-        choices=data.COUNTERFACT_DATASETS,
-        default="counterfact",
-        help="format of --dataset-file: counterfact (ROME's, default) or counterfact_easyedit",
-    )
-    parser.add_argument("--dataset-file", type=Path, help="CounterFact file (see --dataset)")
-    parser.add_argument("--device", help="e.g. cuda or cpu (default: cuda if available)")
-    parser.add_argument("--dtype", help="model dtype, e.g. float32, bfloat16")
+    cli.add_counterfact_file_arguments(parser)
+    cli.add_device_arguments(parser)
     parser.add_argument("--rerun", action="store_true", help="retrace finished cases")
     return parser.parse_args(argv)
 
