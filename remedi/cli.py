@@ -138,6 +138,13 @@ def add_editor_arguments(
     )
 
 
+def editor_options(args: argparse.Namespace) -> dict[str, Any]:
+    """The ``remedi`` method's options from the flags of :func:`add_editor_arguments`: the
+    training run (``-e``), the editor layer and type."""
+    editors_dir = None if args.editors_dir is None else str(args.editors_dir)
+    return {"editors_dir": editors_dir, "layer": args.layer, "editor_type": args.editor_type}
+
+
 def add_device_arguments(parser: argparse.ArgumentParser) -> None:
     """Add ``--device`` and ``--dtype``: where the model runs and in what precision."""
     parser.add_argument("--device", help="e.g. cuda or cpu (default: cuda if available)")

@@ -99,15 +99,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     methods = [evaluation.build_method("unedited", mt, cases, resources)]
     if args.editors_dir is not None:
         methods.append(
-            evaluation.build_method(
-                "remedi",
-                mt,
-                cases,
-                resources,
-                editors_dir=args.editors_dir,
-                layer=args.layer,
-                editor_type=args.editor_type,
-            )
+            evaluation.build_method("remedi", mt, cases, resources, **cli.editor_options(args))
         )
     experiment_dir = env.results_dir() / args.name
     results = biosbias.run_biosbias(

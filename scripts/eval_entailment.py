@@ -72,14 +72,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             )
         edit: RemediEdit | None = None
         if registry.method_spec(method).edits == "hidden_states":
-            prepared = registry.prepare(
-                method,
-                mt,
-                MethodSetup(batch_size=args.batch_size),
-                editors_dir=str(args.editors_dir),
-                layer=args.layer,
-                editor_type=args.editor_type,
-            )
+            setup = MethodSetup(batch_size=args.batch_size)
+            prepared = registry.prepare(method, mt, setup, **cli.editor_options(args))
             assert isinstance(prepared, RemediEdit)
             edit = prepared
         result = entailment.entailment(mt, rows, method, edit, args.batch_size)

@@ -196,15 +196,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     methods: list[evaluation.Method] = []
     if args.editors_dir is not None:
         methods.append(
-            evaluation.build_method(
-                "remedi",
-                mt,
-                cases,
-                resources,
-                editors_dir=args.editors_dir,
-                layer=args.layer,
-                editor_type=args.editor_type,
-            )
+            evaluation.build_method("remedi", mt, cases, resources, **cli.editor_options(args))
         )
     others = [*args.baselines, *([args.baseline] if args.baseline else []), *args.methods]
     weight_options = {
