@@ -28,8 +28,8 @@ from benchmarks.common import (
     closing_figures,
     load_benchmark_model,
     model_figures,
-    report,
     reset_peak_memory,
+    run_benchmark,
     time_training_epoch,
     timed,
 )
@@ -111,13 +111,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--batch-size", type=int, default=evaluation.DEFAULT_BATCH_SIZE)
     parser.add_argument("--max-length", type=int, default=biosbias.MAX_LENGTH)
     parser.add_argument("--layer", type=int, help="edit layer (default: toy 1, GPT-J 12, else 0)")
-    parser.add_argument("--output", type=Path, help="also write the figures as JSON here")
-    args = parser.parse_args(argv)
-    result = benchmark(
-        args.model, args.device, args.samples, args.batch_size, args.max_length, args.layer
-    )
-    report(result, args.output)
-    return 0
+    return run_benchmark(parser, benchmark, argv, "samples", "batch_size", "max_length", "layer")
 
 
 if __name__ == "__main__":

@@ -42,8 +42,8 @@ from benchmarks.common import (
     gpt2_tokenizer,
     model_figures,
     peak_memory_bytes,
-    report,
     reset_peak_memory,
+    run_benchmark,
     synchronize,
 )
 from remedi import corpora, env, models
@@ -247,19 +247,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument(
         "--stats-join", type=int, default=1, help="join every N statistics texts into one"
     )
-    parser.add_argument("--output", type=Path, help="also write the figures as JSON here")
-    args = parser.parse_args(argv)
-    result = benchmark(
-        args.model,
-        args.device,
-        args.edits,
-        args.batch,
-        args.stats_texts,
-        args.stats_batch_tokens,
-        args.stats_join,
+    return run_benchmark(
+        parser, benchmark, argv, "edits", "batch", "stats_texts", "stats_batch_tokens", "stats_join"
     )
-    report(result, args.output)
-    return 0
 
 
 if __name__ == "__main__":

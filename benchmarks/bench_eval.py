@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import sys
 from collections.abc import Sequence
-from pathlib import Path
 
 from benchmarks.common import (
     LOADED_MODELS_HELP,
@@ -25,8 +24,8 @@ from benchmarks.common import (
     closing_figures,
     load_benchmark_model,
     model_figures,
-    report,
     reset_peak_memory,
+    run_benchmark,
     timed,
 )
 from remedi import data, editors, evaluation, models
@@ -95,13 +94,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--batch-size", type=int, default=evaluation.DEFAULT_BATCH_SIZE)
     parser.add_argument("--max-length", type=int, default=evaluation.GENERATION_MAX_LENGTH)
     parser.add_argument("--layer", type=int, help="edit layer (default: 0, GPT-J 1)")
-    parser.add_argument("--output", type=Path, help="also write the figures as JSON here")
-    args = parser.parse_args(argv)
-    result = benchmark(
-        args.model, args.device, args.cases, args.batch_size, args.max_length, args.layer
-    )
-    report(result, args.output)
-    return 0
+    return run_benchmark(parser, benchmark, argv, "cases", "batch_size", "max_length", "layer")
 
 
 if __name__ == "__main__":

@@ -15,7 +15,6 @@ from __future__ import annotations
 import sys
 import time
 from collections.abc import Sequence
-from pathlib import Path
 
 import torch
 
@@ -51,7 +50,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--cases", type=int, default=8, help="cases to trace")
     parser.add_argument("--windows", type=int, nargs="+", default=list(tracing.DEFAULT_WINDOWS))
     parser.add_argument("--max-batch-rows", type=int, default=tracing.DEFAULT_MAX_BATCH_ROWS)
-    parser.add_argument("--output", type=Path, help="also write the figures as JSON here")
     args = parser.parse_args(argv)
 
     device = torch.device(args.device)

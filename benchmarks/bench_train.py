@@ -16,15 +16,14 @@ from __future__ import annotations
 
 import sys
 from collections.abc import Sequence
-from pathlib import Path
 
 from benchmarks.common import (
     benchmark_parser,
     closing_figures,
     model_figures,
     random_gptj,
-    report,
     reset_peak_memory,
+    run_benchmark,
     synthetic_samples,
     time_training_epoch,
 )
@@ -65,11 +64,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--samples", type=int, default=512, help="samples in the epoch")
     parser.add_argument("--batch-size", type=int, default=training.DEFAULT_BATCH_SIZE)
     parser.add_argument("--layer", type=int, help="edit layer (default: 0 toy, 1 GPT-J)")
-    parser.add_argument("--output", type=Path, help="also write the figures as JSON here")
-    args = parser.parse_args(argv)
-    result = benchmark(args.model, args.device, args.samples, args.batch_size, args.layer)
-    report(result, args.output)
-    return 0
+    return run_benchmark(parser, benchmark, argv, "samples", "batch_size", "layer")
 
 
 if __name__ == "__main__":

@@ -163,11 +163,27 @@ def report(figures: Mapping[str, Any], output: Path | None) -> None:
 
 
 def benchmark_parser(description: str, model_help: str) -> argparse.ArgumentParser:
-    """A benchmark's parser with the flags every benchmark takes first: ``--model``, ``--device``."""
+    """A benchmark's parser with the flags every benchmark takes: ``--model``, ``--device`` and
+    ``--output``."""
     parser = argparse.ArgumentParser(description=description)
     parser.add_argument("--model", default="toy", help=model_help)
     parser.add_argument("--device", default="cpu")
+    parser.add_argument("--output", type=Path, help="also write the figures as JSON here")
     return parser
+
+
+def run_benchmark(
+    parser: argparse.ArgumentParser,
+    benchmark: Callable[..., Mapping[str, Any]],
+    argv: Sequence[str] | None,
+    *arguments: str,
+) -> int:
+    """Parse ``argv`` with a :func:`benchmark_parser`, call ``benchmark(model, device, *the
+    parsed arguments named)``, and :func:`report` its figures; the exit code."""
+    args = parser.parse_args(argv)
+    result = benchmark(args.model, args.device, *(getattr(args, name) for name in arguments))
+    report(result, args.output)
+    return 0
 
 
 def time_training_epoch(
