@@ -272,20 +272,18 @@ def editing_loss(
 
     # The token ids each target term reads at the last prompt token, a column each.
     targets: dict[str, torch.Tensor] = {}
-    if weights.lam_m is not None:
-        if batch.target_mediated_ids is None:
+    for name, weight, flag, article, ids in (
+        ("mediated", weights.lam_m, "lam_m", "a", batch.target_mediated_ids),
+        ("unmediated", weights.lam_u, "lam_u", "an", batch.target_unmediated_ids),
+    ):
+        if weight is None:
+            continue
+        if ids is None:
             raise errors.UsageError(
-                "lam_m is set but the samples have no target_mediated; pass --lam-m only for "
-                "datasets with a mediated target"
+                f"{flag} is set but the samples have no target_{name}; pass "
+                f"--{flag.replace('_', '-')} only for datasets with {article} {name} target"
             )
-        targets["mediated"] = batch.target_mediated_ids
-    if weights.lam_u is not None:
-        if batch.target_unmediated_ids is None:
-            raise errors.UsageError(
-                "lam_u is set but the samples have no target_unmediated; pass --lam-u only "
-                "for datasets with an unmediated target"
-            )
-        targets["unmediated"] = batch.target_unmediated_ids
+        targets[name] = ids
     target_ids = torch.zeros((batch_size, 0), dtype=torch.long)
     if targets:
         target_ids = torch.stack(list(targets.values()), dim=-1)
