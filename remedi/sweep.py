@@ -24,9 +24,10 @@ from __future__ import annotations
 
 import logging
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from dataclasses_json import DataClassJsonMixin
 
@@ -67,104 +68,106 @@ def layer_dir(experiment_dir: Path, layer: int) -> Path:
     return Path(experiment_dir) / f"layer_{layer}"
 
 
-def gen_points(experiment_dir: Path, layers: Sequence[int]) -> list[SweepPoint]:
-    """REMEDI's summary numbers of each layer's CounterFact evaluation (missing ones skipped)."""
+LayerValues = dict[str, float | None]
+
+
+def _summary(experiment_dir: Path, layer: int, what: str) -> Any | None:
+    """The JSON of ``layer_<L>/summary.json``, or ``None`` (logged) where that layer has none."""
+    path = layer_dir(experiment_dir, layer) / "summary.json"
+    if not path.is_file():
+        logger.warning("no summary for layer %d at %s; skipped", layer, path)
+        return None
+    return io.read_json(path, what)
+
+
+def gen_values(experiment_dir: Path, layer: int) -> LayerValues | None:
+    """REMEDI's summary numbers of one layer's CounterFact evaluation."""
+    summary = _summary(experiment_dir, layer, "evaluation summary")
+    if summary is None:
+        return None
+    rows = [
+        row for row in counterfact_report.Summary.from_dict(summary).rows if row.method == "remedi"
+    ]
+    if not rows:  # benchmarks the sweep did not run have no value
+        return None
+    return {key: value for key, value in rows[0].values.items() if value is not None}
+
+
+def cls_values(experiment_dir: Path, layer: int) -> LayerValues | None:
+    """REMEDI's classification metrics with the entity read at ``layer``."""
+    result = classification.read_result(classification.result_file(experiment_dir, "remedi", layer))
+    if result is None:
+        logger.warning("no classification result for entity layer %d; skipped", layer)
+        return None
+    values: LayerValues = {}
+    for task in classification.TASKS:
+        task_metrics = getattr(result.metrics, task)
+        for name in ("f1", "mcc", "accuracy"):
+            values[f"{task}.{name}"] = getattr(task_metrics, name)
+    return values
+
+
+def ent_values(experiment_dir: Path, layer: int) -> LayerValues | None:
+    """REMEDI's entailment metrics of one layer's McRae evaluation."""
+    path = layer_dir(experiment_dir, layer) / "remedi" / "entailment.json"
+    if not path.is_file():
+        logger.warning("no entailment result for layer %d at %s; skipped", layer, path)
+        return None
+    result = entailment.EntailmentResults.from_dict(io.read_json(path, "entailment"))
+    values: LayerValues = {
+        f"{kind}.delta_p": value for kind, value in result.metrics.delta_p.items()
+    }
+    values.update({f"{kind}.r": value for kind, value in result.metrics.correlation.items()})
+    return values
+
+
+def gen_biosbias_values(experiment_dir: Path, layer: int) -> LayerValues | None:
+    """REMEDI's Bias in Bios error-correction numbers of one layer (``layer_<L>/summary.json``
+    of ``scripts.eval_bias_gen``): top-1/top-k accuracy (%), fluency, consistency per setting."""
+    summary = _summary(experiment_dir, layer, "Bias in Bios summary")
+    if summary is None:
+        return None
+    rows = [row for row in summary.get("rows", []) if row.get("method") == "remedi"]
+    if not rows:
+        return None
+    values: LayerValues = {}
+    for setting in biosbias.SETTINGS:
+        for key, value in (rows[0].get(setting) or {}).items():
+            if key != "k":
+                values[f"{setting}.{key}"] = value
+    return values
+
+
+def cls_biosbias_values(experiment_dir: Path, layer: int) -> LayerValues | None:
+    """REMEDI's Bios-Med metrics with the entity read at ``layer``."""
+    result = bios_classification.read_result(
+        bios_classification.result_file(experiment_dir, "remedi", layer)
+    )
+    if result is None:
+        logger.warning("no Bias in Bios classification result for entity layer %d", layer)
+        return None
+    names = ("f1", "mcc", "accuracy", "probe_recall_1", "probe_recall_k")
+    return {name: getattr(result.metrics, name) for name in names}
+
+
+COLLECTORS: dict[str, Callable[[Path, int], LayerValues | None]] = {
+    "gen": gen_values,
+    "cls": cls_values,
+    "ent": ent_values,
+    "gen_biosbias": gen_biosbias_values,
+    "cls_biosbias": cls_biosbias_values,
+}
+"""Sweep kind -> the values of one layer's evaluation (``None``: that layer is skipped)."""
+
+
+def collect_points(kind: str, experiment_dir: Path, layers: Sequence[int]) -> list[SweepPoint]:
+    """One point per layer of ``layers`` whose evaluation has values, in order."""
     points = []
     for layer in layers:
-        path = layer_dir(experiment_dir, layer) / "summary.json"
-        if not path.is_file():
-            logger.warning("no summary for layer %d at %s; skipped", layer, path)
-            continue
-        summary = counterfact_report.Summary.from_dict(io.read_json(path, "evaluation summary"))
-        rows = [row for row in summary.rows if row.method == "remedi"]
-        if rows:  # benchmarks the sweep did not run have no value
-            values: dict[str, float | None] = {
-                key: value for key, value in rows[0].values.items() if value is not None
-            }
+        values = COLLECTORS[kind](experiment_dir, layer)
+        if values is not None:
             points.append(SweepPoint(layer, values))
     return points
-
-
-def cls_points(experiment_dir: Path, layers: Sequence[int]) -> list[SweepPoint]:
-    """REMEDI's classification metrics with the entity read at each layer."""
-    points = []
-    for layer in layers:
-        result = classification.read_result(
-            classification.result_file(experiment_dir, "remedi", layer)
-        )
-        if result is None:
-            logger.warning("no classification result for entity layer %d; skipped", layer)
-            continue
-        values: dict[str, float | None] = {}
-        for task in classification.TASKS:
-            task_metrics = getattr(result.metrics, task)
-            for name in ("f1", "mcc", "accuracy"):
-                values[f"{task}.{name}"] = getattr(task_metrics, name)
-        points.append(SweepPoint(layer, values))
-    return points
-
-
-def ent_points(experiment_dir: Path, layers: Sequence[int]) -> list[SweepPoint]:
-    """REMEDI's entailment metrics of each layer's McRae evaluation."""
-    points = []
-    for layer in layers:
-        path = layer_dir(experiment_dir, layer) / "remedi" / "entailment.json"
-        if not path.is_file():
-            logger.warning("no entailment result for layer %d at %s; skipped", layer, path)
-            continue
-        result = entailment.EntailmentResults.from_dict(io.read_json(path, "entailment"))
-        values: dict[str, float | None] = {
-            f"{kind}.delta_p": value for kind, value in result.metrics.delta_p.items()
-        }
-        values.update({f"{kind}.r": value for kind, value in result.metrics.correlation.items()})
-        points.append(SweepPoint(layer, values))
-    return points
-
-
-def gen_biosbias_points(experiment_dir: Path, layers: Sequence[int]) -> list[SweepPoint]:
-    """REMEDI's Bias in Bios error-correction numbers of each layer (``layer_<L>/summary.json``
-    of ``scripts.eval_bias_gen``): top-1/top-k accuracy (%), fluency, consistency per setting."""
-    points = []
-    for layer in layers:
-        path = layer_dir(experiment_dir, layer) / "summary.json"
-        if not path.is_file():
-            logger.warning("no summary for layer %d at %s; skipped", layer, path)
-            continue
-        summary = io.read_json(path, "Bias in Bios summary")
-        rows = [row for row in summary.get("rows", []) if row.get("method") == "remedi"]
-        if not rows:
-            continue
-        values: dict[str, float | None] = {}
-        for setting in biosbias.SETTINGS:
-            for key, value in (rows[0].get(setting) or {}).items():
-                if key != "k":
-                    values[f"{setting}.{key}"] = value
-        points.append(SweepPoint(layer, values))
-    return points
-
-
-def cls_biosbias_points(experiment_dir: Path, layers: Sequence[int]) -> list[SweepPoint]:
-    """REMEDI's Bios-Med metrics with the entity read at each layer."""
-    points = []
-    for layer in layers:
-        result = bios_classification.read_result(
-            bios_classification.result_file(experiment_dir, "remedi", layer)
-        )
-        if result is None:
-            logger.warning("no Bias in Bios classification result for entity layer %d", layer)
-            continue
-        names = ("f1", "mcc", "accuracy", "probe_recall_1", "probe_recall_k")
-        points.append(SweepPoint(layer, {name: getattr(result.metrics, name) for name in names}))
-    return points
-
-
-COLLECTORS = {
-    "gen": gen_points,
-    "cls": cls_points,
-    "ent": ent_points,
-    "gen_biosbias": gen_biosbias_points,
-    "cls_biosbias": cls_biosbias_points,
-}
 
 
 def best_layer(points: Sequence[SweepPoint], criterion: str) -> int | None:
@@ -208,7 +211,7 @@ def write_sweep(
     ``sweep_layers.png`` (every metric against the layer)."""
     if kind not in COLLECTORS:
         raise errors.UsageError(f"unknown sweep {kind!r}; use one of {', '.join(COLLECTORS)}")
-    points = COLLECTORS[kind](experiment_dir, layers)
+    points = collect_points(kind, experiment_dir, layers)
     if not points:
         raise errors.MissingFileError(
             f"no results for any of layers {list(layers)} under {experiment_dir}; run the "
