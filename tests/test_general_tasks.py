@@ -59,34 +59,52 @@ def test_zsre_files_load_with_portability_probes():
     assert train[0].portability_prompt == ""
 
 
-def test_a_missing_column_names_the_file_row_and_column(tmp_path):
-    file = tmp_path / "test-reasoning.jsonl"
-    rows = [{"question": "q", "answer": "a #### 1"}, {"question": "q2"}]
-    file.write_text("".join(json.dumps(row) + "\n" for row in rows))
-    with pytest.raises(
-        errors.FileFormatError, match=r"test-reasoning.jsonl, row 2: missing column\(s\) answer"
-    ):
-        general_tasks.load_reasoning(file)
+@pytest.mark.parametrize(
+    ("name", "text", "load", "match"),
+    [
+        (
+            "test-reasoning.jsonl",
+            "".join(
+                json.dumps(row) + "\n"
+                for row in [{"question": "q", "answer": "a #### 1"}, {"question": "q2"}]
+            ),
+            general_tasks.load_reasoning,
+            r"test-reasoning.jsonl, row 2: missing column\(s\) answer",
+        ),
+        (
+            "test-NLI.tsv",
+            "index\tsentence1\tsentence2\tlabel\n0\ta\tb\tentailment\n1\ta\tb\n",
+            general_tasks.load_nli,
+            r"row 3: missing column\(s\) label",
+        ),
+        (
+            "test-NLI.tsv",
+            "index\tsentence1\tlabel\n0\ta\tentailment\n",
+            general_tasks.load_nli,
+            r"row 1 \(header\): missing column\(s\) sentence2",
+        ),
+        (
+            "test-NER.txt",
+            "EU NNP B-NP B-ORG\nrejects VBZ B-VP\n",
+            general_tasks.load_ner,
+            r"row 2: missing column\(s\) tag",
+        ),
+        (
+            "zsre.json",
+            json.dumps([{"subject": "A", "src": "A?"}]),
+            zsre.load_zsre,
+            r"row 0: misses column\(s\) rephrase",
+        ),
+    ],
+)
+def test_a_missing_column_names_the_file_row_and_column(tmp_path, name, text, load, match):
+    file = tmp_path / name
+    file.write_text(text)
+    with pytest.raises(errors.FileFormatError, match=match):
+        load(file)
 
-    tsv = tmp_path / "test-NLI.tsv"
-    tsv.write_text("index\tsentence1\tsentence2\tlabel\n0\ta\tb\tentailment\n1\ta\tb\n")
-    with pytest.raises(errors.FileFormatError, match=r"row 3: missing column\(s\) label"):
-        general_tasks.load_nli(tsv)
-    tsv.write_text("index\tsentence1\tlabel\n0\ta\tentailment\n")
-    with pytest.raises(
-        errors.FileFormatError, match=r"row 1 \(header\): missing column\(s\) sentence2"
-    ):
-        general_tasks.load_nli(tsv)
 
-    ner = tmp_path / "test-NER.txt"
-    ner.write_text("EU NNP B-NP B-ORG\nrejects VBZ B-VP\n")
-    with pytest.raises(errors.FileFormatError, match=r"row 2: missing column\(s\) tag"):
-        general_tasks.load_ner(ner)
-
-    mend = tmp_path / "zsre.json"
-    mend.write_text(json.dumps([{"subject": "A", "src": "A?"}]))
-    with pytest.raises(errors.FileFormatError, match=r"row 0: misses column\(s\) rephrase"):
-        zsre.load_zsre(mend)
+def test_a_missing_task_file_says_so(tmp_path):
     with pytest.raises(errors.MissingFileError, match="task file not found"):
         general_tasks.load_sentiment(tmp_path / "absent.tsv")
 
