@@ -75,16 +75,14 @@ def check_expected_error(
     return log
 
 
+def train_argv(model: Path | str, layer: str = "0", *extra: str) -> list[str]:
+    """``scripts.train_editors``' arguments for a run named ``run`` of ``model`` at ``layer``."""
+    return ["-n", "run", "-m", str(model), "-l", layer, *extra]
+
+
 def test_unknown_model_offline_says_how_to_use_a_local_copy(tmp_path: Path):
     result = run_script(
-        "scripts.train_editors",
-        "-n",
-        "run",
-        "-m",
-        "my-org/no-such-model",
-        "-l",
-        "0",
-        results=tmp_path,
+        "scripts.train_editors", *train_argv("my-org/no-such-model"), results=tmp_path
     )
     log = check_expected_error(
         result, "cannot load model 'my-org/no-such-model'", "model.save_pretrained(DIR)"
@@ -94,9 +92,7 @@ def test_unknown_model_offline_says_how_to_use_a_local_copy(tmp_path: Path):
 
 
 def test_layer_out_of_range_names_the_valid_layers(tmp_path: Path, model_dir: Path):
-    result = run_script(
-        "scripts.train_editors", "-n", "run", "-m", str(model_dir), "-l", "7", results=tmp_path
-    )
+    result = run_script("scripts.train_editors", *train_argv(model_dir, "7"), results=tmp_path)
     check_expected_error(result, "layer 7 is out of range", "valid layers are 0..1")
     assert "--debug prints it here" in result.stderr
 
@@ -104,33 +100,14 @@ def test_layer_out_of_range_names_the_valid_layers(tmp_path: Path, model_dir: Pa
 def test_malformed_dataset_names_the_record_and_the_right_loader(tmp_path: Path, model_dir: Path):
     bad_file = tmp_path / "counterfact.json"
     bad_file.write_text(json.dumps([{"case_id": 0, "prompt": "x", "subject": "y"}]))
-    result = run_script(
-        "scripts.train_editors",
-        "-n",
-        "run",
-        "-m",
-        str(model_dir),
-        "-l",
-        "0",
-        "--dataset-file",
-        str(bad_file),
-        results=tmp_path / "results",
-    )
+    argv = train_argv(model_dir, "0", "--dataset-file", str(bad_file))
+    result = run_script("scripts.train_editors", *argv, results=tmp_path / "results")
     log = check_expected_error(result, f"{bad_file} is not CounterFact", "record 0")
     assert "DatasetFormatError" in log
 
 
 def test_resumed_run_with_changed_arguments_says_which(tmp_path: Path, model_dir: Path):
-    argv = [
-        "-n",
-        "run",
-        "-m",
-        str(model_dir),
-        "-l",
-        "0",
-        "--dataset-file",
-        str(COUNTERFACT_FIXTURE),
-    ]
+    argv = train_argv(model_dir, "0", "--dataset-file", str(COUNTERFACT_FIXTURE))
     with pytest.MonkeyPatch.context() as patch:
         patch.setenv("REMEDI_RESULTS_DIR", str(tmp_path))
         earlier = train_editors.run_args(train_editors.parse_args([*argv, "--lr", "0.5"]))
