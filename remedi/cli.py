@@ -151,6 +151,11 @@ def add_device_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--dtype", help="model dtype, e.g. float32, bfloat16, float16")
 
 
+def device(args: argparse.Namespace) -> str:
+    """The device ``--device`` names, else ``cuda`` where it is available, else ``cpu``."""
+    return args.device or ("cuda" if torch.cuda.is_available() else "cpu")
+
+
 def add_counterfact_file_arguments(parser: argparse.ArgumentParser) -> None:
     """Add ``-d/--dataset`` (the CounterFact file's format, ROME's by default) and
     ``--dataset-file``, for a script that reads CounterFact cases."""

@@ -15,8 +15,6 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-import torch
-
 from remedi import cli, corpora, data, env, errors, evaluation, models, tracing
 from remedi.evaluation.locate import analysis, problems, running
 from remedi.methods import registry
@@ -94,7 +92,7 @@ def edit_layers(value: str, num_layers: int) -> list[int]:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
-    device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    device = cli.device(args)
     records = data.COUNTERFACT_RECORD_LOADERS[args.dataset](args.dataset_file)
     cases = evaluation.first_cases(records, args.num_cases, "to edit")
     dataset_dir = args.dataset_file.parent if args.dataset_file else env.data_dir()

@@ -20,8 +20,6 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-import torch
-
 from remedi import cli, data, env, errors, evaluation, models, training
 from remedi.evaluation.editing import biosbias
 
@@ -63,7 +61,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
-    device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    device = cli.device(args)
     dataset_file: Path | None = args.dataset_file
     test_ids: list[str] | None = None
     if args.editors_dir is not None:

@@ -16,8 +16,6 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-import torch
-
 from remedi import cli, data, env, io, models, training
 from remedi.evaluation.probing import entailment
 from remedi.methods import registry
@@ -41,7 +39,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
-    device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    device = cli.device(args)
     methods = ["unedited", "prefix"]
     if args.editors_dir is not None:
         record = training.load_run(

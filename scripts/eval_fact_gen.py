@@ -16,8 +16,6 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-import torch
-
 from remedi import cli, corpora, data, env, errors, evaluation, models, training
 from remedi.evaluation.editing import counterfact_report
 from remedi.methods import registry
@@ -143,7 +141,7 @@ def _method_names(value: str) -> list[str]:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
-    device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    device = cli.device(args)
 
     dataset_file: Path | None = args.dataset_file
     test_ids: list[str] | None = None

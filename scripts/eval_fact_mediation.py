@@ -15,8 +15,6 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-import torch
-
 from remedi import cli, data, env, io, models
 from remedi.evaluation.probing import mediation
 from remedi.report import tables
@@ -67,7 +65,7 @@ def mediation_table(results: mediation.MediationResults, title: str) -> tables.T
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
-    device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    device = cli.device(args)
     experiment_dir = env.results_dir() / args.name
     results_file = experiment_dir / "mediation.json"
     results = None

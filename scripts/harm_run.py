@@ -25,8 +25,6 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-import torch
-
 from remedi import cli, data, env, errors, evaluation, io, models, training
 from remedi.data import general_tasks, zsre
 from remedi.evaluation.general import abilities, harm
@@ -130,7 +128,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         # Loading the model would build the world too; its facts and tasks are needed first.
         build.ensure_toy_world(toy_world.name)
     output_dir = env.results_dir() / (args.name or experiment_name(args))
-    device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    device = cli.device(args)
 
     if args.edit_source == "zsre":
         file = args.dataset_file or env.shared_data_dir() / "edit_harms" / "edited-data" / (

@@ -15,8 +15,6 @@ import logging
 import sys
 from collections.abc import Sequence
 
-import torch
-
 from remedi import cli, data, env, evaluation, io, models, tracing
 
 logger = logging.getLogger(__name__)
@@ -67,7 +65,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
-    device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    device = cli.device(args)
     records = data.COUNTERFACT_RECORD_LOADERS[args.dataset](args.dataset_file)
     cases = evaluation.first_cases(records, args.num_cases, "to trace")
     mt = models.load_model(args.model, device=device, dtype=args.dtype)

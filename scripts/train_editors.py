@@ -14,8 +14,6 @@ import logging
 import sys
 from collections.abc import Sequence
 
-import torch
-
 from remedi import cli, data, editors, models, training
 
 
@@ -148,7 +146,7 @@ def run_args(args: argparse.Namespace) -> training.RunArgs:
         use_all_entity_tokens=args.use_all_entity_tokens,
         use_last_attribute_token=args.use_last_attribute_token,
         rank=args.rank,
-        device=args.device or ("cuda" if torch.cuda.is_available() else "cpu"),
+        device=cli.device(args),
         dtype="float16" if args.fp16 else args.dtype,
         precompute_batch_size=args.precompute_batch_size,
         seed=args.seed,
