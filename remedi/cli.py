@@ -138,6 +138,12 @@ def add_editor_arguments(
     )
 
 
+def check_editor_arguments(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
+    """Refuse (as a usage error) an editor layer (``-l``) without the run it selects from."""
+    if args.editors_dir is None and args.layer is not None:
+        parser.error("-l/--layer selects an editor: pass -e EDITORS_DIR too")
+
+
 def editor_options(args: argparse.Namespace) -> dict[str, Any]:
     """The ``remedi`` method's options from the flags of :func:`add_editor_arguments`: the
     training run (``-e``), the editor layer and type."""

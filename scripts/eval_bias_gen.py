@@ -54,8 +54,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--max-length", type=int, default=biosbias.MAX_LENGTH)
     parser.add_argument("--top-k", type=int, default=biosbias.TOP_K_SAMPLING)
     args = parser.parse_args(argv)
-    if args.editors_dir is None and args.layer is not None:
-        parser.error("-l/--layer selects an editor: pass -e EDITORS_DIR too")
+    cli.check_editor_arguments(parser, args)
     return args
 
 

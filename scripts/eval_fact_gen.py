@@ -124,8 +124,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         parser.error("nothing to evaluate: pass -e EDITORS_DIR, --methods and/or --baseline(s)")
     if "remedi" in args.methods and args.editors_dir is None:
         parser.error("--methods remedi needs the trained editors: pass -e EDITORS_DIR")
-    if args.editors_dir is None and args.layer is not None:
-        parser.error("-l/--layer selects an editor: pass -e EDITORS_DIR too")
+    cli.check_editor_arguments(parser, args)
     return args
 
 
