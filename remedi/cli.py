@@ -122,14 +122,19 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
 
 
+def add_name_and_model_arguments(parser: argparse.ArgumentParser) -> None:
+    """Add the experiment's name (``-n``, its folder under the results) and the model (``-m``)."""
+    parser.add_argument("-n", "--name", required=True, help="experiment name (results/NAME)")
+    parser.add_argument("-m", "--model", required=True, help="model name, alias, or directory")
+
+
 def add_editor_arguments(
     parser: argparse.ArgumentParser, run_help: str = "training run of the editors"
 ) -> None:
     """Add the flags of a script that evaluates a training run's editors: the experiment's name
-    (``-n``), the run (``-e``, ``run_help``), the model (``-m``), the editor layer and type."""
-    parser.add_argument("-n", "--name", required=True, help="experiment name (results/NAME)")
+    (``-n``), the model (``-m``), the run (``-e``, ``run_help``), the editor layer and type."""
+    add_name_and_model_arguments(parser)
     parser.add_argument("-e", "--editors-dir", type=Path, help=run_help)
-    parser.add_argument("-m", "--model", required=True, help="model name, alias, or directory")
     parser.add_argument(
         "-l", "--layer", type=int, help="editor layer (default: the run's only one)"
     )

@@ -23,8 +23,7 @@ from remedi.report import tables
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description="evaluate fact mediation in and out of context")
     cli.add_arguments(parser)
-    parser.add_argument("-n", "--name", required=True, help="experiment name (results/NAME)")
-    parser.add_argument("-m", "--model", required=True, help="model name, alias, or directory")
+    cli.add_name_and_model_arguments(parser)
     parser.add_argument(
         "--dataset-file", type=Path, help="ROME-format counterfact.json (default: the cache)"
     )

@@ -20,8 +20,7 @@ from remedi import cli, data, editors, models, training
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description="train one REMEDI editor per type and layer")
     cli.add_arguments(parser)
-    parser.add_argument("-n", "--name", required=True, help="experiment name (results/NAME)")
-    parser.add_argument("-m", "--model", required=True, help="model name, alias, or directory")
+    cli.add_name_and_model_arguments(parser)
     parser.add_argument(
         "-d", "--dataset", default="counterfact", choices=sorted(data.DATASET_LOADERS)
     )
