@@ -309,11 +309,9 @@ def test_mediation_script_writes_results_and_a_table(setup, monkeypatch, capsys)
 
 
 def test_probing_tasks_are_listed_and_say_what_to_train_first(tmp_path):
-    from tests.test_tasks import run_invoke
+    from tests.test_tasks import assert_listed, run_invoke
 
-    listing = run_invoke("--list")
-    assert listing.returncode == 0, listing.stderr
-    for name in (
+    assert_listed(
         "x.eval.cls.counterfact",
         "x.eval.med.counterfact",
         "x.train.mcrae",
@@ -328,8 +326,7 @@ def test_probing_tasks_are_listed_and_say_what_to_train_first(tmp_path):
         "x.train.biosbias",
         "x.eval.gen.counterfact",
         "x.eval.gen.biosbias",
-    ):
-        assert name in listing.stdout
+    )
     result = run_invoke(
         "x.eval.cls.counterfact", "--model", "gpt2", env={"REMEDI_RESULTS_DIR": str(tmp_path)}
     )
