@@ -35,7 +35,7 @@ from typing import Any
 import datasets
 
 from remedi import errors
-from remedi.data.samples import DatasetFormatError
+from remedi.data.samples import DatasetFormatError, check_header
 
 logger = logging.getLogger(__name__)
 
@@ -164,14 +164,13 @@ def read_mcrae_norms(file: Path) -> McRaeNorms:
     rows = 0
     with file.open(newline="", encoding="utf-8", errors="replace") as handle:
         reader = csv.DictReader(handle, delimiter="\t")
-        missing = [column for column in MCRAE_COLUMNS if column not in (reader.fieldnames or [])]
-        if missing:
-            raise DatasetFormatError(
-                f"{file}, row 1 (header): missing column(s) {', '.join(missing)}; the McRae "
-                f"norms file is tab-separated with a header naming at least "
-                f"{', '.join(MCRAE_COLUMNS)} (is this {MCRAE_FILE_NAME}, saved as tab-separated "
-                "text?)"
-            )
+        check_header(
+            file,
+            reader.fieldnames,
+            MCRAE_COLUMNS,
+            "the McRae norms file is tab-separated with a header naming at least "
+            f"{', '.join(MCRAE_COLUMNS)} (is this {MCRAE_FILE_NAME}, saved as tab-separated text?)",
+        )
         for line, row in enumerate(reader, start=2):
             rows += 1
             concept, raw_feature = (row.get("Concept") or "").strip(), row.get("Feature") or ""

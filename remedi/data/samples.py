@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import json
 import logging
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any, NoReturn, TypedDict
 
@@ -54,6 +54,18 @@ SAMPLE_FEATURES = datasets.Features(
 
 class DatasetFormatError(errors.FileFormatError):
     """A data file is not in the format its loader reads."""
+
+
+def check_header(
+    file: Path, header: Sequence[str] | None, columns: Sequence[str], expected: str
+) -> None:
+    """Raise a :class:`DatasetFormatError` naming the ``columns`` that ``file``'s ``header``
+    lacks; ``expected`` tells what the file should be."""
+    missing = [column for column in columns if column not in (header or [])]
+    if missing:
+        raise DatasetFormatError(
+            f"{file}, row 1 (header): missing column(s) {', '.join(missing)}; {expected}"
+        )
 
 
 def attribute_from_context(context: str, entity: str) -> str:

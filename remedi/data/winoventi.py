@@ -23,6 +23,7 @@ from remedi import errors
 from remedi.data.samples import (
     ContextMediationSample,
     DatasetFormatError,
+    check_header,
     log_dropped,
     samples_dataset,
 )
@@ -99,13 +100,13 @@ def load_winoventi(file: Path | None = None, **_: Any) -> datasets.Dataset:
     seen: set[str] = set()
     with file.open(newline="", encoding="utf-8") as handle:
         reader = csv.DictReader(handle, delimiter="\t")
-        missing = [c for c in WINOVENTI_COLUMNS if c not in (reader.fieldnames or [])]
-        if missing:
-            raise DatasetFormatError(
-                f"{file}, row 1 (header): missing column(s) {', '.join(missing)}; WinoVenti is "
-                f"tab-separated with the columns {', '.join(WINOVENTI_COLUMNS)} (is this "
-                f"{WINOVENTI_FILE_NAME}?)"
-            )
+        check_header(
+            file,
+            reader.fieldnames,
+            WINOVENTI_COLUMNS,
+            f"WinoVenti is tab-separated with the columns {', '.join(WINOVENTI_COLUMNS)} (is "
+            f"this {WINOVENTI_FILE_NAME}?)",
+        )
         total = 0
         for line, row in enumerate(reader, start=2):
             total += 1
