@@ -49,18 +49,16 @@ import statistics
 import sys
 import tempfile
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
 import torch
 import transformers
 
-from benchmarks.common import random_gptj
+from benchmarks.common import random_gptj, synchronize, timed
 from remedi import data, editors, env, evaluation, models, precompute, training
-
-T = TypeVar("T")
 
 LAYER = 1
 BATCH_SIZE = 16
@@ -199,19 +197,6 @@ def new_editor(mt: models.ModelAndTokenizer) -> editors.Editor:
 # Timing one model shape (in its own process).
 
 
-def _synchronize(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
-def _timed(device: torch.device, run: Callable[[], T]) -> tuple[T, float]:
-    _synchronize(device)
-    start = time.perf_counter()
-    value = run()
-    _synchronize(device)
-    return value, time.perf_counter() - start
-
-
 def _peak_memory_gb(device: torch.device) -> float:
     if device.type == "cuda":
         return torch.cuda.max_memory_allocated(device) / 1e9
@@ -230,7 +215,7 @@ def _training_runs(
     timed_rows = wanted & {f"precompute-{shape}", f"train-{shape}"}
     inputs = None
     for _ in range(repeats if timed_rows else 1):
-        inputs, seconds = _timed(device, lambda: precompute.editor_inputs(mt, samples, [LAYER]))
+        inputs, seconds = timed(device, lambda: precompute.editor_inputs(mt, samples, [LAYER]))
         runs["precompute"].append(seconds)
     assert inputs is not None
     config = training.TrainingConfig(
@@ -242,7 +227,7 @@ def _training_runs(
     no_validation = inputs.select([])
     for _ in range(repeats if f"train-{shape}" in wanted else 1):
         editor = new_editor(mt)
-        _, seconds = _timed(
+        _, seconds = timed(
             device,
             lambda: training.train_editor(mt, editor, inputs, no_validation, config),  # noqa: B023
         )
@@ -267,7 +252,7 @@ def _evaluation_runs(
             evaluation.efficacy(mt, method, cases, resources)
 
         runs[f"efficacy-{shape}"] = [
-            len(cases) / _timed(device, efficacy_pass)[1] for _ in range(repeats)
+            len(cases) / timed(device, efficacy_pass)[1] for _ in range(repeats)
         ]
     if f"generation-{shape}" in wanted:
         cases = eval_cases(load_samples(ROWS_BY_NAME[f"generation-{shape}"].cases))
@@ -277,7 +262,7 @@ def _evaluation_runs(
             evaluation.editing.generation.generation(mt, method, cases, resources)
 
         runs[f"generation-{shape}"] = [
-            len(cases) / _timed(device, generation_pass)[1] for _ in range(repeats)
+            len(cases) / timed(device, generation_pass)[1] for _ in range(repeats)
         ]
     return runs
 
@@ -343,7 +328,7 @@ def profile_training(shape: str, count: int, threads: int, device: str, top: int
         activities.append(ProfilerActivity.CUDA)
     with profile(activities=activities) as profiler:
         epoch()
-        _synchronize(mt.model.device)
+        synchronize(mt.model.device)
     sort_by = "self_cuda_time_total" if mt.model.device.type == "cuda" else "self_cpu_time_total"
     return str(profiler.key_averages().table(sort_by=sort_by, row_limit=top))
 
