@@ -189,14 +189,14 @@ class Evaluator:
         stats = EpochStats(
             epoch=epoch,
             success=float((scores <= self.threshold).float().mean()) if len(scores) else math.nan,
-            general_loss=scoring.mean_token_nll(
-                model, tokenizer, self.data.general, length, device, size
+            general_loss=scoring.mean_nll(
+                model, tokenizer, self.data.general, length, device, size, per="token"
             ),
-            targeted_loss=scoring.mean_token_nll(
-                model, tokenizer, self.data.unconditional, length, device, size
+            targeted_loss=scoring.mean_nll(
+                model, tokenizer, self.data.unconditional, length, device, size, per="token"
             ),
-            hard_negative_loss=scoring.mean_example_nll(
-                model, tokenizer, self.data.hard_negative, length, device, size
+            hard_negative_loss=scoring.mean_nll(
+                model, tokenizer, self.data.hard_negative, length, device, size, per="example"
             ),
             train_loss=train_loss,
         )

@@ -12,6 +12,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Literal
 
 import torch
 import transformers
@@ -180,15 +181,18 @@ def example_scores(
 
 
 @torch.no_grad()
-def mean_token_nll(
+def mean_nll(
     model: torch.nn.Module,
     tokenizer: transformers.PreTrainedTokenizerBase,
     examples: Sequence[CanonicalExample],
     max_length: int,
     device: torch.device,
     batch_size: int,
+    per: Literal["token", "example"],
 ) -> float:
-    """NLL per scored token over all examples (the seed's ``token`` normalisation)."""
+    """The suffix NLL over ``examples`` averaged per scored token (``per="token"``, the seed's
+    ``token`` normalisation) or per example (``"example"``, the seed's ``example``: each hard
+    negative's summed suffix NLL); NaN for no examples."""
     total, tokens = 0.0, 0
     for start in range(0, len(examples), batch_size):
         nll, count = example_nll(
@@ -196,25 +200,5 @@ def mean_token_nll(
         )
         total += float(nll.sum())
         tokens += int(count.sum())
-    return total / tokens if tokens else float("nan")
-
-
-@torch.no_grad()
-def mean_example_nll(
-    model: torch.nn.Module,
-    tokenizer: transformers.PreTrainedTokenizerBase,
-    examples: Sequence[CanonicalExample],
-    max_length: int,
-    device: torch.device,
-    batch_size: int,
-) -> float:
-    """Summed suffix NLL averaged over examples (hard negatives, the seed's ``example``)."""
-    if not examples:
-        return float("nan")
-    total = 0.0
-    for start in range(0, len(examples), batch_size):
-        nll, _ = example_nll(
-            model, tokenizer, examples[start : start + batch_size], max_length, device
-        )
-        total += float(nll.sum())
-    return total / len(examples)
+    denominator = tokens if per == "token" else len(examples)
+    return total / denominator if denominator else float("nan")
