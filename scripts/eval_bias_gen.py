@@ -71,8 +71,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             "biosbias)",
         )
         test_ids = list(run.split.test)
-        if dataset_file is None and run.args.dataset_file:
-            dataset_file = Path(run.args.dataset_file)
+        dataset_file = run.dataset_file_or(dataset_file)
         args.random = args.random or run.args.random_init
     samples = data.load_biosbias(dataset_file)
     if test_ids is not None:

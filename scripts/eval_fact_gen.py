@@ -161,8 +161,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             )
         dataset = run.args.dataset
         test_ids = list(run.split.test)
-        if dataset_file is None and run.args.dataset_file:
-            dataset_file = Path(run.args.dataset_file)
+        dataset_file = run.dataset_file_or(dataset_file)
         if prompt_source is None:
             prompt_source = run.args.counterfact_prompt
         args.random = args.random or run.args.random_init

@@ -165,6 +165,13 @@ class RunRecord(DataClassJsonMixin):
     hidden_size: int
     split: RunSplit
 
+    def dataset_file_or(self, dataset_file: Path | None) -> Path | None:
+        """``dataset_file`` where one is given, else the file this run trained on (``None``: its
+        dataset's default file), for an evaluation of the run's test split."""
+        if dataset_file is None and self.args.dataset_file:
+            return Path(self.args.dataset_file)
+        return dataset_file
+
 
 def run_dir(name: str) -> Path:
     """Results directory of the run called ``name``."""
