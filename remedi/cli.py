@@ -38,6 +38,7 @@ from typing import Any
 import torch
 
 from remedi import data, env, errors
+from remedi.report import tables
 
 EXIT_FAILED = 1
 EXIT_BAD_INPUT = 2
@@ -178,6 +179,19 @@ def add_counterfact_file_arguments(parser: argparse.ArgumentParser) -> None:
         help="format of --dataset-file: counterfact (ROME's, default) or counterfact_easyedit",
     )
     parser.add_argument("--dataset-file", type=Path, help="CounterFact file (see --dataset)")
+
+
+def write_and_show_table(
+    table: tables.Table, directory: Path, stem: str, results: Path | None = None
+) -> tables.TableFiles:
+    """Write ``table`` as ``directory/stem.*`` and print it, then where the ``results`` are (if
+    given) and where the table's files went."""
+    files = tables.write_table(table, directory, stem)
+    print(tables.markdown(table))
+    if results is not None:
+        print(f"results: {results}")
+    print(f"table: {files.markdown} (LaTeX: {files.latex}, plot: {files.plot})")
+    return files
 
 
 def log_path(script: str) -> Path:

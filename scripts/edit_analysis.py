@@ -59,9 +59,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             print(f"table: {files.markdown} (LaTeX: {files.latex}, plot: {files.plot})\n")
     if len(methods) > 1:
         r2, _ = analysis.analyze(everything, title=f"{args.model}, {' + '.join(methods)}")
-        files = tables.write_table(r2, directory, "r2_all")
-        print(tables.markdown(r2))
-        print(f"table: {files.markdown} (LaTeX: {files.latex}, plot: {files.plot})")
+        cli.write_and_show_table(r2, directory, "r2_all")
     return 0
 
 

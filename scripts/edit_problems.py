@@ -18,7 +18,6 @@ from pathlib import Path
 from remedi import cli, corpora, data, env, errors, evaluation, models, tracing
 from remedi.evaluation.locate import analysis, problems, running
 from remedi.methods import registry
-from remedi.report import tables
 
 
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
@@ -134,9 +133,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 0
     r2, by_layer = analysis.analyze(results, title=f"{args.model}, {args.method}")
     for table, stem in ((by_layer, "success_by_layer"), (r2, "r2")):
-        files = tables.write_table(table, directory, stem)
-        print(tables.markdown(table))
-        print(f"table: {files.markdown} (LaTeX: {files.latex}, plot: {files.plot})")
+        cli.write_and_show_table(table, directory, stem)
     return 0
 
 

@@ -21,7 +21,6 @@ from remedi.evaluation.probing import entailment
 from remedi.methods import registry
 from remedi.methods.base import MethodSetup
 from remedi.methods.remedi import RemediEdit
-from remedi.report import tables
 
 
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
@@ -79,10 +78,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         results[method] = result
 
     table = entailment.entailment_table(results, f"{args.name}: McRae entailment, {args.model}")
-    files = tables.write_table(table, experiment_dir, "summary")
-    print(tables.markdown(table))
-    print(f"results: {experiment_dir}")
-    print(f"table: {files.markdown} (LaTeX: {files.latex}, plot: {files.plot})")
+    cli.write_and_show_table(table, experiment_dir, "summary", results=experiment_dir)
     return 0
 
 

@@ -80,10 +80,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         results = mediation.mediation(mt, samples, args.batch_size, random_init=args.random)
         io.write_json(results_file, results.to_dict(), indent=None)
     table = mediation_table(results, f"{args.name}: fact mediation")
-    files = tables.write_table(table, experiment_dir, "summary")
-    print(tables.markdown(table))
-    print(f"results: {results_file}")
-    print(f"table: {files.markdown} (LaTeX: {files.latex}, plot: {files.plot})")
+    cli.write_and_show_table(table, experiment_dir, "summary", results=results_file)
     return 0
 
 
