@@ -19,6 +19,7 @@ from remedi.toy import export
 from remedi.toy.world import generate_world
 from scripts import eval_bias_cls
 from tests.conftest import one_epoch_run, save_tiny_gpt2, train_runs
+from tests.test_classification import assert_every_row_written, probe_argv
 
 
 def _sample(
@@ -120,21 +121,12 @@ def test_samples_without_an_occupation_are_refused_by_name(setup):
 
 def test_bias_cls_script_writes_every_row_resumes_and_feeds_the_sweep(setup, monkeypatch, capsys):
     monkeypatch.setenv("REMEDI_RESULTS_DIR", str(setup["results"]))
-    argv = ["-n", "bios_cls", "-e", str(setup["results"] / "editors"), "-m", str(setup["model"])]
-    argv += ["--control-editors-dir", str(setup["results"] / "editors_random")]
-    argv += ["--entity-layers", "1", "0", "--device", "cpu"]
+    argv = probe_argv(setup, "bios_cls")
     assert eval_bias_cls.main(argv) == 0
     out = capsys.readouterr().out
-    for label in cls.ROWS.values():
-        assert f"| {label} |" in out
     assert "Bios-Med F1" in out
     experiment = setup["results"] / "bios_cls"
-    for row in cls.ROWS:
-        for layer in (0, 1):
-            result = bios_cls.read_result(bios_cls.result_file(experiment, row, layer))
-            assert result is not None and result.settings.entity_layer == layer
-    control = bios_cls.read_result(bios_cls.result_file(experiment, "control_model", 0))
-    assert control is not None and control.settings.random_init
+    control = assert_every_row_written(bios_cls, experiment, out, control_layer=0)
     no_signal = metrics.constant_positive_f1(control.metrics.label_rate)
     assert f"F1 of calling every sample an error: {no_signal:.2f}" in out
     mtimes = {p: p.stat().st_mtime_ns for p in experiment.rglob("bios_cls_*.json")}

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -228,34 +229,39 @@ def test_tables_write_markdown_latex_json_and_a_plot(tmp_path):
 # The scripts.
 
 
-def test_cls_script_writes_every_row_and_reuses_finished_results(setup, monkeypatch, capsys):
-    monkeypatch.setenv("REMEDI_RESULTS_DIR", str(setup["results"]))
-    argv = [
-        "-n",
-        "cls",
-        "-e",
-        str(setup["results"] / "editors"),
-        "--control-editors-dir",
-        str(setup["results"] / "editors_random"),
-        "-m",
-        str(setup["model"]),
-        "--entity-layers",
-        "1",
-        "0",
-        "--device",
-        "cpu",
+def probe_argv(setup: dict[str, Path], name: str) -> list[str]:
+    """A probing script's arguments: the trained and random-init runs, entity layers 1 and 0."""
+    return [
+        *("-n", name, "-e", str(setup["results"] / "editors")),
+        *("--control-editors-dir", str(setup["results"] / "editors_random")),
+        *("-m", str(setup["model"]), "--entity-layers", "1", "0", "--device", "cpu"),
     ]
-    assert eval_fact_cls.main(argv) == 0
-    out = capsys.readouterr().out
+
+
+def assert_every_row_written(
+    result_module: Any, experiment: Path, out: str, control_layer: int
+) -> Any:
+    """The printed table has every row, each row a result at entity layers 0 and 1 read at its
+    layer; returns the control model's result (at ``control_layer``), read on a random model."""
     for label in cls.ROWS.values():
         assert f"| {label} |" in out
-    experiment = setup["results"] / "cls"
     for row in cls.ROWS:
         for layer in (0, 1):
-            result = cls.read_result(cls.result_file(experiment, row, layer))
+            result = result_module.read_result(result_module.result_file(experiment, row, layer))
             assert result is not None and result.settings.entity_layer == layer
-    control = cls.read_result(cls.result_file(experiment, "control_model", 1))
+    control = result_module.read_result(
+        result_module.result_file(experiment, "control_model", control_layer)
+    )
     assert control is not None and control.settings.random_init
+    return control
+
+
+def test_cls_script_writes_every_row_and_reuses_finished_results(setup, monkeypatch, capsys):
+    monkeypatch.setenv("REMEDI_RESULTS_DIR", str(setup["results"]))
+    argv = probe_argv(setup, "cls")
+    assert eval_fact_cls.main(argv) == 0
+    experiment = setup["results"] / "cls"
+    control = assert_every_row_written(cls, experiment, capsys.readouterr().out, control_layer=1)
     assert cls.read_result(cls.result_file(experiment, "control_task", 1)).settings.control_task
     for suffix in ("md", "tex", "json", "png"):
         assert (experiment / f"summary.{suffix}").is_file()
