@@ -198,23 +198,17 @@ def test_a_crash_mid_run_leaves_only_complete_result_files(setup, results_dir, m
     assert "unedited/neighborhood.json" in after
 
 
-def test_baselines_run_without_editors(setup, results_dir, capsys):
-    argv = [
-        "-n",
-        "eval_baseline",
-        "-m",
-        str(setup["model"]),
-        "--baseline",
-        "prefix",
-        "--dataset-file",
-        str(setup["data"] / "counterfact.json"),
-        "--max-cases",
-        "2",
-        "-b",
-        "efficacy",
-        "relation_specificity",
+def _without_editors_argv(setup: dict[str, Path], name: str, *extra: str) -> list[str]:
+    """Arguments evaluating the prefix baseline (and ``extra``) on two cases, with no editors."""
+    return [
+        *("-n", name, "-m", str(setup["model"]), "--baseline", "prefix", *extra),
+        *("--dataset-file", str(setup["data"] / "counterfact.json"), "--max-cases", "2"),
     ]
-    assert eval_fact_gen.main(argv) == 0
+
+
+def test_baselines_run_without_editors(setup, results_dir, capsys):
+    argv = _without_editors_argv(setup, "eval_baseline")
+    assert eval_fact_gen.main([*argv, "-b", "efficacy", "relation_specificity"]) == 0
     experiment = results_dir / "eval_baseline"
     assert sorted(p.name for p in experiment.iterdir() if p.is_dir()) == ["prefix"]
     assert "| Prefix | 2 |" in capsys.readouterr().out
@@ -246,23 +240,8 @@ def test_methods_are_named_by_registry_name(capsys):
 
 
 def test_methods_and_baselines_share_one_table(setup, results_dir, capsys):
-    argv = [
-        "-n",
-        "eval_methods",
-        "-m",
-        str(setup["model"]),
-        "--methods",
-        "unedited,prefix",
-        "--baseline",
-        "prefix",
-        "--dataset-file",
-        str(setup["data"] / "counterfact.json"),
-        "--max-cases",
-        "2",
-        "-b",
-        "efficacy",
-    ]
-    assert eval_fact_gen.main(argv) == 0
+    argv = _without_editors_argv(setup, "eval_methods", "--methods", "unedited,prefix")
+    assert eval_fact_gen.main([*argv, "-b", "efficacy"]) == 0
     experiment = results_dir / "eval_methods"
     assert sorted(p.name for p in experiment.iterdir() if p.is_dir()) == ["prefix", "unedited"]
     out = capsys.readouterr().out
