@@ -16,7 +16,7 @@ import operator
 import os
 import re
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, SupportsIndex
 
@@ -72,6 +72,12 @@ _ROTARY = "rotary position angles (cos, sin) from a float32 inverse-frequency bu
 _RMS_NORM = "RMSNorm (the hidden state is cast to float32 to normalise)"
 _ROTARY_AND_RMS_NORM = f"{_RMS_NORM}; {_ROTARY}"
 
+# The layout Llama set and most later decoders keep: blocks at model.layers, the MLP's output
+# projection mlp.down_proj, RMSNorm and rotary positions.
+_LLAMA_LAYOUT = ModelFamily(
+    "model.layers", mlp_out_path="mlp.down_proj", float32_inside=_ROTARY_AND_RMS_NORM
+)
+
 MODEL_FAMILIES: dict[str, ModelFamily] = {
     "gpt2": ModelFamily("transformer.h", "n_embd", "n_layer", "mlp.c_proj"),
     "gptj": ModelFamily("transformer.h", "n_embd", "n_layer", "mlp.fc_out"),
@@ -101,46 +107,22 @@ MODEL_FAMILIES: dict[str, ModelFamily] = {
         float32_inside="attention softmax and the ALiBi slopes",
     ),
     "opt": ModelFamily("model.decoder.layers"),
-    "llama": ModelFamily(
-        "model.layers", mlp_out_path="mlp.down_proj", float32_inside=_ROTARY_AND_RMS_NORM
-    ),
-    "mistral": ModelFamily(
-        "model.layers", mlp_out_path="mlp.down_proj", float32_inside=_ROTARY_AND_RMS_NORM
-    ),
+    "llama": _LLAMA_LAYOUT,
+    "mistral": _LLAMA_LAYOUT,
     "mixtral": ModelFamily(
         "model.layers",
         float32_inside="everything: the experts' grouped matrix product has no float64 kernel, "
         "so a Mixtral model cannot run in float64 at all",
     ),
-    "qwen2": ModelFamily(
-        "model.layers", mlp_out_path="mlp.down_proj", float32_inside=_ROTARY_AND_RMS_NORM
-    ),
-    "qwen3": ModelFamily(
-        "model.layers", mlp_out_path="mlp.down_proj", float32_inside=_ROTARY_AND_RMS_NORM
-    ),
-    "gemma": ModelFamily(
-        "model.layers", mlp_out_path="mlp.down_proj", float32_inside=_ROTARY_AND_RMS_NORM
-    ),
-    "gemma2": ModelFamily(
-        "model.layers",
-        mlp_out_path="mlp.down_proj",
-        float32_inside=f"attention softmax; {_ROTARY_AND_RMS_NORM}",
-    ),
-    "gemma3_text": ModelFamily(
-        "model.layers", mlp_out_path="mlp.down_proj", float32_inside=_ROTARY_AND_RMS_NORM
-    ),
+    "qwen2": _LLAMA_LAYOUT,
+    "qwen3": _LLAMA_LAYOUT,
+    "gemma": _LLAMA_LAYOUT,
+    "gemma2": replace(_LLAMA_LAYOUT, float32_inside=f"attention softmax; {_ROTARY_AND_RMS_NORM}"),
+    "gemma3_text": _LLAMA_LAYOUT,
     "phi": ModelFamily("model.layers", float32_inside=_ROTARY),
-    "phi3": ModelFamily(
-        "model.layers", mlp_out_path="mlp.down_proj", float32_inside=_ROTARY_AND_RMS_NORM
-    ),
-    "olmo": ModelFamily(
-        "model.layers",
-        mlp_out_path="mlp.down_proj",
-        float32_inside=f"LayerNorm (cast to float32); {_ROTARY}",
-    ),
-    "olmo2": ModelFamily(
-        "model.layers", mlp_out_path="mlp.down_proj", float32_inside=_ROTARY_AND_RMS_NORM
-    ),
+    "phi3": _LLAMA_LAYOUT,
+    "olmo": replace(_LLAMA_LAYOUT, float32_inside=f"LayerNorm (cast to float32); {_ROTARY}"),
+    "olmo2": _LLAMA_LAYOUT,
     "starcoder2": ModelFamily("model.layers", float32_inside=_ROTARY),
 }
 
