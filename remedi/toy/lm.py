@@ -50,28 +50,25 @@ class LMSettings:
     was measured 18x slower per step than a single-threaded one."""
 
 
-def _gpt_sizes(s: LMSettings) -> dict[str, Any]:
-    """Sizes under GPT-2's config names (GPT-2, GPT-J), with dropout off."""
-    return dict(
-        n_positions=s.max_positions,
-        n_embd=s.hidden_size,
-        n_layer=s.num_layers,
-        n_head=s.num_heads,
-        resid_pdrop=0.0,
-        embd_pdrop=0.0,
-        attn_pdrop=0.0,
-    )
+# The config names of LMSettings' sizes: GPT-2's (GPT-2, GPT-J) and the newer ones (NeoX, Llama).
+_GPT2_NAMES = {
+    "max_positions": "n_positions",
+    "hidden_size": "n_embd",
+    "num_layers": "n_layer",
+    "num_heads": "n_head",
+}
+_DECODER_NAMES = {
+    "max_positions": "max_position_embeddings",
+    "hidden_size": "hidden_size",
+    "num_layers": "num_hidden_layers",
+    "num_heads": "num_attention_heads",
+}
+_NO_GPT2_DROPOUT: dict[str, Any] = {"resid_pdrop": 0.0, "embd_pdrop": 0.0, "attn_pdrop": 0.0}
 
 
-def _decoder_sizes(s: LMSettings) -> dict[str, Any]:
-    """Sizes under the newer config names (GPT-NeoX, Llama), MLP four times the width."""
-    return dict(
-        max_position_embeddings=s.max_positions,
-        hidden_size=s.hidden_size,
-        num_hidden_layers=s.num_layers,
-        num_attention_heads=s.num_heads,
-        intermediate_size=4 * s.hidden_size,
-    )
+def _sizes(s: LMSettings, names: dict[str, str]) -> dict[str, Any]:
+    """``s``'s sizes under a config's ``names`` for them."""
+    return {key: getattr(s, field) for field, key in names.items()}
 
 
 def _special_tokens(special_id: int) -> dict[str, Any]:
@@ -82,7 +79,8 @@ def _special_tokens(special_id: int) -> dict[str, Any]:
 def _gpt2_config(s: LMSettings, vocab_size: int, special_id: int) -> transformers.PretrainedConfig:
     return transformers.GPT2Config(
         vocab_size=vocab_size,
-        **_gpt_sizes(s),
+        **_sizes(s, _GPT2_NAMES),
+        **_NO_GPT2_DROPOUT,
         **_special_tokens(special_id),
         tie_word_embeddings=True,
     )
@@ -91,7 +89,8 @@ def _gpt2_config(s: LMSettings, vocab_size: int, special_id: int) -> transformer
 def _gptj_config(s: LMSettings, vocab_size: int, special_id: int) -> transformers.PretrainedConfig:
     return transformers.GPTJConfig(
         vocab_size=vocab_size,
-        **_gpt_sizes(s),
+        **_sizes(s, _GPT2_NAMES),
+        **_NO_GPT2_DROPOUT,
         rotary_dim=s.hidden_size // s.num_heads,
         **_special_tokens(special_id),
         tie_word_embeddings=False,
@@ -101,7 +100,8 @@ def _gptj_config(s: LMSettings, vocab_size: int, special_id: int) -> transformer
 def _neox_config(s: LMSettings, vocab_size: int, special_id: int) -> transformers.PretrainedConfig:
     return transformers.GPTNeoXConfig(
         vocab_size=vocab_size,
-        **_decoder_sizes(s),
+        **_sizes(s, _DECODER_NAMES),
+        intermediate_size=4 * s.hidden_size,
         hidden_dropout=0.0,
         attention_dropout=0.0,
         **_special_tokens(special_id),
@@ -112,7 +112,8 @@ def _neox_config(s: LMSettings, vocab_size: int, special_id: int) -> transformer
 def _llama_config(s: LMSettings, vocab_size: int, special_id: int) -> transformers.PretrainedConfig:
     return transformers.LlamaConfig(
         vocab_size=vocab_size,
-        **_decoder_sizes(s),
+        **_sizes(s, _DECODER_NAMES),
+        intermediate_size=4 * s.hidden_size,
         num_key_value_heads=s.num_heads,
         **_special_tokens(special_id),
         tie_word_embeddings=False,
