@@ -163,6 +163,17 @@ def add_device_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--dtype", help="model dtype, e.g. float32, bfloat16, float16")
 
 
+def add_sample_evaluation_arguments(parser: argparse.ArgumentParser) -> None:
+    """Add the flags of a script that evaluates a model on a dataset's samples: how many
+    (``--max-samples``), where (:func:`add_device_arguments`), in what batches, whether to
+    recompute finished results, and whether on the randomly initialised model."""
+    parser.add_argument("--max-samples", type=int, help="evaluate only the first N samples")
+    add_device_arguments(parser)
+    parser.add_argument("--batch-size", type=int, default=64)
+    parser.add_argument("--rerun", action="store_true", help="recompute finished results")
+    parser.add_argument("--random", action="store_true", help="the randomly initialised model")
+
+
 def device(args: argparse.Namespace) -> str:
     """The device ``--device`` names, else ``cuda`` where it is available, else ``cpu``."""
     return args.device or ("cuda" if torch.cuda.is_available() else "cpu")

@@ -33,11 +33,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         default="paraphrase",
         help="the prompt each sample asks (default: paraphrase, the reference's)",
     )
-    parser.add_argument("--max-samples", type=int, help="evaluate only the first N samples")
-    cli.add_device_arguments(parser)
-    parser.add_argument("--batch-size", type=int, default=64)
-    parser.add_argument("--rerun", action="store_true", help="recompute a finished result")
-    parser.add_argument("--random", action="store_true", help="the randomly initialised model")
+    cli.add_sample_evaluation_arguments(parser)
     return parser.parse_args(argv)
 
 
