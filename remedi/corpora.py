@@ -244,13 +244,23 @@ def _text_column(loaded: datasets.Dataset, name: str, count: int) -> list[str]:
 
 def _json_texts(path: Path) -> list[str]:
     raw = path.read_text(encoding="utf-8")
-    try:
-        if path.suffix == ".jsonl":
-            records = [json.loads(line) for line in raw.splitlines() if line.strip()]
-        else:
+    if path.suffix == ".jsonl":
+        records = []
+        for number, line in enumerate(raw.splitlines(), start=1):
+            if not line.strip():
+                continue
+            try:
+                records.append(json.loads(line))
+            except json.JSONDecodeError as error:
+                raise errors.UsageError(
+                    f"corpus file {path}, line {number}, is not valid JSON ({error.msg}); each "
+                    'line of a .jsonl file must be one record such as {"text": "..."}'
+                ) from error
+    else:
+        try:
             records = json.loads(raw)
-    except json.JSONDecodeError as error:
-        raise errors.UsageError(f"corpus file {path} is not valid JSON: {error}") from error
+        except json.JSONDecodeError as error:
+            raise errors.UsageError(f"corpus file {path} is not valid JSON: {error}") from error
     if not isinstance(records, list) or not all(
         isinstance(record, dict) and isinstance(record.get(TEXT_COLUMN), str) for record in records
     ):

@@ -100,6 +100,9 @@ def test_bad_corpora_name_the_problem_and_the_fix(tmp_path, mt):
     (tmp_path / "bad.jsonl").write_text('{"body": "no text field"}\n', encoding="utf-8")
     with pytest.raises(errors.UsageError, match="'text' string field"):
         corpora.open_corpus(f"file:{tmp_path / 'bad.jsonl'}").texts(1)
+    (tmp_path / "broken.jsonl").write_text('{"text": "fine"}\nnot json\n', encoding="utf-8")
+    with pytest.raises(errors.UsageError, match=r"broken\.jsonl, line 2, is not valid JSON"):
+        corpora.open_corpus(f"file:{tmp_path / 'broken.jsonl'}").texts(1)
     datasets.Dataset.from_dict({"body": TEXTS}).save_to_disk(str(tmp_path / "no_text"))
     with pytest.raises(errors.UsageError, match="no 'text' column"):
         corpora.open_corpus(f"file:{tmp_path / 'no_text'}").texts(1)
