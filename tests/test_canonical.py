@@ -219,6 +219,7 @@ def test_one_experiment_runs_on_each_real_task(tiny_model_dir: Path, tmp_path: P
     assert saved is not None and saved.to_dict() == result.to_dict()
 
 
+@pytest.mark.shared_data  # reads the real country_capital task
 def test_memit_refuses_a_loss_type_without_a_suffix_to_write(tiny_model_dir: Path, tmp_path):
     config = _tiny_config(
         tiny_model_dir, tmp_path, "country_capital", method=MEMIT_TINY, loss_type="bad"
