@@ -173,11 +173,26 @@ def _trained_layer(editors_dir: Path, model: str, dataset: str, layer: int | Non
 
 def _dataset_args(model: str, dataset: str, file: str | None = None) -> list[str]:
     """``--dataset-file``: ``file`` if given, else for a toy-world model its export of ``dataset``
-    (written from world.json if absent), else nothing (the script's default, the real data)."""
+    (written from world.json if absent), else the file (and its loader, ``-d``) the model's
+    settings were chosen on (:data:`remedi.settings.DEFAULT_DATA`, e.g. SmolLM2's EasyEdit
+    CounterFact), else nothing (the script's default, the real data)."""
     if file:
         return ["--dataset-file", file]
     if not settings.is_toy(model):
-        return []
+        source = settings.default_data(model, dataset)
+        if source is None:
+            return []
+        from remedi.env import shared_data_dir
+
+        path = shared_data_dir() / source.shared_path
+        if not path.is_file():
+            raise Exit(
+                f"{model}'s {DATASET_TITLES[dataset]} settings were chosen on {path}, which is not "
+                f"there: get {source.where_from} and set REMEDI_SHARED_DATA to the folder that "
+                f"holds {source.shared_path}",
+                code=EXIT_BAD_INPUT,
+            )
+        return ["-d", source.loader, "--dataset-file", str(path)]
     from remedi.toy import build
 
     with _bad_input():
@@ -226,8 +241,10 @@ def _train(
 ) -> None:
     """Train editors on ``dataset`` at ``layers`` (scripts/train_editors.py), then ``flags``; a
     toy-world model trains on ``file`` or its world's export, with the toy's settings."""
-    args = ["-n", name, "-m", model, "-d", dataset, "-l", *map(str, layers)]
-    args += [*_dataset_args(model, dataset, file), *settings.toy_training_flags(model, dataset)]
+    data_args = _dataset_args(model, dataset, file)
+    data_args = data_args if "-d" in data_args else ["-d", dataset, *data_args]
+    args = ["-n", name, "-m", model, *data_args, "-l", *map(str, layers)]
+    args += settings.training_flags(model, dataset)
     _python(c, "scripts.train_editors", [*args, *flags])
 
 
@@ -753,9 +770,10 @@ def sweep_gen_counterfact(
     c: Context, model: str = DEFAULT_MODEL, device: str | None = None, layers: str = ""
 ) -> None:
     """Sweep the editing layer on CounterFact: train one editor per layer, evaluate efficacy,
-    paraphrase and neighborhood on a small split, pick the layer with the best score."""
+    paraphrase and neighborhood on (up to 100 of) the run's validation cases, never its test
+    split, pick the layer with the best score."""
     swept = _sweep_layers(model, layers)
-    eval_args = ["-b", "efficacy", "paraphrase", "neighborhood"]
+    eval_args = ["-b", "efficacy", "paraphrase", "neighborhood", "--split", "validation"]
     eval_args += ["--max-cases", str(SWEEP_SMALL_SAMPLES), *_dataset_args(model, "counterfact")]
     _sweep_editing_layer(c, "eval_fact_gen", "gen", "counterfact", model, swept, eval_args, device)
 

@@ -12,6 +12,13 @@ dataset:
 - ``file:PATH``: texts on this machine: a ``.txt`` file (one text per non-empty line), a
   ``.jsonl`` or ``.json`` file of records with a ``text`` field, or a folder written by
   ``datasets.Dataset.save_to_disk`` (its ``text`` column). Key: a hash of the file's bytes.
+  ``file:PATH#FIELD`` reads another field of a JSON file's records, each distinct value once, in
+  order of first appearance (passages that several questions share count once); the field is
+  part of the key.
+- ``shared:PATH[#FIELD]``: ``file:`` for a path under the shared data folder
+  (``$REMEDI_SHARED_DATA``), so that a hyperparameter file can name a corpus on any machine;
+  e.g. ``shared:edit_harms/task-data/test-ClosedDomainQA.jsonl#passage``, BoolQ's 3,270 questions'
+  Wikipedia passages (what SmolLM2's statistics use: the text here closest to ROME's Wikipedia).
 - ``hf:NAME[:CONFIG]``, or any other ``NAME[:CONFIG]`` (e.g. ``wikipedia:20200501.en``, what ROME
   used): the ``text`` column of the dataset's ``train`` split, through ``datasets.load_dataset``
   (a hub name, cached on this machine when offline, or a local dataset folder). Key: the name and
@@ -40,7 +47,8 @@ CORPUS_FLAG = "--stats-dataset"
 """The command-line flag that names a statistics corpus (named in errors)."""
 CORPUS_HELP = (
     "toy (the text of the edited toy model's world), toy:WORLD, file:PATH (.txt, .jsonl, .json or "
-    "a save_to_disk folder) or a Hugging Face text dataset NAME[:CONFIG]"
+    "a save_to_disk folder; PATH#FIELD: a JSON field other than 'text'), shared:PATH (the same "
+    "under $REMEDI_SHARED_DATA) or a Hugging Face text dataset NAME[:CONFIG]"
 )
 """What a corpus spec may be, for the help of the flag that takes one."""
 TOY_KIND = "toy"
@@ -136,8 +144,10 @@ def file_corpus(path_text: str, model: str | None = None) -> Corpus:
 
     Raises:
         errors.MissingFileError: Nothing at the path.
-        errors.UsageError: A file of another kind, or records without a ``text`` field.
+        errors.UsageError: A file of another kind, or records without a ``text`` field (or the
+            ``#FIELD`` asked for).
     """
+    path_text, field = _split_field(path_text)
     path = Path(path_text).expanduser()
     if not path.exists():
         raise errors.MissingFileError(
@@ -172,15 +182,51 @@ def file_corpus(path_text: str, model: str | None = None) -> Corpus:
     elif path.suffix in (".jsonl", ".json"):
 
         def read(count: int) -> list[str]:
-            return _json_texts(path)[:count]
+            texts = _json_texts(path, field or TEXT_COLUMN)
+            return (list(dict.fromkeys(texts)) if field else texts)[:count]
 
     else:
         raise errors.UsageError(
             f"cannot read corpus file {path}: expected a .txt (a text per line), .jsonl or "
             ".json (records with a 'text' field) file, or a save_to_disk folder"
         )
+    if field and (path.is_dir() or path.suffix == ".txt"):
+        raise errors.UsageError(
+            f"corpus {path_text}#{field}: a #FIELD applies to .json and .jsonl records only; "
+            "drop it for a .txt file or a save_to_disk folder (they are read as text)"
+        )
     resolved = path.resolve()
-    return Corpus(f"file:{resolved}", f"file:{resolved.name}@{files_key(path)}", read)
+    suffix = f"#{field}" if field else ""
+    return Corpus(
+        f"file:{resolved}{suffix}", f"file:{resolved.name}{suffix}@{files_key(path)}", read
+    )
+
+
+def shared_corpus(path_text: str, model: str | None = None) -> Corpus:
+    """A ``file:`` corpus at ``path_text`` under the shared data folder (``$REMEDI_SHARED_DATA``).
+
+    Raises:
+        errors.MissingFileError: Nothing there (the message names the folder and its variable).
+    """
+    from remedi import env
+
+    relative, field = _split_field(path_text)
+    path = env.shared_data_dir() / relative
+    if not path.exists():
+        raise errors.MissingFileError(
+            f"no corpus file {relative!r} under the shared data folder {env.shared_data_dir()}; "
+            "set REMEDI_SHARED_DATA to the folder that holds it, or pass "
+            f"{CORPUS_FLAG} file:PATH with the file's own path"
+        )
+    return file_corpus(f"{path}#{field}" if field else str(path), model)
+
+
+def _split_field(path_text: str) -> tuple[str, str]:
+    """``PATH#FIELD`` -> (PATH, FIELD); a path without ``#`` -> (path, "")."""
+    path, hash_sign, field = path_text.rpartition("#")
+    if not hash_sign or not field or "/" in field:
+        return path_text, ""
+    return path, field
 
 
 def hf_corpus(spec: str, model: str | None = None) -> Corpus:
@@ -210,7 +256,12 @@ def hf_corpus(spec: str, model: str | None = None) -> Corpus:
     return Corpus(spec, key, read)
 
 
-CORPORA: dict[str, CorpusOpener] = {TOY_KIND: toy_corpus, "file": file_corpus, HF_KIND: hf_corpus}
+CORPORA: dict[str, CorpusOpener] = {
+    TOY_KIND: toy_corpus,
+    "file": file_corpus,
+    "shared": shared_corpus,
+    HF_KIND: hf_corpus,
+}
 """Registry: corpus kind -> the function that opens a corpus of that kind."""
 
 
@@ -242,7 +293,7 @@ def _text_column(loaded: datasets.Dataset, name: str, count: int) -> list[str]:
     return [text for text in selected if isinstance(text, str) and text.strip()][:count]
 
 
-def _json_texts(path: Path) -> list[str]:
+def _json_texts(path: Path, field: str = TEXT_COLUMN) -> list[str]:
     raw = path.read_text(encoding="utf-8")
     if path.suffix == ".jsonl":
         records = []
@@ -262,10 +313,10 @@ def _json_texts(path: Path) -> list[str]:
         except json.JSONDecodeError as error:
             raise errors.UsageError(f"corpus file {path} is not valid JSON: {error}") from error
     if not isinstance(records, list) or not all(
-        isinstance(record, dict) and isinstance(record.get(TEXT_COLUMN), str) for record in records
+        isinstance(record, dict) and isinstance(record.get(field), str) for record in records
     ):
         raise errors.UsageError(
-            f"corpus file {path} must hold records with a {TEXT_COLUMN!r} string field, e.g. "
-            '{"text": "..."} per line (.jsonl) or a list of them (.json)'
+            f"corpus file {path} must hold records with a {field!r} string field, e.g. "
+            f'{{"{field}": "..."}} per line (.jsonl) or a list of them (.json)'
         )
-    return [record[TEXT_COLUMN] for record in records if record[TEXT_COLUMN].strip()]
+    return [record[field] for record in records if record[field].strip()]

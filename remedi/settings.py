@@ -84,15 +84,16 @@ PAPER_SETTINGS: Mapping[str, Mapping[str, DatasetSettings]] = {
     for model in dict.fromkeys(row[0] for row in _LAYERS)
 }
 """The table: model (alias or toy world) -> dataset -> :class:`DatasetSettings`."""
-NUM_LAYERS: Mapping[str, int] = {"gptj": 28, "gpt2-xl": 48, "gpt2": 12}
+NUM_LAYERS: Mapping[str, int] = {"gptj": 28, "gpt2-xl": 48, "gpt2": 12, "smollm2-135m": 30}
 """The number of layers of the paper's models (what a layer sweep covers); a toy world's comes
 from its build config."""
 
 
 @dataclass(frozen=True)
-class ToyTraining:
-    """How editors train on a toy-world LM (~1M parameters, trained from scratch): the settings
-    measured to work there; paper-scale models keep the paper's (the training script's defaults)."""
+class TrainingRecipe:
+    """How editors train for one model and dataset when the paper's loss settings (the training
+    script's defaults) do not work there: the flags measured to work. The toy-world LMs (~1M
+    parameters, trained from scratch) have one per dataset; SmolLM2 one for CounterFact."""
 
     flags: tuple[str, ...]
     test_size: str | None = None
@@ -114,21 +115,60 @@ _TOY_FLAGS = (
     "1",
 )
 
-TOY_TRAINING: Mapping[str, ToyTraining] = {
-    COUNTERFACT: ToyTraining(_TOY_FLAGS),
+TOY_TRAINING: Mapping[str, TrainingRecipe] = {
+    COUNTERFACT: TrainingRecipe(_TOY_FLAGS),
     # A bio's attribute ends with other facts ("is a doctor who lives in Rome and works for
     # Amazon"), not with the occupation, so its last token misses it: with it, the layer-1 editor
     # reached 36.5% decontextual top-1 accuracy; with the mean over the attribute's tokens
     # (REMEDI's default), 71.2%. The toy export has only 500 samples, so 20% are held out (the
     # default 10% would leave ~50).
-    BIOSBIAS: ToyTraining(
+    BIOSBIAS: TrainingRecipe(
         tuple(flag for flag in _TOY_FLAGS if flag != "--use-last-attribute-token"),
         test_size="0.2",
     ),
     # The toy norms make ~200 samples: hold out a larger share.
-    MCRAE: ToyTraining(_TOY_FLAGS, test_size="0.2"),
+    MCRAE: TrainingRecipe(_TOY_FLAGS, test_size="0.2"),
 }
 """Dataset -> how its editors train on any toy world."""
+
+# SmolLM2-135M (30 layers x 576) on CounterFact: the toy's recipe, which worked there unchanged
+# (efficacy 90.0 at layer 1 on 150 test cases, where the paper's lam_kl 10 / lr 1e-3 / last entity
+# token left every prediction as it was: 32.7 against 33.3 unedited). 1,215 training samples
+# (1,093 train, 122 validation) and 2 epochs keep a run to minutes on 2 CPU cores; the layer
+# sweep that chose the table's layer used the same (remedi/methods/hparams/README.md tells).
+_SMOLLM2_COUNTERFACT = (*_TOY_FLAGS, "--max-train-samples", "1215", "--max-epochs", "2")
+
+MODEL_TRAINING: Mapping[str, Mapping[str, TrainingRecipe]] = {
+    "smollm2-135m": {COUNTERFACT: TrainingRecipe(_SMOLLM2_COUNTERFACT)},
+}
+"""Model (alias) -> dataset -> how its editors train, where the paper's settings do not work."""
+
+
+@dataclass(frozen=True)
+class DataSource:
+    """A dataset file a model's settings were chosen on, instead of the dataset's own download."""
+
+    loader: str
+    """The dataset loader that reads it (``-d`` of the scripts), e.g. ``counterfact_easyedit``."""
+    shared_path: str
+    """Its path under the shared data folder (``$REMEDI_SHARED_DATA``)."""
+    where_from: str
+    """Where a user gets the file (for the message when it is missing)."""
+
+
+DEFAULT_DATA: Mapping[str, Mapping[str, DataSource]] = {
+    # ROME's counterfact.json cannot be downloaded offline; EasyEdit's train file (10,000 of
+    # CounterFact's 21,919 cases, in EasyEdit's reduced format) is what SmolLM2 was run on.
+    "smollm2-135m": {
+        COUNTERFACT: DataSource(
+            "counterfact_easyedit",
+            "counterfact_easyedit/counterfact-train.json",
+            "EasyEdit's CounterFact split (counterfact-train.json, e.g. from the "
+            "Jometeorie/KnowledgeSpread repository)",
+        )
+    },
+}
+"""Model (alias) -> dataset -> the file its settings were chosen on (see :class:`DataSource`)."""
 
 
 def is_toy(model: str) -> bool:
@@ -196,9 +236,17 @@ def num_layers(model: str) -> int | None:
     return None
 
 
-def toy_training_flags(model: str, dataset: str) -> list[str]:
-    """The training flags measured to work on the toy LM for ``dataset`` (none for other
-    models, and CounterFact's for a dataset without its own)."""
-    if not is_toy(model):
-        return []
-    return TOY_TRAINING.get(dataset, TOY_TRAINING[COUNTERFACT]).arguments()
+def training_flags(model: str, dataset: str) -> list[str]:
+    """The training flags measured to work for ``model`` on ``dataset``: a toy LM's (CounterFact's
+    for a dataset without its own), a real model's from :data:`MODEL_TRAINING`, else none (the
+    paper's settings, the training script's defaults)."""
+    if is_toy(model):
+        return TOY_TRAINING.get(dataset, TOY_TRAINING[COUNTERFACT]).arguments()
+    recipe = MODEL_TRAINING.get(settings_name(model), {}).get(dataset)
+    return [] if recipe is None else recipe.arguments()
+
+
+def default_data(model: str, dataset: str) -> DataSource | None:
+    """Where ``model``'s settings on ``dataset`` were chosen, if not the dataset's own download
+    (:data:`DEFAULT_DATA`); None: the dataset's default."""
+    return DEFAULT_DATA.get(settings_name(model), {}).get(dataset)

@@ -6,7 +6,8 @@
 writes one JSON per benchmark under ``results/NAME/<method>/<benchmark>.json`` (atomically;
 a rerun skips finished ones unless ``--rerun``), then ``results/NAME/summary.{md,tex,png,json}``,
 and prints the summary table. With ``-e``, only the training run's held-out (test split) cases
-are evaluated, by REMEDI and by every baseline; without it, all cases (baselines only).
+are evaluated, by REMEDI and by every baseline (``--split validation``: its validation cases, to
+choose settings on); without it, all cases (baselines only).
 """
 
 from __future__ import annotations
@@ -96,6 +97,14 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         "trained on)",
     )
     parser.add_argument("--max-cases", type=int, help="evaluate only the first N cases")
+    parser.add_argument(
+        "--split",
+        choices=("test", "validation"),
+        default="test",
+        help="with -e, the training run's split to evaluate: test (default; entities never "
+        "trained on or used for early stopping) or validation (to choose settings, e.g. a "
+        "layer sweep, without looking at the test split)",
+    )
     parser.add_argument("--seed", type=int, default=0, help="seed of generation and replacements")
     parser.add_argument("--batch-size", type=int, default=evaluation.DEFAULT_BATCH_SIZE)
     parser.add_argument("--max-length", type=int, default=evaluation.GENERATION_MAX_LENGTH)
@@ -125,6 +134,10 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     if "remedi" in args.methods and args.editors_dir is None:
         parser.error("--methods remedi needs the trained editors: pass -e EDITORS_DIR")
     cli.check_editor_arguments(parser, args)
+    if args.split != "test" and args.editors_dir is None:
+        parser.error(
+            f"--split {args.split} selects a training run's split: pass -e EDITORS_DIR too"
+        )
     return args
 
 
@@ -160,7 +173,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                 f"--dataset {dataset}; drop --dataset to evaluate on their data"
             )
         dataset = run.args.dataset
-        test_ids = list(run.split.test)
+        test_ids = list(getattr(run.split, args.split))
         dataset_file = run.dataset_file_or(dataset_file)
         if prompt_source is None:
             prompt_source = run.args.counterfact_prompt

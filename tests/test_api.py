@@ -47,7 +47,7 @@ def trained(
     argv = [
         *("-n", RUN_NAME, "-m", "toy-small", "-d", "counterfact", "-l", "0"),
         *("--dataset-file", str(small_world.paths.counterfact_file)),
-        *settings.toy_training_flags("toy-small", "counterfact"),
+        *settings.training_flags("toy-small", "counterfact"),
         # As the README says: rewrite prompts, which the toy LM knows (its paraphrase prompts
         # are templates held out from its training), so the unedited LM never prefers the new value.
         *("--counterfact-prompt", "rewrite"),

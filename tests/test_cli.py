@@ -9,6 +9,7 @@ in-process: a bug keeps its traceback.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import logging
 import os
@@ -124,6 +125,25 @@ def test_resumed_run_with_changed_arguments_says_which(tmp_path: Path, model_dir
         (tmp_path / "run" / training.ARGS_FILE).write_text(json.dumps(record.to_dict()))
     result = run_script("scripts.train_editors", *argv, results=tmp_path)
     check_expected_error(result, "holds a run with other settings (lr)", "--clear-results")
+
+
+def test_a_run_resumes_when_its_file_is_named_by_another_path(tmp_path: Path, model_dir: Path):
+    # A task passes the absolute path of a file that a run started by hand named relatively.
+    roundabout = COUNTERFACT_FIXTURE.parent / ".." / COUNTERFACT_FIXTURE.parent.name
+    argv = train_argv(model_dir, "0", "--dataset-file", str(roundabout / COUNTERFACT_FIXTURE.name))
+    args = train_editors.run_args(train_editors.parse_args(argv))
+    samples = data.load_dataset("counterfact", file=COUNTERFACT_FIXTURE)
+    train, validation, test = training.split_samples(samples, args)
+    split = training.RunSplit(train["id"], validation["id"], test["id"])
+
+    def record(run_args: training.RunArgs) -> training.RunRecord:
+        return training.RunRecord(run_args, run_args.seed, str(model_dir), 32, split)
+
+    same_file = dataclasses.replace(args, dataset_file=str(COUNTERFACT_FIXTURE))
+    training.runs._check_resumable(record(args), record(same_file), tmp_path)
+    other_file = dataclasses.replace(args, dataset_file=str(tmp_path / "counterfact.json"))
+    with pytest.raises(errors.MismatchError, match=r"other settings \(dataset_file\)"):
+        training.runs._check_resumable(record(args), record(other_file), tmp_path)
 
 
 def test_eval_of_a_missing_run_says_to_train_it_and_debug_shows_the_traceback(

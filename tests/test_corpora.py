@@ -58,6 +58,38 @@ def test_json_lines_and_json_lists_of_records_are_read_by_their_text_field(tmp_p
     assert corpora.open_corpus(f"file:{listed}").texts(5) == TEXTS
 
 
+def test_another_json_field_is_read_once_per_distinct_value(tmp_path):
+    # BoolQ's records: several questions share one passage; the passages are the texts.
+    records = [
+        {"question": f"q{number}", "passage": passage}
+        for number, passage in enumerate([TEXTS[0], TEXTS[1], TEXTS[0], TEXTS[2], TEXTS[1]])
+    ]
+    path = tmp_path / "boolq.jsonl"
+    path.write_text("".join(json.dumps(record) + "\n" for record in records), encoding="utf-8")
+    corpus = corpora.open_corpus(f"file:{path}#passage")
+    assert corpus.texts(10) == TEXTS
+    assert corpus.texts(2) == TEXTS[:2]
+    assert corpus.name == f"file:{path.resolve()}#passage"
+    # The field is part of the key: another field of the same file is another corpus.
+    assert corpus.key != corpora.open_corpus(f"file:{path}#question").key
+    assert corpora.open_corpus(f"file:{path}#question").texts(2) == ["q0", "q1"]
+    with pytest.raises(errors.UsageError, match="'answer' string field"):
+        corpora.open_corpus(f"file:{path}#answer").texts(1)
+    (tmp_path / "notes.txt").write_text("a text\n", encoding="utf-8")
+    with pytest.raises(errors.UsageError, match=r"#FIELD applies to \.json and \.jsonl"):
+        corpora.open_corpus(f"file:{tmp_path / 'notes.txt'}#passage")
+
+
+def test_a_shared_corpus_is_a_file_under_the_shared_data_folder(tmp_path):
+    write_records(tmp_path / "texts" / "some.jsonl", TEXTS)
+    with env.overridden(REMEDI_SHARED_DATA=tmp_path):
+        corpus = corpora.open_corpus("shared:texts/some.jsonl")
+        assert corpus.texts(10) == TEXTS
+        assert corpus.key == corpora.open_corpus(f"file:{tmp_path / 'texts/some.jsonl'}").key
+        with pytest.raises(errors.MissingFileError, match="REMEDI_SHARED_DATA"):
+            corpora.open_corpus("shared:texts/absent.jsonl")
+
+
 def test_a_save_to_disk_folder_is_read_by_its_text_column(tmp_path):
     datasets.Dataset.from_dict({"text": TEXTS, "label": [0, 1, 2]}).save_to_disk(
         str(tmp_path / "single")

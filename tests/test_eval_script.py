@@ -226,6 +226,23 @@ def test_the_script_says_what_to_pass(capsys):
         eval_fact_gen.parse_args(["-n", "x", "-m", "gpt2", "--baseline", "prefix", "-l", "3"])
     assert exit_info.value.code == 2
     assert "-l/--layer selects an editor: pass -e EDITORS_DIR too" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        eval_fact_gen.parse_args(
+            ["-n", "x", "-m", "gpt2", "--baseline", "prefix", "--split", "validation"]
+        )
+    assert "--split validation selects a training run's split" in capsys.readouterr().err
+
+
+def test_settings_are_chosen_on_the_validation_split_never_the_test_split(setup, results_dir):
+    argv = _argv(setup, "eval_validation", "-b", "efficacy", "--split", "validation")
+    assert eval_fact_gen.main(argv) == 0
+    split = training.load_run(setup["results"] / "editors").split
+    efficacy = evaluation.read_result(
+        results_dir / "eval_validation" / "remedi" / "efficacy.json", "efficacy"
+    )
+    evaluated = [f"counterfact/{i}" for i in efficacy.settings.case_ids]
+    assert evaluated == split.validation[:3]
+    assert not set(evaluated) & set(split.test)
 
 
 def test_methods_are_named_by_registry_name(capsys):

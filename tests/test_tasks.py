@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 import tasks
-from remedi import editors, settings, training
+from remedi import editors, env, settings, training
 from scripts import train_editors
 from tests.toy_fixtures import BuiltToyWorld
 
@@ -97,9 +97,7 @@ def test_training_a_toy_model_applies_the_toy_flags(small_world: BuiltToyWorld, 
     # What the toy flags mean, as the script reads them; they must change something.
     parse = train_editors.parse_args
     expected = train_editors.run_args(
-        parse(
-            ["-n", "x", "-m", "toy-small", *settings.toy_training_flags("toy-small", "counterfact")]
-        )
+        parse(["-n", "x", "-m", "toy-small", *settings.training_flags("toy-small", "counterfact")])
     )
     defaults = train_editors.run_args(parse(["-n", "x", "-m", "toy-small"]))
     toy_fields = [
@@ -133,3 +131,43 @@ def test_sweep_layers_of_any_toy_world_come_from_its_build_config():
     assert tasks._sweep_layers("gpt2", "1, 3") == [1, 3]
     with pytest.raises(tasks.Exit, match=r"unknown toy world 'toy-huge'.*valid names"):
         tasks._sweep_layers("toy-huge", "")
+
+
+def test_smollm2_trains_on_the_file_and_recipe_its_settings_were_chosen_on(tmp_path: Path):
+    # The settings name EasyEdit's CounterFact under the shared data folder, read by its own
+    # loader (ROME's counterfact.json cannot be downloaded offline).
+    (tmp_path / "counterfact_easyedit").mkdir()
+    train_file = tmp_path / "counterfact_easyedit" / "counterfact-train.json"
+    train_file.write_text("[]", encoding="utf-8")
+    with env.overridden(REMEDI_SHARED_DATA=tmp_path):
+        assert tasks._dataset_args("smollm2-135m", "counterfact") == [
+            "-d",
+            "counterfact_easyedit",
+            "--dataset-file",
+            str(train_file),
+        ]
+        # A file the user names wins; a model without a source keeps the script's default.
+        assert tasks._dataset_args("smollm2-135m", "counterfact", "cf.json") == [
+            "--dataset-file",
+            "cf.json",
+        ]
+        assert tasks._dataset_args("gpt2", "counterfact") == []
+    with (
+        env.overridden(REMEDI_SHARED_DATA=tmp_path / "elsewhere"),
+        pytest.raises(tasks.Exit, match="REMEDI_SHARED_DATA") as missing,
+    ):
+        tasks._dataset_args("smollm2-135m", "counterfact")
+    assert "counterfact-train.json" in str(missing.value)
+
+    # The recipe parses into the settings the SmolLM2 row was measured with.
+    flags = settings.training_flags("smollm2-135m", "counterfact")
+    parsed = train_editors.run_args(train_editors.parse_args(["-n", "x", "-m", "m", *flags]))
+    assert parsed.use_all_entity_tokens and parsed.use_last_attribute_token
+    assert (parsed.lr, parsed.lam_kl, parsed.max_train_samples, parsed.max_epochs) == (
+        1e-2,
+        1.0,
+        1215,
+        2,
+    )
+    assert settings.training_flags("gpt2", "counterfact") == []
+    assert tasks._sweep_layers("smollm2-135m", "") == list(range(30))

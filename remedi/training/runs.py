@@ -297,6 +297,10 @@ def split_samples(
 
 def _check_resumable(record: RunRecord, previous: RunRecord, directory: Path) -> None:
     old, new = asdict(previous.args), asdict(record.args)
+    # One file named by two paths (relative here, absolute from a task) is the same data.
+    for args in (old, new):
+        if args.get("dataset_file"):
+            args["dataset_file"] = str(Path(args["dataset_file"]).resolve())
     changed = sorted(
         key for key in new if key not in _RESUMABLE_ARGS and old.get(key) != new.get(key)
     )
