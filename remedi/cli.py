@@ -24,6 +24,7 @@ import contextlib
 import datetime
 import inspect
 import io
+import json
 import logging
 import os
 import shlex
@@ -155,6 +156,78 @@ def editor_options(args: argparse.Namespace) -> dict[str, Any]:
     training run (``-e``), the editor layer and type."""
     editors_dir = None if args.editors_dir is None else str(args.editors_dir)
     return {"editors_dir": editors_dir, "layer": args.layer, "editor_type": args.editor_type}
+
+
+def add_hparams_arguments(parser: argparse.ArgumentParser) -> None:
+    """Add ``--hparams METHOD=PATH`` (a method's hyperparameter file in place of its packaged
+    one) and ``--set METHOD.FIELD=VALUE`` (one hyperparameter; VALUE is JSON where it parses as
+    JSON, else a string), each repeatable. :func:`hparams_options` reads them back."""
+    parser.add_argument(
+        "--hparams",
+        action="append",
+        default=[],
+        type=_method_and_path,
+        metavar="METHOD=PATH",
+        help="a method's hyperparameter file in place of its packaged one (e.g. rome=mine.json)",
+    )
+    parser.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        dest="hparam_overrides",
+        type=_hparam_override,
+        metavar="METHOD.FIELD=VALUE",
+        help="one hyperparameter of a method, VALUE as JSON (e.g. rome.layer=6, "
+        "memit.layers=[4,5,6], ft.lr=5e-3); repeatable",
+    )
+
+
+def hparams_options(args: argparse.Namespace, method: str) -> dict[str, Any]:
+    """The options of ``method`` from :func:`add_hparams_arguments`' flags: ``hparams_path``
+    and each ``--set`` field (for :func:`remedi.evaluation.build_method`)."""
+    options: dict[str, Any] = {
+        field: value for name, field, value in args.hparam_overrides if name == method
+    }
+    paths = [path for name, path in args.hparams if name == method]
+    if paths:
+        options["hparams_path"] = paths[-1]
+    return options
+
+
+def check_hparams_arguments(
+    parser: argparse.ArgumentParser, args: argparse.Namespace, methods: Sequence[str]
+) -> None:
+    """Refuse (as a usage error) ``--hparams``/``--set`` for a method that is not evaluated."""
+    named = {name for name, _ in args.hparams} | {name for name, *_ in args.hparam_overrides}
+    stray = sorted(named - set(methods))
+    if stray:
+        parser.error(
+            f"--hparams/--set name {', '.join(stray)}, which this run does not evaluate "
+            f"(methods: {', '.join(methods) or 'none'}); add it to --methods"
+        )
+
+
+def _method_and_path(value: str) -> tuple[str, Path]:
+    method, equals, path = value.partition("=")
+    if not equals or not method or not path:
+        raise argparse.ArgumentTypeError(
+            f"expected METHOD=PATH (e.g. rome=mine.json), got {value!r}"
+        )
+    return method.strip(), Path(path)
+
+
+def _hparam_override(value: str) -> tuple[str, str, Any]:
+    target, equals, text = value.partition("=")
+    method, dot, field = target.partition(".")
+    if not equals or not dot or not method or not field:
+        raise argparse.ArgumentTypeError(
+            f"expected METHOD.FIELD=VALUE (e.g. rome.layer=6), got {value!r}"
+        )
+    try:
+        parsed = json.loads(text)
+    except json.JSONDecodeError:
+        parsed = text
+    return method.strip(), field.strip(), parsed
 
 
 def add_device_arguments(parser: argparse.ArgumentParser) -> None:

@@ -58,6 +58,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument(
         "--stats-num-texts", type=int, help="texts of the statistics corpus (default: hparams)"
     )
+    cli.add_hparams_arguments(parser)
     parser.add_argument(
         "-b",
         "--benchmarks",
@@ -134,6 +135,8 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     if "remedi" in args.methods and args.editors_dir is None:
         parser.error("--methods remedi needs the trained editors: pass -e EDITORS_DIR")
     cli.check_editor_arguments(parser, args)
+    evaluated = [*args.methods, *(["remedi"] if args.editors_dir is not None else [])]
+    cli.check_hparams_arguments(parser, args, evaluated)
     if args.split != "test" and args.editors_dir is None:
         parser.error(
             f"--split {args.split} selects a training run's split: pass -e EDITORS_DIR too"
@@ -205,7 +208,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     methods: list[evaluation.Method] = []
     if args.editors_dir is not None:
         methods.append(
-            evaluation.build_method("remedi", mt, cases, resources, **cli.editor_options(args))
+            evaluation.build_method(
+                "remedi",
+                mt,
+                cases,
+                resources,
+                **{**cli.editor_options(args), **cli.hparams_options(args, "remedi")},
+            )
         )
     others = [*args.baselines, *([args.baseline] if args.baseline else []), *args.methods]
     weight_options = {
@@ -217,6 +226,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         if name == "remedi":
             continue  # built from -e above
         options = weight_options if name in registry.names("weights", prepared=True) else {}
+        options = {**options, **cli.hparams_options(args, name)}
         methods.append(evaluation.build_method(name, mt, cases, resources, **options))
 
     experiment_dir = env.results_dir() / args.name

@@ -14,9 +14,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from remedi import env, evaluation, io, training
+from remedi import env, errors, evaluation, io, training
 from remedi.evaluation import result_file
 from remedi.evaluation.editing import counterfact_report
+from remedi.methods import HPARAMS_DIR
 from remedi.toy import export
 from remedi.toy.world import generate_world
 from scripts import eval_fact_gen, trace_counterfact
@@ -347,3 +348,27 @@ def test_tracing_reads_easyedit_counterfact(setup, easyedit_run, results_dir, ca
     records = json.loads(easyedit_run["file"].read_text())[:2]
     traced = sorted(p.stem for p in (results_dir / "trace_easyedit" / "cases").iterdir())
     assert all(any(str(r["case_id"]) in name for name in traced) for r in records)
+
+
+def test_hyperparameters_are_set_from_the_command_line(setup, results_dir, tmp_path, capsys):
+    hparams = tmp_path / "ft.json"
+    hparams.write_text((HPARAMS_DIR / "ft" / "toy.json").read_text(), encoding="utf-8")
+    argv = _without_editors_argv(setup, "eval_set", "--methods", "ft", "-b", "efficacy")
+    overrides = ["--hparams", f"ft={hparams}", "--set", "ft.lr=0.25", "--set", "ft.layers=[1]"]
+    assert eval_fact_gen.main([*argv, *overrides]) == 0
+    efficacy = json.loads((results_dir / "eval_set" / "ft" / "efficacy.json").read_text())
+    used = json.loads(efficacy["settings"]["method_details"]["hparams"])
+    assert (used["lr"], used["layers"]) == (0.25, [1])
+    assert used["num_steps"] == json.loads(hparams.read_text())["num_steps"]  # from the file
+
+    # Another value is another configuration: refused in the same experiment, not mixed.
+    with pytest.raises(errors.MismatchError, match="other settings"):
+        eval_fact_gen.main([*argv, *overrides[:2], "--set", "ft.lr=0.5"])
+    with pytest.raises(errors.UsageError, match="has no option lrate"):
+        eval_fact_gen.main([*argv, "--hparams", f"ft={hparams}", "--set", "ft.lrate=1"])
+    with pytest.raises(SystemExit):
+        eval_fact_gen.parse_args([*argv, "--set", "rome.layer=3"])
+    assert "--hparams/--set name rome, which this run does not evaluate" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        eval_fact_gen.parse_args([*argv, "--set", "ft.lr"])
+    assert "expected METHOD.FIELD=VALUE" in capsys.readouterr().err
