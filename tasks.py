@@ -206,6 +206,11 @@ def _dataset_args(model: str, dataset: str, file: str | None = None) -> list[str
     return ["--dataset-file", str(export)]
 
 
+def _comma_list(value: str) -> list[str]:
+    """``"a, b,c"`` -> ``["a", "b", "c"]``."""
+    return [item.strip() for item in value.split(",") if item.strip()]
+
+
 def _flags(
     device: str | None,
     *,
@@ -589,6 +594,9 @@ def train_counterfact(
         methods="Comma-separated registered methods besides the editor and baselines "
         "(e.g. remedi,ft,rome).",
         stats_dataset="Corpus of ROME's key statistics (default: the method's hparams).",
+        max_cases="Evaluate only the first N test cases (default: all).",
+        benchmarks="Comma-separated benchmarks (default: all; e.g. "
+        "efficacy,paraphrase,neighborhood).",
     )
 )
 def eval_gen_counterfact(
@@ -602,11 +610,15 @@ def eval_gen_counterfact(
     random: bool = False,
     methods: str | None = None,
     stats_dataset: str | None = None,
+    max_cases: int | None = None,
+    benchmarks: str = "",
 ) -> None:
     """Evaluate the CounterFact editor and the prefix/replace/unedited baselines."""
     editors_dir, args = _editors_and_layer(model, "counterfact", editors, layer, random, device)
     args += ["--baselines", "prefix", "replace", "unedited", *_dataset_args(model, "counterfact")]
     args += _flags(device, rerun=rerun, random=random)
+    args += ["--max-cases", str(max_cases)] if max_cases is not None else []
+    args += ["-b", *_comma_list(benchmarks)] if benchmarks.strip() else []
     args += [*(["--methods", methods] if methods else [])]
     args += ["--stats-dataset", stats_dataset] if stats_dataset else []
     name = name or _run_name("eval_gen_counterfact", model, random)
