@@ -6,7 +6,8 @@
 
 Each case is traced for the residual stream, MLP and attention outputs with ``--windows``
 (default 10 5 3 1) and 10 noise samples: (tokens x layers) restorations per kind and window,
-batched ``--max-batch-rows`` rows per forward pass. Toy models trace the toy world's CounterFact
+batched ``--max-batch-rows`` rows per forward pass, each after the corrupted run's cached
+tokens before the restored one (``--no-prefix-reuse``: over the whole prompt). Toy models trace the toy world's CounterFact
 rewrite prompts (built if absent); the random GPT-J models trace synthetic prompts.
 """
 
@@ -50,6 +51,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--cases", type=int, default=8, help="cases to trace")
     parser.add_argument("--windows", type=int, nargs="+", default=list(tracing.DEFAULT_WINDOWS))
     parser.add_argument("--max-batch-rows", type=int, default=tracing.DEFAULT_MAX_BATCH_ROWS)
+    parser.add_argument(
+        "--no-prefix-reuse",
+        dest="reuse_prefix",
+        action="store_false",
+        help="restored runs cover the whole prompt (the definition) instead of reusing the "
+        "corrupted run's cached prefix",
+    )
     args = parser.parse_args(argv)
 
     device = torch.device(args.device)
@@ -76,6 +84,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             case_id,
             require_correct=False,
             max_batch_rows=args.max_batch_rows,
+            reuse_prefix=args.reuse_prefix,
         )
         tokens += len(result.tokens)
     synchronize(device)
@@ -87,6 +96,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "layers": mt.num_layers,
         "mean_tokens": tokens / len(prompts),
         "kinds x windows": len(settings.kinds) * len(settings.windows),
+        "reuse_prefix": args.reuse_prefix,
         "seconds_per_case": seconds / len(prompts),
         "peak_memory_mib": peak_memory_bytes(device) / 2**20,
     }

@@ -391,6 +391,41 @@ def computation_precision(model: torch.nn.Module | ModelAndTokenizer) -> torch.d
     return dtype
 
 
+def accepts_argument(model: torch.nn.Module | ModelAndTokenizer, name: str) -> bool:
+    """Whether ``model``'s forward takes the keyword argument ``name``."""
+    try:
+        parameters = inspect.signature(unwrap_model(model).forward).parameters
+    except (TypeError, ValueError):
+        return False
+    return name in parameters
+
+
+def cache_argument(model: torch.nn.Module | ModelAndTokenizer) -> str | None:
+    """The name of the forward argument that takes a key/value cache (``cache`` since
+    transformers 5.24, ``past_key_values`` before), or None if ``model`` takes neither."""
+    for name in ("cache", "past_key_values"):
+        if accepts_argument(model, name):
+            return name
+    return None
+
+
+def cache_kwargs(
+    model: torch.nn.Module | ModelAndTokenizer, cache: transformers.DynamicCache
+) -> dict[str, Any]:
+    """Forward arguments that pass ``cache`` to ``model`` and have it filled.
+
+    Raises:
+        UnsupportedModelError: The model's forward takes no cache.
+    """
+    name = cache_argument(model)
+    if name is None:
+        raise UnsupportedModelError(
+            f"{type(unwrap_model(model)).__name__}.forward takes neither 'cache' nor "
+            "'past_key_values'; run it without a key/value cache"
+        )
+    return {name: cache, "use_cache": True}
+
+
 def _keeps_logits_by_mask(model: torch.nn.Module) -> bool:
     """Whether ``model(..., logits_to_keep=mask)`` runs the LM head only at a boolean mask's
     positions (transformers 5's causal LMs; older versions and custom models may not)."""

@@ -17,11 +17,23 @@ For a prompt that mentions a subject and a target the model predicts:
 All restorations of a case share the same noise, and run batched: (restorations x noise samples)
 rows per forward pass, so a case costs a few passes, not one per (token, layer). Every hook is
 a :func:`remedi.hooks.trace`, removed on exit also when the forward pass raises.
+
+The restored runs share their prefix with the corrupted run: attention is causal, so a run that
+restores states at token ``t`` (and none before) equals the corrupted run at every token before
+``t``. The corrupted run is computed once, one row per noise sample, keeping its key/value cache;
+the restorations at token ``t`` (every layer's, in one batch) then run only tokens ``t..`` after a
+copy of that cache cut to its first ``t`` tokens, each row continuing its noise sample's prefix.
+Their noise covers only the subject tokens from ``t`` on (those before are in the cache, noised),
+their clean states are put back from ``t`` on, and their positions count from ``t``. On a prompt
+of n tokens this computes about (n + 1) / 2n of the whole prompt's runs. ``reuse_prefix=False``
+runs every restoration on the whole prompt: the definition, which gives the same scores up to
+rounding, and the fallback for a model whose forward takes no key/value cache.
 """
 
 from __future__ import annotations
 
 import contextlib
+import copy
 import logging
 import math
 from collections.abc import Iterator, Sequence
@@ -249,6 +261,15 @@ def noised_embeddings(
         yield
 
 
+def noise_from(
+    start: int, token_range: tuple[int, int], noise: torch.Tensor
+) -> tuple[tuple[int, int], torch.Tensor]:
+    """The subject range and its noise as seen by a pass whose input begins at token ``start``:
+    the range shifted by ``start``, without the tokens before it (they are in the cache)."""
+    first, end = (max(position, start) for position in token_range)
+    return (first - start, end - start), noise[:, first - token_range[0] :]
+
+
 # ---------------------------------------------------------------------------------------------
 # The runs.
 
@@ -269,11 +290,69 @@ def clean_states(
     return probs[0], states
 
 
-def _last_token_probs(mt: models.ModelAndTokenizer, input_ids: torch.Tensor) -> torch.Tensor:
+def _last_token_probs(
+    mt: models.ModelAndTokenizer, input_ids: torch.Tensor, **forward_kwargs: Any
+) -> torch.Tensor:
     positions = torch.zeros_like(input_ids, dtype=torch.bool)
     positions[:, -1] = True
-    logits = models.logits_at(mt.model, {"input_ids": input_ids}, positions)
+    logits = models.logits_at(mt.model, {"input_ids": input_ids}, positions, **forward_kwargs)
     return torch.softmax(logits.double(), dim=-1)
+
+
+def prefix_reuse_blocker(model: torch.nn.Module | models.ModelAndTokenizer) -> str | None:
+    """Why restored runs of ``model`` cannot start from the corrupted run's key/value cache
+    (its forward takes no cache), or None when they can."""
+    module = models.unwrap_model(model)
+    if models.cache_argument(module) is None:
+        return f"{type(module).__name__}.forward takes no key/value cache"
+    return None
+
+
+def _prefix_reuse_possible(model: torch.nn.Module | models.ModelAndTokenizer) -> bool:
+    """Whether restored runs can reuse the corrupted prefix; logs why not (once per caller,
+    which then asks :func:`restored_probs` for runs of the whole prompt)."""
+    blocker = prefix_reuse_blocker(model)
+    if blocker is not None:
+        logger.warning("restoring on runs of the whole prompt: %s", blocker)
+    return blocker is None
+
+
+def corrupted_prefix(
+    mt: models.ModelAndTokenizer,
+    input_ids: torch.Tensor,
+    token_range: tuple[int, int],
+    noise: torch.Tensor,
+) -> tuple[transformers.DynamicCache | None, str]:
+    """The corrupted run's key/value cache at every token, one row per noise sample; None and
+    the reason when the model cannot give one."""
+    blocker = prefix_reuse_blocker(mt)
+    if blocker is not None:
+        return None, blocker
+    rows = noise.shape[0]
+    cache = transformers.DynamicCache()
+    with torch.no_grad(), noised_embeddings(mt, token_range, noise):
+        _last_token_probs(
+            mt,
+            input_ids.to(mt.device).expand(rows, -1),
+            **models.cache_kwargs(mt.model, cache),
+        )
+    if cache.get_seq_length() != input_ids.shape[1]:
+        return None, (
+            f"its corrupted run cached {cache.get_seq_length()} of {input_ids.shape[1]} tokens"
+        )
+    return cache, ""
+
+
+def _prefix_cache(
+    prefix: transformers.DynamicCache, start: int, rows: int, num_samples: int
+) -> transformers.DynamicCache:
+    """A copy of ``prefix`` (one row per noise sample) cut to its first ``start`` tokens, for
+    ``rows`` rows: row ``i`` continues noise sample ``i % num_samples``, as in
+    :func:`noised_embeddings`. The copy leaves ``prefix`` as it was for the next start."""
+    cache = copy.deepcopy(prefix)
+    cache.crop(start - cache.get_seq_length())  # negative: the number of tokens to drop
+    cache.batch_select_indices(torch.arange(rows) % num_samples)
+    return cache
 
 
 def restored_probs(
@@ -286,38 +365,70 @@ def restored_probs(
     restore: torch.Tensor,
     states: dict[tuple[str, int], torch.Tensor],
     max_batch_rows: int = DEFAULT_MAX_BATCH_ROWS,
+    reuse_prefix: bool = True,
 ) -> torch.Tensor:
     """``p(target)`` averaged over the noise samples, for each restoration, float64 (configs,).
 
     ``restore`` is a boolean ``(configs, layers, seq)`` mask: configuration ``c`` puts back the
     clean output of ``kind`` at every ``(layer, token)`` it marks (none: the corrupted run).
     Configurations run ``max_batch_rows // samples`` at a time, each with every noise sample.
+
+    With ``reuse_prefix``, a configuration whose first restored token is ``t`` equals the
+    corrupted run before ``t`` (attention is causal), so it runs only tokens ``t..`` after the
+    corrupted run's key/value cache of the tokens before; without, every run covers the whole
+    prompt (the definition; also the fallback for a model that cannot pass a cache).
     """
-    num_samples = noise.shape[0]
+    num_samples, seq_len = noise.shape[0], input_ids.shape[1]
     per_pass = max(1, max_batch_rows // num_samples)
     layers = [layer for layer in range(restore.shape[1]) if bool(restore[:, layer].any())]
     clean = {layer: states[(kind, layer)] for layer in layers}
     restored_modules = {layer: module_of(mt, kind, layer) for layer in layers}
-    results = []
-    for start in range(0, restore.shape[0], per_pass):
-        chunk = restore[start : start + per_pass].to(mt.device)
-        row_masks = chunk.repeat_interleave(num_samples, dim=0)  # (rows, layers, seq)
+    prefix = None
+    if reuse_prefix:
+        prefix, reason = corrupted_prefix(mt, input_ids, token_range, noise)
+        if prefix is None:
+            logger.warning("restoring on runs of the whole prompt: %s", reason)
+    # The first token each configuration restores; the corrupted run needs the last token.
+    restored_any = restore.any(dim=1)
+    first_restored = torch.where(
+        restored_any.any(dim=1), restored_any.int().argmax(dim=1), seq_len - 1
+    )
+    starts = first_restored if prefix is not None else torch.zeros_like(first_restored)
+
+    def run(configs: torch.Tensor, start: int) -> torch.Tensor:
+        chunk = restore[configs].to(mt.device)
+        row_masks = chunk.repeat_interleave(num_samples, dim=0)[..., start:]  # (rows, layers, seq)
 
         def put_back(
             layer: int, hidden: torch.Tensor, masks: torch.Tensor = row_masks
         ) -> torch.Tensor:
             mask = masks[:, layer].unsqueeze(-1)
-            return torch.where(mask, clean[layer].to(hidden).unsqueeze(0), hidden)
+            return torch.where(mask, clean[layer][start:].to(hidden).unsqueeze(0), hidden)
 
-        batch_ids = input_ids.to(mt.device).expand(row_masks.shape[0], -1)
+        batch_ids = input_ids[:, start:].to(mt.device).expand(row_masks.shape[0], -1)
+        forward_kwargs: dict[str, Any] = {}
+        if prefix is not None and start > 0:
+            cache = _prefix_cache(prefix, start, row_masks.shape[0], num_samples)
+            forward_kwargs = models.cache_kwargs(mt.model, cache)
+            if models.accepts_argument(mt.model, "position_ids"):  # ALiBi models take none
+                positions = torch.arange(start, seq_len, device=mt.device)
+                forward_kwargs["position_ids"] = positions.unsqueeze(0)
+        visible_range, visible_noise = noise_from(start, token_range, noise)
         with (
             torch.no_grad(),
-            noised_embeddings(mt, token_range, noise),
+            noised_embeddings(mt, visible_range, visible_noise),
             hooks.trace(mt.model, restored_modules, edit_output=put_back),
         ):
-            probs = _last_token_probs(mt, batch_ids)[:, target_id]
-        results.append(probs.view(chunk.shape[0], num_samples).mean(dim=1).cpu())
-    return torch.cat(results)
+            probs = _last_token_probs(mt, batch_ids, **forward_kwargs)[:, target_id]
+        return probs.view(chunk.shape[0], num_samples).mean(dim=1).cpu()
+
+    results = torch.empty(restore.shape[0], dtype=torch.float64)
+    for start in starts.unique().tolist():
+        configs = torch.nonzero(starts == start).flatten()
+        for first in range(0, len(configs), per_pass):
+            batch = configs[first : first + per_pass]
+            results[batch] = run(batch, start)
+    return results
 
 
 def restoration_masks(num_layers: int, seq_len: int, window: int) -> torch.Tensor:
@@ -339,16 +450,19 @@ def trace_prompt(
     case_id: int = 0,
     require_correct: bool = True,
     max_batch_rows: int = DEFAULT_MAX_BATCH_ROWS,
+    reuse_prefix: bool = True,
 ) -> TraceResult:
     """Trace one prompt for every kind and window of ``settings``.
 
     With ``require_correct`` (ROME's filter), a prompt whose top prediction is not the target's
     first token is returned with ``correct=False`` and no scores, after one clean pass.
+    ``reuse_prefix``: see :func:`restored_probs` (the scores are the same either way).
 
     Raises:
         errors.SampleError: The subject does not occur in the prompt, or the target cannot be
             told apart from the prompt's tokens.
     """
+    reuse_prefix = reuse_prefix and _prefix_reuse_possible(mt)
     ids, token_range = subject_token_range(mt.tokenizer, prompt, subject)
     target_id = common.target_token_ids(mt.tokenizer, prompt, target)[0]
     input_ids = torch.tensor([ids], device=mt.device)
@@ -364,7 +478,16 @@ def trace_prompt(
     num_layers, seq_len = mt.num_layers, len(ids)
     nothing = torch.zeros(1, num_layers, seq_len, dtype=torch.bool)
     corrupted = restored_probs(
-        mt, input_ids, target_id, token_range, noise, "residual", nothing, states, max_batch_rows
+        mt,
+        input_ids,
+        target_id,
+        token_range,
+        noise,
+        "residual",
+        nothing,
+        states,
+        max_batch_rows,
+        reuse_prefix,
     )
     result = TraceResult(
         case_id=case_id,
@@ -386,7 +509,16 @@ def trace_prompt(
         for window in settings.windows:
             masks = restoration_masks(num_layers, seq_len, window)
             probs = restored_probs(
-                mt, input_ids, target_id, token_range, noise, kind, masks, states, max_batch_rows
+                mt,
+                input_ids,
+                target_id,
+                token_range,
+                noise,
+                kind,
+                masks,
+                states,
+                max_batch_rows,
+                reuse_prefix,
             )
             result.scores[score_key(kind, window)] = probs.view(seq_len, num_layers).tolist()
     return result
@@ -399,10 +531,12 @@ def trace_cases(
     directory: Path,
     rerun: bool = False,
     max_batch_rows: int = DEFAULT_MAX_BATCH_ROWS,
+    reuse_prefix: bool = True,
 ) -> list[TraceResult]:
     """Trace ``(case_id, prompt, subject, target)`` cases, each saved as
     ``directory/<case_id>.json``; a case already saved with equal settings is read back, not
-    recomputed (unless ``rerun``)."""
+    recomputed (unless ``rerun``). ``reuse_prefix``: see :func:`restored_probs`."""
+    reuse_prefix = reuse_prefix and _prefix_reuse_possible(mt)
     results = []
     reused = 0
     for case_id, prompt, subject, target in tqdm(cases, desc="tracing"):
@@ -414,7 +548,14 @@ def trace_cases(
                 reused += 1
                 continue
         result = trace_prompt(
-            mt, prompt, subject, target, settings, case_id, max_batch_rows=max_batch_rows
+            mt,
+            prompt,
+            subject,
+            target,
+            settings,
+            case_id,
+            max_batch_rows=max_batch_rows,
+            reuse_prefix=reuse_prefix,
         )
         io.write_json(path, result.to_dict(), indent=None)
         results.append(result)

@@ -57,6 +57,13 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         default=tracing.DEFAULT_MAX_BATCH_ROWS,
         help="rows per forward pass (restorations x noise samples)",
     )
+    parser.add_argument(
+        "--no-prefix-reuse",
+        dest="reuse_prefix",
+        action="store_false",
+        help="run every restoration on the whole prompt instead of after the corrupted run's "
+        "cached tokens before the restored one (same scores, about twice the compute)",
+    )
     cli.add_counterfact_file_arguments(parser)
     cli.add_device_arguments(parser)
     parser.add_argument("--rerun", action="store_true", help="retrace finished cases")
@@ -91,6 +98,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         directory / "cases",
         rerun=args.rerun,
         max_batch_rows=args.max_batch_rows,
+        reuse_prefix=args.reuse_prefix,
     )
     correct = sum(result.correct for result in results)
     print(f"{correct} of {len(results)} cases answered correctly (traced)")

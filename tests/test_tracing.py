@@ -1,16 +1,19 @@
-"""Causal tracing on tiny GPT-2 and Llama models: restoration, noise, batching, hooks, errors."""
+"""Causal tracing on tiny GPT-2, GPT-J, GPT-NeoX and Llama models: restoration, noise, batching,
+runs after the corrupted prefix, hooks, errors."""
 
 from __future__ import annotations
 
 import copy
+import logging
 
 import numpy as np
 import pytest
 import torch
+import transformers
 
 from remedi import errors, hooks, models, tracing
 from tests.conftest import tiny_gpt2
-from tests.model_fixtures import tiny_llama
+from tests.model_fixtures import tiny_llama, tiny_model
 from tests.numerics import assert_equal_in_exact_arithmetic, precision_of
 
 PROMPT = "Mira Talovan lives in the city of"
@@ -214,3 +217,121 @@ def test_tracing_a_llama_with_bos_restores_attention_and_mlp(llama_tokenizer):
         assert effects.shape == (len(result.tokens), mt.num_layers)
         assert np.all(effects[: result.subject_range[0]] == 0)  # before the noise: no effect
     assert hook_count(mt.model) == hooks
+
+
+# ---------------------------------------------------------------------------------------------
+# Restored runs after the corrupted run's cached prefix equal runs of the whole prompt.
+
+LATE_PROMPT = "They said that Mira Talovan lives in the city of"
+"""The subject in the middle: restorations before, inside and after it."""
+
+
+def family_mt(model_type: str, tokenizer) -> models.ModelAndTokenizer:
+    model = tiny_model(model_type, vocab_size=len(tokenizer), initializer_range=0.2)
+    return models.ModelAndTokenizer(model.double().requires_grad_(False), tokenizer, model_type)
+
+
+def assert_same_scores(reused: tracing.TraceResult, plain: tracing.TraceResult, precision) -> None:
+    assert reused.scores.keys() == plain.scores.keys()
+    assert_equal_in_exact_arithmetic(reused.corrupted_prob, plain.corrupted_prob, precision)
+    for key in plain.scores:
+        assert_equal_in_exact_arithmetic(reused.scores[key], plain.scores[key], precision)
+
+
+@pytest.mark.parametrize("model_type", ["gpt2", "gptj", "gpt_neox", "llama"])
+def test_prefix_reuse_gives_the_scores_of_whole_prompt_runs(model_type, tokenizer):
+    mt = family_mt(model_type, tokenizer)
+    hooks = hook_count(mt.model)
+    traced = settings(windows=[1, 3])
+    reused = tracing.trace_prompt(mt, LATE_PROMPT, SUBJECT, TARGET, traced, require_correct=False)
+    plain = tracing.trace_prompt(
+        mt, LATE_PROMPT, SUBJECT, TARGET, traced, require_correct=False, reuse_prefix=False
+    )
+    assert reused.subject_range[0] >= 2  # tokens before the subject
+    assert_same_scores(reused, plain, precision_of(mt))
+    # Restorations move p(target) by far more than the tolerance: else the test were too weak.
+    scores = np.asarray(plain.scores["residual/1"])
+    assert np.ptp(scores[plain.subject_range[0] :]) > 0.05 * scores.max()
+    assert hook_count(mt.model) == hooks
+
+
+def test_prefix_reuse_gives_every_kind_and_window_of_whole_prompt_runs(tokenizer):
+    model = tiny_gpt2(tokenizer, initializer_range=0.2, n_layer=5)
+    mt = models.ModelAndTokenizer(model.double().requires_grad_(False), tokenizer, "gpt2-5")
+    traced = settings(windows=list(tracing.DEFAULT_WINDOWS))
+    reused = tracing.trace_prompt(mt, LATE_PROMPT, SUBJECT, TARGET, traced, require_correct=False)
+    plain = tracing.trace_prompt(
+        mt, LATE_PROMPT, SUBJECT, TARGET, traced, require_correct=False, reuse_prefix=False
+    )
+    assert set(reused.scores) == {
+        tracing.score_key(kind, window) for kind in tracing.KINDS for window in (10, 5, 3, 1)
+    }
+    assert_same_scores(reused, plain, precision_of(mt))
+    # Small passes: the configurations of one token split over several.
+    one = settings(kinds=["mlp"], windows=[3])
+    chunked = tracing.trace_prompt(
+        mt, LATE_PROMPT, SUBJECT, TARGET, one, require_correct=False, max_batch_rows=8
+    )
+    assert_equal_in_exact_arithmetic(
+        chunked.scores["mlp/3"], plain.scores["mlp/3"], precision_of(mt)
+    )
+
+
+def test_prefix_reuse_restores_any_mask_in_its_order(llama_tokenizer):
+    """Restorations that start at different tokens (several tokens, none) come back in order."""
+    mt = models.ModelAndTokenizer(
+        tiny_llama(llama_tokenizer, initializer_range=0.2).double().requires_grad_(False),
+        llama_tokenizer,
+        "tiny-llama",
+    )
+    ids, token_range = tracing.subject_token_range(mt.tokenizer, LATE_PROMPT, SUBJECT)
+    input_ids = torch.tensor([ids])
+    _, states = tracing.clean_states(mt, input_ids, ["mlp"])
+    noise = tracing.subject_noise(3, token_range[1] - token_range[0], mt.hidden_size, 2.0, 0)
+    masks = torch.zeros(5, mt.num_layers, len(ids), dtype=torch.bool)
+    masks[0, 1, [token_range[1] - 1, len(ids) - 1]] = True  # two tokens, one layer
+    masks[2, :, [0, token_range[0]]] = True  # from the first token (nothing cached), every layer
+    masks[3, 0, token_range[0] + 1 :] = True  # inside the subject onwards
+    masks[4, 2, len(ids) - 1] = True  # only the last token
+    arguments = (mt, input_ids, 7, token_range, noise, "mlp", masks, states)
+    reused = tracing.restored_probs(*arguments, max_batch_rows=6)
+    plain = tracing.restored_probs(*arguments, reuse_prefix=False)
+    assert_equal_in_exact_arithmetic(reused, plain, precision_of(mt))
+    assert len(set(plain.tolist())) == 5  # every configuration differs
+
+
+class GPT2WithoutCache(transformers.GPT2LMHeadModel):
+    """A causal LM whose forward takes no key/value cache."""
+
+    def forward(self, input_ids=None, use_cache=None, logits_to_keep=0, **kwargs):  # type: ignore[override]
+        return super().forward(input_ids=input_ids, logits_to_keep=logits_to_keep)
+
+
+class GPT2IgnoringCache(transformers.GPT2LMHeadModel):
+    """A causal LM whose forward takes a key/value cache but leaves it empty."""
+
+    def forward(self, input_ids=None, cache=None, use_cache=None, logits_to_keep=0, **kwargs):  # type: ignore[override]
+        return super().forward(input_ids=input_ids, logits_to_keep=logits_to_keep)
+
+
+@pytest.mark.parametrize(
+    ("model_class", "reason"),
+    [
+        (GPT2WithoutCache, "forward takes no key/value cache"),
+        (GPT2IgnoringCache, "corrupted run cached 0 of"),
+    ],
+)
+def test_a_model_without_a_cache_is_traced_on_whole_prompt_runs(model_class, reason, mt64, caplog):
+    model = model_class(mt64.model.config).double().eval().requires_grad_(False)
+    model.load_state_dict(mt64.model.state_dict())
+    mt = models.ModelAndTokenizer(model, mt64.tokenizer, model_class.__name__)
+    traced = settings(kinds=["mlp"], windows=[1])
+    with caplog.at_level(logging.WARNING, logger="remedi.tracing"):
+        fallen_back = tracing.trace_prompt(
+            mt, LATE_PROMPT, SUBJECT, TARGET, traced, require_correct=False
+        )
+    assert reason in caplog.text and "runs of the whole prompt" in caplog.text
+    plain = tracing.trace_prompt(
+        mt64, LATE_PROMPT, SUBJECT, TARGET, traced, require_correct=False, reuse_prefix=False
+    )
+    assert_same_scores(fallen_back, plain, precision_of(mt))
