@@ -24,8 +24,11 @@ restores states at token ``t`` (and none before) equals the corrupted run at eve
 the restorations at token ``t`` (every layer's, in one batch) then run only tokens ``t..`` after a
 copy of that cache cut to its first ``t`` tokens, each row continuing its noise sample's prefix.
 Their noise covers only the subject tokens from ``t`` on (those before are in the cache, noised),
-their clean states are put back from ``t`` on, and their positions count from ``t``. On a prompt
-of n tokens this computes about (n + 1) / 2n of the whole prompt's runs. ``reuse_prefix=False``
+their clean states are put back from ``t`` on, and their positions count from ``t``. A token
+before the subject holds the same state in the clean and the corrupted run (the noise starts at the
+subject), so restoring it is the corrupted run: those restorations run on the last token alone. On a
+prompt of n tokens whose subject starts at token s, this computes about (n - s)^2 / n^2 of the whole
+prompt's runs (a quarter for a subject in mid-prompt). ``reuse_prefix=False``
 runs every restoration on the whole prompt: the definition, which gives the same scores up to
 rounding, and the fallback for a model whose forward takes no key/value cache.
 """
@@ -375,8 +378,10 @@ def restored_probs(
 
     With ``reuse_prefix``, a configuration whose first restored token is ``t`` equals the
     corrupted run before ``t`` (attention is causal), so it runs only tokens ``t..`` after the
-    corrupted run's key/value cache of the tokens before; without, every run covers the whole
-    prompt (the definition; also the fallback for a model that cannot pass a cache).
+    corrupted run's key/value cache of the tokens before; one that restores only tokens before
+    the subject is the corrupted run itself (nothing there differs from it), run on the last
+    token. Without, every run covers the whole prompt (the definition; also the fallback for a
+    model that cannot pass a cache).
     """
     num_samples, seq_len = noise.shape[0], input_ids.shape[1]
     per_pass = max(1, max_batch_rows // num_samples)
@@ -393,7 +398,14 @@ def restored_probs(
     first_restored = torch.where(
         restored_any.any(dim=1), restored_any.int().argmax(dim=1), seq_len - 1
     )
-    starts = first_restored if prefix is not None else torch.zeros_like(first_restored)
+    if prefix is not None:
+        # Before the subject the clean states are the corrupted run's (its noise starts at the
+        # subject; attention is causal), so restoring only there changes nothing: such a
+        # configuration is the corrupted run, computed from the cache on the last token alone.
+        before_subject = restored_any.any(dim=1) & ~restored_any[:, token_range[0] :].any(dim=1)
+        starts = torch.where(before_subject, seq_len - 1, first_restored)
+    else:
+        starts = torch.zeros_like(first_restored)
 
     def run(configs: torch.Tensor, start: int) -> torch.Tensor:
         chunk = restore[configs].to(mt.device)

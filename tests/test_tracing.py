@@ -299,6 +299,29 @@ def test_prefix_reuse_restores_any_mask_in_its_order(llama_tokenizer):
     assert_equal_in_exact_arithmetic(reused, plain, precision_of(mt))
     assert len(set(plain.tolist())) == 5  # every configuration differs
 
+    # Restoring only tokens before the subject puts back what the corrupted run has there: with
+    # prefix reuse it is the corrupted run itself (exactly), without it equal up to rounding.
+    assert token_range[0] >= 2, "the prompt must have tokens before its subject"
+    before = torch.zeros(3, mt.num_layers, len(ids), dtype=torch.bool)
+    before[1, :, : token_range[0]] = True  # every layer, every token before the subject
+    before[2, 1, token_range[0] - 1] = True  # one state just before it
+    arguments = (mt, input_ids, 7, token_range, noise, "mlp", before, states)
+    lengths: list[int] = []
+
+    def record_length(module: torch.nn.Module, args: tuple, kwargs: dict) -> None:
+        lengths.append(kwargs["input_ids"].shape[1])
+
+    handle = mt.model.register_forward_pre_hook(record_length, with_kwargs=True)
+    try:
+        reused = tracing.restored_probs(*arguments)
+    finally:
+        handle.remove()
+    # One corrupted run of the whole prompt for the cache; then only the last token is run.
+    assert lengths == [len(ids), 1]
+    plain = tracing.restored_probs(*arguments, reuse_prefix=False)
+    assert reused[1] == reused[0] and reused[2] == reused[0]  # row 0 restores nothing
+    assert_equal_in_exact_arithmetic(reused, plain, precision_of(mt))
+
 
 class GPT2WithoutCache(transformers.GPT2LMHeadModel):
     """A causal LM whose forward takes no key/value cache."""
