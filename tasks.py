@@ -595,6 +595,8 @@ def train_counterfact(
         "(e.g. remedi,ft,rome).",
         stats_dataset="Corpus of ROME's key statistics (default: the method's hparams).",
         max_cases="Evaluate only the first N test cases (default: all).",
+        prompt="CounterFact prompt the cases ask: rewrite (ROME's efficacy prompt) or "
+        "paraphrase (default: the one the editors trained on).",
         benchmarks="Comma-separated benchmarks (default: all; e.g. "
         "efficacy,paraphrase,neighborhood).",
     )
@@ -612,6 +614,7 @@ def eval_gen_counterfact(
     stats_dataset: str | None = None,
     max_cases: int | None = None,
     benchmarks: str = "",
+    prompt: str | None = None,
 ) -> None:
     """Evaluate the CounterFact editor and the prefix/replace/unedited baselines."""
     editors_dir, args = _editors_and_layer(model, "counterfact", editors, layer, random, device)
@@ -619,6 +622,7 @@ def eval_gen_counterfact(
     args += _flags(device, rerun=rerun, random=random)
     args += ["--max-cases", str(max_cases)] if max_cases is not None else []
     args += ["-b", *_comma_list(benchmarks)] if benchmarks.strip() else []
+    args += ["--counterfact-prompt", prompt] if prompt else []
     args += [*(["--methods", methods] if methods else [])]
     args += ["--stats-dataset", stats_dataset] if stats_dataset else []
     name = name or _run_name("eval_gen_counterfact", model, random)
