@@ -849,6 +849,8 @@ sweep_cls_biosbias = _entity_sweep_task(
         "model": HELP["model"],
         "window_sizes": "Windows of restored layers, space-separated (default '10 5 3 1').",
         "n": "Trace the first N cases (default 2000).",
+        "kinds": "What is restored, space-separated: residual, mlp, attn (default all three).",
+        "name": "Experiment name (default trace_counterfact_<model>).",
         "device": HELP["device"],
         "rerun": "Retrace cases already traced with the same settings.",
     }
@@ -858,11 +860,15 @@ def trace_counterfact(
     model: str = DEFAULT_MODEL,
     window_sizes: str = "10 5 3 1",
     n: int = 2000,
+    kinds: str = "",
+    name: str | None = None,
     device: str | None = None,
     rerun: bool = False,
 ) -> None:
     """Causal tracing of CounterFact facts: per-case JSON and average heatmaps."""
     args = ["-m", model, "-n", str(n), "--window-sizes", *window_sizes.split()]
+    args += ["--kinds", *kinds.split()] if kinds.strip() else []
+    args += ["--name", name] if name else []
     args += [*_dataset_args(model, "counterfact"), *_flags(device, rerun=rerun)]
     _python(c, "scripts.trace_counterfact", args)
 
