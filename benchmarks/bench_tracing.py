@@ -21,6 +21,7 @@ import torch
 
 from benchmarks.common import (
     benchmark_parser,
+    easyedit_counterfact_file,
     peak_memory_bytes,
     random_gptj,
     report,
@@ -37,6 +38,10 @@ def _prompts(model: str, count: int) -> list[tuple[int, str, str, str]]:
         records = data.load_counterfact_records(ensure_toy_world(model).counterfact_file)
         cases = evaluation.counterfact_cases(records, prompt_source="rewrite")[:count]
         return [(c.case_id, c.rewrite_prompt, c.entity, c.target_true) for c in cases]
+    if not model.startswith("gptj"):
+        records = data.load_counterfact_easyedit_records(easyedit_counterfact_file())
+        cases = evaluation.counterfact_cases(records, prompt_source="rewrite")[:count]
+        return [(c.case_id, c.rewrite_prompt, c.entity, c.target_true) for c in cases]
     samples = synthetic_samples(count)
     return [
         (index, s["prompt"], s["entity"], s["target_unmediated"]) for index, s in enumerate(samples)
@@ -46,10 +51,12 @@ def _prompts(model: str, count: int) -> list[tuple[int, str, str, str]]:
 def main(argv: Sequence[str] | None = None) -> int:
     parser = benchmark_parser(
         "causal tracing speed",
-        "toy, toy-small, gptj-random or gptj-tiny-random",
+        "toy, toy-small, gptj-random, gptj-tiny-random, or a real model (smollm2-135m: "
+        "EasyEdit's CounterFact rewrite prompts)",
     )
     parser.add_argument("--cases", type=int, default=8, help="cases to trace")
     parser.add_argument("--windows", type=int, nargs="+", default=list(tracing.DEFAULT_WINDOWS))
+    parser.add_argument("--kinds", nargs="+", choices=tracing.KINDS, default=list(tracing.KINDS))
     parser.add_argument("--max-batch-rows", type=int, default=tracing.DEFAULT_MAX_BATCH_ROWS)
     parser.add_argument(
         "--no-prefix-reuse",
@@ -69,6 +76,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     settings = tracing.TraceSettings(
         noise_scale=tracing.noise_scale_for(mt, [subject for _, _, subject, _ in prompts]),
         windows=args.windows,
+        kinds=args.kinds,
     )
     tracing.trace_prompt(mt, *prompts[0][1:], settings, require_correct=False)  # warm up
     synchronize(device)

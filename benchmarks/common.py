@@ -41,6 +41,22 @@ def synthetic_samples(count: int) -> list[dict]:
     return samples
 
 
+def easyedit_counterfact_file() -> Path:
+    """EasyEdit's CounterFact train file in the shared data: what a real model (SmolLM2)
+    trains and traces on offline.
+
+    Raises:
+        SystemExit: The file is not there (the message names the folder's variable).
+    """
+    path = env.shared_data_dir() / "counterfact_easyedit" / "counterfact-train.json"
+    if not path.is_file():
+        raise SystemExit(
+            f"a real model's benchmark reads EasyEdit's CounterFact at {path}, which is not "
+            "there: set REMEDI_SHARED_DATA to the folder that holds counterfact_easyedit/"
+        )
+    return path
+
+
 def gpt2_tokenizer() -> transformers.PreTrainedTokenizerBase:
     """The real GPT-2/GPT-J tokenizer from shared data, else one trained locally."""
     folder = env.shared_data_dir() / "gpt2_tokenizer"
