@@ -61,6 +61,50 @@ def test_entity_spans_follow_bio_and_the_seed_text_attaches_punctuation():
     assert abilities.ner_text(sentence) == "John Smith visited New York, Reuters said."
 
 
+class ScriptedScorer:
+    """A stand-in for :class:`abilities.Scorer` whose greedy continuations are written by hand:
+    ``outputs[prompt]`` is what "the model" generates after ``prompt``."""
+
+    def __init__(self, outputs: dict[str, str]):
+        self.outputs = outputs
+        self.asked: list[tuple[str, int]] = []
+
+    def generate(self, prompts, max_new_tokens):
+        self.asked.extend((prompt, max_new_tokens) for prompt in prompts)
+        return [self.outputs[prompt] for prompt in prompts]
+
+
+NER_SENTENCES = [
+    tasks.NerSentence(
+        ("John", "Smith", "visited", "Paris", "."), ("B-PER", "I-PER", "O", "B-LOC", "O")
+    ),
+    tasks.NerSentence(("Reuters", "said", "."), ("B-ORG", "O", "O")),
+]
+
+
+def test_seed_ner_counts_a_prediction_without_gold_entities_as_a_miss_for_misc_only():
+    john, reuters = NER_SENTENCES
+    outputs = {
+        (john, "PER"): " John Smith",  # gold John Smith: 1 of 1
+        (john, "LOC"): " London",  # gold Paris: 0 of 1
+        (john, "ORG"): " Reuters",  # no gold ORG, non-empty: not counted
+        (john, "MISC"): " Paris",  # no gold MISC, non-empty: a miss (MISC only)
+        (reuters, "PER"): "",  # no gold PER, empty: a hit
+        (reuters, "LOC"): " Reuters",  # no gold LOC, non-empty: not counted
+        (reuters, "ORG"): " Reuters said",  # gold Reuters, inside the prediction: 1 of 1
+        (reuters, "MISC"): "",  # no gold MISC, empty: a hit
+    }
+    scorer = ScriptedScorer(
+        {abilities.ner_prompt(s, t): output for (s, t), output in outputs.items()}
+    )
+    score = abilities.evaluate_task(scorer, "ner", NER_SENTENCES, "seed")
+    # PER 2 of 2, LOC 0 of 1, ORG 1 of 1, MISC 1 of 2 (counting every type's miss: ORG 1 of 2,
+    # LOC 0 of 2, mean 0.5).
+    assert score.details == {"PER": 1.0, "LOC": 0.0, "ORG": 1.0, "MISC": 0.5}
+    assert (score.metric, score.score, score.count) == ("entity_recall_mean", 0.625, 2)
+    assert {tokens for _, tokens in scorer.asked} == {10}
+
+
 def test_open_qa_match_is_any_normalised_span():
     assert abilities.normalize_answer("The  Eiffel Tower!") == "eiffel tower"
     assert abilities.span_matches("it is the Eiffel Tower, in Paris", ["eiffel tower"])
