@@ -105,6 +105,65 @@ def test_seed_ner_counts_a_prediction_without_gold_entities_as_a_miss_for_misc_o
     assert {tokens for _, tokens in scorer.asked} == {10}
 
 
+def scripted(prompt_of, items, outputs) -> ScriptedScorer:
+    """A scorer that continues each item's prompt with its output (the prompts all differ)."""
+    scorer = ScriptedScorer(
+        {prompt_of(item): output for item, output in zip(items, outputs, strict=True)}
+    )
+    assert len(scorer.outputs) == len(items)
+    return scorer
+
+
+def test_seed_boolq_parses_the_text_after_the_first_answer_marker():
+    def item(passage: str, answer: bool) -> tasks.ClosedQaItem:
+        return tasks.ClosedQaItem(f"is it so {len(passage)}", "Title", passage, answer)
+
+    items = [
+        item("It is.", True),
+        item("It is so.", True),
+        item("It is not.", False),
+        item("It is not so.", False),
+        item("The answer: yes, it is.", True),  # the passage's "answer:" is the first marker
+        item("Maybe.", False),
+    ]
+    outputs = [
+        " yes",  # answered, right
+        " No",  # lower-cased: answered, wrong
+        " no",  # answered, right
+        " yes.",  # the whole text must be " yes" or " no" (issue 21 names BoolQ's matching)
+        " yes",  # the text after the first marker is the passage's: not an answer
+        " maybe",  # not an answer
+    ]
+    scorer = scripted(abilities.closed_qa_prompt, items, outputs)
+    score = abilities.evaluate_task(scorer, "closed_qa", items, "seed")
+    # 2 right of 3 answered, of 6 items.
+    assert (score.metric, score.count) == ("accuracy_answered", 6)
+    assert score.score == pytest.approx(2 / 3, rel=1e-15)
+    assert score.details == pytest.approx({"accuracy_all_items": 2 / 6, "answered": 3 / 6})
+    assert {tokens for _, tokens in scorer.asked} == {1}
+
+
+def test_seed_mutual_counts_a_letter_anywhere_in_the_continuation():
+    options = ("m: one.", "m: two.", "m: three.", "m: four.")
+    answers = ["B", "A", "B", "C", "D"]
+    items = [
+        tasks.DialogueItem(f"dev_{n}", f"f: question {n}?", options, answer)
+        for n, answer in enumerate(answers, start=1)
+    ]
+    outputs = [
+        " (B)",  # right
+        " C",  # answered, wrong
+        " Because",  # its capital B counts: right
+        " none",  # no letter A-D: unanswered
+        " C or D",  # the answer's letter is in it: right
+    ]
+    scorer = scripted(abilities.dialogue_prompt, items, outputs)
+    score = abilities.evaluate_task(scorer, "dialogue", items, "seed")
+    assert (score.metric, score.score, score.count) == ("accuracy", 3 / 5, 5)
+    assert score.details == {"unanswered": 1 / 5}
+    assert {tokens for _, tokens in scorer.asked} == {1}
+
+
 def test_open_qa_match_is_any_normalised_span():
     assert abilities.normalize_answer("The  Eiffel Tower!") == "eiffel tower"
     assert abilities.span_matches("it is the Eiffel Tower, in Paris", ["eiffel tower"])
