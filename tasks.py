@@ -920,7 +920,8 @@ def edit_analysis(c: Context, model: str = DEFAULT_MODEL, methods: str | None = 
     help={
         "method": "rome, ft, ft5, memit or remedi.",
         "mode": "instance-sequential, batch-single or batch-sequential.",
-        "edits": "Comma-separated checkpoints (numbers of edits).",
+        "edits": "Comma-separated checkpoints (numbers of edits; default 1,10,50,100, under "
+        "batch-sequential rounded up to multiples of the batch size).",
         "rect": "RECT share of each update kept (e.g. 0.2); default: no RECT.",
         "tasks": "Comma-separated tasks, or all.",
         "editors": "REMEDI training run under results/ (default editors_counterfact_<model>).",
@@ -931,7 +932,7 @@ def harm_run(
     model: str = "toy",
     method: str = "rome",
     mode: str = "instance-sequential",
-    edits: str = "1,10,50,100",
+    edits: str | None = None,
     batch_size: int = 10,
     rect: str | None = None,
     tasks: str = "all",
@@ -942,7 +943,9 @@ def harm_run(
     """Edit N facts under a mode and score the edits and the general tasks after each N."""
     from remedi.env import results_dir
 
-    args = ["--model", model, "--method", method, "--mode", mode, "--edits", edits]
+    args = ["--model", model, "--method", method, "--mode", mode]
+    if edits is not None:
+        args += ["--edits", edits]
     args += ["--batch-size", str(batch_size), "--tasks", tasks]
     editors_dir = results_dir() / (editors or f"editors_counterfact_{_model_slug(model)}")
     if editors_dir.is_dir():

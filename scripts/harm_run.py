@@ -43,7 +43,10 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--method", required=True, choices=harm.harm_methods())
     parser.add_argument("--mode", required=True, help=f"one of {', '.join(harm.MODES)}")
     parser.add_argument(
-        "--edits", default="1,10,50,100", help="comma-separated checkpoints (numbers of edits)"
+        "--edits",
+        help="comma-separated checkpoints (numbers of edits; default "
+        f"{','.join(map(str, harm.DEFAULT_CHECKPOINTS))}, under batch-sequential rounded up to "
+        "multiples of --batch-size)",
     )
     parser.add_argument("--batch-size", type=int, default=10, help="edits per batch")
     parser.add_argument(
@@ -122,7 +125,11 @@ def main(argv: Sequence[str] | None = None) -> int:
             f"method {args.method!r} edits one fact at a time and cannot batch; use "
             f"--mode instance-sequential or batch-sequential, or {' or '.join(batching)}"
         )
-    checkpoints = _checkpoints(args.edits)
+    if args.edits is None:
+        checkpoints = harm.default_checkpoints(args.mode, args.batch_size)
+    else:
+        checkpoints = _checkpoints(args.edits)
+    harm.check_checkpoints(args.mode, checkpoints, args.batch_size)
     toy_world = build.toy_world_of_model(args.model)
     if toy_world is not None:
         # Loading the model would build the world too; its facts and tasks are needed first.

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import shutil
 from pathlib import Path
@@ -600,6 +601,43 @@ def test_a_weight_edit_runs_per_case_and_restores_every_weight_exactly(mt, cases
         assert_equal_in_exact_arithmetic(score, expected[0], precision_of(mt))  # other batching
     plain = evaluation.target_log_probs(mt, evaluation.Method(), queries, batch_size=3)
     assert np.all(np.abs(edited - plain) > 1e-4)
+
+
+class ShiftByTarget(base.WeightEditor):
+    """A weight edit for tests: shift the first layer's input norm bias by the length of the
+    request's new target (so another target is another edit)."""
+
+    name = "shift-by-target"
+
+    def __init__(self):
+        self.calls: list[str] = []
+
+    def compute(self, mt, requests):
+        (request,) = requests
+        self.calls.append(request.target_new)
+        bias = dict(mt.model.named_parameters())["transformer.h.0.ln_1.bias"]
+        return base.NewWeights({"transformer.h.0.ln_1.bias": bias + len(request.target_new)})
+
+
+def test_cases_with_one_id_and_other_targets_get_their_own_edits(mt, cases):
+    """The cache and the grouping of queries are keyed by the whole edit request: the same case id
+    with another target is another edit, never the first one reapplied."""
+    first = cases[0]
+    other = dataclasses.replace(first, target_new=first.target_new + " Island")
+    method = evaluation.WeightEditMethod(ShiftByTarget())
+    bias = "transformer.h.0.ln_1.bias"
+    unedited = dict(mt.model.named_parameters())[bias].detach()
+    for case in (first, other, first):
+        new_bias = method.new_weights(mt, case)[bias]
+        torch.testing.assert_close(new_bias, unedited + len(case.target_new), rtol=0, atol=0)
+    assert method.editor.calls == [first.target_new, other.target_new]  # the first one cached
+    queries = [(first, first.prompt, "Lisbon"), (other, other.prompt, "Lisbon")]
+    scores = evaluation.target_log_probs(mt, method, queries, batch_size=2)
+    for (case, prompt, target), score in zip(queries, scores, strict=True):
+        with method.applied(mt, case):
+            alone = evaluation.target_log_probs(mt, evaluation.Method(), [(case, prompt, target)])
+        assert_equal_in_exact_arithmetic(score, alone[0], precision_of(mt))
+    assert abs(scores[0] - scores[1]) > 1e-4
 
 
 def test_a_weight_edit_is_restored_on_error_and_never_an_alias(mt, cases):

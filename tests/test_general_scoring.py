@@ -61,6 +61,109 @@ def test_entity_spans_follow_bio_and_the_seed_text_attaches_punctuation():
     assert abilities.ner_text(sentence) == "John Smith visited New York, Reuters said."
 
 
+class ScriptedScorer:
+    """A stand-in for :class:`abilities.Scorer` whose greedy continuations are written by hand:
+    ``outputs[prompt]`` is what "the model" generates after ``prompt``."""
+
+    def __init__(self, outputs: dict[str, str]):
+        self.outputs = outputs
+        self.asked: list[tuple[str, int]] = []
+
+    def generate(self, prompts, max_new_tokens):
+        self.asked.extend((prompt, max_new_tokens) for prompt in prompts)
+        return [self.outputs[prompt] for prompt in prompts]
+
+
+NER_SENTENCES = [
+    tasks.NerSentence(
+        ("John", "Smith", "visited", "Paris", "."), ("B-PER", "I-PER", "O", "B-LOC", "O")
+    ),
+    tasks.NerSentence(("Reuters", "said", "."), ("B-ORG", "O", "O")),
+]
+
+
+def test_seed_ner_counts_a_prediction_without_gold_entities_as_a_miss_for_misc_only():
+    john, reuters = NER_SENTENCES
+    outputs = {
+        (john, "PER"): " John Smith",  # gold John Smith: 1 of 1
+        (john, "LOC"): " London",  # gold Paris: 0 of 1
+        (john, "ORG"): " Reuters",  # no gold ORG, non-empty: not counted
+        (john, "MISC"): " Paris",  # no gold MISC, non-empty: a miss (MISC only)
+        (reuters, "PER"): "",  # no gold PER, empty: a hit
+        (reuters, "LOC"): " Reuters",  # no gold LOC, non-empty: not counted
+        (reuters, "ORG"): " Reuters said",  # gold Reuters, inside the prediction: 1 of 1
+        (reuters, "MISC"): "",  # no gold MISC, empty: a hit
+    }
+    scorer = ScriptedScorer(
+        {abilities.ner_prompt(s, t): output for (s, t), output in outputs.items()}
+    )
+    score = abilities.evaluate_task(scorer, "ner", NER_SENTENCES, "seed")
+    # PER 2 of 2, LOC 0 of 1, ORG 1 of 1, MISC 1 of 2 (counting every type's miss: ORG 1 of 2,
+    # LOC 0 of 2, mean 0.5).
+    assert score.details == {"PER": 1.0, "LOC": 0.0, "ORG": 1.0, "MISC": 0.5}
+    assert (score.metric, score.score, score.count) == ("entity_recall_mean", 0.625, 2)
+    assert {tokens for _, tokens in scorer.asked} == {10}
+
+
+def scripted(prompt_of, items, outputs) -> ScriptedScorer:
+    """A scorer that continues each item's prompt with its output (the prompts all differ)."""
+    scorer = ScriptedScorer(
+        {prompt_of(item): output for item, output in zip(items, outputs, strict=True)}
+    )
+    assert len(scorer.outputs) == len(items)
+    return scorer
+
+
+def test_seed_boolq_parses_the_text_after_the_first_answer_marker():
+    def item(passage: str, answer: bool) -> tasks.ClosedQaItem:
+        return tasks.ClosedQaItem(f"is it so {len(passage)}", "Title", passage, answer)
+
+    items = [
+        item("It is.", True),
+        item("It is so.", True),
+        item("It is not.", False),
+        item("It is not so.", False),
+        item("The answer: yes, it is.", True),  # the passage's "answer:" is the first marker
+        item("Maybe.", False),
+    ]
+    outputs = [
+        " yes",  # answered, right
+        " No",  # lower-cased: answered, wrong
+        " no",  # answered, right
+        " yes.",  # the whole text must be " yes" or " no" (issue 21 names BoolQ's matching)
+        " yes",  # the text after the first marker is the passage's: not an answer
+        " maybe",  # not an answer
+    ]
+    scorer = scripted(abilities.closed_qa_prompt, items, outputs)
+    score = abilities.evaluate_task(scorer, "closed_qa", items, "seed")
+    # 2 right of 3 answered, of 6 items.
+    assert (score.metric, score.count) == ("accuracy_answered", 6)
+    assert score.score == pytest.approx(2 / 3, rel=1e-15)
+    assert score.details == pytest.approx({"accuracy_all_items": 2 / 6, "answered": 3 / 6})
+    assert {tokens for _, tokens in scorer.asked} == {1}
+
+
+def test_seed_mutual_counts_a_letter_anywhere_in_the_continuation():
+    options = ("m: one.", "m: two.", "m: three.", "m: four.")
+    answers = ["B", "A", "B", "C", "D"]
+    items = [
+        tasks.DialogueItem(f"dev_{n}", f"f: question {n}?", options, answer)
+        for n, answer in enumerate(answers, start=1)
+    ]
+    outputs = [
+        " (B)",  # right
+        " C",  # answered, wrong
+        " Because",  # its capital B counts: right
+        " none",  # no letter A-D: unanswered
+        " C or D",  # the answer's letter is in it: right
+    ]
+    scorer = scripted(abilities.dialogue_prompt, items, outputs)
+    score = abilities.evaluate_task(scorer, "dialogue", items, "seed")
+    assert (score.metric, score.score, score.count) == ("accuracy", 3 / 5, 5)
+    assert score.details == {"unanswered": 1 / 5}
+    assert {tokens for _, tokens in scorer.asked} == {1}
+
+
 def test_open_qa_match_is_any_normalised_span():
     assert abilities.normalize_answer("The  Eiffel Tower!") == "eiffel tower"
     assert abilities.span_matches("it is the Eiffel Tower, in Paris", ["eiffel tower"])

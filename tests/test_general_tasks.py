@@ -47,6 +47,21 @@ def test_each_real_task_file_loads(task):
 
 
 @pytest.mark.shared_data
+def test_rte_sentences_are_read_verbatim_with_their_quotes():
+    """Quotes inside RTE's tab-separated sentences are text (``csv.QUOTE_NONE``): csv's default
+    quoting would rewrite the 69 rows with a sentence that opens with a quote (issue 21)."""
+    file = harms_dir() / "task-data" / "test-NLI.tsv"
+    rows = [line.split("\t") for line in file.read_text(encoding="utf-8").split("\n")[1:] if line]
+    items = general_tasks.load_nli(file)
+    assert len(items) == len(rows) == 2489
+    assert [(item.premise, item.hypothesis) for item in items] == [tuple(row[1:3]) for row in rows]
+    opening = [item for item in items if '"' in item.premise[:1] + item.hypothesis[:1]]
+    assert len(opening) == 69
+    assert items[50].premise.startswith('"Instead of action on crime, we got the federal long')
+    assert '." said Harper.' in items[50].premise
+
+
+@pytest.mark.shared_data
 def test_zsre_files_load_with_portability_probes():
     evaluation = zsre.load_zsre(
         harms_dir() / "edited-data" / "zsre_mend_eval_portability_gpt4.json"

@@ -143,12 +143,47 @@ def test_batch_single_starts_each_checkpoint_from_the_unedited_model(mt, tmp_pat
     method = base.FunctionEditor("batch-rome", editor, batches=True)
     harm.run_harm(mt, method, edits(), TASK_ITEMS, settings("batch-single"), tmp_path)
     assert editor.calls == 1 + 3  # all N edits again at each checkpoint
-    sequential = CountingRome()
-    method = base.FunctionEditor("batch-rome", sequential, batches=True)
-    harm.run_harm(
-        mt, method, edits(), TASK_ITEMS, settings("batch-sequential", batch_size=2), tmp_path / "b"
-    )
-    assert sequential.calls == 3
+
+
+class RecordingEditor:
+    """A batching weight edit that records each batch's (subject, target) pairs and nudges the
+    first layer's input norm bias."""
+
+    def __init__(self) -> None:
+        self.batches: list[list[tuple[str, str]]] = []
+
+    def __call__(self, mt: models.ModelAndTokenizer, requests) -> dict[str, torch.Tensor]:
+        self.batches.append([(request.subject, request.target_new) for request in requests])
+        bias = mt.model.get_parameter("transformer.h.0.ln_1.bias")
+        return {"transformer.h.0.ln_1.bias": bias + 0.01}
+
+
+def test_batch_sequential_edits_fixed_batches_and_checkpoints_at_their_multiples(mt, tmp_path):
+    six = [
+        harm.HarmEdit(common.EditRequest(f"{subject} lives in", subject, target), (), ())
+        for subject in SUBJECTS
+        for target in TARGETS[:2]
+    ]
+    pairs = [(edit.request.subject, edit.request.target_new) for edit in six]
+    recording = RecordingEditor()
+    method = base.FunctionEditor("batch-edit", recording, batches=True)
+    run = harm.HarmSettings("memit", "batch-sequential", [2, 4], batch_size=2, protocols=())
+    results = harm.run_harm(mt, method, six, {}, run, tmp_path)
+    assert [r.num_edits for r in results] == [0, 2, 4]
+    assert recording.batches == [pairs[0:2], pairs[2:4]]
+    # Resumed from checkpoint 4, the next batch is still edits [4, 6).
+    run = harm.HarmSettings("memit", "batch-sequential", [2, 4, 6], batch_size=2, protocols=())
+    harm.run_harm(mt, method, six, {}, run, tmp_path)
+    assert recording.batches == [pairs[0:2], pairs[2:4], pairs[4:6]]
+    # A checkpoint inside a batch is refused, naming multiples to ask for; nothing is edited.
+    run = harm.HarmSettings("memit", "batch-sequential", [1, 5], batch_size=2, protocols=())
+    with pytest.raises(errors.UsageError, match=r"checkpoints \[1, 5\] would cut a batch") as error:
+        harm.run_harm(mt, method, six, {}, run, tmp_path / "cut")
+    assert "--edits 2,6" in str(error.value) and "\n" not in str(error.value)
+    assert len(recording.batches) == 3
+    assert harm.default_checkpoints("batch-sequential", 10) == [10, 50, 100]
+    assert harm.default_checkpoints("batch-sequential", 16) == [16, 64, 112]
+    assert harm.default_checkpoints("instance-sequential", 16) == [1, 10, 50, 100]
 
 
 def test_unknown_mode_and_a_method_that_cannot_batch_are_one_line_errors(mt, tmp_path):
@@ -288,6 +323,9 @@ def test_the_script_rejects_bad_modes_in_one_line_before_loading_anything():
     with pytest.raises(errors.UsageError, match="'ft' edits one fact at a time") as error:
         harm_run.main(["--model", "toy", "--method", "ft", "--mode", "batch-single"])
     assert "\n" not in str(error.value)
+    argv = ["--model", "toy", "--method", "memit", "--mode", "batch-sequential", "--edits", "1,10"]
+    with pytest.raises(errors.UsageError, match=r"checkpoints \[1\] would cut a batch"):
+        harm_run.main(argv)
 
 
 def test_the_lm_eval_bridge_says_clearly_when_it_cannot_run(mt):

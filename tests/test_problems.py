@@ -221,27 +221,47 @@ def test_every_problem_edits_and_restores_the_weights(mt):
     hooks = hook_count(mt.model)
     # No early stop: the tiny random model gives the true target little probability to erase.
     hparams = ft.FtHparams(
-        layers=[1], num_steps=15, lr=1e-2, norm_constraint=None, early_stop_loss=0.0
+        layers=[0], num_steps=15, lr=1e-2, norm_constraint=None, early_stop_loss=0.0
     )
     outcomes = {}
     for problem in problems.PROBLEMS:
         method = evaluation.WeightEditMethod(ft.FtEditor("ft", hparams))
         outcomes[problem] = problems.edit_case(
-            mt, method, problem, case(), setup, settings, 1, [1], "residual", 1
+            mt, method, problem, case(), setup, settings, 0, [0], "residual", 1
         )
         for name, parameter in mt.model.named_parameters():
             assert torch.equal(parameter, before[name]), (problem, name)
         assert hook_count(mt.model) == hooks
-    assert outcomes["error_injection"].target == "Oslo"
+    # Each problem's target and starting probability, as its definition names them.
+    starts = {
+        "error_injection": ("Oslo", setup.p_new),
+        "tracing_reversal": (setup.target_noised, setup.p_noised_target),
+        "fact_erasure": (setup.target_true_first, setup.p_true),
+        "fact_amplification": ("Lisbon", setup.p_true),
+        "fact_forcing": ("Lisbon", setup.p_true_noised),
+    }
+    assert {name: (o.target, o.pre) for name, o in outcomes.items()} == starts
     assert outcomes["error_injection"].post > outcomes["error_injection"].pre
     assert outcomes["fact_amplification"].post > setup.p_true
     assert outcomes["fact_erasure"].post < setup.p_true
-    assert outcomes["fact_erasure"].success > 0
-    assert outcomes["fact_forcing"].pre == pytest.approx(setup.p_true_noised)
     assert outcomes["fact_forcing"].post > outcomes["fact_forcing"].pre
+    for name, outcome in outcomes.items():
+        pre, post = outcome.pre, outcome.post
+        expected = (pre - post) / pre if name == "fact_erasure" else (post - pre) / (1 - pre)
+        assert outcome.success == pytest.approx(max(0.0, expected), rel=1e-12), name
+    # The tracing numbers at the edited layer 0, from the raw restored probabilities (which
+    # differ between the subject's first and last token, and from layer 1's): the subject's last
+    # token minus the corrupted run; the largest fraction restored from the subject's first
+    # token on.
+    restored = np.array(setup.trace.scores["residual/1"])
+    corrupted, clean = setup.trace.corrupted_prob, setup.trace.clean_prob
+    start, end = setup.trace.subject_range
+    assert restored[start, 0] != pytest.approx(restored[end - 1, 0], rel=1e-3)
+    assert restored[start:, 0].max() != pytest.approx(restored[start:, 1].max(), rel=1e-3)
+    fraction = max(0.0, *((restored[start:, 0] - corrupted) / abs(corrupted - clean)))
     for outcome in outcomes.values():
-        assert outcome.last_subject_effect == pytest.approx(setup.trace.effect_at("residual", 1, 1))
-        assert outcome.tracing_effect == problems.tracing_effect(setup.trace, "residual", 1, 1)
+        assert outcome.last_subject_effect == pytest.approx(restored[end - 1, 0] - corrupted)
+        assert outcome.tracing_effect == pytest.approx(fraction, rel=1e-12)
 
 
 def test_problems_refuse_bad_input(mt, tmp_path):

@@ -8,6 +8,7 @@ from typing import Any
 
 import pytest
 import torch
+from torch.overrides import TorchFunctionMode
 
 from remedi import models
 from remedi.methods import stats
@@ -87,10 +88,34 @@ def test_float32_products_per_batch_are_within_float32_error_of_float64(mt3_64):
         assert not torch.equal(rounded[layer].moment, exact[layer].moment)
 
 
-def test_the_float32_model_computes_its_products_in_float32(mt3):
-    computed = stats.second_moment(mt3, 1, TEXTS, 20)
+class SummedProducts(TorchFunctionMode):
+    """Records the dtype and shape of every tensor added in place to a float64 tensor: the
+    batches' key products, as they reach the running sums."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.added: list[tuple[torch.dtype, tuple[int, ...]]] = []
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        if func is torch.Tensor.add_ and args[0].dtype == torch.float64:
+            self.added.append((args[1].dtype, tuple(args[1].shape)))
+        return func(*args, **(kwargs or {}))
+
+
+def test_the_float32_model_computes_its_products_in_float32(mt3, mt3_64):
+    width = models.determine_mlp_output(mt3.model, 1).in_features
+    with SummedProducts() as recorded:
+        computed = stats.second_moment(mt3, 1, TEXTS, 20)
+    assert recorded.added and set(recorded.added) == {(torch.float32, (width, width))}
     assert computed.metadata["batch_products_in"] == "float32"
     assert computed.metadata["dtype"] == "float32"
+    # A float64 model's products are float64, unless float32 is asked for.
+    with SummedProducts() as recorded:
+        stats.second_moment(mt3_64, 1, TEXTS, 20)
+    assert {dtype for dtype, _ in recorded.added} == {torch.float64}
+    with SummedProducts() as recorded:
+        stats.second_moment(mt3_64, 1, TEXTS, 20, product_dtype=torch.float32)
+    assert {dtype for dtype, _ in recorded.added} == {torch.float32}
 
 
 def test_a_resumed_run_equals_a_fresh_one_with_layers_at_different_points(

@@ -11,7 +11,7 @@ import pytest
 import torch
 import transformers
 
-from remedi import errors, hooks, models, tracing
+from remedi import errors, hooks, io, models, tracing
 from tests.conftest import tiny_gpt2
 from tests.model_fixtures import tiny_llama, tiny_model
 from tests.numerics import assert_equal_in_exact_arithmetic, precision_of
@@ -190,17 +190,87 @@ def test_token_categories_and_average():
     assert tracing.token_categories([0, 1], 3) == [2, 3, 5]
 
 
+def greedy_target(mt: models.ModelAndTokenizer, prompt: str) -> str:
+    """The model's top next token after ``prompt``, as a target (it starts with a space)."""
+    logits = mt.model(**mt.tokenizer(prompt, return_tensors="pt")).logits[0, -1]
+    token = mt.tokenizer.decode([int(logits.argmax())])
+    assert token.startswith(" "), f"pick another prompt: the top token {token!r} has no space"
+    return token.strip()
+
+
 def test_results_round_trip_and_resume(mt64, tmp_path):
+    prompt = "Mira Talovan works as a"
+    target = greedy_target(mt64, prompt)
     traced = settings(kinds=["mlp"], windows=[1])
-    cases = [(7, PROMPT, SUBJECT, TARGET)]
+    cases = [(7, prompt, SUBJECT, target), (8, PROMPT, SUBJECT, "nowhere")]
     first = tracing.trace_cases(mt64, cases, traced, tmp_path)
-    path = tmp_path / "7.json"
-    stamp = path.stat().st_mtime_ns
+    assert [result.correct for result in first] == [True, False]
+    assert set(first[0].scores) == {"mlp/1"} and first[1].scores == {}
+    for result in first:  # what is on disk reads back as what was computed
+        saved = io.read_json(tmp_path / f"{result.case_id}.json", "trace result")
+        assert tracing.TraceResult.from_dict(saved) == result
+    stamps = [(tmp_path / f"{case_id}.json").stat().st_mtime_ns for case_id in (7, 8)]
     again = tracing.trace_cases(mt64, cases, traced, tmp_path)
-    assert path.stat().st_mtime_ns == stamp  # not recomputed
-    assert again[0] == first[0]
-    other = tracing.trace_cases(mt64, cases, settings(kinds=["mlp"], windows=[3]), tmp_path)
-    assert "mlp/3" in other[0].scores or not other[0].correct
+    assert [(tmp_path / f"{c}.json").stat().st_mtime_ns for c in (7, 8)] == stamps
+    assert again == first
+    # Other settings are traced again (never the saved result reused), and saved in its place.
+    wider = settings(kinds=["mlp"], windows=[3])
+    other = tracing.trace_cases(mt64, cases, wider, tmp_path)
+    assert other[0].settings == wider and set(other[0].scores) == {"mlp/3"}
+    alone = tracing.trace_prompt(mt64, prompt, SUBJECT, target, wider, case_id=7)
+    assert other[0].scores == alone.scores
+    saved = io.read_json(tmp_path / "7.json", "trace result")
+    assert tracing.TraceResult.from_dict(saved) == other[0]
+
+
+def hand_trace(
+    case_id: int, subject_range: list[int], corrupted: float, scores: list[list[float]]
+) -> tracing.TraceResult:
+    """A traced case made by hand: ``scores`` restored probabilities, tokens by layers."""
+    return tracing.TraceResult(
+        case_id=case_id,
+        prompt="",
+        subject="",
+        target="",
+        tokens=[f"t{index}" for index in range(len(scores))],
+        subject_range=subject_range,
+        target_id=0,
+        predicted_id=0,
+        clean_prob=0.9 - 0.2 * (case_id - 1),
+        corrupted_prob=corrupted,
+        correct=case_id != 3,
+        settings=settings(kinds=["mlp"], windows=[1]),
+        scores={"mlp/1": scores},
+    )
+
+
+def test_average_trace_averages_each_case_within_a_category_then_the_cases():
+    # Case 1: subject [1, 3): further, first, last subject, first subsequent, last token.
+    one = hand_trace(1, [1, 3], 0.1, [[0.2, 0.3], [0.5, 0.1], [0.9, 0.7], [0.3, 0.3], [0.6, 0.4]])
+    # Case 2: subject [0, 3): first, middle, last subject, first subsequent, further x2, last.
+    two = hand_trace(
+        2,
+        [0, 3],
+        0.2,
+        [[0.4, 0.2], [0.6, 0.8], [1.0, 0.6], [0.2, 0.6], [0.5, 0.3], [0.9, 0.7], [0.7, 0.9]],
+    )
+    wrong = hand_trace(3, [0, 1], 0.0, [[1.0, 1.0], [1.0, 1.0]])  # not correct: left out
+    average = tracing.average_trace([one, wrong, two], "mlp", 1)
+    # Effects (restored - corrupted) per case, then the mean of the cases that have the row:
+    # first (0.4, 0) & (0.2, 0); middle only case 2 (0.4, 0.6); last subject (0.8, 0.6) &
+    # (0.8, 0.4); first subsequent (0.2, 0.2) & (0, 0.4); further (0.1, 0.2) & the mean of
+    # (0.3, 0.1) and (0.7, 0.5), not the three tokens pooled; last token (0.5, 0.3) & (0.5, 0.7).
+    expected = [[0.3, 0.0], [0.4, 0.6], [0.8, 0.5], [0.1, 0.3], [0.3, 0.25], [0.5, 0.5]]
+    np.testing.assert_allclose(np.array(average.effects, dtype=float), expected, atol=1e-12)
+    assert average.categories == list(tracing.TOKEN_CATEGORIES)
+    assert (average.kind, average.window, average.num_cases) == ("mlp", 1, 2)
+    assert average.clean_prob == pytest.approx(0.8) and average.corrupted_prob == pytest.approx(
+        0.15
+    )
+    # A category no case has stays empty; no correct case is an error.
+    assert tracing.average_trace([one], "mlp", 1).effects[1] == [None, None]
+    with pytest.raises(errors.UsageError, match="no correctly answered case"):
+        tracing.average_trace([wrong], "mlp", 1)
 
 
 def test_tracing_a_llama_with_bos_restores_attention_and_mlp(llama_tokenizer):

@@ -380,7 +380,7 @@ def test_ft_reapplies_its_cached_weights_per_case(mt):
     method = evaluation.WeightEditMethod(editor)
     first = method.new_weights(mt, cases[0])
     again = method.new_weights(mt, cases[0])
-    assert list(method.updates) == [cases[0].case_id]
+    assert list(method.updates) == [evaluation.edit_request(cases[0])]
     for name, value in first.items():
         assert torch.equal(again[name], value)
     uncached = evaluation.WeightEditMethod(editor, max_cached_bytes=0)

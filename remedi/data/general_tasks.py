@@ -143,6 +143,7 @@ def _json_lines(file: Path) -> Iterator[tuple[int, Any]]:
 
 def _tsv_rows(file: Path, columns: Sequence[str]) -> Iterator[tuple[int, dict[str, str]]]:
     with _check_file(file).open(encoding="utf-8", newline="") as handle:
+        # A quote is text here (RTE's sentences quote speech), never a field delimiter.
         reader = csv.reader(handle, delimiter="\t", quoting=csv.QUOTE_NONE)
         header = next(reader, None)
         if header is None:

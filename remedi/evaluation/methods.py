@@ -89,6 +89,8 @@ class WeightEditMethod(Method):
     unedited tensor) and restores every parameter bit-identically on exit, also on error. Each
     case's update is kept (up to ``max_cached_bytes`` in all; ROME's and MEMIT's factors are
     small) so that every benchmark after the first reapplies it instead of computing it again.
+    Updates are kept by the whole edit request, not the case id: a case with the same id and
+    another prompt, subject or target gets its own edit.
     """
 
     edits_weights = True
@@ -98,7 +100,7 @@ class WeightEditMethod(Method):
         self.name = editor.name
         self.label = editor.label
         self.max_cached_bytes = max_cached_bytes
-        self.updates: dict[int, WeightUpdate] = {}
+        self.updates: dict[common.EditRequest, WeightUpdate] = {}
         self.cached_bytes = 0
 
     def details(self) -> dict[str, str]:
@@ -106,12 +108,13 @@ class WeightEditMethod(Method):
 
     def new_weights(self, mt: models.ModelAndTokenizer, case: EvalCase) -> dict[str, torch.Tensor]:
         """New values, by parameter name (as in ``model.named_parameters()``), for ``case``."""
-        update = self.updates.get(case.case_id)
+        request = edit_request(case)
+        update = self.updates.get(request)
         if update is None:
-            update = self.editor.compute(mt, [edit_request(case)])
+            update = self.editor.compute(mt, [request])
             size = update.nbytes()
             if self.cached_bytes + size <= self.max_cached_bytes:
-                self.updates[case.case_id] = update
+                self.updates[request] = update
                 self.cached_bytes += size
         return update.new_weights(mt.model)
 

@@ -28,7 +28,8 @@ from remedi.evaluation.cases import (
     TARGET_SCORINGS,
     EvalCase,
 )
-from remedi.evaluation.methods import Method
+from remedi.evaluation.methods import Method, edit_request
+from remedi.methods.common import EditRequest
 
 logger = logging.getLogger(__name__)
 
@@ -49,19 +50,21 @@ def _per_case_groups(
     """Indices of queries that may share a forward pass, with the weight edit they run under.
 
     A method that edits weights gets one group per case (in order of first appearance); any other
-    method gets one group of all queries.
+    method gets one group of all queries. A case is its id and its edit request: two cases with
+    the same id and another target are two groups, each under its own edit.
     """
     if not method.edits_weights:
         yield contextlib.nullcontext(), list(range(len(queries)))
         return
-    groups: dict[int, list[int]] = {}
-    cases: dict[int, EvalCase] = {}
+    groups: dict[tuple[int, EditRequest], list[int]] = {}
+    cases: dict[tuple[int, EditRequest], EvalCase] = {}
     for index, query in enumerate(queries):
         case = query[0]
-        groups.setdefault(case.case_id, []).append(index)
-        cases[case.case_id] = case
-    for case_id, indices in groups.items():
-        yield method.applied(mt, cases[case_id]), indices
+        key = (case.case_id, edit_request(case))
+        groups.setdefault(key, []).append(index)
+        cases.setdefault(key, case)
+    for key, indices in groups.items():
+        yield method.applied(mt, cases[key]), indices
 
 
 def _run_grouped(

@@ -14,8 +14,9 @@ Two scoring protocols, named in every :class:`TaskScore`:
     decoded sequence (the prompt has no ``Answer:`` marker), so a gold answer inside the passage
     counts: the seed's number measures that too;
   * NER: entities are the BIO spans (the seed's span reader runs from ``B-X`` to the next ``O``
-    and drops a span's last word when the sentence ends in it); a type without gold entities
-    and a non-empty prediction counts one miss for every type (the seed does so only for MISC);
+    and drops a span's last word when the sentence ends in it). Where a sentence has no gold
+    entity of the asked type, a non-empty prediction counts one miss for MISC only, as in the
+    seed (issue 21); an empty one counts one hit for every type;
   * summarization uses ``rouge-score`` (ROUGE-1/2/L F, no stemming) where the seed used the
     ``rouge`` package (its ROUGE-L differs slightly); the seed's BLEU is not computed.
 - ``loglik``: lm-evaluation-harness style, on the same prompts: choose among the options by the
@@ -363,6 +364,11 @@ def _after(text: str, marker: str, index: int) -> str:
         return ""
 
 
+SEED_NER_MISS_TYPE = "MISC"
+"""The one entity type whose non-empty prediction on a sentence without gold entities of the
+type counts as a miss in the seed protocol (the seed's, issue 21)."""
+
+
 def _seed(scorer: Scorer, task: str, items: Sequence[Any]) -> TaskScore:
     count = len(items)
     if task == "reasoning":
@@ -436,8 +442,9 @@ def _seed(scorer: Scorer, task: str, items: Sequence[Any]) -> TaskScore:
             predict = _after(ner_prompt(sentence, entity_type) + output, "Entity:", 1)
             gold = entity_spans(sentence.words, sentence.tags)[entity_type]
             if not gold:
-                asked[entity_type] += 1
-                found[entity_type] += len(predict) == 0
+                empty = len(predict) == 0
+                asked[entity_type] += empty or entity_type == SEED_NER_MISS_TYPE
+                found[entity_type] += empty
             else:
                 asked[entity_type] += len(gold)
                 found[entity_type] += sum(entity in predict for entity in gold)

@@ -5,7 +5,9 @@ Edits are applied under one of three modes:
 - ``instance-sequential``: one edit after another on the same model;
 - ``batch-single``: all N edits at once, from the unedited model, for each checkpoint N
   (only for methods that batch);
-- ``batch-sequential``: batches of ``batch_size`` edits one after another.
+- ``batch-sequential``: fixed batches of ``batch_size`` edits one after another (edits
+  ``[0, B)``, ``[B, 2B)``, ...); its checkpoints are multiples of ``B``, so that a checkpoint
+  never cuts a batch (:func:`check_checkpoints`).
 
 After each checkpoint N (0 = unedited) the run scores the edits made so far (efficacy: the new
 target is the greedy continuation of the edit prompt; generalisation: of its rephrasings;
@@ -48,6 +50,7 @@ from remedi.methods.base import DirectionEditor, MethodSetup, WeightEditor, writ
 logger = logging.getLogger(__name__)
 
 MODES = ("instance-sequential", "batch-single", "batch-sequential")
+DEFAULT_CHECKPOINTS = (1, 10, 50, 100)
 HARM_FORMAT_VERSION = 1
 MAX_PROBES = 4
 """Rephrase and locality prompts scored per edit (the first ones)."""
@@ -108,6 +111,37 @@ def check_mode(mode: str, method_name: str, method: EditingMethod) -> None:
             "--mode instance-sequential or batch-sequential, or a method that batches "
             f"({', '.join(batching_methods())})"
         )
+
+
+def check_checkpoints(mode: str, checkpoints: Sequence[int], batch_size: int) -> None:
+    """Raise a one-line :class:`errors.UsageError` for a ``batch-sequential`` run whose batch
+    size is not positive or whose checkpoints are not all multiples of it."""
+    if mode != "batch-sequential":
+        return
+    if batch_size < 1:
+        raise errors.UsageError(
+            f"batch-sequential needs a batch size of 1 or more, got {batch_size}"
+        )
+    cutting = sorted(number for number in set(checkpoints) if number % batch_size)
+    if cutting:
+        raise errors.UsageError(
+            f"batch-sequential edits fixed batches of {batch_size}; checkpoints {cutting} would "
+            f"cut a batch: ask for multiples of {batch_size} (e.g. --edits "
+            f"{','.join(map(str, batch_checkpoints(checkpoints, batch_size)))})"
+        )
+
+
+def batch_checkpoints(checkpoints: Sequence[int], batch_size: int) -> list[int]:
+    """``checkpoints``, each rounded up to a multiple of ``batch_size``, sorted, once each."""
+    return sorted({-(-number // batch_size) * batch_size for number in checkpoints})
+
+
+def default_checkpoints(mode: str, batch_size: int) -> list[int]:
+    """:data:`DEFAULT_CHECKPOINTS`; under ``batch-sequential`` rounded up to multiples of
+    ``batch_size`` (1, 10, 50, 100 become 10, 50, 100 for batches of 10)."""
+    if mode == "batch-sequential" and batch_size >= 1:
+        return batch_checkpoints(DEFAULT_CHECKPOINTS, batch_size)
+    return list(DEFAULT_CHECKPOINTS)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -349,6 +383,7 @@ def run_harm(
     restored to their unedited values before returning, also on error.
     """
     check_mode(settings.mode, settings.method, method)
+    check_checkpoints(settings.mode, settings.checkpoints, settings.batch_size)
     checkpoints = sorted({0, *settings.checkpoints})
     if checkpoints[-1] > len(edits):
         raise errors.UsageError(
@@ -385,19 +420,20 @@ def run_harm(
                 continue
             intervention = None
             if isinstance(method, WeightEditor):
+                requests = [edit.request for edit in edits]
                 if settings.mode == "batch-single":
                     write_weights(mt.model, originals, "the unedited weights", keep_old=False)
-                    todo = [edit.request for edit in edits[:number]]
+                    batches = [requests[:number]] if number else []
+                elif settings.mode == "batch-sequential":
+                    # Fixed batches [kB, (k+1)B): done and number are multiples of B.
+                    step = settings.batch_size
+                    batches = [
+                        requests[start : start + step] for start in range(done, number, step)
+                    ]
                 else:
-                    todo = [edit.request for edit in edits[done:number]]
-                step = settings.batch_size if settings.mode == "batch-sequential" else len(todo)
-                for start in range(0, len(todo), max(step, 1)):
-                    chunk = todo[start : start + step]
-                    if settings.mode == "instance-sequential":
-                        for request in chunk:
-                            _track(mt, method, [request], originals, edited_names, settings)
-                    else:
-                        _track(mt, method, chunk, originals, edited_names, settings)
+                    batches = [[request] for request in requests[done:number]]
+                for batch in batches:
+                    _track(mt, method, batch, originals, edited_names, settings)
                 state = {name: mt.model.get_parameter(name) for name in sorted(edited_names)}
                 save_state(output_dir / STATE_FILE.format(number), state)
             else:
