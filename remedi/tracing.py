@@ -119,11 +119,25 @@ class TraceResult(DataClassJsonMixin):
     target_id: int
     predicted_id: int
     clean_prob: float
-    corrupted_prob: float
+    corrupted_prob: float | None
+    """``p(target)`` with the subject noised; None for a case skipped as not ``correct`` (the
+    filter comes first, so a skipped case costs one clean run)."""
     correct: bool
     """Whether the clean model's top prediction is the target's first token (ROME's filter)."""
     settings: TraceSettings
     scores: dict[str, list[list[float]]] = field(default_factory=dict)
+
+    def corrupted(self) -> float:
+        """:attr:`corrupted_prob` of a traced case.
+
+        Raises:
+            errors.UsageError: The case was skipped (the model did not answer it correctly).
+        """
+        if self.corrupted_prob is None:
+            raise errors.UsageError(
+                f"case {self.case_id} was not traced: the model did not answer it correctly"
+            )
+        return self.corrupted_prob
 
     def indirect_effects(self, kind: str, window: int) -> np.ndarray:
         """``(tokens, layers)`` indirect effects: restored minus corrupted probability."""
@@ -133,7 +147,7 @@ class TraceResult(DataClassJsonMixin):
                 f"case {self.case_id} was not traced for {kind} with window {window} "
                 f"(has: {sorted(self.scores) or 'nothing: the model did not answer correctly'})"
             )
-        return np.asarray(self.scores[key], dtype=np.float64) - self.corrupted_prob
+        return np.asarray(self.scores[key], dtype=np.float64) - self.corrupted()
 
     def effect_at(self, kind: str, window: int, layer: int, token: int | None = None) -> float:
         """The indirect effect at ``layer`` and ``token`` (default: the last subject token)."""
@@ -488,6 +502,22 @@ def trace_prompt(
         settings.seed,
     )
     num_layers, seq_len = mt.num_layers, len(ids)
+    result = TraceResult(
+        case_id=case_id,
+        prompt=prompt,
+        subject=subject,
+        target=target,
+        tokens=[str(mt.tokenizer.decode([token])) for token in ids],
+        subject_range=list(token_range),
+        target_id=target_id,
+        predicted_id=predicted_id,
+        clean_prob=float(clean[target_id]),
+        corrupted_prob=None,
+        correct=predicted_id == target_id,
+        settings=settings,
+    )
+    if require_correct and not result.correct:
+        return result
     nothing = torch.zeros(1, num_layers, seq_len, dtype=torch.bool)
     corrupted = restored_probs(
         mt,
@@ -501,22 +531,7 @@ def trace_prompt(
         max_batch_rows,
         reuse_prefix,
     )
-    result = TraceResult(
-        case_id=case_id,
-        prompt=prompt,
-        subject=subject,
-        target=target,
-        tokens=[str(mt.tokenizer.decode([token])) for token in ids],
-        subject_range=list(token_range),
-        target_id=target_id,
-        predicted_id=predicted_id,
-        clean_prob=float(clean[target_id]),
-        corrupted_prob=float(corrupted[0]),
-        correct=predicted_id == target_id,
-        settings=settings,
-    )
-    if require_correct and not result.correct:
-        return result
+    result.corrupted_prob = float(corrupted[0])
     for kind in settings.kinds:
         for window in settings.windows:
             masks = restoration_masks(num_layers, seq_len, window)
@@ -644,7 +659,7 @@ def average_trace(results: Sequence[TraceResult], kind: str, window: int) -> Ave
         categories=list(TOKEN_CATEGORIES),
         effects=effects_table,
         clean_prob=float(np.mean([r.clean_prob for r in correct])),
-        corrupted_prob=float(np.mean([r.corrupted_prob for r in correct])),
+        corrupted_prob=float(np.mean([r.corrupted() for r in correct])),
     )
 
 

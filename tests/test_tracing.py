@@ -152,9 +152,19 @@ def test_correctness_filter_skips_facts_the_model_gets_wrong(mt64):
         last = mt.model(torch.tensor([ids]), output_hidden_states=True).hidden_states[-1][0, -1]
         mt.model.get_output_embeddings().weight[lisbon] = 50 * last / last.norm()
     kept = tracing.trace_prompt(mt, PROMPT, SUBJECT, "Lisbon", settings(windows=[1]))
-    skipped = tracing.trace_prompt(mt, PROMPT, SUBJECT, "Oslo", settings(windows=[1]))
+    runs: list[int] = []
+    handle = mt.model.register_forward_pre_hook(lambda module, args: runs.append(1))
+    try:
+        skipped = tracing.trace_prompt(mt, PROMPT, SUBJECT, "Oslo", settings(windows=[1]))
+    finally:
+        handle.remove()
     assert kept.correct and set(kept.scores) == {"residual/1", "mlp/1", "attn/1"}
+    # A skipped case costs its clean run alone: no corrupted run, no corrupted probability.
     assert not skipped.correct and skipped.scores == {}
+    assert len(runs) == 1 and skipped.corrupted_prob is None
+    with pytest.raises(errors.UsageError, match="was not traced"):
+        skipped.corrupted()
+    assert kept.corrupted() == kept.corrupted_prob
     # The last layer's residual stream at the last token carries the whole clean output.
     effects = kept.indirect_effects("residual", 1)
     assert_equal_in_exact_arithmetic(

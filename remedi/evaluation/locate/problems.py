@@ -99,7 +99,7 @@ def tracing_effect(trace: tracing.TraceResult, kind: str, window: int, layer: in
     subject's first to the last, the largest ``max(0, (p_restored - p_corrupted) /
     |p_corrupted - p_clean|)``; 0 when noise does not change ``p`` (nothing to restore)."""
     trace.effect_at(kind, window, layer)  # checks the kind, window and layer
-    corruption = abs(trace.corrupted_prob - trace.clean_prob)
+    corruption = abs(trace.corrupted() - trace.clean_prob)
     if corruption == 0:
         return 0.0
     effects = trace.indirect_effects(kind, window)[trace.subject_range[0] :, layer]
