@@ -157,10 +157,14 @@ def benchmark(
         mt = random_gpt2(device, tiny=model == "gpt2-tiny-random")
         requests = counterfact_requests(max(edits, batch))
         hparams_model = "gpt2"
-    else:
+    elif model.startswith("toy"):
         mt = models.load_model(model, device=device)
         requests = toy_requests(max(edits, batch))
         hparams_model = "toy"
+    else:  # a real model with its own hyperparameter files (smollm2-135m)
+        mt = models.load_model(model, device=device)
+        requests = counterfact_requests(max(edits, batch))
+        hparams_model = model
     rome_hparams = rome.RomeHparams.from_file(hparams_file("rome", hparams_model))
     memit_hparams = memit.MemitHparams.from_file(hparams_file("memit", hparams_model))
     if model == "gpt2-tiny-random":
@@ -233,7 +237,8 @@ def benchmark(
 def main(argv: Sequence[str] | None = None) -> int:
     parser = benchmark_parser(
         "ROME and MEMIT seconds per edit",
-        "toy, gpt2-random (GPT-2 small's shape, random weights) or gpt2-tiny-random",
+        "toy, gpt2-random (GPT-2 small's shape, random weights), gpt2-tiny-random, or a real "
+        "model with hyperparameter files (smollm2-135m: EasyEdit's CounterFact requests)",
     )
     parser.add_argument("--edits", type=int, default=10, help="ROME edits, one at a time")
     parser.add_argument("--batch", type=int, default=100, help="MEMIT requests in one batch")
