@@ -37,6 +37,7 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import dataclasses
 import logging
 import math
 from collections.abc import Iterator, Sequence
@@ -86,6 +87,15 @@ class TraceSettings(DataClassJsonMixin):
     kinds: list[str] = field(default_factory=lambda: list(KINDS))
     windows: list[int] = field(default_factory=lambda: list(DEFAULT_WINDOWS))
     seed: int = DEFAULT_SEED
+
+    def matches(self, other: TraceSettings) -> bool:
+        """Whether a result traced under ``other`` can stand for one under these settings: equal,
+        except that the noise scales need only agree to 1e-9 relative (the scale is a mean over
+        the dataset's subjects, whose last digits depend on the thread count's summation order).
+        """
+        return dataclasses.replace(other, noise_scale=self.noise_scale) == self and math.isclose(
+            other.noise_scale, self.noise_scale, rel_tol=1e-9
+        )
 
     def __post_init__(self) -> None:
         unknown = [kind for kind in self.kinds if kind not in KINDS]
@@ -570,7 +580,7 @@ def trace_cases(
         path = Path(directory) / f"{case_id}.json"
         if path.is_file() and not rerun:
             saved = TraceResult.from_dict(io.read_json(path, "trace result"))
-            if saved.settings == settings:
+            if saved.settings.matches(settings):
                 results.append(saved)
                 reused += 1
                 continue

@@ -4,6 +4,7 @@ runs after the corrupted prefix, hooks, errors."""
 from __future__ import annotations
 
 import copy
+import dataclasses
 import logging
 
 import numpy as np
@@ -223,6 +224,12 @@ def test_results_round_trip_and_resume(mt64, tmp_path):
     again = tracing.trace_cases(mt64, cases, traced, tmp_path)
     assert [(tmp_path / f"{c}.json").stat().st_mtime_ns for c in (7, 8)] == stamps
     assert again == first
+    # The noise scale is a mean whose last digits follow the summation order (the thread
+    # count): a scale equal to 1e-9 relative resumes; a really different one is traced again.
+    rounded = dataclasses.replace(traced, noise_scale=traced.noise_scale * (1 + 1e-13))
+    tracing.trace_cases(mt64, cases, rounded, tmp_path)
+    assert [(tmp_path / f"{c}.json").stat().st_mtime_ns for c in (7, 8)] == stamps
+    assert not traced.matches(dataclasses.replace(traced, noise_scale=traced.noise_scale * 1.01))
     # Other settings are traced again (never the saved result reused), and saved in its place.
     wider = settings(kinds=["mlp"], windows=[3])
     other = tracing.trace_cases(mt64, cases, wider, tmp_path)

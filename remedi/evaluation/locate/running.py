@@ -87,7 +87,7 @@ def run_problems(
         path = directory / "setups" / f"{case.case_id}.json"
         if path.is_file() and not rerun:
             saved = ProblemSetup.from_dict(io.read_json(path, "problem setup"))
-            if saved.trace.settings == settings:
+            if saved.trace.settings.matches(settings):
                 setups[case.case_id] = saved
                 continue
         setups[case.case_id] = setup_case(mt, case, settings)
