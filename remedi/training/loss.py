@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import inspect
 import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -175,12 +174,8 @@ def _columns(inputs: dict[str, torch.Tensor], start: int, end: int) -> dict[str,
 
 
 def _cache_kwargs(model: torch.nn.Module, cache: transformers.DynamicCache | None) -> dict:
-    """Forward arguments that pass ``cache`` (``cache`` since transformers 5.24, before that
-    ``past_key_values``); none without a cache."""
-    if cache is None:
-        return {}
-    parameters = inspect.signature(model.forward).parameters
-    return {"cache" if "cache" in parameters else "past_key_values": cache, "use_cache": True}
+    """:func:`remedi.models.cache_kwargs` for ``cache``; none without a cache."""
+    return {} if cache is None else models.cache_kwargs(model, cache)
 
 
 def _group_log_probs(
