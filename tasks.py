@@ -877,7 +877,7 @@ def trace_counterfact(
     help={
         "model": HELP["model"],
         "method": "Registered weight-editing method: rome, memit, ft or ft5 (default rome).",
-        "edit_layer": "Central edit layer N, or 'all' (default).",
+        "edit_layer": "Central edit layer N, comma-separated layers (0,5,10), or 'all' (default).",
         "n": "Edit the first N cases (default 1000; those the model answers correctly).",
         "device": HELP["device"],
         "rerun": "Recompute finished edits.",

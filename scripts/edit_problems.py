@@ -31,7 +31,9 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         f"({', '.join(registry.names('weights', prepared=True))})",
     )
     parser.add_argument(
-        "--edit-layer", default="all", help="central edit layer N, or 'all' (default)"
+        "--edit-layer",
+        default="all",
+        help="central edit layer N, comma-separated layers (0,5,10), or 'all' (default)",
     )
     parser.add_argument(
         "--problems",
@@ -76,17 +78,21 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
 
 
 def edit_layers(value: str, num_layers: int) -> list[int]:
-    """``all`` or one layer number, checked against the model."""
-    if value == "all":
+    """``all``, one layer number, or comma-separated layer numbers, checked against the model."""
+    if value.strip() == "all":
         return list(range(num_layers))
     try:
-        layer = int(value)
+        layers = [int(part) for part in value.split(",") if part.strip()]
     except ValueError:
         raise errors.UsageError(
-            f"--edit-layer takes a layer number or 'all', got {value!r}"
+            f"--edit-layer takes a layer number, comma-separated layer numbers (0,5,10) or "
+            f"'all', got {value!r}"
         ) from None
-    tracing.layer_window(layer, 1, num_layers)
-    return [layer]
+    if not layers:
+        raise errors.UsageError("--edit-layer names no layer; give N, N,M,... or 'all'")
+    for layer in layers:
+        tracing.layer_window(layer, 1, num_layers)
+    return sorted(set(layers))
 
 
 def main(argv: Sequence[str] | None = None) -> int:

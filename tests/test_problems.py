@@ -10,6 +10,7 @@ import torch
 from remedi import errors, evaluation, models, tracing
 from remedi.evaluation.locate import analysis, objectives, problems, running, setups
 from remedi.methods import ft, memit, registry
+from scripts import edit_problems
 from tests.conftest import weighty_gpt2
 
 PROMPT = "Mira Talovan lives in the city of"
@@ -287,6 +288,28 @@ def test_problems_refuse_bad_input(mt, tmp_path):
             0,
             [0],  # type: ignore[arg-type]
         )
+
+
+def test_a_case_that_cannot_be_set_up_is_skipped_not_fatal(mt, tmp_path, caplog):
+    settings = tracing.TraceSettings(
+        noise_scale=0.5, num_samples=2, kinds=["residual"], windows=[1]
+    )
+    missing = evaluation.EvalCase(**{**case().to_dict(), "rewrite_prompt": "Somebody lives in"})
+    resources = evaluation.EvalResources()
+    assert running.run_problems(mt, "ft", [missing], resources, settings, tmp_path, [0]) == []
+    assert "skips case" in caplog.text and "does not occur" in caplog.text
+
+
+def test_edit_layers_are_all_one_or_a_list_checked_against_the_model():
+    assert edit_problems.edit_layers("all", 3) == [0, 1, 2]
+    assert edit_problems.edit_layers("2", 3) == [2]
+    assert edit_problems.edit_layers("2,0, 2", 3) == [0, 2]
+    with pytest.raises(errors.UsageError, match="layer 3 is out of range"):
+        edit_problems.edit_layers("0,3", 3)
+    with pytest.raises(errors.UsageError, match="comma-separated"):
+        edit_problems.edit_layers("first", 3)
+    with pytest.raises(errors.UsageError, match="names no layer"):
+        edit_problems.edit_layers(",", 3)
 
 
 def test_memit_runs_the_problems_and_restores_the_weights(mt):

@@ -90,9 +90,13 @@ def run_problems(
             if saved.trace.settings.matches(settings):
                 setups[case.case_id] = saved
                 continue
-        setups[case.case_id] = setup_case(mt, case, settings)
+        try:
+            setups[case.case_id] = setup_case(mt, case, settings)
+        except errors.SampleError as error:  # e.g. the noised prediction is blank text
+            logger.warning("skips case %d: %s", case.case_id, error)
+            continue
         io.write_json(path, setups[case.case_id].to_dict(), indent=None)
-    correct = [case for case in cases if knows(setups[case.case_id])]
+    correct = [case for case in cases if case.case_id in setups and knows(setups[case.case_id])]
     logger.info(
         "%d of %d cases answered correctly with p(o_true) > %s; editing those",
         len(correct),
