@@ -84,6 +84,38 @@ def test_one_layer_update_maps_the_keys_to_the_residuals(mt64):
     torch.testing.assert_close(moved, residual, rtol=1e-6, atol=1e-8)
 
 
+def test_each_layer_writes_its_share_of_the_remaining_residual(mt64):
+    """MEMIT spreads z - h over the layers: layer j of L writes 1 / (L - j + 1) of what is left
+    after the layers below it were edited (half at the first of two, all the rest at the last)."""
+    layers = [0, 1]
+    hparams = memit.MemitHparams(layers=layers, v_num_grad_steps=5, mom2_update_weight=1e-9)
+    moments = moments_of(mt64, layers)
+    moments = {layer: moment.double() for layer, moment in moments.items()}
+    update = memit.compute_update(mt64, REQUESTS[:1], hparams, moments, TEMPLATES)
+    target = update.targets[0].double()
+    first, second = update.layers
+    # Near lambda = 0 a layer maps its key to the residual it was given exactly.
+    key = memit.averaged_keys(mt64, 0, REQUESTS[:1], TEMPLATES).double()[0]
+    before = memit.residual_stream(mt64, 1, REQUESTS[:1])[0].double()
+    projection = models.determine_mlp_output(mt64.model, 0)
+    moved = common.weight_as_out_in(first.delta(), projection) @ key
+    torch.testing.assert_close(moved, (target - before) / 2, rtol=1e-6, atol=1e-8)
+
+    saved = base.write_weights(
+        mt64.model,
+        {first.weight_name: first.new_weight(mt64.model.get_parameter(first.weight_name))},
+    )
+    try:  # the second layer sees the first one's edit and writes all that is left
+        key = memit.averaged_keys(mt64, 1, REQUESTS[:1], TEMPLATES).double()[0]
+        between = memit.residual_stream(mt64, 1, REQUESTS[:1])[0].double()
+    finally:
+        base.write_weights(mt64.model, saved)
+    projection = models.determine_mlp_output(mt64.model, 1)
+    moved = common.weight_as_out_in(second.delta(), projection) @ key
+    torch.testing.assert_close(moved, target - between, rtol=1e-6, atol=1e-8)
+    assert not torch.allclose(between, before)  # the first layer's edit did move the stream
+
+
 def test_update_norm_is_bounded_by_the_clamped_value(mt64):
     layer = 0
     hparams = memit.MemitHparams(layers=[layer], v_num_grad_steps=8, mom2_update_weight=1.0)
