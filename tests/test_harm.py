@@ -82,6 +82,10 @@ def test_sequential_edits_are_checkpointed_resumed_and_undone(mt, tmp_path):
         state["transformer.h.0.mlp.c_proj.weight"], before["transformer.h.0.mlp.c_proj.weight"]
     )
     assert [t.task for t in results[2].tasks] == ["sentiment"]
+    # Sequential edits accumulate: the third checkpoint's weights hold more than the first's.
+    later = safetensors.torch.load_file(tmp_path / "state_3.safetensors")
+    name = "transformer.h.0.mlp.c_proj.weight"
+    assert not torch.equal(later[name], state[name])
     assert {p.name for p in tmp_path.iterdir()} >= {"checkpoint_3.json", "state_3.safetensors"}
     for name, parameter in mt.model.named_parameters():
         assert torch.equal(parameter, before[name]), name
