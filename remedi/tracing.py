@@ -23,7 +23,7 @@ notebooks/average_causal_effects.ipynb), on purpose or as an option:
   (``trace_important_states``, causal_trace.py:369-400, used for ``kind=None`` at :328-339);
   only MLP and attention restore a window (:340-353). Here every kind takes every window of
   :attr:`TraceSettings.windows`: ``kinds=["residual"], windows=[1]`` (``--kinds residual
-  --window-sizes 1``) is ROME's residual trace; a residual window wider than 1 is ours.
+  --window-sizes 1``) restores as ROME's residual trace does; a wider residual window is ours.
 - **Which cases count.** ROME traces a case when its clean top-1 token, decoded and stripped
   of whitespace, is the expected answer string (causal_trace.py:316-319), and then traces the
   probability of that token. Here a case is ``correct`` when the top-1 token id is the

@@ -11,8 +11,8 @@ of its ``known_1000.json`` instead (kmeng01/rome experiments/causal_trace.py:71-
 
 ``--average rome`` averages as ROME's notebook does (its filter, tokens pooled across cases)
 into ``average_rome_<kind>_w<window>.png`` and ``averages_rome.json``, from the same traced
-cases; with ``--kinds residual --window-sizes 1`` the residual heatmap is ROME's (ROME restores
-the residual stream at one layer, never a window).
+cases; with ``--kinds residual --window-sizes 1`` the residual stream is restored as ROME
+restores it (at one layer, never a window).
 """
 
 from __future__ import annotations
