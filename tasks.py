@@ -851,6 +851,7 @@ sweep_cls_biosbias = _entity_sweep_task(
         "n": "Trace the first N cases (default 2000).",
         "kinds": "What is restored, space-separated: residual, mlp, attn (default all three).",
         "name": "Experiment name (default trace_counterfact_<model>).",
+        "average": "ours (default) or rome: ROME's filter and token pooling for the heatmaps.",
         "device": HELP["device"],
         "rerun": "Retrace cases already traced with the same settings.",
     }
@@ -862,6 +863,7 @@ def trace_counterfact(
     n: int = 2000,
     kinds: str = "",
     name: str | None = None,
+    average: str = "ours",
     device: str | None = None,
     rerun: bool = False,
 ) -> None:
@@ -869,6 +871,7 @@ def trace_counterfact(
     args = ["-m", model, "-n", str(n), "--window-sizes", *window_sizes.split()]
     args += ["--kinds", *kinds.split()] if kinds.strip() else []
     args += ["--name", name] if name else []
+    args += ["--average", average]
     args += [*_dataset_args(model, "counterfact"), *_flags(device, rerun=rerun)]
     _python(c, "scripts.trace_counterfact", args)
 

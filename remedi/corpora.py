@@ -1,6 +1,8 @@
 """Text corpora by name: the plain text that key statistics (ROME's and MEMIT's ``C``) run on.
 
-A corpus is a name, a key and a way to read its first texts (:class:`Corpus`). The key identifies
+A corpus is a name, a key and ways to count and read its texts (:class:`Corpus`): its first
+texts, or a seeded random sample of them (:meth:`Corpus.sample`, as ROME's and MEMIT's
+statistics draw theirs). The key identifies
 the texts themselves and is part of every cache computed from them, so that statistics of one
 corpus are never taken for another's. A spec string names a corpus; its kind is the part before
 the first colon when that is a registered kind (:data:`CORPORA`), else it is a Hugging Face
@@ -22,16 +24,20 @@ dataset:
 - ``hf:NAME[:CONFIG]``, or any other ``NAME[:CONFIG]`` (e.g. ``wikipedia:20200501.en``, what ROME
   used): the ``text`` column of the dataset's ``train`` split, through ``datasets.load_dataset``
   (a hub name, cached on this machine when offline, or a local dataset folder). Key: the name and
-  config, as a released dataset's name denotes its texts (and a cache of real statistics, hours of
-  compute, is found without loading the dataset); a local folder's adds a hash of its files.
+  config, as a released dataset's name denotes its texts (and a cache of statistics over a
+  sample of it, hours of compute, is found without loading the dataset); a local folder's adds a
+  hash of its files. A dataset's texts are its rows, empty ones included in :attr:`Corpus.size`
+  and left out when read (ROME's sampler draws rows too).
 
 Adding a kind is one function ``(argument, model) -> Corpus`` and one entry in :data:`CORPORA`.
 """
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
+import random
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -54,6 +60,11 @@ CORPUS_HELP = (
 TOY_KIND = "toy"
 HF_KIND = "hf"
 TEXT_COLUMN = "text"
+SAMPLE_SEED = 1
+"""The seed of ROME's and MEMIT's sample of their statistics corpus (``random_sample=1``,
+kmeng01/rome rome/layer_stats.py:149, kmeng01/memit rome/layer_stats.py:150)."""
+REFERENCE_CORPUS = "wikipedia:20200501.en"
+"""ROME's and MEMIT's statistics corpus (kmeng01/rome rome/layer_stats.py:39,96-99)."""
 
 
 @dataclass(frozen=True)
@@ -66,10 +77,41 @@ class Corpus:
     """Identifies the texts (a hash, or a released dataset's name): caches are keyed by it."""
     read: Callable[[int], list[str]]
     """Reads at most the first ``n`` texts."""
+    size: Callable[[], int]
+    """How many texts it holds (a dataset: its rows, empty ones included)."""
+    read_at: Callable[[Sequence[int]], list[str]]
+    """The texts at these positions (below :attr:`size`), in this order; a dataset's empty
+    rows left out."""
 
     def texts(self, num_texts: int) -> list[str]:
         """The corpus's first ``num_texts`` texts (all of them if it has fewer)."""
         return list(self.read(num_texts))[:num_texts]
+
+    def sample(self, num_texts: int, seed: int = SAMPLE_SEED) -> list[str]:
+        """``num_texts`` texts drawn at random, without replacement, read in corpus order; all
+        of them, as :meth:`texts`, when the corpus holds no more.
+
+        The draw is ROME's and MEMIT's (kmeng01/rome util/runningstats.py:1551-1556, the same
+        in kmeng01/memit): Python's ``random.Random(seed)`` shuffles every position and the
+        first ``num_texts`` are kept, so with :data:`SAMPLE_SEED` the rows of a dataset are
+        the rows their statistics read. (They read them in the shuffled order; a sum over
+        them differs only by rounding.)
+        """
+        total = self.size()
+        if total <= num_texts:
+            return self.texts(num_texts)
+        return self.read_at(sorted(sampled_positions(total, num_texts, seed)))
+
+    def is_sampled(self, num_texts: int) -> bool:
+        """Whether :meth:`sample` draws from the corpus (it holds more than ``num_texts``)."""
+        return self.size() > num_texts
+
+
+def sampled_positions(total: int, count: int, seed: int) -> list[int]:
+    """The first ``count`` of the positions ``0..total-1`` shuffled by ``random.Random(seed)``."""
+    positions = list(range(total))
+    random.Random(seed).shuffle(positions)
+    return positions[:count]
 
 
 CorpusOpener = Callable[[str, str | None], Corpus]
@@ -98,10 +140,20 @@ def files_key(path: Path) -> str:
     return digest.hexdigest()[:16]
 
 
+def listed_corpus(name: str, key: str, load: Callable[[], list[str]]) -> Corpus:
+    """A corpus whose texts ``load`` returns as one list (read again for every use)."""
+
+    def read_at(positions: Sequence[int]) -> list[str]:
+        texts = load()
+        return [texts[position] for position in positions]
+
+    return Corpus(name, key, lambda count: load()[:count], lambda: len(load()), read_at)
+
+
 def from_texts(name: str, texts: Sequence[str]) -> Corpus:
     """A corpus of texts already in memory (keyed by their hash, so ``name`` is only a label)."""
     held = list(texts)
-    return Corpus(name, f"{name}@{texts_key(held)}", lambda count: held[:count])
+    return listed_corpus(name, f"{name}@{texts_key(held)}", lambda: held)
 
 
 def toy_corpus(world_name: str, model: str | None = None) -> Corpus:
@@ -132,10 +184,8 @@ def toy_corpus(world_name: str, model: str | None = None) -> Corpus:
         )
     world = build.load_world(world_name)
     texts = [document.text for document in training_documents(world, tiers=world_tiers(world))]
-    return Corpus(
-        f"{TOY_KIND}:{world_name}",
-        f"{TOY_KIND}:{world_name}@{texts_key(texts)}",
-        lambda count: texts[:count],
+    return listed_corpus(
+        f"{TOY_KIND}:{world_name}", f"{TOY_KIND}:{world_name}@{texts_key(texts)}", lambda: texts
     )
 
 
@@ -156,7 +206,7 @@ def file_corpus(path_text: str, model: str | None = None) -> Corpus:
         )
     if path.is_dir():
 
-        def read(count: int) -> list[str]:
+        def load_folder() -> datasets.Dataset:
             try:
                 loaded = datasets.load_from_disk(str(path))
             except FileNotFoundError as error:
@@ -171,19 +221,19 @@ def file_corpus(path_text: str, model: str | None = None) -> Corpus:
                         "save the split to read with save_to_disk"
                     )
                 loaded = loaded["train"]
-            return _text_column(loaded, f"file:{path}", count)
+            return loaded
 
     elif path.suffix == ".txt":
 
-        def read(count: int) -> list[str]:
+        def load_texts() -> list[str]:
             lines = path.read_text(encoding="utf-8").splitlines()
-            return [line for line in lines if line.strip()][:count]
+            return [line for line in lines if line.strip()]
 
     elif path.suffix in (".jsonl", ".json"):
 
-        def read(count: int) -> list[str]:
+        def load_texts() -> list[str]:
             texts = _json_texts(path, field or TEXT_COLUMN)
-            return (list(dict.fromkeys(texts)) if field else texts)[:count]
+            return list(dict.fromkeys(texts)) if field else texts
 
     else:
         raise errors.UsageError(
@@ -197,9 +247,10 @@ def file_corpus(path_text: str, model: str | None = None) -> Corpus:
         )
     resolved = path.resolve()
     suffix = f"#{field}" if field else ""
-    return Corpus(
-        f"file:{resolved}{suffix}", f"file:{resolved.name}{suffix}@{files_key(path)}", read
-    )
+    name, key = f"file:{resolved}{suffix}", f"file:{resolved.name}{suffix}@{files_key(path)}"
+    if path.is_dir():
+        return dataset_corpus(name, key, load_folder, f"file:{path}")
+    return listed_corpus(name, key, load_texts)
 
 
 def shared_corpus(path_text: str, model: str | None = None) -> Corpus:
@@ -240,20 +291,48 @@ def hf_corpus(spec: str, model: str | None = None) -> Corpus:
     local = Path(name).expanduser()
     key = f"{spec}@{files_key(local)}" if name and local.exists() else spec
 
-    def read(count: int) -> list[str]:
+    def load() -> datasets.Dataset:
         config = spec.partition(":")[2]
         try:
-            loaded = datasets.load_dataset(name, config or None, split="train")
+            return datasets.load_dataset(name, config or None, split="train")
         except Exception as error:  # datasets raises many kinds (network, missing config, ...)
             raise errors.UsageError(
                 f"cannot load the corpus {spec!r} ({type(error).__name__}: {error}); pass "
                 f"{CORPUS_FLAG} NAME[:CONFIG] with a Hugging Face text dataset that is cached on "
-                "this machine (e.g. wikitext:wikitext-103-raw-v1), file:PATH with local texts, "
-                f"or {TOY_KIND} on a toy world"
+                f"this machine (ROME's and MEMIT's statistics read {REFERENCE_CORPUS}), "
+                f"file:PATH with local texts, or {TOY_KIND} on a toy world"
             ) from error
-        return _text_column(loaded, spec, count)
 
-    return Corpus(spec, key, read)
+    return dataset_corpus(spec, key, load, spec)
+
+
+def dataset_corpus(name: str, key: str, load: Callable[[], datasets.Dataset], label: str) -> Corpus:
+    """The ``text`` column of the dataset ``load`` returns, loaded once, when first needed
+    (``label`` names the corpus in errors). Its texts are its rows, empty ones left out when
+    read."""
+    loaded = functools.cache(load)
+
+    def column() -> datasets.Dataset:
+        dataset = loaded()
+        if TEXT_COLUMN not in dataset.column_names:
+            raise errors.UsageError(
+                f"corpus {label!r} has no {TEXT_COLUMN!r} column (columns: "
+                f"{dataset.column_names}); pass {CORPUS_FLAG} with a text dataset"
+            )
+        return dataset
+
+    def read(count: int) -> list[str]:
+        # Empty texts (wikitext's blank lines) are skipped; read ahead so that count remain.
+        rows = column().select(range(min(len(column()), 4 * count)))
+        return _nonempty(rows[TEXT_COLUMN])[:count]
+
+    return Corpus(
+        name,
+        key,
+        read,
+        lambda: len(column()),
+        lambda positions: _nonempty(column().select(positions)[TEXT_COLUMN]),
+    )
 
 
 CORPORA: dict[str, CorpusOpener] = {
@@ -282,15 +361,8 @@ def open_corpus(spec: str, model: str | None = None) -> Corpus:
     return CORPORA[HF_KIND](spec, model)
 
 
-def _text_column(loaded: datasets.Dataset, name: str, count: int) -> list[str]:
-    if TEXT_COLUMN not in loaded.column_names:
-        raise errors.UsageError(
-            f"corpus {name!r} has no {TEXT_COLUMN!r} column (columns: {loaded.column_names}); "
-            f"pass {CORPUS_FLAG} with a text dataset"
-        )
-    # Empty texts (wikitext's blank lines) are skipped; read ahead so that count texts remain.
-    selected = loaded.select(range(min(len(loaded), 4 * count)))[TEXT_COLUMN]
-    return [text for text in selected if isinstance(text, str) and text.strip()][:count]
+def _nonempty(texts: Iterable[object]) -> list[str]:
+    return [text for text in texts if isinstance(text, str) and text.strip()]
 
 
 def _json_texts(path: Path, field: str = TEXT_COLUMN) -> list[str]:

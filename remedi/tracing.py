@@ -5,14 +5,40 @@ For a prompt that mentions a subject and a target the model predicts:
 1. the clean run records every layer's residual stream (decoder block output), MLP output and
    attention output at every token;
 2. the corrupted runs add Gaussian noise to the subject's token embeddings, ``noise_scale``
-   (ROME: 3 x the standard deviation of subject token embeddings over the dataset, see
-   :func:`noise_scale_for`) times a fixed standard normal draw per noise sample (ROME: 10);
+   (ROME's default rule ``s3``: 3 x the standard deviation of subject token embeddings over the
+   dataset, kmeng01/rome experiments/causal_trace.py:54,79-86; see :func:`noise_scale_for`)
+   times a fixed standard normal draw per noise sample (ROME: 10, causal_trace.py:301);
 3. a restored run is a corrupted run in which the clean state of one module kind is put back
-   at one token, at the layers of a window around one layer (ROME's ``trace_important_window``:
-   ``[layer - window // 2, layer + ceil(window / 2))`` clipped to the model);
+   at one token, at the layers of a window around one layer (the window of ROME's
+   ``trace_important_window``, causal_trace.py:424-429: ``[layer - window // 2,
+   layer + ceil(window / 2))`` clipped to the model);
 4. the indirect effect of that (token, layer) is ``p(target | restored) - p(target | corrupted)``,
-   each averaged over the noise samples, ``p`` being the probability of the target's first token
-   at the prompt's last position.
+   each averaged over the noise samples (as ROME, causal_trace.py:220), ``p`` being the
+   probability of the target's first token at the prompt's last position.
+
+Where this differs from ROME (kmeng01/rome at 0874014, experiments/causal_trace.py and
+notebooks/average_causal_effects.ipynb), on purpose or as an option:
+
+- **Residual windows.** ROME restores the residual stream at a single layer
+  (``trace_important_states``, causal_trace.py:369-400, used for ``kind=None`` at :328-339);
+  only MLP and attention restore a window (:340-353). Here every kind takes every window of
+  :attr:`TraceSettings.windows`: ``kinds=["residual"], windows=[1]`` (``--kinds residual
+  --window-sizes 1``) restores as ROME's residual trace does; a wider residual window is ours.
+- **Which cases count.** ROME traces a case when its clean top-1 token, decoded and stripped
+  of whitespace, is the expected answer string (causal_trace.py:316-319), and then traces the
+  probability of that token. Here a case is ``correct`` when the top-1 token id is the
+  target's first token id (:func:`trace_prompt`): a several-token target whose first token
+  is predicted is traced (ROME skips it: no one token decodes to it), and a top-1 token that
+  spells the target without its leading space is not (ROME keeps it).
+  :func:`answered_as_rome` tells, for a traced result, whether ROME would have kept it.
+- **Averages.** ROME pools tokens across cases and leaves the tokens before the subject out;
+  :func:`average_trace` averages each case first by default and counts those tokens as
+  further tokens, and ``pooling="token"`` is ROME's (see there).
+- **Noise.** ROME counts each subject as often as the dataset lists it in the spread of the
+  embeddings (causal_trace.py:83-84,647-656); :func:`embedding_std` counts each distinct
+  subject once unless ``distinct=False``. ROME draws the noise from numpy's
+  ``RandomState(1)`` anew in every run (causal_trace.py:167-171), so all restorations share
+  it, as here; the numbers themselves are torch's, seeded by :attr:`TraceSettings.seed`.
 
 All restorations of a case share the same noise, and run batched: (restorations x noise samples)
 rows per forward pass, so a case costs a few passes, not one per (token, layer). Every hook is
@@ -60,7 +86,8 @@ logger = logging.getLogger(__name__)
 KINDS = ("residual", "mlp", "attn")
 """What a restoration puts back: the decoder block's output, its MLP's or its attention's."""
 NOISE_FACTOR = 3.0
-"""ROME's noise level, in standard deviations of subject token embeddings."""
+"""ROME's default noise level (rule ``s3``, experiments/causal_trace.py:54,79-86), in standard
+deviations of subject token embeddings."""
 DEFAULT_NUM_SAMPLES = 10
 DEFAULT_WINDOWS = (10, 5, 3, 1)
 DEFAULT_SEED = 1
@@ -75,7 +102,12 @@ TOKEN_CATEGORIES = (
     "further tokens",
     "last token",
 )
-"""Rows of ROME's average heatmaps: each prompt token falls in one."""
+"""Rows of ROME's average heatmaps (kmeng01/rome notebooks/average_causal_effects.ipynb:86-104,
+``read_knowlege``). :func:`token_categories` puts each token in exactly one row; ROME's reading
+(:func:`rome_category_positions`) puts a token in two rows where the rows' positions coincide
+and the tokens before the subject in none."""
+POOLINGS = ("case", "token")
+"""How :func:`average_trace` averages tokens: within each case first, or pooled as ROME."""
 
 
 @dataclass
@@ -133,7 +165,8 @@ class TraceResult(DataClassJsonMixin):
     """``p(target)`` with the subject noised; None for a case skipped as not ``correct`` (the
     filter comes first, so a skipped case costs one clean run)."""
     correct: bool
-    """Whether the clean model's top prediction is the target's first token (ROME's filter)."""
+    """Whether the clean model's top prediction is the target's first token. ROME's filter
+    differs: the decoded top-1 token is the whole target (:func:`answered_as_rome`)."""
     settings: TraceSettings
     scores: dict[str, list[list[float]]] = field(default_factory=dict)
 
@@ -149,15 +182,19 @@ class TraceResult(DataClassJsonMixin):
             )
         return self.corrupted_prob
 
-    def indirect_effects(self, kind: str, window: int) -> np.ndarray:
-        """``(tokens, layers)`` indirect effects: restored minus corrupted probability."""
+    def restored(self, kind: str, window: int) -> np.ndarray:
+        """``(tokens, layers)`` probabilities of the target with each state restored."""
         key = score_key(kind, window)
         if key not in self.scores:
             raise errors.UsageError(
                 f"case {self.case_id} was not traced for {kind} with window {window} "
                 f"(has: {sorted(self.scores) or 'nothing: the model did not answer correctly'})"
             )
-        return np.asarray(self.scores[key], dtype=np.float64) - self.corrupted()
+        return np.asarray(self.scores[key], dtype=np.float64)
+
+    def indirect_effects(self, kind: str, window: int) -> np.ndarray:
+        """``(tokens, layers)`` indirect effects: restored minus corrupted probability."""
+        return self.restored(kind, window) - self.corrupted()
 
     def effect_at(self, kind: str, window: int, layer: int, token: int | None = None) -> float:
         """The indirect effect at ``layer`` and ``token`` (default: the last subject token)."""
@@ -175,7 +212,8 @@ class TraceResult(DataClassJsonMixin):
 
 
 def layer_window(layer: int, window: int, num_layers: int) -> list[int]:
-    """ROME's window of ``window`` layers around ``layer``, clipped to ``[0, num_layers)``."""
+    """ROME's window of ``window`` layers around ``layer``, clipped to ``[0, num_layers)``
+    (kmeng01/rome experiments/causal_trace.py:424-429, where only MLP and attention take one)."""
     if not 0 <= layer < num_layers:
         raise errors.UsageError(f"layer {layer} is out of range for a model of {num_layers} layers")
     return list(range(max(0, layer - window // 2), min(num_layers, layer - (-window // 2))))
@@ -223,12 +261,20 @@ def subject_token_range(
 # Noise.
 
 
-def embedding_std(mt: models.ModelAndTokenizer, subjects: Sequence[str]) -> float:
-    """Standard deviation of all entries of the subjects' token embeddings (ROME's
-    ``collect_embedding_std``; special tokens excluded)."""
+def embedding_std(
+    mt: models.ModelAndTokenizer, subjects: Sequence[str], distinct: bool = True
+) -> float:
+    """Standard deviation of all entries of the subjects' token embeddings, as ROME's
+    ``collect_embedding_std`` (experiments/causal_trace.py:647-656), special tokens excluded
+    (ROME's GPT tokenizers add none).
+
+    ``distinct``: each distinct subject counts once (ours, the default); False counts each as
+    often as ``subjects`` lists it, as ROME, which passes every fact's subject (:83-84).
+    """
+    counted = dict.fromkeys(subjects) if distinct else subjects
     ids = [
         token_id
-        for subject in dict.fromkeys(subjects)
+        for subject in counted
         for token_id in mt.tokenizer(subject, add_special_tokens=False)["input_ids"]
     ]
     if not ids:
@@ -240,17 +286,22 @@ def embedding_std(mt: models.ModelAndTokenizer, subjects: Sequence[str]) -> floa
 
 
 def noise_scale_for(
-    mt: models.ModelAndTokenizer, subjects: Sequence[str], factor: float = NOISE_FACTOR
+    mt: models.ModelAndTokenizer,
+    subjects: Sequence[str],
+    factor: float = NOISE_FACTOR,
+    distinct: bool = True,
 ) -> float:
     """ROME's noise level: ``factor`` (3) times :func:`embedding_std` of the subjects."""
-    return factor * embedding_std(mt, subjects)
+    return factor * embedding_std(mt, subjects, distinct)
 
 
 def subject_noise(
     num_samples: int, num_tokens: int, hidden_size: int, scale: float, seed: int
 ) -> torch.Tensor:
     """``scale`` times a seeded standard normal draw, ``(num_samples, num_tokens, hidden)``,
-    float64 (the same for every restoration of a case, as ROME)."""
+    float64: the same for every restoration of a case, as ROME's (which reseeds numpy's
+    ``RandomState(1)`` in every run, experiments/causal_trace.py:167), though not ROME's
+    numbers."""
     generator = torch.Generator().manual_seed(seed)
     draw = torch.randn(num_samples, num_tokens, hidden_size, generator=generator)
     return scale * draw.double()
@@ -490,8 +541,9 @@ def trace_prompt(
 ) -> TraceResult:
     """Trace one prompt for every kind and window of ``settings``.
 
-    With ``require_correct`` (ROME's filter), a prompt whose top prediction is not the target's
-    first token is returned with ``correct=False`` and no scores, after one clean pass.
+    With ``require_correct``, a prompt whose top prediction is not the target's first token is
+    returned with ``correct=False`` and no scores, after one clean pass. ROME filters by the
+    decoded top-1 token instead (see the module's description and :func:`answered_as_rome`).
     ``reuse_prefix``: see :func:`restored_probs` (the scores are the same either way).
 
     Raises:
@@ -607,7 +659,8 @@ def trace_cases(
 
 def token_categories(subject_range: Sequence[int], seq_len: int) -> list[int]:
     """The index in :data:`TOKEN_CATEGORIES` of each token (the last token wins over the
-    subsequent-token rows; a one-token subject is its own last token)."""
+    subsequent-token rows; a one-token subject is its own last token; the tokens before the
+    subject are further tokens). ROME's rows differ: :func:`rome_category_positions`."""
     start, end = subject_range
     categories = []
     for position in range(seq_len):
@@ -627,6 +680,57 @@ def token_categories(subject_range: Sequence[int], seq_len: int) -> list[int]:
     return categories
 
 
+def rome_category_positions(subject_range: Sequence[int], seq_len: int) -> list[list[int]]:
+    """The token positions of each row of :data:`TOKEN_CATEGORIES` as ROME's average reads
+    them (kmeng01/rome notebooks/average_causal_effects.ipynb:86-104): the subject's first
+    token, those between its first and last, its last, the token after it, those between that
+    and the last token, the last token.
+
+    Unlike :func:`token_categories`, a token can be in two rows: a one-token subject is both its
+    first and its last token, and the token after the subject is the first subsequent token
+    also when it is the last. (ROME's reading fails on a subject that ends the prompt; here
+    the first subsequent token's row is then empty.)
+    """
+    start, end = subject_range
+    last = seq_len - 1
+    return [
+        [start],
+        list(range(start + 1, end - 1)),
+        [end - 1],
+        [end] if end <= last else [],
+        list(range(end + 1, last)),
+        [last],
+    ]
+
+
+def answered_as_rome(result: TraceResult, tokenizer: transformers.PreTrainedTokenizerBase) -> bool:
+    """Whether ROME's filter keeps the case: the clean top-1 token, decoded and stripped of
+    whitespace, is the whole target (kmeng01/rome experiments/causal_trace.py:316-319, which
+    compares it with the fact's expected answer).
+
+    Of the ``correct`` results, these are the ones whose target is that one token. A case
+    that ROME keeps but this trace skipped (its top-1 token spells the target without the
+    leading space) has no scores; :func:`rome_cases` counts them.
+    """
+    return str(tokenizer.decode([result.predicted_id])).strip() == result.target
+
+
+def rome_cases(
+    results: Sequence[TraceResult], tokenizer: transformers.PreTrainedTokenizerBase
+) -> list[TraceResult]:
+    """The traced results that ROME's filter keeps (:func:`answered_as_rome`); logs how many
+    cases it would keep that were not traced here."""
+    kept = [result for result in results if result.correct and answered_as_rome(result, tokenizer)]
+    untraced = sum(not result.correct and answered_as_rome(result, tokenizer) for result in results)
+    if untraced:
+        logger.warning(
+            "%d cases that ROME's filter keeps were not traced: their top token spells the "
+            "target without its leading space, which this trace does not count as correct",
+            untraced,
+        )
+    return kept
+
+
 @dataclass
 class AverageTrace(DataClassJsonMixin):
     """The mean indirect effect per token category and layer over the correct cases."""
@@ -639,28 +743,38 @@ class AverageTrace(DataClassJsonMixin):
     """``(categories, layers)``; None where no case has a token of that category."""
     clean_prob: float
     corrupted_prob: float
+    pooling: str = "case"
+    """How tokens were averaged (:data:`POOLINGS`, see :func:`average_trace`)."""
 
 
-def average_trace(results: Sequence[TraceResult], kind: str, window: int) -> AverageTrace:
-    """Average the indirect effects of the ``correct`` results in ROME's token categories
-    (each case first averages its tokens within a category, then cases are averaged)."""
+def average_trace(
+    results: Sequence[TraceResult], kind: str, window: int, pooling: str = "case"
+) -> AverageTrace:
+    """Average the indirect effects of the ``correct`` results by token category and layer.
+
+    ``pooling="case"`` (ours, the default): each case first averages its effects within a
+    category (:func:`token_categories`, tokens before the subject among the further tokens),
+    then the cases that have a token there are averaged, so that every case weighs the same in
+    every row. ``"token"``: ROME's average
+    (kmeng01/rome notebooks/average_causal_effects.ipynb:61-142): every token's restored
+    probabilities are one row, pooled over all cases in ROME's rows
+    (:func:`rome_category_positions`), less the mean corrupted probability of all the cases;
+    a case then weighs as many rows as it has tokens in the middle-subject and further-token
+    rows. (ROME's heatmap then clips the effects at 0, :210; these are not clipped.)
+
+    Raises:
+        errors.UsageError: No result is ``correct``, or an unknown ``pooling``.
+    """
+    if pooling not in POOLINGS:
+        raise errors.UsageError(f"unknown pooling {pooling!r}; choose from {list(POOLINGS)}")
     correct = [result for result in results if result.correct]
     if not correct:
         raise errors.UsageError("no correctly answered case to average; trace more cases")
-    num_layers = len(correct[0].scores[score_key(kind, window)][0])
-    totals = np.zeros((len(TOKEN_CATEGORIES), num_layers))
-    counts = np.zeros(len(TOKEN_CATEGORIES))
-    for result in correct:
-        effects = result.indirect_effects(kind, window)
-        categories = np.asarray(token_categories(result.subject_range, effects.shape[0]))
-        for category in range(len(TOKEN_CATEGORIES)):
-            rows = effects[categories == category]
-            if len(rows):
-                totals[category] += rows.mean(axis=0)
-                counts[category] += 1
+    num_layers = correct[0].restored(kind, window).shape[1]
+    average = _pool_tokens if pooling == "token" else _average_cases
+    means = average(correct, kind, window, num_layers)
     effects_table: list[list[float | None]] = [
-        (totals[c] / counts[c]).tolist() if counts[c] else [None] * num_layers
-        for c in range(len(TOKEN_CATEGORIES))
+        row.tolist() if row is not None else [None] * num_layers for row in means
     ]
     return AverageTrace(
         kind=kind,
@@ -670,7 +784,43 @@ def average_trace(results: Sequence[TraceResult], kind: str, window: int) -> Ave
         effects=effects_table,
         clean_prob=float(np.mean([r.clean_prob for r in correct])),
         corrupted_prob=float(np.mean([r.corrupted() for r in correct])),
+        pooling=pooling,
     )
+
+
+def _average_cases(
+    results: Sequence[TraceResult], kind: str, window: int, num_layers: int
+) -> list[np.ndarray | None]:
+    """Each category's mean over the cases of each case's mean effect in it."""
+    totals = np.zeros((len(TOKEN_CATEGORIES), num_layers))
+    counts = np.zeros(len(TOKEN_CATEGORIES))
+    for result in results:
+        effects = result.indirect_effects(kind, window)
+        categories = np.asarray(token_categories(result.subject_range, effects.shape[0]))
+        for category in range(len(TOKEN_CATEGORIES)):
+            rows = effects[categories == category]
+            if len(rows):
+                totals[category] += rows.mean(axis=0)
+                counts[category] += 1
+    return [totals[c] / counts[c] if counts[c] else None for c in range(len(TOKEN_CATEGORIES))]
+
+
+def _pool_tokens(
+    results: Sequence[TraceResult], kind: str, window: int, num_layers: int
+) -> list[np.ndarray | None]:
+    """ROME's: each category's mean restored probability over the tokens of all cases, less
+    the mean corrupted probability of the cases."""
+    pooled: list[list[np.ndarray]] = [[] for _ in TOKEN_CATEGORIES]
+    for result in results:
+        restored = result.restored(kind, window)
+        positions = rome_category_positions(result.subject_range, restored.shape[0])
+        for rows, category_positions in zip(pooled, positions, strict=True):
+            rows.append(restored[category_positions].reshape(-1, num_layers))
+    corrupted = np.mean([result.corrupted() for result in results])
+    return [
+        np.concatenate(rows).mean(axis=0) - corrupted if sum(map(len, rows)) else None
+        for rows in pooled
+    ]
 
 
 KIND_COLORMAPS = {"residual": "Purples", "mlp": "Greens", "attn": "Reds"}
@@ -678,7 +828,10 @@ KIND_LABELS = {"residual": "residual stream", "mlp": "MLP output", "attn": "atte
 
 
 def plot_average_trace(average: AverageTrace, path: Path, title: str = "") -> Path:
-    """ROME's average heatmap: token categories down, layers across, indirect effect in color."""
+    """ROME's average heatmap (kmeng01/rome notebooks/average_causal_effects.ipynb, its
+    ``plot_array``): token categories down, layers across, indirect effect in color. ROME clips
+    the effects at 0 and starts its color scale there (:210); this one spans the effects as
+    they are, negative ones included."""
     plt = figures.pyplot()
     values = np.array(
         [[math.nan if v is None else v for v in row] for row in average.effects], dtype=float

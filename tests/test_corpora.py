@@ -4,6 +4,7 @@ model name, and statistics caches that one corpus never shares with another."""
 from __future__ import annotations
 
 import json
+import random
 from pathlib import Path
 
 import datasets
@@ -188,6 +189,41 @@ def test_the_toy_corpus_is_the_text_of_the_models_own_world(small_world: BuiltTo
     assert by_model.texts(10**6) == by_name.texts(10**6) == expected
     assert by_model.name == "toy:toy-small" and by_model.key == by_name.key
     assert by_model.key == f"toy:toy-small@{corpora.texts_key(expected)}"
+
+
+# --- samples -----------------------------------------------------------------------------------
+
+
+def test_a_corpus_larger_than_asked_gives_a_seeded_random_sample(tmp_path):
+    many = [f"text number {index}" for index in range(60)]
+    path = tmp_path / "many.txt"
+    path.write_text("\n".join(many) + "\n", encoding="utf-8")
+    corpus = corpora.open_corpus(f"file:{path}")
+    assert corpus.size() == 60 and corpus.is_sampled(10) and not corpus.is_sampled(60)
+    sample = corpus.sample(10, seed=1)
+    assert len(set(sample)) == 10 and set(sample) <= set(many) and sample != many[:10]
+    assert corpus.sample(10, seed=1) == sample  # the same seed, the same texts
+    assert set(corpus.sample(10, seed=2)) != set(sample)  # another seed, other texts
+    # ROME's and MEMIT's draw: every position shuffled by random.Random(seed), the first kept;
+    # read in corpus order.
+    positions = list(range(60))
+    random.Random(1).shuffle(positions)
+    assert sample == [many[position] for position in sorted(positions[:10])]
+    # A corpus no larger than asked: all its texts in order, whatever the seed.
+    assert corpus.sample(60, seed=2) == corpus.sample(100, seed=1) == corpus.texts(100) == many
+
+
+def test_a_datasets_sample_draws_rows_and_leaves_out_the_empty_ones(tmp_path):
+    rows = ["" if index % 3 == 0 else f"row {index}" for index in range(30)]
+    folder = tmp_path / "rows"
+    write_records(folder / "train.jsonl", rows)
+    corpus = corpora.open_corpus(str(folder))
+    assert corpus.size() == 30  # rows, empty ones included, as ROME's sampler counts them
+    drawn = corpora.sampled_positions(30, 12, corpora.SAMPLE_SEED)
+    expected = [rows[position] for position in sorted(drawn) if rows[position]]
+    assert corpus.sample(12) == expected and len(expected) < 12
+    # No more rows than asked: the texts as read before samples were drawn.
+    assert corpus.sample(30) == corpus.texts(30) == [row for row in rows if row]
 
 
 # --- caches ------------------------------------------------------------------------------------

@@ -1,16 +1,18 @@
 """Key statistics (``remedi.methods.stats``): all layers in one pass, float32 products per batch,
-resuming, and the token budget of a batch."""
+resuming, the token budget of a batch, and the seeded sample of a larger corpus."""
 
 from __future__ import annotations
 
+import dataclasses
 from collections import Counter
 from typing import Any
 
 import pytest
+import safetensors
 import torch
 from torch.overrides import TorchFunctionMode
 
-from remedi import models
+from remedi import corpora, models
 from remedi.methods import stats
 from tests.conftest import float64_copy, weighty_gpt2
 from tests.numerics import assert_equal_in_exact_arithmetic, precision_of
@@ -182,3 +184,66 @@ def test_the_token_budget_bounds_every_batch(mt3, tokenizer):
     finally:
         handle.remove()
     assert len(shapes) > 1 and all(rows * width <= budget for rows, width in shapes)
+
+
+def uncountable(corpus: corpora.Corpus) -> corpora.Corpus:
+    """``corpus`` whose texts can be neither read nor counted."""
+
+    def fail(*args: object) -> Any:
+        raise AssertionError(f"{corpus.name} was read or counted: the cache was not used")
+
+    return dataclasses.replace(corpus, read=fail, read_at=fail, size=fail)
+
+
+def test_a_corpus_larger_than_asked_gives_the_statistics_of_a_seeded_sample(mt3, tmp_path):
+    count = 40  # of the corpus's 150 texts
+    sampled = stats.second_moment(mt3, 1, TEXTS, count, tmp_path)
+    drawn = TEXTS.sample(count, corpora.SAMPLE_SEED)
+    assert len(set(drawn)) == count and drawn != CORPUS[:count]
+    # The statistics of exactly the drawn texts (a corpus of them alone is all of them).
+    of_drawn = stats.second_moment(mt3, 1, corpora.from_texts("drawn", drawn), count)
+    assert torch.equal(sampled.moment, of_drawn.moment)
+    assert sampled.metadata["sample_seed"] == str(corpora.SAMPLE_SEED)
+    assert sampled.metadata["texts"] == str(count)
+    path = stats.stats_file(tmp_path, mt3, 1, TEXTS, count, corpora.SAMPLE_SEED)
+    assert path.is_file()
+    assert path.name.endswith(f"_layer1_n{count}_seed{corpora.SAMPLE_SEED}_mom2.safetensors")
+    # The same seed: the same sample, read back without reading or counting the corpus.
+    again = stats.second_moment(mt3, 1, uncountable(TEXTS), count, tmp_path)
+    assert torch.equal(again.moment, sampled.moment)
+    # Another seed: other texts, other statistics, another file.
+    other = stats.second_moment(mt3, 1, TEXTS, count, tmp_path, sample_seed=2)
+    assert set(TEXTS.sample(count, 2)) != set(drawn)
+    assert not torch.equal(other.moment, sampled.moment)
+    assert other.metadata["sample_seed"] == "2"
+    assert len(list(tmp_path.rglob("*_mom2.safetensors"))) == 2
+
+
+def test_a_cache_of_the_first_texts_is_not_taken_for_the_sample(mt3, tmp_path):
+    count = 40
+    # A cache as made before samples were drawn: the first 40 texts, under the name without a
+    # seed (the corpus counted as no larger than asked).
+    first_texts = dataclasses.replace(TEXTS, size=lambda: count)
+    first = stats.second_moment(mt3, 1, first_texts, count, tmp_path)
+    assert stats.stats_file(tmp_path, mt3, 1, TEXTS, count).is_file()
+    sampled = stats.second_moment(mt3, 1, TEXTS, count, tmp_path)
+    assert not torch.equal(sampled.moment, first.moment)
+    assert len(list(tmp_path.rglob("*_mom2.safetensors"))) == 2
+
+
+def test_a_corpus_no_larger_than_asked_gives_all_its_texts_under_the_name_it_had(mt3, tmp_path):
+    asked = len(CORPUS) + 50
+    computed = stats.second_moment(mt3, 1, TEXTS, asked, tmp_path)
+    # The name and metadata of caches made before samples were drawn: no seed in either.
+    path = stats.stats_file(tmp_path, mt3, 1, TEXTS, asked)
+    assert path.is_file() and "seed" not in path.name
+    assert path.name == f"corpus_{TEXTS.key.split('@')[1]}_layer1_n{asked}_mom2.safetensors"
+    assert "sample_seed" not in computed.metadata
+    with safetensors.safe_open(str(path), framework="pt") as handle:
+        assert "sample_seed" not in (handle.metadata() or {})
+    # All the texts in their order, whatever the seed: the statistics of the texts as listed.
+    assert TEXTS.sample(asked, 2) == TEXTS.texts(asked) == CORPUS
+    listed = stats.second_moment(mt3, 1, corpora.from_texts("listed", CORPUS), len(CORPUS))
+    assert torch.equal(computed.moment, listed.moment)
+    other_seed = stats.second_moment(mt3, 1, cached_only(TEXTS), asked, tmp_path, sample_seed=2)
+    assert torch.equal(other_seed.moment, computed.moment)

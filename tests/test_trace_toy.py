@@ -38,6 +38,15 @@ def test_trace_edit_and_analyse_the_toy_world(
         # The subject matters: restoring the last layer at the last token recovers the fact.
         for case in correct:
             assert case.indirect_effects("residual", 1)[-1, -1] > 0
+        # ROME's average of the same cases, read back (none traced again), in files of its own.
+        stamps = {p: p.stat().st_mtime_ns for p in (traced / "cases").glob("*.json")}
+        assert trace_counterfact.main([*argv, "--average", "rome", *dataset]) == 0
+        assert {p: p.stat().st_mtime_ns for p in (traced / "cases").glob("*.json")} == stamps
+        rome_averages = json.loads((traced / "averages_rome.json").read_text())["averages"]
+        assert [average["pooling"] for average in rome_averages] == ["token"]
+        assert (
+            json.loads((traced / "averages.json").read_text())["averages"][0]["pooling"] == "case"
+        )
 
         argv = ["-m", "toy-small", "--method", "ft", "--edit-layer", "0", "-n", "2"]
         argv += ["--problems", "error_injection", "fact_erasure"]

@@ -72,6 +72,13 @@ def test_noise_scale_is_three_standard_deviations_of_subject_embeddings(mt64):
     expected = 3 * float(weight.double().flatten().std())
     assert tracing.noise_scale_for(mt64, subjects) == pytest.approx(expected, rel=1e-12)
     assert tracing.embedding_std(mt64, subjects) == pytest.approx(expected / 3, rel=1e-12)
+    # As ROME: every listed subject counts, a repeated one as often as it is listed.
+    repeated = [i for s in subjects for i in mt64.tokenizer(s)["input_ids"]]
+    weight = mt64.model.get_input_embeddings().weight[repeated]
+    as_rome = float(weight.double().flatten().std())
+    assert tracing.embedding_std(mt64, subjects, distinct=False) == pytest.approx(as_rome)
+    assert as_rome != pytest.approx(expected / 3, rel=1e-6)
+    assert tracing.noise_scale_for(mt64, subjects, distinct=False) == pytest.approx(3 * as_rome)
 
 
 def test_batched_trace_equals_one_restoration_at_a_time(mt64):
@@ -201,6 +208,17 @@ def test_token_categories_and_average():
     assert tracing.token_categories([0, 1], 3) == [2, 3, 5]
 
 
+def test_rome_category_positions_read_rows_as_romes_notebook():
+    # Tokens before the subject are in no row; the others as token_categories.
+    assert tracing.rome_category_positions([1, 4], 8) == [[1], [2], [3], [4], [5, 6], [7]]
+    # A one-token subject is its first and its last token; the token after the subject is
+    # the first subsequent one also when it is the last.
+    assert tracing.rome_category_positions([0, 1], 3) == [[0], [], [0], [1], [], [2]]
+    assert tracing.rome_category_positions([0, 2], 3) == [[0], [], [1], [2], [], [2]]
+    # A subject that ends the prompt (ROME's reading fails there) has no subsequent token.
+    assert tracing.rome_category_positions([1, 3], 3) == [[1], [], [2], [], [], [2]]
+
+
 def greedy_target(mt: models.ModelAndTokenizer, prompt: str) -> str:
     """The model's top next token after ``prompt``, as a target (it starts with a space)."""
     logits = mt.model(**mt.tokenizer(prompt, return_tensors="pt")).logits[0, -1]
@@ -288,6 +306,56 @@ def test_average_trace_averages_each_case_within_a_category_then_the_cases():
     assert tracing.average_trace([one], "mlp", 1).effects[1] == [None, None]
     with pytest.raises(errors.UsageError, match="no correctly answered case"):
         tracing.average_trace([wrong], "mlp", 1)
+    with pytest.raises(errors.UsageError, match="unknown pooling"):
+        tracing.average_trace([one], "mlp", 1, pooling="cases")
+
+
+def test_token_pooling_averages_as_rome_over_the_tokens_of_all_cases():
+    # One layer; restored probabilities by token. A: subject [1, 2), one token, after t0.
+    a = hand_trace(1, [1, 2], 0.1, [[0.9], [0.5], [0.3], [0.2], [0.4], [0.6]])
+    # B: subject [0, 2); its one subsequent token is also its last.
+    b = hand_trace(2, [0, 2], 0.3, [[0.7], [0.8], [0.4]])
+    # D: subject [0, 1); one further token.
+    d = hand_trace(4, [0, 1], 0.2, [[0.6], [0.5], [0.8], [0.9]])
+    wrong = hand_trace(3, [0, 1], 0.0, [[1.0], [1.0]])  # not correct: left out
+    average = tracing.average_trace([a, wrong, b, d], "mlp", 1, pooling="token")
+    # Each row: the mean of the tokens' restored probabilities over all cases, less the mean
+    # corrupted probability of the cases (0.2). A's t0 precedes the subject: in no row.
+    # first: A t1, B t0, D t0 -> 0.6; no middle tokens; last subject: A t1, B t1, D t0 ->
+    # 1.9 / 3; first subsequent: A t2, B t2, D t1 -> 0.4; further: A t3, A t4, D t2 pooled
+    # -> 1.4 / 3 (cases first would give 0.55); last: A t5, B t2, D t3 -> 1.9 / 3.
+    expected = [0.4, None, 1.9 / 3 - 0.2, 0.2, 1.4 / 3 - 0.2, 1.9 / 3 - 0.2]
+    assert average.effects[1] == [None]
+    for row, value in zip(average.effects, expected, strict=True):
+        if value is not None:
+            assert row == [pytest.approx(value, abs=1e-12)]
+    assert (average.pooling, average.num_cases) == ("token", 3)
+    assert average.corrupted_prob == pytest.approx(0.2)
+    # The default averages each case first: other rows where cases differ in length.
+    by_case = tracing.average_trace([a, wrong, b, d], "mlp", 1)
+    assert by_case.pooling == "case" and by_case.effects[4] != average.effects[4]
+
+
+def test_romes_filter_keeps_cases_whose_top_token_is_the_whole_target(tokenizer, caplog):
+    spaced, bare = (
+        tokenizer(word, add_special_tokens=False)["input_ids"] for word in (" Lis", "Lis")
+    )
+    assert len(spaced) == len(bare) == 1
+    assert len(tokenizer(" Lisbon", add_special_tokens=False)["input_ids"]) > 1
+
+    def case(case_id: int, target: str, predicted: int, correct: bool) -> tracing.TraceResult:
+        result = hand_trace(case_id, [0, 1], 0.1, [[0.5], [0.6]])
+        return dataclasses.replace(result, target=target, predicted_id=predicted, correct=correct)
+
+    one_token = case(1, "Lis", spaced[0], True)
+    first_of_several = case(2, "Lisbon", spaced[0], True)  # ours traces it; ROME skips it
+    unspaced = case(3, "Lis", bare[0], False)  # ROME keeps it; ours did not trace it
+    wrong = case(4, "Oslo", spaced[0], False)
+    results = [one_token, first_of_several, unspaced, wrong]
+    assert [tracing.answered_as_rome(r, tokenizer) for r in results] == [True, False, True, False]
+    with caplog.at_level(logging.WARNING, logger="remedi.tracing"):
+        assert tracing.rome_cases(results, tokenizer) == [one_token]
+    assert "1 cases that ROME's filter keeps were not traced" in caplog.text
 
 
 def test_tracing_a_llama_with_bos_restores_attention_and_mlp(llama_tokenizer):

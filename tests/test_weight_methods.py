@@ -3,6 +3,7 @@ statistics cache, bad input, and the registered evaluation methods."""
 
 from __future__ import annotations
 
+import dataclasses
 import random
 from pathlib import Path
 
@@ -32,12 +33,13 @@ TEXTS = corpora.from_texts("corpus", CORPUS)
 
 
 def cached_only(corpus: corpora.Corpus) -> corpora.Corpus:
-    """``corpus`` whose texts cannot be read: statistics of it can only come from a cache."""
+    """``corpus`` whose texts cannot be read (only counted): statistics of it can only come
+    from a cache."""
 
-    def unreadable(count: int) -> list[str]:
+    def unreadable(*args: object) -> list[str]:
         raise AssertionError(f"the texts of {corpus.name} were read: the cache was not used")
 
-    return corpora.Corpus(corpus.name, corpus.key, unreadable)
+    return dataclasses.replace(corpus, read=unreadable, read_at=unreadable)
 
 
 def file_times(directory: Path) -> dict[Path, int]:
@@ -274,8 +276,9 @@ def test_bad_input_raises_clearly_and_leaves_the_weights(mt):
 def test_an_unloadable_statistics_corpus_names_the_flag(mt, monkeypatch):
     monkeypatch.setattr(datasets.config, "HF_HUB_OFFLINE", True)
     monkeypatch.setenv("HF_DATASETS_OFFLINE", "1")
-    with pytest.raises(errors.UsageError, match="--stats-dataset"):
+    with pytest.raises(errors.UsageError, match="--stats-dataset") as raised:
         stats.second_moment(mt, 0, corpora.open_corpus("no-such-user/no-such-dataset-xyz"), 10)
+    assert "wikipedia:20200501.en" in str(raised.value)  # the reference's corpus, named
     with pytest.raises(errors.UsageError, match="--stats-dataset"):
         corpora.open_corpus("toy", mt.name)  # the toy corpus needs a toy world's model
 

@@ -21,6 +21,18 @@ model, layer or corpus is refused.
 The texts come from a :class:`remedi.corpora.Corpus` (the toy world's text, local files, a Hugging
 Face dataset; see :mod:`remedi.corpora`); its key, which identifies the texts, names the cache
 file and is checked in its metadata, so statistics of one corpus are never read for another.
+
+Which texts, as kmeng01/rome and kmeng01/memit (``rome/layer_stats.py`` in both): ROME and MEMIT
+read the train split of ``wikipedia`` ``20200501.en`` (rome/layer_stats.py:39,96-99; MEMIT the
+same, :39,97-100), 100,000 texts (``mom2_n_samples`` in their hparams files; :42), drawn at
+random with seed 1 (:149, MEMIT :150) by util/runningstats.py:1587-1600, which takes every text
+when the corpus holds fewer. Here a corpus that holds more than ``num_texts`` texts is sampled
+the same way (:meth:`remedi.corpora.Corpus.sample`, seed ``sample_seed``, default theirs), and
+the seed is part of the cache file's name and metadata; a corpus that holds no more gives all
+its texts in their order, under the name and metadata that caches had before samples were
+drawn. Each text is truncated to the model's context (as :100-103). ROME packs 100 texts at a
+time into batches of at most 3 x the context (:106-109, rome/tok_dataset.py:49-77); here chunks
+of ``chunk_texts`` go into batches of at most ``max_batch_tokens``: other batches, the same keys.
 """
 
 from __future__ import annotations
@@ -72,11 +84,14 @@ def stats_file(
     layer: int,
     corpus: corpora.Corpus,
     num_texts: int,
+    sample_seed: int | None = None,
 ) -> Path:
-    """Where the statistics of these settings are cached (named by the corpus's key)."""
+    """Where the statistics of these settings are cached (named by the corpus's key, and by
+    ``sample_seed`` when the texts are a sample of the corpus; None: all its texts)."""
     slug = re.sub(r"[^A-Za-z0-9_.+-]+", "_", f"{mt.name}")
     data_slug = re.sub(r"[^A-Za-z0-9_.+-]+", "_", corpus.key)
-    return directory / slug / f"{data_slug}_layer{layer}_n{num_texts}_mom2.safetensors"
+    sample = "" if sample_seed is None else f"_seed{sample_seed}"
+    return directory / slug / f"{data_slug}_layer{layer}_n{num_texts}{sample}_mom2.safetensors"
 
 
 def second_moment(
@@ -89,6 +104,7 @@ def second_moment(
     max_length: int | None = None,
     chunk_texts: int = 256,
     product_dtype: torch.dtype | None = None,
+    sample_seed: int = corpora.SAMPLE_SEED,
 ) -> SecondMoment:
     """``E[k k^T]`` of the keys at ``layer``: :func:`second_moments` for one layer."""
     return second_moments(
@@ -101,6 +117,7 @@ def second_moment(
         max_length=max_length,
         chunk_texts=chunk_texts,
         product_dtype=product_dtype,
+        sample_seed=sample_seed,
     )[layer]
 
 
@@ -156,25 +173,29 @@ def second_moments(
     max_length: int | None = None,
     chunk_texts: int = 256,
     product_dtype: torch.dtype | None = None,
+    sample_seed: int = corpora.SAMPLE_SEED,
 ) -> dict[int, SecondMoment]:
-    """``E[k k^T]`` of the keys at each of ``layers`` over the first ``num_texts`` texts of
-    ``corpus``.
+    """``E[k k^T]`` of the keys at each of ``layers`` over ``num_texts`` texts of ``corpus``:
+    a random sample drawn with ``sample_seed`` when it holds more (as ROME and MEMIT, see the
+    module's description), else all of them.
 
-    Layers cached in ``cache_dir`` (for this model and corpus) are read; the others are computed
-    together in one pass over the corpus (resuming their partial files) and written, one file per
-    layer; the corpus's texts are read only then.
+    Layers cached in ``cache_dir`` (for this model, corpus and sample) are read; the others are
+    computed together in one pass over the corpus (resuming their partial files) and written,
+    one file per layer; the corpus's texts are read only then. A cache of a sample is found
+    without counting the corpus's texts; a cache of all of them needs their number.
     A forward holds at most ``max_batch_tokens`` padded tokens, except a single text longer than
     that (texts are truncated to ``max_length``, default the model's context). Each batch's
     product is computed in ``product_dtype`` (default float32, or the keys' dtype if wider) and
     summed in float64.
 
     Raises:
-        errors.MismatchError: A cache was made for another model, layer or corpus.
+        errors.MismatchError: A cache was made for another model, layer, corpus or sample.
     """
     results: dict[int, SecondMoment] = {}
     sums: dict[int, _LayerSum] = {}
+    seed = _sample_seed(mt, layers, corpus, num_texts, cache_dir, sample_seed)
     for layer in sorted(set(layers)):
-        opened = _open_layer(mt, layer, corpus, num_texts, cache_dir)
+        opened = _open_layer(mt, layer, corpus, num_texts, cache_dir, seed)
         if isinstance(opened, SecondMoment):
             results[layer] = opened
         else:
@@ -182,7 +203,7 @@ def second_moments(
     if not sums:
         return results
 
-    texts = corpus.texts(num_texts)
+    texts = corpus.texts(num_texts) if seed is None else corpus.sample(num_texts, seed)
     limit = max_length or _max_positions(mt.model)
     position = min(running.texts_done for running in sums.values())
     progress = tqdm(
@@ -217,12 +238,31 @@ def second_moments(
     return {layer: results[layer] for layer in sorted(results)}
 
 
+def _sample_seed(
+    mt: models.ModelAndTokenizer,
+    layers: Sequence[int],
+    corpus: corpora.Corpus,
+    num_texts: int,
+    cache_dir: Path | None,
+    seed: int,
+) -> int | None:
+    """``seed`` when the statistics are of a sample (the corpus holds more than ``num_texts``
+    texts), None when of all its texts. A cache file of the sample answers without counting
+    the texts, so a released dataset is not loaded to find its statistics."""
+    if cache_dir is not None and any(
+        stats_file(cache_dir, mt, layer, corpus, num_texts, seed).is_file() for layer in layers
+    ):
+        return seed
+    return seed if corpus.is_sampled(num_texts) else None
+
+
 def _open_layer(
     mt: models.ModelAndTokenizer,
     layer: int,
     corpus: corpora.Corpus,
     num_texts: int,
     cache_dir: Path | None,
+    sample_seed: int | None,
 ) -> SecondMoment | _LayerSum:
     """The layer's cached statistics, else its running sum (resumed from a partial file)."""
     projection = models.determine_mlp_output(mt.model, layer)
@@ -234,7 +274,10 @@ def _open_layer(
         "dataset": corpus.key,
         "num_texts": str(num_texts),
     }
-    path = stats_file(cache_dir, mt, layer, corpus, num_texts) if cache_dir else None
+    # Statistics of all the corpus's texts keep the metadata they had before samples were drawn.
+    if sample_seed is not None:
+        expected["sample_seed"] = str(sample_seed)
+    path = stats_file(cache_dir, mt, layer, corpus, num_texts, sample_seed) if cache_dir else None
     if path is not None and path.is_file():
         moment, metadata = _read(path)
         _check(metadata, expected, path)
