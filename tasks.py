@@ -728,6 +728,8 @@ def eval_ent_mcrae(
         "world's export for toy models).",
         clear_results=HELP["clear_results"],
         seed=HELP["seed"],
+        max_records="Read only the file's first N records (default: 50,000, the reference's; "
+        "0: all).",
     )
 )
 def train_biosbias(
@@ -741,11 +743,14 @@ def train_biosbias(
     clear_results: bool = False,
     seed: int = 0,
     random: bool = False,
+    max_records: int | None = None,
 ) -> None:
     """Train a REMEDI editor on Bias in Bios at the paper's layer."""
     layers = [_paper_layer(model, "biosbias", layer)]
     name = name or _run_name("editors_biosbias", model, random)
     flags = _flags(device, max_epochs=max_epochs, clear_results=clear_results, random=random)
+    if max_records is not None:
+        flags += ["--max-records", str(max_records)]
     _train(c, "biosbias", model, layers, name, ["--seed", str(seed), *flags], dataset_file)
 
 
