@@ -696,6 +696,9 @@ def train_mcrae(
         "mcrae",
         model=MCRAE_MODEL_HELP,
         max_samples="Evaluate only the first N held-out samples.",
+        rewrite_unrelated="Prefix also puts the context before the unrelated features (the "
+        "reference's does not: its unrelated Δp is 0).",
+        exact_norms="Compare with the norms' exact probabilities (the reference's: two decimals).",
     )
 )
 def eval_ent_mcrae(
@@ -708,11 +711,14 @@ def eval_ent_mcrae(
     rerun: bool = False,
     random: bool = False,
     layer: int | None = None,
+    rewrite_unrelated: bool = False,
+    exact_norms: bool = False,
 ) -> None:
     """McRae entailment: Δp and correlation of co-occurring, original and unrelated features
     under No Edit, Prefix and REMEDI."""
     editors_dir, args = _editors_and_layer(model, "mcrae", editors, layer, random, device)
     args += _flags(device, max_samples=max_samples, rerun=rerun, random=random)
+    args += ["--rewrite-unrelated"] * rewrite_unrelated + ["--exact-norms"] * exact_norms
     name = name or _run_name("eval_ent_mcrae", model, random)
     _evaluate(c, "eval_entailment", model, name, editors_dir, args)
 
