@@ -696,6 +696,9 @@ def train_mcrae(
         "mcrae",
         model=MCRAE_MODEL_HELP,
         max_samples="Evaluate only the first N held-out samples.",
+        rewrite_unrelated="Prefix also puts the context before the unrelated features (the "
+        "reference's does not: its unrelated Δp is 0).",
+        exact_norms="Compare with the norms' exact probabilities (the reference's: two decimals).",
     )
 )
 def eval_ent_mcrae(
@@ -708,11 +711,14 @@ def eval_ent_mcrae(
     rerun: bool = False,
     random: bool = False,
     layer: int | None = None,
+    rewrite_unrelated: bool = False,
+    exact_norms: bool = False,
 ) -> None:
     """McRae entailment: Δp and correlation of co-occurring, original and unrelated features
     under No Edit, Prefix and REMEDI."""
     editors_dir, args = _editors_and_layer(model, "mcrae", editors, layer, random, device)
     args += _flags(device, max_samples=max_samples, rerun=rerun, random=random)
+    args += ["--rewrite-unrelated"] * rewrite_unrelated + ["--exact-norms"] * exact_norms
     name = name or _run_name("eval_ent_mcrae", model, random)
     _evaluate(c, "eval_entailment", model, name, editors_dir, args)
 
@@ -728,6 +734,8 @@ def eval_ent_mcrae(
         "world's export for toy models).",
         clear_results=HELP["clear_results"],
         seed=HELP["seed"],
+        max_records="Read only the file's first N records (default: 50,000, the reference's; "
+        "0: all).",
     )
 )
 def train_biosbias(
@@ -741,11 +749,14 @@ def train_biosbias(
     clear_results: bool = False,
     seed: int = 0,
     random: bool = False,
+    max_records: int | None = None,
 ) -> None:
     """Train a REMEDI editor on Bias in Bios at the paper's layer."""
     layers = [_paper_layer(model, "biosbias", layer)]
     name = name or _run_name("editors_biosbias", model, random)
     flags = _flags(device, max_epochs=max_epochs, clear_results=clear_results, random=random)
+    if max_records is not None:
+        flags += ["--max-records", str(max_records)]
     _train(c, "biosbias", model, layers, name, ["--seed", str(seed), *flags], dataset_file)
 
 

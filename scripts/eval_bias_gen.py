@@ -42,6 +42,12 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         help="BIOS.pkl or a JSON/JSONL export (default: the training run's)",
     )
     parser.add_argument(
+        "--max-records",
+        type=int,
+        help="read only the first N records of the file (default: the training run's; without "
+        f"-e, {data.BIOSBIAS_MAX_RECORDS}, the reference's; 0: all)",
+    )
+    parser.add_argument(
         "--random",
         action="store_true",
         help="evaluate on the randomly initialised model (default: what the editors were "
@@ -62,6 +68,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
     device = cli.device(args)
     dataset_file: Path | None = args.dataset_file
+    max_records: int | None = data.BIOSBIAS_MAX_RECORDS
     test_ids: list[str] | None = None
     if args.editors_dir is not None:
         run = training.load_run(
@@ -72,8 +79,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         )
         test_ids = list(run.split.test)
         dataset_file = run.dataset_file_or(dataset_file)
+        max_records = run.args.biosbias_max_records
         args.random = args.random or run.args.random_init
-    samples = data.load_biosbias(dataset_file)
+    if args.max_records is not None:
+        max_records = args.max_records
+    samples = data.load_biosbias(dataset_file, max_records)
     if test_ids is not None:
         samples = data.select_ids(samples, test_ids)
     if args.max_samples is not None:
@@ -83,7 +93,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         raise errors.UsageError(
             "no samples to evaluate: the training run's test split is empty, or --max-samples is 0"
         )
-    bios = data.load_biosbias_bios(dataset_file)
+    bios = data.load_biosbias_bios(dataset_file, max_records)
     resources = evaluation.EvalResources(
         batch_size=args.batch_size,
         seed=args.seed,

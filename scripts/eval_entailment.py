@@ -2,16 +2,19 @@
 
     python -m scripts.eval_entailment -n my_ent -e results/editors_mcrae_gptj -m gptj
 
-writes ``results/NAME/<method>/entailment.json`` (a rerun skips finished methods unless
-``--rerun``) and ``results/NAME/summary.{md,tex,json,png}``. Samples: the held-out (test)
-split of the editors' training run (or, without ``-e``, the first ``--max-samples`` samples
-and no REMEDI row). See :mod:`remedi.evaluation.probing.entailment`. McRae is real-world knowledge:
+writes ``results/NAME/<method>/entailment.json`` (a rerun skips methods finished with the same
+settings unless ``--rerun``) and ``results/NAME/summary.{md,tex,json,png}``. Samples: the held-out
+(test) split of the editors' training run (or, without ``-e``, the first ``--max-samples`` samples
+and no REMEDI row). By default as the reference: Prefix puts the context before co-occurring and
+original features only, and the norms are compared with two decimals (``--rewrite-unrelated`` and
+``--exact-norms`` change that). See :mod:`remedi.evaluation.probing.entailment`. McRae is real-world knowledge:
 on the toy LM the numbers mean nothing; use a pretrained model.
 """
 
 from __future__ import annotations
 
 import argparse
+import logging
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -22,12 +25,26 @@ from remedi.methods import registry
 from remedi.methods.base import MethodSetup
 from remedi.methods.remedi import RemediEdit
 
+logger = logging.getLogger(__name__)
+
 
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description="evaluate entailment on the McRae norms")
     cli.add_arguments(parser)
     cli.add_editor_arguments(parser)
     parser.add_argument("--dataset-file", type=Path, help="McRae norms file (default: the run's)")
+    parser.add_argument(
+        "--rewrite-unrelated",
+        action="store_true",
+        help="Prefix also puts the context before the unrelated features (default: before the "
+        "co-occurring and original ones only, as the reference, so its unrelated Δp is 0)",
+    )
+    parser.add_argument(
+        "--exact-norms",
+        action="store_true",
+        help="compare with the norms' exact probabilities (default: rounded to "
+        f"{entailment.NORM_DIGITS} decimals, zeros left out, as the reference)",
+    )
     cli.add_sample_evaluation_arguments(parser)
     return parser.parse_args(argv)
 
@@ -49,16 +66,23 @@ def main(argv: Sequence[str] | None = None) -> int:
         samples = samples.select(range(min(args.max_samples, len(samples))))
     rows = [dict(row) for row in samples]
     experiment_dir = env.results_dir() / args.name
+    settings = entailment.EntailmentSettings(
+        norm_digits=None if args.exact_norms else entailment.NORM_DIGITS,
+        rewrite_unrelated=args.rewrite_unrelated,
+    )
 
     results: dict[str, entailment.EntailmentResults] = {}
     mt = None
     for method in methods:
         path = experiment_dir / method / "entailment.json"
         if path.is_file() and not args.rerun:
-            results[method] = entailment.EntailmentResults.from_dict(
-                io.read_json(path, "entailment result")
+            stored = entailment.EntailmentResults.from_dict(io.read_json(path, "entailment result"))
+            if stored.settings == settings:
+                results[method] = stored
+                continue
+            logger.info(
+                "%s was computed with other settings (%s); recomputing", path, stored.settings
             )
-            continue
         if mt is None:
             mt = models.load_model(
                 args.model, device=device, dtype=args.dtype, random_init=args.random
@@ -69,7 +93,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             prepared = registry.prepare(method, mt, setup, **cli.editor_options(args))
             assert isinstance(prepared, RemediEdit)
             edit = prepared
-        result = entailment.entailment(mt, rows, method, edit, args.batch_size)
+        result = entailment.entailment(mt, rows, method, edit, args.batch_size, settings)
         io.write_json(path, result.to_dict(), indent=None)
         results[method] = result
 

@@ -102,6 +102,13 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         "REMEDI reference (default), or the rewrite prompt",
     )
     parser.add_argument(
+        "--max-records",
+        type=int,
+        default=data.BIOSBIAS_MAX_RECORDS,
+        help="Bias in Bios: read only the first N records of the file (default: %(default)s, "
+        "the reference's; 0: all)",
+    )
+    parser.add_argument(
         "--precompute-batch-size", type=int, default=64, help="batch size for hidden states"
     )
     parser.add_argument("--seed", type=int, default=0)
@@ -128,6 +135,7 @@ def run_args(args: argparse.Namespace) -> training.RunArgs:
         dataset_file=args.dataset_file,
         random_init=args.random,
         counterfact_prompt=args.counterfact_prompt,
+        biosbias_max_records=args.max_records,
         max_epochs=args.max_epochs,
         batch_size=args.batch_size,
         lr=args.lr,

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from remedi import data, errors, io, metrics, models, precompute, sweep, training
+from remedi import data, editors, errors, io, metrics, models, precompute, sweep, training
 from remedi.evaluation.probing import bios_classification as bios_cls
 from remedi.evaluation.probing import classification as cls
 from remedi.evaluation.probing.mediation import prompt_in_context
@@ -61,7 +61,7 @@ def test_each_label_gets_the_samples_attribute_or_the_generic_occupation_attribu
         "id": "bios/1",
         "entity": "Ana",
         "prompt": "Ana works as a",
-        "context": "Ana is a nurse in Rome.",
+        "context": "Since 2010, Ana is a nurse in Rome.",
         "attribute": "is a nurse in Rome",
         "target_mediated": "nurse",
     }
@@ -69,7 +69,8 @@ def test_each_label_gets_the_samples_attribute_or_the_generic_occupation_attribu
     assert inputs[0]["attribute"] == "has the occupation of chef"
     assert inputs[0]["context"] == "Ana has the occupation of chef"
     assert inputs[1]["attribute"] == "is a nurse in Rome"
-    assert inputs[1]["context"] == "Ana is a nurse in Rome."
+    # As the reference (benchmarks.py:1162): "<entity> <attribute>", not the bio's sentence.
+    assert inputs[1]["context"] == "Ana is a nurse in Rome"
     assert all(entry["prompt"] == "Ana works as a" for entry in inputs)
 
 
@@ -108,6 +109,47 @@ def test_labels_are_the_lms_top_occupation_after_the_bio(setup):
         assert sample.model_top_k[0] == labels[int(logits[label_ids].argmax())]
         assert sample.label == (sample.model_top_k[0] != row["target_mediated"])
         assert len(sample.probe_top_k) == 3
+
+
+def test_every_labels_direction_reads_the_entity_then_the_attribute(setup):
+    """The probe's score of each label is the entity's state times the editor's direction on
+    ``"<entity> <attribute>"``, for the true occupation too, however the bio's sentence reads."""
+    mt = models.load_model(str(setup["model"]), device="cpu")
+    mt.model.double()
+    editor = training.load_run_editor(setup["results"] / "editors", 0, "linear", mt)
+    rows = [dict(row) for row in data.load_biosbias(setup["file"]).select(range(6))]
+    for row in rows:  # words before the name: the sentence is not "<entity> <attribute>"
+        row["context"] = f"In short, {row['context']}"
+    labels = sorted({row["target_mediated"] for row in rows})
+    result = bios_cls.bios_classification(
+        mt, editor, rows, labels=labels, top_k=len(labels), normalize=False
+    )
+    readings = bios_cls.read_label_prompts(mt, rows, labels, [editor.layer])
+    inputs = [
+        {
+            "id": f"{row['id']}/{label}",
+            "entity": row["entity"],
+            "prompt": row["prompt"],
+            "context": f"{row['entity']} {attribute}",
+            "attribute": attribute,
+        }
+        for row in rows
+        for label in labels
+        for attribute in [
+            row["attribute"]
+            if label == row["target_mediated"]
+            else f"has the occupation of {label}"
+        ]
+    ]
+    directions = editors.editor_directions(mt, editor, inputs).cpu().double()
+    expected = torch.einsum(
+        "nh,nlh->nl",
+        readings.entity_last[editor.layer].double(),
+        directions.view(len(rows), len(labels), -1),
+    )
+    for sample, scores in zip(result.samples, expected.tolist(), strict=True):
+        by_label = dict(zip(sample.probe_top_k, sample.probe_top_k_scores, strict=True))
+        assert by_label == pytest.approx(dict(zip(labels, scores, strict=True)), rel=1e-6)
 
 
 def test_samples_without_an_occupation_are_refused_by_name(setup):

@@ -148,11 +148,68 @@ def test_json_and_jsonl_exports_give_the_pickles_samples(tmp_path, data_dir):
     assert data.load_biosbias(as_jsonl).to_list() == from_pickle
 
 
+def test_only_the_first_records_are_read_as_the_reference_reads_50000(tmp_path, data_dir):
+    import inspect
+
+    source = _write_pickle(tmp_path / "BIOS.pkl", RECORDS)
+    # The reference reads the first 50,000 records of BIOS.pkl (its remedi/data.py:378,384).
+    assert data.BIOSBIAS_MAX_RECORDS == 50_000
+    for loader in (data.load_biosbias, data.load_biosbias_bios):
+        default = inspect.signature(loader).parameters["max_records"].default
+        assert default == data.BIOSBIAS_MAX_RECORDS
+    first_three = data.load_biosbias(source, max_records=3)
+    assert first_three["id"] == ["Jane_Ann_Smith", "Maria_Lopez", "Li_Chen"]
+    assert set(data.load_biosbias_bios(source, max_records=3)) == set(first_three["id"])
+    # The same person's second record is past a limit of 7; ids do not depend on the limit.
+    every = data.load_biosbias(source, max_records=None)["id"]
+    assert every == ["Jane_Ann_Smith", "Maria_Lopez", "Li_Chen", "Jane_Ann_Smith_2"]
+    assert data.load_biosbias(source, max_records=7)["id"] == every[:3]
+    assert data.load_biosbias(source, max_records=0)["id"] == every  # 0: all, as None
+    assert data.load_biosbias(source)["id"] == every  # 8 records, under the default limit
+    with pytest.raises(errors.UsageError, match="0 for all"):
+        data.load_biosbias(source, max_records=-1)
+
+
+def test_a_biosbias_runs_record_limit_is_saved_and_old_runs_read_every_record(tmp_path):
+    from remedi import training
+
+    def loaded(**args: object) -> training.RunArgs:
+        directory = tmp_path / str(len(list(tmp_path.iterdir())))
+        record = {
+            "args": {"name": "run", "model": "m", **args},
+            "seed": 0,
+            "model_name": "m",
+            "hidden_size": 8,
+            "split": {"train": [], "validation": [], "test": []},
+        }
+        io.write_json(directory / training.ARGS_FILE, record)
+        return training.load_run(directory).args
+
+    new = training.RunArgs(name="run", model="m", dataset="biosbias")
+    assert new.dataset_options() == {"max_records": data.BIOSBIAS_MAX_RECORDS}
+    assert training.RunArgs(
+        name="run", model="m", dataset="biosbias", biosbias_max_records=0
+    ).dataset_options() == {"max_records": None}
+    assert loaded(dataset="biosbias", biosbias_max_records=3).dataset_options() == {
+        "max_records": 3
+    }
+    # Written before the limit existed: a Bias in Bios run read every record; another
+    # dataset's run gets today's default, so that resuming it is not refused for nothing.
+    assert loaded(dataset="biosbias").dataset_options() == {"max_records": None}
+    assert loaded(dataset="counterfact").biosbias_max_records == data.BIOSBIAS_MAX_RECORDS
+
+
 def test_the_cache_is_keyed_by_the_source_files_hash(tmp_path, data_dir):
     source = _write_pickle(tmp_path / "BIOS.pkl", RECORDS)
     first = data.load_biosbias(source)
     [cache] = _files_under(data_dir)
-    assert cache.name == f"samples-{io.file_sha256(source)}.json"
+    sha256 = io.file_sha256(source)
+    assert cache.name == f"samples-{sha256}-first{data.BIOSBIAS_MAX_RECORDS}.json"
+    data.load_biosbias(source, max_records=None)
+    assert (data_dir / "biosbias" / f"samples-{sha256}.json").is_file()
+    for path in _files_under(data_dir):
+        if path != cache:
+            path.unlink()
     # The cache is what is read back while the source is unchanged...
     stored = json.loads(cache.read_text())
     stored["samples"][0]["context"] = "read from the cache"

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from remedi import data, errors, models, training
+from remedi import data, errors, io, models, training
 from remedi.evaluation.probing import entailment
 from scripts import eval_entailment
 from tests.conftest import one_epoch_run, save_tiny_gpt2, train_runs
@@ -87,8 +87,56 @@ def test_rows_no_edit_prefix_and_remedi(setup):
     co = [f for s in remedi.samples for f in s.features["co"]]
     assert co and all(f.logp_ref is not None and f.logp_ref <= 0 for f in co)
     assert all(f.logp_ref is None for s in remedi.samples for f in s.features["unrel"])
+    # REMEDI edits the entity in every text, the unrelated features' too.
+    unrelated = [f for s in remedi.samples for f in s.features["unrel"]]
+    assert [f.logp_post for f in unrelated] != pytest.approx([f.logp_pre for f in unrelated])
     with pytest.raises(errors.UsageError, match="needs a trained editor"):
         entailment.entailment(mt, samples, "remedi")
+
+
+def test_prefix_leaves_the_unrelated_features_as_the_reference_unless_asked(setup):
+    mt = models.load_model(str(setup["model"]), device="cpu")
+    samples = [dict(row) for row in data.load_dataset("mcrae", file=setup["norms"])][:6]
+    # The reference's Prefix reads the unrelated features without the context
+    # (its scripts/eval_entailment.py:21): their Δp is exactly 0.
+    prefix = entailment.entailment(mt, samples, "prefix", batch_size=7)
+    unrelated = [f for s in prefix.samples for f in s.features["unrel"]]
+    assert unrelated and all(f.logp_post == f.logp_pre for f in unrelated)
+    assert prefix.metrics.delta_p["unrel"] == 0.0
+    assert prefix.settings == entailment.EntailmentSettings(rewrite_unrelated=False)
+    assert prefix.metrics.delta_p["co"] != 0.0 and prefix.metrics.delta_p["orig"] != 0.0
+    # The option: the context before every feature, the unrelated ones too.
+    settings = entailment.EntailmentSettings(rewrite_unrelated=True)
+    everywhere = entailment.entailment(mt, samples, "prefix", batch_size=7, settings=settings)
+    unrelated = [f for s in everywhere.samples for f in s.features["unrel"]]
+    assert [f.logp_post for f in unrelated] != pytest.approx([f.logp_pre for f in unrelated])
+    for kind in ("co", "orig"):
+        assert everywhere.metrics.delta_p[kind] == pytest.approx(prefix.metrics.delta_p[kind])
+
+
+def test_norms_are_compared_with_two_decimals_and_zeros_left_out_as_the_reference(setup):
+    mt = models.load_model(str(setup["model"]), device="cpu")
+    [sample] = [dict(row) for row in data.load_dataset("mcrae", file=setup["norms"])][:1]
+    co = [dict(feature) for feature in sample["co_features"]][:3]
+    assert len(co) == 3
+    # 0.004 is written "0.00" by the reference (its data.py:769) and left out (benchmarks.py:1582);
+    # 0.126 is written "0.13".
+    for feature, co_prob in zip(co, (0.004, 0.126, 0.3), strict=True):
+        feature["co_prob"] = co_prob
+    original = [dict(feature) for feature in sample["original_features"]]
+    original[0]["prob"] = 0.4666  # 14 of 30 participants: "0.47"
+    sample = {**sample, "co_features": co, "original_features": original}
+
+    rounded = entailment.entailment(mt, [sample], "unedited").samples[0].features
+    assert [math.exp(f.logp_ref or 0) for f in rounded["co"]] == pytest.approx([0.13, 0.3])
+    assert [f.feature for f in rounded["co"]] == [f["feature_fluent"] for f in co[1:]]
+    assert math.exp(rounded["orig"][0].logp_ref or 0) == pytest.approx(0.47)
+
+    exact_settings = entailment.EntailmentSettings(norm_digits=None)
+    exact = entailment.entailment(mt, [sample], "unedited", settings=exact_settings)
+    co_refs = [math.exp(f.logp_ref or 0) for f in exact.samples[0].features["co"]]
+    assert co_refs == pytest.approx([0.004, 0.126, 0.3])
+    assert math.exp(exact.samples[0].features["orig"][0].logp_ref or 0) == pytest.approx(0.4666)
 
 
 def test_pearson_is_nan_when_undefined():
@@ -105,6 +153,7 @@ def test_script_writes_the_three_rows_and_reuses_results(setup, monkeypatch, cap
     out = capsys.readouterr().out
     for label in ("No Edit", "Prefix", "REMEDI"):
         assert f"| {label} |" in out
+    assert "its unrelated Δp is 0 by construction" in out
     experiment = setup["results"] / "ent"
     files = sorted(experiment.glob("*/entailment.json"))
     assert len(files) == 3
@@ -112,6 +161,18 @@ def test_script_writes_the_three_rows_and_reuses_results(setup, monkeypatch, cap
     assert eval_entailment.main(argv) == 0
     assert [path.stat().st_mtime_ns for path in files] == mtimes
     assert (experiment / "summary.tex").is_file() and (experiment / "summary.png").is_file()
+    # Other settings recompute every row instead of mixing two settings in one table.
+    capsys.readouterr()
+    assert eval_entailment.main([*argv, "--rewrite-unrelated", "--exact-norms"]) == 0
+    assert (
+        "Exact norms. Prefix also puts the context before the unrelated" in capsys.readouterr().out
+    )
+    assert all(path.stat().st_mtime_ns != mtimes[i] for i, path in enumerate(files))
+    prefix = entailment.EntailmentResults.from_dict(
+        io.read_json(experiment / "prefix" / "entailment.json", "entailment result")
+    )
+    assert prefix.settings == entailment.EntailmentSettings(None, rewrite_unrelated=True)
+    assert prefix.metrics.delta_p["unrel"] != 0.0
 
 
 def test_ent_sweep_reads_each_layers_remedi_result(setup, monkeypatch):

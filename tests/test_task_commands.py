@@ -164,6 +164,18 @@ def test_mcrae_trains_at_the_references_layer_and_is_evaluated_at_the_runs(comma
     tasks.eval_ent_mcrae(Context(), max_samples=10)
     expected = ["-n", "eval_ent_mcrae_gptj", "-e", str(run), "-m", "gptj", "-l", "5"]
     assert commands == [("scripts.eval_entailment", [*expected, "--max-samples", "10"])]
+    commands.clear()
+    tasks.eval_ent_mcrae(Context(), rewrite_unrelated=True, exact_norms=True)
+    assert commands == [
+        ("scripts.eval_entailment", [*expected, "--rewrite-unrelated", "--exact-norms"])
+    ]
+
+
+def test_biosbias_training_passes_a_record_limit_only_when_given(commands):
+    tasks.train_biosbias(Context(), model="gpt2")
+    tasks.train_biosbias(Context(), model="gpt2", max_records=0)
+    assert "--max-records" not in commands[0][1]
+    assert _arguments_after(commands[1][1], "--max-records") == "0"
 
 
 def test_a_run_of_several_layers_is_evaluated_at_the_papers_or_asks_for_one(commands, tmp_path):

@@ -25,9 +25,11 @@ import numpy as np
 
 from remedi import errors
 from remedi.data.biosbias import (
+    BIOSBIAS_MAX_RECORDS,
     BIOSBIAS_PROMPT_TEMPLATE,
     RestrictedUnpickler,
     UnsafePickleError,
+    biosbias_record_limit,
     load_biosbias,
     load_biosbias_bios,
     read_biosbias_records,
@@ -69,6 +71,7 @@ from remedi.data.samples import (
 from remedi.data.text import rejoin_sentences_on_entity, split_sentences
 
 __all__ = [
+    "BIOSBIAS_MAX_RECORDS",
     "BIOSBIAS_PROMPT_TEMPLATE",
     "COUNTERFACT_DATASETS",
     "COUNTERFACT_FEATURES",
@@ -88,6 +91,7 @@ __all__ = [
     "RestrictedUnpickler",
     "UnsafePickleError",
     "attribute_from_context",
+    "biosbias_record_limit",
     "clean_counterfact_paraphrase",
     "counterfact_cache_file",
     "counterfact_prompt",

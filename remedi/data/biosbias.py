@@ -31,9 +31,15 @@ A sample is built as in the REMEDI reference (``_reformat_bias_in_bios_file``):
   an optional ``prompt_template`` field (an extension of ours, not in the official pickle): the
   toy world's export uses its LM's occupation phrasing there.
 
+Only the first :data:`BIOSBIAS_MAX_RECORDS` (50,000) records of the file are read by default, as
+the reference reads them (``remedi/data.py:378,384-385`` of evandez/REMEDI, ``limit=50000``); the
+official pickle holds about 400,000. ``max_records=None`` (or 0; ``--max-records 0`` on the command
+line) reads every record. Sample ids do not depend on the limit (a repeated name's ``_2`` counts only
+earlier records), so a run trained on the first N records finds its samples in any larger pool.
+
 Reformatted samples are cached under ``remedi.env.data_dir()/biosbias`` in a file named by the
-source file's SHA-256, so a changed source is re-read; the cache is written atomically, and
-only after the whole file was read and checked.
+source file's SHA-256 and the record limit, so a changed source is re-read; the cache is written
+atomically, and only after the whole file was read and checked.
 """
 
 from __future__ import annotations
@@ -97,6 +103,10 @@ BIOSBIAS_FILE_NAME = "BIOS.pkl"
 """What the official code writes; looked for in the data directory when no file is given."""
 
 BIOSBIAS_REQUIRED_FIELDS = ("name", "raw", "title")
+
+BIOSBIAS_MAX_RECORDS = 50_000
+"""How many records of the file are read by default: the reference's ``limit`` (evandez/REMEDI
+``remedi/data.py:378``, applied at 384-385 before any sample is built). None or 0: all."""
 
 CACHE_FORMAT_VERSION = 1
 """Bumped when the same source file would give other samples; older caches are rebuilt."""
@@ -229,6 +239,22 @@ def _jsonable(record: Any) -> Any:
     return json.loads(json.dumps(record, default=repr))
 
 
+def biosbias_record_limit(max_records: int | None) -> int | None:
+    """``max_records`` as a limit: None for every record (None or 0), else the positive count.
+
+    Raises:
+        UsageError: A negative count.
+    """
+    if max_records is None or max_records == 0:
+        return None
+    if max_records < 0:
+        raise errors.UsageError(
+            f"max_records is {max_records}; give a positive number of Bias in Bios records to "
+            f"read (default {BIOSBIAS_MAX_RECORDS:,}, the reference's), or 0 for all of them"
+        )
+    return int(max_records)
+
+
 def choose_sentence(bio: str) -> str:
     """The bio's sentence the reference keeps: the second one of at least
     :data:`SENTENCE_MIN_WORDS` words, else the first, else ``""``."""
@@ -340,9 +366,12 @@ def biosbias_samples_and_bios(
     return samples, bios, dict(dropped)
 
 
-def biosbias_cache_file(sha256: str) -> Path:
-    """Where the samples of a source file with this SHA-256 are cached."""
-    return env.data_dir() / "biosbias" / f"samples-{sha256}.json"
+def biosbias_cache_file(sha256: str, max_records: int | None = None) -> Path:
+    """Where the samples of a source file with this SHA-256 are cached: ``samples-<sha>.json``
+    for every record, ``samples-<sha>-first<N>.json`` for the first N."""
+    limit = biosbias_record_limit(max_records)
+    suffix = "" if limit is None else f"-first{limit}"
+    return env.data_dir() / "biosbias" / f"samples-{sha256}{suffix}.json"
 
 
 def default_biosbias_file() -> Path:
@@ -362,15 +391,19 @@ def _resolve_file(file: Path | None) -> Path:
     return path
 
 
-def load_biosbias_cached(file: Path | None = None) -> dict[str, Any]:
-    """The cached reformatting of a Bias in Bios file: ``samples``, ``bios``, ``dropped``.
+def load_biosbias_cached(
+    file: Path | None = None, max_records: int | None = BIOSBIAS_MAX_RECORDS
+) -> dict[str, Any]:
+    """The cached reformatting of the first ``max_records`` records of a Bias in Bios file
+    (None or 0: all): ``samples``, ``bios``, ``dropped``.
 
-    Built (and cached atomically) on first use; reused while the source file's SHA-256 is the
-    same.
+    Built (and cached atomically) on first use; reused while the source file's SHA-256 and the
+    limit are the same.
     """
+    limit = biosbias_record_limit(max_records)
     path = _resolve_file(file)
     sha256 = io.file_sha256(path)
-    cache = biosbias_cache_file(sha256)
+    cache = biosbias_cache_file(sha256, limit)
     if cache.is_file():
         try:
             stored = io.read_json(cache, "Bias in Bios cache")
@@ -381,15 +414,26 @@ def load_biosbias_cached(file: Path | None = None) -> dict[str, Any]:
                 isinstance(stored, dict)
                 and stored.get("format_version") == CACHE_FORMAT_VERSION
                 and stored.get("sha256") == sha256
+                and stored.get("max_records") == limit
             ):
                 logger.info("Bias in Bios samples of %s from cache %s", path, cache)
                 return stored
     records = read_biosbias_records(path)
+    if limit is not None and len(records) > limit:
+        logger.info(
+            "reading the first %d of the %d records of %s (the reference's limit; "
+            "--max-records 0 reads all)",
+            limit,
+            len(records),
+            path,
+        )
+        records = records[:limit]
     samples, bios, dropped = biosbias_samples_and_bios(records, path)
     stored = {
         "format_version": CACHE_FORMAT_VERSION,
         "source": str(path),
         "sha256": sha256,
+        "max_records": limit,
         "records": len(records),
         "dropped": dropped,
         "samples": [dict(sample) for sample in samples],
@@ -402,16 +446,21 @@ def load_biosbias_cached(file: Path | None = None) -> dict[str, Any]:
     return stored
 
 
-def load_biosbias(file: Path | None = None, **_: Any) -> datasets.Dataset:
+def load_biosbias(
+    file: Path | None = None, max_records: int | None = BIOSBIAS_MAX_RECORDS, **_: Any
+) -> datasets.Dataset:
     """Bias in Bios as context mediation samples (see the module docstring).
 
     ``file``: the official pickle, or a JSON / JSONL export of its records (default
-    ``data_dir()/BIOS.pkl``).
+    ``data_dir()/BIOS.pkl``). ``max_records``: read only the file's first this many records
+    (default :data:`BIOSBIAS_MAX_RECORDS`, the reference's; None or 0: all).
     """
-    stored = load_biosbias_cached(file)
+    stored = load_biosbias_cached(file, max_records)
     return samples_dataset(stored["samples"])
 
 
-def load_biosbias_bios(file: Path | None = None) -> dict[str, str]:
+def load_biosbias_bios(
+    file: Path | None = None, max_records: int | None = BIOSBIAS_MAX_RECORDS
+) -> dict[str, str]:
     """Each sample's whole bio, by sample id (the references of consistency)."""
-    return dict(load_biosbias_cached(file)["bios"])
+    return dict(load_biosbias_cached(file, max_records)["bios"])

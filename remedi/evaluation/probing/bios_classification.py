@@ -9,7 +9,9 @@ The Bias in Bios half of REMEDI as a probe, following the reference
   most likely next. The LM *errs* when that is not the person's occupation.
 - **Predictions** come from the editor. For each sample and each label, a direction: for the
   person's own occupation, from the sample's own attribute; for every other label, from the
-  attribute ``"has the occupation of <label>"`` (context ``"<entity> <attribute>"``). Each
+  attribute ``"has the occupation of <label>"``. Every context, the own occupation's included,
+  is ``"<entity> <attribute>"``, not the bio's sentence, so that all labels' directions come
+  from text of one form (as the reference: evandez/REMEDI ``remedi/benchmarks.py:1156-1162``). Each
   direction is compared (dot product) with the entity's hidden state at the *entity layer*
   (its last mention's last token, in the same prompt in context); entity states and
   directions are standardised per dimension over the evaluated samples (all directions
@@ -71,7 +73,8 @@ def bios_rows(samples: precompute.Samples) -> list[dict[str, Any]]:
 
 def label_attributes(row: Mapping[str, Any], labels: Sequence[str]) -> list[dict[str, Any]]:
     """One editor input per label: the sample's attribute for its own occupation, else
-    ``"has the occupation of <label>"``; each with context ``"<entity> <attribute>"``."""
+    ``"has the occupation of <label>"``; each with context ``"<entity> <attribute>"``, the own
+    occupation's too (not the bio's sentence: the reference's ``benchmarks.py:1162``)."""
     inputs = []
     for index, label in enumerate(labels):
         own = label == row["target_mediated"]
@@ -81,7 +84,7 @@ def label_attributes(row: Mapping[str, Any], labels: Sequence[str]) -> list[dict
                 "id": f"{row['id']}/label_{index}",
                 "entity": row["entity"],
                 "prompt": row["prompt"],
-                "context": row["context"] if own else f"{row['entity']} {attribute}",
+                "context": f"{row['entity']} {attribute}",
                 "attribute": attribute,
             }
         )

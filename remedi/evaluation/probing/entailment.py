@@ -16,6 +16,20 @@ context sentence before the text) and *REMEDI* (the editor's direction added at 
 change of probability of each group and the mean over samples of the Pearson correlation of
 the after-edit log-probabilities with the norms (samples with fewer than two features in a
 group, or constant values, have no correlation and are left out of its mean).
+
+Two choices follow the reference (evandez/REMEDI) by default, each with an option:
+
+- A text method (Prefix) rewrites the co-occurring and original features' texts only, not the
+  unrelated ones (the reference's ``scripts/eval_entailment.py:21``), so Prefix's unrelated Δp
+  is 0 by construction. ``rewrite_unrelated=True`` (``--rewrite-unrelated``) rewrites them too
+  and measures how the context moves features it does not imply.
+- The norms' probabilities are compared with :data:`NORM_DIGITS` (2) decimals: the reference
+  writes them so into its dataset (``remedi/data.py:769,781``) and drops the features whose
+  written value is 0 (``remedi/benchmarks.py:1582,1594``; co-occurrences under 0.005, about one
+  of the ~19 co-occurring features of a real McRae sample). ``norm_digits=None``
+  (``--exact-norms``) keeps the exact values, so that the correlation is with the log of the
+  norms themselves rather than of their rounding (0.006 and 0.014 both become log 0.01).
+  The loader (:mod:`remedi.data.mcrae`) keeps exact values; the rounding happens here.
 """
 
 from __future__ import annotations
@@ -41,6 +55,19 @@ logger = logging.getLogger(__name__)
 KINDS = {"co": "co_features", "orig": "original_features", "unrel": "unrelated_features"}
 """Feature group -> the sample field that lists it."""
 REFERENCE_KEYS = {"co": "co_prob", "orig": "prob"}
+NORM_DIGITS = 2
+"""Decimals of the norms' probabilities, as the reference's dataset writes them (see the module
+doc); a feature whose rounded value is 0 is left out."""
+REWRITTEN_KINDS = ("co", "orig")
+"""The groups whose texts a text method rewrites by default (the reference's Prefix)."""
+
+
+@dataclass
+class EntailmentSettings(DataClassJsonMixin):
+    norm_digits: int | None = NORM_DIGITS
+    """Decimals of the norms' probabilities (None: exact)."""
+    rewrite_unrelated: bool = False
+    """A text method also rewrote the unrelated features' texts."""
 
 
 @dataclass
@@ -73,6 +100,9 @@ class EntailmentResults(DataClassJsonMixin):
     model: str
     metrics: EntailmentMetrics
     samples: list[EntailmentSample] = field(default_factory=list)
+    settings: EntailmentSettings | None = None
+    """None in files written before the settings were recorded (exact norms, every group
+    rewritten)."""
 
 
 def pearson(x: Sequence[float], y: Sequence[float]) -> float:
@@ -133,16 +163,25 @@ def _flatten(rows: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
     return flat
 
 
+def norm_probability(value: Any, digits: int | None = NORM_DIGITS) -> float:
+    """A norm's probability as compared: rounded to ``digits`` decimals (None: exact)."""
+    probability = float(value)
+    return probability if digits is None else round(probability, digits)
+
+
 def entailment(
     mt: models.ModelAndTokenizer,
     samples: Sequence[Mapping[str, Any]],
     method: str = "remedi",
     editor: editors.Editor | RemediEdit | None = None,
     batch_size: int = precompute.DEFAULT_PRECOMPUTE_BATCH_SIZE,
+    settings: EntailmentSettings | None = None,
 ) -> EntailmentResults:
     """Score every sample's feature groups before and after registered method ``method`` (see
-    module doc): a text method rewrites each text with the sample's context; ``remedi`` adds
-    ``editor``'s directions (an editor, or REMEDI prepared by the registry).
+    module doc): a text method rewrites the co-occurring and original features' texts with the
+    sample's context (the unrelated ones too with ``settings.rewrite_unrelated``); ``remedi``
+    adds ``editor``'s directions (an editor, or REMEDI prepared by the registry) to every
+    group. ``settings``: default :class:`EntailmentSettings`, the reference's.
 
     Raises:
         errors.UsageError: A method this suite cannot run, or remedi without an editor.
@@ -163,6 +202,8 @@ def entailment(
     )
     if spec.edits == "hidden_states" and edit is None:
         raise errors.UsageError(f"the {method} method needs a trained editor")
+    settings = EntailmentSettings() if settings is None else settings
+    rewritten_kinds = set(KINDS) if settings.rewrite_unrelated else set(REWRITTEN_KINDS)
     rows = [dict(row) for row in samples]
     flat = _flatten(rows)
     directions = None
@@ -180,10 +221,18 @@ def entailment(
         if spec.rewrite is not None:
             rewritten = [
                 spec.rewrite(text, baselines.TextEdit(entity, rows[item["index"]]["context"]))
+                if item["kind"] in rewritten_kinds
+                else text
                 for text, entity, item in zip(texts, entities, batch, strict=True)
             ]
-            same = rewritten == texts
-            post.append(before if same else target_log_probs(mt, rewritten, targets))
+            # Texts left as they were keep their score: their Δp is exactly 0.
+            changed = [i for i, text in enumerate(texts) if rewritten[i] != text]
+            after = before.clone()
+            if changed:
+                after[changed] = target_log_probs(
+                    mt, [rewritten[i] for i in changed], [targets[i] for i in changed]
+                )
+            post.append(after)
         else:
             assert directions is not None and edit is not None
             index = torch.tensor([item["index"] for item in batch])
@@ -192,22 +241,23 @@ def entailment(
 
     grouped: list[dict[str, list[EntailmentFeature]]] = [{kind: [] for kind in KINDS} for _ in rows]
     for item, before, after in zip(flat, logp_pre, logp_post, strict=True):
-        reference = item.get(REFERENCE_KEYS.get(item["kind"], ""))
-        if reference is not None and float(reference) <= 0:
-            continue  # the reference keeps only features with a positive norm
+        raw = item.get(REFERENCE_KEYS.get(item["kind"], ""))
+        reference = None if raw is None else norm_probability(raw, settings.norm_digits)
+        if reference is not None and reference <= 0:
+            continue  # the reference keeps only features with a positive (rounded) norm
         grouped[item["index"]][item["kind"]].append(
             EntailmentFeature(
                 feature=item["feature_fluent"],
                 logp_pre=before,
                 logp_post=after,
-                logp_ref=None if reference is None else math.log(float(reference)),
+                logp_ref=None if reference is None else math.log(reference),
             )
         )
     results = [
         EntailmentSample(str(row["id"]), features)
         for row, features in zip(rows, grouped, strict=True)
     ]
-    return EntailmentResults(method, mt.name, entailment_metrics(results), results)
+    return EntailmentResults(method, mt.name, entailment_metrics(results), results, settings)
 
 
 def entailment_metrics(samples: Sequence[EntailmentSample]) -> EntailmentMetrics:
@@ -258,11 +308,28 @@ def entailment_table(results: Mapping[str, EntailmentResults], title: str = "") 
                 },
             )
         )
-    samples = len(next(iter(results.values())).samples) if results else 0
+    first = next(iter(results.values())) if results else None
+    samples = len(first.samples) if first is not None else 0
     notes = [
         f"{samples} samples. Δp: mean change of the probability of the feature's target "
         "(whole target) after the edit; r: mean over samples of the Pearson correlation of the "
         "after-edit log-probabilities with the log co-occurrence (co-occurring) or log "
         "p(feature | concept) (original) of the McRae norms."
     ]
+    settings = first.settings if first is not None else None
+    if settings is not None:
+        digits = settings.norm_digits
+        as_reference = " (as the reference)" if digits == NORM_DIGITS else ""
+        norms = (
+            "Exact norms."
+            if digits is None
+            else f"Norms rounded to {digits} decimals, zeros left out{as_reference}."
+        )
+        prefix = (
+            "Prefix also puts the context before the unrelated features."
+            if settings.rewrite_unrelated
+            else "Prefix puts the context before co-occurring and original features only (as "
+            "the reference), so its unrelated Δp is 0 by construction."
+        )
+        notes.append(f"{norms} {prefix}")
     return tables.Table(title=title, columns=columns, rows=rows, notes=notes, digits=3)
