@@ -78,7 +78,9 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
 
 
 def edit_layers(value: str, num_layers: int) -> list[int]:
-    """``all``, one layer number, or comma-separated layer numbers, checked against the model."""
+    """``all``, one layer number, or comma-separated layer numbers, checked against the model;
+    the run edits them in the order given (a long run cut short has its first ones: spread them
+    out, 0,15,5,25)."""
     if value.strip() == "all":
         return list(range(num_layers))
     try:
@@ -92,7 +94,7 @@ def edit_layers(value: str, num_layers: int) -> list[int]:
         raise errors.UsageError("--edit-layer names no layer; give N, N,M,... or 'all'")
     for layer in layers:
         tracing.layer_window(layer, 1, num_layers)
-    return sorted(set(layers))
+    return list(dict.fromkeys(layers))
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -303,7 +303,7 @@ def test_a_case_that_cannot_be_set_up_is_skipped_not_fatal(mt, tmp_path, caplog)
 def test_edit_layers_are_all_one_or_a_list_checked_against_the_model():
     assert edit_problems.edit_layers("all", 3) == [0, 1, 2]
     assert edit_problems.edit_layers("2", 3) == [2]
-    assert edit_problems.edit_layers("2,0, 2", 3) == [0, 2]
+    assert edit_problems.edit_layers("2,0, 2", 3) == [2, 0]  # in the order given
     with pytest.raises(errors.UsageError, match="layer 3 is out of range"):
         edit_problems.edit_layers("0,3", 3)
     with pytest.raises(errors.UsageError, match="comma-separated"):
