@@ -136,6 +136,28 @@ def test_kl_of_a_batch_is_the_sum_of_per_example_kls_over_the_batch_size(mt64, i
     assert batch_terms["kl"] != pytest.approx(singles[-1] / len(inputs64), rel=1e-3)
 
 
+def test_the_default_lam_kl_weighs_the_kl_as_the_reference_does_in_expectation(mt64, inputs64):
+    # The reference (evandez/REMEDI remedi/editors.py:389-400) weighs only a batch's last sample's
+    # KL, by lam_kl 10 / batch 16. Averaged over which of the 16 rows is last, that is our
+    # batch-mean term at the default lam_kl exactly; with the old default (10) ours was 16 times it.
+    assert training.DEFAULT_BATCH_SIZE == training.REFERENCE_BATCH_SIZE == 16
+    assert training.DEFAULT_LAM_KL == training.reference_equivalent_lam_kl(10.0, 16) == 0.625
+    rows = [index % len(inputs64) for index in range(training.REFERENCE_BATCH_SIZE)]
+    batch = inputs64.select(rows)
+    editor = _random_linear(mt64)
+    with torch.no_grad():
+        ours, _ = training.editing_loss(
+            mt64, editor, batch, dataclasses.replace(KL_ONLY, lam_kl=training.DEFAULT_LAM_KL)
+        )
+        kl_of_sample = [
+            training.editing_loss(mt64, editor, inputs64.select([index]), KL_ONLY)[1]["kl"]
+            for index in range(len(inputs64))
+        ]
+    reference_if_last = [training.REFERENCE_LAM_KL * kl_of_sample[row] / len(rows) for row in rows]
+    assert max(reference_if_last) > 1.5 * min(reference_if_last)  # the samples' KLs differ
+    assert_equal_in_exact_arithmetic(ours, sum(reference_if_last) / len(rows), precision_of(mt64))
+
+
 @pytest.mark.parametrize("direction", DIRECTIONS)
 def test_kl_compares_edited_and_original_from_the_last_entity_token(mt64, inputs64, direction):
     editor = _random_linear(mt64)
@@ -389,7 +411,7 @@ def test_a_run_saves_its_arguments_split_and_editors(mt, results):
     assert split.test and split.validation and split.train
     assert not set(split.train) & set(split.test)
     raw = json.loads((directory / "args.json").read_text())
-    assert raw["args"]["lam_kl"] == 10.0
+    assert raw["args"]["lam_kl"] == training.DEFAULT_LAM_KL == 0.625
     assert raw["args"]["kl_direction"] == "original||edited"
     assert raw["split"]["test"] == split.test
 
