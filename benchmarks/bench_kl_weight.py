@@ -18,7 +18,17 @@ Each sample's KL comes from the loss on that sample alone. The figures are the m
 (with the standard error of the reference's, which rests on one sample per batch), their ratio,
 and ``reference_any_last``: the reference's term averaged over which sample of each batch is last,
 which is our term up to rounding. Correctness, not speed: it lives here because it loads a real
-model (minutes on a shared CPU).
+model (about 10 minutes for 64 batches on one shared CPU core).
+
+Measured (SmolLM2-135M, float32, CPU, layer 2, 64 batches of 16, seed 0), mean over batches:
+
+| editor | reference (lam_kl 10) | ours (lam_kl 0.625) | ours / reference | ours at lam_kl 10 |
+|---|---:|---:|---:|---:|
+| random linear | 1.651 ± 0.204 | 1.625 | 0.984 | 26.01 (15.7x) |
+| the table's trained editor | 2.504 ± 0.178 | 2.409 | 0.962 | 38.55 (15.4x) |
+
+(± is the standard error of the reference's term; the trained editor is
+``results/editors_counterfact_smollm2-135m``, layer 2, trained with the SmolLM2 recipe.)
 """
 
 from __future__ import annotations

@@ -310,7 +310,12 @@ def test_training_moves_only_the_editor_and_lowers_its_loss(responsive_mt):
     torch.manual_seed(0)
     editor = editors.new_editor("linear", mt, layer=0)
     editor_before = {name: tensor.clone() for name, tensor in editor.state_dict().items()}
-    config = training.TrainingConfig(max_epochs=3, batch_size=2, lr=1e-2, patience=3)
+    # The loss weights the numbers below were measured with (lam_kl 10, the default until it was
+    # rescaled to the reference's weight).
+    weights = training.LossWeights(lam_kl=10.0)
+    config = training.TrainingConfig(
+        max_epochs=3, batch_size=2, lr=1e-2, patience=3, weights=weights
+    )
     with training.frozen(model):
         untrained_loss = training.fit._mean_loss(mt, editor, train, config, "before")
 
