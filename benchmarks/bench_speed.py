@@ -11,8 +11,8 @@ The setup is the issue's, exactly: randomly initialised GPT-2 models (seeded) of
 50,257-token GPT-2 vocabulary and tokenizer from ``$REMEDI_SHARED_DATA/gpt2_tokenizer``; the
 first N samples of ``$REMEDI_SHARED_DATA/counterfact_easyedit/counterfact-edit-1k.json``
 (``remedi.data.load_dataset("counterfact_easyedit", ...)``, default prompts); a linear editor
-at layer 1; the paper's loss (lam_m 1, lam_u 1, lam_kl 10), lr 1e-3, batch 16; ``--threads``
-torch threads (2). Rows:
+at layer 1; the paper's loss (lam_m 1, lam_u 1, the default lam_kl; its value does not change
+the time), lr 1e-3, batch 16; ``--threads`` torch threads (2). Rows:
 
 - ``train-*``: one epoch with updates (``training.train_editor`` with ``max_epochs=1`` and no
   validation samples), samples per second;
@@ -222,7 +222,7 @@ def _training_runs(
         max_epochs=1,
         batch_size=BATCH_SIZE,
         lr=LEARNING_RATE,
-        weights=training.LossWeights(lam_m=1.0, lam_u=1.0, lam_kl=10.0),
+        weights=training.LossWeights(lam_m=1.0, lam_u=1.0, lam_kl=training.DEFAULT_LAM_KL),
     )
     no_validation = inputs.select([])
     for _ in range(repeats if f"train-{shape}" in wanted else 1):

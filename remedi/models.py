@@ -294,6 +294,9 @@ class MlpOutput:
     """True for GPT-2's ``Conv1D``, whose weight is (in, out); False for ``Linear`` (out, in)."""
     in_features: int
     out_features: int
+    bias_name: str | None = None
+    """Name of its bias in ``model.named_parameters()``; None where it has none (Llama's
+    ``down_proj``)."""
 
 
 def determine_mlp_output(model: torch.nn.Module | ModelAndTokenizer, layer: int) -> MlpOutput:
@@ -319,7 +322,10 @@ def determine_mlp_output(model: torch.nn.Module | ModelAndTokenizer, layer: int)
         raise UnsupportedModelError(f"{path} has no 2-d weight; check mlp_out_path of its family")
     transposed = isinstance(projection, Conv1D)
     in_features, out_features = weight.shape if transposed else weight.shape[::-1]
-    return MlpOutput(path, f"{path}.weight", transposed, int(in_features), int(out_features))
+    bias_name = f"{path}.bias" if getattr(projection, "bias", None) is not None else None
+    return MlpOutput(
+        path, f"{path}.weight", transposed, int(in_features), int(out_features), bias_name
+    )
 
 
 def determine_hidden_size(model: torch.nn.Module | ModelAndTokenizer) -> int:

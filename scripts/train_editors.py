@@ -1,8 +1,9 @@
 """Train REMEDI editors: one per (editor type, layer), saved under results/NAME/.
 
-    python -m scripts.train_editors -n my_run -m gpt2-xl -d counterfact -l 0 1 2 --lam-kl 100
+    python -m scripts.train_editors -n my_run -m gpt2-xl -d counterfact -l 0 1 2 --lam-kl 6.25
 
-writes ``results/NAME/args.json`` (arguments, seed, train/validation/test sample ids) and
+(6.25 is the reference README's ``--lam-kl 100`` at batch 16: see ``--lam-kl``'s help) writes
+``results/NAME/args.json`` (arguments, seed, train/validation/test sample ids) and
 ``results/NAME/<editor_type>/<layer>/{weights.safetensors,config.json,train_log.json}``.
 Editors already saved are skipped on a re-run; ``--clear-results`` retrains them.
 """
@@ -44,7 +45,15 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         default=training.DEFAULT_PATIENCE,
         help="stop after this many epochs without a better validation loss",
     )
-    parser.add_argument("--lam-kl", type=float, default=training.DEFAULT_LAM_KL)
+    parser.add_argument(
+        "--lam-kl",
+        type=float,
+        default=training.DEFAULT_LAM_KL,
+        help="KL weight (default: %(default)s, the reference's lam_kl "
+        f"{training.REFERENCE_LAM_KL:g} at its batch size {training.REFERENCE_BATCH_SIZE}: our "
+        "term averages every sample's KL where the reference kept the last one, so a reference "
+        "value L at batch B is L / B here)",
+    )
     parser.add_argument("--lam-m", type=float, default=training.DEFAULT_LAM_M)
     parser.add_argument(
         "--lam-u", type=float, help="log(1 - p(unmediated)) weight (default: 1 for CounterFact)"

@@ -136,6 +136,28 @@ def test_kl_of_a_batch_is_the_sum_of_per_example_kls_over_the_batch_size(mt64, i
     assert batch_terms["kl"] != pytest.approx(singles[-1] / len(inputs64), rel=1e-3)
 
 
+def test_the_default_lam_kl_weighs_the_kl_as_the_reference_does_in_expectation(mt64, inputs64):
+    # The reference (evandez/REMEDI remedi/editors.py:389-400) weighs only a batch's last sample's
+    # KL, by lam_kl 10 / batch 16. Averaged over which of the 16 rows is last, that is our
+    # batch-mean term at the default lam_kl exactly; with the old default (10) ours was 16 times it.
+    assert training.DEFAULT_BATCH_SIZE == training.REFERENCE_BATCH_SIZE == 16
+    assert training.DEFAULT_LAM_KL == training.reference_equivalent_lam_kl(10.0, 16) == 0.625
+    rows = [index % len(inputs64) for index in range(training.REFERENCE_BATCH_SIZE)]
+    batch = inputs64.select(rows)
+    editor = _random_linear(mt64)
+    with torch.no_grad():
+        ours, _ = training.editing_loss(
+            mt64, editor, batch, dataclasses.replace(KL_ONLY, lam_kl=training.DEFAULT_LAM_KL)
+        )
+        kl_of_sample = [
+            training.editing_loss(mt64, editor, inputs64.select([index]), KL_ONLY)[1]["kl"]
+            for index in range(len(inputs64))
+        ]
+    reference_if_last = [training.REFERENCE_LAM_KL * kl_of_sample[row] / len(rows) for row in rows]
+    assert max(reference_if_last) > 1.5 * min(reference_if_last)  # the samples' KLs differ
+    assert_equal_in_exact_arithmetic(ours, sum(reference_if_last) / len(rows), precision_of(mt64))
+
+
 @pytest.mark.parametrize("direction", DIRECTIONS)
 def test_kl_compares_edited_and_original_from_the_last_entity_token(mt64, inputs64, direction):
     editor = _random_linear(mt64)
@@ -288,7 +310,12 @@ def test_training_moves_only_the_editor_and_lowers_its_loss(responsive_mt):
     torch.manual_seed(0)
     editor = editors.new_editor("linear", mt, layer=0)
     editor_before = {name: tensor.clone() for name, tensor in editor.state_dict().items()}
-    config = training.TrainingConfig(max_epochs=3, batch_size=2, lr=1e-2, patience=3)
+    # The loss weights the numbers below were measured with (lam_kl 10, the default until it was
+    # rescaled to the reference's weight).
+    weights = training.LossWeights(lam_kl=10.0)
+    config = training.TrainingConfig(
+        max_epochs=3, batch_size=2, lr=1e-2, patience=3, weights=weights
+    )
     with training.frozen(model):
         untrained_loss = training.fit._mean_loss(mt, editor, train, config, "before")
 
@@ -389,7 +416,7 @@ def test_a_run_saves_its_arguments_split_and_editors(mt, results):
     assert split.test and split.validation and split.train
     assert not set(split.train) & set(split.test)
     raw = json.loads((directory / "args.json").read_text())
-    assert raw["args"]["lam_kl"] == 10.0
+    assert raw["args"]["lam_kl"] == training.DEFAULT_LAM_KL == 0.625
     assert raw["args"]["kl_direction"] == "original||edited"
     assert raw["split"]["test"] == split.test
 

@@ -12,7 +12,7 @@ import pytest
 import torch
 
 from remedi import corpora, data, errors, evaluation, models
-from remedi.methods import common, ft, rome, stats
+from remedi.methods import base, common, ft, rome, stats
 from tests.conftest import TOKENIZER_CORPUS, float64_copy, tiny_gpt2, weighty_gpt2
 from tests.model_fixtures import tiny_llama, tiny_model
 
@@ -116,19 +116,22 @@ def assert_raises_new_targets_and_restores(
 
 
 @pytest.mark.parametrize(
-    ("family", "path", "transposed", "in_features"),
+    ("family", "path", "transposed", "in_features", "has_bias"),
     [
-        ("gpt2", "transformer.h.1.mlp.c_proj", True, 128),
-        ("gptj", "transformer.h.1.mlp.fc_out", False, 128),
-        ("gpt_neox", "gpt_neox.layers.1.mlp.dense_4h_to_h", False, 64),
-        ("llama", "model.layers.1.mlp.down_proj", False, 64),
+        ("gpt2", "transformer.h.1.mlp.c_proj", True, 128, True),
+        ("gptj", "transformer.h.1.mlp.fc_out", False, 128, True),
+        ("gpt_neox", "gpt_neox.layers.1.mlp.dense_4h_to_h", False, 64, True),
+        ("llama", "model.layers.1.mlp.down_proj", False, 64, False),
     ],
 )
-def test_the_mlp_output_projection_of_each_family(family, path, transposed, in_features):
+def test_the_mlp_output_projection_of_each_family(family, path, transposed, in_features, has_bias):
     model = tiny_model(family)
     projection = models.determine_mlp_output(model, 1)
     assert (projection.module_path, projection.transposed) == (path, transposed)
     assert (projection.in_features, projection.out_features) == (in_features, 32)
+    assert projection.bias_name == (f"{path}.bias" if has_bias else None)
+    if has_bias:
+        assert model.get_parameter(projection.bias_name).shape == (32,)
     weight = model.get_parameter(projection.weight_name)
     keys = torch.randn(2, in_features)
     out = keys @ weight if transposed else keys @ weight.T
@@ -313,28 +316,56 @@ def test_statistics_resume_after_an_interruption(mt, tmp_path, monkeypatch):
     assert not list(tmp_path.rglob("*.partial.safetensors"))
 
 
-def test_ft_trains_only_its_layers_within_the_norm_constraint(mt):
+def test_ft_trains_weight_and_bias_of_its_layers_each_within_the_norm_constraint(mt):
+    # As kmeng01/rome's FT (baselines/ft/ft_main.py:71-76, 128-134): every parameter of the
+    # projection, bias included, is trained and clamped to its own L-infinity ball.
     before = weights_of(mt)
-    hparams = ft.FtHparams(layers=[0, 1], lr=1e-2, norm_constraint=2e-2, kl_factor=0.1)
+    bound = 2e-2
+    hparams = ft.FtHparams(layers=[0, 1], lr=1e-2, norm_constraint=bound, kl_factor=0.1)
     new = ft.edit(mt, REQUEST, hparams)
-    assert sorted(new) == ["transformer.h.0.mlp.c_proj.weight", "transformer.h.1.mlp.c_proj.weight"]
+    assert sorted(new) == [
+        "transformer.h.0.mlp.c_proj.bias",
+        "transformer.h.0.mlp.c_proj.weight",
+        "transformer.h.1.mlp.c_proj.bias",
+        "transformer.h.1.mlp.c_proj.weight",
+    ]
     for name, value in new.items():
-        change = (value - before[name]).abs().max().item()
-        assert 0 < change <= 2e-2 + 1e-6
+        change = (value - before[name]).abs()
+        assert 0 < change.max().item() <= bound + 1e-6, name
+        # lr 1e-2 for 25 steps would move entries well past the bound: the clamp is what holds.
+        assert (change > 0.9 * bound).any(), name
     assert_unchanged(mt, before)
     original = log_prob(mt, REQUEST.prompt, "Oslo")
-    saved = {name: mt.model.get_parameter(name).detach().clone() for name in new}
-    with torch.no_grad():
-        for name, value in new.items():
-            mt.model.get_parameter(name).copy_(value)
-    try:
+    with base.weights_applied(mt.model, new, "FT"):
         edited = log_prob(mt, REQUEST.prompt, "Oslo")
-    finally:
-        with torch.no_grad():
-            for name, value in saved.items():
-                mt.model.get_parameter(name).copy_(value)
+        assert not torch.equal(
+            mt.model.get_parameter("transformer.h.0.mlp.c_proj.bias"),
+            before["transformer.h.0.mlp.c_proj.bias"],
+        )
     assert edited > original + 0.5
+    # The bias is restored bit-identically with the weights.
     assert_unchanged(mt, before)
+
+
+def test_ft_trains_the_weight_alone_without_train_bias(mt):
+    before = weights_of(mt)
+    hparams = ft.FtHparams(layers=[0], lr=1e-2, norm_constraint=2e-2, train_bias=False)
+    new = ft.edit(mt, REQUEST, hparams)
+    assert sorted(new) == ["transformer.h.0.mlp.c_proj.weight"]
+    assert_unchanged(mt, before)
+
+
+def test_packaged_ft_hparams_are_the_references():
+    from remedi.methods import hparams_file
+
+    # kmeng01/rome hparams/FT/EleutherAI_gpt-j-6B_constr.json and gpt2-xl_constr.json.
+    for method in ("ft", "ft5"):
+        gptj = ft.FtHparams.from_file(hparams_file(method, "gptj"))
+        gpt2_xl = ft.FtHparams.from_file(hparams_file(method, "gpt2-xl"))
+        assert (gptj.norm_constraint, gptj.lr, gptj.train_bias) == (5e-5, 5e-4, True)
+        assert (gpt2_xl.norm_constraint, gpt2_xl.lr, gpt2_xl.train_bias) == (5e-4, 5e-4, True)
+        # The toy's tables were measured training the weight alone.
+        assert not ft.FtHparams.from_file(hparams_file(method, "toy")).train_bias
 
 
 def test_weight_methods_are_registered_and_built_with_cached_statistics(mt, tmp_path):

@@ -1,14 +1,19 @@
 """Constrained fine-tuning (ROME's FT-L baseline): Adam on MLP output projections.
 
-The weights of the MLP output projection at ``layers`` (one layer: FT-L; five adjacent layers:
-``ft5``) are trained with Adam to make the model say the target after the request's prompt, and
-after each step every entry is clamped to within ``norm_constraint`` of its original value (an
-L-infinity ball; ``None``: unconstrained FT). An optional KL term (``kl_factor``) keeps the
-next-token distribution after "{subject} is a" as it was.
+The MLP output projection at ``layers`` (one layer: FT-L; five adjacent layers: ``ft5``) is
+trained with Adam to make the model say the target after the request's prompt: its weight and,
+with ``train_bias`` (the default), its bias where it has one (GPT-2's ``Conv1D`` and GPT-J's
+``Linear`` do, Llama's ``down_proj`` does not). That is what kmeng01/rome trains: its
+``baselines/ft/ft_main.py:71-76`` takes every parameter whose name contains the module path of
+``rewrite_module_tmp`` (``mlp.c_proj`` / ``mlp.fc_out``), so weight and bias. After each step
+every entry of every trained tensor is clamped to within ``norm_constraint`` of its original
+value (an L-infinity ball around each tensor, the same bound for weight and bias, as
+``ft_main.py:128-134``; ``None``: unconstrained FT). An optional KL term (``kl_factor``) keeps
+the next-token distribution after "{subject} is a" as it was.
 
 One deliberate difference from ROME's reference: every token of a multi-token target is scored
 under teacher forcing (the reference scores all target tokens at the prompt's last position).
-Training runs on float32 copies of the weights; the model's own weights are never written.
+Training runs on float32 copies of the parameters; the model's own parameters are never written.
 """
 
 from __future__ import annotations
@@ -40,6 +45,10 @@ class FtHparams(DataClassJsonMixin):
     norm_constraint: float | None = 5e-4
     kl_prompts: list[str] = field(default_factory=lambda: ["{} is a"])
     early_stop_loss: float = 1e-2
+    train_bias: bool = True
+    """Also train the projection's bias where it has one, within the same bound (the
+    reference's behaviour); False trains the weight alone (what the toy's files were measured
+    with)."""
 
     @classmethod
     def from_file(cls, path: Path) -> FtHparams:
@@ -49,7 +58,8 @@ class FtHparams(DataClassJsonMixin):
 def edit(
     mt: models.ModelAndTokenizer, request: common.EditRequest, hparams: FtHparams
 ) -> dict[str, torch.Tensor]:
-    """New values of the MLP output weights at ``hparams.layers`` after fine-tuning on ``request``.
+    """New values of the MLP output parameters at ``hparams.layers`` (:func:`trained_names`)
+    after fine-tuning on ``request``.
 
     Raises:
         errors.UsageError: A layer is out of range.
@@ -57,7 +67,7 @@ def edit(
     if not hparams.layers:
         raise errors.UsageError("FT needs at least one layer to train")
     common.check_layers(mt, hparams.layers)
-    names = [models.determine_mlp_output(mt.model, layer).weight_name for layer in hparams.layers]
+    names = trained_names(mt, hparams)
     originals = {name: mt.model.get_parameter(name).detach() for name in names}
     trained = {
         name: weight.float().clone().requires_grad_(True) for name, weight in originals.items()
@@ -101,6 +111,7 @@ def edit(
         loss.backward()
         optimizer.step()
         if hparams.norm_constraint is not None:
+            # Each trained tensor, bias included, stays in its own L-infinity ball.
             with torch.no_grad():
                 for name, weight in trained.items():
                     low = reference[name] - hparams.norm_constraint
@@ -109,6 +120,18 @@ def edit(
     return {
         name: weight.detach().to(originals[name].dtype).clone() for name, weight in trained.items()
     }
+
+
+def trained_names(mt: models.ModelAndTokenizer, hparams: FtHparams) -> list[str]:
+    """The parameters FT trains: each layer's MLP output weight, and its bias where it has one
+    and ``hparams.train_bias`` is set."""
+    names = []
+    for layer in hparams.layers:
+        projection = models.determine_mlp_output(mt.model, layer)
+        names.append(projection.weight_name)
+        if hparams.train_bias and projection.bias_name is not None:
+            names.append(projection.bias_name)
+    return names
 
 
 def _first_row(batch: common.EditBatch) -> common.EditBatch:

@@ -15,6 +15,7 @@ from tqdm.auto import tqdm
 
 from remedi import editors, hooks, models, precompute
 from remedi.training.loss import (
+    REFERENCE_BATCH_SIZE,
     LossWeights,
     _edit_ranges,
     _positions_mask,
@@ -25,7 +26,7 @@ from remedi.training.loss import (
 logger = logging.getLogger(__name__)
 
 
-DEFAULT_BATCH_SIZE = 16
+DEFAULT_BATCH_SIZE = REFERENCE_BATCH_SIZE
 DEFAULT_MAX_EPOCHS = 20
 DEFAULT_PATIENCE = 2
 DEFAULT_LR = 1e-3

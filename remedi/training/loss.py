@@ -17,7 +17,31 @@ logger = logging.getLogger(__name__)
 
 DEFAULT_LAM_M = 1.0
 DEFAULT_LAM_U = 1.0
-DEFAULT_LAM_KL = 10.0
+
+# The reference's KL settings (evandez/REMEDI @ fe16234, remedi/editors.py): lam_kl 10 (:36) at
+# batch size 16 (:39). Its KL loop (:389-399) assigns each sample's KL to the running term
+# instead of adding it, so the term that gets divided by the batch size (:399) and weighted by
+# lam_kl (:400) is the batch's last sample's alone: lam_kl / B on one sample in B.
+REFERENCE_LAM_KL = 10.0
+REFERENCE_BATCH_SIZE = 16
+
+
+def reference_equivalent_lam_kl(reference_lam_kl: float, batch_size: int) -> float:
+    """Our ``lam_kl`` that weighs the KL term as the reference's ``reference_lam_kl`` does at
+    ``batch_size``, in expectation over which sample is last in a batch.
+
+    The reference's term is ``reference_lam_kl * KL_last / B``; ours is ``lam_kl * mean_b KL_b``
+    (every sample counts). Both have expectation ``E[KL]`` times their weight when the last sample
+    is as likely as any, so the weights agree at ``lam_kl = reference_lam_kl / B``
+    (``benchmarks/bench_kl_weight.py`` measures it).
+    """
+    if batch_size < 1:
+        raise errors.UsageError(f"batch size must be at least 1, got {batch_size}")
+    return reference_lam_kl / batch_size
+
+
+DEFAULT_LAM_KL = reference_equivalent_lam_kl(REFERENCE_LAM_KL, REFERENCE_BATCH_SIZE)
+"""0.625: the reference's lam_kl 10 at its batch size 16, as our batch-mean KL term weighs it."""
 ESSENCE_PROMPT = "{} is a"
 
 
