@@ -423,7 +423,11 @@ def test_gen_sweep_reads_remedis_row_of_each_layers_summary(tmp_path):
             ],
         )
         io.write_json(sweep.layer_dir(tmp_path, layer) / "summary.json", summary.to_dict())
-    result, _ = sweep.write_sweep("gen", tmp_path, [0, 1, 2])
+    result, _ = sweep.write_sweep("gen", tmp_path, [0, 1, 2], criterion="rome_score")
     assert [point.layer for point in result.points] == [0, 1]
     assert result.points[0].metrics == {"score": 90.0, "efficacy": 90.0}
     assert result.best_layer == 1
+    # The reference's criterion needs paraphrase, consistency or fluency: none was measured.
+    result, _ = sweep.write_sweep("gen", tmp_path, [0, 1, 2])
+    assert result.best_layer is None and result.terms == []
+    assert "No layer chosen" in result.notes[-1]
