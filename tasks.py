@@ -27,8 +27,10 @@ LINTED_PATHS = "remedi scripts tests benchmarks tasks.py"
 DEFAULT_MODEL = "gptj"
 # Exit code for a bad task argument, as the scripts (and argparse) use for bad input.
 EXIT_BAD_INPUT = 2
-SWEEP_SMALL_SAMPLES = 100
-"""Samples (cases) per layer in the gen and ent sweeps (the reference's --small split)."""
+SWEEP_SAMPLES = 1000
+"""Samples (cases) per layer in every sweep: as many as the reference's --small rows
+(5000-5999; its experiments/sweep.py:12,36,46)."""
+SWEEP_SPLITS = ("validation", "reference")
 DATASET_TITLES = {"counterfact": "CounterFact", "biosbias": "Bias in Bios", "mcrae": "McRae"}
 # What an evaluation calls a dataset's trained editors when they are missing.
 EDITORS_LABELS = {"biosbias": "Bias in Bios editors", "mcrae": "McRae editors"}
@@ -44,7 +46,13 @@ HELP = {
     "entity_layer": "Layer the entity is read at (default: the paper's for the model).",
     "layers": "Layers to sweep, e.g. 0,1,2 (default: every layer of the model).",
 }
-SWEEP_HELP = {key: HELP[key] for key in ("model", "device", "layers")}
+SWEEP_HELP = {
+    **{key: HELP[key] for key in ("model", "device", "layers")},
+    "split": f"Samples each layer is evaluated on: validation (default; up to {SWEEP_SAMPLES} of "
+    "the run's early-stopping split, never its test split) or reference (the reference's --small "
+    "rows 5000-5999, which our runs do not hold out).",
+}
+CRITERION_HELP = "How the layer is picked: reference (default, the REMEDI reference's) or {}."
 MCRAE_MODEL_HELP = f"Model name or alias (default {DEFAULT_MODEL}; 'toy' for the toy norms)."
 
 
@@ -345,8 +353,9 @@ def _classification_task(dataset: str, script: str, summary: str) -> Task:
     return task(help=_classification_help(dataset))(classify)
 
 
-def _sweep_layers(model: str, layers: str) -> list[int]:
-    """The layers a sweep covers: ``layers`` if given, else every layer of the model."""
+def _sweep_layers(model: str, layers: str, first: int = 0) -> list[int]:
+    """The layers a sweep covers: ``layers`` if given, else every layer of the model from
+    ``first`` up."""
     if layers:
         try:
             return [int(layer) for layer in layers.replace(" ", ",").split(",") if layer]
@@ -362,12 +371,48 @@ def _sweep_layers(model: str, layers: str) -> list[int]:
             f"the number of layers of {model!r} is not known here; pass --layers 0,1,2,...",
             code=EXIT_BAD_INPUT,
         )
-    return list(range(count))
+    return list(range(first, count))
 
 
-def _collect_sweep(c: Context, kind: str, name: str, layers: list[int], title: str) -> None:
+def _sweep_split_args(split: str, max_flag: str) -> list[str]:
+    """The flags of an evaluation in a sweep: ``--split`` and its sample count (``max_flag``
+    caps the run's validation split at :data:`SWEEP_SAMPLES`; the reference's split is its
+    ``--small`` rows)."""
+    if split == "validation":
+        return ["--split", split, max_flag, str(SWEEP_SAMPLES)]
+    if split == "reference":
+        return ["--split", split, "--small"]
+    raise Exit(
+        f"--split takes {' or '.join(SWEEP_SPLITS)} in a sweep; got {split!r}", code=EXIT_BAD_INPUT
+    )
+
+
+def _check_criterion(kind: str, criterion: str) -> None:
+    """Exit before any evaluation runs if sweep ``kind`` has no criterion ``criterion``."""
+    from remedi import sweep
+
+    if criterion not in sweep.CRITERIA[kind]:
+        known = ", ".join(sweep.CRITERIA[kind])
+        raise Exit(
+            f"the {kind} sweep has no criterion {criterion!r}; use one of {known}",
+            code=EXIT_BAD_INPUT,
+        )
+
+
+def _collect_sweep(
+    c: Context, kind: str, name: str, layers: list[int], title: str, selection: Sequence[str]
+) -> None:
+    """Collect the sweep; ``selection``: ``--criterion``, ``--num-layers``, ``--editor-layer``."""
     args = ["--kind", kind, "-n", name, "--layers", *map(str, layers), "--title", title]
-    _python(c, "scripts.sweep_layers", args)
+    _python(c, "scripts.sweep_layers", [*args, *selection])
+
+
+def _num_layers_args(model: str) -> list[str]:
+    """``--num-layers N`` where the model's number of layers is known (its last layer is left
+    out of the editing sweeps' criterion, as the reference's)."""
+    with _bad_input():
+        count = settings.num_layers(model)
+    return [] if count is None else ["--num-layers", str(count)]
 
 
 def _sweep_editing_layer(
@@ -379,9 +424,11 @@ def _sweep_editing_layer(
     swept: list[int],
     eval_args: list[str],
     device: str | None,
+    selection: Sequence[str],
     file: str | None = None,
 ) -> None:
-    """Train one editor per swept layer, evaluate each on a small split, collect the sweep."""
+    """Train one editor per swept layer, evaluate each on a small split, collect the sweep
+    (``selection``: how :mod:`scripts.sweep_layers` picks the layer)."""
     editors = _run_name(f"editors_{dataset}", model) + "_sweep"
     name = _run_name(f"sweep_{kind.split('_')[0]}_{dataset}", model)  # gen or ent
     _train(c, dataset, model, swept, editors, _flags(device), file)
@@ -392,12 +439,13 @@ def _sweep_editing_layer(
         args += ["-l", str(layer), *eval_args, *_flags(device)]
         _python(c, f"scripts.{script}", args)
     title = f"{DATASET_TITLES[dataset]} editing layer sweep, {model}"
-    _collect_sweep(c, kind, name, swept, title)
+    _collect_sweep(c, kind, name, swept, title, selection)
 
 
 def _entity_sweep_task(dataset: str, script: str, kind: str, summary: str) -> Task:
-    """The task ``x.sweep.cls.<dataset>``: read the entity at each swept layer with
-    x.train.<dataset>'s editor (at its layer, or ``--layer``); collect the sweep."""
+    """The task ``x.sweep.cls.<dataset>``: read the entity at each swept layer (by default every
+    layer from the editor's up, as the reference) with x.train.<dataset>'s editor (at its layer,
+    or ``--layer``) on :data:`SWEEP_SAMPLES` samples; collect the sweep."""
 
     def sweep_entity_layer(
         c: Context,
@@ -405,18 +453,23 @@ def _entity_sweep_task(dataset: str, script: str, kind: str, summary: str) -> Ta
         device: str | None = None,
         layers: str = "",
         layer: int | None = None,
+        split: str = "validation",
     ) -> None:
-        swept = _sweep_layers(model, layers)
+        split_args = _sweep_split_args(split, "--max-samples")
         editors_dir, layer_args = _editors_and_layer(model, dataset, None, layer, False, device)
-        args = [*layer_args, "--entity-layers", *map(str, swept), *_flags(device)]
+        editor_layer = int(layer_args[-1])
+        swept = _sweep_layers(model, layers, first=editor_layer)
+        args = [*layer_args, "--entity-layers", *map(str, swept), *split_args, *_flags(device)]
         name = _run_name(f"sweep_cls_{dataset}", model)
         _evaluate(c, script, model, name, editors_dir, args)
         title = f"{DATASET_TITLES[dataset]} entity layer sweep, {model}"
-        _collect_sweep(c, kind, name, swept, title)
+        selection = ["--criterion", "reference", "--editor-layer", str(editor_layer)]
+        _collect_sweep(c, kind, name, swept, title, selection)
 
     sweep_entity_layer.__doc__ = summary
     layer_help = "Editor layer (default: the layer it was trained at)."
-    return task(help={**SWEEP_HELP, "layer": layer_help})(sweep_entity_layer)
+    layers_help = "Entity layers to sweep, e.g. 2,3 (default: every layer from the editor's up)."
+    return task(help={**SWEEP_HELP, "layer": layer_help, "layers": layers_help})(sweep_entity_layer)
 
 
 # ---------------------------------------------------------------------------------------
@@ -792,29 +845,56 @@ eval_cls_biosbias = _classification_task(
 # skips what is finished, so a sweep resumes and never recomputes a finished layer.
 
 
-@task(help=SWEEP_HELP)
+@task(
+    help={
+        **SWEEP_HELP,
+        "criterion": CRITERION_HELP.format(
+            "rome_score (ROME's score S, efficacy/paraphrase/neighborhood, no generation run)"
+        ),
+    }
+)
 def sweep_gen_counterfact(
-    c: Context, model: str = DEFAULT_MODEL, device: str | None = None, layers: str = ""
+    c: Context,
+    model: str = DEFAULT_MODEL,
+    device: str | None = None,
+    layers: str = "",
+    split: str = "validation",
+    criterion: str = "reference",
 ) -> None:
     """Sweep the editing layer on CounterFact: train one editor per layer, evaluate efficacy,
-    paraphrase and neighborhood on (up to 100 of) the run's validation cases, never its test
-    split, pick the layer with the best score."""
+    paraphrase, neighborhood and (for the reference's criterion) generation on 1,000 cases of
+    the run's validation split (never its test split), pick the layer by the reference's
+    harmonic mean of paraphrase, consistency and fluency, the last layer left out."""
+    _check_criterion("gen", criterion)
     swept = _sweep_layers(model, layers)
-    eval_args = ["-b", "efficacy", "paraphrase", "neighborhood", "--split", "validation"]
-    eval_args += ["--max-cases", str(SWEEP_SMALL_SAMPLES), *_dataset_args(model, "counterfact")]
-    _sweep_editing_layer(c, "eval_fact_gen", "gen", "counterfact", model, swept, eval_args, device)
+    benchmarks = ["efficacy", "paraphrase", "neighborhood"]
+    benchmarks += ["generation"] if criterion == "reference" else []
+    eval_args = ["-b", *benchmarks, *_sweep_split_args(split, "--max-cases")]
+    eval_args += _dataset_args(model, "counterfact")
+    selection = ["--criterion", criterion, *_num_layers_args(model)]
+    _sweep_editing_layer(
+        c, "eval_fact_gen", "gen", "counterfact", model, swept, eval_args, device, selection
+    )
 
 
-@task(help=SWEEP_HELP)
+@task(help={**SWEEP_HELP, "criterion": CRITERION_HELP.format("top1 (decontextual top-1 alone)")})
 def sweep_gen_biosbias(
-    c: Context, model: str = DEFAULT_MODEL, device: str | None = None, layers: str = ""
+    c: Context,
+    model: str = DEFAULT_MODEL,
+    device: str | None = None,
+    layers: str = "",
+    split: str = "validation",
+    criterion: str = "reference",
 ) -> None:
     """Sweep the editing layer on Bias in Bios: train one editor per layer, evaluate error
-    correction on a small split, pick the layer with the best decontextual top-1 accuracy."""
+    correction on 1,000 samples, pick the layer by the reference's harmonic mean of
+    decontextual top-1 accuracy and fluency, the last layer left out."""
+    _check_criterion("gen_biosbias", criterion)
     swept = _sweep_layers(model, layers)
-    eval_args = ["--max-samples", str(SWEEP_SMALL_SAMPLES)]
+    eval_args = _sweep_split_args(split, "--max-samples")
+    selection = ["--criterion", criterion, *_num_layers_args(model)]
     _sweep_editing_layer(
-        c, "eval_bias_gen", "gen_biosbias", "biosbias", model, swept, eval_args, device
+        c, "eval_bias_gen", "gen_biosbias", "biosbias", model, swept, eval_args, device, selection
     )
 
 
@@ -825,13 +905,15 @@ def sweep_ent_mcrae(
     device: str | None = None,
     layers: str = "",
     file: str | None = None,
+    split: str = "validation",
 ) -> None:
-    """Sweep the editing layer on McRae: train one editor per layer, evaluate entailment on a
-    small split, pick the layer whose co-occurring features correlate best with the norms."""
+    """Sweep the editing layer on McRae: train one editor per layer, evaluate entailment on
+    1,000 samples, pick the layer whose co-occurring features correlate best with the norms."""
     swept = _sweep_layers(model, layers)
-    eval_args = ["--max-samples", str(SWEEP_SMALL_SAMPLES)]
+    eval_args = _sweep_split_args(split, "--max-samples")
+    selection = ["--criterion", "reference"]
     _sweep_editing_layer(
-        c, "eval_entailment", "ent", "mcrae", model, swept, eval_args, device, file
+        c, "eval_entailment", "ent", "mcrae", model, swept, eval_args, device, selection, file
     )
 
 

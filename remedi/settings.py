@@ -77,8 +77,10 @@ _LAYERS: tuple[tuple[str, str, int, int | None], ...] = (
     # SmolLM2-135M (30 layers), CounterFact: layer 2, chosen by x.sweep.gen.counterfact on 100
     # validation cases of EasyEdit's train file (editors trained with MODEL_TRAINING's recipe at
     # layers 0/1/2/4/8; efficacy 42/79/97/96/97, paraphrase 43/79/98/96/97, neighborhood 64 at
-    # every layer: the edit touches only the entity's tokens, which other prompts lack). The
-    # paper's GPT-J layer is 1 of 28; here layers 2-8 are on a plateau and 2 scores best.
+    # every layer: the edit touches only the entity's tokens, which other prompts lack), by ROME's
+    # score S (now --criterion rome_score). The reference's criterion, the sweeps' default since,
+    # picks 2 on the same results: paraphrase alone there (no consistency in EasyEdit's format, no
+    # generation run). The paper's GPT-J layer is 1 of 28; here layers 2-8 are on a plateau.
     ("smollm2-135m", COUNTERFACT, 2, None),
 )
 PAPER_SETTINGS: Mapping[str, Mapping[str, DatasetSettings]] = {

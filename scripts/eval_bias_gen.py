@@ -8,9 +8,12 @@ setting under ``results/NAME/<method>/<setting>.json`` (a rerun reuses finished 
 ``--rerun``), then ``results/NAME/summary.{md,tex,png,json}``, and prints the table. Without
 ``-e``, only the baseline, on every sample of ``--dataset-file``.
 
-The samples evaluated differ on purpose from the reference's (rows 5000-10000 of the reformatted
-file): here they are the training run's test split, people (by first name) held out from editor
-training, so that no evaluated person was trained on.
+By default the samples evaluated differ on purpose from the reference's (rows 5000-9999 of the
+reformatted file): they are the training run's test split, people (by first name) held out from
+editor training, so that no evaluated person was trained on. ``--split reference`` evaluates the
+reference's rows (``--small``: 5000-5999), which our runs do not hold out (a warning counts what
+the editors saw); ``--split validation`` the run's early-stopping split. See
+:mod:`remedi.evaluation.splits`.
 """
 
 from __future__ import annotations
@@ -21,6 +24,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from remedi import cli, data, env, errors, evaluation, models, training
+from remedi.evaluation import splits
 from remedi.evaluation.editing import biosbias
 
 
@@ -55,12 +59,14 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     )
     parser.add_argument("--rerun", action="store_true", help="recompute finished results")
     parser.add_argument("--max-samples", type=int, help="evaluate only the first N samples")
+    splits.add_arguments(parser)
     parser.add_argument("--seed", type=int, default=0, help="seed of the sampled generations")
     parser.add_argument("--batch-size", type=int, default=evaluation.DEFAULT_BATCH_SIZE)
     parser.add_argument("--max-length", type=int, default=biosbias.MAX_LENGTH)
     parser.add_argument("--top-k", type=int, default=biosbias.TOP_K_SAMPLING)
     args = parser.parse_args(argv)
     cli.check_editor_arguments(parser, args)
+    splits.check_arguments(parser, args, has_run=args.editors_dir is not None)
     return args
 
 
@@ -69,7 +75,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     device = cli.device(args)
     dataset_file: Path | None = args.dataset_file
     max_records: int | None = data.BIOSBIAS_MAX_RECORDS
-    test_ids: list[str] | None = None
+    run: training.RunRecord | None = None
     if args.editors_dir is not None:
         run = training.load_run(
             args.editors_dir,
@@ -77,21 +83,28 @@ def main(argv: Sequence[str] | None = None) -> int:
             "train them on Bias in Bios (invoke x.train.biosbias, or scripts.train_editors -d "
             "biosbias)",
         )
-        test_ids = list(run.split.test)
         dataset_file = run.dataset_file_or(dataset_file)
         max_records = run.args.biosbias_max_records
         args.random = args.random or run.args.random_init
     if args.max_records is not None:
         max_records = args.max_records
     samples = data.load_biosbias(dataset_file, max_records)
-    if test_ids is not None:
-        samples = data.select_ids(samples, test_ids)
+    chosen = splits.select_split(
+        "biosbias",
+        samples["id"],
+        dict(zip(samples["id"], samples["entity"], strict=True)),
+        args.split,
+        run,
+        args.small,
+        args.editors_dir,
+    )
+    samples = data.select_ids(samples, chosen.ids)
     if args.max_samples is not None:
         samples = samples.select(range(min(args.max_samples, len(samples))))
     cases = biosbias.biosbias_cases(list(samples))
     if not cases:
         raise errors.UsageError(
-            "no samples to evaluate: the training run's test split is empty, or --max-samples is 0"
+            f"no samples to evaluate: {chosen.description} is empty, or --max-samples is 0"
         )
     bios = data.load_biosbias_bios(dataset_file, max_records)
     resources = evaluation.EvalResources(
@@ -112,8 +125,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         mt, methods, cases, bios, resources, experiment_dir, args.settings, rerun=args.rerun
     )
     labels = {m.name: biosbias.method_row_label(m.name, m.label) for m in methods}
-    title = f"{args.name}: {args.model}, Bias in Bios, {len(cases)} held-out samples"
-    table, files = biosbias.write_summary(results, labels, experiment_dir, title)
+    title = f"{args.name}: {args.model}, Bias in Bios, {len(cases)} samples ({args.split} split)"
+    table, files = biosbias.write_summary(results, labels, experiment_dir, title, chosen.notes)
     print(table)
     print(f"results: {experiment_dir}")
     print(f"table: {files.markdown} (LaTeX: {files.latex})")

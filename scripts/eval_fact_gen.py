@@ -7,7 +7,9 @@ writes one JSON per benchmark under ``results/NAME/<method>/<benchmark>.json`` (
 a rerun skips finished ones unless ``--rerun``), then ``results/NAME/summary.{md,tex,png,json}``,
 and prints the summary table. With ``-e``, only the training run's held-out (test split) cases
 are evaluated, by REMEDI and by every baseline (``--split validation``: its validation cases, to
-choose settings on); without it, all cases (baselines only).
+choose settings on); without it, all cases (baselines only). ``--split reference`` evaluates the
+cases the REMEDI reference evaluates, case ids 5000-9999 (``--small``: 5000-5999), which our runs
+do not hold out: see :mod:`remedi.evaluation.splits`.
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from remedi import cli, corpora, data, env, errors, evaluation, models, training
+from remedi.evaluation import splits
 from remedi.evaluation.editing import counterfact_report
 from remedi.methods import registry
 
@@ -98,14 +101,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         "trained on)",
     )
     parser.add_argument("--max-cases", type=int, help="evaluate only the first N cases")
-    parser.add_argument(
-        "--split",
-        choices=("test", "validation"),
-        default="test",
-        help="with -e, the training run's split to evaluate: test (default; entities never "
-        "trained on or used for early stopping) or validation (to choose settings, e.g. a "
-        "layer sweep, without looking at the test split)",
-    )
+    splits.add_arguments(parser)
     parser.add_argument("--seed", type=int, default=0, help="seed of generation and replacements")
     parser.add_argument("--batch-size", type=int, default=evaluation.DEFAULT_BATCH_SIZE)
     parser.add_argument("--max-length", type=int, default=evaluation.GENERATION_MAX_LENGTH)
@@ -137,10 +133,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     cli.check_editor_arguments(parser, args)
     evaluated = [*args.methods, *(["remedi"] if args.editors_dir is not None else [])]
     cli.check_hparams_arguments(parser, args, evaluated)
-    if args.split != "test" and args.editors_dir is None:
-        parser.error(
-            f"--split {args.split} selects a training run's split: pass -e EDITORS_DIR too"
-        )
+    splits.check_arguments(parser, args, has_run=args.editors_dir is not None)
     return args
 
 
@@ -159,7 +152,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     device = cli.device(args)
 
     dataset_file: Path | None = args.dataset_file
-    test_ids: list[str] | None = None
+    run: training.RunRecord | None = None
     prompt_source = args.counterfact_prompt
     dataset: str | None = args.dataset
     if args.editors_dir is not None:
@@ -176,7 +169,6 @@ def main(argv: Sequence[str] | None = None) -> int:
                 f"--dataset {dataset}; drop --dataset to evaluate on their data"
             )
         dataset = run.args.dataset
-        test_ids = list(getattr(run.split, args.split))
         dataset_file = run.dataset_file_or(dataset_file)
         if prompt_source is None:
             prompt_source = run.args.counterfact_prompt
@@ -184,12 +176,23 @@ def main(argv: Sequence[str] | None = None) -> int:
     prompt_source = prompt_source or "paraphrase"
     dataset = dataset or "counterfact"
     records = data.COUNTERFACT_RECORD_LOADERS[dataset](dataset_file)
-    cases = evaluation.counterfact_cases(records, test_ids, prompt_source=prompt_source)
+    ids = [f"counterfact/{case_id}" for case_id in records["case_id"]]
+    subjects = (rewrite["subject"] for rewrite in records["requested_rewrite"])
+    chosen = splits.select_split(
+        dataset,
+        ids,
+        dict(zip(ids, subjects, strict=True)),
+        args.split,
+        run,
+        args.small,
+        args.editors_dir,
+    )
+    cases = evaluation.counterfact_cases(records, chosen.ids, prompt_source=prompt_source)
     if args.max_cases is not None:
         cases = cases[: args.max_cases]
     if not cases:
         raise errors.UsageError(
-            "no cases to evaluate: the training run's test split is empty, or --max-cases is 0"
+            f"no cases to evaluate: {chosen.description} is empty, or --max-cases is 0"
         )
 
     rome_dir = args.rome_data_dir or (dataset_file.parent if dataset_file else env.data_dir())
@@ -237,6 +240,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     summary = counterfact_report.summarize(
         results, title=f"{args.name}: {args.model}, {len(cases)} cases"
     )
+    summary.notes += chosen.notes
     summary.notes += evaluation.unscored_method_notes(methods, cases)
     summary.notes += evaluation.dataset_notes(dataset)
     files = counterfact_report.write_summary(summary, experiment_dir)

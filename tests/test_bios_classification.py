@@ -204,3 +204,8 @@ def test_gen_biosbias_sweep_reads_remedis_row_of_each_layers_summary(tmp_path):
     assert [point.layer for point in result.points] == [0, 1, 2]
     assert result.best_layer == 1
     assert result.points[1].metrics == {"decontextual.top1_accuracy": 70.0}
+    # No fluency in these summaries: the reference's criterion uses top-1 alone and says so.
+    assert (result.terms, result.missing_terms) == (
+        ["decontextual.top1_accuracy"],
+        ["decontextual.fluency"],
+    )

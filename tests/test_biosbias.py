@@ -434,3 +434,31 @@ def test_accuracy_reads_the_labels_first_tokens_at_the_prompts_end(tokenizer, gp
         hits = [case.predictions[0] == case.target for case in result.cases]
         assert result.top1_accuracy == sum(hits) / len(hits)
         assert result.topk_accuracy == 1.0  # three labels, k = 3
+
+
+def test_eval_script_takes_the_reference_rows_of_the_kept_samples(
+    tmp_path, data_dir, monkeypatch, tokenizer
+):
+    from remedi.evaluation.editing import biosbias
+    from scripts import eval_bias_gen
+    from tests.conftest import save_tiny_gpt2
+
+    source = _write_pickle(tmp_path / "BIOS.pkl", RECORDS)
+    model = save_tiny_gpt2(tokenizer, tmp_path / "tiny-model")
+    monkeypatch.setenv("REMEDI_RESULTS_DIR", str(tmp_path / "results"))
+    # Four samples kept of eight records: the reference's rows, scaled down to 2-3.
+    monkeypatch.setattr(data.splits, "REFERENCE_ROWS", range(2, 4))
+    argv = ["-n", "bios_reference", "-m", str(model), "--dataset-file", str(source)]
+    argv += ["--split", "reference", "--settings", "decontextual", "--max-length", "12"]
+    assert eval_bias_gen.main([*argv, "--device", "cpu"]) == 0
+    experiment = tmp_path / "results" / "bios_reference"
+    result = biosbias.read_biosbias_result(
+        biosbias.result_path(experiment, "unedited", "decontextual")
+    )
+    assert result is not None
+    # Rows 2-3 of the kept samples, not records 2-3 (record 3 was dropped).
+    assert result.sample_ids == ["Li_Chen", "Jane_Ann_Smith_2"]
+    summary = json.loads((experiment / "summary.json").read_text())
+    assert summary["notes"] == [
+        "Samples: the reference's evaluation split (rows 2-3, its train[2:4])."
+    ]

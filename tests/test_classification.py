@@ -280,6 +280,24 @@ def test_cls_script_writes_every_row_and_reuses_finished_results(setup, monkeypa
     assert {p: p.stat().st_mtime_ns for p in experiment.rglob("cls_*.json")} == mtimes
 
 
+def test_cls_script_takes_the_reference_rows_and_refuses_to_mix_samples(setup, monkeypatch, capsys):
+    monkeypatch.setenv("REMEDI_RESULTS_DIR", str(setup["results"]))
+    # The toy file is far shorter than 10,000 cases: the reference's rows, scaled down.
+    monkeypatch.setattr(data.splits, "REFERENCE_ROWS", range(3, 9))
+    argv = ["-n", "cls_reference", "-e", str(setup["results"] / "editors")]
+    argv += ["-m", str(setup["model"]), "--device", "cpu"]
+    assert eval_fact_cls.main([*argv, "--split", "reference"]) == 0
+    assert "Samples: the reference's evaluation split (case ids 3-8" in capsys.readouterr().out
+    experiment = setup["results"] / "cls_reference"
+    result = cls.read_result(cls.result_file(experiment, "remedi", 0))
+    assert result is not None
+    assert [sample.id for sample in result.samples] == [f"counterfact/{i}" for i in range(3, 9)]
+    with pytest.raises(errors.MismatchError, match="holds a result on other samples"):
+        eval_fact_cls.main(argv)  # the test split, into the same experiment
+    with pytest.raises(errors.UsageError, match="goes with --split reference"):
+        eval_fact_cls.main([*argv, "--small"])
+
+
 def test_cls_script_refuses_a_random_run_as_the_trained_editors(setup, monkeypatch):
     monkeypatch.setenv("REMEDI_RESULTS_DIR", str(setup["results"]))
     argv = ["-n", "x", "-e", str(setup["results"] / "editors_random"), "-m", str(setup["model"])]
@@ -405,7 +423,11 @@ def test_gen_sweep_reads_remedis_row_of_each_layers_summary(tmp_path):
             ],
         )
         io.write_json(sweep.layer_dir(tmp_path, layer) / "summary.json", summary.to_dict())
-    result, _ = sweep.write_sweep("gen", tmp_path, [0, 1, 2])
+    result, _ = sweep.write_sweep("gen", tmp_path, [0, 1, 2], criterion="rome_score")
     assert [point.layer for point in result.points] == [0, 1]
     assert result.points[0].metrics == {"score": 90.0, "efficacy": 90.0}
     assert result.best_layer == 1
+    # The reference's criterion needs paraphrase, consistency or fluency: none was measured.
+    result, _ = sweep.write_sweep("gen", tmp_path, [0, 1, 2])
+    assert result.best_layer is None and result.terms == []
+    assert "No layer chosen" in result.notes[-1]

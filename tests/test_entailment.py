@@ -191,3 +191,34 @@ def test_ent_sweep_reads_each_layers_remedi_result(setup, monkeypatch):
         "co.r",
         "orig.r",
     }
+
+
+def test_the_reference_split_takes_its_rows_and_other_samples_are_recomputed(
+    setup, monkeypatch, caplog
+):
+    from remedi.evaluation import splits
+
+    monkeypatch.setenv("REMEDI_RESULTS_DIR", str(setup["results"]))
+    # The tiny norms make a few dozen samples: the reference's rows, scaled down.
+    monkeypatch.setattr(data.splits, "REFERENCE_ROWS", range(1, 5))
+    run = setup["results"] / "editors_mcrae"
+    argv = ["-n", "ent_reference", "-e", str(run), "-m", str(setup["model"]), "--device", "cpu"]
+    with caplog.at_level("WARNING", logger="remedi.evaluation.splits"):
+        assert eval_entailment.main([*argv, "--split", "reference"]) == 0
+    ids = data.load_dataset("mcrae", file=setup["norms"])["id"]
+    experiment = setup["results"] / "ent_reference"
+
+    def evaluated() -> list[str]:
+        stored = io.read_json(experiment / "remedi" / "entailment.json", "entailment result")
+        return [sample["id"] for sample in stored["samples"]]
+
+    assert evaluated() == ids[1:5]
+    record = training.load_run(run)
+    overlap = splits.training_overlap(record, ids[1:5], {})
+    assert overlap.trained + overlap.early_stopping > 0  # the run drew from these rows
+    assert "not held out from the editors' training run" in caplog.text
+    summary = (experiment / "summary.md").read_text()
+    assert "Samples: the reference's evaluation split (rows 1-4, its train[1:5])." in summary
+    # The same experiment on the run's test split: other samples, so every row is recomputed.
+    assert eval_entailment.main(argv) == 0
+    assert evaluated() == record.split.test

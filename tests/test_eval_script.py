@@ -246,6 +246,32 @@ def test_settings_are_chosen_on_the_validation_split_never_the_test_split(setup,
     assert not set(evaluated) & set(split.test)
 
 
+def test_the_reference_split_takes_its_case_ids_and_warns_what_the_run_saw(
+    setup, results_dir, monkeypatch, caplog
+):
+    from remedi import data
+
+    # The toy file is far shorter than 10,000 cases: the reference's rows, scaled down.
+    monkeypatch.setattr(data.splits, "REFERENCE_ROWS", range(2, 8))
+    argv = _argv(setup, "eval_reference", "-b", "efficacy", "--split", "reference")
+    with caplog.at_level("WARNING", logger="remedi.evaluation.splits"):
+        assert eval_fact_gen.main(argv) == 0
+    records = json.loads((setup["data"] / "counterfact.json").read_text())
+    expected = [record["case_id"] for record in records if 2 <= record["case_id"] < 8][:3]
+    for method in ("remedi", "prefix"):
+        efficacy = evaluation.read_result(
+            results_dir / "eval_reference" / method / "efficacy.json", "efficacy"
+        )
+        assert efficacy.settings.case_ids == expected  # the first 3 (--max-cases) of those rows
+    split = training.load_run(setup["results"] / "editors").split
+    seen = [i for i in range(2, 8) if f"counterfact/{i}" in {*split.train, *split.validation}]
+    assert seen, "the run trained on some of these rows, so the warning must fire"
+    assert "not held out from the editors' training run" in caplog.text
+    summary = json.loads((results_dir / "eval_reference" / "summary.json").read_text())
+    assert "Samples: the reference's evaluation split (case ids 2-7" in " ".join(summary["notes"])
+    assert "Not held out from these editors" in " ".join(summary["notes"])
+
+
 def test_methods_are_named_by_registry_name(capsys):
     args = eval_fact_gen.parse_args(["-n", "x", "-m", "gpt2", "--methods", "rome, ft,ft5"])
     assert args.methods == ["rome", "ft", "ft5"]

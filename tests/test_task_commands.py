@@ -65,7 +65,7 @@ def test_an_editing_layer_sweep_trains_evaluates_each_layer_and_collects(command
                 "scripts.eval_bias_gen",
                 [
                     *["-n", f"sweep_gen_biosbias_gptj/layer_{layer}", "-e", editors, "-m", "gptj"],
-                    *["-l", str(layer), "--max-samples", "100"],
+                    *["-l", str(layer), "--split", "validation", "--max-samples", "1000"],
                 ],
             )
             for layer in (0, 2)
@@ -75,9 +75,47 @@ def test_an_editing_layer_sweep_trains_evaluates_each_layer_and_collects(command
             [
                 *shlex.split("--kind gen_biosbias -n sweep_gen_biosbias_gptj --layers 0 2"),
                 *["--title", "Bias in Bios editing layer sweep, gptj"],
+                *shlex.split("--criterion reference --num-layers 28"),
             ],
         ),
     ]
+
+
+def test_the_counterfact_sweep_runs_what_its_criterion_needs_on_1000_cases(commands, tmp_path):
+    tasks.sweep_gen_counterfact(Context(), model="gpt2", layers="0,11")
+    evaluations = [args for script, args in commands if script == "scripts.eval_fact_gen"]
+    assert [args[args.index("-l") + 1] for args in evaluations] == ["0", "11"]
+    benchmarks = "-b efficacy paraphrase neighborhood generation"
+    assert shlex.join(evaluations[0]).endswith(f"{benchmarks} --split validation --max-cases 1000")
+    # The reference's criterion leaves GPT-2's last layer (11) out: the collector is told it.
+    assert commands[-1][1][-4:] == ["--criterion", "reference", "--num-layers", "12"]
+
+    commands.clear()
+    tasks.sweep_gen_counterfact(
+        Context(), model="gpt2", layers="0", split="reference", criterion="rome_score"
+    )
+    evaluation = shlex.join(commands[1][1])
+    assert evaluation.endswith("-b efficacy paraphrase neighborhood --split reference --small")
+    assert commands[-1][1][-4:] == ["--criterion", "rome_score", "--num-layers", "12"]
+
+
+def test_a_sweep_refuses_an_unknown_split_or_criterion_before_running_anything(commands):
+    with pytest.raises(Exit, match="--split takes validation or reference"):
+        tasks.sweep_gen_biosbias(Context(), layers="0", split="test")
+    with pytest.raises(Exit, match="has no criterion 'rome_score'; use one of reference, top1"):
+        tasks.sweep_gen_biosbias(Context(), layers="0", criterion="rome_score")
+    assert commands == []
+
+
+def test_the_entity_sweep_reads_the_layers_from_the_editors_up(commands, tmp_path):
+    run = tmp_path / "editors_counterfact_gpt2"
+    run.mkdir()
+    _recorded_run(run, "gpt2", "counterfact", [9])
+    tasks.sweep_cls_counterfact(Context(), model="gpt2")
+    [(_, evaluation), (_, collection)] = commands
+    entity_layers = evaluation[evaluation.index("--entity-layers") + 1 :]
+    assert entity_layers == ["9", "10", "11", "--split", "validation", "--max-samples", "1000"]
+    assert collection[-4:] == ["--criterion", "reference", "--editor-layer", "9"]
 
 
 def test_classification_adds_the_control_model_only_when_its_editors_exist(

@@ -8,7 +8,8 @@ samples as a ``datasets.Dataset`` (one column per field of :class:`ContextMediat
 :func:`load_dataset` looks it up by name.
 
 The package: :mod:`remedi.data.samples` (the sample schema and the helpers every loader
-shares), :mod:`remedi.data.text` (sentence splitting without downloads), and one module per
+shares), :mod:`remedi.data.text` (sentence splitting without downloads),
+:mod:`remedi.data.splits` (the rows the REMEDI reference evaluates), and one module per
 dataset family (:mod:`remedi.data.counterfact`). Adding a dataset is one module with its loader
 and one entry in :data:`DATASET_LOADERS`. Everything is importable from ``remedi.data``.
 """
@@ -68,6 +69,14 @@ from remedi.data.samples import (
     read_json_list,
     samples_dataset,
 )
+from remedi.data.splits import (
+    REFERENCE_ROWS,
+    REFERENCE_SMALL_ROWS,
+    counterfact_case_id,
+    describe_reference_split,
+    reference_rows,
+    reference_split_ids,
+)
 from remedi.data.text import rejoin_sentences_on_entity, split_sentences
 
 __all__ = [
@@ -84,6 +93,8 @@ __all__ = [
     "COUNTERFACT_URL",
     "DATASET_LOADERS",
     "EASYEDIT_REQUIRED_FIELDS",
+    "REFERENCE_ROWS",
+    "REFERENCE_SMALL_ROWS",
     "SAMPLE_FEATURES",
     "ContextMediationSample",
     "DatasetFormatError",
@@ -94,10 +105,12 @@ __all__ = [
     "biosbias_record_limit",
     "clean_counterfact_paraphrase",
     "counterfact_cache_file",
+    "counterfact_case_id",
     "counterfact_prompt",
     "counterfact_record_sample",
     "counterfact_sample",
     "counterfact_samples",
+    "describe_reference_split",
     "download_file",
     "ensure_counterfact_file",
     "entity_disjoint_split",
@@ -112,6 +125,8 @@ __all__ = [
     "raise_bad_record",
     "read_biosbias_records",
     "read_json_list",
+    "reference_rows",
+    "reference_split_ids",
     "rejoin_sentences_on_entity",
     "samples_dataset",
     "select_ids",

@@ -451,8 +451,10 @@ def write_summary(
     labels: Mapping[str, str],
     directory: Path,
     title: str = "",
+    notes: Sequence[str] = (),
 ) -> tuple[str, tables.TableFiles]:
-    """Write ``summary.{md,tex,png,json}`` under ``directory``; return the Markdown table."""
+    """Write ``summary.{md,tex,png,json}`` under ``directory`` (``notes``, e.g. which samples,
+    after the table); return the Markdown table."""
     directory = Path(directory)
     rows = summary_rows(results, labels)
     table = markdown_table(rows)
@@ -462,12 +464,13 @@ def write_summary(
         "entropy of the sampled continuation. Consistency: TF-IDF cosine to the mean of the "
         "bios with that occupation.\n"
     )
+    note += "".join(f"\n{line}\n" for line in notes)
     files = tables.write_files(
         directory,
         "summary",
         (f"# {title}\n\n" if title else "") + table + note,
         latex_table(rows),
-        {"title": title, "rows": rows},
+        {"title": title, "rows": rows, "notes": list(notes)},
         lambda path: plot_summary(rows, path, title),
     )
     return table, files

@@ -4,7 +4,8 @@ the whole run (:func:`run_probe`); each script says what differs in a :class:`Pr
 
 Both read REMEDI directions from a training run (``-e``), optionally a second run trained on the
 randomly initialised LM (``--control-editors-dir``, the Control Model row), and evaluate on the
-run's held-out (test) samples.
+run's held-out (test) samples, or on another split (``--split``, :mod:`remedi.evaluation.splits`:
+the run's validation split, or the reference's rows, which our runs do not hold out).
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from typing import Any, Generic, NamedTuple, Protocol, TypeVar
 import torch
 
 from remedi import cli, editors, env, errors, models, training
+from remedi.evaluation import splits
 from remedi.evaluation.probing import classification as cls
 from remedi.report import tables
 
@@ -58,7 +60,10 @@ def add_arguments(parser: argparse.ArgumentParser, run_help: str) -> None:
         help="layers to read the entity at (default: the editor layer); the table shows the first",
     )
     parser.add_argument("--dataset-file", type=Path, help="dataset file (default: the run's)")
-    parser.add_argument("--max-samples", type=int, help="evaluate only the first N test samples")
+    parser.add_argument(
+        "--max-samples", type=int, help="evaluate only the first N samples of the split"
+    )
+    splits.add_arguments(parser)
     parser.add_argument("--control-task-seed", type=int, default=cls.DEFAULT_CONTROL_TASK_SEED)
     parser.add_argument("--device", help="e.g. cuda or cpu (default: cuda if available)")
     parser.add_argument("--dtype", help="model dtype, e.g. float32, bfloat16, float16")
@@ -120,11 +125,30 @@ def editor_layer(run_dir: Path, editor_type: str, layer: int | None) -> int:
     return layers[0]
 
 
-def test_samples(run_dir: Path, dataset_file: Path | None, max_samples: int | None) -> list[dict]:
-    """The run's held-out samples (read from ``dataset_file``, default the run's own file), the
-    first ``max_samples`` if given."""
-    samples = [dict(row) for row in training.load_run_samples(run_dir, "test", dataset_file)]
-    return samples if max_samples is None else samples[:max_samples]
+def split_samples(
+    run_dir: Path,
+    dataset_file: Path | None,
+    max_samples: int | None,
+    split: str = splits.DEFAULT_SPLIT,
+    small: bool = False,
+) -> tuple[list[dict], splits.EvaluationSplit]:
+    """The samples of ``split`` for the run's editors (read from ``dataset_file``, default the
+    run's own file), the first ``max_samples`` if given, and what they are."""
+    loaded, chosen = splits.load_split_samples(run_dir, split, dataset_file, small)
+    samples = [dict(row) for row in loaded]
+    return (samples if max_samples is None else samples[:max_samples]), chosen
+
+
+def check_stored_samples(path: Path, result: Any, samples: Sequence[dict]) -> None:
+    """Refuse a stored result computed on other samples than ``samples`` (another split or
+    ``--max-samples``), so that one experiment never mixes them in a table."""
+    stored = [str(sample.id) for sample in getattr(result, "samples", None) or []]
+    if stored and stored != [str(sample["id"]) for sample in samples]:
+        raise errors.MismatchError(
+            f"{path} holds a result on other samples ({len(stored)} stored, {len(samples)} "
+            "asked; another --split or --max-samples?): pass --rerun to replace it, or evaluate "
+            "under another experiment name (-n)"
+        )
 
 
 def warn_control_overlap(control: training.RunRecord, samples: list[dict]) -> None:
@@ -229,13 +253,15 @@ def _evaluate_rows(
 ) -> None:
     """Compute the missing results of ``rows`` (row -> options) on one model."""
     args, store = suite.args, suite.store
-    todo = [
-        (row, entity_layer)
-        for row in rows
-        for entity_layer in entity_layers
-        if args.rerun
-        or store.read_result(store.result_file(experiment_dir, row, entity_layer)) is None
-    ]
+    todo = []
+    for row in rows:
+        for entity_layer in entity_layers:
+            path = store.result_file(experiment_dir, row, entity_layer)
+            stored = None if args.rerun else store.read_result(path)
+            if stored is None:
+                todo.append((row, entity_layer))
+            else:
+                check_stored_samples(path, stored, samples)
     if not todo:
         return
     mt = models.load_model(args.model, device=device, dtype=args.dtype, random_init=random_init)
@@ -283,7 +309,9 @@ def run_probe(suite: ProbeSuite[Any]) -> ProbeSummary:
     check_control_flags(args)
     layer = editor_layer(args.editors_dir, args.editor_type, args.layer)
     entity_layers = list(dict.fromkeys(args.entity_layers or [layer]))
-    samples = test_samples(args.editors_dir, args.dataset_file, args.max_samples)
+    samples, chosen = split_samples(
+        args.editors_dir, args.dataset_file, args.max_samples, args.split, args.small
+    )
     experiment_dir = env.results_dir() / args.name
 
     _evaluate_rows(
@@ -322,6 +350,8 @@ def run_probe(suite: ProbeSuite[Any]) -> ProbeSummary:
             result = store.read_result(store.result_file(experiment_dir, row, entity_layer))
             if result is not None:
                 results[row] = result
-        return suite.table(results, record, entity_layer)
+        table = suite.table(results, record, entity_layer)
+        table.notes = [*table.notes, *chosen.notes]
+        return table
 
     return ProbeSummary(experiment_dir, *write_summaries(experiment_dir, entity_layers, table_for))
