@@ -1126,10 +1126,20 @@ def canon_sweep(c: Context, sweep: str, executor: str = "local", status: bool = 
     _python(c, "scripts.canon", args)
 
 
-@task(help={"directory": "A sweep's output directory.", "bound": "Degradation bound."})
-def canon_report(c: Context, directory: str, bound: float = 1e-3) -> None:
-    """Best val config within the bound -> test runs -> table (md, LaTeX, plot)."""
-    _python(c, "scripts.canon", ["report", directory, "--bound", str(bound)])
+@task(
+    help={
+        "directory": "A sweep's output directory.",
+        "bound": "Degradation bounds, comma-separated (default: the seed's 1e-3,1e-4,1e-5).",
+        "runs": "Test runs (seeds) per chosen config (default: the seed's 10).",
+    }
+)
+def canon_report(c: Context, directory: str, bound: str = "", runs: int = 10) -> None:
+    """Best val config per bound -> test runs stopped at the val epoch -> mean ± s.e. tables."""
+    bounds = [part for part in bound.split(",") if part.strip()]
+    args = ["report", directory, "--runs", str(runs)]
+    for value in bounds:
+        args += ["--bound", value.strip()]
+    _python(c, "scripts.canon", args)
 
 
 @task(help={"people": "People edited per split.", "out": "Output folder."})

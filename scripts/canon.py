@@ -2,13 +2,15 @@
 
     python -m scripts.canon run configs/canon/toy_works_for_lora.yaml
     python -m scripts.canon sweep configs/canon/sweeps/toy_works_for.yaml --executor local
-    python -m scripts.canon report results/canon/sweeps/toy_works_for --bound 0.01
+    python -m scripts.canon report results/canon/sweeps/toy_works_for --bound 0.01 --runs 10
     python -m scripts.canon toy-export --out results/canon/toy_data
 
 ``run`` writes ``result.json`` in the experiment's output dir (a finished one is not rerun
 unless ``--rerun``); ``sweep`` runs every unfinished experiment through submitit and prints the
-done / running / failed / pending summary; ``report`` picks the best validation config per task
-and method within the bound, runs it on the test pair and writes ``report-bound<BOUND>.{md,tex,png,json}``.
+done / running / failed / pending summary; ``report`` picks, per bound (default the seed's three),
+task and method, the validation config that improves success most within the bound, runs it on
+the test pair ``--runs`` times (seeds 0..N-1), stops each run at the epoch chosen on val and
+writes the mean and standard error to ``report-bound<BOUND>.{md,tex,png,json}``.
 """
 
 from __future__ import annotations
@@ -44,8 +46,15 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     make_report.add_argument(
         "--bound",
         type=float,
-        default=report.DEFAULT_BOUND,
-        help="largest relative increase of the general loss (default: the seed's 1e-3)",
+        action="append",
+        help="largest relative increase of the general loss; repeat for several (default: the "
+        "seed's leagues 1e-3, 1e-4, 1e-5)",
+    )
+    make_report.add_argument(
+        "--runs",
+        type=int,
+        default=report.DEFAULT_RUNS,
+        help="test runs (seeds 0..N-1) per chosen config, averaged (default: the seed's 10)",
     )
     export = commands.add_parser("toy-export", help="write the toy world's canonical task")
     export.add_argument("--world", default="toy", help="toy world name (default toy)")
@@ -76,9 +85,11 @@ def main(argv: Sequence[str] | None = None) -> int:
             print(f"failed: {name}")
         return 1 if states["failed"] else 0
     elif args.command == "report":
-        _, files = report.write_report(args.directory, args.bound)
-        print(files.markdown.read_text(encoding="utf-8"))
-        print(f"table: {files.markdown} (LaTeX: {files.latex}); plot: {files.plot}")
+        bounds = args.bound or list(canon.SEED_BOUNDS)
+        _, written = report.write_report(args.directory, bounds, args.runs)
+        for files in written:
+            print(files.markdown.read_text(encoding="utf-8"))
+            print(f"table: {files.markdown} (LaTeX: {files.latex}); plot: {files.plot}")
     else:
         paths = ensure_toy_world(args.world)
         out = args.out or env.results_dir() / "canon" / "toy_data"

@@ -240,12 +240,12 @@ def test_memit_requests_edit_at_the_subject_or_the_prefix():
 # Selection on validation within the bound.
 
 
-def _result(name: str, rows: list[tuple[float, float]]) -> ExperimentResult:
+def _result(name: str, rows: list[tuple[float, float]], split: str = "val") -> ExperimentResult:
     return ExperimentResult(
         name=name,
         task="t",
         method="full",
-        split="val",
+        split=split,
         loss_type="good",
         threshold=1.0,
         config={},
@@ -265,6 +265,49 @@ def test_the_last_epoch_within_the_bound_is_selected_and_the_best_config_wins():
     assert report.best_by_validation([steady, eager], 0.1)[("t", "full")].name == "steady"
     # Nothing within the bound: the unedited model (epoch 0) is what the config can claim.
     assert _result("wild", [(0.1, 1.0), (0.9, 2.0)]).selected(0.01).epoch == 0
+
+
+def test_val_picks_the_largest_improvement_over_its_own_unedited_model():
+    # "high" ends with the higher success but started higher: "low" improves more, as the seed
+    # ranks (report_val_pythia.py:90).
+    high = _result("high", [(0.5, 1.0), (0.6, 1.0)])
+    low = _result("low", [(0.1, 1.0), (0.5, 1.0)])
+    assert report.best_by_validation([high, low], 0.01)[("t", "full")].name == "low"
+
+
+def test_test_runs_stop_at_the_val_epoch_and_average_with_a_standard_error():
+    bound = 0.01
+    # Chosen on val at epoch 1 (epoch 2 leaves the bound).
+    chosen = _result("c", [(0.1, 1.0), (0.5, 1.005), (0.9, 1.5)])
+    assert chosen.selected(bound).epoch == 1
+    # Run A: epoch 2 is in bound and better, but val stopped at 1. Run B: epoch 1 leaves the
+    # bound, so epoch 0 counts. Run C: in bound at 1.
+    run_a = _result("a", [(0.2, 2.0), (0.6, 2.0), (1.0, 2.0)], "test")
+    run_b = _result("b", [(0.2, 2.0), (0.8, 2.5), (0.9, 2.0)], "test")
+    run_c = _result("c", [(0.0, 1.0), (0.3, 1.01), (0.3, 1.0)], "test")
+    row = report.test_row(chosen, [run_a, run_b, run_c], bound)
+    assert row.val_epoch == 1 and row.test_epochs == [1, 0, 1] and row.runs == 3
+    assert row.success == pytest.approx((0.6 + 0.2 + 0.3) / 3)
+    assert row.initial_success == pytest.approx((0.2 + 0.2 + 0.0) / 3)
+    # Improvements 0.4, 0.0, 0.3: population std (the seed's np.std) over sqrt(3).
+    gains = [0.4, 0.0, 0.3]
+    mean = sum(gains) / 3
+    population = (sum((g - mean) ** 2 for g in gains) / 3) ** 0.5
+    assert row.success_stderr == pytest.approx(population / 3**0.5)
+    sample = report.test_row(chosen, [run_a, run_b, run_c], bound, ddof=1).success_stderr
+    assert sample == pytest.approx((sum((g - mean) ** 2 for g in gains) / 2) ** 0.5 / 3**0.5)
+    assert row.general == pytest.approx((0.0 + 0.0 + 0.01) / 3)
+
+
+def test_the_test_runs_are_seeds_0_to_n_minus_1_under_the_test_folder(tmp_path: Path):
+    config = canon.config_from_dict({"model": "toy", "task": "country_capital", "seed": 7})
+    chosen = _result("c", [(0.1, 1.0)])
+    chosen.config = config.to_dict()
+    configs = report.test_configs(chosen, tmp_path, runs=10)
+    assert [c.seed for c in configs] == list(range(10))
+    assert all(c.split == "test" for c in configs)
+    assert configs[3].output_dir == str(tmp_path / "test" / "c" / "seed3")
+    assert report.DEFAULT_RUNS == 10 and canon.SEED_BOUNDS == (1e-3, 1e-4, 1e-5)
 
 
 # ---------------------------------------------------------------------------------------------
