@@ -311,6 +311,50 @@ def test_the_test_runs_are_seeds_0_to_n_minus_1_under_the_test_folder(tmp_path: 
 
 
 # ---------------------------------------------------------------------------------------------
+# The KL term's texts: disjoint from the texts the bound is measured on.
+
+
+@pytest.mark.shared_data
+def test_the_default_kl_texts_of_the_real_tasks_share_nothing_with_the_bound_set(tmp_path: Path):
+    from remedi.canon.experiment import kl_texts
+
+    config = canon.config_from_dict(
+        {"model": "toy", "task": "country_capital", "regularization": {"kl_weight": 0.5}}
+    )
+    texts = {example.suffix for example in kl_texts(config, canonical.canonical_root())}
+    assert len(texts) == 2935
+    for split in ("val", "test"):
+        bound = {example.suffix for example in canonical.load_general_texts(split)}
+        assert not texts & bound
+    # "short", the old choice, is the first 100 lines of the bound's own set.
+    short = canon.with_overrides(config, {"regularization.kl_texts": "short"})
+    short_texts = [e.suffix for e in kl_texts(short, canonical.canonical_root())]
+    assert short_texts == [e.suffix for e in canonical.load_general_texts("val")][:100]
+
+
+def test_kl_texts_name_a_corpus_and_old_results_keep_val100_short(tmp_path: Path):
+    from remedi.canon.experiment import kl_texts, result_config
+
+    path = tmp_path / "kl.txt"
+    path.write_text("first text\n\nsecond text\n", encoding="utf-8")
+    config = canon.config_from_dict(
+        {
+            "model": "toy",
+            "task": "country_capital",
+            "regularization": {"kl_weight": 0.5, "kl_texts": f"file:{path}"},
+        }
+    )
+    assert [e.suffix for e in kl_texts(config, tmp_path)] == ["first text", "second text"]
+    # A result written before kl_texts existed was regularised on val100-short.jsonl.
+    old = _result("old", [(0.1, 1.0)])
+    old.config = config.to_dict()
+    del old.config["regularization"]["kl_texts"]
+    assert result_config(old).regularization.kl_texts == "short"
+    old.config["regularization"]["kl_weight"] = 0.0
+    assert result_config(old).regularization.kl_texts is None
+
+
+# ---------------------------------------------------------------------------------------------
 # A sweep through submitit's local executor, resumed.
 
 

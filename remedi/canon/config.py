@@ -94,11 +94,20 @@ class TrainingSettings:
 
 @dataclass
 class RegularizationSettings:
-    """KL to the original model on general text and/or L2 on the weight change, weighted."""
+    """KL to the original model on general text and/or L2 on the weight change, weighted.
+
+    ``kl_texts``: the general text the KL term reads; None: the task's (``kl_texts`` of
+    :class:`~remedi.data.canonical.CanonicalTask`: BoolQ's Wikipedia passages for the seed's
+    tasks, disjoint from the bound's ``val100*.jsonl``); ``short``: the data root's
+    ``val100-short.jsonl`` (for the real data, the first 100 lines of the bound's own set);
+    otherwise a :mod:`remedi.corpora` spec (``shared:PATH``, ``file:PATH``, ...).
+    ``kl_batch_size`` texts are drawn for each step (the seed's: its training batch size).
+    """
 
     kl_weight: float = 0.0
     l2_weight: float = 0.0
     kl_batch_size: int = 8
+    kl_texts: str | None = None
 
 
 @dataclass

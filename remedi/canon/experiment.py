@@ -126,8 +126,7 @@ class TaskData:
 def load_task_data(config: ExperimentConfig) -> TaskData:
     """The task's files for the config's split, capped as the config's evaluation asks.
 
-    The KL regulariser reads ``val100-short.jsonl`` (the seed used a separate training-text
-    file that the public data does not include).
+    The KL regulariser reads :func:`kl_texts` (none when its weight is 0).
     """
     task = canonical.canonical_task(config.task)
     root = Path(config.data_root) if config.data_root else canonical.canonical_root()
@@ -154,12 +153,22 @@ def load_task_data(config: ExperimentConfig) -> TaskData:
             limits.max_unconditional,
         ),
         general=canonical.load_general_texts(split, root, limits.max_general_texts),
-        regularization=(
-            canonical.load_general_texts("short", root)
-            if config.regularization.kl_weight > 0
-            else []
-        ),
+        regularization=kl_texts(config, root) if config.regularization.kl_weight > 0 else [],
     )
+
+
+def kl_texts(config: ExperimentConfig, root: Path) -> list[canonical.CanonicalExample]:
+    """The general texts of the KL term: ``regularization.kl_texts``, else the task's."""
+    spec = config.regularization.kl_texts or canonical.canonical_task(config.task).kl_texts
+    if spec == canonical.KL_TEXTS_SHORT:
+        return canonical.load_general_texts("short", root)
+    from remedi import corpora  # datasets is slow to import; only regularised runs need it
+
+    corpus = corpora.open_corpus(spec, config.model)
+    texts = corpus.texts(corpus.size())
+    if not texts:
+        raise errors.FileFormatError(f"regularization.kl_texts {spec!r} holds no text")
+    return [canonical.CanonicalExample("", text) for text in texts]
 
 
 class Evaluator:
@@ -389,5 +398,12 @@ def _train_and_evaluate(config: ExperimentConfig) -> ExperimentResult:
 
 
 def result_config(result: ExperimentResult) -> ExperimentConfig:
-    """The validated config a result was produced with."""
-    return config_from_dict(result.config, f"result {result.name}")
+    """The validated config a result was produced with. Regularised results written before
+    ``regularization.kl_texts`` existed read ``val100-short.jsonl``, and say so (so that a run
+    with today's default is not taken for them)."""
+    data = dict(result.config)
+    regularization = dict(data.get("regularization") or {})
+    if "kl_texts" not in regularization and regularization.get("kl_weight", 0) > 0:
+        regularization["kl_texts"] = canonical.KL_TEXTS_SHORT
+        data["regularization"] = regularization
+    return config_from_dict(data, f"result {result.name}")

@@ -43,7 +43,18 @@ SHAPE_FIELDS: dict[Shape, tuple[str, ...]] = {
 
 CANONICAL_DIR_NAME = "canonical_examples"
 GENERAL_FILES = {"val": "val100-val.jsonl", "test": "val100.jsonl", "short": "val100-short.jsonl"}
-"""The general degradation texts (one ``text`` per line) the seed uses, by split."""
+"""The general degradation texts (one ``text`` per line) the seed uses, by split. In the public
+data ``val100.jsonl`` and ``val100-val.jsonl`` are the same 4,007 texts and ``val100-short.jsonl``
+is their first 100 lines."""
+
+KL_TEXTS_SHORT = "short"
+"""A task's KL texts given as this name: the data root's ``val100-short.jsonl``."""
+SEED_KL_TEXTS = "shared:edit_harms/task-data/test-ClosedDomainQA.jsonl#passage"
+"""The KL texts of the seed's tasks here: BoolQ's 2,935 distinct Wikipedia passages (348,728 GPT-2
+tokens), a :mod:`remedi.corpora` spec. The seed's KL read OpenWebText training chunks
+(``data/trainval-chunked.jsonl``, its ``configs/*/*_sweep/make_sweep.py``, e.g.
+``country_capital/pythia_sweep/make_sweep.py:106,161``), which the public data lacks; these share
+no text with ``val100*.jsonl``, the set the degradation bound is measured on."""
 
 
 @dataclass(frozen=True)
@@ -84,7 +95,9 @@ class CanonicalTask:
     """A task: its folder, one file per role, and the seed's loss type and success threshold.
 
     ``threshold`` is the per-example score above which an evaluation example counts as a
-    failure (the seed's ``threshold``; see :mod:`remedi.canon.scoring`).
+    failure (the seed's ``threshold``; see :mod:`remedi.canon.scoring`). ``kl_texts`` names the
+    general text the KL regulariser reads by default: a :mod:`remedi.corpora` spec, or
+    :data:`KL_TEXTS_SHORT`; it must not overlap the general texts the bound is measured on.
     """
 
     name: str
@@ -94,6 +107,7 @@ class CanonicalTask:
     threshold: float
     description: str = ""
     extra: Mapping[str, str] = field(default_factory=dict)
+    kl_texts: str = SEED_KL_TEXTS
 
     @property
     def pair(self) -> bool:

@@ -23,6 +23,7 @@ from remedi import errors, io
 from remedi.data.canonical import (
     CANONICAL_TASKS,
     GENERAL_FILES,
+    KL_TEXTS_SHORT,
     CanonicalTask,
     TaskFile,
     register_task,
@@ -44,6 +45,8 @@ TOY_WORKS_FOR = CanonicalTask(
     loss_type="good",
     threshold=math.log(5),
     description="toy world: a person's new employer",
+    # Biographies of people in neither split nor the general texts (export_toy_canonical).
+    kl_texts=KL_TEXTS_SHORT,
 )
 if TOY_WORKS_FOR.name not in CANONICAL_TASKS:
     register_task(TOY_WORKS_FOR)
