@@ -310,6 +310,23 @@ def test_the_test_runs_are_seeds_0_to_n_minus_1_under_the_test_folder(tmp_path: 
     assert report.DEFAULT_RUNS == 10 and canon.SEED_BOUNDS == (1e-3, 1e-4, 1e-5)
 
 
+def test_the_optimizer_is_adam_or_the_seeds_8bit_adam_and_names_what_it_needs():
+    from remedi.canon.experiment import make_optimizer
+
+    weight = torch.nn.Parameter(torch.zeros(2))
+    adam = make_optimizer([weight], "adam", 1e-3)
+    assert isinstance(adam, torch.optim.Adam) and adam.defaults["betas"] == (0.9, 0.995)
+    with pytest.raises(errors.UsageError, match="adam, adam8bit"):
+        canon.config_from_dict(
+            {"model": "toy", "task": "country_capital", "training": {"optimizer": "sgd"}}
+        )
+    try:
+        import bitsandbytes  # noqa: F401
+    except ImportError:
+        with pytest.raises(errors.UsageError, match="pip install bitsandbytes"):
+            make_optimizer([weight], "adam8bit", 1e-3)
+
+
 # ---------------------------------------------------------------------------------------------
 # The KL term's texts: disjoint from the texts the bound is measured on.
 

@@ -81,15 +81,28 @@ class MethodSettings:
     remedi_alpha: float = 1.0
 
 
+OPTIMIZERS = ("adam", "adam8bit")
+"""``adam``: torch's, in the parameters' dtype; ``adam8bit``: bitsandbytes' 8-bit Adam, the seed's
+(``trainer.py:31``)."""
+
+
 @dataclass
 class TrainingSettings:
-    """The seed's optimisation: Adam (betas 0.9, 0.995), cosine annealing over ``epochs``."""
+    """The seed's optimisation: Adam (betas 0.9, 0.995), cosine annealing over ``epochs``.
+
+    ``optimizer: adam8bit`` with the experiment's ``dtype: bfloat16`` is the seed's precision
+    (bf16 weights, ``ft_experiment.py:48,54``; 8-bit Adam, ``trainer.py:31``); the default is
+    float32 and torch's Adam. ``grad_acc_steps``: the gradients of that many batches are summed
+    (each loss divided by it) before a step; the seed zeroes them before every batch
+    (``trainer.py:64``), so its step used only the last batch's gradient.
+    """
 
     epochs: int = 10
     learning_rate: float = 1e-5
     batch_size: int = 8
     grad_acc_steps: int = 1
     max_train_examples: int | None = None
+    optimizer: str = "adam"
 
 
 @dataclass
@@ -256,6 +269,11 @@ def validate(config: ExperimentConfig, source: str = "config") -> None:
     if config.method.name not in methods:
         raise errors.UsageError(
             f"{source}: unknown method.name {config.method.name!r}; allowed: {', '.join(methods)}"
+        )
+    if config.training.optimizer not in OPTIMIZERS:
+        raise errors.UsageError(
+            f"{source}: unknown training.optimizer {config.training.optimizer!r}; allowed: "
+            f"{', '.join(OPTIMIZERS)}"
         )
     if config.method.memit_subject not in ("true", "prefix"):
         raise errors.UsageError(

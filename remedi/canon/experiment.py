@@ -243,6 +243,29 @@ def kl_to_reference(
     return (per_token * attention).sum() / len(texts)
 
 
+def make_optimizer(
+    parameters: list[torch.nn.Parameter], kind: str, learning_rate: float
+) -> torch.optim.Optimizer:
+    """Adam with the seed's betas (0.9, 0.995; ``trainer.py:31``): torch's (``adam``) or
+    bitsandbytes' 8-bit one (``adam8bit``, the seed's)."""
+    betas = (0.9, 0.995)
+    if kind == "adam":
+        return torch.optim.Adam(parameters, lr=learning_rate, betas=betas)
+    if kind == "adam8bit":
+        try:
+            import bitsandbytes
+        except ImportError as error:
+            raise errors.UsageError(
+                "training.optimizer adam8bit needs bitsandbytes (pip install bitsandbytes, on a "
+                "CUDA machine); use optimizer adam otherwise"
+            ) from error
+        optimizer: torch.optim.Optimizer = bitsandbytes.optim.Adam(
+            parameters, lr=learning_rate, betas=betas, optim_bits=8
+        )
+        return optimizer
+    raise errors.UsageError(f"unknown optimizer {kind!r}; use adam or adam8bit")
+
+
 def _write_status(directory: Path, state: str, **details: Any) -> None:
     io.write_json(
         directory / STATUS_FILE,
@@ -350,9 +373,7 @@ def _train_and_evaluate(config: ExperimentConfig) -> ExperimentResult:
     if edits_states and settings.epochs == 0:
         # A given editor used as it is: one edit, evaluated as "epoch" 1 (as a one-shot edit).
         return finish([epochs[0], evaluate(trainable.model, 1, None)])
-    optimizer = torch.optim.Adam(
-        trainable.parameters, lr=settings.learning_rate, betas=(0.9, 0.995)
-    )
+    optimizer = make_optimizer(trainable.parameters, settings.optimizer, settings.learning_rate)
     scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=max(1, settings.epochs))
     start_values = (
         [p.detach().clone() for p in trainable.parameters] if regularization.l2_weight > 0 else []
