@@ -4,6 +4,7 @@
     python -m scripts.canon sweep configs/canon/sweeps/toy_works_for.yaml --executor local
     python -m scripts.canon report results/canon/sweeps/toy_works_for --bound 0.01 --runs 10
     python -m scripts.canon toy-export --out results/canon/toy_data
+    python -m scripts.canon seed-sweeps     # regenerate configs/canon/seed_* and sweeps/seed_*
 
 ``run`` writes ``result.json`` in the experiment's output dir (a finished one is not rerun
 unless ``--rerun``); ``sweep`` runs every unfinished experiment through submitit and prints the
@@ -22,7 +23,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from remedi import canon, cli, env
-from remedi.canon import report, sweep
+from remedi.canon import report, search_space, sweep
 from remedi.toy import canonical as toy_canonical
 from remedi.toy.build import ensure_toy_world
 
@@ -55,6 +56,12 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         type=int,
         default=report.DEFAULT_RUNS,
         help="test runs (seeds 0..N-1) per chosen config, averaged (default: the seed's 10)",
+    )
+    seed_sweeps = commands.add_parser(
+        "seed-sweeps", help="write the seed's sampled search as sweep files (GPT-2)"
+    )
+    seed_sweeps.add_argument(
+        "--out", type=Path, default=Path("configs/canon"), help="folder (default configs/canon)"
     )
     export = commands.add_parser("toy-export", help="write the toy world's canonical task")
     export.add_argument("--world", default="toy", help="toy world name (default toy)")
@@ -90,6 +97,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         for files in written:
             print(files.markdown.read_text(encoding="utf-8"))
             print(f"table: {files.markdown} (LaTeX: {files.latex}); plot: {files.plot}")
+    elif args.command == "seed-sweeps":
+        for path in search_space.write_seed_sweeps(args.out):
+            print(path)
     else:
         paths = ensure_toy_world(args.world)
         out = args.out or env.results_dir() / "canon" / "toy_data"

@@ -456,6 +456,58 @@ def test_every_shipped_config_and_sweep_validates():
         assert experiments
 
 
+def test_the_shipped_seed_sweeps_are_regenerated_byte_for_byte(tmp_path: Path):
+    from remedi.canon import search_space
+
+    root = Path(__file__).resolve().parents[1] / "configs" / "canon"
+    for path in search_space.write_seed_sweeps(tmp_path):
+        shipped = root / path.relative_to(tmp_path)
+        assert shipped.read_bytes() == path.read_bytes(), f"regenerate {shipped}"
+
+
+def test_the_shipped_seed_sweeps_hold_the_seeds_search_space():
+    from remedi.canon import search_space as space
+
+    root = Path(__file__).resolve().parents[1] / "configs" / "canon" / "sweeps"
+    for task in space.SEED_TASKS:
+        _, experiments = sweep.load_sweep(root / f"seed_{task}_gpt2.yaml")
+        assert len(experiments) == 2 * space.CONFIGS_PER_METHOD * len(space.RUN_SEEDS)
+        for method, (low, high) in (
+            ("full", space.FULL_LR_EXPONENT),
+            ("lora", space.LORA_LR_EXPONENT),
+        ):
+            runs = [c for c in experiments if c.method.name == method]
+            configs = {(c.training.learning_rate, c.regularization.kl_weight) for c in runs}
+            assert len(configs) == space.CONFIGS_PER_METHOD
+            assert sorted(c.seed for c in runs) == sorted([0, 1] * space.CONFIGS_PER_METHOD)
+            for config in runs:
+                assert config.task == task and config.model == "gpt2"
+                assert 10**-high <= config.training.learning_rate <= 10**-low
+                assert 0.1 <= config.regularization.kl_weight <= 1.0
+                assert (config.training.epochs, config.training.batch_size) == (10, 1)
+                assert config.training.grad_acc_steps == 5
+                assert config.regularization.kl_batch_size == 1
+                if method == "lora":
+                    assert 1 <= config.method.lora_rank <= 256
+                    assert config.method.lora_alpha == 8 and config.method.lora_dropout == 0
+                    targets = config.method.lora_targets or []
+                    layers = sorted({int(t.split(".")[1]) for t in targets})
+                    # A contiguous block of MLP projections holding the middle layer.
+                    assert layers == list(range(layers[0], layers[-1] + 1)) and 6 in layers
+                    assert len(targets) == 2 * len(layers)
+                    assert all(t.endswith(("mlp.c_fc", "mlp.c_proj")) for t in targets)
+
+
+def test_the_lora_block_is_the_seeds_centred_range():
+    from remedi.canon.search_space import lora_block
+
+    # pythia-160m (12 layers) at a fraction giving 7 layers: range(3, 11) -> 3..10, as the
+    # seed's shipped EleutherAI-pythia-160m-lora.0.sweep.yaml ("loratgt3to10").
+    assert lora_block(12, 0.55) == list(range(3, 11))
+    assert lora_block(12, 0.1) == [5, 6, 7]  # 2 layers -> range(5, 8)
+    assert lora_block(12, 0.9) == list(range(1, 12))  # layer 12 does not exist
+
+
 # ---------------------------------------------------------------------------------------------
 # REMEDI: an editor's directions at the canonical examples' entities.
 

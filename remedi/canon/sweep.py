@@ -51,10 +51,17 @@ STATES = ("done", "running", "failed", "pending")
 
 @dataclass
 class SweepEntry:
-    """A base experiment and the grid of overrides (dotted key -> values) to run it with."""
+    """A base experiment and the grid of overrides (dotted key -> values) to run it with.
+
+    ``overrides`` (dotted key -> value) are set in every experiment of the entry without
+    entering its name; ``name`` starts the names instead of the base config's (a sampled
+    config: ``country_capital_lora-s07``, :mod:`remedi.canon.search_space`).
+    """
 
     config: str
     grid: dict[str, list[Any]] = field(default_factory=dict)
+    name: str | None = None
+    overrides: dict[str, Any] = field(default_factory=dict)
 
 
 @dataclass
@@ -102,11 +109,14 @@ def load_sweep(path: Path) -> tuple[SweepConfig, list[ExperimentConfig]]:
     experiments: list[ExperimentConfig] = []
     for entry in sweep.experiments:
         base = load_config(path.parent / entry.config)
+        if entry.overrides:
+            base = with_overrides(base, entry.overrides, f"{path} ({entry.config})")
+        prefix = entry.name or base.name
         keys = list(entry.grid)
         for values in itertools.product(*(entry.grid[key] for key in keys)):
             overrides = dict(zip(keys, values, strict=True))
             name = "-".join(
-                [base.name, *(f"{_short(k)}{_value_label(v)}" for k, v in overrides.items())]
+                [prefix, *(f"{_short(k)}{_value_label(v)}" for k, v in overrides.items())]
             )
             overrides["name"] = name
             overrides["output_dir"] = str(root / name)
