@@ -7,7 +7,9 @@
 - :mod:`remedi.canon.scoring`: suffix and text NLLs, the training losses, the seed's scores;
 - :mod:`remedi.canon.experiment`: train, evaluate every epoch, write ``result.json``;
 - :mod:`remedi.canon.sweep`: many experiments through ``submitit``, resumable;
-- :mod:`remedi.canon.report`: best validation config within the degradation bound -> test table.
+- :mod:`remedi.canon.search_space`: the seed's sampled search as sweep files;
+- :mod:`remedi.canon.report`: per bound, the best validation config -> N test runs stopped at the
+  val epoch -> mean ± standard error.
 
 The data (the six tasks' files, the toy world's task) is in :mod:`remedi.data.canonical` and
 :mod:`remedi.toy.canonical`.
