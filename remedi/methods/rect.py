@@ -178,9 +178,11 @@ def regularize_weights(
     share: float = DEFAULT_SHARE,
     method: str = "rect",
     seed: int = 0,
+    draw: int = 0,
 ) -> dict[str, torch.Tensor]:
     """Regulariser ``method`` on every weight a method returned (``new``), against ``old`` by
-    name; ``random`` draws from :func:`weight_generator` of ``seed`` and the weight's name."""
+    name; ``random`` draws from :func:`weight_generator` of ``seed``, ``draw`` (which update
+    this is, e.g. the edit's index) and the weight's name."""
     apply = regularizer(method)
     missing = [name for name in new if name not in old]
     if missing:
@@ -188,6 +190,6 @@ def regularize_weights(
             f"{LABELS[method]} has no old value for weight(s) {', '.join(missing)}"
         )
     return {
-        name: apply(old[name], value, share, weight_generator(seed, name))
+        name: apply(old[name], value, share, weight_generator(seed, draw, name))
         for name, value in new.items()
     }
