@@ -1019,6 +1019,9 @@ def edit_analysis(c: Context, model: str = DEFAULT_MODEL, methods: str | None = 
         "edits": "Comma-separated checkpoints (numbers of edits; default 1,10,50,100, under "
         "batch-sequential rounded up to multiples of the batch size).",
         "rect": "RECT share of each update kept (e.g. 0.2); default: no RECT.",
+        "regularizer": "rect, or the paper's baselines random or pca (share: --rect, default 0.2).",
+        "setting": "The method's packaged hyperparameter setting (rome: gu2024, as Gu et al. "
+        "ran it).",
         "tasks": "Comma-separated tasks, or all.",
         "editors": "REMEDI training run under results/ (default editors_counterfact_<model>).",
     }
@@ -1031,6 +1034,8 @@ def harm_run(
     edits: str | None = None,
     batch_size: int = 10,
     rect: str | None = None,
+    regularizer: str | None = None,
+    setting: str | None = None,
     tasks: str = "all",
     task_limit: str | None = None,
     editors: str | None = None,
@@ -1050,6 +1055,10 @@ def harm_run(
         args += _dataset_args(model, "counterfact")
     if rect is not None:
         args += ["--rect", rect]
+    if regularizer is not None:
+        args += ["--regularizer", regularizer]
+    if setting is not None:
+        args += ["--setting", setting]
     if task_limit is not None:
         args += ["--task-limit", task_limit]
     if device:

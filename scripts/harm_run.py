@@ -4,6 +4,8 @@
         --edits 1,10,50,100 --editors results/editors_counterfact_toy
     python -m scripts.harm_run --model gpt2-xl --method memit --mode batch-sequential \
         --edits 10,100,1000 --batch-size 10 --edit-source zsre --rect 0.2
+    python -m scripts.harm_run --model gpt2-xl --method rome --setting gu2024 \
+        --mode instance-sequential --edit-source zsre --regularizer pca
 
 writes ``results/NAME/checkpoint_<N>.json`` after each checkpoint (0 = unedited; finished
 checkpoints are read back, never recomputed) and ``state_<N>.safetensors`` (the edited weights).
@@ -57,6 +59,18 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         help=f"RECT: keep this share of each update's entries (alone: {rect.DEFAULT_SHARE})",
     )
     parser.add_argument(
+        "--regularizer",
+        choices=tuple(rect.REGULARIZERS),
+        help="regularise each update with RECT or one of the paper's baselines (random "
+        "zeroing, PCA), keeping the --rect share (default rect; given alone: share "
+        f"{rect.DEFAULT_SHARE})",
+    )
+    parser.add_argument(
+        "--setting",
+        help="the method's packaged hyperparameter setting instead of its default file "
+        "(rome: gu2024, ROME as Gu et al. ran it in EasyEdit: no covariance, 20 prefixes)",
+    )
+    parser.add_argument(
         "--tasks",
         default="all",
         help="comma-separated tasks, or all (toy: "
@@ -83,7 +97,10 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         "for every method when given)",
     )
     parser.add_argument(
-        "--seed", type=int, default=0, help="seed of the CounterFact edit order (shuffled)"
+        "--seed",
+        type=int,
+        default=0,
+        help="seed of the CounterFact edit order (shuffled) and of --regularizer random",
     )
     parser.add_argument("--lm-eval-tasks", help="comma-separated lm-evaluation-harness tasks")
     parser.add_argument("-n", "--name", help="experiment name (default from the settings)")
@@ -105,18 +122,22 @@ def _checkpoints(text: str) -> list[int]:
 
 
 def experiment_name(args: argparse.Namespace) -> str:
-    """``harm_<model>_<method>_<mode>[_b<batch>][_rect<share>]``."""
+    """``harm_<model>_<method>[-<setting>]_<mode>[_b<batch>][_<regulariser><share>]``
+    (``_rect0.2``, ``_random0.2``, ``_pca0.2``)."""
     model = Path(args.model).name
-    name = f"harm_{model}_{args.method}_{args.mode}"
+    method = f"{args.method}-{args.setting}" if args.setting else args.method
+    name = f"harm_{model}_{method}_{args.mode}"
     if args.mode == "batch-sequential":
         name += f"_b{args.batch_size}"
     if args.rect is not None:
-        name += f"_rect{args.rect:g}"
+        name += f"_{args.regularizer or 'rect'}{args.rect:g}"
     return name
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
+    if args.regularizer is not None and args.rect is None:
+        args.rect = rect.DEFAULT_SHARE
     if args.mode not in harm.MODES:
         raise errors.UsageError(f"unknown edit mode {args.mode!r}; known: {', '.join(harm.MODES)}")
     batching = harm.batching_methods()
@@ -187,7 +208,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             )
         options["editors_dir"] = str(args.editors)
     setup = MethodSetup(stats_dir=env.results_dir() / "stats")
-    method = harm.editing_method(args.method, mt, setup, **options)
+    method = harm.editing_method(args.method, mt, setup, args.setting, **options)
     protocols = tuple(p.strip() for p in args.protocols.split(",") if p.strip())
     settings = harm.HarmSettings(
         method=args.method,
@@ -197,6 +218,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         rect_share=args.rect,
         protocols=protocols,
         score_batch_size=args.score_batch_size,
+        regularizer=args.regularizer or "rect",
+        seed=args.seed,
+        hparams_setting=args.setting,
     )
     results = harm.run_harm(mt, method, edits, task_items, settings, output_dir)
     if args.lm_eval_tasks:

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import json
+import math
 import shutil
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 import safetensors
@@ -15,7 +17,7 @@ from matplotlib.colors import to_hex
 from remedi import corpora, data, env, errors, evaluation, io, models
 from remedi.data import general_tasks as tasks
 from remedi.evaluation.general import abilities, harm, harm_report
-from remedi.methods import base, common, rome
+from remedi.methods import base, common, registry, rome
 from remedi.report import figures
 from remedi.toy import general as toy_general
 from remedi.toy.world import World, generate_world
@@ -402,3 +404,127 @@ def test_the_script_on_toy_small_uses_the_small_world(small_world: BuiltToyWorld
     # The edit came from the small world's CounterFact export (not a download of ROME's).
     checkpoint = json.loads((results / "small" / "checkpoint_1.json").read_text())
     assert checkpoint["num_edits"] == 1
+
+
+class BigramLM(torch.nn.Module):
+    """A causal LM whose prediction after each token is a fixed successor (a hand-made table);
+    any other token predicts ``fallback``."""
+
+    def __init__(self, vocab_size: int, successors: dict[int, int], fallback: int):
+        super().__init__()
+        self.config = SimpleNamespace(n_positions=64)
+        table = torch.zeros(vocab_size, vocab_size)
+        table[:, fallback] = 0.5
+        for token, successor in successors.items():
+            table[token, successor] = 1.0
+        self.table = torch.nn.Parameter(table, requires_grad=False)
+
+    def forward(self, input_ids, attention_mask=None, **kwargs) -> SimpleNamespace:
+        return SimpleNamespace(logits=self.table[input_ids])
+
+
+def test_token_accuracy_is_easyedits_teacher_forced_share_of_target_tokens(tokenizer):
+    prompt, target = "Mira Talovan lives in", "Kelo Vantri Bornadel"
+    ids = tokenizer(f"{prompt} {target}")["input_ids"]
+    start = len(tokenizer(prompt)["input_ids"])
+    answer = ids[start:]
+    assert len(answer) >= 3 and len(set(ids)) == len(ids)  # a table can hold every bigram
+    fallback = next(token for token in range(len(tokenizer)) if token not in ids)
+    for right in range(len(answer) + 1):
+        # The LM gets the first `right` target tokens (teacher-forced: each after the true
+        # ones before it) and none of the rest; what it says inside the prompt does not count.
+        successors = {ids[start - 1 + j]: answer[j] for j in range(right)}
+        lm = BigramLM(len(tokenizer), successors, fallback)
+        scorer = abilities.Scorer(models.ModelAndTokenizer(lm, tokenizer, "bigram"))  # type: ignore[arg-type]
+        accuracy = scorer.token_accuracy([prompt, prompt], [target, " " + target])
+        assert accuracy == [right / len(answer)] * 2
+        exact = scorer.continuations([prompt], [" " + target]).is_greedy
+        assert exact == [right == len(answer)]  # exact match: every token, or nothing
+    # A target with no token of its own is NaN there, which the edit scores skip (as EasyEdit).
+    assert harm._mean([0.5, float("nan"), 1.0]) == 0.75
+
+
+def test_edit_scores_report_token_accuracy_beside_exact_match_and_old_runs_still_load(mt, tmp_path):
+    method = base.FunctionEditor("rome", CountingRome(), batches=False)
+    results = harm.run_harm(
+        mt, method, edits(), TASK_ITEMS, settings("instance-sequential"), tmp_path / "new"
+    )
+    scores = results[-1].edits
+    assert scores is not None and scores.efficacy_token_accuracy is not None
+    assert scores.generalization_token_accuracy is not None
+    # Exact match implies every token right: token accuracy is never below it.
+    assert scores.efficacy_token_accuracy >= scores.efficacy
+    # A checkpoint written before token accuracy, RECT's baselines and settings loads with
+    # their defaults, and its report has no token-accuracy point.
+    write_run(tmp_path / "old", "instance-sequential", 0.2)
+    raw = io.read_json(tmp_path / "old" / "checkpoint_1.json", "checkpoint")
+    for key in ("regularizer", "hparams_setting"):
+        raw.pop(key)
+    for key in ("efficacy_token_accuracy", "generalization_token_accuracy"):
+        raw["edits"].pop(key)
+    io.write_json(tmp_path / "old" / "checkpoint_1.json", raw)
+    old = harm.Checkpoint.from_dict(raw)
+    assert (old.regularizer, old.hparams_setting) == ("rect", None)
+    assert old.edits is not None and old.edits.efficacy_token_accuracy is None
+    curves = harm_report.read_curves([tmp_path / "new", tmp_path / "old"])
+    assert [curve.label for curve in curves] == [
+        "rome instance-sequential",
+        "rome instance-sequential +RECT0.2",
+    ]
+    assert "efficacy (token acc.)" in curves[0].points
+    assert 1 not in curves[1].points.get("efficacy (token acc.)", {})
+    header = harm_report.markdown_table(curves).splitlines()[0]
+    assert header.index("| efficacy |") < header.index("| efficacy (token acc.) |")
+
+
+def test_baselines_regularise_each_update_seeded_and_are_named_in_the_results(mt, tmp_path):
+    weight = "transformer.h.0.mlp.c_proj.weight"
+    before = mt.model.get_parameter(weight).detach().clone()
+    method = base.FunctionEditor("rome", CountingRome(), batches=False)
+
+    def first_state(name: str, **kwargs) -> torch.Tensor:
+        run = harm.HarmSettings("rome", "instance-sequential", [1], protocols=(), **kwargs)
+        results = harm.run_harm(mt, method, edits(), {}, run, tmp_path / name)
+        assert results[-1].regularizer == kwargs.get("regularizer", "rect")
+        return safetensors.torch.load_file(tmp_path / name / "state_1.safetensors")[weight]
+
+    whole = first_state("whole")
+    random_a = first_state("random_a", rect_share=0.2, regularizer="random", seed=1)
+    random_b = first_state("random_b", rect_share=0.2, regularizer="random", seed=1)
+    random_c = first_state("random_c", rect_share=0.2, regularizer="random", seed=2)
+    kept = random_a.ne(before)
+    assert int(kept.sum()) == math.ceil(0.2 * before.numel())
+    assert torch.equal(random_a[kept], whole[kept])
+    assert torch.equal(random_a, random_b) and not torch.equal(random_a, random_c)
+    # ROME's update has rank one: PCA keeps it whole.
+    pca = first_state("pca", rect_share=0.2, regularizer="pca")
+    assert torch.allclose(pca, whole, atol=1e-5)
+    checkpoint = harm.Checkpoint.from_dict(io.read_json(tmp_path / "pca" / "checkpoint_1.json"))
+    assert harm_report.run_label(checkpoint) == "rome instance-sequential +PCA0.2"
+    with pytest.raises(errors.UsageError, match="unknown regulariser 'svd'"):
+        first_state("bad", rect_share=0.2, regularizer="svd")
+
+
+def test_rome_as_gu_et_al_ran_it_is_a_packaged_setting():
+    from scripts import harm_run
+
+    # Their hparams/ROME/gpt2-xl.yaml and llama-7b.yaml: no covariance, 20 prefixes.
+    gpt2_xl = registry.load_hparams("rome", "gpt2-xl", setting="gu2024")
+    assert (gpt2_xl.layer, gpt2_xl.mom2_adjustment) == (17, False)
+    assert gpt2_xl.context_template_lengths == [[5, 10], [10, 10]]
+    assert registry.load_hparams("rome", "gpt2-xl").mom2_adjustment  # the default is ROME's
+    llama = registry.load_hparams("rome", "meta-llama/Llama-2-7b-hf", setting="gu2024")
+    assert (llama.layer, llama.v_num_grad_steps, llama.v_weight_decay) == (5, 25, 1e-3)
+    toy = registry.load_hparams("rome", "toy-small", setting="gu2024")
+    assert (toy.layer, toy.mom2_adjustment) == (0, False)
+    with pytest.raises(errors.UsageError, match="no hyperparameter setting 'gu' for rome"):
+        registry.load_hparams("rome", "gpt2-xl", setting="gu")
+    with pytest.raises(errors.UsageError, match="no hyperparameter setting 'gu2024' for memit"):
+        registry.load_hparams("memit", "gpt2-xl", setting="gu2024")
+    argv = ["--model", "gpt2-xl", "--method", "rome", "--mode", "instance-sequential"]
+    args = harm_run.parse_args([*argv, "--setting", "gu2024", "--regularizer", "pca"])
+    args.rect = 0.2
+    assert harm_run.experiment_name(args) == "harm_gpt2-xl_rome-gu2024_instance-sequential_pca0.2"
+    assert harm_run.experiment_name(harm_run.parse_args([*argv, "--rect"])) == (
+        "harm_gpt2-xl_rome_instance-sequential_rect0.2"
+    )

@@ -31,26 +31,48 @@ from remedi.methods.common import EditRequest
 HPARAMS_DIR = Path(__file__).parent / "hparams"
 
 
-def hparams_file(method: str, model: str) -> Path:
-    """The packaged hyperparameter file of ``method`` for model ``model`` (an alias or name).
+def hparams_settings(method: str) -> list[str]:
+    """The named settings packaged for ``method`` besides its default files: each a folder
+    ``hparams/<method>/<setting>/`` of files per model (e.g. ``rome/gu2024``: ROME as Gu et
+    al. 2024 ran it)."""
+    folder = HPARAMS_DIR / method
+    return (
+        sorted(path.name for path in folder.iterdir() if path.is_dir()) if folder.is_dir() else []
+    )
+
+
+def hparams_file(method: str, model: str, setting: str | None = None) -> Path:
+    """The packaged hyperparameter file of ``method`` for model ``model`` (an alias or name):
+    ``hparams/<method>/<model>.json``, or ``hparams/<method>/<setting>/<model>.json`` for a
+    named setting.
 
     Raises:
-        errors.UsageError: No file for that model; the message lists those there are.
+        errors.UsageError: No such setting, or no file for that model; the message lists those
+            there are.
     """
     name = model.split("+", 1)[0].rstrip("/")
     aliases = {source: alias for alias, source in models.MODEL_ALIASES.items()}
     slug = aliases.get(name, name).split("/")[-1]
     if slug.startswith("toy"):
         slug = "toy"
-    path = HPARAMS_DIR / method / f"{slug}.json"
+    folder = HPARAMS_DIR / method
+    if setting is not None:
+        if setting not in hparams_settings(method):
+            known = ", ".join(hparams_settings(method)) or "none"
+            raise errors.UsageError(
+                f"no hyperparameter setting {setting!r} for {method} (settings: {known}); "
+                "leave it out for the method's default file"
+            )
+        folder = folder / setting
+    path = folder / f"{slug}.json"
     if not path.is_file():
-        known = sorted(p.stem for p in (HPARAMS_DIR / method).glob("*.json"))
+        known = ", ".join(sorted(p.stem for p in folder.glob("*.json")))
         raise errors.UsageError(
-            f"no {method} hyperparameters for model {model!r} (have: {', '.join(known)}); "
+            f"no {method} hyperparameters for model {model!r} in {folder} (have: {known}); "
             f"write a JSON file like {HPARAMS_DIR / method / 'gpt2-xl.json'} and pass it "
             "(method option hparams_file)"
         )
     return path
 
 
-__all__ = ["HPARAMS_DIR", "EditRequest", "hparams_file"]
+__all__ = ["HPARAMS_DIR", "EditRequest", "hparams_file", "hparams_settings"]

@@ -176,21 +176,30 @@ def load_hparams(
     model: str,
     hparams_path: Path | None = None,
     overrides: Mapping[str, Any] | None = None,
+    setting: str | None = None,
 ) -> Any:
     """Method ``name``'s hyperparameters for ``model`` (an alias or name): read from
-    ``hparams_path``, else from its packaged file if the method has packaged files, else the
-    class's defaults; then each non-None value of ``overrides`` replaces the field of its name.
+    ``hparams_path``, else from its packaged file if the method has packaged files (of the named
+    ``setting``, e.g. ROME's ``gu2024``, if given), else the class's defaults; then each
+    non-None value of ``overrides`` replaces the field of its name.
 
     Raises:
-        errors.UsageError: The method has no hyperparameters, or an override names no field.
+        errors.UsageError: The method has no hyperparameters, an unknown setting, a setting
+            together with a file, or an override that names no field.
     """
     spec = method_spec(name)
+    if setting is not None and hparams_path is not None:
+        raise errors.UsageError(
+            f"{name}: give a hyperparameter file or a packaged setting ({setting!r}), not both"
+        )
     if spec.hparams is None:
         if overrides and any(value is not None for value in overrides.values()):
             raise errors.UsageError(f"method {name!r} has no hyperparameters to set")
+        if setting is not None:
+            raise errors.UsageError(f"method {name!r} has no hyperparameter settings")
         return None
-    if hparams_path is None and (HPARAMS_DIR / name).is_dir():
-        hparams_path = hparams_file(name, model)
+    if hparams_path is None and (setting is not None or (HPARAMS_DIR / name).is_dir()):
+        hparams_path = hparams_file(name, model, setting)
     if hparams_path is not None:
         hparams = spec.hparams.from_dict(
             io.read_json(Path(hparams_path), f"{name} hyperparameters")
@@ -223,12 +232,14 @@ def prepare(
     setup: MethodSetup | None = None,
     hparams: Any = None,
     hparams_path: Path | None = None,
+    setting: str | None = None,
     **overrides: Any,
 ) -> WeightEditor | DirectionEditor:
     """Method ``name`` ready to edit ``mt``: the entry point every suite calls.
 
     ``hparams`` (an instance of the method's class) or :func:`load_hparams` with
-    ``hparams_path`` and ``overrides`` (hyperparameter fields by name); ``setup`` says where key
+    ``hparams_path`` or a packaged ``setting``, and ``overrides`` (hyperparameter fields by
+    name); ``setup`` says where key
     statistics come from, or gives an editor in memory. A weights method gives a
     :class:`~remedi.methods.base.WeightEditor` named as registered; a hidden-states method a
     :class:`~remedi.methods.base.DirectionEditor`.
@@ -245,7 +256,11 @@ def prepare(
             f"{', '.join(names(prepared=True))})"
         )
     if hparams is None:
-        hparams = load_hparams(name, mt.name, hparams_path, overrides)
+        hparams = load_hparams(name, mt.name, hparams_path, overrides, setting)
+    elif setting is not None:
+        raise errors.UsageError(
+            f"{name}: give hyperparameters or a setting ({setting!r}), not both"
+        )
     elif overrides:
         hparams = with_overrides(spec, hparams, overrides)
     prepared = spec.prepare(mt, hparams, setup or MethodSetup())

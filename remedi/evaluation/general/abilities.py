@@ -211,6 +211,67 @@ class Scorer:
                 position += size
         return Continuations(log_probs, num_tokens, greedy)
 
+    def token_accuracy(self, prompts: Sequence[str], targets: Sequence[str]) -> list[float]:
+        """EasyEdit's teacher-forced token accuracy of each ``targets[i]`` after ``prompts[i]``:
+        the share of target tokens that are the argmax after the tokens before them.
+
+        As EasyEdit's ``test_prediction_acc`` (JasonForJoy/Model-Editing-Hurt,
+        ``easyeditor/evaluate/evaluate_utils.py:80-123``, called by ``evaluate.py:86-115`` for
+        the rewrite and rephrase prompts): the text is ``prompt + " " + target`` tokenized as a
+        whole, with the tokenizer's special tokens (line 83-91); its first ``n`` tokens count as
+        the prompt, ``n`` the length of the prompt tokenized alone (line 92-101), so a token
+        that straddles the boundary counts as the prompt's; the rest are the target's, each
+        compared with the argmax of the logits one position earlier (``slice_list``, line
+        279-289). NaN where the target has no token of its own (EasyEdit's mean of nothing).
+        One row at a time there, batched (right-padded) here; texts longer than the model
+        lose their beginning, as :meth:`continuations`.
+        """
+        tokenizer = self.mt.tokenizer
+        pieces = []
+        for prompt, target in zip(prompts, targets, strict=True):
+            text = f"{prompt} {target.strip()}"
+            encoded = tokenizer(text, return_offsets_mapping=True)
+            ids = list(encoded["input_ids"])
+            spans = [(int(start), int(end)) for start, end in encoded["offset_mapping"]]
+            prompt_length = len(tokenizer(prompt)["input_ids"])
+            dropped = max(0, len(ids) - self.max_positions)
+            pieces.append((text, ids[dropped:], spans[dropped:], max(prompt_length - dropped, 1)))
+        accuracy = [float("nan")] * len(pieces)
+        order = sorted(range(len(pieces)), key=lambda index: -len(pieces[index][1]))
+        device = self.mt.device
+        for start in range(0, len(order), self.batch_size):
+            chunk = order[start : start + self.batch_size]
+            rows = [i for i in chunk if pieces[i][3] < len(pieces[i][1])]
+            if not rows:
+                continue
+            length = max(len(pieces[i][1]) for i in rows)
+            input_ids = torch.full((len(rows), length), self.pad_id, dtype=torch.long)
+            attention_mask = torch.zeros((len(rows), length), dtype=torch.long)
+            offsets = torch.zeros((len(rows), length, 2), dtype=torch.long)
+            predicts = torch.zeros((len(rows), length), dtype=torch.bool)
+            labels: list[int] = []
+            for row, index in enumerate(rows):
+                _, ids, row_offsets, prompt_length = pieces[index]
+                input_ids[row, : len(ids)] = torch.tensor(ids)
+                attention_mask[row, : len(ids)] = 1
+                offsets[row, : len(ids)] = torch.tensor(row_offsets, dtype=torch.long)
+                predicts[row, prompt_length - 1 : len(ids) - 1] = True
+                labels.extend(ids[prompt_length:])
+            inputs = {
+                "input_ids": input_ids.to(device),
+                "attention_mask": attention_mask.to(device),
+            }
+            texts = [pieces[i][0] for i in rows]
+            with torch.no_grad(), self.intervention(texts, offsets, attention_mask):
+                logits = models.logits_at(self.mt.model, inputs, predicts)
+            hits = logits.argmax(-1).cpu().eq(torch.tensor(labels)).tolist()
+            position = 0
+            for index in rows:
+                size = len(pieces[index][1]) - pieces[index][3]
+                accuracy[index] = sum(hits[position : position + size]) / size
+                position += size
+        return accuracy
+
     def choose(self, contexts: Sequence[str], options: Sequence[Sequence[str]]) -> list[int]:
         """Index of the most likely option after each context (summed log-likelihood)."""
         flat_contexts = [c for c, opts in zip(contexts, options, strict=True) for _ in opts]

@@ -11,16 +11,20 @@ Edits are applied under one of three modes:
 
 After each checkpoint N (0 = unedited) the run scores the edits made so far (efficacy: the new
 target is the greedy continuation of the edit prompt; generalisation: of its rephrasings;
-locality: the next token after unrelated prompts is the unedited model's) and every general
-task, and writes ``checkpoint_<N>.json``. The edited weights at each checkpoint are saved
+locality: the next token after unrelated prompts is the unedited model's; beside the first two,
+EasyEdit's teacher-forced token accuracy, the edit success Gu et al. report,
+:meth:`~remedi.evaluation.general.abilities.Scorer.token_accuracy`) and every general task, and
+writes ``checkpoint_<N>.json``. The edited weights at each checkpoint are saved
 beside it (``state_<N>.safetensors``), so that a resumed run never recomputes a finished
 checkpoint (runs from before keep their ``state_<N>.pt``, read as tensors only).
 
 Any registered method (:mod:`remedi.methods.registry`) that edits weights from requests or hidden
 states can run. Weight-editing methods (:class:`~remedi.methods.base.WeightEditor`: ``rome``,
 ``ft``, ``ft5``, ``memit``, ...) write into the model through
-:func:`~remedi.methods.base.write_weights`, optionally through RECT
-(:mod:`remedi.methods.rect`). A hidden-state method (REMEDI) edits no weight: every edited
+:func:`~remedi.methods.base.write_weights`, optionally through RECT or one of
+its baselines, random zeroing and PCA (:mod:`remedi.methods.rect`; ``random`` draws from a
+generator seeded by the run's seed, the edit's index and the weight's name, so a resumed run
+draws what an unbroken one would). A hidden-state method (REMEDI) edits no weight: every edited
 entity's direction is added together wherever that entity is mentioned, in every prompt of
 every task (an entity edited twice gets the sum of its directions). Its directions do not depend
 on each other, so the three modes give the same model for REMEDI; they are accepted for
@@ -31,6 +35,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import math
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -68,9 +73,14 @@ class HarmEdit:
 
 @dataclass
 class EditScores(DataClassJsonMixin):
+    """Exact match (the whole target greedy) for efficacy and generalisation, and EasyEdit's
+    teacher-forced token accuracy of the same prompts (None in results written before it)."""
+
     efficacy: float
     generalization: float
     locality: float
+    efficacy_token_accuracy: float | None = None
+    generalization_token_accuracy: float | None = None
 
 
 @dataclass
@@ -85,6 +95,12 @@ class Checkpoint(DataClassJsonMixin):
     edits: EditScores | None
     tasks: list[abilities.TaskScore] = field(default_factory=list)
     format_version: int = HARM_FORMAT_VERSION
+    regularizer: str = "rect"
+    """Which regulariser ``rect_share`` is of (:data:`remedi.methods.rect.REGULARIZERS`); runs
+    from before the baselines were RECT."""
+    hparams_setting: str | None = None
+    """The packaged hyperparameter setting of the method (e.g. ``gu2024``); None: its default
+    file for the model."""
 
 
 EditingMethod = WeightEditor | DirectionEditor
@@ -248,11 +264,20 @@ def score_edits(
     locality_prompts = [p for edit in edits for p in edit.locality_prompts[:MAX_PROBES]]
     now = next_token_ids(scorer, locality_prompts)
     unchanged = [token == unedited_next[p] for p, token in zip(locality_prompts, now, strict=True)]
-    return EditScores(_mean(efficacy), _mean(generalization), _mean(unchanged))
+    return EditScores(
+        _mean(efficacy),
+        _mean(generalization),
+        _mean(unchanged),
+        _mean(scorer.token_accuracy(prompts, targets)),
+        _mean(scorer.token_accuracy(rephrase_prompts, rephrase_targets)),
+    )
 
 
-def _mean(values: Sequence[bool]) -> float:
-    return sum(values) / len(values) if values else float("nan")
+def _mean(values: Sequence[float]) -> float:
+    """The mean of the values that are numbers (a target without tokens of its own is NaN in
+    EasyEdit's token accuracy, and skipped as EasyEdit skips it); NaN if none."""
+    numbers = [float(value) for value in values if not math.isnan(value)]
+    return sum(numbers) / len(numbers) if numbers else float("nan")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -324,8 +349,15 @@ class HarmSettings:
     checkpoints: list[int]
     batch_size: int = 10
     rect_share: float | None = None
+    """The share of each update a regulariser keeps; None: updates are written whole."""
     protocols: tuple[str, ...] = abilities.PROTOCOLS
     score_batch_size: int = abilities.DEFAULT_BATCH_SIZE
+    regularizer: str = "rect"
+    """RECT or a baseline (:data:`remedi.methods.rect.REGULARIZERS`), at ``rect_share``."""
+    seed: int = 0
+    """Seeds the ``random`` regulariser's draws."""
+    hparams_setting: str | None = None
+    """Recorded in every checkpoint: which packaged hyperparameters the method was prepared with."""
 
 
 STATE_FILE = "state_{}.safetensors"
@@ -390,9 +422,11 @@ def run_harm(
             f"asked for {checkpoints[-1]} edits but only {len(edits)} edits are available; "
             "lower --edits or use a larger edit source"
         )
+    rect.regularizer(settings.regularizer)  # an unknown name fails before any edit
     if settings.rect_share is not None and not isinstance(method, WeightEditor):
         raise errors.UsageError(
-            f"RECT regularises weight updates; {settings.method} edits no weight"
+            f"{rect.LABELS[settings.regularizer]} regularises weight updates; "
+            f"{settings.method} edits no weight"
         )
     output_dir = Path(output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
@@ -423,17 +457,18 @@ def run_harm(
                 requests = [edit.request for edit in edits]
                 if settings.mode == "batch-single":
                     write_weights(mt.model, originals, "the unedited weights", keep_old=False)
-                    batches = [requests[:number]] if number else []
+                    starts = [0] if number else []
+                    step = number
                 elif settings.mode == "batch-sequential":
                     # Fixed batches [kB, (k+1)B): done and number are multiples of B.
                     step = settings.batch_size
-                    batches = [
-                        requests[start : start + step] for start in range(done, number, step)
-                    ]
+                    starts = list(range(done, number, step))
                 else:
-                    batches = [[request] for request in requests[done:number]]
-                for batch in batches:
-                    _track(mt, method, batch, originals, edited_names, settings)
+                    step = 1
+                    starts = list(range(done, number))
+                for first in starts:
+                    batch = requests[first : min(first + step, number)]
+                    _track(mt, method, batch, first, originals, edited_names, settings)
                 state = {name: mt.model.get_parameter(name) for name in sorted(edited_names)}
                 save_state(output_dir / STATE_FILE.format(number), state)
             else:
@@ -449,6 +484,8 @@ def run_harm(
                 batch_size=settings.batch_size,
                 edits=edit_scores,
                 tasks=score_tasks(scorer, task_items, settings.protocols),
+                regularizer=settings.regularizer,
+                hparams_setting=settings.hparams_setting,
             )
             io.write_json(path, checkpoint.to_dict())
             results.append(checkpoint)
@@ -462,19 +499,26 @@ def _track(
     mt: models.ModelAndTokenizer,
     method: WeightEditor,
     requests: Sequence[common.EditRequest],
+    first: int,
     originals: dict[str, torch.Tensor],
     edited_names: set[str],
     settings: HarmSettings,
 ) -> None:
-    """Apply ``requests``, keeping each touched weight's unedited value first."""
-    groups = [list(requests)] if method.batches else [[request] for request in requests]
-    for group in groups:
+    """Apply ``requests`` (edits ``first``, ``first + 1``, ... of the run), keeping each touched
+    weight's unedited value first; each update goes through the regulariser if one is set."""
+    if method.batches:
+        groups = [(first, list(requests))]
+    else:
+        groups = [(first + offset, [request]) for offset, request in enumerate(requests)]
+    for index, group in groups:
         new = method.new_weights(mt, group)
         for name in new:
             originals.setdefault(name, mt.model.get_parameter(name).detach().clone())
         if settings.rect_share is not None:
             old = {name: mt.model.get_parameter(name).detach() for name in new}
-            new = rect.regularize_weights(old, new, settings.rect_share)
+            new = rect.regularize_weights(
+                old, new, settings.rect_share, settings.regularizer, settings.seed, draw=index
+            )
         write_weights(mt.model, new, method.name, keep_old=False)
         edited_names.update(new)
 
@@ -547,10 +591,15 @@ def zsre_edits(records: Sequence[Any]) -> list[HarmEdit]:
 
 
 def editing_method(
-    name: str, mt: models.ModelAndTokenizer, setup: MethodSetup | None = None, **options: Any
+    name: str,
+    mt: models.ModelAndTokenizer,
+    setup: MethodSetup | None = None,
+    setting: str | None = None,
+    **options: Any,
 ) -> EditingMethod:
-    """Registered method ``name`` prepared for ``mt`` (its packaged hyperparameters; ``options``
-    override them by name, e.g. ``editors_dir`` for ``remedi``).
+    """Registered method ``name`` prepared for ``mt`` (its packaged hyperparameters, of the named
+    ``setting`` if given, e.g. ROME's ``gu2024``; ``options`` override them by name, e.g.
+    ``editors_dir`` for ``remedi``).
 
     Raises:
         errors.UsageError: The method rewrites text or is trained, which this suite cannot run.
@@ -562,7 +611,7 @@ def editing_method(
             f"method {name!r} {why} and cannot run under edit modes; use one of "
             f"{', '.join(harm_methods())}"
         )
-    return registry.prepare(name, mt, setup, **options)
+    return registry.prepare(name, mt, setup, setting=setting, **options)
 
 
 def harm_methods() -> list[str]:

@@ -16,12 +16,22 @@ from typing import TYPE_CHECKING, Any
 
 from remedi import io
 from remedi.evaluation.general.harm import Checkpoint
+from remedi.methods import rect
 from remedi.report import figures, tables
 
 if TYPE_CHECKING:
     from matplotlib.figure import Figure
 
-EDIT_MEASURES = ("efficacy", "generalization", "locality")
+EDIT_FIELDS = {
+    "efficacy": "efficacy",
+    "efficacy_token_accuracy": "efficacy (token acc.)",
+    "generalization": "generalization",
+    "generalization_token_accuracy": "generalization (token acc.)",
+    "locality": "locality",
+}
+"""Each edit score's measure name: exact match, and beside it EasyEdit's token accuracy (the
+edit success Gu et al. report; absent from runs scored before it)."""
+EDIT_MEASURES = tuple(EDIT_FIELDS.values())
 MODE_MARKERS = {"instance-sequential": "o", "batch-single": "s", "batch-sequential": "^"}
 
 
@@ -33,16 +43,21 @@ class Curve:
     points: dict[str, dict[int, float]]
     mode: str = ""
     rect: bool = False
-    """Whether RECT regularised the run's weight updates."""
+    """Whether RECT or a baseline regularised the run's weight updates."""
 
 
 def run_label(checkpoint: Checkpoint) -> str:
-    """``<method> <mode>[ b<batch>][ +RECT<share>]``: how a run is named in the table and legend."""
-    label = f"{checkpoint.method} {checkpoint.mode}"
+    """``<method>[ (<setting>)] <mode>[ b<batch>][ +RECT|Random|PCA<share>]``: how a run is
+    named in the table and legend."""
+    label = checkpoint.method
+    if checkpoint.hparams_setting:
+        label += f" ({checkpoint.hparams_setting})"
+    label += f" {checkpoint.mode}"
     if checkpoint.mode == "batch-sequential":
         label += f" b{checkpoint.batch_size}"
     if checkpoint.rect_share is not None:
-        label += f" +RECT{checkpoint.rect_share:g}"
+        name = rect.LABELS.get(checkpoint.regularizer, checkpoint.regularizer)
+        label += f" +{name}{checkpoint.rect_share:g}"
     return label
 
 
@@ -57,9 +72,10 @@ def read_curves(directories: Sequence[Path]) -> list[Curve]:
         points: dict[str, dict[int, float]] = {}
         for checkpoint in checkpoints:
             if checkpoint.edits is not None:
-                for measure in EDIT_MEASURES:
-                    value = getattr(checkpoint.edits, measure)
-                    points.setdefault(measure, {})[checkpoint.num_edits] = value
+                for field_name, measure in EDIT_FIELDS.items():
+                    value = getattr(checkpoint.edits, field_name)
+                    if value is not None:
+                        points.setdefault(measure, {})[checkpoint.num_edits] = value
             for score in checkpoint.tasks:
                 key = f"{score.task}/{score.protocol}:{score.metric}"
                 points.setdefault(key, {})[checkpoint.num_edits] = score.score
