@@ -49,7 +49,7 @@ from typing import Any, Literal
 import torch
 from dataclasses_json import DataClassJsonMixin
 
-from remedi import data, editors, env, errors, hooks, models, precompute, training
+from remedi import data, editors, env, errors, hooks, models, precompute, settings, training
 
 logger = logging.getLogger(__name__)
 
@@ -581,7 +581,8 @@ def load(
         layer: The editor's layer, when the run trained several.
         editor_type: Which of the run's editor types (default ``linear``, REMEDI's).
         device: Where to load the model (default CPU); ignored for a loaded model.
-        dtype: The model's dtype (default: see :func:`remedi.models.load_model`).
+        dtype: The model's dtype (default: REMEDI's reference precision, see
+            :data:`remedi.settings.PRECISION`).
         check_model: Refuse an editor trained for a model of another name (set False for a
             renamed copy of the same model; a different hidden size is always refused).
 
@@ -600,7 +601,7 @@ def load(
     mt = model if isinstance(model, models.ModelAndTokenizer) else None
     if mt is None:
         assert isinstance(model, str)
-        mt = models.load_model(model, device=device, dtype=dtype)
+        mt = models.load_model(model, device=device, dtype=dtype, experiment=settings.REMEDI)
     loaded = editors.load_editor(directory, mt, check_model=check_model)
     logger.info("loaded %s editor for layer %d from %s", editor_type, loaded.layer, directory)
     return Workbench(mt, loaded, source=directory)

@@ -38,7 +38,7 @@ from typing import Any
 
 import torch
 
-from remedi import data, env, errors
+from remedi import data, env, errors, settings
 from remedi.report import tables
 
 EXIT_FAILED = 1
@@ -230,18 +230,28 @@ def _hparam_override(value: str) -> tuple[str, str, Any]:
     return method.strip(), field.strip(), parsed
 
 
-def add_device_arguments(parser: argparse.ArgumentParser) -> None:
-    """Add ``--device`` and ``--dtype``: where the model runs and in what precision."""
+def add_device_arguments(
+    parser: argparse.ArgumentParser, experiment: str | None = None, dtype_help: str | None = None
+) -> None:
+    """Add ``--device`` and ``--dtype``: where the model runs and in what precision.
+
+    ``--dtype`` defaults to None: the script loads the model with ``experiment=``, whose
+    reference's precision (:data:`remedi.settings.PRECISION`) the help states; ``dtype_help``
+    replaces that help (a script whose experiment depends on other flags).
+    """
     parser.add_argument("--device", help="e.g. cuda or cpu (default: cuda if available)")
-    parser.add_argument("--dtype", help="model dtype, e.g. float32, bfloat16, float16")
+    parser.add_argument("--dtype", help=dtype_help or settings.dtype_help(experiment))
 
 
-def add_sample_evaluation_arguments(parser: argparse.ArgumentParser) -> None:
+def add_sample_evaluation_arguments(
+    parser: argparse.ArgumentParser, experiment: str | None = settings.REMEDI
+) -> None:
     """Add the flags of a script that evaluates a model on a dataset's samples: how many
-    (``--max-samples``), where (:func:`add_device_arguments`), in what batches, whether to
-    recompute finished results, and whether on the randomly initialised model."""
+    (``--max-samples``), where (:func:`add_device_arguments`, for ``experiment``), in what
+    batches, whether to recompute finished results, and whether on the randomly initialised
+    model."""
     parser.add_argument("--max-samples", type=int, help="evaluate only the first N samples")
-    add_device_arguments(parser)
+    add_device_arguments(parser, experiment)
     parser.add_argument("--batch-size", type=int, default=64)
     parser.add_argument("--rerun", action="store_true", help="recompute finished results")
     parser.add_argument("--random", action="store_true", help="the randomly initialised model")

@@ -24,7 +24,7 @@ import torch
 import transformers
 from transformers.pytorch_utils import Conv1D
 
-from remedi import errors, gguf_models
+from remedi import errors, gguf_models, settings
 
 logger = logging.getLogger(__name__)
 
@@ -40,9 +40,6 @@ MODEL_ALIASES: dict[str, str] = {
         for size in ("70m", "160m", "410m", "1b", "1.4b", "2.8b", "6.9b", "12b")
     },
 }
-
-# Models above this many parameters load in half precision on a GPU unless a dtype is given.
-HALF_PRECISION_MIN_PARAMETERS = 1_000_000_000
 
 TOY_NAME_PATTERN = re.compile(r"^toy(-small)?(-[a-z0-9_]+)?$")
 
@@ -494,26 +491,55 @@ def estimate_num_parameters(config: Any) -> int | None:
     return 12 * num_layers * hidden_size**2 + vocab_size * hidden_size
 
 
-def default_dtype(config: Any, device: torch.device, name: str = "") -> torch.dtype:
-    """Pick the dtype to load a model in: half precision for big models on a GPU, else fp32.
+# Parameter counts of the paper's models by name, for a caller without their config.
+_PARAMETERS_BY_NAME: tuple[tuple[str, int], ...] = (
+    ("gpt-neox-20b", 20_000_000_000),
+    ("neox", 20_000_000_000),
+    ("pythia-12b", 12_000_000_000),
+    ("pythia-6.9b", 6_900_000_000),
+    ("gpt-j", 6_000_000_000),
+    ("gptj", 6_000_000_000),
+    ("gpt2-xl", 1_560_000_000),
+)
 
-    Half precision is bfloat16 where the GPU supports it (no overflow in long sums), float16
-    otherwise. Without a readable config, the paper's big models (by name) count as big.
+
+def _parameters_by_name(name: str) -> int | None:
+    for known, count in _PARAMETERS_BY_NAME:
+        if known in name:
+            return count
+    return None
+
+
+def default_dtype(
+    config: Any, device: torch.device, name: str = "", experiment: str | None = None
+) -> torch.dtype:
+    """Pick the dtype to load a model in for ``experiment``: its reference's.
+
+    Each experiment (a key of :data:`remedi.settings.PRECISION`) loads big models on a GPU in
+    the half precision its reference used, from the size its reference switched at (REMEDI:
+    float16 for GPT-J and larger; ROME, MEMIT, FT, the editing problems, Gu et al.: float32);
+    None is :data:`remedi.settings.DEFAULT_PRECISION` (bfloat16 from a billion parameters). On a
+    CPU every model is float32. bfloat16 falls back to float16 on a GPU without it. Without a
+    readable config, the paper's models are sized by name.
+
+    Only ``device.type`` is read, so ``torch.device("cuda")`` may be passed without a GPU.
     """
     if device.type != "cuda":
         return torch.float32
+    chosen = settings.precision(experiment)
+    if chosen.half is None:
+        return torch.float32
     num_parameters = estimate_num_parameters(config) if config is not None else None
     if num_parameters is None:
-        big = name in ("gpt2-xl", "gptj", "neox") or any(
-            big_name in name for big_name in ("gpt-j", "gpt-neox", "pythia-6.9b", "pythia-12b")
-        )
-    else:
-        big = num_parameters >= HALF_PRECISION_MIN_PARAMETERS
-    if not big:
+        num_parameters = _parameters_by_name(name)
+    if num_parameters is None or num_parameters < chosen.half_from:
         return torch.float32
-    if torch.cuda.is_available() and torch.cuda.is_bf16_supported():
-        return torch.bfloat16
-    return torch.float16
+    half = parse_dtype(chosen.half)
+    if half == torch.bfloat16 and not (
+        torch.cuda.is_available() and torch.cuda.is_bf16_supported()
+    ):
+        return torch.float16
+    return half
 
 
 _DTYPE_NAMES: dict[str, torch.dtype] = {
@@ -614,6 +640,7 @@ def load_model(
     random_init: bool = False,
     random_seed: int = RANDOM_INIT_SEED,
     fused_activations: bool = True,
+    experiment: str | None = None,
 ) -> ModelAndTokenizer:
     """Load a causal LM and its tokenizer, frozen and in eval mode.
 
@@ -624,8 +651,8 @@ def load_model(
             ``save_pretrained``, or a toy-world name (``toy``, ``toy-small``, ``toy-<arch>``,
             ``toy-small-<arch>``; built on first use).
         device: Where to put the model (default CPU). Ignored when ``device_map`` is given.
-        dtype: Weights dtype. Default: fp32, except half precision for models of over a
-            billion parameters on a GPU.
+        dtype: Weights dtype. Default: :func:`default_dtype` for ``experiment`` (float32 on a
+            CPU; on a GPU the experiment's reference's precision).
         device_map: Passed to ``from_pretrained`` (e.g. ``"auto"`` to spread a model that does
             not fit one GPU over several with accelerate).
         random_init: The paper's control model: the same architecture and tokenizer with
@@ -635,6 +662,9 @@ def load_model(
         fused_activations: Compute GELU's tanh approximation in one kernel (see
             :func:`fuse_activations`): the same function, faster; False keeps the model's own
             modules bit for bit.
+        experiment: The experiment the model is loaded for (a key of
+            :data:`remedi.settings.PRECISION`), which picks the default dtype; None: half
+            precision from a billion parameters on a GPU. Ignored when ``dtype`` is given.
 
     Raises:
         ModelLoadError: The model cannot be found locally or downloaded.
@@ -651,7 +681,9 @@ def load_model(
     else:
         target = torch.device(device) if device is not None else torch.device("cpu")
     torch_dtype = (
-        parse_dtype(dtype) if dtype is not None else default_dtype(config, target, name_or_path)
+        parse_dtype(dtype)
+        if dtype is not None
+        else default_dtype(config, target, name_or_path, experiment)
     )
     logger.info("loading %s from %s as %s on %s", name_or_path, source, torch_dtype, target)
     try:

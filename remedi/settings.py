@@ -1,5 +1,6 @@
 """The paper's settings as data: for each model and dataset, the layer REMEDI edits at and the
-layer the probes read the entity at; and how editors train on the toy world.
+layer the probes read the entity at; how editors train on the toy world; and, for each
+experiment, the precision its reference loaded the LM in (:data:`PRECISION`).
 
 One table, :data:`PAPER_SETTINGS`, read by the invoke tasks (``tasks.py``), which hold no numbers
 of their own. A model is looked up by its alias (``gptj``) or by the Hugging Face name the alias
@@ -178,6 +179,114 @@ DEFAULT_DATA: Mapping[str, Mapping[str, DataSource]] = {
     },
 }
 """Model (alias) -> dataset -> the file its settings were chosen on (see :class:`DataSource`)."""
+
+
+# ---------------------------------------------------------------------------------------------
+# Precision: the dtype each experiment loads its LM in on a GPU, as its reference did.
+
+REMEDI = "remedi"
+"""REMEDI: training editors and every evaluation of them (CounterFact, Bias in Bios, McRae)."""
+WEIGHT_EDITING = "weight_editing"
+"""ROME, MEMIT and FT judged on CounterFact (a REMEDI evaluation that runs a weight method)."""
+TRACING = "tracing"
+"""Causal tracing (ROME's ``experiments/causal_trace.py``)."""
+EDIT_PROBLEMS = "edit_problems"
+"""Does localization inform editing (Hase et al., google/belief-localization)."""
+GENERAL_ABILITIES = "general_abilities"
+"""General abilities after editing (Gu et al., JasonForJoy/Model-Editing-Hurt)."""
+
+
+@dataclass(frozen=True)
+class Precision:
+    """What an experiment loads its LM in on a GPU when ``--dtype`` is not given: float32, except
+    half precision (``half``) for models of at least ``half_from`` parameters (estimated from the
+    config). On a CPU every experiment runs in float32."""
+
+    half: str | None
+    """``"float16"`` or ``"bfloat16"``; None: float32 at every size. bfloat16 falls back to
+    float16 on a GPU without bfloat16."""
+    half_from: int = 0
+    reference: str = ""
+    """What the reference loads, and where it says so."""
+
+
+# The sizes that separate the references' models: GPT-2 XL has ~1.6e9 parameters (estimated
+# 1.55e9), GPT-J 6e9, GPT-NeoX 20e9. The references chose by name; a size threshold between
+# them gives the same choice for their models and a reasoned one for others (a 7B Llama loads
+# as GPT-J does, SmolLM2 as GPT-2 does).
+_ABOVE_GPT2_XL = 2_000_000_000
+_NEOX_20B = 15_000_000_000
+
+PRECISION: Mapping[str, Precision] = {
+    REMEDI: Precision(
+        "float16",
+        _ABOVE_GPT2_XL,
+        "evandez/REMEDI remedi/models.py:220-223 (fe16234): float16 for GPT-J and GPT-NeoX "
+        "(the float16 revision of GPT-J), float32 for GPT-2 and GPT-2 XL",
+    ),
+    WEIGHT_EDITING: Precision(
+        None,
+        reference="kmeng01/rome experiments/evaluate.py:90 (0874014) and kmeng01/memit "
+        "experiments/evaluate.py:93 (80426fd): from_pretrained without a dtype, float32 for "
+        "every model, GPT-J included",
+    ),
+    TRACING: Precision(
+        "float16",
+        _NEOX_20B,
+        "kmeng01/rome experiments/causal_trace.py:67 (0874014): float16 only for GPT-NeoX 20B, "
+        "float32 otherwise",
+    ),
+    EDIT_PROBLEMS: Precision(
+        "float16",
+        _NEOX_20B,
+        "google/belief-localization third_party/experiments/evaluate.py:780 (0886d8d): float16 "
+        "only for a 20B model (which line 788 then refuses), float32 for GPT-2 XL and GPT-J",
+    ),
+    GENERAL_ABILITIES: Precision(
+        None,
+        reference="JasonForJoy/Model-Editing-Hurt easyeditor/editors/editor.py:68 (8f8d4dc): "
+        "from_pretrained without a dtype (its EasyEdit has no fp16 hparam), float32",
+    ),
+}
+"""Experiment -> :class:`Precision`: each experiment's default dtype is its reference's. (The
+canonical-examples seed trains in bfloat16, ``ft_experiment.py:48,54,179`` at 15a1e7b; our
+``canon`` configs choose their dtype, float32 unless ``dtype: bfloat16``.)"""
+
+DEFAULT_PRECISION = Precision(
+    "bfloat16",
+    1_000_000_000,
+    "none: a model loaded outside an experiment (the library's own choice: half precision from a "
+    "billion parameters, bfloat16 for its range)",
+)
+"""The precision of a model loaded for no experiment in particular (``models.load_model``)."""
+
+
+def precision(experiment: str | None) -> Precision:
+    """The precision ``experiment`` (a key of :data:`PRECISION`) loads its LM in; None:
+    :data:`DEFAULT_PRECISION`.
+
+    Raises:
+        KeyError: An experiment the table does not list (a programming error: add a row).
+    """
+    if experiment is None:
+        return DEFAULT_PRECISION
+    if experiment not in PRECISION:
+        raise KeyError(f"no precision for experiment {experiment!r}; add it to PRECISION")
+    return PRECISION[experiment]
+
+
+def dtype_help(experiment: str | None) -> str:
+    """The ``--dtype`` help of a script that runs ``experiment``: what it loads by default."""
+    chosen = precision(experiment)
+    if chosen.half is None:
+        default = "float32"
+    else:
+        default = (
+            f"float32 on a CPU; on a GPU {chosen.half} for models of "
+            f"{chosen.half_from / 1e9:g}B parameters or more, else float32"
+        )
+    source = "the reference's" if experiment is not None else "ours"
+    return f"model dtype, e.g. float32, bfloat16, float16 (default: {default}, {source})"
 
 
 def is_toy(model: str) -> bool:

@@ -18,6 +18,7 @@ from pathlib import Path
 from remedi import cli, corpora, data, env, errors, evaluation, models, tracing
 from remedi.evaluation.locate import analysis, problems, running
 from remedi.methods import registry
+from remedi.settings import EDIT_PROBLEMS
 
 
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
@@ -66,7 +67,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--stats-num-texts", type=int, help="texts of the statistics corpus")
     cli.add_counterfact_file_arguments(parser)
     parser.add_argument("--world-file", type=Path, help="toy world.json (default: beside it)")
-    cli.add_device_arguments(parser)
+    cli.add_device_arguments(parser, EDIT_PROBLEMS)
     parser.add_argument("--rerun", action="store_true", help="recompute finished edits")
     args = parser.parse_args(argv)
     weight_methods = registry.names("weights", prepared=True)
@@ -104,7 +105,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     cases = evaluation.first_cases(records, args.num_cases, "to edit")
     dataset_dir = args.dataset_file.parent if args.dataset_file else env.data_dir()
     resources = evaluation.load_resources(dataset_dir, world_file=args.world_file)
-    mt = models.load_model(args.model, device=device, dtype=args.dtype)
+    mt = models.load_model(args.model, device=device, dtype=args.dtype, experiment=EDIT_PROBLEMS)
     layers = edit_layers(args.edit_layer, mt.num_layers)
 
     subjects = [record["requested_rewrite"]["subject"] for record in records]

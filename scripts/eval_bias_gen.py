@@ -23,7 +23,7 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from remedi import cli, data, env, errors, evaluation, models, training
+from remedi import cli, data, env, errors, evaluation, models, settings, training
 from remedi.evaluation import splits
 from remedi.evaluation.editing import biosbias
 
@@ -39,7 +39,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         choices=biosbias.SETTINGS,
         help="contextual (bio in the prompt) and/or decontextual (default: both)",
     )
-    cli.add_device_arguments(parser)
+    cli.add_device_arguments(parser, settings.REMEDI)
     parser.add_argument(
         "--dataset-file",
         type=Path,
@@ -114,7 +114,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         top_k=args.top_k,
     )
 
-    mt = models.load_model(args.model, device=device, dtype=args.dtype, random_init=args.random)
+    mt = models.load_model(
+        args.model,
+        device=device,
+        dtype=args.dtype,
+        random_init=args.random,
+        experiment=settings.REMEDI,
+    )
     methods = [evaluation.build_method("unedited", mt, cases, resources)]
     if args.editors_dir is not None:
         methods.append(

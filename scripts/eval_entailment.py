@@ -28,6 +28,7 @@ from remedi.evaluation.probing import entailment
 from remedi.methods import registry
 from remedi.methods.base import MethodSetup
 from remedi.methods.remedi import RemediEdit
+from remedi.settings import REMEDI
 
 logger = logging.getLogger(__name__)
 
@@ -110,7 +111,11 @@ def main(argv: Sequence[str] | None = None) -> int:
             )
         if mt is None:
             mt = models.load_model(
-                args.model, device=device, dtype=args.dtype, random_init=args.random
+                args.model,
+                device=device,
+                dtype=args.dtype,
+                random_init=args.random,
+                experiment=REMEDI,
             )
         edit: RemediEdit | None = None
         if registry.method_spec(method).edits == "hidden_states":

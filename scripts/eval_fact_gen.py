@@ -19,7 +19,7 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from remedi import cli, corpora, data, env, errors, evaluation, models, training
+from remedi import cli, corpora, data, env, errors, evaluation, models, settings, training
 from remedi.evaluation import splits
 from remedi.evaluation.editing import counterfact_report
 from remedi.methods import registry
@@ -70,7 +70,13 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         choices=list(evaluation.BENCHMARKS),
         help="benchmarks to run (default: all)",
     )
-    cli.add_device_arguments(parser)
+    cli.add_device_arguments(
+        parser,
+        dtype_help="model dtype, e.g. float32, bfloat16, float16 (default: float32 when a "
+        "weight-editing method (--methods rome, memit, ft, ...) runs, as ROME and MEMIT ran "
+        "every model; else REMEDI's: "
+        + settings.dtype_help(settings.REMEDI).partition("(default: ")[2],
+    )
     parser.add_argument(
         "-d",
         "--dataset",
@@ -135,6 +141,17 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     cli.check_hparams_arguments(parser, args, evaluated)
     splits.check_arguments(parser, args, has_run=args.editors_dir is not None)
     return args
+
+
+def precision_experiment(args: argparse.Namespace) -> str:
+    """The experiment whose reference's precision the model loads in (unless ``--dtype``): ROME's
+    and MEMIT's (float32) when a weight-editing method runs, since half-precision weights lose
+    part of their updates; REMEDI's otherwise."""
+    weight_methods = registry.names("weights", prepared=True)
+    others = [*args.baselines, *([args.baseline] if args.baseline else []), *args.methods]
+    if any(name in weight_methods for name in others):
+        return settings.WEIGHT_EDITING
+    return settings.REMEDI
 
 
 def _method_names(value: str) -> list[str]:
@@ -207,7 +224,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         prompt_source=prompt_source,
     )
 
-    mt = models.load_model(args.model, device=device, dtype=args.dtype, random_init=args.random)
+    mt = models.load_model(
+        args.model,
+        device=device,
+        dtype=args.dtype,
+        random_init=args.random,
+        experiment=precision_experiment(args),
+    )
     methods: list[evaluation.Method] = []
     if args.editors_dir is not None:
         methods.append(

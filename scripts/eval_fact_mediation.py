@@ -15,7 +15,7 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from remedi import cli, data, env, io, models
+from remedi import cli, data, env, io, models, settings
 from remedi.evaluation.probing import mediation
 from remedi.report import tables
 
@@ -72,7 +72,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         )
         if args.max_samples is not None:
             samples = samples.select(range(min(args.max_samples, len(samples))))
-        mt = models.load_model(args.model, device=device, dtype=args.dtype, random_init=args.random)
+        mt = models.load_model(
+            args.model,
+            device=device,
+            dtype=args.dtype,
+            random_init=args.random,
+            experiment=settings.REMEDI,
+        )
         results = mediation.mediation(mt, samples, args.batch_size, random_init=args.random)
         io.write_json(results_file, results.to_dict(), indent=None)
     table = mediation_table(results, f"{args.name}: fact mediation")

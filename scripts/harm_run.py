@@ -32,6 +32,7 @@ from remedi.data import general_tasks, zsre
 from remedi.evaluation.general import abilities, harm
 from remedi.methods import rect, registry
 from remedi.methods.base import MethodSetup
+from remedi.settings import GENERAL_ABILITIES
 from remedi.toy import build
 from remedi.toy import general as toy_general
 
@@ -104,7 +105,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     )
     parser.add_argument("--lm-eval-tasks", help="comma-separated lm-evaluation-harness tasks")
     parser.add_argument("-n", "--name", help="experiment name (default from the settings)")
-    parser.add_argument("--device", help="e.g. cuda or cpu (default: cuda if available)")
+    cli.add_device_arguments(parser, GENERAL_ABILITIES)
     parser.add_argument("--score-batch-size", type=int, default=abilities.DEFAULT_BATCH_SIZE)
     return parser.parse_args(argv)
 
@@ -199,7 +200,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         toy_general.export_toy_tasks(world, task_dir, candidate_entities, args.task_limit or 200)
     task_items = harm.load_task_items(tasks, task_dir, args.task_limit)
 
-    mt = models.load_model(args.model, device=device)
+    mt = models.load_model(
+        args.model, device=device, dtype=args.dtype, experiment=GENERAL_ABILITIES
+    )
     options: dict[str, Any] = {}
     if registry.method_spec(args.method).edits == "hidden_states":
         if args.editors is None:

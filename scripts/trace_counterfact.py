@@ -23,6 +23,7 @@ import sys
 from collections.abc import Sequence
 
 from remedi import cli, data, env, evaluation, io, models, tracing
+from remedi.settings import TRACING
 
 logger = logging.getLogger(__name__)
 
@@ -80,7 +81,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         "cached tokens before the restored one (same scores, about twice the compute)",
     )
     cli.add_counterfact_file_arguments(parser)
-    cli.add_device_arguments(parser)
+    cli.add_device_arguments(parser, TRACING)
     parser.add_argument(
         "--average",
         choices=("ours", "rome"),
@@ -98,7 +99,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     device = cli.device(args)
     records = data.COUNTERFACT_RECORD_LOADERS[args.dataset](args.dataset_file)
     cases = evaluation.first_cases(records, args.num_cases, "to trace")
-    mt = models.load_model(args.model, device=device, dtype=args.dtype)
+    mt = models.load_model(args.model, device=device, dtype=args.dtype, experiment=TRACING)
 
     # ROME measures the spread over the subjects of the whole dataset, not only those traced
     # (kmeng01/rome experiments/causal_trace.py:83-84).

@@ -15,7 +15,7 @@ import logging
 import sys
 from collections.abc import Sequence
 
-from remedi import cli, data, editors, models, training
+from remedi import cli, data, editors, models, settings, training
 
 
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
@@ -100,7 +100,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--rank", type=int, help="rank of the linear editor (default: full)")
     parser.add_argument("--device", help="e.g. cuda or cpu (default: cuda if available)")
     precision = parser.add_mutually_exclusive_group()
-    precision.add_argument("--dtype", help="model dtype, e.g. float32, bfloat16, float16")
+    precision.add_argument("--dtype", help=settings.dtype_help(settings.REMEDI))
     precision.add_argument("--fp16", action="store_true", help="same as --dtype float16")
     parser.add_argument("--dataset-file", help="local dataset file (e.g. counterfact.json)")
     parser.add_argument(

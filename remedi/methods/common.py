@@ -387,6 +387,72 @@ def weight_as_out_in(weight: torch.Tensor, projection: models.MlpOutput) -> torc
     return weight.T if projection.transposed else weight
 
 
+LOST_UPDATE_WARNING_SHARE = 0.1
+"""Warn when rounding an edited weight to the model's dtype loses more than this share of the
+update, by norm: ``|cast(W + delta) - W - delta| / |delta|``. In float32 an update loses about
+1e-7 of itself; float16 keeps 11 significant bits and bfloat16 8, so the entries of an update
+much smaller than the weights' round away, and once a tenth of the update is gone the model no
+longer computes the edit the method solved for."""
+
+
+class EditPrecisionError(errors.RemediError, ArithmeticError):
+    """An edited weight is not finite in the model's dtype (it overflows half precision)."""
+
+
+def cast_edited_weight(
+    name: str, weight: torch.Tensor, edited: torch.Tensor, method: str
+) -> torch.Tensor:
+    """``edited`` (the new value of parameter ``name``, computed from ``weight`` in float32 or
+    float64) in ``weight``'s dtype, after checking what the cast kept.
+
+    Logs a warning naming the tensor when rounding loses more than
+    :data:`LOST_UPDATE_WARNING_SHARE` of the update ``edited - weight``.
+
+    Raises:
+        EditPrecisionError: The new value has an infinite or NaN entry in ``weight``'s dtype:
+            an update that overflows half precision (load the model in float32), or one that
+            was not finite to begin with.
+    """
+    new = edited.to(weight.dtype)
+    finite = torch.isfinite(new)
+    if not bool(finite.all()):
+        count = int((~finite).sum())
+        if bool(torch.isfinite(edited).all()):
+            largest = float(edited.abs().max())
+            raise EditPrecisionError(
+                f"{method}'s new value of {name} overflows {weight.dtype}: {count} of its "
+                f"{new.numel()} entries are infinite after the cast (largest |value| "
+                f"{largest:.4g}; {weight.dtype} holds up to {torch.finfo(weight.dtype).max:.4g}). "
+                "Load the model in float32 (--dtype float32)."
+            )
+        raise EditPrecisionError(
+            f"{method}'s new value of {name} has {count} infinite or NaN entries before any "
+            "cast: the method's update diverged (lower its learning rate or check its inputs)"
+        )
+    if torch.finfo(new.dtype).bits >= torch.finfo(edited.dtype).bits:
+        return new
+    delta = edited - weight.detach().to(edited.dtype)
+    delta_norm = delta.norm()
+    if float(delta_norm) == 0.0:
+        return new
+    applied = new.to(edited.dtype) - weight.detach().to(edited.dtype)
+    lost = float((applied - delta).norm() / delta_norm)
+    if lost > LOST_UPDATE_WARNING_SHARE:
+        changed = delta != 0
+        vanished = float(((applied == 0) & changed).sum()) / max(int(changed.sum()), 1)
+        logger.warning(
+            "%s's update of %s lost %.1f%% of its norm to rounding into %s (%.1f%% of its "
+            "non-zero entries left the weight unchanged); load the model in float32 "
+            "(--dtype float32) to apply the whole edit",
+            method,
+            name,
+            100 * lost,
+            weight.dtype,
+            100 * vanished,
+        )
+    return new
+
+
 def check_layers(mt: models.ModelAndTokenizer, layers: Sequence[int]) -> None:
     """Raise a clear :class:`errors.UsageError` if a layer is out of range."""
     models.determine_layer_paths(mt.model, list(layers))

@@ -118,7 +118,8 @@ def edit(
                     high = reference[name] + hparams.norm_constraint
                     weight.copy_(torch.maximum(torch.minimum(weight, high), low))
     return {
-        name: weight.detach().to(originals[name].dtype).clone() for name, weight in trained.items()
+        name: common.cast_edited_weight(name, originals[name], weight.detach(), "FT").clone()
+        for name, weight in trained.items()
     }
 
 

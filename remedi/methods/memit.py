@@ -66,9 +66,12 @@ class LayerUpdate:
         return out_in.T if self.transposed else out_in
 
     def new_weight(self, weight: torch.Tensor) -> torch.Tensor:
-        """``weight + delta`` in the weight's dtype and device (a new tensor)."""
+        """``weight + delta`` in the weight's dtype and device (a new tensor), checked by
+        :func:`~remedi.methods.common.cast_edited_weight` (half precision overflows or loses
+        part of the update)."""
         delta = self.delta().to(weight.device)
-        return (weight.detach().double() + delta).to(weight.dtype)
+        edited = weight.detach().double() + delta
+        return common.cast_edited_weight(self.weight_name, weight, edited, "MEMIT")
 
 
 @dataclass

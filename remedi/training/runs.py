@@ -14,7 +14,7 @@ import numpy as np
 import torch
 from dataclasses_json import DataClassJsonMixin
 
-from remedi import data, editors, env, errors, io, models, precompute
+from remedi import data, editors, env, errors, io, models, precompute, settings
 from remedi.training.fit import (
     DEFAULT_BATCH_SIZE,
     DEFAULT_LR,
@@ -353,7 +353,11 @@ def train_run(
     seed_everything(args.seed)
     if mt is None:
         mt = models.load_model(
-            args.model, device=args.device, dtype=args.dtype, random_init=args.random_init
+            args.model,
+            device=args.device,
+            dtype=args.dtype,
+            random_init=args.random_init,
+            experiment=settings.REMEDI,
         )
     layers = list(args.layers) if args.layers is not None else list(models.determine_layers(mt))
     models.determine_layer_paths(mt.model, layers)

@@ -19,7 +19,7 @@ from typing import Any, Generic, NamedTuple, Protocol, TypeVar
 
 import torch
 
-from remedi import cli, editors, env, errors, models, training
+from remedi import cli, editors, env, errors, models, settings, training
 from remedi.evaluation import splits
 from remedi.evaluation.probing import classification as cls
 from remedi.report import tables
@@ -65,8 +65,7 @@ def add_arguments(parser: argparse.ArgumentParser, run_help: str) -> None:
     )
     splits.add_arguments(parser)
     parser.add_argument("--control-task-seed", type=int, default=cls.DEFAULT_CONTROL_TASK_SEED)
-    parser.add_argument("--device", help="e.g. cuda or cpu (default: cuda if available)")
-    parser.add_argument("--dtype", help="model dtype, e.g. float32, bfloat16, float16")
+    cli.add_device_arguments(parser, settings.REMEDI)
     parser.add_argument("--batch-size", type=int, default=64)
     parser.add_argument("--rerun", action="store_true", help="recompute finished results")
     parser.add_argument(
@@ -264,7 +263,13 @@ def _evaluate_rows(
                 check_stored_samples(path, stored, samples)
     if not todo:
         return
-    mt = models.load_model(args.model, device=device, dtype=args.dtype, random_init=random_init)
+    mt = models.load_model(
+        args.model,
+        device=device,
+        dtype=args.dtype,
+        random_init=random_init,
+        experiment=settings.REMEDI,
+    )
     editor = training.load_run_editor(run_dir, layer, args.editor_type, mt)
     readings = suite.read_samples(mt, samples, entity_layers)
     for row, entity_layer in todo:
