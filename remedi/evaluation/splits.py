@@ -89,7 +89,9 @@ def training_overlap(
     return TrainingOverlap(len(ids), in_trained, in_early, shared)
 
 
-def check_split_arguments(split: str, small: bool, has_run: bool) -> None:
+def check_split_arguments(
+    split: str, small: bool, has_run: bool, limit_flag: str = "--max-samples"
+) -> None:
     """Refuse the combinations of ``--split``, ``--small`` and ``-e`` that mean nothing.
 
     Raises:
@@ -101,7 +103,7 @@ def check_split_arguments(split: str, small: bool, has_run: bool) -> None:
     if small and split != "reference":
         raise errors.UsageError(
             f"--small takes the reference's 1,000 sweep rows and goes with --split reference "
-            f"(here --split {split}); to evaluate fewer samples of this split, pass --max-samples N"
+            f"(here --split {split}); to evaluate fewer samples of this split, pass {limit_flag} N"
         )
     if split == "validation" and not has_run:
         raise errors.UsageError(
@@ -133,7 +135,8 @@ def check_arguments(
 ) -> None:
     """:func:`check_split_arguments` as a usage error of ``parser``."""
     try:
-        check_split_arguments(args.split, args.small, has_run)
+        limit_flag = "--max-cases" if hasattr(args, "max_cases") else "--max-samples"
+        check_split_arguments(args.split, args.small, has_run, limit_flag)
     except errors.UsageError as error:
         parser.error(str(error))
 
