@@ -45,6 +45,10 @@ HELP = {
     "rerun": "Recompute finished results.",
     "entity_layer": "Layer the entity is read at (default: the paper's for the model).",
     "layers": "Layers to sweep, e.g. 0,1,2 (default: every layer of the model).",
+    "split": "Samples to evaluate: test (default; the editors' run's held-out entities), "
+    "validation (the run's early-stopping split) or reference (the REMEDI reference's rows "
+    "5000-9999, which our runs do not hold out; see remedi.evaluation.splits).",
+    "small": "With --split reference: the reference's --small rows, 5000-5999.",
 }
 SWEEP_HELP = {
     **{key: HELP[key] for key in ("model", "device", "layers")},
@@ -70,7 +74,7 @@ def _training_help(dataset: str, **own: str) -> dict[str, str]:
 def _evaluation_help(stage: str, dataset: str, **own: str) -> dict[str, str]:
     """Help of an ``x.eval.<stage>.<dataset>`` task of trained editors: shared flags, its own."""
     return {
-        **{key: HELP[key] for key in ("model", "device", "rerun")},
+        **{key: HELP[key] for key in ("model", "device", "rerun", "split", "small")},
         "layer": "Editor layer (default: the layer the editors were trained at).",
         "name": f"Experiment name (default: eval_{stage}_{dataset}_<model>).",
         "editors": f"Experiment that trained the editors (default: x.train.{dataset}'s).",
@@ -227,8 +231,14 @@ def _flags(
     clear_results: bool = False,
     rerun: bool = False,
     random: bool = False,
+    split: str | None = None,
+    small: bool = False,
 ) -> list[str]:
-    """The optional flags the scripts share, those that are set, always in this order."""
+    """The optional flags the scripts share, those that are set, always in this order.
+
+    ``split`` and ``small`` pass through as ``--split`` and ``--small``: the script refuses the
+    combinations that mean nothing (:func:`remedi.evaluation.splits.check_split_arguments`).
+    """
     flags = ["--device", device] if device else []
     if max_epochs is not None:
         flags += ["--max-epochs", str(max_epochs)]
@@ -240,6 +250,10 @@ def _flags(
         flags.append("--rerun")
     if random:
         flags.append("--random")
+    if split is not None:
+        flags += ["--split", split]
+    if small:
+        flags.append("--small")
     return flags
 
 
@@ -333,6 +347,8 @@ def _classification_task(dataset: str, script: str, summary: str) -> Task:
         control_editors: str | None = None,
         rerun: bool = False,
         random: bool = False,
+        split: str | None = None,
+        small: bool = False,
     ) -> None:
         if dataset == "counterfact":  # the random model's from --control-editors (as ever)
             editors_dir = _trained_editors(model, dataset, editors, False, device)
@@ -347,7 +363,8 @@ def _classification_task(dataset: str, script: str, summary: str) -> Task:
         else:
             args += _control_model_args(model, dataset, control_editors)
         name = name or _run_name(f"eval_cls_{dataset}", model, random)
-        _evaluate(c, script, model, name, editors_dir, [*args, *_flags(device, rerun=rerun)])
+        flags = _flags(device, rerun=rerun, split=split, small=small)
+        _evaluate(c, script, model, name, editors_dir, [*args, *flags])
 
     classify.__doc__ = summary
     return task(help=_classification_help(dataset))(classify)
@@ -668,11 +685,13 @@ def eval_gen_counterfact(
     max_cases: int | None = None,
     benchmarks: str = "",
     prompt: str | None = None,
+    split: str | None = None,
+    small: bool = False,
 ) -> None:
     """Evaluate the CounterFact editor and the prefix/replace/unedited baselines."""
     editors_dir, args = _editors_and_layer(model, "counterfact", editors, layer, random, device)
     args += ["--baselines", "prefix", "replace", "unedited", *_dataset_args(model, "counterfact")]
-    args += _flags(device, rerun=rerun, random=random)
+    args += _flags(device, rerun=rerun, random=random, split=split, small=small)
     args += ["--max-cases", str(max_cases)] if max_cases is not None else []
     args += ["-b", *_comma_list(benchmarks)] if benchmarks.strip() else []
     args += ["--counterfact-prompt", prompt] if prompt else []
@@ -692,9 +711,11 @@ eval_cls_counterfact = _classification_task(
 
 @task(
     help={
-        **{key: HELP[key] for key in ("model", "device", "rerun")},
+        **{key: HELP[key] for key in ("model", "device", "rerun", "small")},
         "name": "Experiment name (default: eval_med_counterfact_<model>).",
         "random": "Evaluate the randomly initialised model.",
+        "split": "Samples to evaluate: test (default; every sample of the file: no editors are "
+        "evaluated) or reference (the REMEDI reference's case ids 5000-9999).",
     }
 )
 def eval_med_counterfact(
@@ -704,11 +725,14 @@ def eval_med_counterfact(
     name: str | None = None,
     rerun: bool = False,
     random: bool = False,
+    split: str | None = None,
+    small: bool = False,
 ) -> None:
     """Fact mediation: how often the unedited LM follows CounterFact's fact in context and keeps
     its prior out of context."""
     name = name or _run_name("eval_med_counterfact", model, random)
-    args = [*_dataset_args(model, "counterfact"), *_flags(device, rerun=rerun, random=random)]
+    flags = _flags(device, rerun=rerun, random=random, split=split, small=small)
+    args = [*_dataset_args(model, "counterfact"), *flags]
     _evaluate(c, "eval_fact_mediation", model, name, None, args)
 
 
@@ -766,11 +790,15 @@ def eval_ent_mcrae(
     layer: int | None = None,
     rewrite_unrelated: bool = False,
     exact_norms: bool = False,
+    split: str | None = None,
+    small: bool = False,
 ) -> None:
     """McRae entailment: Δp and correlation of co-occurring, original and unrelated features
     under No Edit, Prefix and REMEDI."""
     editors_dir, args = _editors_and_layer(model, "mcrae", editors, layer, random, device)
-    args += _flags(device, max_samples=max_samples, rerun=rerun, random=random)
+    args += _flags(
+        device, max_samples=max_samples, rerun=rerun, random=random, split=split, small=small
+    )
     args += ["--rewrite-unrelated"] * rewrite_unrelated + ["--exact-norms"] * exact_norms
     name = name or _run_name("eval_ent_mcrae", model, random)
     _evaluate(c, "eval_entailment", model, name, editors_dir, args)
@@ -823,10 +851,12 @@ def eval_gen_biosbias(
     editors: str | None = None,
     rerun: bool = False,
     random: bool = False,
+    split: str | None = None,
+    small: bool = False,
 ) -> None:
     """Evaluate Bias in Bios error correction: baseline and REMEDI, contextual and decontextual."""
     editors_dir, args = _editors_and_layer(model, "biosbias", editors, layer, random, device)
-    args += _flags(device, rerun=rerun, random=random)
+    args += _flags(device, rerun=rerun, random=random, split=split, small=small)
     name = name or _run_name("eval_gen_biosbias", model, random)
     _evaluate(c, "eval_bias_gen", model, name, editors_dir, args)
 

@@ -5,7 +5,10 @@
 writes ``results/NAME/mediation.json`` (skipped if it exists, unless ``--rerun``) and
 ``results/NAME/summary.{md,tex,json,png}``: the share of samples where the LM prefers the
 context's value after the context (contextual) and its own value without it (decontextual).
-See :mod:`remedi.evaluation.probing.mediation`.
+No editors are evaluated, so ``--split test`` (the default) is every sample of the file and
+``--split reference`` the reference's case ids 5000-9999 (``--small``: 5000-5999); a stored
+result of other samples is refused (``--rerun`` replaces it). See
+:mod:`remedi.evaluation.probing.mediation` and :mod:`remedi.evaluation.splits`.
 """
 
 from __future__ import annotations
@@ -15,7 +18,8 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from remedi import cli, data, env, io, models, settings
+from remedi import cli, data, env, errors, io, models, settings
+from remedi.evaluation import splits
 from remedi.evaluation.probing import mediation
 from remedi.report import tables
 
@@ -34,7 +38,10 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         help="the prompt each sample asks (default: paraphrase, the reference's)",
     )
     cli.add_sample_evaluation_arguments(parser)
-    return parser.parse_args(argv)
+    splits.add_arguments(parser)
+    args = parser.parse_args(argv)
+    splits.check_arguments(parser, args, has_run=False)
+    return args
 
 
 def mediation_table(results: mediation.MediationResults, title: str) -> tables.Table:
@@ -63,15 +70,27 @@ def main(argv: Sequence[str] | None = None) -> int:
     device = cli.device(args)
     experiment_dir = env.results_dir() / args.name
     results_file = experiment_dir / "mediation.json"
+    samples = data.load_dataset(
+        "counterfact", file=args.dataset_file, prompt_source=args.counterfact_prompt
+    )
+    entity_of = dict(zip(samples["id"], samples["entity"], strict=True))
+    chosen = splits.select_split(
+        "counterfact", samples["id"], entity_of, args.split, None, args.small
+    )
+    samples = data.select_ids(samples, chosen.ids)
+    if args.max_samples is not None:
+        samples = samples.select(range(min(args.max_samples, len(samples))))
     results = None
     if results_file.is_file() and not args.rerun:
         results = mediation.MediationResults.from_dict(io.read_json(results_file, "mediation"))
+        stored = [sample.id for sample in results.contextual.samples]
+        if stored != list(samples["id"]):
+            raise errors.MismatchError(
+                f"{results_file} holds the mediation of {len(stored)} other samples than the "
+                f"{len(samples)} of {chosen.description}; pass --rerun to replace it, or "
+                "evaluate under another experiment name (-n)"
+            )
     if results is None:
-        samples = data.load_dataset(
-            "counterfact", file=args.dataset_file, prompt_source=args.counterfact_prompt
-        )
-        if args.max_samples is not None:
-            samples = samples.select(range(min(args.max_samples, len(samples))))
         mt = models.load_model(
             args.model,
             device=device,
@@ -81,7 +100,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         )
         results = mediation.mediation(mt, samples, args.batch_size, random_init=args.random)
         io.write_json(results_file, results.to_dict(), indent=None)
-    table = mediation_table(results, f"{args.name}: fact mediation")
+    table = mediation_table(results, f"{args.name}: fact mediation ({args.split} split)")
+    table.notes.extend(chosen.notes)
     cli.write_and_show_table(table, experiment_dir, "summary", results=results_file)
     return 0
 

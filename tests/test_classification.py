@@ -325,11 +325,24 @@ def test_mediation_script_writes_results_and_a_table(setup, monkeypatch, capsys)
     argv = ["-n", "med", "-m", str(setup["model"]), "--device", "cpu", "--max-samples", "10"]
     argv += ["--dataset-file", str(setup["data"] / "counterfact.json")]
     assert eval_fact_mediation.main(argv) == 0
-    assert "| Contextual | Decontextual |" in capsys.readouterr().out
+    shown = capsys.readouterr().out
+    assert "| Contextual | Decontextual |" in shown
+    assert "Samples: every sample of the file." in shown
     saved = mediation.MediationResults.from_dict(
         io.read_json(setup["results"] / "med" / "mediation.json")
     )
     assert len(saved.contextual.samples) == 10
+
+    # Other samples never reuse the stored result: they are refused, or --rerun replaces it.
+    with pytest.raises(errors.MismatchError, match=r"10 other samples than the 5 .*--rerun"):
+        eval_fact_mediation.main([*argv, "--max-samples", "5"])
+    # The reference's case ids 5000-9999 are not in the sample file: said, not evaluated.
+    with pytest.raises(errors.UsageError, match="is empty for this counterfact file"):
+        eval_fact_mediation.main([*argv, "--split", "reference", "--rerun"])
+    with pytest.raises(SystemExit) as refused:
+        eval_fact_mediation.main([*argv, "--small"])
+    assert refused.value.code == 2
+    assert "goes with --split reference" in capsys.readouterr().err
 
 
 def test_probing_tasks_are_listed_and_say_what_to_train_first(tmp_path):

@@ -270,3 +270,35 @@ def test_a_toy_canonical_experiment_exports_its_data_when_it_is_missing(
     toy_canonical.export_toy_canonical(world, data_root, people_per_split=4)
     tasks.canon_run(Context(), str(config))
     assert commands == [("scripts.canon", ["run", str(config)])]
+
+
+# ---------------------------------------------------------------------------------------
+# Every evaluation task takes the evaluation scripts' --split and --small.
+
+EVALUATIONS = [
+    ("eval_gen_counterfact", "counterfact", "scripts.eval_fact_gen"),
+    ("eval_cls_counterfact", "counterfact", "scripts.eval_fact_cls"),
+    ("eval_med_counterfact", None, "scripts.eval_fact_mediation"),
+    ("eval_gen_biosbias", "biosbias", "scripts.eval_bias_gen"),
+    ("eval_cls_biosbias", "biosbias", "scripts.eval_bias_cls"),
+    ("eval_ent_mcrae", "mcrae", "scripts.eval_entailment"),
+]
+
+
+@pytest.mark.parametrize(("name", "dataset", "script"), EVALUATIONS)
+def test_every_evaluation_task_passes_the_split_through(commands, tmp_path, name, dataset, script):
+    if dataset is not None:
+        run = tmp_path / f"editors_{dataset}_gpt2"
+        run.mkdir()
+        _recorded_run(run, "gpt2", dataset, [0])
+    evaluate = getattr(tasks, name)
+    evaluate(Context(), model="gpt2")
+    evaluate(Context(), model="gpt2", split="reference", small=True)
+    evaluate(Context(), model="gpt2", split="validation")
+    [(default_script, default), (small_script, small), (_, validation)] = commands
+    assert default_script == small_script == script
+    # Nothing by default (the script's own default, the test split), else exactly what was asked.
+    assert "--split" not in default and "--small" not in default
+    assert small[-3:] == ["--split", "reference", "--small"]
+    assert small[: len(default)] == default
+    assert validation[-2:] == ["--split", "validation"]

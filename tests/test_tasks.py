@@ -171,3 +171,35 @@ def test_smollm2_trains_on_the_file_and_recipe_its_settings_were_chosen_on(tmp_p
     )
     assert settings.training_flags("gpt2", "counterfact") == []
     assert tasks._sweep_layers("smollm2-135m", "") == list(range(30))
+
+
+EVALUATION_TASKS = (
+    "x.eval.gen.counterfact",
+    "x.eval.cls.counterfact",
+    "x.eval.med.counterfact",
+    "x.eval.gen.biosbias",
+    "x.eval.cls.biosbias",
+    "x.eval.ent.mcrae",
+)
+
+
+@pytest.mark.parametrize("name", EVALUATION_TASKS)
+def test_every_evaluation_task_offers_the_split_and_says_what_it_is(name: str):
+    result = run_invoke("--help", name)
+    assert result.returncode == 0, result.stderr
+    assert "--split" in result.stdout and "--small" in result.stdout
+    assert "reference" in result.stdout
+
+
+def test_a_split_that_means_nothing_is_refused_by_the_script_with_the_fix(tmp_path: Path):
+    result = run_invoke(
+        "x.eval.med.counterfact",
+        "--model",
+        "gpt2",
+        "--small",
+        env={"REMEDI_RESULTS_DIR": str(tmp_path)},
+    )
+    assert result.returncode == 2
+    assert "scripts.eval_fact_mediation" in result.stdout  # the echoed command
+    assert "--small" in result.stdout
+    assert "goes with --split reference" in result.stderr
