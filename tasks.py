@@ -870,6 +870,120 @@ eval_cls_biosbias = _classification_task(
 
 
 # ---------------------------------------------------------------------------------------
+# Direction dumps (the reference's experiments/dump.py): a trained editor's directions and the
+# entity's hidden states before and after its edit, per sample, to analyse offline
+# (scripts/dump_directions.py; remedi.evaluation.probing.dump reads them back).
+
+DUMP_DATASETS = ("counterfact", "biosbias", "mcrae")
+DUMP_HELP = {
+    **{key: HELP[key] for key in ("model", "device", "split", "small")},
+    "layer": "Editor layer (default: the layer the editors were trained at).",
+    "name": "Experiment name (default: directions_<dataset>_<model>).",
+    "editors": "Experiment that trained the editors (default: x.train.<dataset>'s).",
+    "random": "Dump the randomly initialised model's editors (x.train.<dataset> --random).",
+    "max_samples": "Dump only the first N samples of the split (default: all).",
+    "rerun": "Replace a dump written with other settings (a dump with the same ones resumes).",
+}
+
+
+def _dump(
+    c: Context,
+    dataset: str,
+    model: str,
+    device: str | None,
+    layer: int | None,
+    name: str | None,
+    editors: str | None,
+    random: bool,
+    split: str | None,
+    small: bool,
+    max_samples: int | None,
+    rerun: bool,
+) -> None:
+    """Dump the directions of x.train.<dataset>'s editors (or ``editors``) at their layer."""
+    editors_dir, args = _editors_and_layer(model, dataset, editors, layer, random, device)
+    args += _flags(device, max_samples=max_samples, rerun=rerun, split=split, small=small)
+    name = name or _run_name(f"directions_{dataset}", model, random)
+    _evaluate(c, "dump_directions", model, name, editors_dir, args)
+
+
+def _dump_task(dataset: str) -> Task:
+    """The task ``x.dump.<dataset>``."""
+
+    def dump(
+        c: Context,
+        model: str = DEFAULT_MODEL,
+        device: str | None = None,
+        layer: int | None = None,
+        name: str | None = None,
+        editors: str | None = None,
+        random: bool = False,
+        split: str | None = None,
+        small: bool = False,
+        max_samples: int | None = None,
+        rerun: bool = False,
+    ) -> None:
+        _dump(
+            c,
+            dataset,
+            model,
+            device,
+            layer,
+            name,
+            editors,
+            random,
+            split,
+            small,
+            max_samples,
+            rerun,
+        )
+
+    dump.__doc__ = f"Dump the REMEDI directions of the {DATASET_TITLES[dataset]} editors."
+    return task(help=DUMP_HELP)(dump)
+
+
+dump_counterfact, dump_biosbias, dump_mcrae = (_dump_task(dataset) for dataset in DUMP_DATASETS)
+
+
+@task(
+    help={key: text for key, text in DUMP_HELP.items() if key not in ("name", "editors", "layer")}
+)
+def dump_all(
+    c: Context,
+    model: str = DEFAULT_MODEL,
+    device: str | None = None,
+    random: bool = False,
+    split: str | None = None,
+    small: bool = False,
+    max_samples: int | None = None,
+    rerun: bool = False,
+) -> None:
+    """Dump the REMEDI directions of every dataset's editors that are trained (the others are
+    named, with the command that trains them)."""
+    from remedi.env import results_dir
+
+    trained = [
+        dataset
+        for dataset in DUMP_DATASETS
+        if (results_dir() / _run_name(f"editors_{dataset}", model, random)).is_dir()
+    ]
+    for dataset in DUMP_DATASETS:
+        if dataset not in trained:
+            print(
+                f"no trained {DATASET_TITLES[dataset]} editors for {model!r}: not dumped (train "
+                f"them with: invoke x.train.{dataset} --model {model}{' --random' if random else ''})"
+            )
+    if not trained:
+        raise Exit(
+            f"no trained editors for model {model!r} to dump; train them first, e.g. "
+            f"invoke x.train.counterfact --model {model}",
+            code=EXIT_BAD_INPUT,
+        )
+    for dataset in trained:
+        _dump(c, dataset, model, device, None, None, None, random, split, small, max_samples, rerun)
+
+
+# ---------------------------------------------------------------------------------------
 # Layer sweeps (the reference's experiments/sweep.py): one evaluation per layer on a small
 # split, then every metric against the layer and the best layer (see remedi.sweep). Each step
 # skips what is finished, so a sweep resumes and never recomputes a finished layer.
@@ -1240,6 +1354,13 @@ x = Collection(
     trace=Collection("trace", counterfact=trace_counterfact),
     edit=Collection("edit", problems=edit_problems, analysis=edit_analysis),
     harm=Collection("harm", run=harm_run, report=harm_report),
+    dump=Collection(
+        "dump",
+        counterfact=dump_counterfact,
+        biosbias=dump_biosbias,
+        mcrae=dump_mcrae,
+        all=dump_all,
+    ),
     canon=Collection(
         "canon",
         run=canon_run,
