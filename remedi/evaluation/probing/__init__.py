@@ -9,4 +9,6 @@
   new fact implies;
 - :mod:`~remedi.evaluation.probing.probe_runs`: what the probe scripts share (flags, the editors'
   training runs, the whole run).
+- :mod:`~remedi.evaluation.probing.dump`: the editor's directions and the entity's hidden states
+  around them, per sample, on disk, to analyse offline.
 """
