@@ -967,11 +967,12 @@ def dump_all(
         for dataset in DUMP_DATASETS
         if (results_dir() / _run_name(f"editors_{dataset}", model, random)).is_dir()
     ]
+    random_flag = " --random" if random else ""
     for dataset in DUMP_DATASETS:
         if dataset not in trained:
             print(
                 f"no trained {DATASET_TITLES[dataset]} editors for {model!r}: not dumped (train "
-                f"them with: invoke x.train.{dataset} --model {model}{' --random' if random else ''})"
+                f"them with: invoke x.train.{dataset} --model {model}{random_flag})"
             )
     if not trained:
         raise Exit(

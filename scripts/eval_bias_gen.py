@@ -63,6 +63,14 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--seed", type=int, default=0, help="seed of the sampled generations")
     parser.add_argument("--batch-size", type=int, default=evaluation.DEFAULT_BATCH_SIZE)
     parser.add_argument("--max-length", type=int, default=biosbias.MAX_LENGTH)
+    parser.add_argument(
+        "--generation-length",
+        choices=evaluation.GENERATION_LENGTHS,
+        default=biosbias.GENERATION_LENGTH,
+        help=f"how --max-length is counted: {biosbias.GENERATION_LENGTH} (default, the "
+        "reference's: over left-padded groups of 16 samples, ending at end-of-text) or "
+        "own-prompt (each text's own prompt, sampling through end-of-text: longer texts)",
+    )
     parser.add_argument("--top-k", type=int, default=biosbias.TOP_K_SAMPLING)
     args = parser.parse_args(argv)
     cli.check_editor_arguments(parser, args)
@@ -112,6 +120,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         seed=args.seed,
         max_length=args.max_length,
         top_k=args.top_k,
+        generation_length=args.generation_length,
     )
 
     mt = models.load_model(

@@ -462,3 +462,121 @@ def test_eval_script_takes_the_reference_rows_of_the_kept_samples(
     assert summary["notes"] == [
         "Samples: the reference's evaluation split (rows 2-3, its train[2:4])."
     ]
+
+
+# ---------------------------------------------------------------------------------------------
+# Generation length: the reference's count (padded batches of 16, stop at end-of-text) by default.
+
+
+def test_the_references_length_counts_the_longest_prompt_of_each_group_of_16():
+    from remedi.evaluation.scoring import new_token_budgets
+
+    lengths = [3, 10, 5] + [4] * 14  # 17 prompts: a group of 16 and one of 1
+    padded = new_token_budgets(lengths, 20, "padded-batch")
+    assert padded == [10] * 16 + [16]
+    assert new_token_budgets(lengths, 20, "own-prompt") == [17, 10, 15] + [16] * 14
+    assert new_token_budgets([30, 2], 20, "padded-batch") == [1, 1]  # at least one token
+
+
+def _cycle_lm(tokenizer, first: int, second: int, end_of_text: bool = True):
+    """A tiny GPT-2 that greedily continues any text with ``first second <end-of-text>`` and
+    starts over after it (without ``end_of_text``: ``first second first second ...``): its blocks
+    add nothing (zero output projections), so each next token reads only the last token's
+    embedding, one-hot: after ``first`` comes ``second``, after ``second`` end-of-text, after
+    anything else ``first``."""
+    import torch
+
+    from remedi import models
+    from tests.conftest import tiny_gpt2
+
+    model = tiny_gpt2(tokenizer, tie_word_embeddings=False).double()
+    end = tokenizer.eos_token_id
+    with torch.no_grad():
+        for block in model.transformer.h:
+            for projection in (block.attn.c_proj, block.mlp.c_proj):
+                projection.weight.zero_()
+                projection.bias.zero_()
+        model.transformer.wpe.weight.zero_()
+        embeddings, head = model.transformer.wte.weight, model.lm_head.weight
+        embeddings.zero_()
+        embeddings[:, 0] = 1.0  # any other token
+        for token, axis in ((first, 1), (second, 2), (end, 3)):
+            embeddings[token] = 0.0
+            embeddings[token, axis] = 1.0
+        head.zero_()
+        head[first, 0] = head[first, 3] = 1.0  # after any other token, or after end-of-text
+        head[second, 1] = 1.0
+        head[end if end_of_text else first, 2] = 1.0
+    return models.ModelAndTokenizer(model=model, tokenizer=tokenizer, name="cycle")
+
+
+def test_bias_in_bios_texts_are_as_long_as_the_references_and_end_at_end_of_text(
+    tokenizer, tmp_path
+):
+    from remedi.evaluation import EvalResources, Method
+    from remedi.evaluation.editing import biosbias as suite
+    from remedi.evaluation.scoring import clean_generated_text, generate_texts
+    from scripts import eval_bias_gen
+
+    first, second = (tokenizer(word)["input_ids"][-1] for word in (" the", " a"))
+    cases = suite.biosbias_cases(SAMPLES)
+    queries = [(case, suite.setting_prompt(case, "contextual")) for case in cases]
+    prompts = [prompt for _, prompt in queries]
+    encoded = tokenizer(prompts)["input_ids"]
+    assert not {ids[-1] for ids in encoded} & {first, second, tokenizer.eos_token_id}
+    lengths = [len(ids) for ids in encoded]
+    assert len(set(lengths)) > 1  # the shorter prompts get what the longest leaves
+    max_length = max(lengths) + 7
+    budget = max_length - max(lengths)  # every text of the (one) group of 16, the reference's
+
+    def continuations(mt, generation_length: str) -> list[str]:
+        texts = generate_texts(
+            mt,
+            Method(),
+            queries,
+            max_length,
+            top_k=1,
+            batch_size=3,
+            generation_length=generation_length,
+        )
+        return [
+            text[len(clean_generated_text(prompt)) :]
+            for text, prompt in zip(texts, prompts, strict=True)
+        ]
+
+    def decoded(count: int, cycle: list[int]) -> str:
+        tokens = (cycle * count)[:count]
+        if tokenizer.eos_token_id in tokens:
+            tokens = tokens[: tokens.index(tokenizer.eos_token_id)]
+        return tokenizer.decode(tokens)
+
+    args = eval_bias_gen.parse_args(["-n", "x", "-m", "cycle"])
+    assert (args.generation_length, args.max_length) == ("padded-batch", 150)  # the default
+    # An LM that never ends its text: the count alone. The reference's gives every text what
+    # the longest prompt of its group of 16 leaves; ours what its own prompt leaves.
+    endless = _cycle_lm(tokenizer, first, second, end_of_text=False)
+    assert continuations(endless, "padded-batch") == [decoded(budget, [first, second])] * 4
+    assert continuations(endless, "own-prompt") == [
+        decoded(max_length - length, [first, second]) for length in lengths
+    ]
+    # An LM that ends its text after two tokens: the reference's text ends there; ours samples
+    # through end-of-text (removed from the text), to its own budget.
+    mt = _cycle_lm(tokenizer, first, second)
+    cycle = [first, second, tokenizer.eos_token_id]
+    assert budget > len(cycle)
+    assert continuations(mt, "padded-batch") == [tokenizer.decode([first, second])] * 4
+    assert continuations(mt, "own-prompt") == [
+        tokenizer.decode((cycle * max_length)[: max_length - length], skip_special_tokens=True)
+        for length in lengths
+    ]
+
+    # error_correction generates as the resources say, and records it with the result.
+    resources = EvalResources(max_length=max_length, top_k=1, generation_length="padded-batch")
+    bios = {sample["id"]: sample["context"] for sample in SAMPLES}
+    vectorizer = suite.fit_vectorizer(list(bios.values()))
+    references = suite.label_references(cases, bios, vectorizer)
+    result = suite.error_correction(
+        mt, Method(), cases, resources, "contextual", vectorizer, references
+    )
+    assert [case.generation for case in result.cases] == continuations(mt, "padded-batch")
+    assert result.settings.generation_length == "padded-batch"

@@ -30,6 +30,23 @@ GENERATION_BATCH_FACTOR = 4
 """Generation samples this many times ``batch_size`` texts together by default: a step reads
 the LM head's weights once for the whole batch, and its KV cache is small next to them."""
 
+OWN_PROMPT = "own-prompt"
+PADDED_BATCH = "padded-batch"
+GENERATION_LENGTHS = (OWN_PROMPT, PADDED_BATCH)
+"""How a generated text's ``max_length`` is counted (``ResultSettings.generation_length``):
+
+- ``own-prompt``: ``max_length`` tokens in all, the text's own prompt included, sampled through
+  the end-of-text token (which is removed from the text): ROME's generation, each text's length
+  independent of the others';
+- ``padded-batch``: the REMEDI reference's Bias in Bios generation: ``max_length`` counts the
+  left-padded batch of :data:`REFERENCE_GENERATION_BATCH` consecutive queries, so each text gets
+  ``max_length`` minus the longest prompt of its batch (at least one token), and a text ends at
+  its first end-of-text token.
+"""
+REFERENCE_GENERATION_BATCH = 16
+"""The batch the reference's ``max_length`` counts over (its ``editors.DEFAULT_BATCH_SIZE``,
+``remedi/editors.py:39``, which its ``scripts/eval_bias_gen.py`` does not change)."""
+
 TARGET_SCORINGS = ("mean", "sum", "first")
 """How a target continuation is scored, named in every result (``ResultSettings.target_scoring``):
 
@@ -200,6 +217,8 @@ class EvalResources:
     """Which prompt the cases ask (recorded in results; the cases are built with it)."""
     essence_references: dict[int, str] | None = None
     """Unedited essence texts by case id; sampled on first use when None."""
+    generation_length: str = OWN_PROMPT
+    """How ``max_length`` is counted: one of :data:`GENERATION_LENGTHS`."""
     generation_batch_size: int | None = None
     """Texts sampled together; None: ``GENERATION_BATCH_FACTOR * batch_size``. A text does not
     depend on it (each has its own seed), so it only trades memory (the KV cache) for speed."""
@@ -212,6 +231,11 @@ class EvalResources:
         return GENERATION_BATCH_FACTOR * self.batch_size
 
     def __post_init__(self) -> None:
+        if self.generation_length not in GENERATION_LENGTHS:
+            raise errors.UsageError(
+                f"unknown generation length {self.generation_length!r}; choose one of "
+                f"{', '.join(GENERATION_LENGTHS)}"
+            )
         if self.target_scoring not in TARGET_SCORINGS:
             raise errors.UsageError(
                 f"unknown target scoring {self.target_scoring!r}; choose one of "
@@ -271,6 +295,7 @@ class ResultSettings(DataClassJsonMixin):
     top_k: int = GENERATION_TOP_K
     target_scoring: str = "sum"
     prompt_source: str = "rewrite"
+    generation_length: str = OWN_PROMPT
     format_version: int = 1
 
 
@@ -299,5 +324,6 @@ def result_settings(
         top_k=resources.top_k,
         target_scoring=resources.target_scoring,
         prompt_source=resources.prompt_source,
+        generation_length=resources.generation_length,
         format_version=RESULT_FORMAT_VERSION,
     )

@@ -25,6 +25,9 @@ from remedi.evaluation.cases import (
     DEFAULT_TARGET_SCORING,
     GENERATION_MAX_LENGTH,
     GENERATION_TOP_K,
+    OWN_PROMPT,
+    PADDED_BATCH,
+    REFERENCE_GENERATION_BATCH,
     TARGET_SCORINGS,
     EvalCase,
 )
@@ -305,6 +308,29 @@ def clean_generated_text(text: str) -> str:
     return unicodedata.normalize("NFKD", text).replace("\n\n", " ")
 
 
+def new_token_budgets(
+    prompt_lengths: Sequence[int], max_length: int, generation_length: str = OWN_PROMPT
+) -> list[int]:
+    """Tokens to sample after each prompt (of ``prompt_lengths`` tokens, in query order) so that
+    a text is ``max_length`` tokens long as ``generation_length`` counts it (see
+    :data:`remedi.evaluation.cases.GENERATION_LENGTHS`); at least one each.
+
+    ``padded-batch`` counts as the reference's ``generate(max_length=...)`` on its left-padded
+    batches of 16 consecutive samples (its ``remedi/benchmarks.py:879,923-924,945-966``; the
+    padding is part of the input's length): every text of a batch gets ``max_length`` minus its
+    longest prompt, whatever our own batches are.
+    """
+    if generation_length == OWN_PROMPT:
+        return [max(1, max_length - length) for length in prompt_lengths]
+    if generation_length == PADDED_BATCH:
+        budgets = []
+        for start in range(0, len(prompt_lengths), REFERENCE_GENERATION_BATCH):
+            group = prompt_lengths[start : start + REFERENCE_GENERATION_BATCH]
+            budgets += [max(1, max_length - max(group))] * len(group)
+        return budgets
+    raise errors.UsageError(f"unknown generation length {generation_length!r}")
+
+
 def generate_texts(
     mt: models.ModelAndTokenizer,
     method: Method,
@@ -315,28 +341,39 @@ def generate_texts(
     batch_size: int = DEFAULT_BATCH_SIZE,
     stream: int = 0,
     desc: str = "generate",
+    generation_length: str = OWN_PROMPT,
 ) -> list[str]:
     """Sample a continuation of each ``(case, prompt)`` with the method attached.
 
     Each text is the prompt as :meth:`Method.visible` shows it followed by the sampled tokens,
-    ``max_length`` tokens in all (the visible prompt's tokens included, as in ROME). Top-k
-    sampling (:class:`TopKSampler`; ``top_k=1`` is greedy), each text seeded from ``(seed,
-    stream, its index in queries)``, so that it does not depend on ``batch_size`` or on the
-    other queries, and the global random state is left alone. Queries are batched with left
-    padding in order of prompt length (less padding) and returned in the order given.
+    ``max_length`` tokens in all as ``generation_length`` counts them (:func:`new_token_budgets`:
+    by default the visible prompt's tokens included, sampling through end-of-text, as in ROME;
+    ``padded-batch``: the reference's Bias in Bios count over the model's input prompts, ending at
+    end-of-text). Top-k sampling (:class:`TopKSampler`; ``top_k=1`` is greedy), each text seeded
+    from ``(seed, stream, its index in queries)``, so that it does not depend on ``batch_size`` or
+    on the other queries, and the global random state is left alone. Queries are batched with
+    left padding in order of prompt length (less padding) and returned in the order given.
     """
+    tokenizer = mt.tokenizer
+    if generation_length == PADDED_BATCH:  # the model's input, as the reference's inputs
+        shown = [method.rewrite(case, prompt) for case, prompt in queries]
+    else:
+        shown = [method.visible(case, prompt) for case, prompt in queries]
+    lengths = [len(ids) for ids in tokenizer(shown)["input_ids"]] if queries else []
+    budgets = new_token_budgets(lengths, max_length, generation_length)
+    stop_at_end = generation_length == PADDED_BATCH
     seeded = [
-        (case, prompt, _text_seed(seed, stream, index))
-        for index, (case, prompt) in enumerate(queries)
+        (case, prompt, _text_seed(seed, stream, index), budget)
+        for index, ((case, prompt), budget) in enumerate(zip(queries, budgets, strict=True))
     ]
 
-    def run(group: Sequence[tuple[EvalCase, str, int]]) -> list[str]:
-        rewritten = [method.rewrite(case, prompt) for case, prompt, _ in group]
+    def run(group: Sequence[tuple[EvalCase, str, int, int]]) -> list[str]:
+        rewritten = [method.rewrite(case, prompt) for case, prompt, _, _ in group]
         texts: list[str] = [""] * len(group)
         lengths = [len(text) for text in rewritten]  # characters: no extra tokenizer pass
         for indices in _similar_length_batches(lengths, batch_size, desc):
             batch = [group[index] for index in indices]
-            batch_texts = _generate_batch(mt, method, batch, max_length, top_k)
+            batch_texts = _generate_batch(mt, method, batch, top_k, stop_at_end)
             for index, text in zip(indices, batch_texts, strict=True):
                 texts[index] = text
         return texts
@@ -348,19 +385,20 @@ def generate_texts(
 def _generate_batch(
     mt: models.ModelAndTokenizer,
     method: Method,
-    batch: Sequence[tuple[EvalCase, str, int]],
-    max_length: int,
+    batch: Sequence[tuple[EvalCase, str, int, int]],
     top_k: int,
+    stop_at_end: bool = False,
 ) -> list[str]:
+    """Texts of one batch: each row samples its budget of new tokens (the tuples' last item);
+    with ``stop_at_end``, a row's text ends at its first end-of-text token."""
     device = models.determine_device(mt.model)
     tokenizer = mt.tokenizer
     limit = max_positions(mt.model)
-    cases = [case for case, _, _ in batch]
-    prompts = [method.rewrite(case, prompt) for case, prompt, _ in batch]
-    visible = [method.visible(case, prompt) for case, prompt, _ in batch]
+    cases = [case for case, _, _, _ in batch]
+    prompts = [method.rewrite(case, prompt) for case, prompt, _, _ in batch]
+    visible = [method.visible(case, prompt) for case, prompt, _, _ in batch]
+    new_tokens = [budget for _, _, _, budget in batch]
     inputs, offsets = precompute.tokenize(tokenizer, prompts, device, padding_side="left")
-    visible_lengths = [len(ids) for ids in tokenizer(visible)["input_ids"]]
-    new_tokens = [max(1, max_length - length) for length in visible_lengths]
     width = inputs.input_ids.shape[1]
     max_new_tokens = max(new_tokens)
     if limit is not None and width + max_new_tokens > limit:
@@ -375,8 +413,9 @@ def _generate_batch(
                 max_new_tokens,
                 limit,
             )
+    end_of_text = tokenizer.eos_token_id if stop_at_end else None
     # Greedy decoding over scores where only the sampled token is possible: top-k sampling.
-    sampler = TopKSampler(top_k, [text_seed for _, _, text_seed in batch])
+    sampler = TopKSampler(top_k, [text_seed for _, _, text_seed, _ in batch])
     with method.edit(mt, cases, prompts, offsets, inputs.attention_mask):
         generate: Any = mt.model.generate
         outputs = generate(
@@ -386,12 +425,16 @@ def _generate_batch(
             num_beams=1,
             use_cache=True,
             max_new_tokens=max_new_tokens,
-            eos_token_id=None,  # ROME samples through end-of-text; it is removed below
+            # ROME samples through end-of-text (removed below); the reference's Bias in Bios
+            # generation stops there (generate's default, the model's end-of-text token).
+            eos_token_id=end_of_text,
             pad_token_id=tokenizer.pad_token_id,
         )
     texts = []
     for row, (shown, wanted) in enumerate(zip(visible, new_tokens, strict=True)):
-        sampled = outputs[row, width : width + wanted]
+        sampled = outputs[row, width : width + wanted].tolist()
+        if end_of_text is not None and end_of_text in sampled:
+            sampled = sampled[: sampled.index(end_of_text)]
         continuation = str(tokenizer.decode(sampled, skip_special_tokens=True))
         texts.append(clean_generated_text(shown + continuation))
     return texts

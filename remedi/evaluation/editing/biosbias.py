@@ -20,8 +20,17 @@ Scores, per setting, as the reference:
   samples whose own occupation scores highest, top-k (k = 3) the share where it is among the
   three highest. Labels sharing a first token tie (as in the reference).
 - **fluency**: ROME's weighted n-gram entropy of the generated continuation alone (without the
-  prompt), sampled top-k (k = 5) to 150 tokens in all, prompt included, as the reference; a
-  model with fewer positions (the toy LM has 128) generates what fits.
+  prompt), sampled top-k (k = 5) to 150 tokens in all, prompt included, counted as the reference
+  counts them (:data:`GENERATION_LENGTH`): its ``generate(max_length=150)`` runs on left-padded
+  batches of 16 consecutive samples, so the padding counts and every text of a batch gets 150
+  minus the batch's longest prompt, and a text ends at end-of-text (its
+  ``remedi/benchmarks.py:27,879,923-924,945-966``; batch size: its ``remedi/editors.py:39``).
+  Ours is the same count over the same groups of 16 queries in order (the reference's batches
+  when the samples and their order are its own, ``--split reference``), whatever batches we run.
+  ``generation_length="own-prompt"`` (``--generation-length own-prompt``) counts each text's own
+  prompt and samples through end-of-text, as ROME (and this suite before): longer texts, whose
+  length does not depend on their neighbours. A model with fewer positions (the toy LM has 128)
+  generates what fits.
 - **consistency**: cosine similarity of the continuation's TF-IDF vector to the mean TF-IDF
   vector of the whole bios of the evaluated samples with the same occupation; the TF-IDF
   statistics are fitted on those bios (the reference loads a vectorizer fitted on all of Bias
@@ -46,7 +55,13 @@ import torch
 from dataclasses_json import DataClassJsonMixin
 
 from remedi import errors, io, metrics, models, precompute
-from remedi.evaluation.cases import EvalCase, EvalResources, ResultSettings, result_settings
+from remedi.evaluation.cases import (
+    PADDED_BATCH,
+    EvalCase,
+    EvalResources,
+    ResultSettings,
+    result_settings,
+)
 from remedi.evaluation.methods import Method
 from remedi.evaluation.scoring import (
     _run_grouped,
@@ -62,6 +77,8 @@ SETTINGS = ("contextual", "decontextual")
 """With the bio's sentence before the prompt, and without it."""
 MAX_LENGTH = 150
 """Tokens generated in all, prompt included (the reference's error-correction default)."""
+GENERATION_LENGTH = PADDED_BATCH
+"""How :data:`MAX_LENGTH` is counted by default: as the reference (module docstring)."""
 TOP_K_SAMPLING = 5
 """Top-k sampling of the generations (the reference's default, as ROME's)."""
 TOP_K_LABELS = 3
@@ -230,6 +247,7 @@ def error_correction(
         seed=resources.seed,
         batch_size=resources.batch_size,
         desc=f"{method.name} {setting} generation",
+        generation_length=resources.generation_length,
     )
     k = min(top_k_labels, len(labels))
     results = []
