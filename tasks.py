@@ -841,7 +841,15 @@ def train_biosbias(
     _train(c, "biosbias", model, layers, name, ["--seed", str(seed), *flags], dataset_file)
 
 
-@task(help=_evaluation_help("gen", "biosbias"))
+@task(
+    help=_evaluation_help(
+        "gen",
+        "biosbias",
+        generation_length="How the 150 generated tokens are counted: padded-batch (default, the "
+        "reference's: over left-padded groups of 16 samples, ending at end-of-text) or "
+        "own-prompt (each text's own prompt, through end-of-text: longer texts).",
+    )
+)
 def eval_gen_biosbias(
     c: Context,
     model: str = DEFAULT_MODEL,
@@ -853,10 +861,12 @@ def eval_gen_biosbias(
     random: bool = False,
     split: str | None = None,
     small: bool = False,
+    generation_length: str | None = None,
 ) -> None:
     """Evaluate Bias in Bios error correction: baseline and REMEDI, contextual and decontextual."""
     editors_dir, args = _editors_and_layer(model, "biosbias", editors, layer, random, device)
     args += _flags(device, rerun=rerun, random=random, split=split, small=small)
+    args += ["--generation-length", generation_length] if generation_length else []
     name = name or _run_name("eval_gen_biosbias", model, random)
     _evaluate(c, "eval_bias_gen", model, name, editors_dir, args)
 

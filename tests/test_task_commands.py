@@ -228,6 +228,14 @@ def test_a_run_of_several_layers_is_evaluated_at_the_papers_or_asks_for_one(comm
         tasks.eval_gen_biosbias(Context(), model="gpt2")
 
 
+def test_biosbias_generation_passes_its_length_count_only_when_given(commands, tmp_path):
+    _recorded_run(tmp_path / "editors_biosbias_gpt2", "gpt2", "biosbias", [10])
+    tasks.eval_gen_biosbias(Context(), model="gpt2")
+    tasks.eval_gen_biosbias(Context(), model="gpt2", generation_length="own-prompt")
+    assert "--generation-length" not in commands[0][1]  # the script's default, the reference's
+    assert commands[1][1][-2:] == ["--generation-length", "own-prompt"]
+
+
 # ---------------------------------------------------------------------------------------
 # A toy task finds or builds its toy data itself.
 
