@@ -197,7 +197,7 @@ def test_a_refused_submission_names_the_resource_and_the_fix(cluster: LocalClust
         jobs.run_jobs(todo, "slurm", tmp_path / "submitit", jobs.SlurmSettings(), gpu=True)
     # More CPUs than the node has: accepted by sbatch, then pending for ever; cancelled.
     greedy = jobs.SlurmSettings(cpus_per_task=64, mem_gb=1)
-    with pytest.raises(jobs.SubmissionError, match="pend for PartitionConfig.*64 CPUs"):
+    with pytest.raises(jobs.SubmissionError, match=r"pend for PartitionConfig.*64 CPUs"):
         jobs.run_jobs(todo, "slurm", tmp_path / "submitit", greedy, poll_seconds=0.5)
     assert not cluster.run("squeue", "--noheader").stdout.strip()
     assert jobs.job_state(tmp_path / "a") == "pending"
@@ -235,3 +235,59 @@ def test_a_canonical_sweep_on_slurm_matches_the_local_run(
         ]
     assert results["slurm"] == results["local"]
     _no_sacct_warnings(caplog)
+
+
+# ---------------------------------------------------------------------------------------------
+# The invoke tasks: one job per method x mode (or per layer), here in turn or as jobs.
+
+
+def test_harm_runs_each_method_and_mode_pair(monkeypatch: pytest.MonkeyPatch, tmp_path: Path):
+    from invoke.context import Context
+
+    import tasks
+
+    ran: list[tuple[str, list[str]]] = []
+    monkeypatch.setattr(tasks, "_python", lambda c, module, args: ran.append((module, args)))
+    monkeypatch.setenv("REMEDI_RESULTS_DIR", str(tmp_path))
+    (tmp_path / "editors_counterfact_gpt2").mkdir()
+    tasks.harm_run(
+        Context(), model="gpt2", method="rome,ft", mode="instance-sequential,batch-single"
+    )
+    pairs = [(args[3], args[5]) for _, args in ran]
+    assert pairs == [
+        ("rome", "instance-sequential"),
+        ("rome", "batch-single"),
+        ("ft", "instance-sequential"),
+        ("ft", "batch-single"),
+    ]
+    assert all(module == "scripts.harm_run" and "--editors" in args for module, args in ran)
+
+
+@pytest.mark.slow
+def test_a_task_runs_its_jobs_on_slurm_with_their_bookkeeping_under_results(
+    cluster: LocalCluster, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys
+):
+    from invoke.context import Context
+
+    import tasks
+
+    monkeypatch.setenv("REMEDI_RESULTS_DIR", str(tmp_path))
+    source = tmp_path / "in.json"
+    source.write_text("[3]")
+    work = [
+        (f"layer_{layer}", [["json.tool", str(source), str(tmp_path / f"out{layer}.json")]])
+        for layer in (0, 1)
+    ]
+    tasks._run_jobs(Context(), "toy_sweep", work, "slurm", "cpus=1,mem=1,time=5,gpus=0", gpu=True)
+    assert "toy_sweep: 2 done, 0 running, 0 failed, 0 pending (of 2)" in capsys.readouterr().out
+    for layer in (0, 1):
+        assert json.loads((tmp_path / f"out{layer}.json").read_text()) == [3]
+        status = json.loads(
+            (tmp_path / "toy_sweep/jobs" / f"layer_{layer}/status.json").read_text()
+        )
+        assert status["state"] == "done" and status["slurm_job_id"]
+    # A bad --slurm value exits with the form it takes.
+    from invoke.exceptions import Exit
+
+    with pytest.raises(Exit, match="key=value"):
+        tasks._run_jobs(Context(), "toy_sweep", work, "slurm", "cores=2", gpu=False)
