@@ -24,6 +24,7 @@ output to ``log.txt`` in its directory and, when one fails, its last line to ``f
 from __future__ import annotations
 
 import dataclasses
+import functools
 import logging
 import os
 import shutil
@@ -180,11 +181,15 @@ def _pid_alive(pid: int) -> bool:
     return True
 
 
-def job_state(directory: Path, done_file: str = DONE_FILE, queue: set[str] | None = None) -> str:
+def job_state(
+    directory: Path,
+    done_file: str = DONE_FILE,
+    queue: set[str] | Callable[[], set[str] | None] | None = None,
+) -> str:
     """``done``, ``failed``, ``running`` or ``pending`` (see the module docstring).
 
-    ``queue``: the ids of :func:`queued_slurm_jobs`, asked here when the job ran under Slurm and
-    none is given.
+    ``queue``: the ids of :func:`queued_slurm_jobs` (or a function that returns them), asked only
+    when the job ran under Slurm; by default the queue is asked then.
     """
     directory = Path(directory)
     if (directory / done_file).is_file():
@@ -199,9 +204,9 @@ def job_state(directory: Path, done_file: str = DONE_FILE, queue: set[str] | Non
         return "pending"
     job = status.get("slurm_job_id")
     if job:
-        queue = queue if queue is not None else queued_slurm_jobs()
-        if queue is not None:
-            return "running" if str(job) in queue else "pending"
+        queued = queue if isinstance(queue, set) else (queue or queued_slurm_jobs)()
+        if queued is not None:
+            return "running" if str(job) in queued else "pending"
     if status.get("host") != socket.gethostname():
         return "running"
     return "running" if _pid_alive(int(status["pid"])) else "pending"
@@ -210,8 +215,9 @@ def job_state(directory: Path, done_file: str = DONE_FILE, queue: set[str] | Non
 def job_states(
     named_directories: Sequence[tuple[str, Path]], done_file: str = DONE_FILE
 ) -> dict[str, list[str]]:
-    """Job names by state (every state present, possibly empty); the queue is asked once."""
-    queue = queued_slurm_jobs()
+    """Job names by state (every state present, possibly empty); the queue is asked at most
+    once."""
+    queue = functools.cache(queued_slurm_jobs)
     states: dict[str, list[str]] = {state: [] for state in STATES}
     for name, directory in named_directories:
         states[job_state(directory, done_file, queue)].append(name)

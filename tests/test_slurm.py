@@ -217,22 +217,21 @@ def test_a_canonical_sweep_on_slurm_matches_the_local_run(
     base.pop("name")
     _write_yaml(tmp_path / "tiny.yaml", base)
     results = {}
-    for executor in ("slurm", "local"):
+    for executor, seeds in (("slurm", [0, 1]), ("local", [0])):  # two as a Slurm array
         sweep_file = _write_yaml(
             tmp_path / f"sweep_{executor}.yaml",
             {
                 "output_dir": str(tmp_path / executor),
                 "parallel": 2,
                 "slurm": {"cpus_per_task": 1, "mem_gb": 2},
-                "experiments": [{"config": "tiny.yaml", "grid": {"seed": [0, 1]}}],
+                "experiments": [{"config": "tiny.yaml", "grid": {"seed": seeds}}],
             },
         )
         states = sweep.run_sweep(sweep_file, executor, poll_seconds=0.5)
-        assert states["done"] == ["tiny-seed0", "tiny-seed1"], executor
-        results[executor] = [
-            json.loads((tmp_path / executor / name / "result.json").read_text())["epochs"]
-            for name in states["done"]
-        ]
+        assert states["done"] == [f"tiny-seed{seed}" for seed in seeds], executor
+        results[executor] = json.loads(
+            (tmp_path / executor / "tiny-seed0" / "result.json").read_text()
+        )["epochs"]
     assert results["slurm"] == results["local"]
     _no_sacct_warnings(caplog)
 
