@@ -56,7 +56,8 @@ JOBS_HELP = {
     "executor": "Run as jobs, resumable (done/running/failed kept under results/NAME/jobs): local "
     "(this machine, one at a time) or slurm (one array task each); default: run here in turn.",
     "slurm": "Slurm resources, e.g. 'partition=gpu,time=120,cpus=4,mem=16,gpus=1' (time in "
-    "minutes, mem in GB; default gpus: 1 for a real model, 0 for a toy one or --device cpu).",
+    "minutes, mem in GB; default: 1 CPU, 4 GB for a toy model; 4 CPUs, 32 GB and 1 GPU, none with "
+    "--device cpu, for a real one).",
 }
 CRITERION_HELP = "How the layer is picked: reference (default, the REMEDI reference's) or {}."
 MCRAE_MODEL_HELP = f"Model name or alias (default {DEFAULT_MODEL}; 'toy' for the toy norms)."
@@ -119,9 +120,10 @@ def _run_jobs(
     work: Sequence[tuple[str, list[list[str]]]],
     executor: str,
     slurm: str,
-    gpu: bool,
+    needs: str,
 ) -> None:
-    """Run ``work`` (job name, its ``[module, *args]`` commands): here in turn without
+    """Run ``work`` (job name, its ``[module, *args]`` commands; ``needs``: see
+    :data:`remedi.jobs.NEEDS`): here in turn without
     ``executor``, else as resumable jobs through :mod:`remedi.jobs` (bookkeeping and logs in
     ``results/<name>/jobs/<job>``)."""
     if not executor:
@@ -142,7 +144,7 @@ def _run_jobs(
     with _bad_input():
         resources = jobs.parse_slurm_spec(slurm)
         parallel = len(todo) if executor == "slurm" else 1
-        states = jobs.run_jobs(todo, executor, root / "submitit", resources, gpu, parallel)
+        states = jobs.run_jobs(todo, executor, root / "submitit", resources, needs, parallel)
     print(f"{name}: {jobs.status_line(states)}")
 
 
@@ -498,7 +500,7 @@ def _sweep_editing_layer(
             (f"layer_{layer}", [["scripts.train_editors", *args], evaluation(layer)])
             for layer, args in zip(swept, train, strict=True)
         ]
-        _run_jobs(c, name, work, executor, slurm, _needs_gpu(model, device))
+        _run_jobs(c, name, work, executor, slurm, _work_needs(model, device))
     else:
         _train(c, dataset, model, swept, editors, _flags(device), file)
         for layer in swept:
@@ -507,10 +509,10 @@ def _sweep_editing_layer(
     _collect_sweep(c, kind, name, swept, title, selection)
 
 
-def _needs_gpu(model: str, device: str | None) -> bool:
-    from remedi.jobs import needs_gpu
+def _work_needs(model: str, device: str | None) -> str:
+    from remedi.jobs import work_needs
 
-    return needs_gpu(model, device)
+    return work_needs(model, device)
 
 
 def _entity_sweep_task(dataset: str, script: str, kind: str, summary: str) -> Task:
@@ -1116,7 +1118,7 @@ def edit_problems(
             for layer in layers
         ]
         name = f"edit_problems_{_model_slug(model)}_{method}"
-        _run_jobs(c, name, work, executor, slurm, _needs_gpu(model, device))
+        _run_jobs(c, name, work, executor, slurm, _work_needs(model, device))
         args = [arg for arg in args if arg != "--rerun"]
     _python(c, "scripts.edit_problems", args)
 
@@ -1212,7 +1214,7 @@ def harm_run(
         for one_mode in _comma_list(mode)
     ]
     _run_jobs(
-        c, f"jobs_harm_{_model_slug(model)}", work, executor, slurm, _needs_gpu(model, device)
+        c, f"jobs_harm_{_model_slug(model)}", work, executor, slurm, _work_needs(model, device)
     )
 
 

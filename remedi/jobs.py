@@ -12,7 +12,8 @@ state in its own directory, so any run of the experiment knows what is left:
 
 :func:`submit_and_wait` submits the unfinished jobs through ``submitit``: ``local`` deals them to
 ``parallel`` processes on this machine, ``slurm`` submits one array task per job with the
-resources of :class:`SlurmSettings`. A submission the cluster rejects raises
+resources of :class:`SlurmSettings` (by default what the work needs: a toy-world model asks one CPU,
+4 GB and no GPU; a real model 4 CPUs, 32 GB and, unless it runs on CPU, one GPU). A submission the cluster rejects raises
 :class:`SubmissionError`, naming the resource and the fix. The queue is polled with ``sacct``
 where the cluster keeps accounting, else with ``squeue`` (one-node clusters often have no
 accounting daemon).
@@ -62,14 +63,29 @@ INSTALL_SLURM = (
 
 @dataclass
 class SlurmSettings:
-    """Resources of each Slurm job. ``partition`` None: the cluster's default; ``gpus_per_node``
-    None: one GPU where the work needs one (a real model without ``--device cpu``), else none."""
+    """Resources of each Slurm job; a field left None takes the default of the work's
+    :data:`NEEDS` (``partition`` None: the cluster's default partition)."""
 
     partition: str | None = None
     timeout_min: int = 240
     gpus_per_node: int | None = None
-    cpus_per_task: int = 4
-    mem_gb: int = 32
+    cpus_per_task: int | None = None
+    mem_gb: int | None = None
+
+    def resolved(self, needs: str) -> SlurmSettings:
+        """These settings with every open resource set to the default of ``needs``."""
+        gpus, cpus, mem = NEEDS[needs]
+        return dataclasses.replace(
+            self,
+            gpus_per_node=gpus if self.gpus_per_node is None else self.gpus_per_node,
+            cpus_per_task=cpus if self.cpus_per_task is None else self.cpus_per_task,
+            mem_gb=mem if self.mem_gb is None else self.mem_gb,
+        )
+
+
+# What a job asks by default (GPUs per node, CPUs, GB of memory), by what its work needs: a toy
+# world's model (what the issue's one-node runs fit in), a real model on CPU, one on a GPU.
+NEEDS = {"toy": (0, 1, 4), "cpu": (0, 4, 32), "gpu": (1, 4, 32)}
 
 
 # The short names of ``--slurm key=value,...`` and the fields they set.
@@ -113,18 +129,22 @@ def parse_slurm_spec(spec: str, base: SlurmSettings | None = None) -> SlurmSetti
     return settings
 
 
-def needs_gpu(model: str, device: str | None) -> bool:
-    """Whether work on ``model`` asks a GPU by default: not a toy-world model, not ``--device
-    cpu``."""
+def work_needs(model: str, device: str | None) -> str:
+    """The :data:`NEEDS` of work on ``model``: ``toy`` for a toy-world model, ``cpu`` with
+    ``--device cpu``, else ``gpu``."""
     from remedi import settings
 
+    if settings.is_toy(model):
+        return "toy"
     if device is not None and device.startswith("cpu"):
-        return False
-    return not settings.is_toy(model)
+        return "cpu"
+    return "gpu"
 
 
-def _gpus(slurm: SlurmSettings, gpu: bool) -> int:
-    return slurm.gpus_per_node if slurm.gpus_per_node is not None else int(gpu)
+def most_needs(needs: Sequence[str]) -> str:
+    """The largest of several works' :data:`NEEDS` (one setting covers every job of a run)."""
+    order = list(NEEDS)
+    return max(needs, key=order.index, default="toy")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -305,7 +325,7 @@ def run_jobs(
     executor_kind: str,
     folder: Path,
     slurm: SlurmSettings | None = None,
-    gpu: bool = False,
+    needs: str = "toy",
     parallel: int = 1,
     poll_seconds: float = 5.0,
 ) -> dict[str, list[str]]:
@@ -326,7 +346,7 @@ def run_jobs(
             executor_kind,
             folder,
             slurm or SlurmSettings(),
-            gpu,
+            needs,
             parallel,
             lambda: status_line(job_states(named)),
             poll_seconds,
@@ -397,12 +417,13 @@ HOPELESS_REASONS = {
 }
 
 
-def explain_refusal(message: str, slurm: SlurmSettings, gpus: int) -> str:
-    """A :class:`SubmissionError` message for sbatch's ``message``: the resource and the fix."""
+def explain_refusal(message: str, slurm: SlurmSettings) -> str:
+    """A :class:`SubmissionError` message for sbatch's ``message`` about jobs that asked
+    ``slurm`` (resolved): the resource and the fix."""
     lines = [line.strip() for line in message.splitlines() if "sbatch: error" in line]
     said = "; ".join(dict.fromkeys(lines)) if lines else message.strip().splitlines()[-1]
     values = {
-        "gpus": gpus,
+        "gpus": slurm.gpus_per_node,
         "partition": slurm.partition,
         "time": slurm.timeout_min,
         "mem": slurm.mem_gb,
@@ -413,7 +434,8 @@ def explain_refusal(message: str, slurm: SlurmSettings, gpus: int) -> str:
             return f"Slurm refused the jobs ({said}): {advice.format(**values)}"
     return (
         f"Slurm refused the jobs ({said}); they asked partition={slurm.partition or 'default'}, "
-        f"time={slurm.timeout_min}, cpus={slurm.cpus_per_task}, mem={slurm.mem_gb}, gpus={gpus}: "
+        f"time={slurm.timeout_min}, cpus={slurm.cpus_per_task}, mem={slurm.mem_gb}, "
+        f"gpus={slurm.gpus_per_node}: "
         "change what the message names (--slurm key=value, or the sweep file's slurm: fields)"
     )
 
@@ -494,9 +516,9 @@ def _hopeless_reason(array_ids: set[str]) -> str | None:
     return None
 
 
-def make_executor(kind: str, folder: Path, slurm: SlurmSettings, gpu: bool, parallel: int) -> Any:
-    """A submitit executor: ``local`` (this machine), or ``slurm`` with ``slurm``'s resources
-    (``gpu``: whether the work needs a GPU where ``slurm`` leaves it open)."""
+def make_executor(kind: str, folder: Path, slurm: SlurmSettings, parallel: int) -> Any:
+    """A submitit executor: ``local`` (this machine), or ``slurm`` with the resources of
+    ``slurm`` (resolved: every resource set)."""
     if kind not in EXECUTORS:
         raise errors.UsageError(f"unknown executor {kind!r}; use one of {', '.join(EXECUTORS)}")
     if kind == "local":
@@ -510,7 +532,7 @@ def make_executor(kind: str, folder: Path, slurm: SlurmSettings, gpu: bool, para
     from submitit.slurm.slurm import SlurmExecutor
 
     slurm_executor = SlurmExecutor(folder=str(folder))
-    gpus = _gpus(slurm, gpu)
+    gpus = slurm.gpus_per_node
     slurm_executor.update_parameters(
         time=slurm.timeout_min,
         cpus_per_task=slurm.cpus_per_task,
@@ -529,12 +551,13 @@ def submit_and_wait(
     executor_kind: str,
     folder: Path,
     slurm: SlurmSettings,
-    gpu: bool,
+    needs: str,
     parallel: int,
     progress: Callable[[], str],
     poll_seconds: float = 5.0,
 ) -> None:
-    """Run ``work`` on the payloads (one job each, named ``names``) and wait, logging progress.
+    """Run ``work`` on the payloads (one job each, named ``names``) and wait, logging progress;
+    ``needs`` (:data:`NEEDS`) fills the resources ``slurm`` leaves open.
 
     Local: the payloads are dealt round-robin to ``parallel`` processes, each running its share in
     turn. Slurm: one array task per payload, ``parallel`` at once. On Ctrl-C the jobs are
@@ -543,7 +566,8 @@ def submit_and_wait(
     """
     from submitit.core.utils import FailedJobError
 
-    executor = make_executor(executor_kind, folder, slurm, gpu, parallel)
+    slurm = slurm.resolved(needs)
+    executor = make_executor(executor_kind, folder, slurm, parallel)
     if executor_kind == "local":
         shares = [
             list(range(len(payloads)))[i::parallel] for i in range(min(parallel, len(payloads)))
@@ -555,7 +579,7 @@ def submit_and_wait(
             with executor.batch():
                 jobs = [executor.submit(work, [payload]) for payload in payloads]
         except FailedJobError as error:
-            raise SubmissionError(explain_refusal(str(error), slurm, _gpus(slurm, gpu))) from None
+            raise SubmissionError(explain_refusal(str(error), slurm)) from None
         # submitit makes every array task a plain SlurmJob: watch them through the queue.
         watcher = _queue_watcher()
         for job in jobs:
@@ -574,7 +598,7 @@ def submit_and_wait(
                 for job in jobs:
                     job.cancel(check=False)
                 refusal = f"sbatch: error: the jobs pend for {reason}: {HOPELESS_REASONS[reason]}"
-                raise SubmissionError(explain_refusal(refusal, slurm, _gpus(slurm, gpu)))
+                raise SubmissionError(explain_refusal(refusal, slurm))
             line = progress()
             if line != last:
                 logger.info("progress: %s", line)

@@ -22,7 +22,7 @@ from tests.slurm_fixtures import REQUIRE_SLURM, LocalCluster, missing_requiremen
 from tests.test_canonical import _tiny_config, _write_yaml, tiny_model_dir  # noqa: F401
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
-TOY = jobs.SlurmSettings(cpus_per_task=1, mem_gb=1, timeout_min=10)
+TOY = jobs.SlurmSettings(mem_gb=1, timeout_min=10)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -39,14 +39,20 @@ def test_slurm_flags_set_each_resource_and_a_bad_one_says_the_form():
         jobs.parse_slurm_spec("mem=lots")
 
 
-def test_a_gpu_is_asked_only_where_the_model_needs_one():
-    assert jobs.needs_gpu("gpt2-xl", None)
-    assert not jobs.needs_gpu("gpt2-xl", "cpu")
-    assert not jobs.needs_gpu("toy", None)
+def test_a_gpu_is_asked_only_where_the_model_needs_one_and_a_toy_asks_little():
+    assert jobs.work_needs("gpt2-xl", None) == "gpu"
+    assert jobs.work_needs("gpt2-xl", "cpu") == "cpu"
+    assert jobs.work_needs("toy", None) == "toy"
+    assert jobs.most_needs(["toy", "gpu", "cpu"]) == "gpu"
+    toy = jobs.SlurmSettings().resolved("toy")
+    assert (toy.gpus_per_node, toy.cpus_per_task, toy.mem_gb) == (0, 1, 4)
+    real = jobs.SlurmSettings(mem_gb=64).resolved("gpu")
+    assert (real.gpus_per_node, real.cpus_per_task, real.mem_gb) == (1, 4, 64)
+    assert jobs.SlurmSettings(gpus_per_node=0).resolved("gpu").gpus_per_node == 0
 
 
 def test_each_refusal_names_the_resource_and_the_fix():
-    settings = jobs.SlurmSettings(partition="gpu", timeout_min=600, cpus_per_task=64, mem_gb=900)
+    settings = jobs.SlurmSettings("gpu", 600, gpus_per_node=1, cpus_per_task=64, mem_gb=900)
     said = {
         "sbatch: error: Invalid generic resource (gres) specification": "gpus=0",
         "sbatch: error: invalid partition specified: gpu": "partition 'gpu'",
@@ -58,7 +64,7 @@ def test_each_refusal_names_the_resource_and_the_fix():
         "sbatch: error: something new": "change what the message names",
     }
     for message, fix in said.items():
-        assert fix in jobs.explain_refusal(message, settings, gpus=1), message
+        assert fix in jobs.explain_refusal(message, settings), message
 
 
 def test_a_job_whose_slurm_job_left_the_queue_is_pending(tmp_path: Path):
@@ -73,7 +79,7 @@ def test_a_job_whose_slurm_job_left_the_queue_is_pending(tmp_path: Path):
 def test_without_slurm_the_slurm_executor_says_how_to_get_it(tmp_path, monkeypatch):
     monkeypatch.setenv("PATH", str(tmp_path))
     with pytest.raises(errors.UsageError, match="apt-get install slurm-wlm munge"):
-        jobs.make_executor("slurm", tmp_path, TOY, gpu=False, parallel=1)
+        jobs.make_executor("slurm", tmp_path, TOY.resolved("toy"), parallel=1)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -174,7 +180,7 @@ def test_an_interrupted_run_is_cancelled_and_resumes_what_is_left(
             "slurm",
             root / "submitit",
             TOY,
-            False,
+            "toy",
             1,
             interrupt,
         )
@@ -194,12 +200,13 @@ def test_a_refused_submission_names_the_resource_and_the_fix(cluster: LocalClust
     todo = [jobs.CommandJob("a", str(tmp_path / "a"), [["platform"]], ".")]
     # The default for a real model asks one GPU; this node has none.
     with pytest.raises(jobs.SubmissionError, match=r"asked 1 GPU.*gpus=0"):
-        jobs.run_jobs(todo, "slurm", tmp_path / "submitit", jobs.SlurmSettings(), gpu=True)
+        jobs.run_jobs(todo, "slurm", tmp_path / "submitit", jobs.SlurmSettings(), "gpu")
     # More CPUs than the node has: accepted by sbatch, then pending for ever; cancelled.
     greedy = jobs.SlurmSettings(cpus_per_task=64, mem_gb=1)
     with pytest.raises(jobs.SubmissionError, match=r"pend for PartitionConfig.*64 CPUs"):
         jobs.run_jobs(todo, "slurm", tmp_path / "submitit", greedy, poll_seconds=0.5)
-    assert not cluster.run("squeue", "--noheader").stdout.strip()
+    # Cancelled (the jobs of earlier tests may still be leaving the queue).
+    assert not cluster.run("squeue", "--noheader", "--states=PENDING").stdout.strip()
     assert jobs.job_state(tmp_path / "a") == "pending"
 
 
@@ -223,7 +230,7 @@ def test_a_canonical_sweep_on_slurm_matches_the_local_run(
             {
                 "output_dir": str(tmp_path / executor),
                 "parallel": 2,
-                "slurm": {"cpus_per_task": 1, "mem_gb": 2},
+                "slurm": {"cpus_per_task": 1, "mem_gb": 2},  # a CPU run asks no GPU by itself
                 "experiments": [{"config": "tiny.yaml", "grid": {"seed": seeds}}],
             },
         )
@@ -277,7 +284,7 @@ def test_a_task_runs_its_jobs_on_slurm_with_their_bookkeeping_under_results(
         (f"layer_{layer}", [["json.tool", str(source), str(tmp_path / f"out{layer}.json")]])
         for layer in (0, 1)
     ]
-    tasks._run_jobs(Context(), "toy_sweep", work, "slurm", "cpus=1,mem=1,time=5,gpus=0", gpu=True)
+    tasks._run_jobs(Context(), "toy_sweep", work, "slurm", "cpus=1,mem=1,time=5,gpus=0", "gpu")
     assert "toy_sweep: 2 done, 0 running, 0 failed, 0 pending (of 2)" in capsys.readouterr().out
     for layer in (0, 1):
         assert json.loads((tmp_path / f"out{layer}.json").read_text()) == [3]
@@ -289,4 +296,4 @@ def test_a_task_runs_its_jobs_on_slurm_with_their_bookkeeping_under_results(
     from invoke.exceptions import Exit
 
     with pytest.raises(Exit, match="key=value"):
-        tasks._run_jobs(Context(), "toy_sweep", work, "slurm", "cores=2", gpu=False)
+        tasks._run_jobs(Context(), "toy_sweep", work, "slurm", "cores=2", "toy")

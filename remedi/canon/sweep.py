@@ -12,9 +12,9 @@ A sweep YAML names base experiments and a grid of dotted-key overrides for each:
 Every grid point is one experiment in ``<output_dir>/<name>``; a finished one (its
 ``result.json``) is never rerun, so running the sweep again after an interruption runs only
 what is left. :func:`sweep_status` counts done / running / failed / pending experiments (the
-bookkeeping of :mod:`remedi.jobs`). ``slurm`` (optional) sets each Slurm job's resources; without
-``gpus_per_node`` a job asks one GPU only if an experiment needs one (a toy model, or
-``device: cpu``, asks none).
+bookkeeping of :mod:`remedi.jobs`). ``slurm`` (optional) sets each Slurm job's resources; what it leaves
+out is what the experiments need (:data:`remedi.jobs.NEEDS`): one GPU only for a real model not on
+``device: cpu``, and 1 CPU and 4 GB for a toy-world model.
 """
 
 from __future__ import annotations
@@ -182,7 +182,7 @@ def run_sweep(
         executor_kind,
         Path(sweep.output_dir) / "submitit",
         slurm or sweep.slurm,
-        any(jobs.needs_gpu(config.model, config.device) for config in todo),
+        jobs.most_needs([jobs.work_needs(config.model, config.device) for config in todo]),
         sweep.parallel,
         lambda: status_line(sweep_status(experiments)),
         poll_seconds,
