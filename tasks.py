@@ -56,6 +56,13 @@ SWEEP_HELP = {
     "the run's early-stopping split, never its test split) or reference (the reference's --small "
     "rows 5000-5999, which our runs do not hold out).",
 }
+JOBS_HELP = {
+    "executor": "Run as jobs, resumable (done/running/failed kept under results/NAME/jobs): local "
+    "(this machine, one at a time) or slurm (one array task each); default: run here in turn.",
+    "slurm": "Slurm resources, e.g. 'partition=gpu,time=120,cpus=4,mem=16,gpus=1' (time in "
+    "minutes, mem in GB; default: 1 CPU, 4 GB for a toy model; 4 CPUs, 32 GB and 1 GPU, none with "
+    "--device cpu, for a real one).",
+}
 CRITERION_HELP = "How the layer is picked: reference (default, the REMEDI reference's) or {}."
 MCRAE_MODEL_HELP = f"Model name or alias (default {DEFAULT_MODEL}; 'toy' for the toy norms)."
 
@@ -109,6 +116,40 @@ def _python(c: Context, module: str, args: list[str]) -> None:
         result = c.run(command, echo=True, pty=False, warn=True)
     if result is not None and result.failed:
         raise Exit(code=result.exited)
+
+
+def _run_jobs(
+    c: Context,
+    name: str,
+    work: Sequence[tuple[str, list[list[str]]]],
+    executor: str,
+    slurm: str,
+    needs: str,
+) -> None:
+    """Run ``work`` (job name, its ``[module, *args]`` commands; ``needs``: see
+    :data:`remedi.jobs.NEEDS`): here in turn without
+    ``executor``, else as resumable jobs through :mod:`remedi.jobs` (bookkeeping and logs in
+    ``results/<name>/jobs/<job>``)."""
+    if not executor:
+        for _, commands in work:
+            for module, *args in commands:
+                _python(c, module, args)
+        return
+    import logging
+
+    from remedi import jobs
+    from remedi.env import results_dir
+
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", datefmt="%H:%M:%S")
+    root = results_dir() / name / "jobs"
+    todo = [
+        jobs.CommandJob(job, str(root / job), commands, str(REPO_ROOT)) for job, commands in work
+    ]
+    with _bad_input():
+        resources = jobs.parse_slurm_spec(slurm)
+        parallel = len(todo) if executor == "slurm" else 1
+        states = jobs.run_jobs(todo, executor, root / "submitit", resources, needs, parallel)
+    print(f"{name}: {jobs.status_line(states)}")
 
 
 @contextlib.contextmanager
@@ -268,11 +309,22 @@ def _train(
 ) -> None:
     """Train editors on ``dataset`` at ``layers`` (scripts/train_editors.py), then ``flags``; a
     toy-world model trains on ``file`` or its world's export, with the toy's settings."""
+    _python(c, "scripts.train_editors", _train_args(dataset, model, layers, name, flags, file))
+
+
+def _train_args(
+    dataset: str,
+    model: str,
+    layers: list[int],
+    name: str,
+    flags: Sequence[str],
+    file: str | None = None,
+) -> list[str]:
+    """The arguments of scripts/train_editors.py for :func:`_train`."""
     data_args = _dataset_args(model, dataset, file)
     data_args = data_args if "-d" in data_args else ["-d", dataset, *data_args]
     args = ["-n", name, "-m", model, *data_args, "-l", *map(str, layers)]
-    args += settings.training_flags(model, dataset)
-    _python(c, "scripts.train_editors", [*args, *flags])
+    return [*args, *settings.training_flags(model, dataset), *flags]
 
 
 def _trained_editors(
@@ -443,20 +495,41 @@ def _sweep_editing_layer(
     device: str | None,
     selection: Sequence[str],
     file: str | None = None,
+    executor: str = "",
+    slurm: str = "",
 ) -> None:
     """Train one editor per swept layer, evaluate each on a small split, collect the sweep
-    (``selection``: how :mod:`scripts.sweep_layers` picks the layer)."""
+    (``selection``: how :mod:`scripts.sweep_layers` picks the layer). With ``executor``, each
+    layer is one job (train, then evaluate); without, the editors train in one run first."""
     editors = _run_name(f"editors_{dataset}", model) + "_sweep"
     name = _run_name(f"sweep_{kind.split('_')[0]}_{dataset}", model)  # gen or ent
-    _train(c, dataset, model, swept, editors, _flags(device), file)
     from remedi.env import results_dir
 
-    for layer in swept:
+    def evaluation(layer: int) -> list[str]:
         args = ["-n", f"{name}/layer_{layer}", "-e", str(results_dir() / editors), "-m", model]
-        args += ["-l", str(layer), *eval_args, *_flags(device)]
-        _python(c, f"scripts.{script}", args)
+        return [f"scripts.{script}", *args, "-l", str(layer), *eval_args, *_flags(device)]
+
+    if executor:
+        train = [
+            _train_args(dataset, model, [layer], editors, _flags(device), file) for layer in swept
+        ]
+        work = [
+            (f"layer_{layer}", [["scripts.train_editors", *args], evaluation(layer)])
+            for layer, args in zip(swept, train, strict=True)
+        ]
+        _run_jobs(c, name, work, executor, slurm, _work_needs(model, device))
+    else:
+        _train(c, dataset, model, swept, editors, _flags(device), file)
+        for layer in swept:
+            _python(c, evaluation(layer)[0], evaluation(layer)[1:])
     title = f"{DATASET_TITLES[dataset]} editing layer sweep, {model}"
     _collect_sweep(c, kind, name, swept, title, selection)
+
+
+def _work_needs(model: str, device: str | None) -> str:
+    from remedi.jobs import work_needs
+
+    return work_needs(model, device)
 
 
 def _entity_sweep_task(dataset: str, script: str, kind: str, summary: str) -> Task:
@@ -1003,6 +1076,7 @@ def dump_all(
 @task(
     help={
         **SWEEP_HELP,
+        **JOBS_HELP,
         "criterion": CRITERION_HELP.format(
             "rome_score (ROME's score S, efficacy/paraphrase/neighborhood, no generation run)"
         ),
@@ -1015,6 +1089,8 @@ def sweep_gen_counterfact(
     layers: str = "",
     split: str = "validation",
     criterion: str = "reference",
+    executor: str = "",
+    slurm: str = "",
 ) -> None:
     """Sweep the editing layer on CounterFact: train one editor per layer, evaluate efficacy,
     paraphrase, neighborhood and (for the reference's criterion) generation on 1,000 cases of
@@ -1028,11 +1104,27 @@ def sweep_gen_counterfact(
     eval_args += _dataset_args(model, "counterfact")
     selection = ["--criterion", criterion, *_num_layers_args(model)]
     _sweep_editing_layer(
-        c, "eval_fact_gen", "gen", "counterfact", model, swept, eval_args, device, selection
+        c,
+        "eval_fact_gen",
+        "gen",
+        "counterfact",
+        model,
+        swept,
+        eval_args,
+        device,
+        selection,
+        executor=executor,
+        slurm=slurm,
     )
 
 
-@task(help={**SWEEP_HELP, "criterion": CRITERION_HELP.format("top1 (decontextual top-1 alone)")})
+@task(
+    help={
+        **SWEEP_HELP,
+        **JOBS_HELP,
+        "criterion": CRITERION_HELP.format("top1 (decontextual top-1 alone)"),
+    }
+)
 def sweep_gen_biosbias(
     c: Context,
     model: str = DEFAULT_MODEL,
@@ -1040,6 +1132,8 @@ def sweep_gen_biosbias(
     layers: str = "",
     split: str = "validation",
     criterion: str = "reference",
+    executor: str = "",
+    slurm: str = "",
 ) -> None:
     """Sweep the editing layer on Bias in Bios: train one editor per layer, evaluate error
     correction on 1,000 samples, pick the layer by the reference's harmonic mean of
@@ -1049,11 +1143,21 @@ def sweep_gen_biosbias(
     eval_args = _sweep_split_args(split, "--max-samples")
     selection = ["--criterion", criterion, *_num_layers_args(model)]
     _sweep_editing_layer(
-        c, "eval_bias_gen", "gen_biosbias", "biosbias", model, swept, eval_args, device, selection
+        c,
+        "eval_bias_gen",
+        "gen_biosbias",
+        "biosbias",
+        model,
+        swept,
+        eval_args,
+        device,
+        selection,
+        executor=executor,
+        slurm=slurm,
     )
 
 
-@task(help={**SWEEP_HELP, "file": "McRae norms file (default: the shared data's)."})
+@task(help={**SWEEP_HELP, **JOBS_HELP, "file": "McRae norms file (default: the shared data's)."})
 def sweep_ent_mcrae(
     c: Context,
     model: str = DEFAULT_MODEL,
@@ -1061,6 +1165,8 @@ def sweep_ent_mcrae(
     layers: str = "",
     file: str | None = None,
     split: str = "validation",
+    executor: str = "",
+    slurm: str = "",
 ) -> None:
     """Sweep the editing layer on McRae: train one editor per layer, evaluate entailment on
     1,000 samples, pick the layer whose co-occurring features correlate best with the norms."""
@@ -1068,7 +1174,18 @@ def sweep_ent_mcrae(
     eval_args = _sweep_split_args(split, "--max-samples")
     selection = ["--criterion", "reference"]
     _sweep_editing_layer(
-        c, "eval_entailment", "ent", "mcrae", model, swept, eval_args, device, selection, file
+        c,
+        "eval_entailment",
+        "ent",
+        "mcrae",
+        model,
+        swept,
+        eval_args,
+        device,
+        selection,
+        file,
+        executor=executor,
+        slurm=slurm,
     )
 
 
@@ -1132,6 +1249,7 @@ def trace_counterfact(
         "n": "Edit the first N cases (default 1000; those the model answers correctly).",
         "device": HELP["device"],
         "rerun": "Recompute finished edits.",
+        **JOBS_HELP,
     }
 )
 def edit_problems(
@@ -1142,10 +1260,21 @@ def edit_problems(
     n: int = 1000,
     device: str | None = None,
     rerun: bool = False,
+    executor: str = "",
+    slurm: str = "",
 ) -> None:
     """The five editing problems (Hase et al.) for one method, at each layer."""
     args = ["-m", model, "--method", method, "--edit-layer", edit_layer, "-n", str(n)]
     args += [*_dataset_args(model, "counterfact"), *_flags(device, rerun=rerun)]
+    if executor:  # one job per layer; then the tables of every layer, here (nothing recomputed)
+        layers = _sweep_layers(model, "" if edit_layer == "all" else edit_layer)
+        work = [
+            (f"layer_{layer}", [["scripts.edit_problems", *args, "--edit-layer", str(layer)]])
+            for layer in layers
+        ]
+        name = f"edit_problems_{_model_slug(model)}_{method}"
+        _run_jobs(c, name, work, executor, slurm, _work_needs(model, device))
+        args = [arg for arg in args if arg != "--rerun"]
     _python(c, "scripts.edit_problems", args)
 
 
@@ -1179,6 +1308,7 @@ def edit_analysis(c: Context, model: str = DEFAULT_MODEL, methods: str | None = 
         "ran it).",
         "tasks": "Comma-separated tasks, or all.",
         "editors": "REMEDI training run under results/ (default editors_counterfact_<model>).",
+        **JOBS_HELP,
     }
 )
 def harm_run(
@@ -1195,30 +1325,52 @@ def harm_run(
     task_limit: str | None = None,
     editors: str | None = None,
     device: str | None = None,
+    executor: str = "",
+    slurm: str = "",
 ) -> None:
-    """Edit N facts under a mode and score the edits and the general tasks after each N."""
+    """Edit N facts under a mode and score the edits and the general tasks after each N (with
+    comma-separated methods or modes: each pair, one job each under --executor)."""
     from remedi.env import results_dir
 
-    args = ["--model", model, "--method", method, "--mode", mode]
-    if edits is not None:
-        args += ["--edits", edits]
-    args += ["--batch-size", str(batch_size), "--tasks", tasks]
+    shared = ["--edits", edits] if edits is not None else []
+    shared += ["--batch-size", str(batch_size), "--tasks", tasks]
     editors_dir = results_dir() / (editors or f"editors_counterfact_{_model_slug(model)}")
     if editors_dir.is_dir():
-        args += ["--editors", str(editors_dir)]
+        shared += ["--editors", str(editors_dir)]
     else:  # edits from the data itself: for a toy model, its world's CounterFact export
-        args += _dataset_args(model, "counterfact")
+        shared += _dataset_args(model, "counterfact")
     if rect is not None:
-        args += ["--rect", rect]
+        shared += ["--rect", rect]
     if regularizer is not None:
-        args += ["--regularizer", regularizer]
+        shared += ["--regularizer", regularizer]
     if setting is not None:
-        args += ["--setting", setting]
+        shared += ["--setting", setting]
     if task_limit is not None:
-        args += ["--task-limit", task_limit]
+        shared += ["--task-limit", task_limit]
     if device:
-        args += ["--device", device]
-    _python(c, "scripts.harm_run", args)
+        shared += ["--device", device]
+    work = [
+        (
+            f"{one_method}-{one_mode}",
+            [
+                [
+                    "scripts.harm_run",
+                    "--model",
+                    model,
+                    "--method",
+                    one_method,
+                    "--mode",
+                    one_mode,
+                    *shared,
+                ]
+            ],
+        )
+        for one_method in _comma_list(method)
+        for one_mode in _comma_list(mode)
+    ]
+    _run_jobs(
+        c, f"jobs_harm_{_model_slug(model)}", work, executor, slurm, _work_needs(model, device)
+    )
 
 
 @task(help={"model": "Model whose harm runs to report.", "name": "Output name under results/."})
@@ -1280,13 +1432,17 @@ def canon_run(c: Context, config: str, rerun: bool = False) -> None:
         "sweep": "Sweep YAML (configs/canon/sweeps/*.yaml).",
         "executor": "local (this machine) or slurm.",
         "status": "Only print the done/running/failed summary.",
+        "slurm": JOBS_HELP["slurm"].replace("(time", "over the sweep file's slurm: fields (time"),
     }
 )
-def canon_sweep(c: Context, sweep: str, executor: str = "local", status: bool = False) -> None:
+def canon_sweep(
+    c: Context, sweep: str, executor: str = "local", status: bool = False, slurm: str = ""
+) -> None:
     """Run a sweep's unfinished experiments through submitit (resumable)."""
     if not status:
         _export_toy_canonical(c, sweep, sweep=True)
     args = ["sweep", sweep, "--executor", executor, *(["--status"] if status else [])]
+    args += ["--slurm", slurm] if slurm else []
     _python(c, "scripts.canon", args)
 
 

@@ -22,7 +22,7 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from remedi import canon, cli, env
+from remedi import canon, cli, env, jobs
 from remedi.canon import report, search_space, sweep
 from remedi.toy import canonical as toy_canonical
 from remedi.toy.build import ensure_toy_world
@@ -39,6 +39,12 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     run_sweep = commands.add_parser("sweep", help="run a sweep's unfinished experiments")
     run_sweep.add_argument("sweep", type=Path, help="sweep YAML")
     run_sweep.add_argument("--executor", choices=sweep.EXECUTORS, default="local")
+    run_sweep.add_argument(
+        "--slurm",
+        default="",
+        help="Slurm resources over the sweep file's slurm: fields, e.g. "
+        "'partition=gpu,time=120,cpus=4,mem=16,gpus=1' (time in minutes, mem in GB)",
+    )
     run_sweep.add_argument(
         "--status", action="store_true", help="only print the done/running/failed summary"
     )
@@ -82,14 +88,16 @@ def main(argv: Sequence[str] | None = None) -> int:
             print(json.dumps(stats.to_dict()))
         print(f"result: {canon.experiment.output_dir(config) / canon.experiment.RESULT_FILE}")
     elif args.command == "sweep":
+        sweep_config, experiments = sweep.load_sweep(args.sweep)
         if args.status:
-            _, experiments = sweep.load_sweep(args.sweep)
             states = sweep.sweep_status(experiments)
         else:
-            states = sweep.run_sweep(args.sweep, args.executor)
+            slurm = jobs.parse_slurm_spec(args.slurm, sweep_config.slurm)
+            states = sweep.run_sweep(args.sweep, args.executor, slurm=slurm)
         print(f"sweep {args.sweep}: {sweep.status_line(states)}")
+        failures = sweep.sweep_failures(experiments)
         for name in states["failed"]:
-            print(f"failed: {name}")
+            print(f"failed: {name}: {failures.get(name, 'no error recorded')}")
         return 1 if states["failed"] else 0
     elif args.command == "report":
         bounds = args.bound or list(canon.SEED_BOUNDS)

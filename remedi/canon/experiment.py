@@ -16,9 +16,7 @@ from __future__ import annotations
 
 import logging
 import math
-import os
 import random
-import socket
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -27,7 +25,7 @@ from typing import Any
 import torch
 from dataclasses_json import DataClassJsonMixin
 
-from remedi import env, errors, io, models
+from remedi import env, errors, io, jobs, models
 from remedi.canon import scoring
 from remedi.canon.config import ExperimentConfig, config_from_dict
 from remedi.canon.methods import method_hparams, one_shot_edit
@@ -40,8 +38,8 @@ from remedi.methods.tuning import Trainable
 logger = logging.getLogger(__name__)
 
 RESULT_FILE = "result.json"
-STATUS_FILE = "status.json"
-FAILED_FILE = "failed.json"
+STATUS_FILE = jobs.STATUS_FILE
+FAILED_FILE = jobs.FAILED_FILE
 
 SEED_BOUNDS = (1e-3, 1e-4, 1e-5)
 """The seed's degradation bounds ("leagues"): relative increase of the general loss."""
@@ -267,16 +265,7 @@ def make_optimizer(
 
 
 def _write_status(directory: Path, state: str, **details: Any) -> None:
-    io.write_json(
-        directory / STATUS_FILE,
-        {
-            "state": state,
-            "pid": os.getpid(),
-            "host": socket.gethostname(),
-            "time": time.strftime("%Y-%m-%dT%H:%M:%S"),
-            **details,
-        },
-    )
+    jobs.write_status(directory, state, **details)
 
 
 def run_experiment(config: ExperimentConfig, rerun: bool = False) -> ExperimentResult:

@@ -4,22 +4,23 @@ A sweep YAML names base experiments and a grid of dotted-key overrides for each:
 
     output_dir: results/canon/sweeps/toy_works_for
     parallel: 1                 # local: jobs at once; slurm: the array's parallelism
+    slurm: {partition: gpu, timeout_min: 240, gpus_per_node: 1, cpus_per_task: 4, mem_gb: 32}
     experiments:
       - config: ../toy_works_for_full.yaml          # relative to the sweep file
         grid: {training.learning_rate: [3.0e-4, 1.0e-3]}
 
 Every grid point is one experiment in ``<output_dir>/<name>``; a finished one (its
 ``result.json``) is never rerun, so running the sweep again after an interruption runs only
-what is left. :func:`sweep_status` counts done / running / failed / pending experiments.
+what is left. :func:`sweep_status` counts done / running / failed / pending experiments (the
+bookkeeping of :mod:`remedi.jobs`). ``slurm`` (optional) sets each Slurm job's resources; what it leaves
+out is what the experiments need (:data:`remedi.jobs.NEEDS`): one GPU only for a real model not on
+``device: cpu``, and 1 CPU and 4 GB for a toy-world model.
 """
 
 from __future__ import annotations
 
 import itertools
 import logging
-import os
-import socket
-import time
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -27,7 +28,7 @@ from typing import Any
 
 import yaml
 
-from remedi import errors, io
+from remedi import errors, jobs
 from remedi.canon.config import (
     ExperimentConfig,
     _build,
@@ -35,18 +36,13 @@ from remedi.canon.config import (
     load_config,
     with_overrides,
 )
-from remedi.canon.experiment import (
-    FAILED_FILE,
-    RESULT_FILE,
-    STATUS_FILE,
-    output_dir,
-    run_experiment,
-)
+from remedi.canon.experiment import RESULT_FILE, output_dir, run_experiment
+from remedi.jobs import SlurmSettings, status_line
 
 logger = logging.getLogger(__name__)
 
-EXECUTORS = ("local", "slurm")
-STATES = ("done", "running", "failed", "pending")
+EXECUTORS = jobs.EXECUTORS
+STATES = jobs.STATES
 
 
 @dataclass
@@ -62,17 +58,6 @@ class SweepEntry:
     grid: dict[str, list[Any]] = field(default_factory=dict)
     name: str | None = None
     overrides: dict[str, Any] = field(default_factory=dict)
-
-
-@dataclass
-class SlurmSettings:
-    """Resources of each Slurm job (``partition`` None: the cluster's default)."""
-
-    partition: str | None = None
-    timeout_min: int = 240
-    gpus_per_node: int = 1
-    cpus_per_task: int = 4
-    mem_gb: int = 32
 
 
 @dataclass
@@ -130,48 +115,27 @@ def load_sweep(path: Path) -> tuple[SweepConfig, list[ExperimentConfig]]:
     return sweep, experiments
 
 
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
 def experiment_state(directory: Path) -> str:
-    """``done`` (result written), ``failed``, ``running`` (a live process), else ``pending``.
-
-    A run whose process died on this host without finishing (an interruption) is pending.
-    """
-    directory = Path(directory)
-    if (directory / RESULT_FILE).is_file():
-        return "done"
-    if (directory / FAILED_FILE).is_file():
-        return "failed"
-    status_path = directory / STATUS_FILE
-    if status_path.is_file():
-        status = io.read_json(status_path, "experiment status")
-        elsewhere = status.get("host") != socket.gethostname()
-        if status.get("state") == "running" and (elsewhere or _pid_alive(int(status["pid"]))):
-            return "running"
-    return "pending"
+    """``done`` (result written), ``failed``, ``running`` or ``pending``
+    (:func:`remedi.jobs.job_state`): an experiment whose process died without finishing (an
+    interruption) is pending."""
+    return jobs.job_state(directory, RESULT_FILE)
 
 
 def sweep_status(experiments: list[ExperimentConfig]) -> dict[str, list[str]]:
     """Experiment names by state (every state present, possibly empty)."""
-    states: dict[str, list[str]] = {state: [] for state in STATES}
+    named = [(config.name, output_dir(config)) for config in experiments]
+    return jobs.job_states(named, RESULT_FILE)
+
+
+def sweep_failures(experiments: list[ExperimentConfig]) -> dict[str, str]:
+    """The failed experiments' errors, by name."""
+    errors_by_name = {}
     for config in experiments:
-        states[experiment_state(output_dir(config))].append(config.name)
-    return states
-
-
-def status_line(states: dict[str, list[str]]) -> str:
-    """``"3 done, 1 running, 0 failed, 4 pending (of 8)"``."""
-    total = sum(len(names) for names in states.values())
-    counts = ", ".join(f"{len(states[state])} {state}" for state in STATES)
-    return f"{counts} (of {total})"
+        error = jobs.failure(output_dir(config))
+        if error is not None and experiment_state(output_dir(config)) == "failed":
+            errors_by_name[config.name] = error
+    return errors_by_name
 
 
 def run_configs(configs: list[dict[str, Any]]) -> dict[str, str]:
@@ -192,35 +156,18 @@ def run_configs(configs: list[dict[str, Any]]) -> dict[str, str]:
     return outcome
 
 
-def _executor(kind: str, folder: Path, sweep: SweepConfig) -> Any:
-    import submitit
-
-    if kind not in EXECUTORS:
-        raise errors.UsageError(f"unknown executor {kind!r}; use one of {', '.join(EXECUTORS)}")
-    executor = submitit.AutoExecutor(folder=str(folder), cluster=kind)
-    if kind == "slurm":
-        slurm = sweep.slurm
-        executor.update_parameters(
-            timeout_min=slurm.timeout_min,
-            gpus_per_node=slurm.gpus_per_node,
-            cpus_per_task=slurm.cpus_per_task,
-            mem_gb=slurm.mem_gb,
-            slurm_array_parallelism=sweep.parallel,
-            **({"slurm_partition": slurm.partition} if slurm.partition else {}),
-        )
-    else:
-        executor.update_parameters(timeout_min=24 * 60)
-    return executor
-
-
 def run_sweep(
-    path: Path, executor_kind: str = "local", poll_seconds: float = 5.0
+    path: Path,
+    executor_kind: str = "local",
+    poll_seconds: float = 5.0,
+    slurm: SlurmSettings | None = None,
 ) -> dict[str, list[str]]:
     """Submit every unfinished experiment of the sweep and wait, logging progress.
 
     Local: the pending experiments are dealt round-robin to ``parallel`` jobs, each running
-    its share in turn. Slurm: one array job per experiment. On Ctrl-C the jobs are cancelled
-    (finished experiments stay finished) and the interruption propagates.
+    its share in turn. Slurm: one array job per experiment, with ``slurm`` (default: the sweep
+    file's) resources. On Ctrl-C the jobs are cancelled (finished experiments stay finished) and
+    the interruption propagates. A failed experiment is logged with its error, by name.
     """
     sweep, experiments = load_sweep(path)
     states = sweep_status(experiments)
@@ -228,32 +175,20 @@ def run_sweep(
     todo = [c for c in experiments if c.name in states["pending"] or c.name in states["failed"]]
     if not todo:
         return states
-    executor = _executor(executor_kind, Path(sweep.output_dir) / "submitit", sweep)
-    if executor_kind == "local":
-        shares = [todo[i :: sweep.parallel] for i in range(min(sweep.parallel, len(todo)))]
-        jobs = [executor.submit(run_configs, [c.to_dict() for c in share]) for share in shares]
-    else:
-        with executor.batch():
-            jobs = [executor.submit(run_configs, [c.to_dict()]) for c in todo]
-    logger.info("submitted %d %s jobs for %d experiments", len(jobs), executor_kind, len(todo))
-    last = ""
-    try:
-        while not all(job.done() for job in jobs):
-            line = status_line(sweep_status(experiments))
-            if line != last:
-                logger.info("sweep: %s", line)
-                last = line
-            time.sleep(poll_seconds)
-    except KeyboardInterrupt:
-        for job in jobs:
-            job.cancel(check=False)
-        logger.warning("sweep interrupted: %s", status_line(sweep_status(experiments)))
-        raise
-    for job in jobs:
-        try:
-            job.result()
-        except Exception as error:  # a job that died (not an experiment that failed)
-            logger.error("job %s died: %s", job.job_id, error)
+    jobs.submit_and_wait(
+        run_configs,
+        [config.to_dict() for config in todo],
+        [config.name for config in todo],
+        executor_kind,
+        Path(sweep.output_dir) / "submitit",
+        slurm or sweep.slurm,
+        jobs.most_needs([jobs.work_needs(config.model, config.device) for config in todo]),
+        sweep.parallel,
+        lambda: status_line(sweep_status(experiments)),
+        poll_seconds,
+    )
     states = sweep_status(experiments)
     logger.info("sweep finished: %s", status_line(states))
+    for name, error in sweep_failures(experiments).items():
+        logger.error("experiment %s failed: %s", name, error)
     return states
