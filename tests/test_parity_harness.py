@@ -16,7 +16,7 @@ from benchmarks.parity.setup import relative_difference
 def _release(root: Path) -> Path:
     package = root / "fakeref"
     package.mkdir(parents=True)
-    (package / "__init__.py").write_text("")
+    (package / "__init__.py").write_text('NAME = "cuda"\n')
     (package / "device.py").write_text('DEVICE = "cuda"\nOTHER = "cuda"\n')
     return root
 
@@ -29,6 +29,14 @@ def test_patched_module_runs_with_the_replacement_and_is_gone_after(tmp_path: Pa
         assert (module.DEVICE, module.OTHER) == ("cpu", "cpu")
     assert "fakeref" not in sys.modules and "fakeref.device" not in sys.modules
     assert str(root) not in sys.path
+
+
+def test_a_package_init_is_patched_and_its_submodules_import(tmp_path: Path) -> None:
+    root = _release(tmp_path)
+    patches = {"fakeref": [reference.cuda_to_cpu(1)]}
+    with reference.reference_modules(root, ["fakeref"], patches):
+        assert reference.load("fakeref").NAME == "cpu"
+        assert reference.load("fakeref.device").DEVICE == "cuda"  # not patched: not listed
 
 
 def test_a_patch_that_no_longer_matches_the_checkout_fails(tmp_path: Path) -> None:

@@ -5,9 +5,9 @@ Usage::
 
     python -m benchmarks.parity --rome-dir /work/refs/rome --memit-dir /work/refs/memit
 
-Each ``--*-dir`` is a git checkout of the release (kmeng01/rome, kmeng01/memit) outside the
-project; a comparison whose checkout is not given is left out. Exit code 1 if a comparison that is
-meant to agree does not.
+Each ``--*-dir`` is a git checkout of the release (kmeng01/rome, kmeng01/memit,
+john-hewitt/model-editing-canonical-examples) outside the project; a comparison whose checkout is
+not given is left out. Exit code 1 if a comparison that is meant to agree does not.
 """
 
 from __future__ import annotations
@@ -19,29 +19,30 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from benchmarks.parity import causal_tracing, setup, weight_methods
+from benchmarks.parity import canonical, causal_tracing, remedi_loss, setup, weight_methods
 from benchmarks.parity.setup import Comparison
+from remedi import env
 
 logger = logging.getLogger(__name__)
 
-COMPARISONS = ("rome", "rome-prefixes", "memit", "ft", "tracing")
+COMPARISONS = ("rome", "rome-prefixes", "memit", "ft", "tracing", "canonical", "remedi")
 
 
-def run(
-    names: Sequence[str], rome_dir: Path | None, memit_dir: Path | None, layer: int
-) -> list[Comparison]:
-    """Run the named comparisons whose reference checkout is given."""
+def run(args: argparse.Namespace) -> list[Comparison]:
+    """Run the comparisons ``args.only`` names whose reference checkout is given."""
     mt = setup.tiny_gpt2()
     rows: list[Comparison] = []
-    needs = {"memit": memit_dir}
+    layer = args.layer
+    checkouts = {
+        "memit": ("memit", args.memit_dir),
+        "canonical": ("canonical", args.canonical_dir),
+        "remedi": ("remedi", args.remedi_dir),
+    }
+    names, rome_dir = args.only, args.rome_dir
     for name in names:
-        directory = needs.get(name, rome_dir)
+        flag, directory = checkouts.get(name, ("rome", rome_dir))
         if directory is None:
-            logger.warning(
-                "skipping %s: no checkout given (--%s-dir)",
-                name,
-                "memit" if name == "memit" else "rome",
-            )
+            logger.warning("skipping %s: no checkout given (--%s-dir)", name, flag)
             continue
         logger.info("running %s", name)
         if name == "rome":
@@ -64,6 +65,19 @@ def run(
             rows.append(weight_methods.compare_ft(mt, directory, layer, norm_constraint=None))
         elif name == "tracing":
             rows.extend(causal_tracing.compare_tracing(mt, directory))
+        elif name == "canonical":
+            rows.extend(canonical.compare_canonical(mt, directory))
+        elif name == "remedi":
+            if args.baukit_dir is None or args.remedi_python is None:
+                raise SystemExit(
+                    "the REMEDI comparison also needs --baukit-dir and --remedi-python (the "
+                    "reference's package is named remedi too: it runs in its own venv)"
+                )
+            rows.extend(
+                remedi_loss.compare_remedi_loss(
+                    mt, directory, args.baukit_dir, args.remedi_python, layer, args.cases_file
+                )
+            )
     return rows
 
 
@@ -86,6 +100,24 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--rome-dir", type=Path, help="git checkout of kmeng01/rome")
     parser.add_argument("--memit-dir", type=Path, help="git checkout of kmeng01/memit")
     parser.add_argument(
+        "--canonical-dir",
+        type=Path,
+        help="git checkout of john-hewitt/model-editing-canonical-examples",
+    )
+    parser.add_argument("--remedi-dir", type=Path, help="git checkout of evandez/REMEDI")
+    parser.add_argument("--baukit-dir", type=Path, help="git checkout of davidbau/baukit")
+    parser.add_argument(
+        "--remedi-python",
+        type=Path,
+        help="python of a venv that runs the REMEDI reference (transformers 4.46, spaCy)",
+    )
+    parser.add_argument(
+        "--cases-file",
+        type=Path,
+        default=env.shared_data_dir() / "counterfact_easyedit" / "counterfact-edit-1k.json",
+        help="EasyEdit CounterFact file whose first samples the REMEDI comparison uses",
+    )
+    parser.add_argument(
         "--only",
         nargs="+",
         choices=COMPARISONS,
@@ -98,7 +130,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--output", type=Path, help="also write the rows as JSON here")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    rows = run(args.only, args.rome_dir, args.memit_dir, args.layer)
+    rows = run(args)
     print(table(rows))
     for row in rows:
         print(f"\n{row.name}: differences {[f'{d:.2g}' for d in row.differences]}")

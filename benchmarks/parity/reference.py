@@ -79,9 +79,16 @@ class _PatchingFinder(importlib.abc.MetaPathFinder):
     def find_spec(self, fullname: str, path: Any = None, target: Any = None) -> Any:
         if fullname not in self.patches:
             return None
-        file = self.root / (fullname.replace(".", "/") + ".py")
+        base = self.root / fullname.replace(".", "/")
+        package = (base / "__init__.py").is_file()
+        file = base / "__init__.py" if package else base.with_suffix(".py")
         loader = _PatchingLoader(fullname, str(file), self.patches[fullname])
-        return importlib.util.spec_from_file_location(fullname, file, loader=loader)
+        return importlib.util.spec_from_file_location(
+            fullname,
+            file,
+            loader=loader,
+            submodule_search_locations=[str(base)] if package else None,
+        )
 
 
 @contextlib.contextmanager
