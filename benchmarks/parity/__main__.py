@@ -13,6 +13,7 @@ not given is left out. Exit code 1 if a comparison that is meant to agree does n
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import logging
 import sys
@@ -22,6 +23,7 @@ from pathlib import Path
 from benchmarks.parity import canonical, causal_tracing, remedi_loss, setup, weight_methods
 from benchmarks.parity.setup import Comparison
 from remedi import env
+from remedi.methods.rome import RomeHparams
 
 logger = logging.getLogger(__name__)
 
@@ -50,9 +52,14 @@ def run(args: argparse.Namespace) -> list[Comparison]:
             rows.append(weight_methods.compare_rome(mt, directory, layer, with_statistics=True))
         elif name == "rome-prefixes":
             templates = weight_methods.sample_templates(mt)
-            rows.append(
-                weight_methods.compare_rome(mt, directory, layer, False, templates=templates)
-            )
+            # Both closed forms where ours has the option; else ours alone (the averaged key).
+            has_option = "key_in_residual" in {f.name for f in dataclasses.fields(RomeHparams)}
+            for form in ("bare", "mean") if has_option else (None,):
+                rows.append(
+                    weight_methods.compare_rome(
+                        mt, directory, layer, False, templates=templates, key_in_residual=form
+                    )
+                )
         elif name == "memit":
             layers = [layer, layer + 1]
             rows.append(

@@ -106,20 +106,31 @@ def compare_rome(
     layer: int,
     with_statistics: bool,
     templates: Sequence[str] = ("{}",),
+    key_in_residual: str | None = None,
     requests: Sequence[Request] = REQUESTS,
 ) -> Comparison:
     """kmeng01/rome ``execute_rome`` against our ``rome.compute_update``, one request at a time,
     ``C = I`` or a given ``C``, on ``templates`` (default: no prefixes). With prefixes the two
     differ by design: the reference's closed form uses the bare prompt's key where ours uses the
-    averaged key (see :mod:`remedi.methods.rome`)."""
+    averaged key (see :mod:`remedi.methods.rome`).
+
+    ``key_in_residual``: our closed form, where ``RomeHparams`` has that field (``"bare"``: the
+    reference's, ``"mean"``: the averaged key throughout); None leaves our default. Without the
+    field ours is the averaged-key form.
+    """
     moment = key_second_moment(mt, layer) if with_statistics else None
+    options: dict[str, Any] = {}
+    if key_in_residual is not None:
+        options["key_in_residual"] = key_in_residual
     hparams = rome.RomeHparams(
         layer=layer,
         mom2_adjustment=with_statistics,
         context_template_lengths=[],
         kl_prompts=["{} is a"],
         v_stop_loss=5e-2,
+        **options,
     )
+    closed_form = getattr(hparams, "key_in_residual", "mean")
     patches = rome_patches(rome_dir)
     differences = []
     with reference.reference_modules(
@@ -166,6 +177,8 @@ def compare_rome(
     )
     statistics = "C from 4,096 random-token keys" if with_statistics else "C = I"
     prefix_label = f"{prefixes} prefixes of 10 tokens" if prefixes else "no prefixes"
+    if prefixes:
+        prefix_label += f", key_in_residual {closed_form}"
     return Comparison(
         name=f"ROME update ({statistics}, {prefix_label})",
         reference="rome/rome_main.py:execute_rome",
@@ -179,7 +192,7 @@ def compare_rome(
         by_design=(
             "with prefixes the reference divides by the bare prompt's key (k_bare . C^-1 k_avg) "
             "and subtracts W k_bare; ours uses k_avg in both (kmeng01/rome PR #44)"
-            if prefixes
+            if prefixes and closed_form == "mean"
             else ""
         ),
     )
