@@ -133,6 +133,12 @@ def training_loss(
 
     ``good``: its mean; ``bad``: minus its mean; ``balance``: the mean absolute difference
     between the two suffixes; ``good-v-bad``: the mean difference (first minus second).
+
+    The pair losses are per example at any batch size. The seed's ``score_pair_suffix``
+    (``utils.py:52-72``) divides each example's summed NLL, shape ``(batch,)``, by token counts of
+    shape ``(batch, 1)``, so it sums a ``(batch, batch)`` broadcast, ``nll[j] / count[i]`` over all
+    ``i, j``, divided by the batch size; the two agree at batch size 1, which its sweep configs
+    use (``benchmarks/parity/canonical.py`` rebuilds its loss from ours exactly).
     """
     nll, count = example_nll(model, tokenizer, examples, max_length, device)
     average = nll / count.clamp(min=1)
