@@ -175,6 +175,12 @@ def main(argv: Sequence[str] | None = None) -> int:
                 dataset_file = Path(run.args.dataset_file)
         records = data.load_counterfact_records(dataset_file)
         edits = harm.counterfact_edits(evaluation.counterfact_cases(records, test_ids))
+        if test_ids is None and toy_world is not None and args.dataset_file is None:
+            # Without an editors run to take the test split from, edit the world's test
+            # people only: the toy tasks ask about people no edit can touch, and with every
+            # person a candidate they would be empty.
+            test_people = build.load_world(toy_world.name).entities_of_split("test")
+            edits = [edit for edit in edits if edit.request.subject in test_people]
         # Shuffled so that consecutive edits are about different entities (CounterFact lists
         # an entity's facts together); the same seed gives every method the same sequence.
         # zsRE edits keep the file order, as the seed repository takes them.
@@ -199,6 +205,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         task_dir = output_dir / "tasks"
         toy_general.export_toy_tasks(world, task_dir, candidate_entities, args.task_limit or 200)
     task_items = harm.load_task_items(tasks, task_dir, args.task_limit)
+    empty = [task for task, items in task_items.items() if not items]
+    if empty:
+        raise errors.UsageError(
+            f"no items for task(s) {', '.join(empty)} under {task_dir}: the toy tasks ask only "
+            f"about people that none of the {len(candidate_entities)} people this run may edit "
+            "is; edit fewer people (--editors RUN draws the edits from its test split) or pick "
+            "--tasks with items"
+        )
 
     mt = models.load_model(
         args.model, device=device, dtype=args.dtype, experiment=GENERAL_ABILITIES

@@ -385,7 +385,11 @@ def test_the_script_on_toy_small_uses_the_small_world(small_world: BuiltToyWorld
     # other world's, whose entities it would ask about.
     small = World.from_json(io.read_json(small_world.paths.world_file, "toy world"))
     records = data.load_counterfact_records(small_world.paths.counterfact_file)
-    subjects = {case.entity for case in evaluation.counterfact_cases(records)}
+    # Without an editors run, only the world's test people are edited, so the tasks ask about
+    # its training people (with every person a candidate they were empty: NaN scores).
+    test_people = small.entities_of_split("test")
+    subjects = {case.entity for case in evaluation.counterfact_cases(records)} & test_people
+    assert subjects and subjects != {case.entity for case in evaluation.counterfact_cases(records)}
     for world, name in ((small, "expected"), (default_world, "other")):
         toy_general.export_toy_tasks(world, tmp_path / name, subjects, 4)
 
@@ -394,6 +398,8 @@ def test_the_script_on_toy_small_uses_the_small_world(small_world: BuiltToyWorld
 
     exported = task_files(results / "small" / "tasks")
     assert exported == task_files(tmp_path / "expected")
+    checkpoint_0 = json.loads((results / "small" / "checkpoint_0.json").read_text())
+    assert all(task["count"] > 0 for task in checkpoint_0["tasks"])
     assert exported != task_files(tmp_path / "other")
     # ROME's statistics ran on the small world's text, under its key.
     (moment_file,) = (results / "stats").rglob("*_mom2.safetensors")

@@ -268,6 +268,10 @@ class World:
         known = ", ".join(r.relation_id for r in self.relations)
         raise KeyError(f"relation {relation_id!r} is not in this world (known: {known})")
 
+    def entities_of_split(self, split: Split) -> set[str]:
+        """Names of the entities in the editor-training ``split`` (``train`` or ``test``)."""
+        return {entity.name for entity in self.entities if entity.split == split}
+
     def entities_with(self, relation_id: str, value: str) -> list[Entity]:
         """Entities whose ``relation_id`` is ``value``, in world order."""
         return [entity for entity in self.entities if entity.facts.get(relation_id) == value]
