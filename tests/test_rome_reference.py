@@ -16,6 +16,7 @@ import torch
 from remedi import errors, models
 from remedi.methods import common, hparams_file, memit, rome
 from tests.conftest import weighty_gpt2
+from tests.model_fixtures import tiny_llama
 
 REFERENCE_LENGTHS = [[5, 10], [10, 10]]
 
@@ -23,6 +24,12 @@ REFERENCE_LENGTHS = [[5, 10], [10, 10]]
 @pytest.fixture(scope="module")
 def mt(tokenizer) -> models.ModelAndTokenizer:
     return weighty_gpt2(tokenizer)
+
+
+@pytest.fixture(scope="module")
+def llama(llama_tokenizer) -> models.ModelAndTokenizer:
+    model = tiny_llama(llama_tokenizer, initializer_range=0.2).requires_grad_(False)
+    return models.ModelAndTokenizer(model=model, tokenizer=llama_tokenizer, name="tiny-llama")
 
 
 def without_tokens(mt: models.ModelAndTokenizer, *names: str) -> models.ModelAndTokenizer:
@@ -117,7 +124,8 @@ def test_default_prefixes_are_twenty_sampled_after_end_of_text(mt):
     assert templates == common.prefix_templates(mt, rome.RomeHparams(layer=0))
     assert len(templates) == 1 + 10 + 10 and templates[0] == "{}"
     assert all(t.endswith(". {}") and t.count("{}") == 1 for t in templates[1:])
-    eos = mt.tokenizer.eos_token_id
+    eos = mt.tokenizer.convert_tokens_to_ids("<|endoftext|>")
+    assert eos == mt.tokenizer.eos_token_id
     # Ten sequences of 5 tokens, then ten of 10, the end-of-text token included: each pass
     # sees the sequence so far, which always starts with end-of-text alone.
     assert [tuple(ids.shape) for ids in inputs] == [(10, n) for n in (*range(1, 5), *range(1, 10))]
@@ -143,19 +151,36 @@ def test_the_start_words_option_samples_the_old_prefixes(mt, lengths):
     assert common.prefix_templates(mt, hparams) == templates
 
 
-def test_without_end_of_text_prefixes_start_after_bos_and_say_so(mt, caplog):
-    no_eos = without_tokens(mt, "eos_token")
-    assert no_eos.tokenizer.eos_token_id is None and no_eos.tokenizer.bos_token_id is not None
+def test_a_tokenizer_without_end_of_text_samples_after_eos_then_bos_and_says_so(llama, caplog):
+    # Llama's tokenizer has no <|endoftext|>: its EOS </s> starts the prefixes (logged), else its
+    # BOS (a warning), else MEMIT's start words (a warning).
+    tokenizer = llama.tokenizer
+    assert common.END_OF_TEXT not in tokenizer.all_special_tokens
+    with caplog.at_level(logging.INFO, logger="remedi.methods.common"):
+        templates, inputs = recorded_inputs(llama, [[4, 3]], "eos")
+    assert "sampled after its EOS token '</s>'" in caplog.text
+    assert len(templates) == 4
+    assert all(bool((ids[:, 0] == tokenizer.eos_token_id).all()) for ids in inputs)
+
+    caplog.clear()
+    no_eos = without_tokens(llama, "eos_token")
     with caplog.at_level(logging.WARNING, logger="remedi.methods.common"):
         templates, inputs = recorded_inputs(no_eos, [[4, 3]], "eos")
-    assert "no end-of-text token" in caplog.text and "BOS" in caplog.text
-    assert len(templates) == 4
-    assert all(bool((ids[:, 0] == no_eos.tokenizer.bos_token_id).all()) for ids in inputs)
+    assert "no end-of-text token" in caplog.text and "BOS token '<s>'" in caplog.text
+    assert all(bool((ids[:, 0] == tokenizer.bos_token_id).all()) for ids in inputs)
 
-
-def test_without_end_of_text_or_bos_prefixes_fall_back_to_start_words_and_say_so(mt, caplog):
-    bare = without_tokens(mt, "eos_token", "bos_token")
+    caplog.clear()
+    neither = without_tokens(llama, "eos_token", "bos_token")
     with caplog.at_level(logging.WARNING, logger="remedi.methods.common"):
-        templates = common.context_templates(bare, [[6, 3]], seed=0, source="eos")
+        templates = common.context_templates(neither, [[6, 3]], seed=0, source="eos")
     assert "neither an end-of-text nor a BOS token" in caplog.text
-    assert templates == common.context_templates(bare, [[6, 3]], seed=0, source="start_words")
+    assert templates == common.context_templates(neither, [[6, 3]], seed=0, source="start_words")
+
+
+def test_end_of_text_comes_before_a_chat_eos(mt):
+    # SmolLM2's converted tokenizer: EOS is the chat's <|im_end|>, <|endoftext|> (its pretraining
+    # documents' separator, what the reference samples after) only its UNK.
+    tokenizer = copy.deepcopy(mt.tokenizer)
+    tokenizer.add_special_tokens({"eos_token": "<|im_end|>"})
+    assert tokenizer.eos_token_id != tokenizer.convert_tokens_to_ids(common.END_OF_TEXT)
+    assert common.prefix_start_token(tokenizer) == tokenizer.convert_tokens_to_ids("<|endoftext|>")

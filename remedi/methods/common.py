@@ -252,9 +252,9 @@ def context_templates(
     every prefix is sampled after the end-of-text token alone, to ``length`` tokens counting that
     token (``generate_fast``'s ``max_out_len``, ``util/generate.py:105``), decoded, NFKD-normalised,
     ``"\\n\\n"`` made a space and the special tokens' text removed (``util/generate.py:149-155``,
-    which removes ``<|endoftext|>``, GPT-2's only one), without stripping. A tokenizer without an
-    end-of-text token starts from its BOS token; one with neither falls back to the start words,
-    with a warning either way.
+    which removes ``<|endoftext|>``, GPT-2's only one), without stripping. The start
+    token is :func:`prefix_start_token`'s: ``<|endoftext|>``, else the tokenizer's EOS, else its BOS,
+    else (with a warning) the start words.
     ``source="start_words"`` is MEMIT's (``memit/memit_main.py:290-309``): the prefixes start with
     :data:`CONTEXT_TEMPLATE_STARTS` in turn (shuffled), are sampled to about ``length`` tokens and
     stripped.
@@ -279,15 +279,33 @@ def context_templates(
     return templates
 
 
+END_OF_TEXT = "<|endoftext|>"
+"""The text kmeng01/rome samples its prefixes after (``rome/rome_main.py:165``): GPT-2's one special
+token, also GPT-J's and GPT-NeoX's, and SmolLM2's document separator."""
+
+
 def prefix_start_token(tokenizer: Tokenizer) -> int | None:
-    """The token ROME's prefixes are sampled after: end-of-text, else BOS (with a warning);
-    ``None`` (with a warning: the caller falls back to the start words) when there is neither."""
+    """The token ROME's prefixes are sampled after: :data:`END_OF_TEXT` when it is one of the
+    tokenizer's special tokens, else its EOS token (logged), else its BOS token (with a warning);
+    ``None`` (with a warning: the caller falls back to the start words) when there is none.
+
+    :data:`END_OF_TEXT` comes first because it is what the reference feeds: the SmolLM2 conversion
+    here names the chat's ``<|im_end|>`` its EOS and ``<|endoftext|>``, which separates its
+    pretraining documents, its UNK."""
+    if END_OF_TEXT in tokenizer.all_special_tokens:
+        return int(tokenizer.convert_tokens_to_ids(END_OF_TEXT))
     if tokenizer.eos_token_id is not None:
+        logger.info(
+            "the tokenizer has no %s token; ROME's prefixes are sampled after its EOS token %r",
+            END_OF_TEXT,
+            tokenizer.eos_token,
+        )
         return int(tokenizer.eos_token_id)
     if tokenizer.bos_token_id is not None:
         logger.warning(
-            "the tokenizer has no end-of-text token to sample ROME's prefixes after; they are "
-            "sampled after its BOS token %r instead",
+            "the tokenizer has no end-of-text token (%s or EOS) to sample ROME's prefixes after; "
+            "they are sampled after its BOS token %r instead",
+            END_OF_TEXT,
             tokenizer.bos_token,
         )
         return int(tokenizer.bos_token_id)
