@@ -293,7 +293,9 @@ def prefix_start_token(tokenizer: Tokenizer) -> int | None:
     here names the chat's ``<|im_end|>`` its EOS and ``<|endoftext|>``, which separates its
     pretraining documents, its UNK."""
     if END_OF_TEXT in tokenizer.all_special_tokens:
-        return int(tokenizer.convert_tokens_to_ids(END_OF_TEXT))
+        token_id = tokenizer.convert_tokens_to_ids(END_OF_TEXT)
+        assert isinstance(token_id, int)  # one token converts to one id
+        return token_id
     if tokenizer.eos_token_id is not None:
         logger.info(
             "the tokenizer has no %s token; ROME's prefixes are sampled after its EOS token %r",
