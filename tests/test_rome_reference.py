@@ -90,7 +90,7 @@ def test_rome_defaults_and_packaged_files_are_kmeng01s():
     defaults = rome.RomeHparams(layer=5)
     assert defaults.context_template_lengths == REFERENCE_LENGTHS
     assert (defaults.prefix_source, defaults.key_in_residual) == ("eos", "bare")
-    for model in ("gpt2", "gpt2-xl", "gptj"):
+    for model in ("gpt2", "gpt2-xl", "gptj", "toy", "smollm2-135m"):
         packaged = rome.RomeHparams.from_file(hparams_file("rome", model))
         assert packaged.context_template_lengths == REFERENCE_LENGTHS, model
         assert (packaged.prefix_source, packaged.key_in_residual) == ("eos", "bare"), model
