@@ -202,12 +202,8 @@ def benchmark(
     )
 
     start = _start_phase(torch_device)
-    rome_templates = common.context_templates(
-        mt, rome_hparams.context_template_lengths, rome_hparams.seed
-    )
-    memit_templates = common.context_templates(
-        mt, memit_hparams.context_template_lengths, memit_hparams.seed
-    )
+    rome_templates = common.prefix_templates(mt, rome_hparams)
+    memit_templates = common.prefix_templates(mt, memit_hparams)
     result["templates_seconds"] = round(_end_phase(torch_device, start)[0], 3)
 
     start = _start_phase(torch_device)

@@ -140,11 +140,16 @@ def test_the_mlp_output_projection_of_each_family(family, path, transposed, in_f
         models.determine_mlp_output(model, 3)
 
 
+@pytest.mark.parametrize("key_in_residual", ["bare", "mean"])
 @pytest.mark.parametrize("model_name", ["mt64", "llama"])
-def test_rome_update_is_rank_one_and_the_closed_form(model_name, request):
+def test_rome_update_is_rank_one_and_the_closed_form(model_name, key_in_residual, request):
     mt = request.getfixturevalue(model_name)
     layer = 0
-    hparams = rome.RomeHparams(layer=layer, v_num_grad_steps=5)
+    if key_in_residual == "bare":  # the default: kmeng01/rome's closed form
+        hparams = rome.RomeHparams(layer=layer, v_num_grad_steps=5)
+        assert hparams.key_in_residual == "bare"
+    else:
+        hparams = rome.RomeHparams(layer=layer, v_num_grad_steps=5, key_in_residual="mean")
     moment = moment_of(mt, layer)
     update = rome.compute_update(mt, REQUEST, hparams, moment, TEMPLATES)
     projection = models.determine_mlp_output(mt.model, layer)
@@ -154,20 +159,24 @@ def test_rome_update_is_rank_one_and_the_closed_form(model_name, request):
     # Rank one up to the float32 rounding of each entry of the outer product (relative 1e-7).
     assert singular_values[0] > 0 and singular_values[1] / singular_values[0] < 1e-5
 
-    # The closed form, recomputed here in float64 from the key, value and C.
+    # The closed form, recomputed here in float64 from the keys, value and C: the direction is
+    # C^-1 of the key averaged over the prefixes; the residual and the denominator read the
+    # bare prompt's key (kmeng01/rome compute_v.py:170-181) or the averaged one ("mean").
     texts = [t.replace("{}", REQUEST.prompt) for t in TEMPLATES]
-    key = rome.subject_keys(mt, layer, texts, REQUEST.subject).double().mean(0)
+    mean_key = rome.subject_keys(mt, layer, texts, REQUEST.subject).double().mean(0)
+    bare_key = rome.subject_keys(mt, layer, [REQUEST.prompt], REQUEST.subject).double()[0]
+    assert (mean_key - bare_key).norm() > 0.1 * bare_key.norm()  # the prefix moves the key
+    key = bare_key if key_in_residual == "bare" else mean_key
     module = mt.model.get_submodule(projection.module_path)
     with torch.no_grad():
         current = module(key.to(weight.dtype)[None])[0].double()
-    inverse_key = torch.linalg.solve(moment.double(), key)
+    inverse_key = torch.linalg.solve(moment.double(), mean_key)
     expected = torch.outer(update.value.double() - current, inverse_key) / (inverse_key @ key)
     out_in = delta.T if projection.transposed else delta
-    # float32 key, value and factors (the update is built in float32): relative 1e-4.
+    # float32 keys, value and factors (the update is built in float32): relative 1e-4.
     torch.testing.assert_close(out_in, expected, rtol=1e-4, atol=1e-4 * expected.abs().max())
 
-    # The edited layer maps the averaged key to v*, and the update's norm is bounded by
-    # |v* - W k| cond(C) / |k| (the averaged key in both places; PR #44's mismatch is not).
+    # The edited layer maps that key (the bare prompt's, or the averaged one) to v*.
     new_weight = update.new_weight(weight)
     with torch.no_grad():
         original = weight.detach().clone()
@@ -177,9 +186,17 @@ def test_rome_update_is_rank_one_and_the_closed_form(model_name, request):
         finally:
             weight.copy_(original)
     torch.testing.assert_close(edited_out, update.value.double(), rtol=1e-3, atol=1e-3)
-    eigenvalues = torch.linalg.eigvalsh(moment.double())
-    bound = (update.value.double() - current).norm() * eigenvalues[-1] / eigenvalues[0] / key.norm()
-    assert delta.norm() <= bound * (1 + 1e-4)
+    if key_in_residual == "mean":
+        # With the averaged key in both places the update's norm is bounded by
+        # |v* - W k| cond(C) / |k| (kmeng01's mismatched denominator has no such bound).
+        eigenvalues = torch.linalg.eigvalsh(moment.double())
+        bound = (
+            (update.value.double() - current).norm()
+            * eigenvalues[-1]
+            / eigenvalues[0]
+            / mean_key.norm()
+        )
+        assert delta.norm() <= bound * (1 + 1e-4)
     assert torch.equal(original, mt.model.get_parameter(projection.weight_name))
 
 

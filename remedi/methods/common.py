@@ -12,6 +12,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import random
+import unicodedata
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -28,7 +29,16 @@ logger = logging.getLogger(__name__)
 Tokenizer = transformers.PreTrainedTokenizerBase
 
 CONTEXT_TEMPLATE_STARTS = ("The", "Therefore", "Because", "I", "You")
-"""The words ROME's random prefixes start with (each sampled on by the model itself)."""
+"""The words MEMIT's random prefixes start with (kmeng01/memit ``memit/memit_main.py:300``; also
+EasyEdit's ROME, ``easyeditor/models/rome/rome_main.py:214``), each sampled on by the model."""
+
+PREFIX_SOURCES = ("eos", "start_words")
+"""Where random prefixes are sampled from: ``"eos"``, the model's end-of-text token (kmeng01/rome
+``rome/rome_main.py:165``), or ``"start_words"``, :data:`CONTEXT_TEMPLATE_STARTS` (MEMIT's)."""
+
+PREFIX_TOP_K = 5
+"""The prefixes are sampled from the model's five most likely next tokens (kmeng01/rome
+``util/generate.py:82``, ``generate_fast``'s default, which both references use)."""
 
 
 HparamsT = TypeVar("HparamsT", bound="LocateEditHparams")
@@ -56,11 +66,23 @@ class LocateEditHparams(DataClassJsonMixin):
     """Shrink ``C`` towards ``(tr C / d) I`` by this fraction (:func:`shrink_moment`); 0 is the
     papers' ``C``."""
     context_template_lengths: list[list[int]] = field(default_factory=lambda: [[10, 5]])
-    """``[length, count]`` pairs of random prefixes (ROME: five prefixes of 10 tokens)."""
+    """``[length, count]`` pairs of random prefixes: ``count`` prefixes of ``length`` tokens,
+    the start included (MEMIT's default here: five of 10, kmeng01/memit
+    ``memit/memit_main.py:305``; ROME overrides it with ``[[5, 10], [10, 10]]``)."""
+    prefix_source: str = "start_words"
+    """Where the prefixes are sampled from (:data:`PREFIX_SOURCES`; see
+    :func:`context_templates`): MEMIT's start words here, ROME's end-of-text token in ROME."""
     kl_prompts: list[str] = field(default_factory=lambda: ["{} is a"])
     stats_dataset: str = "wikipedia:20200501.en"
     stats_num_texts: int = 100000
     seed: int = 0
+
+    def __post_init__(self) -> None:
+        if self.prefix_source not in PREFIX_SOURCES:
+            raise errors.UsageError(
+                f"{self.method_name}'s prefix_source must be one of {', '.join(PREFIX_SOURCES)}, "
+                f"got {self.prefix_source!r}"
+            )
 
     @classmethod
     def from_file(cls: type[HparamsT], path: Path) -> HparamsT:
@@ -208,37 +230,148 @@ def target_log_probs(logits: torch.Tensor, batch: EditBatch) -> torch.Tensor:
     return (token_log_probs * mask).sum(-1) / mask.sum(-1).clamp(min=1)
 
 
+def prefix_templates(mt: models.ModelAndTokenizer, hparams: LocateEditHparams) -> list[str]:
+    """:func:`context_templates` with ``hparams``' lengths, source and seed."""
+    return context_templates(
+        mt, hparams.context_template_lengths, hparams.seed, source=hparams.prefix_source
+    )
+
+
 def context_templates(
-    mt: models.ModelAndTokenizer, lengths: Sequence[Sequence[int]], seed: int = 0
+    mt: models.ModelAndTokenizer,
+    lengths: Sequence[Sequence[int]],
+    seed: int = 0,
+    source: str = "start_words",
 ) -> list[str]:
-    """ROME's random prefixes: ``"{}"`` and, for each ``(length, count)``, ``count`` texts of
-    about ``length`` tokens sampled (top-k 5) from the model after one of
-    :data:`CONTEXT_TEMPLATE_STARTS`, each followed by ``". {}"``."""
+    """Random prefixes: ``"{}"`` (the bare prompt) and, for each ``(length, count)``, ``count``
+    texts sampled from the model (top-k 5), each followed by ``". {}"`` (``"{}"`` marks where the
+    prompt goes). Braces in the sampled text become spaces (kmeng01/memit
+    ``memit/memit_main.py:296``; ROME's ``str.format`` would fail on them).
+
+    ``source="eos"`` is kmeng01/rome's ``get_context_templates`` (``rome/rome_main.py:154-177``):
+    every prefix is sampled after the end-of-text token alone, to ``length`` tokens counting that
+    token (``generate_fast``'s ``max_out_len``, ``util/generate.py:105``), decoded, NFKD-normalised,
+    ``"\\n\\n"`` made a space and the special tokens' text removed (``util/generate.py:149-155``,
+    which removes ``<|endoftext|>``, GPT-2's only one), without stripping. The start
+    token is :func:`prefix_start_token`'s: ``<|endoftext|>``, else the tokenizer's EOS, else its BOS,
+    else (with a warning) the start words.
+    ``source="start_words"`` is MEMIT's (``memit/memit_main.py:290-309``): the prefixes start with
+    :data:`CONTEXT_TEMPLATE_STARTS` in turn (shuffled), are sampled to about ``length`` tokens and
+    stripped.
+
+    Raises:
+        errors.UsageError: ``source`` is not one of :data:`PREFIX_SOURCES`.
+    """
+    if source not in PREFIX_SOURCES:
+        raise errors.UsageError(
+            f"prefix source must be one of {', '.join(PREFIX_SOURCES)}, got {source!r}"
+        )
+    start_id = prefix_start_token(mt.tokenizer) if source == "eos" else None
     templates = ["{}"]
+    device = models.determine_device(mt.model)
+    with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
+        torch.manual_seed(seed)
+        if start_id is None:
+            texts = _sample_after_start_words(mt, lengths, seed)
+        else:
+            texts = _sample_after_token(mt, start_id, lengths)
+    templates.extend(text.replace("{", " ").replace("}", " ") + ". {}" for text in texts)
+    return templates
+
+
+END_OF_TEXT = "<|endoftext|>"
+"""The text kmeng01/rome samples its prefixes after (``rome/rome_main.py:165``): GPT-2's one special
+token, also GPT-J's and GPT-NeoX's, and SmolLM2's document separator."""
+
+
+def prefix_start_token(tokenizer: Tokenizer) -> int | None:
+    """The token ROME's prefixes are sampled after: :data:`END_OF_TEXT` when it is one of the
+    tokenizer's special tokens, else its EOS token (logged), else its BOS token (with a warning);
+    ``None`` (with a warning: the caller falls back to the start words) when there is none.
+
+    :data:`END_OF_TEXT` comes first because it is what the reference feeds: the SmolLM2 conversion
+    here names the chat's ``<|im_end|>`` its EOS and ``<|endoftext|>``, which separates its
+    pretraining documents, its UNK."""
+    if END_OF_TEXT in tokenizer.all_special_tokens:
+        token_id = tokenizer.convert_tokens_to_ids(END_OF_TEXT)
+        assert isinstance(token_id, int)  # one token converts to one id
+        return token_id
+    if tokenizer.eos_token_id is not None:
+        logger.info(
+            "the tokenizer has no %s token; ROME's prefixes are sampled after its EOS token %r",
+            END_OF_TEXT,
+            tokenizer.eos_token,
+        )
+        return int(tokenizer.eos_token_id)
+    if tokenizer.bos_token_id is not None:
+        logger.warning(
+            "the tokenizer has no end-of-text token (%s or EOS) to sample ROME's prefixes after; "
+            "they are sampled after its BOS token %r instead",
+            END_OF_TEXT,
+            tokenizer.bos_token,
+        )
+        return int(tokenizer.bos_token_id)
+    logger.warning(
+        "the tokenizer has neither an end-of-text nor a BOS token to sample ROME's prefixes "
+        "after; they start with MEMIT's start words %s instead (prefix_source start_words)",
+        ", ".join(CONTEXT_TEMPLATE_STARTS),
+    )
+    return None
+
+
+def _sample_after_token(
+    mt: models.ModelAndTokenizer, start_id: int, lengths: Sequence[Sequence[int]]
+) -> list[str]:
+    """For each ``(length, count)``: ``count`` texts of ``length`` tokens sampled top-k after the
+    token ``start_id`` (which counts in ``length``), decoded as :func:`context_templates` says."""
+    tokenizer = mt.tokenizer
+    device = models.determine_device(mt.model)
+    special = [token for token in tokenizer.all_special_tokens if token]
+    texts = []
+    for length, count in lengths:
+        ids = torch.full((int(count), 1), start_id, dtype=torch.long, device=device)
+        with torch.no_grad():
+            for _ in range(int(length) - 1):
+                logits = mt.model(input_ids=ids).logits[:, -1].float()
+                top = torch.softmax(logits, dim=-1).topk(PREFIX_TOP_K, dim=-1)
+                choice = torch.multinomial(top.values / top.values.sum(-1, keepdim=True), 1)
+                ids = torch.cat([ids, top.indices.gather(1, choice)], dim=1)
+        for row in ids.tolist():
+            decoded = tokenizer.decode(row)
+            assert isinstance(decoded, str)  # one sequence decodes to one text
+            text = unicodedata.normalize("NFKD", decoded).replace("\n\n", " ")
+            for token in special:
+                text = text.replace(token, "")
+            texts.append(text)
+    return texts
+
+
+def _sample_after_start_words(
+    mt: models.ModelAndTokenizer, lengths: Sequence[Sequence[int]], seed: int
+) -> list[str]:
+    """For each ``(length, count)``: ``count`` texts of about ``length`` tokens sampled (top-k)
+    after :data:`CONTEXT_TEMPLATE_STARTS` in turn, shuffled, stripped."""
     tokenizer = mt.tokenizer
     device = models.determine_device(mt.model)
     rng = random.Random(seed)
-    with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
-        torch.manual_seed(seed)
-        for length, count in lengths:
-            starts = [
-                CONTEXT_TEMPLATE_STARTS[i % len(CONTEXT_TEMPLATE_STARTS)] for i in range(count)
-            ]
-            rng.shuffle(starts)
-            inputs = tokenizer(starts, return_tensors="pt", padding=True, padding_side="left")
-            inputs = inputs.to(device)
-            generate: Any = mt.model.generate
-            with torch.no_grad():
-                generated = generate(
-                    **inputs,
-                    do_sample=True,
-                    top_k=5,
-                    max_new_tokens=max(1, int(length) - inputs.input_ids.shape[1]),
-                    pad_token_id=tokenizer.pad_token_id,
-                )
-            for text in tokenizer.batch_decode(generated, skip_special_tokens=True):
-                templates.append(text.replace("{", " ").replace("}", " ").strip() + ". {}")
-    return templates
+    texts = []
+    for length, count in lengths:
+        starts = [CONTEXT_TEMPLATE_STARTS[i % len(CONTEXT_TEMPLATE_STARTS)] for i in range(count)]
+        rng.shuffle(starts)
+        inputs = tokenizer(starts, return_tensors="pt", padding=True, padding_side="left")
+        inputs = inputs.to(device)
+        generate: Any = mt.model.generate
+        with torch.no_grad():
+            generated = generate(
+                **inputs,
+                do_sample=True,
+                top_k=PREFIX_TOP_K,
+                max_new_tokens=max(1, int(length) - inputs.input_ids.shape[1]),
+                pad_token_id=tokenizer.pad_token_id,
+            )
+        for text in tokenizer.batch_decode(generated, skip_special_tokens=True):
+            texts.append(text.replace("{", " ").replace("}", " ").strip())
+    return texts
 
 
 def record_mlp_keys(

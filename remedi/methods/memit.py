@@ -174,7 +174,7 @@ def compute_update(
         second_moments: ``C = E[k k^T]`` of each layer's keys (by layer); required when
             ``hparams.mom2_adjustment`` (see :func:`load_second_moments`).
         templates: Random prefixes, ``"{}"`` first (the bare prompt); default: sampled with
-            :func:`~remedi.methods.common.context_templates` from ``hparams``.
+            :func:`~remedi.methods.common.prefix_templates` from ``hparams``.
 
     Raises:
         errors.UsageError: No requests or layers, a layer out of range, or ``C`` missing.
@@ -208,7 +208,7 @@ def compute_update(
     for request in requests:  # Bad targets fail here, before any optimisation.
         common.target_token_ids(mt.tokenizer, request.prompt, request.target_new)
     if templates is None:
-        templates = common.context_templates(mt, hparams.context_template_lengths, hparams.seed)
+        templates = common.prefix_templates(mt, hparams)
 
     last_layer = layers[-1]
     (last_block,) = models.determine_layer_paths(mt.model, [last_layer])
@@ -314,9 +314,7 @@ class MemitEditor(WeightEditor):
         self.hparams = hparams
         self.second_moments = second_moments
         self.label = layers_label("MEMIT", hparams.layers)
-        self.templates = templates or common.context_templates(
-            mt, hparams.context_template_lengths, hparams.seed
-        )
+        self.templates = templates or common.prefix_templates(mt, hparams)
 
     def compute(
         self, mt: models.ModelAndTokenizer, requests: Sequence[common.EditRequest]

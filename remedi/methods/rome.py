@@ -1,30 +1,43 @@
 """ROME (Meng et al. 2022): a rank-one update of one layer's MLP output projection.
 
-For a request (prompt mentioning a subject, new target):
+For a request (prompt mentioning a subject, new target), as kmeng01/rome's ``execute_rome``
+(``rome/rome_main.py:59-134``) by default:
 
-1. the key ``k`` is the projection's input at the subject's last token, averaged over the prompt
-   behind random prefixes (:func:`~remedi.methods.common.context_templates`);
-2. the value ``v*`` is the MLP output at the subject's last token plus a vector ``delta``
-   optimised with Adam so that the model says the target after every prefixed prompt, under a KL
-   term that keeps "{subject} is a" predictions and a weight decay on ``delta``, ``delta`` clamped
-   to ``clamp_norm_factor`` times the clean output's norm (ROME's ``compute_v``);
-3. with ``C = E[k k^T]`` (:mod:`remedi.methods.stats`), the update of the (out, in) weight is
-   ``(v* - W k - b) (C^-1 k)^T / (k^T C^-1 k)``, so that the edited layer maps ``k`` to ``v*``.
+1. the prefixes: the bare prompt ``"{}"`` and, with the default ``context_template_lengths``
+   ``[[5, 10], [10, 10]]`` and ``prefix_source`` ``"eos"``, ten texts of 5 tokens and ten of 10
+   sampled (top-k 5) after the end-of-text token, each followed by ``". {}"``
+   (:func:`~remedi.methods.common.context_templates`; ``rome/rome_main.py:154-177``);
+2. the key ``k̄`` is the projection's input at the subject's last token averaged over the prompt
+   behind each of the 21 prefixes (the bare prompt weighs 1/21; ``rome/compute_u.py:83-90``);
+3. the value ``v*`` is the MLP output at the subject's last token in the bare prompt plus a vector
+   ``delta`` optimised with Adam so that the model says the target after every prefixed prompt,
+   under a KL term that keeps "{subject} is a" predictions and a weight decay on ``delta``,
+   ``delta`` clamped to ``clamp_norm_factor`` times the clean output's norm
+   (``rome/compute_v.py:72-166``);
+4. with ``C = E[k k^T]`` (:mod:`remedi.methods.stats`) and the bare prompt's own key ``k0``, the
+   update of the (out, in) weight is ``(v* - W k0 - b) (C^-1 k̄)^T / (k0^T C^-1 k̄)``
+   (``rome/compute_u.py:107-120`` normalises ``u = C^-1 k̄``; ``rome/compute_v.py:170-181`` reads
+   ``k0`` and ``W k0 + b`` in the bare prompt and divides by ``k0 . u``): the edited layer maps
+   ``k0`` to ``v*``, and any key ``k`` gets ``(k^T C^-1 k̄ / k0^T C^-1 k̄)`` of the change.
 
-The same averaged ``k`` is used in 1 and 3. ROME's reference used the un-averaged key in the
-denominator and residual (kmeng01/rome PR #44), which can blow up the update's norm; MEMIT and
-r-ROME fixed it the same way. The optimisation of ``delta`` and the closed form run in float32
-(float64 for the solve) whatever the model's dtype: in half precision the reference's loss and
-solve can overflow to NaN.
+``key_in_residual="mean"`` (this repository's form before; kept as an option) puts ``k̄`` in the
+residual and the denominator too, ``(v* - W k̄ - b) (C^-1 k̄)^T / (k̄^T C^-1 k̄)``, so the edited
+layer maps ``k̄`` to ``v*``. kmeng01/rome's denominator ``k0^T C^-1 k̄`` can be small when the
+prefixes move the key away from ``k0``, and the update's norm then blows up (kmeng01/rome pull
+request #44, which puts ``k̄`` in the denominator only; "Rebuilding ROME", Gupta et al. 2024).
 
-Functions here return new weights and never write into the model.
-"""
+Where we differ: the optimisation of ``delta`` and the closed form run in float32 (float64 for
+the solve) whatever the model's dtype (in half precision the reference's loss and solve can
+overflow to NaN); the sampled prefixes have their braces made spaces (ROME's ``str.format``
+would fail on them); and they are sampled once per editor from ``seed``, not cached per process.
+
+Functions here return new weights and never write into the model."""
 
 from __future__ import annotations
 
 import logging
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import ClassVar
 
 import torch
@@ -35,6 +48,9 @@ from remedi.methods.base import MethodSetup, WeightEditor, layers_label
 
 logger = logging.getLogger(__name__)
 
+KEYS_IN_RESIDUAL = ("bare", "mean")
+"""ROME's closed forms (:attr:`RomeHparams.key_in_residual`)."""
+
 
 @dataclass
 class RomeHparams(common.LocateEditHparams):
@@ -43,6 +59,24 @@ class RomeHparams(common.LocateEditHparams):
     method_name: ClassVar[str] = "ROME"
 
     layer: int
+    context_template_lengths: list[list[int]] = field(
+        default_factory=lambda: [[5, 10], [10, 10]], kw_only=True
+    )
+    """ROME's: ten prefixes of 5 tokens and ten of 10 (kmeng01/rome ``hparams/ROME/*.json:13``)."""
+    prefix_source: str = field(default="eos", kw_only=True)
+    """ROME's: prefixes sampled after the end-of-text token (``rome/rome_main.py:165``)."""
+    key_in_residual: str = field(default="bare", kw_only=True)
+    """Which key the edited layer maps to ``v*`` (in the residual and the denominator):
+    ``"bare"``, the bare prompt's (kmeng01/rome ``rome/compute_v.py:170-181``), or ``"mean"``, the
+    key averaged over the prefixes that also gives the update's direction (ours before)."""
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if self.key_in_residual not in KEYS_IN_RESIDUAL:
+            raise errors.UsageError(
+                f"ROME's key_in_residual must be one of {', '.join(KEYS_IN_RESIDUAL)}, got "
+                f"{self.key_in_residual!r}"
+            )
 
 
 @dataclass
@@ -51,14 +85,17 @@ class RankOneUpdate:
 
     weight_name: str
     key: torch.Tensor
-    """The averaged key ``k`` (in,)."""
+    """The averaged key ``k̄`` (in,), whose ``C^-1 k̄`` is the update's direction."""
     value: torch.Tensor
     """The target MLP output ``v*`` (out,)."""
     left: torch.Tensor
-    """``C^-1 k / (k^T C^-1 k)`` (in,)."""
+    """``C^-1 k̄ / (k_r^T C^-1 k̄)`` (in,), ``k_r`` the ``residual_key``."""
     right: torch.Tensor
-    """``v* - W k - b`` (out,)."""
+    """``v* - W k_r - b`` (out,)."""
     transposed: bool
+    residual_key: torch.Tensor
+    """``k_r``, the key the edited layer maps to ``v*``: the bare prompt's (kmeng01's form) or
+    ``k̄`` (``key_in_residual="mean"``) (in,)."""
 
     def delta(self) -> torch.Tensor:
         """The update in the weight's own layout (transposed for GPT-2's Conv1D), float32."""
@@ -78,7 +115,7 @@ class RankOneUpdate:
         return {self.weight_name: self.new_weight(model.get_parameter(self.weight_name))}
 
     def nbytes(self) -> int:
-        vectors = (self.key, self.value, self.left, self.right)
+        vectors = (self.key, self.value, self.left, self.right, self.residual_key)
         return sum(vector.numel() * vector.element_size() for vector in vectors)
 
 
@@ -121,8 +158,9 @@ def compute_update(
     Args:
         second_moment: ``C = E[k k^T]`` of the layer's keys; required when
             ``hparams.mom2_adjustment`` (else the update uses ``C = I``).
-        templates: Random prefixes (``"{}"`` marks the prompt); default: sampled with
-            :func:`~remedi.methods.common.context_templates` from ``hparams``.
+        templates: Random prefixes (``"{}"`` marks the prompt; the first should be ``"{}"``
+            itself, whose subject output ``v*`` starts from); default: sampled with
+            :func:`~remedi.methods.common.prefix_templates` from ``hparams``.
 
     Raises:
         errors.UsageError: The layer is out of range, or ``C`` is missing or of the wrong size.
@@ -138,28 +176,44 @@ def compute_update(
                 f"{projection.module_path} ({projection.in_features} inputs)"
             )
     if templates is None:
-        templates = common.context_templates(mt, hparams.context_template_lengths, hparams.seed)
+        templates = common.prefix_templates(mt, hparams)
     texts = [template.replace("{}", request.prompt) for template in templates]
 
     key = subject_keys(mt, hparams.layer, texts, request.subject).mean(dim=0)
     value = compute_value(mt, request, hparams, texts)
 
+    if hparams.key_in_residual == "bare":
+        residual_key = subject_keys(mt, hparams.layer, [request.prompt], request.subject)[0]
+    else:
+        residual_key = key
     module = mt.model.get_submodule(projection.module_path)
     with torch.no_grad():
-        current = module(key.to(dtype=mt.dtype).unsqueeze(0)).squeeze(0).float()
+        current = module(residual_key.to(dtype=mt.dtype).unsqueeze(0)).squeeze(0).float()
     if hparams.mom2_adjustment:
         assert second_moment is not None
         moment = common.shrink_moment(second_moment.to(key.device), hparams.mom2_shrinkage)
         inverse_key = torch.linalg.solve(moment, key.double()).float()
     else:
         inverse_key = key.clone()
-    left = inverse_key / torch.dot(inverse_key, key)
+    denominator = torch.dot(inverse_key, residual_key)
+    left = inverse_key / denominator
     right = value - current
-    update = RankOneUpdate(projection.weight_name, key, value, left, right, projection.transposed)
+    update = RankOneUpdate(
+        projection.weight_name,
+        key,
+        value,
+        left,
+        right,
+        projection.transposed,
+        residual_key,
+    )
     logger.info(
-        "ROME at layer %d: |v* - Wk| %.3f, |delta W| %.3f",
+        "ROME at layer %d (%s key in the residual): |v* - W k_r - b| %.3f, "
+        "k_r^T C^-1 k_mean %.4g, |delta W| %.3f",
         hparams.layer,
+        hparams.key_in_residual,
         right.norm().item(),
+        denominator.item(),
         right.norm().item() * left.norm().item(),
     )
     return update
@@ -191,9 +245,7 @@ class RomeEditor(WeightEditor):
         self.hparams = hparams
         self.second_moment = second_moment
         self.label = layers_label("ROME", [hparams.layer])
-        self.templates = templates or common.context_templates(
-            mt, hparams.context_template_lengths, hparams.seed
-        )
+        self.templates = templates or common.prefix_templates(mt, hparams)
 
     def details(self) -> dict[str, str]:
         details = super().details()
