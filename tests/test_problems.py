@@ -4,6 +4,7 @@ on a tiny GPT-2 (weights restored bit-identically)."""
 from __future__ import annotations
 
 import copy
+import dataclasses
 
 import numpy as np
 import pytest
@@ -398,20 +399,24 @@ def known_case(case_id: int = 7, target: str = "as") -> evaluation.EvalCase:
 
 def test_reference_filter_keeps_a_generated_fact_just_above_p_002_and_drops_one_below(mt):
     settings = tracing.TraceSettings(noise_scale=0.5, num_samples=2, kinds=["mlp"], windows=[5])
-    assert target_trace.greedy_continuation(mt, KNOWN_PROMPT, 36).startswith("as")
-    verdicts = {}
+    full = target_trace.greedy_continuation(mt, KNOWN_PROMPT, 36)
+    assert full.startswith("as") and len(full) > 10
+    # Generation stops once the target is in it: the verdict cannot change after.
+    assert target_trace.greedy_continuation(mt, KNOWN_PROMPT, 36, until="as") == "as"
+    verdicts, kept = {}, {}
     for prob in (0.0205, 0.0195):
         model = tempered_to(mt, prob)
-        setup = setups.setup_case(model, known_case(), settings, protocol="reference")
-        assert setup.filter_prob == pytest.approx(prob, rel=1e-4)
-        assert setup.generation is not None and "as" in setup.generation.lower()
-        verdicts[prob] = setups.knows(setup)
+        assert target_trace.greedy_continuation(model, KNOWN_PROMPT, 36) == full
+        kept[prob] = setups.setup_case(model, known_case(), settings, protocol="reference")
+        assert kept[prob].filter_prob == pytest.approx(prob, rel=1e-4)
+        verdicts[prob] = setups.knows(kept[prob])
     # Kept just above 0.02 (ours needs the top-1 token and p > 0.1: it dropped both).
     assert verdicts == {0.0205: True, 0.0195: False}
-    # Not in the generation: dropped whatever its probability.
-    other = setups.setup_case(model, known_case(target="Spanish"), settings, protocol="reference")
-    assert "spanish" not in (other.generation or "").lower() and other.filter_prob > 0
-    assert not setups.knows(other, min_true_prob=0.0)
+    assert kept[0.0205].generation == "as" and kept[0.0195].generation is None
+    # Likely enough, but not in the generation: dropped.
+    assert "spanish" not in full.lower()
+    other = dataclasses.replace(kept[0.0205], target_true="Spanish", generation=full)
+    assert not setups.knows(other) and setups.knows(dataclasses.replace(other, target_true="AS"))
 
 
 def test_reference_p_is_the_product_of_teacher_forced_probabilities_of_the_spaced_target(mt):
@@ -530,7 +535,9 @@ def test_reference_run_records_its_protocol_and_refuses_another(mt, tmp_path):
     protocol = protocols.Protocol.from_dict(io.read_json(tmp_path / "protocol.json", "protocol"))
     assert protocol.name == "reference" and protocol.min_true_prob == 0.02
     assert protocol.problem_hparams["fact_erasure"] == {"norm_constraint": 1e-5}
-    with pytest.raises(errors.UsageError, match=r"differs from this run.s .* in name, min_true_prob"):
+    with pytest.raises(
+        errors.UsageError, match=r"differs from this run.s .* in name, min_true_prob"
+    ):
         running.run_problems(
             model, "ft", [known_case()], resources, settings, tmp_path, [0], chosen, protocol="ours"
         )

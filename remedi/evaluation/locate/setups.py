@@ -90,7 +90,8 @@ class ProblemSetup(DataClassJsonMixin):
     settings: tracing.TraceSettings | None = None
     """The noise the setup was measured under."""
     generation: str | None = None
-    """The reference filter's greedy continuation (None under ``ours``)."""
+    """The reference filter's greedy continuation, cut where it first contains o_true (None
+    under ``ours``, or where ``p`` fails the filter: nothing was generated)."""
     filter_prob: float | None = None
     """``p(o_true | s, r)`` as the protocol's filter computes it."""
     target_trace: TargetTrace | None = None
@@ -121,8 +122,11 @@ def setup_case(
         )
         target_id = trace.target_id
     else:
-        generation = greedy_continuation(mt, prompt, protocols.GENERATION_TOKENS)
         filter_prob = reference_target_prob(mt, prompt, case.target_true)
+        if filter_prob > protocols.MIN_TRUE_PROB["reference"]:  # else it fails the filter anyway
+            generation = greedy_continuation(
+                mt, prompt, protocols.GENERATION_TOKENS, until=case.target_true
+            )
     ids, token_range = tracing.subject_token_range(mt.tokenizer, prompt, case.entity)
     noise = evaluation_noise(mt, token_range, settings)
     with torch.no_grad(), tracing.noised_embeddings(mt, token_range, noise):

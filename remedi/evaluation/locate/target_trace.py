@@ -10,7 +10,9 @@ before any edit (see :mod:`remedi.evaluation.locate.protocols` for the file:line
 - :func:`greedy_continuation` and :func:`generation_contains`: the greedy continuation of 36 new
   tokens, and whether it contains o_true case-folded (``fewshot_utils.py:92-129,139-197``). The
   reference decodes prompt and continuation together and deletes the prompt's text; here the
-  new tokens are decoded alone, special tokens (its pad, which is EOS) skipped.
+  new tokens are decoded alone, special tokens (its pad, which is EOS) skipped. The filter
+  stops generating once o_true appears, and does not generate for a fact whose ``p`` already
+  fails (the verdict is the same; the saved generation is then shorter, or absent).
 - :func:`trace_target`: causal tracing of the whole o_true (``experiments/causal_trace.py:
   244-306,333-357``): clean, corrupted (the subject's embeddings noised, one fixed draw of
   ``num_samples`` samples shared by every run) and restored runs of the prompt followed by
@@ -28,6 +30,7 @@ from typing import Any
 
 import numpy as np
 import torch
+import transformers
 from dataclasses_json import DataClassJsonMixin
 
 from remedi import errors, hooks, models, tracing
@@ -67,12 +70,34 @@ def reference_target_prob(mt: models.ModelAndTokenizer, prompt: str, target: str
     return float(probs[0])
 
 
-def greedy_continuation(mt: models.ModelAndTokenizer, prompt: str, max_new_tokens: int) -> str:
-    """The greedy continuation of ``prompt``: up to ``max_new_tokens`` new tokens, decoded."""
+class _ContainsStop(transformers.StoppingCriteria):
+    """Stops a one-row greedy generation once its new tokens' text contains ``target``."""
+
+    def __init__(self, mt: models.ModelAndTokenizer, prompt_length: int, target: str) -> None:
+        self.tokenizer, self.prompt_length, self.target = mt.tokenizer, prompt_length, target
+
+    def __call__(
+        self, input_ids: torch.LongTensor, scores: torch.FloatTensor, **kwargs: Any
+    ) -> torch.BoolTensor:
+        new = input_ids[0, self.prompt_length :].tolist()
+        text = str(self.tokenizer.decode(new, skip_special_tokens=True))
+        found = generation_contains(text, self.target)
+        return torch.full((input_ids.shape[0],), found, dtype=torch.bool)  # type: ignore[return-value]
+
+
+def greedy_continuation(
+    mt: models.ModelAndTokenizer, prompt: str, max_new_tokens: int, until: str | None = None
+) -> str:
+    """The greedy continuation of ``prompt``: up to ``max_new_tokens`` new tokens, decoded;
+    with ``until``, cut short once it contains ``until`` (the filter's verdict cannot change
+    after: a longer continuation still contains it)."""
     input_ids = torch.tensor([mt.tokenizer(prompt)["input_ids"]], device=mt.device)
     pad = mt.tokenizer.pad_token_id
     if pad is None:
         pad = mt.tokenizer.eos_token_id
+    stops = transformers.StoppingCriteriaList()
+    if until is not None:
+        stops.append(_ContainsStop(mt, input_ids.shape[1], until))
     model: Any = mt.model  # a transformers model; its generate is not typed as callable
     with torch.no_grad():
         output = model.generate(
@@ -81,6 +106,7 @@ def greedy_continuation(mt: models.ModelAndTokenizer, prompt: str, max_new_token
             do_sample=False,
             max_new_tokens=max_new_tokens,
             pad_token_id=pad,
+            stopping_criteria=stops,
         )
     new = output[0, input_ids.shape[1] :].tolist()
     return str(mt.tokenizer.decode(new, skip_special_tokens=True)).strip()
