@@ -139,7 +139,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     settings = tracing.TraceSettings(
         noise_scale=noise_scale, num_samples=args.num_samples, seed=args.seed
     )
-    protocol = protocols.build(args.protocol, model_id, args.method, noise_scale, args.problems)
+    protocol = protocols.build(args.protocol, model_id, args.method, noise_scale)
     logger.info(
         "protocol %s: noise %s (%s)", protocol.name, protocol.noise_scale, protocol.noise_rule
     )

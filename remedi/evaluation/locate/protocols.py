@@ -37,7 +37,6 @@ for every problem; R^2 per method, and pooled over methods on request.
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -145,10 +144,9 @@ def noise_rule(name: str, model: str) -> str:
     return "fixed" if name == "reference" and model in NOISE_BY_MODEL else "3 sigma"
 
 
-def build(
-    name: str, model: str, method: str, noise_scale: float, problems: Sequence[str]
-) -> Protocol:
-    """Protocol ``name`` for ``method`` on ``model`` (its hub name), at ``noise_scale``."""
+def build(name: str, model: str, method: str, noise_scale: float) -> Protocol:
+    """Protocol ``name`` for ``method`` on ``model`` (its hub name), at ``noise_scale``; its
+    overrides cover every problem, so a run of some problems resumes with others."""
     if name not in PROTOCOLS:
         raise errors.UsageError(f"unknown protocol {name!r}; choose from {list(PROTOCOLS)}")
     reference = name == "reference"
@@ -163,5 +161,5 @@ def build(
         noise_rule=noise_rule(name, model),
         noise_scale=noise_scale,
         edit_window=EDIT_WINDOWS.get(method) if reference else None,
-        problem_hparams={problem: dict(overrides.get(problem, {})) for problem in problems},
+        problem_hparams={problem: dict(values) for problem, values in overrides.items()},
     )

@@ -135,7 +135,7 @@ def run_problems(
         tracing.layer_window(layer, 1, mt.num_layers)
     if isinstance(protocol, str):
         protocol = protocols.build(
-            protocol, protocols.model_id(mt.name), method_name, settings.noise_scale, problems
+            protocol, protocols.model_id(mt.name), method_name, settings.noise_scale
         )
     settings = dataclasses.replace(settings, kinds=[trace_kind], windows=[trace_window])
     directory = Path(directory)
