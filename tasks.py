@@ -1246,7 +1246,9 @@ def trace_counterfact(
         "model": HELP["model"],
         "method": "Registered weight-editing method: rome, memit, ft or ft5 (default rome).",
         "edit_layer": "Central edit layer N, comma-separated layers (0,5,10), or 'all' (default).",
-        "n": "Edit the first N cases (default 1000; those the model answers correctly).",
+        "n": "Edit the first N cases (default 1000; those the model knows).",
+        "protocol": "reference (default): belief-localization's filter, tracing effect, noise "
+        "and per-problem hyperparameters; ours: the first-token protocol.",
         "device": HELP["device"],
         "rerun": "Recompute finished edits.",
         **JOBS_HELP,
@@ -1258,6 +1260,7 @@ def edit_problems(
     method: str = "rome",
     edit_layer: str = "all",
     n: int = 1000,
+    protocol: str = "reference",
     device: str | None = None,
     rerun: bool = False,
     executor: str = "",
@@ -1265,6 +1268,7 @@ def edit_problems(
 ) -> None:
     """The five editing problems (Hase et al.) for one method, at each layer."""
     args = ["-m", model, "--method", method, "--edit-layer", edit_layer, "-n", str(n)]
+    args += ["--protocol", protocol]
     args += [*_dataset_args(model, "counterfact"), *_flags(device, rerun=rerun)]
     if executor:  # one job per layer; then the tables of every layer, here (nothing recomputed)
         layers = _sweep_layers(model, "" if edit_layer == "all" else edit_layer)

@@ -3,9 +3,11 @@
     python -m scripts.edit_analysis -m gpt2-xl --methods rome ft
 
 reads the results of ``scripts.edit_problems`` (``results/edit_problems_<model>_<method>``) and
-writes, per method and for all methods together, the R^2 of edit success on the tracing effect,
-on the edit layer, and on both (``r2_<method>.{md,tex,json,png}``), and the mean success by layer
-(``success_by_layer_<method>.*``), under ``results/NAME`` (default ``edit_analysis_<model>``).
+writes, per (method, edit window) as the reference (``third_party/data-analysis.ipynb``, "R2
+values for each method"), the R^2 of edit success on the tracing effect, on the edit layer, and
+on both (``r2_<method>_w<window>.{md,tex,json,png}``), and the mean success by layer
+(``success_by_layer_<method>_w<window>.*``), under ``results/NAME`` (default
+``edit_analysis_<model>``); ``--pooled`` adds the R^2 of all methods pooled (``r2_all.*``).
 """
 
 from __future__ import annotations
@@ -27,6 +29,11 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         "--methods", nargs="+", help="methods to analyse (default: every one with results)"
     )
     parser.add_argument("--name", help="experiment name (default edit_analysis_<model>)")
+    parser.add_argument(
+        "--pooled",
+        action="store_true",
+        help="also the R^2 of all methods and windows pooled (not the reference's analysis)",
+    )
     return parser.parse_args(argv)
 
 
@@ -50,15 +57,18 @@ def main(argv: Sequence[str] | None = None) -> int:
     directory = env.results_dir() / (args.name or f"edit_analysis_{slug}")
     everything = []
     for method in methods:
-        results = running.read_results(found[method])
-        everything += results
-        r2, by_layer = analysis.analyze(results, title=f"{args.model}, {method}")
-        for table, stem in ((by_layer, f"success_by_layer_{method}"), (r2, f"r2_{method}")):
-            files = tables.write_table(table, directory, stem)
+        everything += running.read_results(found[method])
+    for (method, window), results in analysis.by_method_and_window(everything).items():
+        r2, by_layer = analysis.analyze(results, title=f"{args.model}, {method}, window {window}")
+        stem = f"{method}_w{window}"
+        for table, name in ((by_layer, f"success_by_layer_{stem}"), (r2, f"r2_{stem}")):
+            files = tables.write_table(table, directory, name)
             print(tables.markdown(table))
             print(f"table: {files.markdown} (LaTeX: {files.latex}, plot: {files.plot})\n")
-    if len(methods) > 1:
-        r2, _ = analysis.analyze(everything, title=f"{args.model}, {' + '.join(methods)}")
+    if args.pooled:
+        r2, _ = analysis.analyze(
+            everything, title=f"{args.model}, {' + '.join(methods)} pooled", pooled=True
+        )
         cli.write_and_show_table(r2, directory, "r2_all")
     return 0
 

@@ -6,19 +6,28 @@ traces each case (the tracing effect kept beside each edit), edits it for every 
 layer, and writes ``results/NAME/<problem>/L<layer>/<case_id>.json`` (a rerun skips finished ones),
 then the mean success by layer (``success_by_layer.{md,tex,json,png}``) and the R^2 table
 (``r2.*``). ``NAME`` defaults to ``edit_problems_<model>_<method>``.
+
+``--protocol reference`` (the default) is google/belief-localization's: its fact filter, the
+tracing effect of the whole o_true under its fixed noise (3 sigma for models it gives none),
+its per-problem hyperparameters and edit windows; ``--protocol ours`` is this project's first
+protocol (see :mod:`remedi.evaluation.locate.protocols`). The protocol is saved in
+``results/NAME/protocol.json``; a resume under another is refused (``--rerun`` recomputes).
 """
 
 from __future__ import annotations
 
 import argparse
+import logging
 import sys
 from collections.abc import Sequence
 from pathlib import Path
 
 from remedi import cli, corpora, data, env, errors, evaluation, models, tracing
-from remedi.evaluation.locate import analysis, problems, running
+from remedi.evaluation.locate import analysis, problems, protocols, running
 from remedi.methods import registry
 from remedi.settings import EDIT_PROBLEMS
+
+logger = logging.getLogger(__name__)
 
 
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
@@ -57,8 +66,21 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         default=problems.DEFAULT_TRACE_WINDOW,
         help="its window (default 5, as the reference)",
     )
+    parser.add_argument(
+        "--protocol",
+        choices=protocols.PROTOCOLS,
+        default=protocols.DEFAULT_PROTOCOL,
+        help="reference (default): belief-localization's filter, whole-target tracing effect, "
+        "fixed noise and per-problem hyperparameters; ours: the first-token protocol",
+    )
     parser.add_argument("--num-samples", type=int, default=tracing.DEFAULT_NUM_SAMPLES)
-    parser.add_argument("--noise-factor", type=float, default=tracing.NOISE_FACTOR)
+    parser.add_argument(
+        "--noise-factor",
+        type=float,
+        default=tracing.NOISE_FACTOR,
+        help="noise in standard deviations of the subjects' embeddings (default 3), where the "
+        "protocol has no fixed noise for the model",
+    )
     parser.add_argument("--seed", type=int, default=tracing.DEFAULT_SEED, help="noise seed")
     parser.add_argument(
         "--stats-dataset", help=f"corpus of ROME's/MEMIT's key statistics: {corpora.CORPUS_HELP}"
@@ -109,10 +131,17 @@ def main(argv: Sequence[str] | None = None) -> int:
     layers = edit_layers(args.edit_layer, mt.num_layers)
 
     subjects = [record["requested_rewrite"]["subject"] for record in records]
+    model_id = protocols.model_id(args.model)
+    if protocols.noise_rule(args.protocol, model_id) == "fixed":
+        noise_scale = protocols.NOISE_BY_MODEL[model_id]
+    else:
+        noise_scale = tracing.noise_scale_for(mt, subjects, args.noise_factor)
     settings = tracing.TraceSettings(
-        noise_scale=tracing.noise_scale_for(mt, subjects, args.noise_factor),
-        num_samples=args.num_samples,
-        seed=args.seed,
+        noise_scale=noise_scale, num_samples=args.num_samples, seed=args.seed
+    )
+    protocol = protocols.build(args.protocol, model_id, args.method, noise_scale)
+    logger.info(
+        "protocol %s: noise %s (%s)", protocol.name, protocol.noise_scale, protocol.noise_rule
     )
     options = {}
     if args.method in registry.names("weights", prepared=True):
@@ -136,11 +165,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         trace_window=args.trace_window,
         method_options=options,
         rerun=args.rerun,
+        protocol=protocol,
     )
     if not results:
         print("no case is answered correctly by the model: nothing was edited")
         return 0
-    r2, by_layer = analysis.analyze(results, title=f"{args.model}, {args.method}")
+    title = f"{args.model}, {args.method}, protocol {protocol.name}"
+    r2, by_layer = analysis.analyze(results, title=title)
     for table, stem in ((by_layer, "success_by_layer"), (r2, "r2")):
         cli.write_and_show_table(table, directory, stem)
     return 0

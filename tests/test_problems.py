@@ -3,12 +3,23 @@ on a tiny GPT-2 (weights restored bit-identically)."""
 
 from __future__ import annotations
 
+import copy
+import dataclasses
+
 import numpy as np
 import pytest
 import torch
 
-from remedi import errors, evaluation, models, tracing
-from remedi.evaluation.locate import analysis, objectives, problems, running, setups
+from remedi import errors, evaluation, io, models, tracing
+from remedi.evaluation.locate import (
+    analysis,
+    objectives,
+    problems,
+    protocols,
+    running,
+    setups,
+    target_trace,
+)
 from remedi.methods import ft, memit, registry
 from scripts import edit_problems
 from tests.conftest import weighty_gpt2
@@ -339,3 +350,262 @@ def test_memit_runs_the_problems_and_restores_the_weights(mt):
         for name, parameter in mt.model.named_parameters():
             assert torch.equal(parameter, before[name]), (problem, name)
         assert hook_count(mt.model) == hooks
+
+
+# ---------------------------------------------------------------------------------------------
+# The reference protocol (google/belief-localization): filter, whole-target tracing effect,
+# per-problem hyperparameters, R^2 per (method, window).
+
+KNOWN_PROMPT = "Xavi Bornadel speaks"
+"""On the tiny GPT-2, greedy decoding continues this with " as" (p about 0.024)."""
+
+
+def tempered(mt: models.ModelAndTokenizer, alpha: float) -> models.ModelAndTokenizer:
+    """A copy of ``mt`` whose logits are ``alpha`` times the original (the final layer norm's
+    weight and bias scaled): the same greedy generation, other probabilities."""
+    model = copy.deepcopy(mt.model)
+    model.transformer.ln_f.weight.mul_(alpha)
+    model.transformer.ln_f.bias.mul_(alpha)
+    return models.ModelAndTokenizer(model, mt.tokenizer, "toy-tiny")
+
+
+def tempered_to(mt: models.ModelAndTokenizer, prob: float) -> models.ModelAndTokenizer:
+    """:func:`tempered` with ``p(" as" | KNOWN_PROMPT)`` equal to ``prob`` (bisection)."""
+    low, high = 0.05, 1.0
+    for _ in range(40):
+        middle = (low + high) / 2
+        if target_trace.reference_target_prob(tempered(mt, middle), KNOWN_PROMPT, "as") < prob:
+            low = middle
+        else:
+            high = middle
+    return tempered(mt, high)
+
+
+def known_case(case_id: int = 7, target: str = "as") -> evaluation.EvalCase:
+    return evaluation.EvalCase(
+        case_id=case_id,
+        entity="Xavi Bornadel",
+        relation_id="P1412",
+        prompt=KNOWN_PROMPT,
+        context=f"{KNOWN_PROMPT} Oslo",
+        attribute="Oslo",
+        target_new="Oslo",
+        target_new_id="Q585",
+        target_true=target,
+        target_true_id="Q1",
+        rewrite_prompt=KNOWN_PROMPT,
+    )
+
+
+def test_reference_filter_keeps_a_generated_fact_just_above_p_002_and_drops_one_below(mt):
+    settings = tracing.TraceSettings(noise_scale=0.5, num_samples=2, kinds=["mlp"], windows=[5])
+    full = target_trace.greedy_continuation(mt, KNOWN_PROMPT, 36)
+    assert full.startswith("as") and len(full) > 10
+    # Generation stops once the target is in it: the verdict cannot change after.
+    assert target_trace.greedy_continuation(mt, KNOWN_PROMPT, 36, until="as") == "as"
+    verdicts, kept = {}, {}
+    for prob in (0.0205, 0.0195):
+        model = tempered_to(mt, prob)
+        assert target_trace.greedy_continuation(model, KNOWN_PROMPT, 36) == full
+        kept[prob] = setups.setup_case(model, known_case(), settings, protocol="reference")
+        assert kept[prob].filter_prob == pytest.approx(prob, rel=1e-4)
+        verdicts[prob] = setups.knows(kept[prob])
+    # Kept just above 0.02 (ours needs the top-1 token and p > 0.1: it dropped both).
+    assert verdicts == {0.0205: True, 0.0195: False}
+    assert kept[0.0205].generation == "as" and kept[0.0195].generation is None
+    # Likely enough, but not in the generation: dropped.
+    assert "spanish" not in full.lower()
+    other = dataclasses.replace(kept[0.0205], target_true="Spanish", generation=full)
+    assert not setups.knows(other) and setups.knows(dataclasses.replace(other, target_true="AS"))
+
+
+def test_reference_p_is_the_product_of_teacher_forced_probabilities_of_the_spaced_target(mt):
+    ids = mt.tokenizer(PROMPT)["input_ids"]
+    target = mt.tokenizer(" Lisbon and works", add_special_tokens=False)["input_ids"]
+    assert len(target) >= 3
+    with torch.no_grad():
+        probs = mt.model(torch.tensor([ids + target])).logits[0].double().softmax(-1)
+    expected = 1.0
+    for offset, token in enumerate(target):
+        expected *= float(probs[len(ids) - 1 + offset, token])
+    prob = target_trace.reference_target_prob(mt, PROMPT, "Lisbon and works")
+    assert prob == pytest.approx(expected, rel=1e-5)
+
+
+def test_whole_target_trace_is_the_teacher_forced_product_clean_noised_and_restored(mt):
+    settings = tracing.TraceSettings(noise_scale=0.7, num_samples=3, kinds=["mlp"], windows=[1])
+    target = "Lisbon and works"
+    trace = target_trace.trace_target(mt, PROMPT, SUBJECT, target, settings, "mlp", 1, [1, 0])
+    ids, (start, end) = tracing.subject_token_range(mt.tokenizer, PROMPT, SUBJECT)
+    target_ids = mt.tokenizer(" " + target, add_special_tokens=False)["input_ids"]
+    full = torch.tensor([ids + target_ids])
+    noise = tracing.subject_noise(3, end - start, mt.hidden_size, 0.7, settings.seed)
+
+    def product(logits: torch.Tensor) -> torch.Tensor:  # (rows, seq, vocab) -> (rows,)
+        log_probs = logits.double().log_softmax(-1)[:, len(ids) - 1 : -1]
+        labels = torch.tensor(target_ids).expand(logits.shape[0], -1)
+        return log_probs.gather(-1, labels.unsqueeze(-1)).squeeze(-1).sum(-1).exp()
+
+    mlp = mt.model.transformer.h[1].mlp
+    kept = {}
+    with torch.no_grad():
+        handle = mlp.register_forward_hook(lambda m, i, o: kept.setdefault("clean", o.clone()))
+        clean_logits = mt.model(full).logits
+        handle.remove()
+        embeds = mt.model.transformer.wte(full).expand(3, -1, -1).clone()
+        embeds[:, start:end] += noise.float()
+        corrupted = product(mt.model(inputs_embeds=embeds).logits).mean()
+
+        at: dict[str, int] = {}
+
+        def restore(module: torch.nn.Module, inputs: object, output: torch.Tensor) -> torch.Tensor:
+            output = output.clone()
+            output[:, at["token"]] = kept["clean"][0, at["token"]]
+            return output
+
+        restored = []
+        handle = mlp.register_forward_hook(restore)
+        for token in range(start, len(ids)):
+            at["token"] = token
+            restored.append(float(product(mt.model(inputs_embeds=embeds).logits).mean()))
+        handle.remove()
+    clean = float(product(clean_logits)[0])
+    first_token = float(clean_logits[0, len(ids) - 1].double().softmax(-1)[target_ids[0]])
+    # The whole target, teacher forced (ours traced the first token alone).
+    assert trace.clean_prob == pytest.approx(clean, rel=1e-5)
+    assert trace.clean_prob < 0.5 * first_token
+    assert trace.corrupted_prob == pytest.approx(float(corrupted), rel=1e-5)
+    np.testing.assert_allclose(trace.restored_at(1), restored, rtol=1e-5)
+    assert sorted(trace.restored) == ["0", "1"]
+    fraction = max(0.0, *((np.array(restored) - float(corrupted)) / abs(float(corrupted) - clean)))
+    assert trace.fraction_restored(1) == pytest.approx(fraction, rel=1e-5)
+    assert trace.last_subject_effect(1) == pytest.approx(restored[end - 1 - start] - corrupted)
+    # Extending to another layer keeps the traced ones as they were.
+    again = target_trace.trace_target(
+        mt, PROMPT, SUBJECT, target, settings, "mlp", 1, [1], previous=trace
+    )
+    assert again.restored_at(1).tolist() == trace.restored_at(1).tolist()
+
+
+def test_per_problem_hyperparameters_reach_the_edit(mt):
+    toy = models.ModelAndTokenizer(mt.model, mt.tokenizer, "toy-tiny")
+    resources = evaluation.EvalResources()
+    before = {name: p.detach().clone() for name, p in toy.model.named_parameters()}
+    bounds = {}
+    for problem in problems.PROBLEMS:
+        overrides = protocols.PROBLEM_HPARAMS["ft"][problem]
+        method, _ = running.method_at_layer("ft", toy, [case()], resources, 0, overrides=overrides)
+        assert isinstance(method, evaluation.WeightEditMethod)
+        hparams = method.editor.hparams
+        assert hparams.num_steps == (50 if problem == "fact_forcing" else 25)
+        new = method.new_weights(toy, case())
+        change = max(float((new[name] - before[name]).abs().max()) for name in new)
+        # The packaged step (lr 1e-3) overshoots every bound: the clamp sets the change (up to
+        # float32 rounding of weights near 0.2).
+        assert change == pytest.approx(overrides["norm_constraint"], rel=0.01), problem
+        bounds[problem] = change
+    assert bounds["fact_erasure"] < bounds["fact_amplification"] < bounds["error_injection"]
+    assert bounds["error_injection"] < bounds["tracing_reversal"]
+    with pytest.raises(errors.UsageError, match="not ft hyperparameters"):
+        running.method_at_layer("ft", toy, [case()], resources, 0, overrides={"v_lr": 0.05})
+    # MEMIT edits the reference's window of 5 around the central layer (clipped).
+    moved = registry.moved_to_layer("memit", {"layers": [0]}, 1, 2)
+    assert moved["layers"] == [1]
+    assert tracing.layer_window(1, protocols.EDIT_WINDOWS["memit"], 8) == [0, 1, 2, 3]
+
+
+def test_reference_run_records_its_protocol_and_refuses_another(mt, tmp_path):
+    model = tempered_to(mt, 0.0205)
+    settings = tracing.TraceSettings(noise_scale=0.5, num_samples=2)
+    resources = evaluation.EvalResources()
+    chosen = ["fact_erasure", "tracing_reversal"]
+    results = running.run_problems(
+        model, "ft", [known_case()], resources, settings, tmp_path, [0, 1], chosen
+    )
+    assert {(r.problem, r.layer) for r in results} == {
+        (p, layer) for p in chosen for layer in (0, 1)
+    }
+    for outcome in results:
+        assert outcome.protocol == "reference" and outcome.window == 1
+        assert outcome.hparams == protocols.PROBLEM_HPARAMS["ft"][outcome.problem]
+    saved = setups.ProblemSetup.from_dict(io.read_json(tmp_path / "setups" / "7.json", "setup"))
+    assert saved.target_trace is not None and sorted(saved.target_trace.restored) == ["0", "1"]
+    for outcome in results:
+        assert outcome.tracing_effect == saved.target_trace.fraction_restored(outcome.layer)
+    protocol = protocols.Protocol.from_dict(io.read_json(tmp_path / "protocol.json", "protocol"))
+    assert protocol.name == "reference" and protocol.min_true_prob == 0.02
+    assert protocol.problem_hparams["fact_erasure"] == {"norm_constraint": 1e-5}
+    with pytest.raises(
+        errors.UsageError, match=r"differs from this run.s .* in name, min_true_prob"
+    ):
+        running.run_problems(
+            model, "ft", [known_case()], resources, settings, tmp_path, [0], chosen, protocol="ours"
+        )
+    # Under ours the same fact is unknown (p < 0.1): nothing is edited.
+    assert (
+        running.run_problems(
+            model,
+            "ft",
+            [known_case()],
+            resources,
+            settings,
+            tmp_path / "ours",
+            [0],
+            chosen,
+            protocol="ours",
+        )
+        == []
+    )
+
+
+def grouped_result(
+    method: str, window: int, layer: int, effect: float, value: float
+) -> problems.ProblemResult:
+    return problems.ProblemResult(
+        0,
+        "error_injection",
+        method,
+        layer,
+        [layer],
+        "x",
+        0.0,
+        value,
+        value,
+        effect,
+        effect,
+        window=window,
+    )
+
+
+def test_r_squared_is_per_method_and_window_as_a_hand_computation():
+    rng = np.random.default_rng(2)
+    results = []
+    for method, window, slope in (("ft", 1, 1.0), ("ft5", 5, -1.0), ("memit", 5, 0.0)):
+        for layer in (0, 1):
+            for _ in range(8):
+                effect = float(rng.uniform())
+                noise = float(rng.normal(scale=0.2))
+                results.append(
+                    grouped_result(method, window, layer, effect, slope * effect + noise)
+                )
+    groups = analysis.by_method_and_window(results)
+    assert sorted(groups) == [("ft", 1), ("ft5", 5), ("memit", 5)]
+    for (method, window), members in groups.items():
+        regression = analysis.regress(members)
+        assert (regression.method, regression.window) == (method, window)
+        y = np.array([m.success for m in members])
+        x = np.array([m.tracing_effect for m in members])
+        # One regressor: R^2 is the squared correlation; the layer alone: the between-layer
+        # share of the variance (two levels).
+        assert regression.tracing == pytest.approx(np.corrcoef(x, y)[0, 1] ** 2, rel=1e-9)
+        layer_of = np.array([m.layer for m in members])
+        fitted = np.where(layer_of == 0, y[layer_of == 0].mean(), y[layer_of == 1].mean())
+        share = 1 - ((y - fitted) ** 2).sum() / ((y - y.mean()) ** 2).sum()
+        assert regression.layer == pytest.approx(share, rel=1e-9)
+    assert analysis.regress(groups[("ft", 1)]).tracing > 0.5
+    # Pooling the opposite slopes hides them: only on request.
+    with pytest.raises(errors.UsageError, match="one \\(method, window\\) at a time"):
+        analysis.regress(results)
+    with pytest.raises(errors.UsageError, match="several \\(method, window\\) groups"):
+        analysis.analyze(results)
+    assert analysis.regress(results, pooled=True).tracing < 0.2

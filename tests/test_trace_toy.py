@@ -58,5 +58,7 @@ def test_trace_edit_and_analyse_the_toy_world(
             edit_problems.parse_args(["-m", "toy-small", "--method", "nonsense"])
 
         assert edit_analysis.main(["-m", "toy-small"]) == 0
-        assert (results / "edit_analysis_toy-small" / "r2_ft.tex").is_file()
+        assert (results / "edit_analysis_toy-small" / "r2_ft_w1.tex").is_file()
+        protocol = json.loads((edited / "protocol.json").read_text())
+        assert protocol["name"] == "reference" and protocol["noise_rule"] == "3 sigma"
     assert "R^2 of edit success" in capsys.readouterr().out

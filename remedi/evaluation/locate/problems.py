@@ -16,11 +16,17 @@ for each; the table is in :mod:`remedi.evaluation.locate`):
   edit; the rewrite score is ``max(0, (post - pre) / (1 - pre))`` (their ``recovered_prop``)
   and the erasure score ``max(0, (pre - post) / pre)`` (``erased_prop``): both bounded below
   by 0 (:func:`rewrite_score`, :func:`erasure_score`).
-- Tracing effect at the edited layer (``third_party/data-analysis.ipynb``, "Join tracing and
-  editing results": ``max_fraction_restored``): restoring the MLP output over a window of 5
-  layers around the edit layer, the fraction restored ``max(0, (p_restored - p_corrupted) /
-  |p_corrupted - p_clean|)``, maximised over the tokens from the subject's first to the
-  prompt's last (:func:`tracing_effect`).
+- Tracing effect at the edited layer (``third_party/data-analysis.ipynb``, cell "Postprocess
+  tracing data" and the ``max_per_layer_per_record`` block: ``max_fraction_restored``):
+  restoring the MLP output over a window of 5 layers around the edit layer, the fraction
+  restored ``max(0, (p_restored - p_corrupted) / |p_corrupted - p_clean|)``, maximised over the
+  tokens from the subject's first to the prompt's last (:func:`setup_effects`). ``p`` is the
+  whole o_true teacher forced under the reference protocol
+  (:class:`~remedi.evaluation.locate.target_trace.TargetTrace`), o_true's first token under
+  ``ours`` (:func:`tracing_effect`).
+- Per-problem hyperparameters (``experiments/evaluate.py:57-136``): applied by the runner from
+  :data:`~remedi.evaluation.locate.protocols.PROBLEM_HPARAMS`; each result records the
+  overrides its edit ran with (:attr:`ProblemResult.hparams`).
 """
 
 from __future__ import annotations
@@ -28,7 +34,8 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 from dataclasses_json import DataClassJsonMixin
@@ -92,6 +99,11 @@ class ProblemResult(DataClassJsonMixin):
     """:func:`tracing_effect` at the central edited layer (the regressions' variable)."""
     last_subject_effect: float
     """The raw indirect effect at the edited layer and the subject's last token (ROME's view)."""
+    window: int = 1
+    """Layers the method edits around the central one (the R^2 groups by method and window)."""
+    protocol: str = "ours"
+    hparams: dict[str, Any] = field(default_factory=dict)
+    """The per-problem hyperparameter overrides the edit ran with (none under ``ours``)."""
 
 
 def tracing_effect(trace: tracing.TraceResult, kind: str, window: int, layer: int) -> float:
@@ -104,6 +116,26 @@ def tracing_effect(trace: tracing.TraceResult, kind: str, window: int, layer: in
         return 0.0
     effects = trace.indirect_effects(kind, window)[trace.subject_range[0] :, layer]
     return float(np.clip(effects / corruption, 0.0, None).max())
+
+
+def setup_effects(setup: ProblemSetup, kind: str, window: int, layer: int) -> tuple[float, float]:
+    """The tracing effect at ``layer`` (the regressions' variable) and the raw indirect effect at
+    the subject's last token, from the setup's whole-target trace (reference protocol; its own
+    kind and window) or its first-token trace (``ours``; ``kind`` and ``window``)."""
+    if setup.target_trace is not None:
+        return (
+            setup.target_trace.fraction_restored(layer),
+            setup.target_trace.last_subject_effect(layer),
+        )
+    if setup.trace is None:
+        raise errors.UsageError(
+            f"case {setup.case_id} has no trace; set it up with setup_case and, under the "
+            "reference protocol, trace the whole target (target_trace.trace_target)"
+        )
+    return (
+        tracing_effect(setup.trace, kind, window, layer),
+        setup.trace.effect_at(kind, window, layer),
+    )
 
 
 def edit_target(problem: str, setup: ProblemSetup) -> str:
@@ -186,8 +218,12 @@ def edit_case(
     edited_layers: Sequence[int],
     trace_kind: str = DEFAULT_TRACE_KIND,
     trace_window: int = DEFAULT_TRACE_WINDOW,
+    window: int = 1,
+    protocol: str = "ours",
+    hparams: dict[str, Any] | None = None,
 ) -> ProblemResult:
-    """Edit the model for one case and problem, measure, restore the weights."""
+    """Edit the model for one case and problem, measure, restore the weights. ``window``,
+    ``protocol`` and ``hparams`` (the overrides ``method`` was built with) are recorded."""
     if not method.edits_weights:
         raise errors.UsageError(
             f"method {method.name!r} does not edit weights; the editing problems need a weight "
@@ -199,6 +235,7 @@ def edit_case(
         switch.active = False
         post = measure(mt, problem, setup, settings)
     pre = pre_probability(problem, setup)
+    effect, last_subject_effect = setup_effects(setup, trace_kind, trace_window, layer)
     return ProblemResult(
         case_id=case.case_id,
         problem=problem,
@@ -209,6 +246,9 @@ def edit_case(
         pre=pre,
         post=post,
         success=success(problem, pre, post),
-        tracing_effect=tracing_effect(setup.trace, trace_kind, trace_window, layer),
-        last_subject_effect=setup.trace.effect_at(trace_kind, trace_window, layer),
+        tracing_effect=effect,
+        last_subject_effect=last_subject_effect,
+        window=window,
+        protocol=protocol,
+        hparams=dict(hparams or {}),
     )

@@ -1,9 +1,17 @@
 """What the unedited model says about a case: the targets and probabilities every problem starts
 from, the case's causal trace, and whether the model knows the fact.
 
-- Cases (``experiments/evaluate.py``, ``correctness_check``/``target_prob_check``): only facts
-  the model knows: its top prediction is o_true's first token (the trace's filter) and
-  ``p(o_true | s, r) > 0.1`` (:data:`MIN_TRUE_PROB`).
+- Cases: only facts the model knows (:func:`knows`). Under the reference protocol (the
+  default), a greedy generation of 36 tokens contains o_true and ``p(o_true | s, r) > 0.02``
+  as the reference computes ``p`` (``third_party/experiments/evaluate.py:453-472,851``; see
+  :mod:`~remedi.evaluation.locate.target_trace`); under ``ours``, the top prediction is
+  o_true's first token (the trace's filter) and ``p(o_true | s, r) > 0.1``
+  (:data:`MIN_TRUE_PROB`), a threshold the reference does not use (its ``--correctness_filter``
+  help names 0.1, ``evaluate.py:733``, but the code passes 0.02).
+- The trace: under ``ours``, :func:`remedi.tracing.trace_prompt` of o_true's first token at
+  every layer and token; under the reference protocol, the whole o_true teacher forced
+  (:class:`~remedi.evaluation.locate.target_trace.TargetTrace`), traced at the edit layers by
+  the runner once a case is known.
 """
 
 from __future__ import annotations
@@ -17,11 +25,18 @@ from dataclasses_json import DataClassJsonMixin
 
 from remedi import errors, models, tracing
 from remedi.evaluation.cases import EvalCase
+from remedi.evaluation.locate import protocols
 from remedi.evaluation.locate.objectives import forcing_noise
+from remedi.evaluation.locate.target_trace import (
+    TargetTrace,
+    generation_contains,
+    greedy_continuation,
+    reference_target_prob,
+)
 from remedi.methods import common
 
-MIN_TRUE_PROB = 0.1
-"""Cases must give o_true more than this probability (the reference's ``target_prob_check``)."""
+MIN_TRUE_PROB = protocols.MIN_TRUE_PROB["ours"]
+"""Under ``ours``, cases must give o_true more than this probability."""
 
 
 def target_prob(
@@ -69,7 +84,18 @@ class ProblemSetup(DataClassJsonMixin):
     p_noised_target: float
     p_true_noised: float
     """p(o_true | s_noise, r) under :func:`forcing_noise`: where fact forcing starts."""
-    trace: tracing.TraceResult
+    trace: tracing.TraceResult | None
+    """Under ``ours``: the trace of o_true's first token (None under the reference protocol)."""
+    protocol: str = "ours"
+    settings: tracing.TraceSettings | None = None
+    """The noise the setup was measured under."""
+    generation: str | None = None
+    """The reference filter's greedy continuation, cut where it first contains o_true (None
+    under ``ours``, or where ``p`` fails the filter: nothing was generated)."""
+    filter_prob: float | None = None
+    """``p(o_true | s, r)`` as the protocol's filter computes it."""
+    target_trace: TargetTrace | None = None
+    """Under the reference protocol: the whole o_true traced at the edit layers (once known)."""
 
 
 def setup_case(
@@ -77,13 +103,30 @@ def setup_case(
     case: EvalCase,
     settings: tracing.TraceSettings,
     require_correct: bool = True,
+    protocol: str = "ours",
 ) -> ProblemSetup:
-    """Trace the case's rewrite prompt and measure what the problems start from (with
-    ``require_correct``, a case the model answers wrongly is not traced: no edit reads it)."""
+    """Measure what the problems start from and what the ``protocol``'s filter reads; under
+    ``ours`` also trace the case's rewrite prompt (with ``require_correct``, a case the model
+    answers wrongly is not traced: no edit reads it)."""
+    if protocol not in protocols.PROTOCOLS:
+        raise errors.UsageError(
+            f"unknown protocol {protocol!r}; choose from {list(protocols.PROTOCOLS)}"
+        )
     prompt = case.rewrite_prompt or case.prompt
-    trace = tracing.trace_prompt(
-        mt, prompt, case.entity, case.target_true, settings, case.case_id, require_correct
-    )
+    trace = None
+    target_id = common.target_token_ids(mt.tokenizer, prompt, case.target_true)[0]
+    generation, filter_prob = None, None
+    if protocol == "ours":
+        trace = tracing.trace_prompt(
+            mt, prompt, case.entity, case.target_true, settings, case.case_id, require_correct
+        )
+        target_id = trace.target_id
+    else:
+        filter_prob = reference_target_prob(mt, prompt, case.target_true)
+        if filter_prob > protocols.MIN_TRUE_PROB["reference"]:  # else it fails the filter anyway
+            generation = greedy_continuation(
+                mt, prompt, protocols.GENERATION_TOKENS, until=case.target_true
+            )
     ids, token_range = tracing.subject_token_range(mt.tokenizer, prompt, case.entity)
     noise = evaluation_noise(mt, token_range, settings)
     with torch.no_grad(), tracing.noised_embeddings(mt, token_range, noise):
@@ -99,11 +142,10 @@ def setup_case(
             f"case {case.case_id}: the noised prediction decodes to blank text; it cannot be a "
             "target"
         )
-    first = str(mt.tokenizer.decode([trace.target_id])).strip()
-    if common.target_token_ids(mt.tokenizer, prompt, first or case.target_true)[:1] != [
-        trace.target_id
-    ]:
+    first = str(mt.tokenizer.decode([target_id])).strip()
+    if common.target_token_ids(mt.tokenizer, prompt, first or case.target_true)[:1] != [target_id]:
         first = ""  # the token is not a word of its own: erasure cannot target it alone
+    p_true = target_prob(mt, prompt, case.entity, case.target_true)
     return ProblemSetup(
         case_id=case.case_id,
         prompt=prompt,
@@ -112,13 +154,17 @@ def setup_case(
         target_new=case.target_new,
         target_noised=target_noised,
         target_true_first=first,
-        p_true=target_prob(mt, prompt, case.entity, case.target_true),
+        p_true=p_true,
         p_new=target_prob(mt, prompt, case.entity, case.target_new),
         p_noised_target=target_prob(mt, prompt, case.entity, target_noised),
         p_true_noised=target_prob(
             mt, prompt, case.entity, case.target_true, forcing_noise(mt, token_range, settings)
         ),
         trace=trace,
+        protocol=protocol,
+        settings=settings,
+        generation=generation,
+        filter_prob=p_true if filter_prob is None else filter_prob,
     )
 
 
@@ -135,7 +181,16 @@ def evaluation_noise(
     )
 
 
-def knows(setup: ProblemSetup) -> bool:
-    """Whether the model knows the case's fact: its top prediction is o_true's first token and
-    ``p(o_true) > MIN_TRUE_PROB`` (the reference's correctness filter)."""
-    return setup.trace.correct and setup.p_true > MIN_TRUE_PROB
+def knows(setup: ProblemSetup, min_true_prob: float | None = None) -> bool:
+    """Whether the model knows the case's fact, by the setup's protocol (module description):
+    ``p(o_true)`` as its filter computes it above ``min_true_prob`` (default: the protocol's),
+    and, under the reference protocol, o_true in the greedy generation, under ``ours``, o_true's
+    first token the top prediction."""
+    if min_true_prob is None:
+        min_true_prob = protocols.MIN_TRUE_PROB[setup.protocol]
+    prob = setup.p_true if setup.filter_prob is None else setup.filter_prob
+    if setup.protocol == "reference":
+        return generation_contains(setup.generation or "", setup.target_true) and (
+            prob > min_true_prob
+        )
+    return setup.trace is not None and setup.trace.correct and prob > min_true_prob
