@@ -371,3 +371,43 @@ def test_relation_specificity_without_a_world_reads_the_datasets_templates(token
     assert edited.unchanged.mean == pytest.approx(
         sum(sum(c.unchanged) / len(c.unchanged) for c in edited.cases) / len(edited.cases)
     )
+
+
+# --- the frontier ------------------------------------------------------------------------------
+
+
+def _write_summary(directory: Path, efficacy: float, relation: float) -> Path:
+    from remedi.evaluation.editing import counterfact_report
+
+    row = counterfact_report.SummaryRow(
+        method="remedi",
+        label="REMEDI (layer 0)",
+        cases=125,
+        values={"efficacy": efficacy, "relation_specificity": relation},
+    )
+    unedited = dataclasses.replace(row, method="unedited", label="Unedited")
+    summary = counterfact_report.Summary(title="t", rows=[unedited, row])
+    directory.mkdir(parents=True)
+    (directory / "summary.json").write_text(json.dumps(summary.to_dict()))
+    return directory
+
+
+def test_the_frontier_averages_each_settings_runs_and_plots_them(tmp_path, monkeypatch, capsys):
+    from scripts import relation_frontier
+
+    monkeypatch.setenv("REMEDI_RESULTS_DIR", str(tmp_path / "results"))
+    off = [_write_summary(tmp_path / f"off{seed}", 90.0 + seed, 20.0 + 2 * seed) for seed in (0, 1)]
+    on = [_write_summary(tmp_path / "on0", 80.0, 70.0)]
+    argv = ["-n", "frontier", "--goal", "95", "90"]
+    argv += ["--point", f"off={off[0]},{off[1]}", "--point", f"lam_rel 1={on[0]}"]
+    assert relation_frontier.main(argv) == 0
+    out = capsys.readouterr().out
+    # Mean ± sample standard deviation over the runs: (90, 91) and (20, 22).
+    assert "| off | 2 | 125 | 90.5 ± 0.7 | 21.0 ± 1.4 |" in out
+    assert "| lam_rel 1 | 1 | 125 | 80.0 | 70.0 |" in out
+    directory = tmp_path / "results" / "frontier"
+    assert (directory / "frontier.png").read_bytes().startswith(b"\x89PNG")
+    points = json.loads((directory / "frontier.json").read_text())
+    assert [point["label"] for point in points] == ["off", "lam_rel 1"]
+    with pytest.raises(FileNotFoundError, match="eval_fact_gen"):
+        relation_frontier.main(["-n", "x", "--point", f"missing={tmp_path / 'nowhere'}"])
