@@ -939,7 +939,7 @@ sweep_cls_biosbias = _entity_sweep_task(
         "device": HELP["device"],
         "layer": "Editor layer (default: the model's CounterFact layer).",
         "weights": "lam_rel values, comma-separated; 'off' is the paper's loss (default "
-        "off,0.1,1,10).",
+        "off,1,10).",
         "seeds": "Training seeds (each its own entity-disjoint split), comma-separated "
         "(default 0,1,2).",
         "max_cases": "Evaluate only the first N test cases (default: all).",
@@ -952,7 +952,7 @@ def sweep_relspec(
     model: str = "toy",
     device: str | None = None,
     layer: int | None = None,
-    weights: str = "off,0.1,1,10",
+    weights: str = "off,1,10",
     seeds: str = "0,1,2",
     max_cases: int | None = None,
     max_train_samples: int | None = None,

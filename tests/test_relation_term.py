@@ -411,3 +411,24 @@ def test_the_frontier_averages_each_settings_runs_and_plots_them(tmp_path, monke
     assert [point["label"] for point in points] == ["off", "lam_rel 1"]
     with pytest.raises(FileNotFoundError, match="eval_fact_gen"):
         relation_frontier.main(["-n", "x", "--point", f"missing={tmp_path / 'nowhere'}"])
+
+
+def test_a_relation_result_written_when_it_needed_a_world_is_recomputed(tokenizer, cases, tmp_path):
+    mt = weighty_gpt2(tokenizer)
+    resources = evaluation.EvalResources(batch_size=2)
+    method = evaluation.Method()
+    old = evaluation.RelationSpecificityResults(
+        benchmark="relation_specificity",
+        settings=evaluation.result_settings(mt, method, cases, resources),
+        available=False,
+        reason="needs the toy world's world.json",
+    )
+    path = evaluation.runner.result_file(tmp_path, method.name, "relation_specificity")
+    path.parent.mkdir(parents=True)
+    path.write_text(json.dumps(old.to_dict()))
+    results = evaluation.run_benchmarks(
+        mt, [method], cases, resources, tmp_path, ["relation_specificity"]
+    )
+    result = results[method.name]["relation_specificity"]
+    assert isinstance(result, evaluation.RelationSpecificityResults) and result.available
+    assert evaluation.read_result(path, "relation_specificity") == result

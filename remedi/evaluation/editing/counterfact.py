@@ -303,9 +303,9 @@ def relation_specificity(
     unchanged_metric = metrics.Metric.aggregate(
         [metrics.share(c.unchanged) for c in results if c.unchanged]
     )
-    implied_metric = metrics.Metric.aggregate(
-        [metrics.share(c.implied_hits) for c in results if c.implied_hits]
-    )
+    implied_shares = [metrics.share(c.implied_hits) for c in results if c.implied_hits]
+    # None, not an empty metric (NaN), where no case has an implied relation (real CounterFact).
+    implied_metric = metrics.Metric.aggregate(implied_shares) if implied_shares else None
     return RelationSpecificityResults(
         benchmark="relation_specificity",
         settings=settings,
