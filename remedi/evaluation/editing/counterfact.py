@@ -1,4 +1,4 @@
-"""CounterFact's probability benchmarks, and relation specificity on the toy world.
+"""CounterFact's probability benchmarks, and relation specificity on any CounterFact-format data.
 
 - ``efficacy``: p(target_new) > p(target_true) on each case's prompt (its sample's prompt: the
   cleaned first paraphrase prompt by default, as REMEDI's reference; ROME's rewrite prompt with
