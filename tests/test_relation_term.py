@@ -432,3 +432,42 @@ def test_a_relation_result_written_when_it_needed_a_world_is_recomputed(tokenize
     result = results[method.name]["relation_specificity"]
     assert isinstance(result, evaluation.RelationSpecificityResults) and result.available
     assert evaluation.read_result(path, "relation_specificity") == result
+
+
+def test_the_sweep_task_trains_and_evaluates_each_weight_and_seed_then_draws_the_frontier(
+    monkeypatch, tmp_path
+):
+    from invoke.context import Context
+
+    import tasks
+
+    ran: list[tuple[str, list[str]]] = []
+    monkeypatch.setattr(tasks, "_python", lambda c, module, args: ran.append((module, args)))
+    monkeypatch.setenv("REMEDI_RESULTS_DIR", str(tmp_path))
+    tasks.sweep_relspec(Context(), model="gpt2", weights="off,1", seeds="0,1", max_cases=50)
+    scripts = [module for module, _ in ran]
+    assert scripts == ["scripts.train_editors", "scripts.eval_fact_gen"] * 4 + [
+        "scripts.relation_frontier"
+    ]
+    trainings = [args for module, args in ran if module == "scripts.train_editors"]
+    assert [args[args.index("-n") + 1] for args in trainings] == [
+        "relspec_gpt2_lamoff_seed0",
+        "relspec_gpt2_lamoff_seed1",
+        "relspec_gpt2_lam1_seed0",
+        "relspec_gpt2_lam1_seed1",
+    ]
+    assert ["--lam-rel" in args for args in trainings] == [False, False, True, True]
+    assert trainings[3][trainings[3].index("--seed") + 1] == "1"
+    evaluation_args = ran[1][1]
+    assert evaluation_args[evaluation_args.index("-b") + 1 :][:2] == [
+        "efficacy",
+        "relation_specificity",
+    ]
+    assert evaluation_args[evaluation_args.index("--max-cases") + 1] == "50"
+    frontier = ran[-1][1]
+    points = [frontier[i + 1] for i, arg in enumerate(frontier) if arg == "--point"]
+    assert points == [
+        f"paper's loss={tmp_path}/eval_relspec_gpt2_lamoff_seed0,"
+        f"{tmp_path}/eval_relspec_gpt2_lamoff_seed1",
+        f"lam_rel 1={tmp_path}/eval_relspec_gpt2_lam1_seed0,{tmp_path}/eval_relspec_gpt2_lam1_seed1",
+    ]
