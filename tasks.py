@@ -951,7 +951,7 @@ def sweep_relspec(
     model: str = "toy",
     device: str | None = None,
     layer: int | None = None,
-    weights: str = "off,1,10",
+    weights: str = "off,1,3,10",
     seeds: str = "0,1,2",
     max_cases: int | None = None,
     max_train_samples: int | None = None,
