@@ -938,7 +938,7 @@ sweep_cls_biosbias = _entity_sweep_task(
         "model": HELP["model"],
         "device": HELP["device"],
         "layer": "Editor layer (default: the model's CounterFact layer).",
-        "weights": "lam_rel values, comma-separated; 'off' is the paper's loss (default off,1,10).",
+        "weights": "lam_rel values, comma-separated; 'off' is the paper's loss (default off,1,3,10).",
         "seeds": "Training seeds (each its own entity-disjoint split), comma-separated "
         "(default 0,1,2).",
         "max_cases": "Evaluate only the first N test cases (default: all).",
