@@ -1205,6 +1205,57 @@ sweep_cls_biosbias = _entity_sweep_task(
 )
 
 
+@task(
+    help={
+        "model": HELP["model"],
+        "device": HELP["device"],
+        "layer": "Editor layer (default: the model's CounterFact layer).",
+        "weights": "lam_rel values, comma-separated; 'off' is the paper's loss (default off,1,3,10).",
+        "seeds": "Training seeds (each its own entity-disjoint split), comma-separated "
+        "(default 0,1,2).",
+        "max_cases": "Evaluate only the first N test cases (default: all).",
+        "max_train_samples": "Train on N samples (default: the model's recipe).",
+        "prompt": "CounterFact prompt the evaluation asks (default: the editors').",
+    }
+)
+def sweep_relspec(
+    c: Context,
+    model: str = "toy",
+    device: str | None = None,
+    layer: int | None = None,
+    weights: str = "off,1,3,10",
+    seeds: str = "0,1,2",
+    max_cases: int | None = None,
+    max_train_samples: int | None = None,
+    prompt: str | None = None,
+) -> None:
+    """Sweep the relation term's weight (lam_rel) on CounterFact: train an editor per weight
+    and seed with the model's recipe, evaluate efficacy and relation specificity on its test
+    split, then write the frontier (results/relspec_frontier_<model>/frontier.{md,png})."""
+    from remedi.env import results_dir
+
+    editor_layer = _paper_layer(model, "counterfact", layer)
+    points = []
+    for weight in _comma_list(weights):
+        evaluations = []
+        for seed in _parse_seeds(seeds):
+            name = f"relspec_{model}_lam{weight}_seed{seed}"
+            flags = ["--seed", str(seed), *_flags(device)]
+            flags += [] if weight == "off" else ["--lam-rel", weight]
+            flags += ["--max-train-samples", str(max_train_samples)] if max_train_samples else []
+            _train(c, "counterfact", model, [editor_layer], name, flags)
+            args = ["-l", str(editor_layer), "-b", "efficacy", "relation_specificity"]
+            args += ["--max-cases", str(max_cases)] if max_cases is not None else []
+            args += ["--counterfact-prompt", prompt] if prompt else []
+            _evaluate(c, "eval_fact_gen", model, f"eval_{name}", results_dir() / name, args)
+            evaluations.append(str(results_dir() / f"eval_{name}"))
+        label = "paper's loss" if weight == "off" else f"lam_rel {weight}"
+        points += ["--point", f"{label}={','.join(evaluations)}"]
+    title = f"{model}, layer {editor_layer}, seeds {seeds}"
+    frontier = ["-n", f"relspec_frontier_{model}", "--title", title, "--goal", "95", "90"]
+    _python(c, "scripts.relation_frontier", [*frontier, *points])
+
+
 # ---------------------------------------------------------------------------------------
 # Causal tracing and the editing problems of Hase et al. (x.trace.*, x.edit.*).
 
@@ -1511,6 +1562,7 @@ sweep = Collection(
     gen=Collection("gen", counterfact=sweep_gen_counterfact, biosbias=sweep_gen_biosbias),
     cls=Collection("cls", counterfact=sweep_cls_counterfact, biosbias=sweep_cls_biosbias),
     ent=Collection("ent", mcrae=sweep_ent_mcrae),
+    relspec=sweep_relspec,
 )
 x = Collection(
     "x",

@@ -76,6 +76,10 @@ class EditorConfig(DataClassJsonMixin):
     input_last_attribute_token: bool = False
     """Read the attribute's last-token hidden state instead of the mean over its tokens
     (REMEDI's choice). Not in the reference; see :mod:`remedi.training` on the toy world."""
+    lam_rel: float | None = None
+    """The weight of the relation term the editor was trained with (``--lam-rel``; None: off,
+    REMEDI's loss). It changes no computation here: it records how the editor's directions were
+    made to leave the entity's other relations alone. Configs saved before it load as None."""
     format_version: int = EDITOR_FORMAT_VERSION
 
 

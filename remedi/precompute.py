@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Iterator, Mapping, Sequence
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field, fields, replace
 from typing import Any, TypeAlias
 
 import datasets
@@ -389,6 +389,9 @@ class EditorInputs:
     attribute_last_hiddens: dict[int, torch.Tensor] = field(default_factory=dict)
     target_mediated_ids: torch.Tensor | None = None
     target_unmediated_ids: torch.Tensor | None = None
+    relation_prompts: list[list[str]] | None = None
+    """Per sample, prompts about its entity under other relations (training's relation term,
+    ``lam_rel``); None: not computed (see :meth:`with_relation_prompts`)."""
 
     def __len__(self) -> int:
         return len(self.ids)
@@ -405,6 +408,12 @@ class EditorInputs:
         """Attribute representation at ``layer``: the mean over its tokens (REMEDI), or its
         last token's hidden state."""
         return (self.attribute_last_hiddens if last_token else self.attribute_hiddens)[layer]
+
+    def with_relation_prompts(self, prompts_by_id: Mapping[str, Sequence[str]]) -> EditorInputs:
+        """These inputs with each sample's :attr:`relation_prompts` from ``prompts_by_id``
+        (sample id -> prompts; a sample missing from it gets none)."""
+        prompts = [list(prompts_by_id.get(sample_id, ())) for sample_id in self.ids]
+        return replace(self, relation_prompts=prompts)
 
     def select(self, indices: Sequence[int] | torch.Tensor) -> EditorInputs:
         """The inputs of a subset of samples, in the order of ``indices``."""

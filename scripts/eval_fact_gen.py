@@ -223,6 +223,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         target_scoring=args.target_scoring,
         prompt_source=prompt_source,
     )
+    resources.relation_templates = data.RelationTemplates.from_records(records)
 
     mt = models.load_model(
         args.model,

@@ -61,6 +61,19 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--lam-norm", type=float, help="direction norm weight (default: off)")
     parser.add_argument("--lam-ess", type=float, help="essence penalty weight (default: off)")
     parser.add_argument(
+        "--lam-rel",
+        type=float,
+        help="weight of the relation term (not in REMEDI; default: off): KL at the end of "
+        "prompts about the sample's entity under its other relations, from the dataset's "
+        "relation templates (CounterFact-format data only)",
+    )
+    parser.add_argument(
+        "--max-relation-prompts",
+        type=int,
+        default=data.DEFAULT_MAX_RELATION_PROMPTS,
+        help="prompts about other relations per sample for --lam-rel (default: %(default)s)",
+    )
+    parser.add_argument(
         "--kl-direction",
         default=training.DEFAULT_KL_DIRECTION,
         choices=training.KL_DIRECTIONS,
@@ -154,6 +167,8 @@ def run_args(args: argparse.Namespace) -> training.RunArgs:
         lam_kl=args.lam_kl,
         lam_norm=args.lam_norm,
         lam_ess=args.lam_ess,
+        lam_rel=args.lam_rel,
+        max_relation_prompts=args.max_relation_prompts,
         kl_direction=args.kl_direction,
         hold_out=args.hold_out,
         test_size=args.test_size,

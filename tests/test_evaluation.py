@@ -298,11 +298,14 @@ def test_relation_specificity_reports_unchanged_and_implied_relations(mt, cases,
     assert result.implied_changed is not None and len(result.implied_changed.values) == 1
 
 
-def test_relation_specificity_is_not_available_without_a_world(mt, cases):
+def test_relation_specificity_without_a_world_asks_the_datasets_templates(mt, cases):
+    # Real CounterFact has no world.json: the cases' relation templates filled with the subject
+    # (tests/test_relation_term.py checks them by hand).
     result = evaluation.relation_specificity(
         mt, evaluation.Method(), cases, evaluation.EvalResources()
     )
-    assert not result.available and "world.json" in (result.reason or "")
+    assert result.available and result.reason is None
+    assert [len(case.prompts) for case in result.cases] == [2, 2, 2]
     round_trip = evaluation.RelationSpecificityResults.from_dict(result.to_dict())
     assert round_trip == result
 

@@ -59,6 +59,11 @@ from remedi.data.counterfact import (
     load_counterfact_easyedit_records,
     load_counterfact_records,
 )
+from remedi.data.relations import (
+    DEFAULT_MAX_RELATION_PROMPTS,
+    RelationFact,
+    RelationTemplates,
+)
 from remedi.data.samples import (
     SAMPLE_FEATURES,
     ContextMediationSample,
@@ -92,6 +97,7 @@ __all__ = [
     "COUNTERFACT_SIZE",
     "COUNTERFACT_URL",
     "DATASET_LOADERS",
+    "DEFAULT_MAX_RELATION_PROMPTS",
     "EASYEDIT_REQUIRED_FIELDS",
     "REFERENCE_ROWS",
     "REFERENCE_SMALL_ROWS",
@@ -99,6 +105,8 @@ __all__ = [
     "ContextMediationSample",
     "DatasetFormatError",
     "DownloadError",
+    "RelationFact",
+    "RelationTemplates",
     "RestrictedUnpickler",
     "UnsafePickleError",
     "attribute_from_context",

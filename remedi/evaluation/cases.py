@@ -201,7 +201,10 @@ class EvalResources:
     """What the benchmarks read besides the model: optional files and evaluation settings."""
 
     world: World | None = None
-    """The toy world (``world.json``): relation specificity and replacements need it."""
+    """The toy world (``world.json``): relation specificity and replacements read it."""
+    relation_templates: data.RelationTemplates | None = None
+    """The dataset's relation templates (relation specificity without a toy world; None: the
+    cases' own)."""
     snippets: metrics.AttributeSnippets | None = None
     vectorizer: metrics.TfidfVectorizer | None = None
     missing: str | None = None

@@ -11,8 +11,15 @@ the entity's last token at the edit layer::
            + lam_kl * (1/B) sum_b sum_{t in [last entity token, last token)} KL(p_orig,t || p_edit,t)
            + lam_norm * mean_b |direction_b|                                   (optional)
            + lam_ess  * mean_b KL(p_orig || p_edit) at the end of "{entity} is a"  (optional)
+           + lam_rel  * mean_b mean_{r in R_b} KL(p_orig || p_edit) at the end of r   (optional)
 
-Both KL terms take the direction of ``LossWeights.kl_direction`` (``--kl-direction``):
+where R_b are prompts about sample b's entity under its *other* relations (the dataset's relation
+templates filled with the entity, :class:`remedi.data.RelationTemplates`), the direction added at
+the entity there too. The relation term (``--lam-rel``, off by default) is not in REMEDI: it
+holds the entity's other facts while the edited one moves, which the paper's loss never asks
+for (its KL term covers only the sample's own prompt).
+
+The KL terms take the direction of ``LossWeights.kl_direction`` (``--kl-direction``):
 KL(original || edited) by default, as the reference computes it, or KL(edited || original).
 The loss is computed in float32, or in the LM's dtype when that is wider (float64 in tests).
 
@@ -108,6 +115,7 @@ from remedi.training.loss import (
     length_groups,
     log1m_exp,
     reference_equivalent_lam_kl,
+    relation_kl,
 )
 from remedi.training.runs import (
     ARGS_FILE,
@@ -181,6 +189,7 @@ __all__ = [
     "log1m_exp",
     "loss",
     "reference_equivalent_lam_kl",
+    "relation_kl",
     "run_dir",
     "runs",
     "save_trained_editor",

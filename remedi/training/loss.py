@@ -98,9 +98,12 @@ class LossWeights(DataClassJsonMixin):
     lam_kl: float | None = DEFAULT_LAM_KL
     lam_norm: float | None = None
     lam_ess: float | None = None
+    lam_rel: float | None = None
+    """The relation term (not in REMEDI): KL at the end of prompts about the sample's entity
+    under its other relations (``EditorInputs.relation_prompts``); off by default."""
     kl_direction: str = DEFAULT_KL_DIRECTION
-    """Direction of the lam_kl and lam_ess terms: "original||edited" (the reference's) or
-    "edited||original"."""
+    """Direction of the lam_kl, lam_ess and lam_rel terms: "original||edited" (the
+    reference's) or "edited||original"."""
 
     def __post_init__(self) -> None:
         check_kl_direction(self.kl_direction)
@@ -346,6 +349,10 @@ def editing_loss(
         term = _essence_kl(mt, editor, batch, directions, weights.kl_direction)
         loss = loss + weights.lam_ess * term
         terms["essence"] = term.item()
+    if weights.lam_rel is not None:
+        term = relation_kl(mt, editor, batch, directions, weights.kl_direction)
+        loss = loss + weights.lam_rel * term
+        terms["relation"] = term.item()
     terms["loss"] = loss.item()
     return loss, terms
 
@@ -370,3 +377,47 @@ def _essence_kl(
     with torch.no_grad():
         logits_orig = models.logits_at(mt.model, inputs, last)
     return edit_kl(_log_probs(logits_edit), _log_probs(logits_orig), kl_direction).mean()
+
+
+def relation_kl(
+    mt: models.ModelAndTokenizer,
+    editor: editors.Editor,
+    batch: precompute.EditorInputs,
+    directions: torch.Tensor,
+    kl_direction: str = DEFAULT_KL_DIRECTION,
+) -> torch.Tensor:
+    """The relation term: for each sample, the mean KL of the next token at the end of its
+    prompts about the same entity under other relations (``batch.relation_prompts``), the
+    sample's direction added at the entity as in its own prompt; the mean over the batch (a
+    sample without such prompts counts 0). In ``kl_direction`` (see :func:`edit_kl`).
+
+    It is zero when the edit leaves those predictions alone, whatever it does to the sample's
+    own prompt: the entity's other facts held while the edited one moves.
+    """
+    if batch.relation_prompts is None:
+        raise errors.UsageError(
+            "lam_rel is set but the samples have no prompts about their entities' other "
+            "relations; train on CounterFact-format data (counterfact, counterfact_easyedit, "
+            "a toy world's export), which train_run fills them from, or drop --lam-rel"
+        )
+    rows = [row for row, prompts in enumerate(batch.relation_prompts) for _ in prompts]
+    if not rows:
+        return directions.sum() * 0  # keeps the graph: no sample has another relation
+    prompts = [prompt for prompts in batch.relation_prompts for prompt in prompts]
+    entities = [batch.entities[row] for row in rows]
+    index = torch.tensor(rows, device=directions.device)
+    with editors.apply_editor(
+        mt, editor, directions[index], prompts, entities, padding_side="right"
+    ) as inputs:
+        last = _positions_mask(
+            precompute.last_token_positions(inputs.attention_mask), inputs.input_ids.shape[1]
+        )
+        logits_edit = models.logits_at(mt.model, inputs, last)
+    with torch.no_grad():
+        logits_orig = models.logits_at(mt.model, inputs, last)
+    kl = edit_kl(_log_probs(logits_edit), _log_probs(logits_orig), kl_direction)
+    per_sample = torch.zeros(len(batch), device=kl.device, dtype=kl.dtype)
+    counts = torch.zeros_like(per_sample)
+    per_sample = per_sample.index_add(0, index.to(kl.device), kl)
+    counts = counts.index_add(0, index.to(kl.device), torch.ones_like(kl))
+    return (per_sample / counts.clamp(min=1)).mean()

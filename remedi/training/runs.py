@@ -79,6 +79,10 @@ class RunArgs(DataClassJsonMixin):
     lam_kl: float | None = DEFAULT_LAM_KL
     lam_norm: float | None = None
     lam_ess: float | None = None
+    lam_rel: float | None = None
+    """The relation term's weight (None: off; see :func:`remedi.training.relation_kl`)."""
+    max_relation_prompts: int = data.DEFAULT_MAX_RELATION_PROMPTS
+    """Prompts about other relations per sample, for the relation term."""
     kl_direction: str = DEFAULT_KL_DIRECTION
     """Direction of the KL terms (see :class:`LossWeights`). ``args.json`` files without it
     (written before it existed, when training used "edited||original") load with the default."""
@@ -121,6 +125,7 @@ class RunArgs(DataClassJsonMixin):
             lam_kl=self.lam_kl,
             lam_norm=self.lam_norm,
             lam_ess=self.lam_ess,
+            lam_rel=self.lam_rel,
             kl_direction=self.kl_direction,
         )
 
@@ -139,6 +144,7 @@ class RunArgs(DataClassJsonMixin):
             "input_last_entity_token": not self.use_all_entity_tokens,
             "edit_last_entity_token": not self.use_all_entity_tokens,
             "input_last_attribute_token": self.use_last_attribute_token,
+            "lam_rel": self.lam_rel,
         }
         if editor_type in ("linear", "mlp"):
             options["use_entity"] = self.use_entity
@@ -405,6 +411,10 @@ def train_run(
     val_inputs = precompute.editor_inputs(
         mt, validation, todo_layers, batch_size=args.precompute_batch_size, desc="precompute val"
     )
+    if args.lam_rel is not None:
+        prompts = relation_prompts(args)
+        train_inputs = train_inputs.with_relation_prompts(prompts)
+        val_inputs = val_inputs.with_relation_prompts(prompts)
     config = args.training_config()
     for editor_type, layer in todo:
         logger.info("training %s editor at layer %d", editor_type, layer)
@@ -413,6 +423,30 @@ def train_run(
         log = train_editor(mt, editor, train_inputs, val_inputs, config)
         save_trained_editor(editor, log, editor_dir(directory, editor_type, layer))
     return directory
+
+
+def relation_prompts(args: RunArgs) -> dict[str, list[str]]:
+    """Sample id -> prompts about its entity under other relations, for the relation term: the
+    relation templates of the run's CounterFact-format dataset filled with the sample's subject
+    (:class:`remedi.data.RelationTemplates`). A toy world's export leaves out the relations its
+    world (``world.json`` beside the file) says the edited one implies."""
+    loader = data.COUNTERFACT_RECORD_LOADERS.get(args.dataset)
+    if loader is None:
+        raise errors.UsageError(
+            f"--lam-rel needs prompts about the entities' other relations, which only "
+            f"CounterFact-format data has ({', '.join(data.COUNTERFACT_RECORD_LOADERS)}), not "
+            f"{args.dataset!r}; drop --lam-rel"
+        )
+    file = Path(args.dataset_file) if args.dataset_file else None
+    records = loader(file)
+    implied: dict[str, set[str]] = {}
+    world_file = file.parent / "world.json" if file is not None else None
+    if world_file is not None and world_file.is_file():
+        raw = io.read_json(world_file, "toy world file")
+        for implication in raw.get("implications", []):
+            implied.setdefault(implication["if_relation"], set()).add(implication["then_relation"])
+    templates = data.RelationTemplates.from_records(records, implied)
+    return templates.prompts_by_sample_id(records, args.max_relation_prompts)
 
 
 def save_trained_editor(editor: editors.Editor, log: TrainingLog, directory: Path) -> None:

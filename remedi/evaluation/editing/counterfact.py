@@ -1,4 +1,4 @@
-"""CounterFact's probability benchmarks, and relation specificity on the toy world.
+"""CounterFact's probability benchmarks, and relation specificity on any CounterFact-format data.
 
 - ``efficacy``: p(target_new) > p(target_true) on each case's prompt (its sample's prompt: the
   cleaned first paraphrase prompt by default, as REMEDI's reference; ROME's rewrite prompt with
@@ -7,9 +7,12 @@
 - ``neighborhood``: p(target_true) > p(target_new) on prompts about *other* entities, run with the
   method attached (REMEDI edits the case entity's mention wherever it occurs; the prefix is
   prepended, so it can leak). Measured, never assumed;
-- ``relation_specificity``: on the toy world, with the method applied to entity E, the share of
-  E's *other* relations whose top-1 prediction is unchanged; relations the edit implies
+- ``relation_specificity``: with the method applied to entity E, the share of E's *other*
+  relations whose top-1 prediction is unchanged (the unedited LM's own top-1 is the reference).
+  On the toy world, every training template of every other relation; relations the edit implies
   (nationality -> language) are reported apart, as the share that changed to the implied value.
+  On any other CounterFact-format data, one template of each other relation of the dataset,
+  filled with E (:class:`remedi.data.RelationTemplates`; no implied relations there).
 
 How a target is scored (mean per-token log-probability by default, as ROME) is a setting
 (:data:`~remedi.evaluation.cases.TARGET_SCORINGS`) named in every result.
@@ -24,10 +27,11 @@ from dataclasses import dataclass, field
 import numpy as np
 from dataclasses_json import DataClassJsonMixin
 
-from remedi import metrics, models, precompute
+from remedi import data, metrics, models, precompute
 from remedi.evaluation.cases import EvalCase, EvalResources, ResultSettings, result_settings
 from remedi.evaluation.methods import Method, TextMethod, applicable_cases
 from remedi.evaluation.scoring import next_token_predictions, target_log_probs
+from remedi.toy.world import World
 
 logger = logging.getLogger(__name__)
 
@@ -183,39 +187,9 @@ def neighborhood(
     )
 
 
-@dataclass
-class _RelationPlan:
-    case: EvalCase
-    prompts: list[str]
-    relations: list[str]
-    implied_prompts: list[str]
-    implied_value: str | None
-
-
-def relation_specificity(
-    mt: models.ModelAndTokenizer,
-    method: Method,
-    cases: Sequence[EvalCase],
-    resources: EvalResources,
-) -> RelationSpecificityResults:
-    """Top-1 predictions on the entity's other relations, with the method vs. without it.
-
-    Uses the toy world's training templates of every other relation of the case's entity. A
-    relation that an implication ties to the edited one (nationality -> language) should change
-    to the implied value; it is scored apart, on cases where the implied value differs from the
-    entity's current one.
-    """
-    settings = result_settings(mt, method, cases, resources)
-    cases = applicable_cases(method, cases)
-    world = resources.world
-    if world is None:
-        return RelationSpecificityResults(
-            benchmark="relation_specificity",
-            settings=settings,
-            available=False,
-            reason="needs the toy world's world.json (real CounterFact has no prompts for "
-            "the entity's other relations)",
-        )
+def _world_relation_plans(world: World, cases: Sequence[EvalCase]) -> list[_RelationPlan]:
+    """Every training template of the entity's other relations in the toy world; implied
+    relations apart."""
     entities = {entity.name: entity for entity in world.entities}
     implications = {(i.if_relation, i.then_relation): i.mapping for i in world.implications}
     plans = []
@@ -238,7 +212,68 @@ def relation_specificity(
             plan.prompts += prompts
             plan.relations += [relation.relation_id] * len(prompts)
         plans.append(plan)
+    return plans
 
+
+def case_relation_facts(cases: Sequence[EvalCase]) -> list[data.RelationFact]:
+    """What the cases say about relations: each one's relation id, rewrite template, targets."""
+    return [
+        data.RelationFact(
+            relation_id=case.relation_id,
+            template=(case.rewrite_prompt or case.prompt).replace(case.entity, "{}"),
+            answers=(case.target_true, case.target_new),
+        )
+        for case in cases
+    ]
+
+
+def _template_relation_plans(
+    templates: data.RelationTemplates | None, cases: Sequence[EvalCase]
+) -> list[_RelationPlan]:
+    """One template of each other relation of the dataset, filled with the case's subject."""
+    if templates is None:
+        templates = data.RelationTemplates.from_facts(case_relation_facts(cases))
+    plans = []
+    for case, fact in zip(cases, case_relation_facts(cases), strict=True):
+        labelled = templates.labelled_prompts(
+            case.entity, case.relation_id, fact.template, per_relation=1
+        )
+        plan = _RelationPlan(case, [p for _, p in labelled], [r for r, _ in labelled], [], None)
+        plans.append(plan)
+    return plans
+
+
+@dataclass
+class _RelationPlan:
+    case: EvalCase
+    prompts: list[str]
+    relations: list[str]
+    implied_prompts: list[str]
+    implied_value: str | None
+
+
+def relation_specificity(
+    mt: models.ModelAndTokenizer,
+    method: Method,
+    cases: Sequence[EvalCase],
+    resources: EvalResources,
+) -> RelationSpecificityResults:
+    """Top-1 predictions on the entity's other relations, with the method vs. without it.
+
+    With a toy world, its training templates of every other relation of the case's entity. A
+    relation that an implication ties to the edited one (nationality -> language) should change
+    to the implied value; it is scored apart, on cases where the implied value differs from the
+    entity's current one. Without one, the most used template of each other relation of the
+    dataset (``resources.relation_templates``, else the cases' own rewrite templates), filled with
+    the case's subject: a relation the subject does not have still asks the LM something, whose
+    unedited answer the edit should leave alone.
+    """
+    settings = result_settings(mt, method, cases, resources)
+    cases = applicable_cases(method, cases)
+    if resources.world is not None:
+        plans = _world_relation_plans(resources.world, cases)
+    else:
+        plans = _template_relation_plans(resources.relation_templates, cases)
     queries = [(p.case, prompt) for p in plans for prompt in (*p.prompts, *p.implied_prompts)]
     edited = next_token_predictions(mt, method, queries, resources.batch_size, "relations")
     original = next_token_predictions(mt, Method(), queries, resources.batch_size, "relations")
@@ -268,9 +303,9 @@ def relation_specificity(
     unchanged_metric = metrics.Metric.aggregate(
         [metrics.share(c.unchanged) for c in results if c.unchanged]
     )
-    implied_metric = metrics.Metric.aggregate(
-        [metrics.share(c.implied_hits) for c in results if c.implied_hits]
-    )
+    implied_shares = [metrics.share(c.implied_hits) for c in results if c.implied_hits]
+    # None, not an empty metric (NaN), where no case has an implied relation (real CounterFact).
+    implied_metric = metrics.Metric.aggregate(implied_shares) if implied_shares else None
     return RelationSpecificityResults(
         benchmark="relation_specificity",
         settings=settings,
