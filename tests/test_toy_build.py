@@ -15,7 +15,7 @@ import pytest
 import torch
 import transformers
 
-from remedi import io
+from remedi import errors, io
 from remedi.toy import export
 from remedi.toy.build import (
     ToyWorldConfig,
@@ -133,6 +133,22 @@ def test_a_second_call_reuses_the_build(small_world: BuiltToyWorld) -> None:
     assert paths == small_world.paths
     assert small_world.paths.report_file.stat().st_mtime_ns == report_before
     assert weights.stat().st_mtime_ns == weights_before
+
+
+def test_a_built_model_without_its_data_is_refused_not_rebuilt(
+    small_world: BuiltToyWorld, tmp_path: Path
+) -> None:
+    """REMEDI_MODELS_DIR set without REMEDI_DATA_DIR used to delete and rebuild the model."""
+    weights = next(small_world.paths.model_dir.glob("*.safetensors"))
+    weights_before = weights.read_bytes()
+    with (
+        toy_dirs(small_world.models_dir, tmp_path / "elsewhere"),
+        pytest.raises(errors.UsageError, match="REMEDI_DATA_DIR") as raised,
+    ):
+        ensure_toy_world("toy-small")
+    assert "counterfact.json" in str(raised.value)
+    assert weights.read_bytes() == weights_before
+    assert small_world.paths.is_built()
 
 
 def _quick_config(name: str, epochs: int = 1) -> ToyWorldConfig:

@@ -96,10 +96,14 @@ class ToyWorldPaths:
             self.world_file,
         )
 
+    def model_is_built(self) -> bool:
+        """Whether the model half of a complete build is present (its report is written last)."""
+        model_files = (self.model_dir / "config.json", self.model_dir / "tokenizer.json")
+        return all(p.is_file() for p in (self.report_file, *model_files))
+
     def is_built(self) -> bool:
         """Whether every file of a complete build is present."""
-        model_files = (self.model_dir / "config.json", self.model_dir / "tokenizer.json")
-        return all(p.is_file() for p in (self.report_file, *model_files, *self.data_files()))
+        return self.model_is_built() and all(p.is_file() for p in self.data_files())
 
 
 @dataclass(frozen=True)
@@ -245,6 +249,18 @@ def ensure_toy_world(
     """
     paths = toy_world_paths(name)
     with _build_lock(paths):
+        missing_data = [path for path in paths.data_files() if not path.is_file()]
+        if not rebuild and paths.model_is_built() and missing_data:
+            # A finished model without its data is a data folder pointed elsewhere (e.g.
+            # REMEDI_MODELS_DIR set without REMEDI_DATA_DIR), not an interrupted build: a
+            # rebuild would delete a model that another checkout may be using.
+            raise errors.UsageError(
+                f"toy world {name!r}: its model at {paths.model_dir} is built, but its data is "
+                f"not at {paths.data_dir} (missing {', '.join(p.name for p in missing_data)}); "
+                "point REMEDI_DATA_DIR at the data folder it was built with, or rebuild both "
+                "with `invoke x.toy.build --rebuild` and the flags it was built with "
+                "(ensure_toy_world(rebuild=True))"
+            )
         if paths.is_built() and not rebuild:
             built_seed = read_build_report(name).get("seed")
             if seed is None or built_seed == seed:
