@@ -367,8 +367,21 @@ def _essence_kl(
     """Mean KL of the next token after "{entity} is a", edited against original, in
     ``kl_direction`` (see :func:`edit_kl`)."""
     prompts = [ESSENCE_PROMPT.format(entity) for entity in batch.entities]
+    return _last_token_kl(mt, editor, directions, prompts, batch.entities, kl_direction).mean()
+
+
+def _last_token_kl(
+    mt: models.ModelAndTokenizer,
+    editor: editors.Editor,
+    directions: torch.Tensor,
+    prompts: list[str],
+    entities: list[str],
+    kl_direction: str,
+) -> torch.Tensor:
+    """Per prompt, the KL of the next token at its end with its direction (one row of
+    ``directions`` per prompt) added at its entity, edited against original (:func:`edit_kl`)."""
     with editors.apply_editor(
-        mt, editor, directions, prompts, batch.entities, padding_side="right"
+        mt, editor, directions, prompts, entities, padding_side="right"
     ) as inputs:
         last = _positions_mask(
             precompute.last_token_positions(inputs.attention_mask), inputs.input_ids.shape[1]
@@ -376,7 +389,7 @@ def _essence_kl(
         logits_edit = models.logits_at(mt.model, inputs, last)
     with torch.no_grad():
         logits_orig = models.logits_at(mt.model, inputs, last)
-    return edit_kl(_log_probs(logits_edit), _log_probs(logits_orig), kl_direction).mean()
+    return edit_kl(_log_probs(logits_edit), _log_probs(logits_orig), kl_direction)
 
 
 def relation_kl(
@@ -406,16 +419,7 @@ def relation_kl(
     prompts = [prompt for prompts in batch.relation_prompts for prompt in prompts]
     entities = [batch.entities[row] for row in rows]
     index = torch.tensor(rows, device=directions.device)
-    with editors.apply_editor(
-        mt, editor, directions[index], prompts, entities, padding_side="right"
-    ) as inputs:
-        last = _positions_mask(
-            precompute.last_token_positions(inputs.attention_mask), inputs.input_ids.shape[1]
-        )
-        logits_edit = models.logits_at(mt.model, inputs, last)
-    with torch.no_grad():
-        logits_orig = models.logits_at(mt.model, inputs, last)
-    kl = edit_kl(_log_probs(logits_edit), _log_probs(logits_orig), kl_direction)
+    kl = _last_token_kl(mt, editor, directions[index], prompts, entities, kl_direction)
     per_sample = torch.zeros(len(batch), device=kl.device, dtype=kl.dtype)
     counts = torch.zeros_like(per_sample)
     per_sample = per_sample.index_add(0, index.to(kl.device), kl)
