@@ -321,10 +321,14 @@ def test_eval_on_the_small_toy_world_end_to_end(small_world: BuiltToyWorld, tmp_
     monkeypatch.setenv("REMEDI_RESULTS_DIR", str(tmp_path / "results"))
     data_dir = tmp_path / "data"
     with toy_dirs(small_world.models_dir, data_dir):
-        # The built world's data, copied so that the export is generated on demand here.
+        # The built world's data, copied without its Bias in Bios export, so that the export
+        # is generated on demand here (the model's data must all be there: a model without its
+        # data is refused, not rebuilt).
         paths = toy_world_paths("toy-small")
         paths.data_dir.mkdir(parents=True)
-        paths.world_file.write_bytes(small_world.paths.world_file.read_bytes())
+        for source in small_world.paths.data_files():
+            (paths.data_dir / source.name).write_bytes(source.read_bytes())
+        assert not paths.biosbias_file.exists()
         file = ensure_toy_biosbias("toy-small")
         common = ["-m", "toy-small", "--device", "cpu"]
         train_editors.main(
