@@ -69,10 +69,13 @@ def test_mcrae_entailment_on_the_small_toy_world_end_to_end(
 
     monkeypatch.setenv("REMEDI_RESULTS_DIR", str(tmp_path / "results"))
     with toy_dirs(small_world.models_dir, tmp_path / "data"):
-        # The built world's data, copied so that the norms are written on demand here.
+        # The built world's data, copied without its norms, so that the norms are written on
+        # demand here (the model's data must all be there: a model without it is refused).
         paths = toy_world_paths("toy-small")
         paths.data_dir.mkdir(parents=True)
-        paths.world_file.write_bytes(small_world.paths.world_file.read_bytes())
+        for source in small_world.paths.data_files():
+            (paths.data_dir / source.name).write_bytes(source.read_bytes())
+        assert not paths.mcrae_file.exists()
         file = ensure_toy_mcrae("toy-small")
         assert file == paths.mcrae_file and file.read_text().startswith("Concept\tFeature\t")
         common = ["-m", "toy-small", "--device", "cpu"]
