@@ -95,6 +95,31 @@ def _module_names(mt: models.ModelAndTokenizer) -> dict[str, Any]:
     }
 
 
+def _value_optimization(
+    mt: models.ModelAndTokenizer, hparams: common.LocateEditHparams
+) -> dict[str, Any]:
+    """The v*/z optimisation fields ROME's and MEMIT's reference hparams share, from ours."""
+    return {
+        "fact_token": "subject_last",
+        "v_num_grad_steps": hparams.v_num_grad_steps,
+        "v_lr": hparams.v_lr,
+        "v_loss_layer": mt.num_layers - 1,
+        "v_weight_decay": hparams.v_weight_decay,
+        "clamp_norm_factor": hparams.clamp_norm_factor,
+        "kl_factor": hparams.kl_factor,
+    }
+
+
+def _statistics_and_modules(mt: models.ModelAndTokenizer) -> dict[str, Any]:
+    """The statistics fields (unused: the reference is handed our C) and module names."""
+    return {
+        "mom2_dataset": "wikipedia",
+        "mom2_n_samples": 0,
+        "mom2_dtype": "float32",
+        **_module_names(mt),
+    }
+
+
 def _reference_update(upd_matrix: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
     """The reference's ``upd_matrix_match_shape``: the update in the weight's layout."""
     return upd_matrix if upd_matrix.shape == weight.shape else upd_matrix.T
@@ -140,19 +165,10 @@ def compare_rome(
         compute_u = reference.load("rome.compute_u")
         ref_hparams = reference.load("rome.rome_hparams").ROMEHyperParams(
             layers=[layer],
-            fact_token="subject_last",
-            v_num_grad_steps=hparams.v_num_grad_steps,
-            v_lr=hparams.v_lr,
-            v_loss_layer=mt.num_layers - 1,
-            v_weight_decay=hparams.v_weight_decay,
-            clamp_norm_factor=hparams.clamp_norm_factor,
-            kl_factor=hparams.kl_factor,
+            **_value_optimization(mt, hparams),
             mom2_adjustment=with_statistics,
             context_template_length_params=[],
-            mom2_dataset="wikipedia",
-            mom2_n_samples=0,
-            mom2_dtype="float32",
-            **_module_names(mt),
+            **_statistics_and_modules(mt),
         )
         rome_main.CONTEXT_TEMPLATES_CACHE = list(templates)
         if moment is not None:
@@ -224,19 +240,10 @@ def compare_memit(
         ref_hparams = reference.load("memit.memit_hparams").MEMITHyperParams(
             layers=list(layers),
             layer_selection="all",
-            fact_token="subject_last",
-            v_num_grad_steps=hparams.v_num_grad_steps,
-            v_lr=hparams.v_lr,
-            v_loss_layer=mt.num_layers - 1,
-            v_weight_decay=hparams.v_weight_decay,
-            clamp_norm_factor=hparams.clamp_norm_factor,
-            kl_factor=hparams.kl_factor,
+            **_value_optimization(mt, hparams),
             mom2_adjustment=True,
             mom2_update_weight=hparams.mom2_update_weight,
-            mom2_dataset="wikipedia",
-            mom2_n_samples=0,
-            mom2_dtype="float32",
-            **_module_names(mt),
+            **_statistics_and_modules(mt),
         )
         memit_main.CONTEXT_TEMPLATES_CACHE = [["{}"]] + (
             [list(templates[1:])] if templates[1:] else []
