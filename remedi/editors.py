@@ -313,10 +313,7 @@ def save_editor(editor: Editor, directory: Path) -> None:
     tensors = {
         name: tensor.detach().to("cpu").contiguous() for name, tensor in editor.state_dict().items()
     }
-    io.atomic_write(
-        directory / WEIGHTS_FILE,
-        lambda tmp: safetensors.torch.save_file(tensors, str(tmp), metadata={"format": "pt"}),
-    )
+    io.write_safetensors(directory / WEIGHTS_FILE, tensors, metadata={"format": "pt"})
     io.write_json(directory / CONFIG_FILE, editor.config.to_dict())
 
 

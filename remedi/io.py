@@ -35,6 +35,17 @@ def atomic_write(path: Path, write: Callable[[Path], None]) -> None:
             tmp_path.unlink()
 
 
+def write_safetensors(
+    path: Path, tensors: dict[str, Any], metadata: dict[str, str] | None = None
+) -> None:
+    """Write ``tensors`` (contiguous, on the CPU) as a safetensors file, atomically."""
+    import safetensors.torch
+
+    atomic_write(
+        path, lambda tmp: safetensors.torch.save_file(tensors, str(tmp), metadata=metadata)
+    )
+
+
 def file_sha256(file: Path) -> str:
     """The SHA-256 of a file's bytes, as hex (read 1 MiB at a time)."""
     digest = hashlib.sha256()

@@ -368,9 +368,7 @@ OLD_STATE_FILE = "state_{}.pt"
 def save_state(path: Path, state: Mapping[str, torch.Tensor]) -> None:
     """Write a checkpoint's edited weights (by parameter name) as safetensors, atomically."""
     tensors = {name: value.detach().to("cpu").contiguous() for name, value in state.items()}
-    io.atomic_write(
-        path, lambda tmp: safetensors.torch.save_file(tensors, str(tmp), metadata={"format": "pt"})
-    )
+    io.write_safetensors(path, tensors, metadata={"format": "pt"})
 
 
 def load_state(output_dir: Path, number: int) -> dict[str, torch.Tensor] | None:

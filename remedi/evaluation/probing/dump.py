@@ -250,18 +250,11 @@ def dump_directions(
         tensors = {
             key: torch.cat([part[key] for part in parts]).contiguous() for key in TENSOR_KEYS
         }
-        _write_shard(shard_path(directory, index), tensors)
+        io.write_safetensors(shard_path(directory, index), tensors)
     progress.close()
     manifest.complete = True
     io.write_json(directory / MANIFEST_FILE, manifest.to_dict())
     return manifest
-
-
-def _write_shard(path: Path, tensors: dict[str, torch.Tensor]) -> None:
-    def write(tmp: Path) -> None:
-        safetensors.torch.save_file(tensors, str(tmp))
-
-    io.atomic_write(path, write)
 
 
 def _shard(samples: Sequence[Mapping[str, Any]], shard_size: int, index: int) -> Sequence[Any]:
