@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import json
 import logging
 import sys
 from collections.abc import Sequence
@@ -22,7 +21,7 @@ from pathlib import Path
 
 from benchmarks.parity import canonical, causal_tracing, remedi_loss, setup, weight_methods
 from benchmarks.parity.setup import Comparison
-from remedi import env
+from remedi import env, io
 from remedi.methods.rome import RomeHparams
 
 logger = logging.getLogger(__name__)
@@ -146,8 +145,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         if row.by_design:
             print(f"  by design: {row.by_design}")
     if args.output is not None:
-        args.output.parent.mkdir(parents=True, exist_ok=True)
-        args.output.write_text(json.dumps([row.to_dict() for row in rows], indent=2) + "\n")
+        io.write_json(args.output, [row.to_dict() for row in rows])
     return 0 if all(row.passed for row in rows) else 1
 
 
