@@ -234,3 +234,24 @@ def test_shrinking_the_statistics_keeps_their_scale_and_checks_its_range():
     assert torch.trace(half) == torch.trace(moment.double())
     with pytest.raises(errors.UsageError, match="mom2_shrinkage"):
         common.shrink_moment(moment, 1.5)
+
+
+def test_averaged_keys_hold_under_a_float64_default_dtype(mt4):
+    """Users who set torch's default dtype to float64 (as closed-form checks do) still get keys:
+    the template weights once took the default dtype and the einsum with the float32 keys
+    failed."""
+    templates = ["{}", "One day. {}", "Then. {}"]
+    expected = memit.averaged_keys(mt4, 1, REQUESTS, templates)
+    default = torch.get_default_dtype()
+    torch.set_default_dtype(torch.float64)
+    try:
+        keys = memit.averaged_keys(mt4, 1, REQUESTS, templates)
+    finally:
+        torch.set_default_dtype(default)
+    assert keys.dtype == torch.float32
+    torch.testing.assert_close(keys, expected)
+    # The bare prompt weighs as much as all prefixes together: (k + (k_a + k_b) / 2) / 2.
+    bare = memit.averaged_keys(mt4, 1, REQUESTS, ["{}"])
+    key_a = 2 * memit.averaged_keys(mt4, 1, REQUESTS, templates[:2]) - bare
+    key_b = 2 * memit.averaged_keys(mt4, 1, REQUESTS, [templates[0], templates[2]]) - bare
+    torch.testing.assert_close(expected, (bare + (key_a + key_b) / 2) / 2, rtol=1e-4, atol=1e-5)

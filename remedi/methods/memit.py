@@ -112,11 +112,13 @@ def averaged_keys(
         raise errors.UsageError('MEMIT\'s templates must start with the bare prompt "{}"')
     projection = models.determine_mlp_output(mt.model, layer)
     prefixes = len(templates) - 1
-    weights = torch.tensor([1.0] + [1.0 / prefixes] * prefixes) if prefixes else torch.ones(1)
-    weights = (weights / weights.sum()).to(mt.device)
     texts = [template.replace("{}", r.prompt) for r in requests for template in templates]
     subjects = [r.subject for r in requests for _ in templates]
     keys = _at_subjects(mt, projection.module_path, texts, subjects, record_input=True)
+    # The weights take the keys' dtype (float32), not torch's default, which may be float64.
+    weights = torch.tensor([1.0] + [1.0 / prefixes] * prefixes if prefixes else [1.0])
+    weights = weights.to(keys.dtype)
+    weights = (weights / weights.sum()).to(keys.device)
     return torch.einsum("t,ntd->nd", weights, keys.view(len(requests), len(templates), -1))
 
 
