@@ -83,6 +83,8 @@ _LAYERS: tuple[tuple[str, str, int, int | None], ...] = (
     # picks 2 on the same results: paraphrase alone there (no consistency in EasyEdit's format, no
     # generation run). The paper's GPT-J layer is 1 of 28; here layers 2-8 are on a plateau.
     ("smollm2-135m", COUNTERFACT, 2, None),
+    # McRae: its CounterFact layer, as GPT-2's rows above (not swept for McRae).
+    ("smollm2-135m", MCRAE, 2, None),
 )
 PAPER_SETTINGS: Mapping[str, Mapping[str, DatasetSettings]] = {
     model: {
@@ -149,7 +151,12 @@ TOY_TRAINING: Mapping[str, TrainingRecipe] = {
 _SMOLLM2_COUNTERFACT = (*_TOY_FLAGS, "--max-train-samples", "1215", "--max-epochs", "2")
 
 MODEL_TRAINING: Mapping[str, Mapping[str, TrainingRecipe]] = {
-    "smollm2-135m": {COUNTERFACT: TrainingRecipe(_SMOLLM2_COUNTERFACT)},
+    # McRae (10,449 samples from the real norms) takes the CounterFact recipe unchanged: the same
+    # 1,215 training samples and 2 epochs keep it to minutes on 2 CPU cores.
+    "smollm2-135m": {
+        COUNTERFACT: TrainingRecipe(_SMOLLM2_COUNTERFACT),
+        MCRAE: TrainingRecipe(_SMOLLM2_COUNTERFACT),
+    },
 }
 """Model (alias) -> dataset -> how its editors train, where the paper's settings do not work."""
 
