@@ -55,6 +55,11 @@ class ModelFamily:
     mlp_out_path: str | None = None
     """Dotted path, relative to one decoder block, of the MLP's output projection (the matrix
     weight-editing methods such as ROME rewrite), e.g. ``mlp.c_proj``; None if not known."""
+    mlp_in_path: str | None = None
+    """Dotted path, relative to one decoder block, of the MLP's first projection, whose output
+    (before the nonlinearity; the gate's in gated MLPs) has one entry per intermediate neuron,
+    e.g. ``mlp.c_fc``, ``mlp.gate_proj`` (where Knowledge Neurons attributes, EasyEdit's
+    ``input_ff_attr``); None if not known."""
     float32_inside: str = ""
     """What the family computes in float32 even when its weights and inputs are float64 (its
     code casts there), or "" if a float64 model computes everything in float64. Measured per
@@ -72,21 +77,28 @@ _ROTARY_AND_RMS_NORM = f"{_RMS_NORM}; {_ROTARY}"
 # The layout Llama set and most later decoders keep: blocks at model.layers, the MLP's output
 # projection mlp.down_proj, RMSNorm and rotary positions.
 _LLAMA_LAYOUT = ModelFamily(
-    "model.layers", mlp_out_path="mlp.down_proj", float32_inside=_ROTARY_AND_RMS_NORM
+    "model.layers",
+    mlp_out_path="mlp.down_proj",
+    mlp_in_path="mlp.gate_proj",
+    float32_inside=_ROTARY_AND_RMS_NORM,
 )
 
 MODEL_FAMILIES: dict[str, ModelFamily] = {
-    "gpt2": ModelFamily("transformer.h", "n_embd", "n_layer", "mlp.c_proj"),
-    "gptj": ModelFamily("transformer.h", "n_embd", "n_layer", "mlp.fc_out"),
+    "gpt2": ModelFamily("transformer.h", "n_embd", "n_layer", "mlp.c_proj", "mlp.c_fc"),
+    "gptj": ModelFamily("transformer.h", "n_embd", "n_layer", "mlp.fc_out", "mlp.fc_in"),
     "gpt_neo": ModelFamily(
         "transformer.h",
         "hidden_size",
         "num_layers",
         "mlp.c_proj",
+        "mlp.c_fc",
         float32_inside="attention scores (query and key are cast to float32 before their product)",
     ),
     "gpt_neox": ModelFamily(
-        "gpt_neox.layers", mlp_out_path="mlp.dense_4h_to_h", float32_inside=_ROTARY
+        "gpt_neox.layers",
+        mlp_out_path="mlp.dense_4h_to_h",
+        mlp_in_path="mlp.dense_h_to_4h",
+        float32_inside=_ROTARY,
     ),
     "codegen": ModelFamily("transformer.h", "n_embd", "n_layer"),
     "gpt_bigcode": ModelFamily("transformer.h", "n_embd", "n_layer"),
@@ -322,6 +334,34 @@ def determine_mlp_output(model: torch.nn.Module | ModelAndTokenizer, layer: int)
     bias_name = f"{path}.bias" if getattr(projection, "bias", None) is not None else None
     return MlpOutput(
         path, f"{path}.weight", transposed, int(in_features), int(out_features), bias_name
+    )
+
+
+def determine_mlp_input(model: torch.nn.Module | ModelAndTokenizer, layer: int) -> str:
+    """Return the dotted path of ``layer``'s MLP first projection (``mlp_in_path``), whose output
+    has one entry per intermediate neuron: the neuron ``i`` of that output feeds input ``i`` of
+    the output projection (:func:`determine_mlp_output`) through the nonlinearity.
+
+    Raises:
+        errors.UsageError: The layer is out of range.
+        UnsupportedModelError: The family has no registered ``mlp_in_path``, or the model has no
+            module there (e.g. a fused gate and up projection).
+    """
+    module = unwrap_model(model)
+    (layer_path,) = determine_layer_paths(module, [layer])
+    family = _family_of(module)
+    if family is not None and family.mlp_in_path is not None:
+        path = f"{layer_path}.{family.mlp_in_path}"
+        try:
+            module.get_submodule(path)
+            return path
+        except AttributeError:
+            pass
+    raise UnsupportedModelError(
+        f"do not know where the MLP's first projection of {type(module).__name__} "
+        f"(model_type={getattr(_config_of(module), 'model_type', None)!r}) is; register "
+        "its mlp_in_path (e.g. mlp.gate_proj) in remedi.models.MODEL_FAMILIES, or attribute "
+        "at the output projection's input instead"
     )
 
 

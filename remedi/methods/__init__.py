@@ -7,6 +7,8 @@ its ``prepare`` gives a :class:`~remedi.methods.base.WeightEditor` for the regis
 - :mod:`~remedi.methods.rome`: ROME's rank-one update of one layer's MLP output projection;
 - :mod:`~remedi.methods.memit`: MEMIT's update of many requests at once over a range of layers;
 - :mod:`~remedi.methods.ft`: constrained fine-tuning of MLP output projections (ROME's FT-L);
+- :mod:`~remedi.methods.kn`: Knowledge Neurons (integrated gradients over MLP neurons, then
+  their output rows moved from the old answer's embedding to the new one's);
 - :mod:`~remedi.methods.stats`: the key statistics ``E[k k^T]`` ROME and MEMIT read, cached.
 
 The method table is :mod:`~remedi.methods.registry` (every method any suite can run, by name:

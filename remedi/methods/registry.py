@@ -26,7 +26,7 @@ from typing import Any, Literal
 import torch
 
 from remedi import errors, io, models, tracing
-from remedi.methods import HPARAMS_DIR, baselines, ft, hparams_file, memit, remedi, rome, tuning
+from remedi.methods import HPARAMS_DIR, baselines, ft, hparams_file, kn, memit, remedi, rome, tuning
 from remedi.methods.base import DirectionEditor, MethodSetup, WeightEditor
 
 EditKind = Literal["weights", "hidden_states", "text"]
@@ -115,6 +115,7 @@ METHODS: dict[str, MethodSpec] = {
         MethodSpec(
             "ft5", "FT-L (5 layers)", "weights", ft.FtHparams, prepare=ft.prepare, edit_window=5
         ),
+        MethodSpec("kn", "KN", "weights", kn.KnHparams, prepare=kn.prepare),
         MethodSpec(
             "full", "Fine-tuning", "weights", tuning.FullHparams, train=tuning.full_finetuning
         ),
@@ -285,7 +286,7 @@ def moved_to_layer(
         moved["layer"] = layer
     elif "layers" in moved:
         window = METHODS[name].edit_window if name in METHODS else None
-        width = window or len(moved["layers"]) or 1
+        width = window or len(moved["layers"] or ()) or 1  # None: every layer (KN)
         moved["layers"] = tracing.layer_window(layer, width, num_layers)
     else:
         raise errors.UsageError(
