@@ -398,3 +398,16 @@ def test_hyperparameters_are_set_from_the_command_line(setup, results_dir, tmp_p
     with pytest.raises(SystemExit):
         eval_fact_gen.parse_args([*argv, "--set", "ft.lr"])
     assert "expected METHOD.FIELD=VALUE" in capsys.readouterr().err
+
+
+def test_knowledge_neurons_run_from_the_table_script(setup, results_dir, tmp_path):
+    # KN is found in the method registry by name; its packaged toy file, two fields set.
+    hparams = tmp_path / "kn.json"
+    hparams.write_text((HPARAMS_DIR / "kn" / "toy.json").read_text(), encoding="utf-8")
+    argv = _without_editors_argv(setup, "eval_kn", "--methods", "kn", "-b", "efficacy")
+    overrides = ["--hparams", f"kn={hparams}", "--set", "kn.steps=4", "--set", "kn.batch_size=2"]
+    assert eval_fact_gen.main([*argv, *overrides]) == 0
+    efficacy = json.loads((results_dir / "eval_kn" / "kn" / "efficacy.json").read_text())
+    used = json.loads(efficacy["settings"]["method_details"]["hparams"])
+    assert (used["steps"], used["batch_size"], used["adaptive_threshold"]) == (4, 2, 0.2)
+    assert len(efficacy["cases"]) == 2 and len(efficacy["metrics"]["score"]["values"]) == 2
