@@ -26,9 +26,10 @@ knowledge_neurons/knowledge_neurons.py``):
    tokens added and ``erase_scale`` times those of the model's greedy continuation of the prompt
    (as many tokens as the new answer has) subtracted: the reference subtracts twice the greedy
    token's embedding for a one-token answer (``kn.py:853``, ``:868``) and once each for several
-   (``kn.py:849-851``, ``multi_token_erase_scale``), and adds each new token's once (its target
-   ids are always a list, so ``kn.py:854-856`` runs). The greedy prediction, not the old answer,
-   is what is subtracted (``kn.py:813``): they agree where the model knows the fact.
+   (``kn.py:849-851``, ``:864-866``; ``multi_token_erase_scale``), and adds each new token's once
+   (its target ids are always a list, so ``kn.py:854-856`` and ``:869-871`` run). The greedy
+   prediction, not the old answer, is what is subtracted (``kn.py:813``): they agree where the
+   model knows the fact.
 
 Multi-token answers: the attribution is that of each old-answer token's probability at the
 prompt's last token, averaged over its tokens, which is what the reference computes for GPT-2 and
@@ -41,8 +42,9 @@ Where we differ: answers are tokenized as they follow the prompt (``prompt + " "
 space), not alone (``tokenizer.encode(answer)``, ``kn.py:127``, which for GPT-2 gives the token of
 the word at the start of a text); a request without an old answer attributes the model's greedy
 prediction; the greedy continuation appends token ids (the reference re-tokenizes the decoded text,
-``kn.py:143-178``); the edit is computed in float32 and cast once (the reference adds in the
-model's dtype, one embedding at a time). Functions here return new weights and never write into
+``kn.py:143-178``); the probabilities and the edit are computed in float32 (or the model's wider
+dtype) and the edit cast once (the reference works in the model's dtype and adds one embedding at a
+time). Functions here return new weights and never write into
 the model.
 """
 
