@@ -104,3 +104,31 @@ def test_a_trained_editor_beats_unedited_on_held_out_toy_entities(
     )
     assert isinstance(neighborhood, evaluation.ProbabilityResults)
     assert neighborhood.prompts_mentioning_entity == 0
+
+
+def test_knowledge_neurons_from_the_table_script_on_the_toy(
+    small_world: BuiltToyWorld, tmp_path, monkeypatch
+):
+    # KN by name on a toy world, with its packaged toy.json: the edit beats unedited on the
+    # rewrite prompts it was made with (KN erases the old answer, README's CounterFact table).
+    monkeypatch.setenv("REMEDI_RESULTS_DIR", str(tmp_path / "results"))
+    argv = [
+        *("-n", "kn", "-m", "toy-small", "--methods", "kn", "--baselines", "unedited"),
+        *("--dataset-file", str(small_world.paths.counterfact_file), "--max-cases", "6"),
+        *("--counterfact-prompt", "rewrite", "-b", "efficacy", "neighborhood"),
+    ]
+    with toy_dirs(small_world.models_dir, small_world.data_dir):
+        assert eval_fact_gen.main(argv) == 0
+    experiment = tmp_path / "results" / "kn"
+    summary = counterfact_report.Summary.from_dict(
+        json.loads((experiment / "summary.json").read_text())
+    )
+    rows = {row.method: row.values for row in summary.rows}
+    assert list(rows) == ["unedited", "kn"]
+    assert rows["kn"]["efficacy"] > rows["unedited"]["efficacy"]
+    used = json.loads(
+        json.loads((experiment / "kn" / "efficacy.json").read_text())["settings"]["method_details"][
+            "hparams"
+        ]
+    )
+    assert (used["steps"], used["adaptive_threshold"]) == (20, 0.2)  # hparams/kn/toy.json
