@@ -79,14 +79,16 @@ class KnHparams(DataClassJsonMixin):
     steps: int = 20
     """Points of the integrated gradient's Riemann sum, 0 to 1 inclusive."""
     batch_size: int = 20
-    """Points per forward pass (the reference requires it to divide ``steps``)."""
+    """Points per forward pass (the reference asserts that it divides ``steps``, ``kn.py:493``;
+    here the last batch may be shorter)."""
     adaptive_threshold: float = 0.2
     """A neuron is kept above this share of the largest attribution over all layers."""
     refine: bool = False
     """Keep only neurons selected for more than ``p`` of the prompts (one prompt: all)."""
     p: float = 0.4
     layers: list[int] | None = None
-    """Layers whose neurons are attributed and may be edited; None: all (the reference)."""
+    """Layers whose neurons are attributed and may be edited; None: all (the reference's,
+    ``kn.py:283-301``)."""
     erase_scale: float = 2.0
     """Times the greedy prediction's embedding subtracted for a one-token answer."""
     multi_token_erase_scale: float = 1.0
