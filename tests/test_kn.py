@@ -254,3 +254,21 @@ def test_the_mlp_first_projection_has_one_output_per_neuron_of_the_output_projec
     assert outputs == models.determine_mlp_output(model, 1).in_features
     with pytest.raises(errors.UsageError, match="out of range"):
         models.determine_mlp_input(model, 3)
+
+
+def test_signed_rows_follow_the_sign_of_each_neurons_activation(llama):
+    # Ours (signed_edit): row i gets sign(h_i) delta, h the output projection's input at the
+    # prompt's last token; the reference (default) gives every row +delta.
+    hparams = kn.KnHparams(steps=8, batch_size=8, signed_edit=True)
+    update = kn.compute_update(llama, REQUEST, hparams)
+    assert update.signs is not None and len(update.signs) == len(update.neurons)
+    unsigned = kn.compute_update(llama, REQUEST, kn.KnHparams(steps=8, batch_size=8))
+    assert unsigned.signs is None and unsigned.neurons == update.neurons
+    rows_before = {layer: _output_rows(llama, layer) for layer in range(llama.num_layers)}
+    post = {layer: kn.activations(llama, PROMPT, layer, "post") for layer in rows_before}
+    assert {-1.0, 1.0} <= set(update.signs)  # both signs occur: the two edits differ
+    with base.weights_applied(llama.model, update.new_weights(llama.model), "kn"):
+        for (layer, index), sign in zip(update.neurons, update.signs, strict=True):
+            assert sign == (1.0 if float(post[layer][index]) >= 0 else -1.0)
+            difference = _output_rows(llama, layer)[index] - rows_before[layer][index]
+            torch.testing.assert_close(difference, sign * update.delta, rtol=1e-12, atol=1e-12)

@@ -8,11 +8,13 @@ they run in CI in about a minute.
 
 from __future__ import annotations
 
+import dataclasses
+
 import pytest
 import torch
 
 from remedi import models, tracing
-from remedi.methods import base, common, ft, memit, registry, rome
+from remedi.methods import base, common, ft, kn, memit, registry, rome
 from tests.test_gguf_models import smollm2  # noqa: F401  (the fixture)
 
 pytestmark = pytest.mark.smollm2
@@ -33,6 +35,8 @@ HPARAMS = {
     "ft": ft.FtHparams(layers=[4], lr=5e-3, norm_constraint=5e-3),
     "ft5": ft.FtHparams(layers=[2, 3, 4, 5, 6], lr=5e-3, norm_constraint=2e-3),
 }
+NOT_WRITING = {"kn": "erases or inverts rather than writes: test_kn_needs_signed_rows_on_smollm2"}
+"""Weight methods that do not write this fact, and the test that says what they do instead."""
 UNRELATED = ("The largest planet in the solar system is", "Jupiter")
 
 
@@ -48,7 +52,31 @@ def first_token(mt: models.ModelAndTokenizer, target: str) -> int:
 
 
 def test_every_weight_method_is_covered():
-    assert sorted(HPARAMS) == sorted(registry.names("weights", prepared=True))
+    assert sorted([*HPARAMS, *NOT_WRITING]) == sorted(registry.names("weights", prepared=True))
+
+
+def test_kn_needs_signed_rows_on_smollm2(smollm2: models.ModelAndTokenizer):  # noqa: F811
+    # KN adds E[new] - 2 E[old prediction] to each selected neuron's output row. In SmolLM2's
+    # gated MLP a neuron's activation silu(gate) * up is often negative, so the reference's edit
+    # (every row +delta) pushes those neurons' output away from the new answer: measured, it
+    # raises p(Paris) 0.77 -> 1.00 and lowers p(Rome). With signed rows the old answer is erased.
+    paris_id = first_token(smollm2, "Paris")
+    before = next_token_probabilities(smollm2, REQUEST.prompt)
+    unedited = {key: value.clone() for key, value in smollm2.model.state_dict().items()}
+    hparams = kn.KnHparams(
+        steps=5, batch_size=5, signed_edit=True
+    )  # 5 points: a quarter of the time
+    signed = kn.compute_update(smollm2, REQUEST, hparams)
+    assert signed.signs is not None and -1.0 in signed.signs and 1.0 in signed.signs
+    reference = dataclasses.replace(signed, signs=None)  # the same neurons, every row +delta
+    after = {}
+    for name, update in (("signed", signed), ("reference", reference)):
+        with base.weights_applied(smollm2.model, update.new_weights(smollm2.model), "kn"):
+            after[name] = next_token_probabilities(smollm2, REQUEST.prompt)
+    assert after["signed"][paris_id] < 0.01 < before[paris_id]
+    assert after["reference"][paris_id] > before[paris_id]
+    for key, value in smollm2.model.state_dict().items():
+        assert torch.equal(value, unedited[key]), key
 
 
 @pytest.mark.parametrize("name", sorted(HPARAMS))

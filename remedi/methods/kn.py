@@ -98,6 +98,12 @@ class KnHparams(DataClassJsonMixin):
     site: str = "pre"
     """``"pre"``: the MLP first projection's output (the reference's for GPT-2, GPT-J, LLaMA);
     ``"post"``: the output projection's input (after the nonlinearity; Dai et al.'s)."""
+    signed_edit: bool = False
+    """Ours, off by default: each row gets ``delta`` times the sign of its neuron's activation
+    (the output projection's input at the prompt's last token). The reference adds ``delta`` to
+    every row, which moves the output towards the new answer only where that activation is
+    positive: GELU's large activations are, a gated MLP's (``silu(gate) * up``) are of either
+    sign, so on LLaMA-layout models part of the edit pushes the other way."""
 
     def __post_init__(self) -> None:
         if self.steps < 1 or self.batch_size < 1:
@@ -294,24 +300,31 @@ class NeuronUpdate:
     """The output projection's weight of each edited layer."""
     transposed: dict[int, bool]
     """Whether that weight is (in, out) (GPT-2's ``Conv1D``)."""
+    signs: list[float] | None = None
+    """Per neuron, the factor of ``delta`` in its row (``signed_edit``: the sign of its
+    activation); None: 1 for every neuron (the reference)."""
 
     def new_weights(self, model: torch.nn.Module) -> dict[str, torch.Tensor]:
         """The edited output projections, each in its weight's dtype and device."""
-        by_layer: dict[int, list[int]] = collections.defaultdict(list)
-        for layer, index in self.neurons:
-            by_layer[layer].append(index)
+        signs = self.signs if self.signs is not None else [1.0] * len(self.neurons)
+        by_layer: dict[int, list[tuple[int, float]]] = collections.defaultdict(list)
+        for (layer, index), sign in zip(self.neurons, signs, strict=True):
+            by_layer[layer].append((index, sign))
         new = {}
-        for layer, indices in by_layer.items():
+        for layer, entries in by_layer.items():
             name = self.weight_names[layer]
             weight = model.get_parameter(name)
             edited = weight.detach().to(torch.promote_types(weight.dtype, torch.float32)).clone()
             rows = edited if self.transposed[layer] else edited.T
-            rows[indices] += self.delta.to(edited.device, edited.dtype)
+            delta = self.delta.to(edited.device, edited.dtype)
+            indices = [index for index, _ in entries]
+            factors = torch.tensor([sign for _, sign in entries], dtype=edited.dtype)
+            rows[indices] += factors.to(edited.device)[:, None] * delta
             new[name] = common.cast_edited_weight(name, weight, edited, "KN")
         return new
 
     def nbytes(self) -> int:
-        return self.delta.numel() * self.delta.element_size() + 16 * len(self.neurons)
+        return self.delta.numel() * self.delta.element_size() + 24 * len(self.neurons)
 
 
 def compute_update(
@@ -344,11 +357,19 @@ def compute_update(
         sorted({layer for layer, _ in neurons}),
         float(delta.norm()),
     )
+    signs = None
+    if hparams.signed_edit:
+        post = {
+            layer: activations(mt, request.prompt, layer, "post")
+            for layer in sorted({layer for layer, _ in neurons})
+        }
+        signs = [1.0 if float(post[layer][index]) >= 0 else -1.0 for layer, index in neurons]
     return NeuronUpdate(
         neurons,
         delta,
         {layer: projection.weight_name for layer, projection in projections.items()},
         {layer: projection.transposed for layer, projection in projections.items()},
+        signs,
     )
 
 
