@@ -130,3 +130,13 @@ def test_seeds_aggregate_to_mean_and_standard_deviation(tmp_path: Path):
     assert re.search(r"75\.0 ± 25\.0", counterfact_report.latex_table(summary))
     with pytest.raises(ValueError, match="no summaries"):
         counterfact_report.aggregate_summaries([])
+
+
+def test_weight_methods_are_labelled_by_the_registry_and_baselines_by_name():
+    rows = counterfact_report.summarize(
+        {
+            method: _results([1.0], [1.0], [1.0], [6.0], method=method)
+            for method in ("rome", "ft5", "kn", "unedited", "prefix")
+        }
+    ).rows
+    assert [row.label for row in rows] == ["ROME", "FT-L (5 layers)", "KN", "Unedited", "Prefix"]

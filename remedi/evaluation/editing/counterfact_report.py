@@ -37,6 +37,7 @@ from pathlib import Path
 from dataclasses_json import DataClassJsonMixin
 
 from remedi import evaluation, metrics
+from remedi.methods import registry
 from remedi.report import figures, tables
 
 logger = logging.getLogger(__name__)
@@ -150,6 +151,9 @@ def method_label(result: evaluation.BenchmarkResult) -> str:
         editor_type = details.get("editor_type", "")
         suffix = f", {editor_type}" if editor_type and editor_type != "linear" else ""
         return f"REMEDI (layer {details.get('layer', '?')}{suffix})"
+    spec = registry.METHODS.get(settings.method)
+    if spec is not None and spec.edits == "weights":
+        return spec.label  # "ROME", "FT-L (5 layers)": the registry's name, not "Rome"
     return settings.method.capitalize()
 
 
