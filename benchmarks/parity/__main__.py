@@ -103,6 +103,7 @@ def run(args: argparse.Namespace) -> list[Comparison]:
                     args.seed_model_dir,
                     args.hurt_python,
                     args.seed_items,
+                    args.seed_tasks,
                 )
             )
         elif name == "remedi":
@@ -170,6 +171,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         type=int,
         default=seed_tasks.DEFAULT_COUNT,
         help="items per task of the seed-tasks comparison",
+    )
+    parser.add_argument(
+        "--seed-tasks",
+        nargs="+",
+        choices=[script.task for script in seed_tasks.SCRIPTS],
+        help="tasks of the seed-tasks comparison (default: all eight)",
     )
     parser.add_argument(
         "--remedi-python",

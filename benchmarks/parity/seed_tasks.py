@@ -16,8 +16,8 @@ them). Its source is read from the checkout and changed in memory by counted tex
 
 - ``GPT2Tokenizer`` and ``GPT2LMHeadModel`` are imported as ``AutoTokenizer`` and
   ``AutoModelForCausalLM`` under those names, and ``'./hugging_cache/gpt2-xl'`` is the model
-  under test: the script then loads the model and tokenizer we load, by the same
-  ``from_pretrained`` calls (its own float32 weights, no fused kernels on either side);
+  under test: the script then loads the model and tokenizer we load, in the dtype they were
+  saved in (SmolLM2's: float32, which ours loads too; our GELU fusion touches no Llama);
 - ``'cuda'`` is ``'cpu'``;
 - the tokenizer's ``model_max_length`` is set to :data:`PAD_TO` right after its
   ``padding_side='left'``: the scripts pad every prompt to the tokenizer's maximum length, which
