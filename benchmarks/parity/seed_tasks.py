@@ -110,7 +110,7 @@ SCRIPTS = (
         (("exact_match_count/3610", "exact_match_count/{count}", 1),),
         score_by_design="the script's inner `continue` can count an item several times and its "
         "`flag`, never reset, limits every later item to spans from its first word "
-        "(test-OpenDomainQA.py:58-75); ours counts an item once if any span matches",
+        "(test-OpenDomainQA.py:62-77); ours counts an item once if any span matches",
     ),
     SeedScript(
         "closed_qa",
@@ -134,14 +134,14 @@ SCRIPTS = (
         "test-result/test-summarization/result-summarization-before-edit.txt",
         (("range(818)", "range({count})", 2), ("/ 818)", "/ {count})", 2)),
         score_by_design="ROUGE-1/2/L F from rouge-score where the script uses the rouge package "
-        "(test-summarization.py:55-57)",
+        "(test-summarization.py:56-58)",
     ),
     SeedScript(
         "ner",
         "test-task-code/test-NER.py",
         "test-result/test-NER/result-NER-before-edit.txt",
         score_by_design="ours reads BIO spans where the script reads from B-X to the next O "
-        "(test-NER.py:54-66), and skips -DOCSTART- blocks, which the script scores as "
+        "(test-NER.py:52-111), and skips -DOCSTART- blocks, which the script scores as "
         "sentences without entities (test-NER.py:14-23)",
     ),
     SeedScript(
