@@ -146,6 +146,12 @@ def test_answers_are_compared_as_the_script_writes_them() -> None:
     assert seed_tasks.answer_mismatches(
         "open_qa", [" The Eiffel Tower!", "a"], ["eiffel tower", "b"]
     ) == [1]
+    # Its judged NQ text starts with the decoded left padding, glued to the prompt's first word.
+    assert (
+        seed_tasks.answer_mismatches("open_qa", [" Refer to it"], ["padpadrefer to it"], "pad")
+        == []
+    )
+    assert seed_tasks.answer_mismatches("open_qa", [" Refer to it"], ["padrefer to"], "pad") == [0]
     assert seed_tasks.answer_mismatches("nli", [" True"], [" true"]) == [0]
     assert seed_tasks.answer_mismatches("nli", [" True"], [" True", " False"]) == [0, 1]
 

@@ -374,11 +374,27 @@ class RecordingScorer(abilities.Scorer):
         return outputs
 
 
-def answer_mismatches(task: str, ours: Sequence[str], theirs: Sequence[str]) -> list[int]:
-    """Indices where our judged text differs from the script's (open-domain QA: after the
-    script's normalisation, which is what it writes); every index if the counts differ."""
+def without_padding(text: str, pad_text: str) -> str:
+    """``text`` without the leading repeats of ``pad_text``."""
+    while pad_text and text.startswith(pad_text):
+        text = text[len(pad_text) :]
+    return text
+
+
+def answer_mismatches(
+    task: str, ours: Sequence[str], theirs: Sequence[str], pad_text: str = ""
+) -> list[int]:
+    """Indices where our judged text differs from the script's; every index if the counts
+    differ.
+
+    Open-domain QA: ours after the script's normalisation (what it writes), and the script's
+    without its leading ``pad_text`` (the normalised decoded pad token): its prompt has no
+    ``Answer:`` marker, so the script judges the whole decoded sequence, left padding included,
+    which normalisation glues onto the prompt's first word; ours judges the prompt unpadded.
+    """
     if task == "open_qa":
         ours = [abilities.normalize_answer(answer) for answer in ours]
+        theirs = [without_padding(answer, pad_text) for answer in theirs]
     if len(ours) != len(theirs):
         return list(range(max(len(ours), len(theirs))))
     return [index for index, (a, b) in enumerate(zip(ours, theirs, strict=True)) if a != b]
@@ -395,6 +411,7 @@ def compare_seed_tasks(
     """One row per task (answers and score); where our score differs by design, a second row
     for the score alone."""
     mt = models.load_model(str(model_dir))
+    pad_id = mt.tokenizer.eos_token_id  # the scripts pad with the EOS token
     rows: list[Comparison] = []
     for script in SCRIPTS:
         if tasks is not None and script.task not in tasks:
@@ -412,7 +429,8 @@ def compare_seed_tasks(
             abilities.seed_answer(script.task, prompt, output)
             for prompt, output in scorer.generated
         ]
-        mismatches = answer_mismatches(script.task, our_answers, theirs.answers)
+        pad_text = abilities.normalize_answer(str(mt.tokenizer.decode([pad_id])))
+        mismatches = answer_mismatches(script.task, our_answers, theirs.answers, pad_text)
         for index in mismatches[:5]:
             logger.warning(
                 "%s item %d: ours %r, the script's %r",
