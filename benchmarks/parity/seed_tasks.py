@@ -189,7 +189,7 @@ def script_patches(script: SeedScript, model_dir: Path, count: int) -> list[refe
                 old,
                 new.format(count=count, count_plus_one=count + 1),
                 occurrences,
-                f"the full file's size -> the {count} items given",
+                f"the full file's size in {old!r} -> the {count} items given",
             )
         )
     if script.task == "ner":
