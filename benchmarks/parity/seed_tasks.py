@@ -110,7 +110,9 @@ SCRIPTS = (
         (("exact_match_count/3610", "exact_match_count/{count}", 1),),
         score_by_design="the script's inner `continue` can count an item several times and its "
         "`flag`, never reset, limits every later item to spans from its first word "
-        "(test-OpenDomainQA.py:62-77); ours counts an item once if any span matches",
+        "(test-OpenDomainQA.py:62-77), and its first word is the prompt's glued to the decoded "
+        "left padding (no Answer: marker: it judges the whole sequence), so no span from it "
+        "matches; ours counts an item once if any span of the unpadded text matches",
     ),
     SeedScript(
         "closed_qa",
