@@ -35,7 +35,9 @@ Ours runs on the same model (loaded once, batches of :data:`BATCH_SIZE`, left-pa
 batch's longest prompt) on the same items read by our loaders from the same folder, and records
 every generation; :func:`remedi.evaluation.general.abilities.seed_answer` gives the text each
 item is judged on. The comparison per task: the share of items whose judged text differs from
-the one the script wrote, and the difference of the task scores. Where our score differs from the
+the one the script wrote (NQ: ours normalised as the script writes it, and the script's without
+the decoded left padding that it judges too, its prompt having no ``Answer:`` marker), and the
+difference of the task scores. Where our score differs from the
 seed's on purpose (documented in ``abilities.py`` and the README's "Where we differ"), the score
 is its own row, marked so: NER (our entity spans are the BIO spans, and ``-DOCSTART-`` is no
 sentence), open-domain QA (an item counts once) and SAMSum (``rouge-score`` for the ``rouge``
