@@ -164,6 +164,21 @@ def test_seed_mutual_counts_a_letter_anywhere_in_the_continuation():
     assert {tokens for _, tokens in scorer.asked} == {1}
 
 
+def test_seed_answer_is_the_text_after_the_tasks_marker_as_the_seed_cuts_it():
+    # BoolQ, GSM8K and NER keep the text after the first marker; the others after the last.
+    assert abilities.seed_answer("closed_qa", "passage: answer: no. answer:", " yes") == " no. "
+    assert abilities.seed_answer("nli", "a answer: b. answer:", " True") == " True"
+    assert abilities.seed_answer("ner", "Text: x Entity:", " Entity: y") == " "
+    # Summarization drops 13 characters, an "<|endoftext|>" when generation ended there.
+    assert abilities.seed_answer("summarization", "d\nTL;DR:", " A B<|endoftext|>") == " A B"
+    assert abilities.seed_answer("summarization", "d\nTL;DR:", " short") == ""
+    assert abilities.seed_answer("open_qa", "Question: q", " Answer: a\nb") == " a b"
+    # No marker after the split: nothing to judge.
+    assert abilities.seed_answer("reasoning", "no marker", " 42") == ""
+    with pytest.raises(errors.UsageError, match="unknown task"):
+        abilities.seed_answer("toy_recall", "p", "c")
+
+
 def test_open_qa_match_is_any_normalised_span():
     assert abilities.normalize_answer("The  Eiffel Tower!") == "eiffel tower"
     assert abilities.span_matches("it is the Eiffel Tower, in Paris", ["eiffel tower"])

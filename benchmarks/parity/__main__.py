@@ -6,7 +6,8 @@ Usage::
     python -m benchmarks.parity --rome-dir /work/refs/rome --memit-dir /work/refs/memit
 
 Each ``--*-dir`` is a git checkout of the release (kmeng01/rome, kmeng01/memit,
-john-hewitt/model-editing-canonical-examples) outside the project; a comparison whose checkout is
+john-hewitt/model-editing-canonical-examples, evandez/REMEDI, JasonForJoy/Model-Editing-Hurt)
+outside the project; a comparison whose checkout is
 not given is left out. Exit code 1 if a comparison that is meant to agree does not.
 """
 
@@ -19,14 +20,31 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from benchmarks.parity import canonical, causal_tracing, remedi_loss, setup, weight_methods
+from benchmarks.parity import (
+    canonical,
+    causal_tracing,
+    remedi_loss,
+    seed_tasks,
+    setup,
+    weight_methods,
+)
 from benchmarks.parity.setup import Comparison
-from remedi import env, io
+from remedi import env, gguf_models, io
 from remedi.methods.rome import RomeHparams
 
 logger = logging.getLogger(__name__)
 
-COMPARISONS = ("rome", "rome-prefixes", "memit", "ft", "tracing", "canonical", "remedi")
+COMPARISONS = (
+    "rome",
+    "rome-prefixes",
+    "memit",
+    "ft",
+    "tracing",
+    "canonical",
+    "canonical-eval",
+    "remedi",
+    "seed-tasks",
+)
 
 
 def run(args: argparse.Namespace) -> list[Comparison]:
@@ -37,7 +55,9 @@ def run(args: argparse.Namespace) -> list[Comparison]:
     checkouts = {
         "memit": ("memit", args.memit_dir),
         "canonical": ("canonical", args.canonical_dir),
+        "canonical-eval": ("canonical", args.canonical_dir),
         "remedi": ("remedi", args.remedi_dir),
+        "seed-tasks": ("hurt", args.hurt_dir),
     }
     names, rome_dir = args.only, args.rome_dir
     for name in names:
@@ -73,6 +93,19 @@ def run(args: argparse.Namespace) -> list[Comparison]:
             rows.extend(causal_tracing.compare_tracing(mt, directory))
         elif name == "canonical":
             rows.extend(canonical.compare_canonical(mt, directory))
+        elif name == "canonical-eval":
+            rows.extend(canonical.compare_canonical_evaluation(mt, directory))
+        elif name == "seed-tasks":
+            rows.extend(
+                seed_tasks.compare_seed_tasks(
+                    directory,
+                    args.task_dir,
+                    args.seed_model_dir,
+                    args.hurt_python,
+                    args.seed_items,
+                    args.seed_tasks,
+                )
+            )
         elif name == "remedi":
             if args.baukit_dir is None or args.remedi_python is None:
                 raise SystemExit(
@@ -112,6 +145,39 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     parser.add_argument("--remedi-dir", type=Path, help="git checkout of evandez/REMEDI")
     parser.add_argument("--baukit-dir", type=Path, help="git checkout of davidbau/baukit")
+    parser.add_argument(
+        "--hurt-dir", type=Path, help="git checkout of JasonForJoy/Model-Editing-Hurt"
+    )
+    parser.add_argument(
+        "--hurt-python",
+        type=Path,
+        default=Path(sys.executable),
+        help="python that runs Model-Editing-Hurt's task scripts (ours plus jsonlines and rouge)",
+    )
+    parser.add_argument(
+        "--task-dir",
+        type=Path,
+        default=env.shared_data_dir() / "edit_harms" / "task-data",
+        help="the harms paper's task-data folder (seed-tasks)",
+    )
+    parser.add_argument(
+        "--seed-model-dir",
+        type=Path,
+        default=gguf_models.converted_model_dir("smollm2-135m"),
+        help="saved model the seed-tasks comparison runs (default: the converted SmolLM2-135M)",
+    )
+    parser.add_argument(
+        "--seed-items",
+        type=int,
+        default=seed_tasks.DEFAULT_COUNT,
+        help="items per task of the seed-tasks comparison",
+    )
+    parser.add_argument(
+        "--seed-tasks",
+        nargs="+",
+        choices=[script.task for script in seed_tasks.SCRIPTS],
+        help="tasks of the seed-tasks comparison (default: all eight)",
+    )
     parser.add_argument(
         "--remedi-python",
         type=Path,

@@ -50,6 +50,26 @@ def cuda_to_cpu(count: int) -> Patch:
     return Patch('"cuda"', '"cpu"', count, 'hard-coded device "cuda" -> "cpu"')
 
 
+def patched_source(path: Path, patches: Sequence[Patch]) -> str:
+    """The source of ``path`` with ``patches`` applied in order (in memory; the file is not
+    touched).
+
+    Raises:
+        ReferenceCheckoutError: A patch's text does not occur exactly ``count`` times.
+    """
+    source = path.read_text()
+    for patch in patches:
+        found = source.count(patch.old)
+        if found != patch.count:
+            raise ReferenceCheckoutError(
+                f"patch {patch.old!r} -> {patch.new!r} ({patch.why}) should occur "
+                f"{patch.count} times in {path} but occurs {found} times: the checkout "
+                "is not the revision this harness was written for"
+            )
+        source = source.replace(patch.old, patch.new)
+    return source
+
+
 class _PatchingLoader(importlib.machinery.SourceFileLoader):
     """Compiles a module from its source with :class:`Patch` replacements (never from a cache)."""
 
@@ -58,16 +78,7 @@ class _PatchingLoader(importlib.machinery.SourceFileLoader):
         self.patches = tuple(patches)
 
     def get_code(self, fullname: str) -> Any:
-        source = Path(self.path).read_text()
-        for patch in self.patches:
-            found = source.count(patch.old)
-            if found != patch.count:
-                raise ReferenceCheckoutError(
-                    f"patch {patch.old!r} -> {patch.new!r} ({patch.why}) should occur "
-                    f"{patch.count} times in {self.path} but occurs {found} times: the checkout "
-                    "is not the revision this harness was written for"
-                )
-            source = source.replace(patch.old, patch.new)
+        source = patched_source(Path(self.path), self.patches)
         return compile(source, self.path, "exec", dont_inherit=True)
 
 

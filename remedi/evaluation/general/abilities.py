@@ -425,6 +425,36 @@ def _after(text: str, marker: str, index: int) -> str:
         return ""
 
 
+SEED_ANSWER_MARKERS = {
+    "reasoning": ("Therefore, the answer (arabic numerals) is:", 1),
+    "nli": ("answer:", -1),
+    "closed_qa": ("answer:", 1),
+    "sentiment": ("answer:", -1),
+    "open_qa": ("Answer:", -1),
+    "dialogue": ("the answer is", -1),
+    "summarization": ("DR:", -1),
+    "ner": ("Entity:", 1),
+}
+"""Per task, the marker the seed splits the decoded prompt + continuation on and which part it
+keeps (BoolQ, GSM8K and NER the text after the first marker, the others after the last)."""
+
+
+def seed_answer(task: str, prompt: str, continuation: str) -> str:
+    """The text the seed protocol judges for one generation: the part of ``prompt +
+    continuation`` after the task's marker (:data:`SEED_ANSWER_MARKERS`; empty where the
+    marker is missing), newlines made spaces for open-domain QA, and for summarization without
+    its last 13 characters (the seed's cut, meant for a final ``<|endoftext|>``)."""
+    if task not in SEED_ANSWER_MARKERS:
+        raise errors.UsageError(f"unknown task {task!r}; known: {', '.join(SEED_ANSWER_MARKERS)}")
+    marker, index = SEED_ANSWER_MARKERS[task]
+    answer = _after(prompt + continuation, marker, index)
+    if task == "open_qa":
+        return answer.replace("\n", " ")
+    if task == "summarization":
+        return answer[0:-13]
+    return answer
+
+
 SEED_NER_MISS_TYPE = "MISC"
 """The one entity type whose non-empty prediction on a sentence without gold entities of the
 type counts as a miss in the seed protocol (the seed's, issue 21)."""
@@ -435,9 +465,8 @@ def _seed(scorer: Scorer, task: str, items: Sequence[Any]) -> TaskScore:
     if task == "reasoning":
         prompts = [reasoning_prompt(item) for item in items]
         outputs = scorer.generate(prompts, 5)
-        marker = "Therefore, the answer (arabic numerals) is:"
         correct = sum(
-            item.answer in _after(p + o, marker, 1)
+            item.answer in seed_answer(task, p, o)
             for item, p, o in zip(items, prompts, outputs, strict=True)
         )
         return TaskScore(task, "seed", "solve_rate", correct / count, count)
@@ -451,10 +480,9 @@ def _seed(scorer: Scorer, task: str, items: Sequence[Any]) -> TaskScore:
         prompts = [prompt_of(item) for item in items]
         outputs = scorer.generate(prompts, 1)
         # BoolQ takes the text after the first "answer:", the others after the last (as the seed).
-        index = 1 if task == "closed_qa" else -1
         correct = answered = 0
         for label, prompt, output in zip(_binary_gold(task, items), prompts, outputs, strict=True):
-            predict = _after(prompt + output, "answer:", index).lower()
+            predict = seed_answer(task, prompt, output).lower()
             says_yes = predict == positive if exact else positive in predict
             says_no = predict == negative if exact else negative in predict
             if says_yes or says_no:
@@ -468,7 +496,7 @@ def _seed(scorer: Scorer, task: str, items: Sequence[Any]) -> TaskScore:
         prompts = [open_qa_prompt(item) for item in items]
         outputs = scorer.generate(prompts, 20)
         hits = sum(
-            span_matches(_after(p + o, "Answer:", -1).replace("\n", " "), item.answers)
+            span_matches(seed_answer(task, p, o), item.answers)
             for item, p, o in zip(items, prompts, outputs, strict=True)
         )
         return TaskScore(task, "seed", "exact_match", hits / count, count)
@@ -477,7 +505,7 @@ def _seed(scorer: Scorer, task: str, items: Sequence[Any]) -> TaskScore:
         outputs = scorer.generate(prompts, 1)
         correct = other = 0
         for item, prompt, output in zip(items, prompts, outputs, strict=True):
-            predict = _after(prompt + output, "the answer is", -1)
+            predict = seed_answer(task, prompt, output)
             if any(letter in predict for letter in "ABCD"):
                 correct += item.answer in predict
             else:
@@ -489,8 +517,7 @@ def _seed(scorer: Scorer, task: str, items: Sequence[Any]) -> TaskScore:
         outputs = scorer.generate(prompts, 25)
         total = 0.0
         for item, prompt, output in zip(items, prompts, outputs, strict=True):
-            # The seed cuts 13 characters, meant for a final "<|endoftext|>".
-            predict = _after(prompt + output, "DR:", -1)[0:-13]
+            predict = seed_answer(task, prompt, output)
             if len(predict) > 1:
                 total += rouge_mean(predict, item.summary)
         return TaskScore(task, "seed", "rouge_mean_f", total / count, count)
@@ -500,7 +527,7 @@ def _seed(scorer: Scorer, task: str, items: Sequence[Any]) -> TaskScore:
         found = dict.fromkeys(tasks.NER_TYPES, 0)
         asked = dict.fromkeys(tasks.NER_TYPES, 0)
         for (sentence, entity_type), output in zip(jobs, outputs, strict=True):
-            predict = _after(ner_prompt(sentence, entity_type) + output, "Entity:", 1)
+            predict = seed_answer(task, ner_prompt(sentence, entity_type), output)
             gold = entity_spans(sentence.words, sentence.tags)[entity_type]
             if not gold:
                 empty = len(predict) == 0
