@@ -57,6 +57,21 @@ TEXT_EXAMPLES = (
 )
 
 
+def reference_patches() -> dict[str, list[reference.Patch]]:
+    """The run-time change the seed's ``utils.py`` needs under transformers 5 (module doc)."""
+    return {
+        "utils": [
+            reference.Patch(
+                "transformers.models.llama.tokenization_llama_fast.LlamaTokenizerFast",
+                "transformers.LlamaTokenizerFast",
+                2,
+                "transformers 5 has no tokenization_llama_fast module: its class by its top-level "
+                "name",
+            )
+        ]
+    }
+
+
 def reference_pair_broadcast(
     mt: models.ModelAndTokenizer, examples: tuple[CanonicalExample, ...], loss_type: str
 ) -> torch.Tensor:
@@ -80,17 +95,7 @@ def compare_canonical(mt: models.ModelAndTokenizer, canonical_dir: Path) -> list
     and ``good`` on two whole texts (the unconditional loss): two rows, the losses meant to
     agree (the pair losses against the reference's broadcast rebuilt from ours), and the pair
     losses as we define them (different by design)."""
-    patches = {
-        "utils": [
-            reference.Patch(
-                "transformers.models.llama.tokenization_llama_fast.LlamaTokenizerFast",
-                "transformers.LlamaTokenizerFast",
-                2,
-                "transformers 5 has no tokenization_llama_fast module: its class by its top-level "
-                "name",
-            )
-        ]
-    }
+    patches = reference_patches()
     device = models.determine_device(mt.model)
     max_length = scoring.model_max_length(mt.model)
     differences: list[float] = []
@@ -211,17 +216,7 @@ def compare_canonical_evaluation(
     turns the intervention evaluation into a per-token failure rate, which ours does not
     offer; it is not compared.
     """
-    patches = {
-        "utils": [
-            reference.Patch(
-                "transformers.models.llama.tokenization_llama_fast.LlamaTokenizerFast",
-                "transformers.LlamaTokenizerFast",
-                2,
-                "transformers 5 has no tokenization_llama_fast module: its class by its top-level "
-                "name",
-            )
-        ]
-    }
+    patches = reference_patches()
     device = models.determine_device(mt.model)
     max_length = scoring.model_max_length(mt.model)
     batch_size = len(SUFFIX_EXAMPLES)
