@@ -218,6 +218,8 @@ def test_bad_layers_targets_and_options_raise_clearly(gpt2):
         kn.KnHparams(site="gelu")
     with pytest.raises(errors.UsageError, match="layers is empty"):
         kn.KnHparams(layers=[])
+    with pytest.raises(errors.UsageError, match=r"adaptive_threshold must be in \[0, 1\)"):
+        kn.KnHparams(adaptive_threshold=1.0)
     with pytest.raises(errors.UsageError, match="has no option thresh"):
         registry.prepare("kn", gpt2, hparams=kn.KnHparams(), thresh=0.1)
 

@@ -116,6 +116,12 @@ class KnHparams(DataClassJsonMixin):
             )
         if not 0.0 <= self.p < 1.0:
             raise errors.UsageError(f"KN's p must be in [0, 1), got {self.p}")
+        if not 0.0 <= self.adaptive_threshold < 1.0:
+            # Neurons strictly above threshold x the largest score: 1 or more selects none.
+            raise errors.UsageError(
+                f"KN's adaptive_threshold must be in [0, 1), got {self.adaptive_threshold}: at 1 "
+                "or more no neuron is above that share of the largest attribution"
+            )
         if self.layers is not None and not self.layers:
             raise errors.UsageError("KN's layers is empty; give at least one layer or null (all)")
 
@@ -344,6 +350,12 @@ def compute_update(
         old_ids = greedy_tokens(mt, request.prompt, 1)
         logger.info("KN: no old answer given; attributing the greedy prediction %s", old_ids)
     neurons = select_neurons(mt, [request.prompt], old_ids, hparams)
+    if not neurons:
+        logger.warning(
+            "KN found no neuron for %r (every attribution at or below zero, or refined away): "
+            "the edit changes nothing",
+            request.prompt,
+        )
     predicted = greedy_tokens(mt, request.prompt, len(new_ids))
     erase = hparams.erase_scale if len(new_ids) == 1 else hparams.multi_token_erase_scale
     embeddings = input_embeddings(mt)
