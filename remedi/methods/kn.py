@@ -245,15 +245,9 @@ def coarse_neurons(
     scores: torch.Tensor, layers: Sequence[int], adaptive_threshold: float
 ) -> list[Neuron]:
     """The neurons whose attribution is above ``adaptive_threshold`` times the largest of
-    ``scores`` (layers, intermediate), as ``(layer, index)`` in layer order then index."""
+    ``scores`` (layers, intermediate), as ``(layer, index)`` in layer order then index; none
+    when the largest is at or below zero."""
     threshold = scores.max() * adaptive_threshold
-    if scores.max() <= 0:
-        logger.warning(
-            "no neuron raises the answer's probability (largest attribution %.3g): KN selects "
-            "every neuron above %.3g",
-            float(scores.max()),
-            float(threshold),
-        )
     return [(layers[row], column) for row, column in torch.nonzero(scores > threshold).tolist()]
 
 
@@ -350,10 +344,10 @@ def compute_update(
         old_ids = greedy_tokens(mt, request.prompt, 1)
         logger.info("KN: no old answer given; attributing the greedy prediction %s", old_ids)
     neurons = select_neurons(mt, [request.prompt], old_ids, hparams)
-    if not neurons:
+    if not neurons:  # the largest attribution is at or below zero, or refinement kept none
         logger.warning(
-            "KN found no neuron for %r (every attribution at or below zero, or refined away): "
-            "the edit changes nothing",
+            "KN found no neuron that raises the answer's probability after %r: the edit changes "
+            "nothing",
             request.prompt,
         )
     predicted = greedy_tokens(mt, request.prompt, len(new_ids))
